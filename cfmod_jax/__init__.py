@@ -1,0 +1,16 @@
+"""cfmod_jax: counterfactual modularity analysis of deep generative models.
+
+Public API (see README):
+  Generator, StagedGenerator          the generator protocol (generator.py)
+  hybrids, influence_maps,
+  elementary_influence_maps           interventions (interventions.py)
+  init_generator, build_module        the shipped architectures (models/)
+"""
+
+from cfmod_jax.generator import Generator, StagedGenerator
+from cfmod_jax.interventions import (elementary_influence_maps, hybrids, influence_map_sums,
+                                     influence_maps)
+from cfmod_jax.models import build_module, init_generator
+
+__all__ = ["Generator", "StagedGenerator", "build_module", "elementary_influence_maps",
+           "hybrids", "influence_map_sums", "influence_maps", "init_generator"]

@@ -1,0 +1,197 @@
+"""The generator protocol: a generator is an ordered sequence of stages.
+
+A *site* is the output of every stage but the last (the image). Running the
+**prefix** up to a site and the **suffix** from a site are pure functions of
+``(variables, latents[, activations])``, so the prefix is computed once and
+reused for every intervention at that site.
+
+Writing your own generator takes two steps (see README "Your own generator"):
+
+1. Subclass `StagedGenerator` (a Flax Linen module): create ``self.stages`` in
+   ``setup()`` — one module per stage, each called as ``stage(x, train=...)`` —
+   and list ``site_names`` (one name per stage but the last).
+2. Wrap initialised or trained variables: ``Generator(module, variables)``.
+
+Conditional generators whose later stages also read the latent code (BigGAN's
+class and z conditioning) override `StagedGenerator.call_stage`; in a hybrid
+those stages receive z1's latent (the counterfactual changes only the site).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+class StagedGenerator(nn.Module):
+  """Base Linen module for generators written as stages.
+
+  Subclasses define ``setup()`` creating ``self.stages`` (a list of modules) and
+  the attributes ``site_names`` (tuple of ``len(stages) - 1`` names) and
+  ``latent_shape`` (shape of one latent code, e.g. ``(100,)``).
+
+  ``__call__(latent, h=None, *, start=0, stop=None, train=False)`` runs stages
+  ``[start, stop)``: from the latent when ``start == 0``, else from ``h``, the
+  activations at site ``start - 1``. ``start``/``stop`` are Python ints (static).
+  """
+
+  def call_stage(self, index: int, x, latent, train: bool):
+    """Runs stage ``index`` on ``x``. Override to feed the latent to a stage."""
+    del latent
+    return self.stages[index](x, train=train)
+
+  def __call__(self, latent, h=None, *, start: int = 0, stop: int | None = None,
+               train: bool = False):
+    stop = len(self.stages) if stop is None else stop
+    x = latent if start == 0 else h
+    for i in range(start, stop):
+      x = self.call_stage(i, x, latent, train)
+    return x
+
+
+def _module_attr(module, name):
+  value = getattr(module, name, None)
+  if value is None:
+    raise TypeError(f"module {type(module).__name__} must define `{name}` to be used "
+                    "as a staged generator")
+  return value
+
+
+class Generator:
+  """A staged generator with its variables, ready for interventions.
+
+  Attributes:
+    module: the `StagedGenerator` Linen module.
+    variables: its variables (``{'params': ..., 'batch_stats': ...}``).
+    sites: names of the intervention sites, in forward order.
+    latent_shape: shape of one latent code.
+    name: a label used in outputs.
+
+  Calling the generator on latents ``[N, *latent_shape]`` returns images
+  ``[N, H, W, 3] float32`` in [-1, 1], in inference mode.
+  """
+
+  def __init__(self, module: StagedGenerator, variables: Any, *, name: str | None = None,
+               latent_sampler: Callable[[jax.Array, int], jax.Array] | None = None):
+    self.module = module
+    self.variables = variables
+    self.sites: tuple[str, ...] = tuple(_module_attr(module, "site_names"))
+    self.latent_shape: tuple[int, ...] = tuple(_module_attr(module, "latent_shape"))
+    self.name = name or type(module).__name__
+    self._latent_sampler = latent_sampler
+    self._jit_cache: dict[Any, Callable] = {}
+    self._shapes: dict[str, tuple[int, ...]] = {}
+
+  def __repr__(self):
+    return f"Generator({self.name}, sites={self.sites}, latent_shape={self.latent_shape})"
+
+  # ---- sites -----------------------------------------------------------------
+  def site_index(self, site: str) -> int:
+    """Index of ``site`` in `sites`; a clear ValueError for an unknown site."""
+    if not isinstance(site, str) or site not in self.sites:
+      raise ValueError(f"site={site!r} is not a site of {self.name}; valid sites: "
+                       f"{', '.join(self.sites)}")
+    return self.sites.index(site)
+
+  def site_shape(self, site: str) -> tuple[int, int, int]:
+    """``(H, W, C)`` of the activations at ``site`` (channels last)."""
+    self.site_index(site)
+    if site not in self._shapes:
+      z = jax.ShapeDtypeStruct((1, *self.latent_shape), jnp.float32)
+      out = jax.eval_shape(lambda v, z: self.prefix(v, z, site), self.variables, z)
+      self._shapes[site] = tuple(out.shape[1:])
+    return self._shapes[site]
+
+  @property
+  def image_shape(self) -> tuple[int, int, int]:
+    z = jax.ShapeDtypeStruct((1, *self.latent_shape), jnp.float32)
+    return tuple(jax.eval_shape(self.generate, self.variables, z).shape[1:])
+
+  # ---- pure functions (trace-safe; site is static) ------------------------------
+  def prefix(self, variables, latents: jax.Array, site: str) -> jax.Array:
+    """Activations at ``site``: ``[N, *latent_shape] -> [N, H, W, C]``."""
+    i = self.site_index(site)
+    return self.module.apply(variables, latents, start=0, stop=i + 1)
+
+  def suffix(self, variables, h: jax.Array, latents: jax.Array, site: str) -> jax.Array:
+    """Images from activations ``h [N, H, W, C]`` at ``site``; ``latents`` are
+    the codes that condition later stages (unused by unconditional models)."""
+    i = self.site_index(site)
+    return self.module.apply(variables, latents, h, start=i + 1)
+
+  def generate(self, variables, latents: jax.Array) -> jax.Array:
+    """Images ``[N, H, W, 3]`` in [-1, 1] (inference mode)."""
+    return self.module.apply(variables, latents)
+
+  # ---- conveniences (jit-compiled, bound to self.variables) ----------------------
+  def jitted(self, key, make: Callable[[], Callable]) -> Callable:
+    """Per-generator cache of compiled functions (one compile per key)."""
+    fn = self._jit_cache.get(key)
+    if fn is None:
+      fn = self._jit_cache[key] = make()
+    return fn
+
+  def __call__(self, latents) -> jax.Array:
+    latents = check_latents(self, latents, "latents")
+    fn = self.jitted("generate", lambda: jax.jit(self.generate))
+    return fn(self.variables, latents)
+
+  def run_prefix(self, site: str, latents) -> jax.Array:
+    self.site_index(site)
+    latents = check_latents(self, latents, "latents")
+    fn = self.jitted(("prefix", site), lambda: jax.jit(functools.partial(
+        self.prefix, site=site)))
+    return fn(self.variables, latents)
+
+  def run_suffix(self, site: str, h, latents) -> jax.Array:
+    self.site_index(site)
+    latents = check_latents(self, latents, "latents")
+    shape = self.site_shape(site)
+    if tuple(np.shape(h)[1:]) != shape or np.shape(h)[0] != latents.shape[0]:
+      raise ValueError(f"h must have shape [N, {', '.join(map(str, shape))}] with "
+                       f"N={latents.shape[0]} at site {site!r}, got {np.shape(h)}")
+    fn = self.jitted(("suffix", site), lambda: jax.jit(functools.partial(
+        self.suffix, site=site)))
+    return fn(self.variables, h, latents)
+
+  def sample_latents(self, key: jax.Array, n: int) -> jax.Array:
+    """``n`` latent codes ``[n, *latent_shape]`` from the prior (standard normal
+    unless the generator was given its own sampler)."""
+    if not isinstance(n, (int, np.integer)) or n < 1:
+      raise ValueError(f"n must be a positive integer, got {n!r}")
+    if self._latent_sampler is not None:
+      return self._latent_sampler(key, int(n))
+    return jax.random.normal(key, (int(n), *self.latent_shape), jnp.float32)
+
+
+def check_latents(gen: Generator, z, name: str) -> jax.Array:
+  """Validates latents ``[N, *latent_shape]`` (N ≥ 1, finite); returns an array."""
+  if isinstance(z, jax.core.Tracer):
+    if tuple(z.shape[1:]) != gen.latent_shape:
+      raise ValueError(f"{name} must have shape [N, {', '.join(map(str, gen.latent_shape))}]"
+                       f", got {tuple(z.shape)}")
+    return z
+  arr = np.asarray(z)
+  if arr.ndim != 1 + len(gen.latent_shape) or tuple(arr.shape[1:]) != gen.latent_shape:
+    raise ValueError(f"{name} must have shape [N, {', '.join(map(str, gen.latent_shape))}]"
+                     f" for {gen.name}, got {arr.shape}")
+  if arr.shape[0] == 0:
+    raise ValueError(f"{name} is empty: need at least one latent code (N ≥ 1)")
+  if not np.issubdtype(arr.dtype, np.floating):
+    raise ValueError(f"{name} must be a float array, got dtype {arr.dtype}")
+  if not np.all(np.isfinite(arr)):
+    raise ValueError(f"{name} contains NaN or inf")
+  return jnp.asarray(z, jnp.float32)
+
+
+def stage_names(prefix: str, n: int) -> tuple[str, ...]:
+  """``('block1', …, 'blockN')``."""
+  return tuple(f"{prefix}{i + 1}" for i in range(n))
+
+
+__all__: Sequence[str] = ("StagedGenerator", "Generator", "check_latents")

@@ -1,0 +1,221 @@
+"""Counterfactual hybrids and influence maps (Besserve et al. 2020, §3).
+
+At a site with C channels, a mask ``m ∈ [0, 1]^C`` mixes the activations of two
+latent codes, ``h = (1 - m) · h_site(z1) + m · h_site(z2)`` (broadcast over
+H, W), and the suffix turns ``h`` into the **hybrid** image. The **influence
+map** of a mask is ``mean over pairs and colour channels of |hybrid - G(z1)|``.
+
+Masks are arrays passed to compiled functions, so one compilation serves every
+mask. Influence maps are accumulated in a stream: an outer `lax.scan` over chunks
+of pairs (the prefix runs once per chunk and is reused by every mask) and an
+inner `lax.map` over chunks of masks; memory is bounded by the chunk sizes, not
+by ``M × N``.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from cfmod_jax.generator import Generator, check_latents
+
+DEFAULT_PAIR_CHUNK = 32
+DEFAULT_MASK_CHUNK = 16
+
+
+# ---- validation (host side, before any compilation) --------------------------------
+def _is_tracer(x) -> bool:
+  return isinstance(x, jax.core.Tracer)
+
+
+def check_masks(gen: Generator, site: str, masks) -> tuple[jax.Array, bool]:
+  """Validates masks ``[M, C]`` or ``[C]`` in [0, 1]; returns ``([M, C], was_1d)``."""
+  c = gen.site_shape(site)[-1]
+  shape = tuple(np.shape(masks))
+  if len(shape) not in (1, 2) or shape[-1] != c:
+    raise ValueError(f"masks must have shape [M, {c}] or [{c}] (the {c} channels at site "
+                     f"{site!r}), got {shape}")
+  if len(shape) == 2 and shape[0] == 0:
+    raise ValueError("masks is empty: need at least one mask (M ≥ 1)")
+  if not _is_tracer(masks):
+    arr = np.asarray(masks)
+    if arr.dtype != bool and not np.issubdtype(arr.dtype, np.number):
+      raise ValueError(f"masks must be boolean or numeric, got dtype {arr.dtype}")
+    arr = arr.astype(np.float32)
+    if not np.all(np.isfinite(arr)) or arr.min() < 0 or arr.max() > 1:
+      raise ValueError(f"masks values must lie in [0, 1], got range "
+                       f"[{np.nanmin(arr)}, {np.nanmax(arr)}]")
+    masks = arr
+  masks = jnp.asarray(masks, jnp.float32)
+  return (masks[None] if len(shape) == 1 else masks), len(shape) == 1
+
+
+def check_pairs(gen: Generator, z1, z2) -> tuple[jax.Array, jax.Array]:
+  z1 = check_latents(gen, z1, "z1")
+  z2 = check_latents(gen, z2, "z2")
+  if z1.shape[0] != z2.shape[0]:
+    raise ValueError(f"z1 and z2 must hold the same number of latent codes, got "
+                     f"{z1.shape[0]} and {z2.shape[0]}")
+  return z1, z2
+
+
+def _check_positive_int(value, name):
+  if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+    raise ValueError(f"{name} must be a positive integer, got {value!r}")
+  return int(value)
+
+
+# ---- compiled kernels --------------------------------------------------------------
+def _mix(m, a1, a2):
+  """``(1 - m) a1 + m a2`` with m [C] broadcast over [N, H, W, C]: exact for 0/1."""
+  return (1.0 - m) * a1 + m * a2
+
+
+def _hybrids_fn(gen: Generator, site: str, mask_chunk: int):
+  def fn(variables, masks, z1, z2):
+    a1 = gen.prefix(variables, z1, site)
+    a2 = gen.prefix(variables, z2, site)
+    per_mask = lambda m: gen.suffix(variables, _mix(m, a1, a2), z1, site)
+    return lax.map(per_mask, masks, batch_size=mask_chunk)
+  return jax.jit(fn)
+
+
+def _influence_sums_fn(gen: Generator, site: str, pair_chunk: int, mask_chunk: int):
+  """Compiled ``(variables, masks [M,C], z1 [P·k,…], z2, weights [P·k, G]) ->
+  [G, M, H, W]``: per group g, the weighted sum over pairs of Σ_colour |hybrid − G(z1)|."""
+
+  def fn(variables, masks, z1, z2, weights):
+    n_chunks = z1.shape[0] // pair_chunk
+    chunked = lambda x: x.reshape(n_chunks, pair_chunk, *x.shape[1:])
+
+    def pair_step(acc, xs):
+      z1b, z2b, wb = xs
+      a1 = gen.prefix(variables, z1b, site)
+      a2 = gen.prefix(variables, z2b, site)
+      x1 = gen.suffix(variables, a1, z1b, site)
+
+      def per_mask(m):
+        y = gen.suffix(variables, _mix(m, a1, a2), z1b, site)
+        dist = jnp.abs(y - x1).sum(axis=-1)  # [pair_chunk, H, W]
+        return jnp.einsum("phw,pg->ghw", dist, wb)
+
+      sums = lax.map(per_mask, masks, batch_size=mask_chunk)  # [M, G, H, W]
+      return acc + jnp.swapaxes(sums, 0, 1), None
+
+    h, w = gen.image_shape[:2]
+    acc0 = jnp.zeros((weights.shape[1], masks.shape[0], h, w), jnp.float32)
+    acc, _ = lax.scan(pair_step, acc0, (chunked(z1), chunked(z2), chunked(weights)))
+    return acc
+
+  return jax.jit(fn)
+
+
+# ---- public API ----------------------------------------------------------------------
+def hybrids(gen: Generator, site: str, masks, z1, z2, *,
+            mask_chunk: int = DEFAULT_MASK_CHUNK) -> jax.Array:
+  """Counterfactual hybrids.
+
+  Args:
+    gen: a `Generator`.
+    site: one of ``gen.sites``.
+    masks: ``[M, C]`` (or ``[C]``) values in [0, 1]; 1 takes the channel from z2.
+    z1, z2: ``[N, *latent_shape]`` latent codes (originals and donors).
+    mask_chunk: masks evaluated together in one vectorised call.
+  Returns:
+    ``[M, N, H, W, 3] float32`` in [-1, 1] (``[N, H, W, 3]`` for a 1-D mask): z1's
+    activations at ``site`` with the masked channels taken from z2, then the suffix.
+  """
+  gen.site_index(site)
+  masks, one = check_masks(gen, site, masks)
+  z1, z2 = check_pairs(gen, z1, z2)
+  mask_chunk = _check_positive_int(mask_chunk, "mask_chunk")
+  fn = gen.jitted(("hybrids", site, mask_chunk), lambda: _hybrids_fn(gen, site, mask_chunk))
+  out = fn(gen.variables, masks, z1, z2)
+  return out[0] if one else out
+
+
+def influence_map_sums(gen: Generator, site: str, masks, z1, z2, *, groups=None,
+                       pair_chunk: int = DEFAULT_PAIR_CHUNK,
+                       mask_chunk: int = DEFAULT_MASK_CHUNK) -> tuple[jax.Array, np.ndarray]:
+  """Unnormalised influence maps per group of pairs.
+
+  Args:
+    groups: optional int array ``[N]`` assigning each pair to a group ``0..G-1``
+      (e.g. for bootstrap resampling); default: one group.
+  Returns:
+    ``(sums [G, M, H, W], counts [G])`` where ``sums[g] / (3 · counts[g])`` is the
+    influence map of group g.
+  """
+  gen.site_index(site)
+  masks, _ = check_masks(gen, site, masks)
+  z1, z2 = check_pairs(gen, z1, z2)
+  pair_chunk = _check_positive_int(pair_chunk, "pair_chunk")
+  mask_chunk = _check_positive_int(mask_chunk, "mask_chunk")
+  n = z1.shape[0]
+  if groups is None:
+    groups = np.zeros(n, np.int32)
+  groups = np.asarray(groups)
+  if groups.shape != (n,) or not np.issubdtype(groups.dtype, np.integer) or groups.min() < 0:
+    raise ValueError(f"groups must be non-negative integers of shape [{n}], got "
+                     f"{groups.shape} {groups.dtype}")
+  n_groups = int(groups.max()) + 1
+  pair_chunk = min(pair_chunk, n)
+  n_pad = -n % pair_chunk
+  weights = np.zeros((n + n_pad, n_groups), np.float32)
+  weights[np.arange(n), groups] = 1.0
+  pad = lambda z: jnp.concatenate([z, jnp.repeat(z[:1], n_pad, axis=0)]) if n_pad else z
+  fn = gen.jitted(("influence", site, pair_chunk, mask_chunk),
+                  lambda: _influence_sums_fn(gen, site, pair_chunk, mask_chunk))
+  sums = fn(gen.variables, masks, pad(z1), pad(z2), jnp.asarray(weights))
+  return sums, np.bincount(groups, minlength=n_groups)
+
+
+def influence_maps(gen: Generator, site: str, masks, z1, z2, *,
+                   pair_chunk: int = DEFAULT_PAIR_CHUNK,
+                   mask_chunk: int = DEFAULT_MASK_CHUNK) -> jax.Array:
+  """Influence maps of masks at a site.
+
+  Returns:
+    ``[M, H, W] float32 ≥ 0`` (``[H, W]`` for a 1-D mask): the mean over the N
+    pairs and the 3 colour channels of ``|hybrid(z1, z2) − G(z1)|``. Results do
+    not depend on the chunk sizes (up to float rounding).
+  """
+  one = np.ndim(masks) == 1
+  sums, counts = influence_map_sums(gen, site, masks, z1, z2, pair_chunk=pair_chunk,
+                                    mask_chunk=mask_chunk)
+  maps = sums[0] / (3.0 * counts[0])
+  return maps[0] if one else maps
+
+
+def elementary_influence_maps(gen: Generator, site: str, n_pairs: int = 128, key=None, *,
+                              n_groups: int = 1, pair_chunk: int = DEFAULT_PAIR_CHUNK,
+                              mask_chunk: int = DEFAULT_MASK_CHUNK) -> jax.Array:
+  """Elementary influence maps (EIMs): one influence map per channel of ``site``.
+
+  Args:
+    n_pairs: number of latent pairs (z1, z2) drawn from the prior with ``key``.
+    key: a `jax.random` key (default ``jax.random.key(0)``).
+    n_groups: if > 1, return the EIMs of ``n_groups`` disjoint, equal-sized groups
+      of pairs (for bootstrap/stability); their mean is the EIM.
+  Returns:
+    ``[C, H, W] float32`` (or ``[n_groups, C, H, W]`` when ``n_groups > 1``).
+  """
+  gen.site_index(site)
+  n_pairs = _check_positive_int(n_pairs, "n_pairs")
+  n_groups = _check_positive_int(n_groups, "n_groups")
+  if n_groups > n_pairs:
+    raise ValueError(f"n_groups={n_groups} exceeds n_pairs={n_pairs}")
+  key = jax.random.key(0) if key is None else key
+  k1, k2 = jax.random.split(key)
+  z1, z2 = gen.sample_latents(k1, n_pairs), gen.sample_latents(k2, n_pairs)
+  c = gen.site_shape(site)[-1]
+  masks = np.eye(c, dtype=np.float32)
+  groups = (np.arange(n_pairs) * n_groups) // n_pairs
+  sums, counts = influence_map_sums(gen, site, masks, z1, z2, groups=groups,
+                                    pair_chunk=pair_chunk, mask_chunk=mask_chunk)
+  maps = sums / (3.0 * jnp.asarray(counts, jnp.float32)[:, None, None, None])
+  return maps if n_groups > 1 else maps[0]

@@ -1,0 +1,96 @@
+"""BEGAN generator (Berthelot et al. 2017): the decoder of BEGAN's autoencoder.
+
+z [N, latent_dim] → dense 8×8×n → (conv3×3 ELU ×2) → block1 8×8×n →
+[nearest ×2, (conv3×3 ELU) ×2] → block2 16×16×n → block3 32×32×n →
+block4 64×64×n → conv3×3 → image (tanh, so images lie in [-1, 1]).
+No normalisation layers, as in the paper. ``width`` is n.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from cfmod_jax.generator import StagedGenerator, stage_names
+from cfmod_jax.ops import upsample_nearest
+
+
+class ConvPair(nn.Module):
+  """Two 3×3 convolutions with ELU, optionally after ×2 nearest upsampling."""
+  features: int
+  upsample: bool
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    del train
+    if self.upsample:
+      x = upsample_nearest(x, 2)
+    x = nn.elu(nn.Conv(self.features, (3, 3))(x))
+    return nn.elu(nn.Conv(self.features, (3, 3))(x))
+
+
+class BEGANProject(nn.Module):
+  features: int
+
+  @nn.compact
+  def __call__(self, z, train: bool = False):
+    x = nn.Dense(8 * 8 * self.features)(z).reshape(z.shape[0], 8, 8, self.features)
+    return ConvPair(self.features, upsample=False)(x, train)
+
+
+class BEGANToRGB(nn.Module):
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    del train
+    return jnp.tanh(nn.Conv(3, (3, 3))(x))
+
+
+class BEGANGenerator(StagedGenerator):
+  """BEGAN decoder-style generator at 64×64."""
+  latent_dim: int = 64
+  width: int = 64
+
+  site_names = stage_names("block", 4)
+
+  @property
+  def latent_shape(self):
+    return (self.latent_dim,)
+
+  def setup(self):
+    n = self.width
+    self.stages = [BEGANProject(n), ConvPair(n, True), ConvPair(n, True), ConvPair(n, True),
+                   BEGANToRGB()]
+
+
+class BEGANEncoder(nn.Module):
+  """Encoder half of BEGAN's discriminator autoencoder: image → [N, latent_dim]."""
+  latent_dim: int = 64
+  width: int = 64
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    del train
+    n = self.width
+    x = nn.elu(nn.Conv(n, (3, 3))(x))
+    for mult in (1, 2, 3):
+      x = nn.elu(nn.Conv(n * mult, (3, 3))(x))
+      x = nn.elu(nn.Conv(n * mult, (3, 3))(x))
+      x = nn.Conv(n * (mult + 1), (3, 3), strides=(2, 2))(x)  # 64→32→16→8
+      x = nn.elu(x)
+    x = nn.elu(nn.Conv(n * 4, (3, 3))(x))
+    x = nn.elu(nn.Conv(n * 4, (3, 3))(x))
+    return nn.Dense(self.latent_dim)(x.reshape(x.shape[0], -1))
+
+
+class BEGANDiscriminator(nn.Module):
+  """BEGAN's discriminator: an autoencoder; its decoder mirrors the generator."""
+  latent_dim: int = 64
+  width: int = 64
+
+  def setup(self):
+    self.encoder = BEGANEncoder(self.latent_dim, self.width)
+    self.decoder = BEGANGenerator(self.latent_dim, self.width)
+
+  def __call__(self, x, train: bool = False):
+    return self.decoder(self.encoder(x, train), train=train)

@@ -1,0 +1,94 @@
+"""β-VAE (Higgins et al. 2017) for 64×64 images; its decoder is the generator.
+
+Encoder: 4 stride-2 convolutions (64→32→16→8→4) + dense → (mean, log-variance).
+Decoder (`VAEDecoder`, staged like DCGAN without BatchNorm): z → block1 4×4×8w →
+block2 8×8×4w → block3 16×16×2w → block4 32×32×w → image (tanh). The decoder
+output is the mean of a Gaussian likelihood over images in [-1, 1].
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from cfmod_jax.generator import StagedGenerator, stage_names
+from cfmod_jax.ops import ConvTranspose
+
+
+class DecoderProject(nn.Module):
+  features: int
+
+  @nn.compact
+  def __call__(self, z, train: bool = False):
+    del train
+    x = nn.Dense(4 * 4 * self.features)(z)
+    return nn.relu(x.reshape(z.shape[0], 4, 4, self.features))
+
+
+class DecoderUp(nn.Module):
+  features: int
+  final: bool = False
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    del train
+    x = ConvTranspose(self.features, (4, 4), (2, 2))(x)
+    return jnp.tanh(x) if self.final else nn.relu(x)
+
+
+class VAEDecoder(StagedGenerator):
+  latent_dim: int = 32
+  width: int = 32
+
+  site_names = stage_names("block", 4)
+
+  @property
+  def latent_shape(self):
+    return (self.latent_dim,)
+
+  def setup(self):
+    w = self.width
+    self.stages = [DecoderProject(8 * w), DecoderUp(4 * w), DecoderUp(2 * w), DecoderUp(w),
+                   DecoderUp(3, final=True)]
+
+
+class VAEEncoder(nn.Module):
+  latent_dim: int = 32
+  width: int = 32
+
+  @nn.compact
+  def __call__(self, x):
+    for mult in (1, 2, 4, 8):
+      x = nn.relu(nn.Conv(self.width * mult, (4, 4), strides=(2, 2))(x))
+    x = x.reshape(x.shape[0], -1)
+    stats = nn.Dense(2 * self.latent_dim)(x)
+    mean, logvar = jnp.split(stats, 2, axis=-1)
+    return mean, logvar
+
+
+class BetaVAE(nn.Module):
+  """Returns ``(reconstruction, mean, logvar)``; needs an rng named 'sample'."""
+  latent_dim: int = 32
+  width: int = 32
+
+  def setup(self):
+    self.encoder = VAEEncoder(self.latent_dim, self.width)
+    self.decoder = VAEDecoder(self.latent_dim, self.width)
+
+  def __call__(self, x, train: bool = False):
+    mean, logvar = self.encoder(x)
+    if train:
+      eps = jax.random.normal(self.make_rng("sample"), mean.shape, mean.dtype)
+      z = mean + jnp.exp(0.5 * logvar) * eps
+    else:
+      z = mean
+    return self.decoder(z, train=train), mean, logvar
+
+  def decode(self, z):
+    return self.decoder(z)
+
+
+def decoder_variables(vae_variables):
+  """Extracts the decoder's variables from a `BetaVAE`'s variables."""
+  return {"params": vae_variables["params"]["decoder"]}

@@ -1,0 +1,159 @@
+"""Tests for the TensorFlow-free CelebA pipeline (offline: mocked or tiny fake data)."""
+
+import io
+import json
+import os
+
+import numpy as np
+import PIL.Image
+import pytest
+import tensorflow_datasets as tfds
+
+from cfmod_jax.data import celeba
+
+N_TRAIN = 6
+BORDER = (255, 0, 255)  # colour outside the 140x140 centre crop
+RIGHT = (0, 128, 255)  # colour of the crop's right half
+
+
+def _left_colour(i):
+    return (40 * i, 200 - 20 * i, 30 + 10 * i)
+
+
+def _fake_image(i):
+    """218x178 image: border colour outside the crop, crop = [left colour | RIGHT]."""
+    img = np.empty((218, 178, 3), np.uint8)
+    img[:] = BORDER
+    img[39:179, 19:89] = _left_colour(i)
+    img[39:179, 89:159] = RIGHT
+    return img
+
+
+def _png(array):
+    """Lossless PNG bytes (celeb_a's feature would JPEG-encode a raw array or PIL image)."""
+    buf = io.BytesIO()
+    PIL.Image.fromarray(array).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def fake_data_dir(tmp_path_factory):
+    """A real (tiny) celeb_a prepared in array_record format, written without TF."""
+    data_dir = str(tmp_path_factory.mktemp("tfds"))
+
+    class FakeCelebA(tfds.builder_cls("celeb_a"), skip_registration=True):
+        name = "celeb_a"
+
+        def _split_generators(self, dl_manager):
+            sizes = {"train": N_TRAIN, "validation": 2, "test": 2}
+            return {split: self._gen(n) for split, n in sizes.items()}
+
+        def _gen(self, n):
+            feats = self.info.features
+            for i in range(n):
+                yield str(i), {
+                    "image": _png(_fake_image(i)),  # encoded bytes: stored as is, no TF
+                    "landmarks": {k: 0 for k in feats["landmarks"].keys()},
+                    "attributes": {k: False for k in feats["attributes"].keys()},
+                    "identity": {"Identity_No": i},
+                }
+
+    FakeCelebA(data_dir=data_dir, file_format="array_record").download_and_prepare()
+    return data_dir
+
+
+def test_preprocess_maps_range_and_shape():
+    images = np.zeros((3, 218, 178, 3), np.uint8)
+    images[1] = 255
+    images[2, :, :, 0] = 51  # 51 / 127.5 - 1 = -0.6
+    out = celeba.preprocess(images)
+    assert out.shape == (3, 64, 64, 3) and out.dtype == np.float32
+    np.testing.assert_allclose(out[0], -1.0, atol=1e-6)
+    np.testing.assert_allclose(out[1], 1.0, atol=1e-6)
+    np.testing.assert_allclose(out[2, ..., 0], -0.6, atol=1e-5)
+    assert celeba.preprocess(images, crop_size=100, image_size=32).shape == (3, 32, 32, 3)
+    with pytest.raises(ValueError):
+        celeba.preprocess(images[:, :100])
+
+
+def test_real_array_record_pipeline(fake_data_dir):
+    it = celeba.celeba_batches(fake_data_dir, "train", batch_size=2, seed=1, num_epochs=1)
+    batches = list(it)
+    assert len(batches) == N_TRAIN // 2
+    seen = []
+    for b in batches:
+        assert b.shape == (2, 64, 64, 3) and b.dtype == np.float32
+        assert b.min() >= -1.0 and b.max() <= 1.0
+        # Exactly the centre crop: no border colour anywhere (an off-by-one crop
+        # would put it on the outermost rows/columns), left half / right half kept.
+        right = np.array(RIGHT) / 127.5 - 1
+        np.testing.assert_allclose(b[:, :, 34:], np.broadcast_to(right, (2, 64, 30, 3)), atol=1e-5)
+        for img in b:
+            left = img[:, :30].reshape(-1, 3)
+            np.testing.assert_allclose(left, np.broadcast_to(left[0], left.shape), atol=1e-5)
+            seen.append(tuple(np.round((left[0] + 1) * 127.5).astype(int)))
+    # One epoch visits every example once.
+    assert sorted(seen) == sorted(_left_colour(i) for i in range(N_TRAIN))
+    # Deterministic by seed; epochs are reshuffled; shuffle=False keeps storage order.
+    again = list(celeba.celeba_batches(fake_data_dir, "train", 2, seed=1, num_epochs=1))
+    np.testing.assert_array_equal(np.concatenate(again), np.concatenate(batches))
+    two = list(celeba.celeba_batches(fake_data_dir, "train", 6, seed=1, num_epochs=2))
+    assert len(two) == 2 and not np.array_equal(two[0], two[1])
+    ordered = np.concatenate(list(celeba.celeba_batches(
+        fake_data_dir, "train", 2, shuffle=False, num_epochs=1)))
+    source = celeba.load_source(fake_data_dir, "train")
+    np.testing.assert_allclose(ordered, celeba.preprocess(
+        np.stack([source[i]["image"] for i in range(N_TRAIN)])))
+    # Remainder handling and infinite iteration.
+    rem = list(celeba.celeba_batches(fake_data_dir, "train", 4, num_epochs=1,
+                                     drop_remainder=False))
+    assert [len(b) for b in rem] == [4, 2]
+    inf = celeba.celeba_batches(fake_data_dir, "validation", 2)
+    assert all(next(inf).shape == (2, 64, 64, 3) for _ in range(3))
+    with pytest.raises(ValueError, match="batch_size"):
+        next(celeba.celeba_batches(fake_data_dir, "test", batch_size=3))
+
+
+def test_mocked_tfds_data_source(tmp_path):
+    with tfds.testing.mock_data(num_examples=10, policy=tfds.testing.MockPolicy.USE_CODE):
+        batches = celeba.celeba_batches(str(tmp_path), "train", batch_size=4, seed=0)
+        first, second = next(batches), next(batches)
+    for b in (first, second):
+        assert b.shape == (4, 64, 64, 3) and b.dtype == np.float32
+        assert b.min() >= -1.0 and b.max() <= 1.0
+        assert b.std() > 0.1  # random mock images, not a constant
+    assert not np.array_equal(first, second)
+
+
+def test_missing_data_dir_is_a_clear_error(tmp_path):
+    missing = str(tmp_path / "nope")
+    with pytest.raises(FileNotFoundError, match="array_record") as err:
+        celeba.load_source(missing)
+    assert missing in str(err.value) and "data_dir" in str(err.value)
+
+    empty = str(tmp_path)
+    with pytest.raises(FileNotFoundError, match="not prepared") as err:
+        next(celeba.celeba_batches(empty, "train", 4))
+    msg = str(err.value)
+    assert empty in msg and "download_and_prepare" in msg and "tfds build celeb_a" in msg
+
+
+def test_unknown_dataset_name(tmp_path):
+    with pytest.raises(ValueError, match="Unknown tfds dataset name 'celeb_b'"):
+        celeba.load_source(str(tmp_path), name="celeb_b")
+
+
+def test_tfrecord_prepared_dataset_is_a_clear_error(fake_data_dir, tmp_path):
+    # Same metadata, but declaring the TFRecord format (tfds' default for celeb_a).
+    src = os.path.join(fake_data_dir, "celeb_a", "2.1.0")
+    dst = tmp_path / "celeb_a" / "2.1.0"
+    dst.mkdir(parents=True)
+    for fname in ("dataset_info.json", "features.json"):
+        with open(os.path.join(src, fname)) as f:
+            content = json.load(f)
+        if fname == "dataset_info.json":
+            content["fileFormat"] = "tfrecord"
+        (dst / fname).write_text(json.dumps(content))
+    with pytest.raises(ValueError, match="array_record") as err:
+        celeba.load_source(str(tmp_path))
+    assert "tfrecord" in str(err.value).lower() and str(tmp_path) in str(err.value)

@@ -1,0 +1,192 @@
+"""Hybrids and influence maps: exact special cases, a plain-loop reference,
+chunk-size invariance, a user-defined generator, and bad input."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import cfmod_jax as cf
+
+# Values are images in [-1, 1]; XLA may round differently for different batch
+# layouts, so "exact" comparisons allow float32 rounding noise.
+ATOL = 1e-6
+
+
+def _reference_hybrid(gen, site, mask, z1, z2):
+  """One pair, one mask, no vmap/scan: prefix each code, mix in numpy, suffix."""
+  a1 = np.asarray(gen.run_prefix(site, z1[None]))
+  a2 = np.asarray(gen.run_prefix(site, z2[None]))
+  m = np.asarray(mask, np.float32)
+  h = a1 * (1 - m) + a2 * m
+  return np.asarray(gen.run_suffix(site, jnp.asarray(h), z1[None]))[0]
+
+
+def test_empty_and_full_masks(small_dcgan, pairs):
+  z1, z2 = pairs
+  for site in small_dcgan.sites:
+    c = small_dcgan.site_shape(site)[-1]
+    out = cf.hybrids(small_dcgan, site, np.stack([np.zeros(c), np.ones(c)]), z1, z2)
+    assert out.shape == (2, 6, 64, 64, 3)
+    np.testing.assert_allclose(out[0], small_dcgan(z1), atol=ATOL)
+    np.testing.assert_allclose(out[1], small_dcgan(z2), atol=ATOL)
+
+
+def test_influence_map_special_cases(small_dcgan, pairs):
+  z1, z2 = pairs
+  site = "block2"
+  c = small_dcgan.site_shape(site)[-1]
+  half = (np.arange(c) < c // 2).astype(np.float32)
+  maps = cf.influence_maps(small_dcgan, site, np.stack([np.zeros(c), np.ones(c), half]), z1, z2)
+  assert maps.shape == (3, 64, 64)
+  assert float(maps.min()) >= 0.0
+  np.testing.assert_allclose(maps[0], 0.0, atol=ATOL)
+  want = np.abs(np.asarray(small_dcgan(z2)) - np.asarray(small_dcgan(z1))).mean(axis=(0, 3))
+  np.testing.assert_allclose(maps[1], want, atol=ATOL)
+  assert float(maps[2].mean()) > 1e-4  # a real intervention has an effect
+
+
+def test_batched_equals_plain_loop(small_dcgan, pairs):
+  z1, z2 = pairs
+  site = "block3"
+  c = small_dcgan.site_shape(site)[-1]
+  rng = np.random.default_rng(1)
+  masks = np.stack([rng.random(c) < 0.3, rng.random(c) < 0.6, rng.random(c)]).astype(np.float32)
+  hyb = np.asarray(cf.hybrids(small_dcgan, site, masks, z1, z2, mask_chunk=2))
+  maps = np.asarray(cf.influence_maps(small_dcgan, site, masks, z1, z2, pair_chunk=4,
+                                      mask_chunk=2))
+  base = np.asarray(small_dcgan(z1))
+  for mi, m in enumerate(masks):
+    diffs = []
+    for n in range(z1.shape[0]):
+      ref = _reference_hybrid(small_dcgan, site, m, z1[n], z2[n])
+      np.testing.assert_allclose(hyb[mi, n], ref, atol=1e-5)
+      diffs.append(np.abs(ref - base[n]).mean(axis=-1))
+    np.testing.assert_allclose(maps[mi], np.mean(diffs, axis=0), atol=1e-5)
+
+
+def test_chunk_sizes_do_not_change_maps(small_dcgan, pairs):
+  z1, z2 = pairs
+  site = "block1"
+  c = small_dcgan.site_shape(site)[-1]
+  masks = np.eye(c, dtype=np.float32)[:7]
+  ref = cf.influence_maps(small_dcgan, site, masks, z1, z2, pair_chunk=6, mask_chunk=7)
+  for pc, mc in [(1, 1), (4, 3), (5, 2), (64, 64)]:
+    got = cf.influence_maps(small_dcgan, site, masks, z1, z2, pair_chunk=pc, mask_chunk=mc)
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-7)
+
+
+def test_one_dimensional_mask(small_dcgan, pairs):
+  z1, z2 = pairs
+  c = small_dcgan.site_shape("block4")[-1]
+  m = np.zeros(c); m[3] = 1
+  assert cf.hybrids(small_dcgan, "block4", m, z1, z2).shape == (6, 64, 64, 3)
+  one = cf.influence_maps(small_dcgan, "block4", m, z1, z2)
+  two = cf.influence_maps(small_dcgan, "block4", m[None], z1, z2)
+  assert one.shape == (64, 64)
+  np.testing.assert_allclose(one, two[0], atol=ATOL)
+
+
+def test_elementary_influence_maps(small_dcgan):
+  site = "block2"
+  c = small_dcgan.site_shape(site)[-1]
+  key = jax.random.key(7)
+  eims = cf.elementary_influence_maps(small_dcgan, site, n_pairs=10, key=key)
+  assert eims.shape == (c, 64, 64)
+  k1, k2 = jax.random.split(key)
+  z1, z2 = small_dcgan.sample_latents(k1, 10), small_dcgan.sample_latents(k2, 10)
+  want = cf.influence_maps(small_dcgan, site, np.eye(c), z1, z2)
+  np.testing.assert_allclose(eims, want, rtol=1e-5, atol=1e-7)
+  groups = cf.elementary_influence_maps(small_dcgan, site, n_pairs=10, key=key, n_groups=2)
+  assert groups.shape == (2, c, 64, 64)
+  np.testing.assert_allclose(groups.mean(0), eims, rtol=1e-5, atol=1e-7)
+  want_first = cf.influence_maps(small_dcgan, site, np.eye(c), z1[:5], z2[:5])
+  np.testing.assert_allclose(groups[0], want_first, rtol=1e-5, atol=1e-7)
+
+
+class _TinyStage(nn.Module):
+  features: int
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    return nn.gelu(nn.Conv(self.features, (3, 3))(x))
+
+
+class _TinyProject(nn.Module):
+  @nn.compact
+  def __call__(self, z, train=False):
+    return nn.Dense(8 * 8 * 5)(z).reshape(z.shape[0], 8, 8, 5)
+
+
+class _TinyRGB(nn.Module):
+  @nn.compact
+  def __call__(self, x, train=False):
+    return jnp.tanh(nn.Conv(3, (1, 1))(x))
+
+
+class TinyUserGenerator(cf.StagedGenerator):
+  """What a user writes: stages in setup(), site names, latent shape."""
+  site_names = ("proj", "conv_a", "conv_b")
+  latent_shape = (4,)
+
+  def setup(self):
+    self.stages = [_TinyProject(), _TinyStage(6), _TinyStage(4), _TinyRGB()]
+
+
+def test_user_defined_generator():
+  module = TinyUserGenerator()
+  variables = module.init(jax.random.key(0), jnp.zeros((1, 4)))
+  gen = cf.Generator(module, variables, name="tiny")
+  assert gen.sites == ("proj", "conv_a", "conv_b")
+  assert gen.site_shape("conv_a") == (8, 8, 6)
+  z1 = gen.sample_latents(jax.random.key(1), 3)
+  z2 = gen.sample_latents(jax.random.key(2), 3)
+  assert gen(z1).shape == (3, 8, 8, 3)
+  masks = np.eye(6)[:2]
+  hyb = cf.hybrids(gen, "conv_a", masks, z1, z2)
+  for n in range(3):
+    np.testing.assert_allclose(hyb[1, n], _reference_hybrid(gen, "conv_a", masks[1], z1[n], z2[n]),
+                               atol=1e-5)
+  eims = cf.elementary_influence_maps(gen, "conv_b", n_pairs=4)
+  assert eims.shape == (4, 8, 8) and float(eims.min()) >= 0
+
+
+# ---- bad input: clear errors, raised before anything is compiled ------------------------
+@pytest.fixture
+def fresh_gen():
+  return cf.init_generator("dcgan", seed=0, width=4, latent_dim=8)
+
+
+def _bad_calls(gen):
+  c = gen.site_shape("block2")[-1]
+  z = np.zeros((3, 8), np.float32)
+  m = np.zeros((2, c), np.float32)
+  nan_z = z.copy(); nan_z[1, 2] = np.nan
+  inf_z = z.copy(); inf_z[0, 0] = np.inf
+  return [
+      ("site='nope'.*valid sites: block1, block2, block3, block4",
+       lambda: cf.hybrids(gen, "nope", m, z, z)),
+      ("site='nope'", lambda: cf.elementary_influence_maps(gen, "nope", n_pairs=2)),
+      (r"masks must have shape \[M, 16\]", lambda: cf.influence_maps(gen, "block2", m[:, :5], z, z)),
+      (r"masks values must lie in \[0, 1\]", lambda: cf.influence_maps(gen, "block2", m + 2, z, z)),
+      (r"masks values must lie in \[0, 1\]", lambda: cf.hybrids(gen, "block2", m - 0.5, z, z)),
+      (r"z1 must have shape \[N, 8\]", lambda: cf.hybrids(gen, "block2", m, np.zeros((3, 9)), z)),
+      (r"z2 must have shape \[N, 8\]", lambda: cf.influence_maps(gen, "block2", m, z, z[:, :, None])),
+      ("same number of latent codes", lambda: cf.influence_maps(gen, "block2", m, z, z[:2])),
+      ("z1 is empty", lambda: cf.influence_maps(gen, "block2", m, z[:0], z[:0])),
+      ("n_pairs must be a positive integer", lambda: cf.elementary_influence_maps(gen, "block2", 0)),
+      ("z1 contains NaN or inf", lambda: cf.hybrids(gen, "block2", m, nan_z, z)),
+      ("z2 contains NaN or inf", lambda: cf.influence_maps(gen, "block2", m, z, inf_z)),
+      ("pair_chunk must be a positive integer",
+       lambda: cf.influence_maps(gen, "block2", m, z, z, pair_chunk=0)),
+      ("latents must have shape", lambda: gen(np.zeros((2, 3)))),
+  ]
+
+
+@pytest.mark.parametrize("index", range(14))
+def test_bad_input_raises_before_compiling(fresh_gen, index):
+  pattern, call = _bad_calls(fresh_gen)[index]
+  with pytest.raises(ValueError, match=pattern):
+    call()
+  assert not fresh_gen._jit_cache, "an error must be raised before any compilation"
