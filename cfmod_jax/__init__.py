@@ -8,9 +8,11 @@ Public API (see README):
 """
 
 from cfmod_jax.generator import Generator, StagedGenerator
-from cfmod_jax.interventions import (elementary_influence_maps, hybrids, influence_map_sums,
+from cfmod_jax.interventions import (elementary_influence_map_sums, elementary_influence_maps,
+                                     hybrids, influence_map_sums,
                                      influence_maps)
 from cfmod_jax.models import build_module, init_generator
 
-__all__ = ["Generator", "StagedGenerator", "build_module", "elementary_influence_maps",
+__all__ = ["Generator", "StagedGenerator", "build_module", "elementary_influence_map_sums",
+           "elementary_influence_maps",
            "hybrids", "influence_map_sums", "influence_maps", "init_generator"]

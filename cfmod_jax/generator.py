@@ -53,6 +53,19 @@ class StagedGenerator(nn.Module):
       x = self.call_stage(i, x, latent, train)
     return x
 
+  # Optional linear split of a stage, ``stage(x) = stage.post(stage.pre(x))`` with
+  # ``pre`` linear in x and ``stage.pre_delta(delta, start)`` giving each input
+  # channel's contribution to ``pre`` alone. Used by the fast EIM path.
+  def stage_pre(self, index: int, x):
+    return self.stages[index].pre(x)
+
+  def stage_pre_delta(self, index: int, delta, start):
+    return self.stages[index].pre_delta(delta, start)
+
+  def stage_post_and_rest(self, index: int, y, latent):
+    x = self.stages[index].post(y, train=False)
+    return self(latent, x, start=index + 1)
+
 
 def _module_attr(module, name):
   value = getattr(module, name, None)
@@ -123,6 +136,34 @@ class Generator:
     the codes that condition later stages (unused by unconditional models)."""
     i = self.site_index(site)
     return self.module.apply(variables, latents, h, start=i + 1)
+
+  def has_linear_split(self, site: str) -> bool:
+    """True if the stage after ``site`` splits into a linear ``pre`` (with per-channel
+    contributions) and ``post`` — then single-channel hybrids need no full
+    convolution of the first layer after the site."""
+    i = self.site_index(site)
+    if type(self.module).call_stage is not StagedGenerator.call_stage:
+      return False
+    stage = self.module.bind(self.variables).stages[i + 1]
+    return all(callable(getattr(stage, m, None)) for m in ("pre", "pre_delta", "post"))
+
+  def suffix_pre(self, variables, h, site: str):
+    """Linear part of the first stage after ``site``."""
+    i = self.site_index(site)
+    return self.module.apply(variables, i + 1, h, method=StagedGenerator.stage_pre)
+
+  def suffix_pre_delta(self, variables, delta, start, site: str):
+    """``[m, N, …]``: contribution to `suffix_pre` of each of the m channels of
+    ``delta [N, H, W, m]`` (channels ``start…start+m−1`` of the site), alone."""
+    i = self.site_index(site)
+    return self.module.apply(variables, i + 1, delta, start,
+                             method=StagedGenerator.stage_pre_delta)
+
+  def suffix_post(self, variables, y, latents, site: str):
+    """The rest of the suffix after `suffix_pre`: images."""
+    i = self.site_index(site)
+    return self.module.apply(variables, i + 1, y, latents,
+                             method=StagedGenerator.stage_post_and_rest)
 
   def generate(self, variables, latents: jax.Array) -> jax.Array:
     """Images ``[N, H, W, 3]`` in [-1, 1] (inference mode)."""

@@ -9,7 +9,14 @@ Masks are arrays passed to compiled functions, so one compilation serves every
 mask. Influence maps are accumulated in a stream: an outer `lax.scan` over chunks
 of pairs (the prefix runs once per chunk and is reused by every mask) and an
 inner `lax.map` over chunks of masks; memory is bounded by the chunk sizes, not
-by ``M × N``.
+by ``M × N``. The pairs are sharded over every device (all local devices, and
+all hosts after `jax.distributed.initialize`) with `jax.shard_map`; per-device
+sums are added with one `psum`.
+
+Elementary influence maps use a faster path when the stage after the site is
+``post(pre(x))`` with ``pre`` linear (`Generator.has_linear_split`): a
+single-channel hybrid's pre-activation is ``pre(h(z1)) + pre_c(h_c(z2) − h_c(z1))``,
+so each channel costs only its own contribution instead of a full layer.
 """
 
 from __future__ import annotations
@@ -20,6 +27,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from cfmod_jax.generator import Generator, check_latents
 
@@ -84,14 +93,15 @@ def _hybrids_fn(gen: Generator, site: str, mask_chunk: int):
   return jax.jit(fn)
 
 
-def _influence_sums_fn(gen: Generator, site: str, pair_chunk: int, mask_chunk: int):
-  """Compiled ``(variables, masks [M,C], z1 [P·k,…], z2, weights [P·k, G]) ->
-  [G, M, H, W]``: per group g, the weighted sum over pairs of Σ_colour |hybrid − G(z1)|."""
+def _pair_chunks(x, pair_chunk):
+  return x.reshape(x.shape[0] // pair_chunk, pair_chunk, *x.shape[1:])
 
-  def fn(variables, masks, z1, z2, weights):
-    n_chunks = z1.shape[0] // pair_chunk
-    chunked = lambda x: x.reshape(n_chunks, pair_chunk, *x.shape[1:])
 
+def _local_mask_sums(gen: Generator, site: str, pair_chunk: int, mask_chunk: int):
+  """Per-device ``(variables, masks [M,C], z1, z2, weights [n, G]) -> [G, M, H, W]``:
+  per group g, the weighted sum over pairs of Σ_colour |hybrid − G(z1)|."""
+
+  def local(variables, masks, z1, z2, weights):
     def pair_step(acc, xs):
       z1b, z2b, wb = xs
       a1 = gen.prefix(variables, z1b, site)
@@ -108,10 +118,108 @@ def _influence_sums_fn(gen: Generator, site: str, pair_chunk: int, mask_chunk: i
 
     h, w = gen.image_shape[:2]
     acc0 = jnp.zeros((weights.shape[1], masks.shape[0], h, w), jnp.float32)
-    acc, _ = lax.scan(pair_step, acc0, (chunked(z1), chunked(z2), chunked(weights)))
-    return acc
+    xs = tuple(_pair_chunks(x, pair_chunk) for x in (z1, z2, weights))
+    return lax.scan(pair_step, acc0, xs)[0]
 
-  return jax.jit(fn)
+  return local
+
+
+def _local_eim_sums(gen: Generator, site: str, pair_chunk: int, channel_chunk: int):
+  """Per-device fast EIM sums ``(variables, (), z1, z2, weights) -> [G, C, H, W]``
+  using the linear split of the stage after the site."""
+  c = gen.site_shape(site)[-1]
+
+  def local(variables, _, z1, z2, weights):
+    def pair_step(acc, xs):
+      z1b, z2b, wb = xs
+      a1 = gen.prefix(variables, z1b, site)
+      delta = gen.prefix(variables, z2b, site) - a1
+      pre1 = gen.suffix_pre(variables, a1, site)
+      x1 = gen.suffix_post(variables, pre1, z1b, site)
+      z1t = jnp.tile(z1b, (channel_chunk,) + (1,) * (z1b.ndim - 1))
+
+      def per_chunk(start):
+        d = lax.dynamic_slice_in_dim(delta, start, channel_chunk, axis=-1)
+        pre = pre1[None] + gen.suffix_pre_delta(variables, d, start, site)  # [cc, pc, …]
+        y = gen.suffix_post(variables, pre.reshape(-1, *pre.shape[2:]), z1t, site)
+        y = y.reshape(channel_chunk, pair_chunk, *y.shape[1:])
+        dist = jnp.abs(y - x1[None]).sum(axis=-1)  # [cc, pc, H, W]
+        return jnp.einsum("jphw,pg->gjhw", dist, wb)
+
+      sums = lax.map(per_chunk, jnp.arange(0, c, channel_chunk))  # [C/cc, G, cc, H, W]
+      sums = jnp.moveaxis(sums, 1, 0).reshape(acc.shape)
+      return acc + sums, None
+
+    h, w = gen.image_shape[:2]
+    acc0 = jnp.zeros((weights.shape[1], c, h, w), jnp.float32)
+    xs = tuple(_pair_chunks(x, pair_chunk) for x in (z1, z2, weights))
+    return lax.scan(pair_step, acc0, xs)[0]
+
+  return local
+
+
+def pair_mesh() -> Mesh:
+  """A 1-D mesh named 'pairs' over every device (all hosts)."""
+  return Mesh(np.asarray(jax.devices()), ("pairs",))
+
+
+def _sharded_sum(local, mesh: Mesh):
+  """jit(shard_map(local)) with pairs split over the mesh and a psum of the sums."""
+  def summed(variables, extra, z1, z2, weights):
+    return lax.psum(local(variables, extra, z1, z2, weights), "pairs")
+
+  return jax.jit(jax.shard_map(
+      summed, mesh=mesh, in_specs=(P(), P(), P("pairs"), P("pairs"), P("pairs")),
+      out_specs=P(), check_vma=False))
+
+
+def _global(x, mesh: Mesh, spec: P):
+  """Host array (identical on every process) → global array with ``spec``."""
+  sharding = NamedSharding(mesh, spec)
+  if jax.process_count() == 1:
+    return jax.device_put(x, sharding)
+  x = np.asarray(x)
+  return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
+
+
+def _host(x) -> np.ndarray:
+  """A replicated global array → numpy (works with several processes too)."""
+  if jax.process_count() == 1:
+    return np.asarray(x)
+  return np.asarray(x.addressable_data(0))
+
+
+def _run_sharded(gen: Generator, key, local_factory, extra, z1, z2, groups, pair_chunk):
+  """Pads the pairs to a multiple of (devices × pair_chunk), shards and sums."""
+  mesh = pair_mesh()
+  n, n_dev = z1.shape[0], mesh.size
+  pair_chunk = min(pair_chunk, -(-n // n_dev))
+  n_pad = -n % (n_dev * pair_chunk)
+  n_groups = int(groups.max()) + 1
+  weights = np.zeros((n + n_pad, n_groups), np.float32)
+  weights[np.arange(n), groups] = 1.0
+  pad = lambda z: np.concatenate([z, np.repeat(z[:1], n_pad, axis=0)]) if n_pad else z
+  z1, z2 = pad(np.asarray(z1)), pad(np.asarray(z2))
+  fn = gen.jitted((*key, pair_chunk, n_dev),
+                  lambda: _sharded_sum(local_factory(pair_chunk), mesh))
+  rep = lambda t: jax.tree.map(lambda a: _global(np.asarray(a), mesh, P()), t)
+  out = fn(rep(gen.variables), rep(extra), _global(z1, mesh, P("pairs")),
+           _global(z2, mesh, P("pairs")), _global(weights, mesh, P("pairs")))
+  return _host(out), np.bincount(groups, minlength=n_groups)
+
+
+def _check_groups(groups, n):
+  if groups is None:
+    return np.zeros(n, np.int32)
+  groups = np.asarray(groups)
+  if groups.shape != (n,) or not np.issubdtype(groups.dtype, np.integer) or groups.min() < 0:
+    raise ValueError(f"groups must be non-negative integers of shape [{n}], got "
+                     f"{groups.shape} {groups.dtype}")
+  return groups
+
+
+def _largest_divisor_at_most(n: int, k: int) -> int:
+  return max(d for d in range(1, min(n, k) + 1) if n % d == 0)
 
 
 # ---- public API ----------------------------------------------------------------------
@@ -155,23 +263,11 @@ def influence_map_sums(gen: Generator, site: str, masks, z1, z2, *, groups=None,
   z1, z2 = check_pairs(gen, z1, z2)
   pair_chunk = _check_positive_int(pair_chunk, "pair_chunk")
   mask_chunk = _check_positive_int(mask_chunk, "mask_chunk")
-  n = z1.shape[0]
-  if groups is None:
-    groups = np.zeros(n, np.int32)
-  groups = np.asarray(groups)
-  if groups.shape != (n,) or not np.issubdtype(groups.dtype, np.integer) or groups.min() < 0:
-    raise ValueError(f"groups must be non-negative integers of shape [{n}], got "
-                     f"{groups.shape} {groups.dtype}")
-  n_groups = int(groups.max()) + 1
-  pair_chunk = min(pair_chunk, n)
-  n_pad = -n % pair_chunk
-  weights = np.zeros((n + n_pad, n_groups), np.float32)
-  weights[np.arange(n), groups] = 1.0
-  pad = lambda z: jnp.concatenate([z, jnp.repeat(z[:1], n_pad, axis=0)]) if n_pad else z
-  fn = gen.jitted(("influence", site, pair_chunk, mask_chunk),
-                  lambda: _influence_sums_fn(gen, site, pair_chunk, mask_chunk))
-  sums = fn(gen.variables, masks, pad(z1), pad(z2), jnp.asarray(weights))
-  return sums, np.bincount(groups, minlength=n_groups)
+  groups = _check_groups(groups, z1.shape[0])
+  sums, counts = _run_sharded(
+      gen, ("influence", site, mask_chunk),
+      lambda pc: _local_mask_sums(gen, site, pc, mask_chunk), masks, z1, z2, groups, pair_chunk)
+  return jnp.asarray(sums), counts
 
 
 def influence_maps(gen: Generator, site: str, masks, z1, z2, *,
@@ -191,9 +287,45 @@ def influence_maps(gen: Generator, site: str, masks, z1, z2, *,
   return maps[0] if one else maps
 
 
+def _check_method(method):
+  if method not in ("auto", "linear", "masks"):
+    raise ValueError(f"method must be 'auto', 'linear' or 'masks', got {method!r}")
+  return method
+
+
+def elementary_influence_map_sums(gen: Generator, site: str, z1, z2, *, groups=None,
+                                  pair_chunk: int = DEFAULT_PAIR_CHUNK,
+                                  mask_chunk: int = DEFAULT_MASK_CHUNK,
+                                  method: str = "auto") -> tuple[jax.Array, np.ndarray]:
+  """Unnormalised EIMs of given pairs: ``(sums [G, C, H, W], counts [G])``.
+
+  ``sums[g] / (3 · counts[g])`` are the EIMs of the pairs in group g. See
+  `elementary_influence_maps` for ``method``.
+  """
+  gen.site_index(site)
+  z1, z2 = check_pairs(gen, z1, z2)
+  pair_chunk = _check_positive_int(pair_chunk, "pair_chunk")
+  mask_chunk = _check_positive_int(mask_chunk, "mask_chunk")
+  method = _check_method(method)
+  linear = gen.has_linear_split(site)
+  if method == "linear" and not linear:
+    raise ValueError(f"method='linear' needs a linear split of the stage after site {site!r}")
+  groups = _check_groups(groups, z1.shape[0])
+  c = gen.site_shape(site)[-1]
+  if linear and method != "masks":
+    cc = _largest_divisor_at_most(c, mask_chunk)
+    sums, counts = _run_sharded(gen, ("eim", site, cc),
+                                lambda pc: _local_eim_sums(gen, site, pc, cc), (), z1, z2,
+                                groups, pair_chunk)
+    return jnp.asarray(sums), counts
+  return influence_map_sums(gen, site, np.eye(c, dtype=np.float32), z1, z2, groups=groups,
+                            pair_chunk=pair_chunk, mask_chunk=mask_chunk)
+
+
 def elementary_influence_maps(gen: Generator, site: str, n_pairs: int = 128, key=None, *,
                               n_groups: int = 1, pair_chunk: int = DEFAULT_PAIR_CHUNK,
-                              mask_chunk: int = DEFAULT_MASK_CHUNK) -> jax.Array:
+                              mask_chunk: int = DEFAULT_MASK_CHUNK,
+                              method: str = "auto") -> jax.Array:
   """Elementary influence maps (EIMs): one influence map per channel of ``site``.
 
   Args:
@@ -201,6 +333,9 @@ def elementary_influence_maps(gen: Generator, site: str, n_pairs: int = 128, key
     key: a `jax.random` key (default ``jax.random.key(0)``).
     n_groups: if > 1, return the EIMs of ``n_groups`` disjoint, equal-sized groups
       of pairs (for bootstrap/stability); their mean is the EIM.
+    method: ``'linear'`` uses the linear split of the stage after the site (each
+      channel's contribution to the next layer alone); ``'masks'`` runs the
+      general one-hot-mask path; ``'auto'`` picks 'linear' when available.
   Returns:
     ``[C, H, W] float32`` (or ``[n_groups, C, H, W]`` when ``n_groups > 1``).
   """
@@ -209,13 +344,13 @@ def elementary_influence_maps(gen: Generator, site: str, n_pairs: int = 128, key
   n_groups = _check_positive_int(n_groups, "n_groups")
   if n_groups > n_pairs:
     raise ValueError(f"n_groups={n_groups} exceeds n_pairs={n_pairs}")
+  _check_method(method)
   key = jax.random.key(0) if key is None else key
   k1, k2 = jax.random.split(key)
   z1, z2 = gen.sample_latents(k1, n_pairs), gen.sample_latents(k2, n_pairs)
-  c = gen.site_shape(site)[-1]
-  masks = np.eye(c, dtype=np.float32)
   groups = (np.arange(n_pairs) * n_groups) // n_pairs
-  sums, counts = influence_map_sums(gen, site, masks, z1, z2, groups=groups,
-                                    pair_chunk=pair_chunk, mask_chunk=mask_chunk)
+  sums, counts = elementary_influence_map_sums(gen, site, z1, z2, groups=groups,
+                                               pair_chunk=pair_chunk, mask_chunk=mask_chunk,
+                                               method=method)
   maps = sums / (3.0 * jnp.asarray(counts, jnp.float32)[:, None, None, None])
   return maps if n_groups > 1 else maps[0]

@@ -45,6 +45,49 @@ def _phase_plan(k: int, s: int):
   return plan
 
 
+def _subpixel_plan(kernel_shape, strides):
+  """Sub-kernel tap indices and paddings of the sub-pixel form of a transposed conv."""
+  kh, kw = kernel_shape[:2]
+  sh, sw = strides
+  plan_h, plan_w = _phase_plan(kh, sh), _phase_plan(kw, sw)
+  pads = ((-min(d for d, _ in plan_h), max(d + kh // sh - 1 for d, _ in plan_h)),
+          (-min(d for d, _ in plan_w), max(d + kw // sw - 1 for d, _ in plan_w)))
+  return plan_h, plan_w, pads
+
+
+def _subpixel_kernel(kernel, strides):
+  """[kh, kw, Ci, Co] → [kh/sh, kw/sw, Ci, sh·sw·Co]: one stride-1 conv for all phases."""
+  kh, kw, cin, cout = kernel.shape
+  sh, sw = strides
+  plan_h, plan_w, _ = _subpixel_plan(kernel.shape, strides)
+  rows = []
+  for _, taps_h in plan_h:
+    cols = [kernel[jnp.array(taps_h)][:, jnp.array(taps_w)] for _, taps_w in plan_w]
+    rows.append(jnp.stack(cols, axis=3))  # [th, tw, ci, sw, co]
+  return jnp.stack(rows, axis=3).reshape(kh // sh, kw // sw, cin, sh * sw * cout)
+
+
+def _phases_to_space(y, hw, strides, kernel_shape):
+  """[B, H+…, W+…, sh·sw·Co] stride-1 output → [B, H·sh, W·sw, Co]."""
+  sh, sw = strides
+  h, w = hw
+  plan_h, plan_w, pads = _subpixel_plan(kernel_shape, strides)
+  b, cout = y.shape[0], y.shape[-1] // (sh * sw)
+  y = y.reshape(b, y.shape[1], y.shape[2], sh, sw, cout)
+  phases = []
+  for a, (dh, _) in enumerate(plan_h):
+    row = []
+    for c, (dw, _) in enumerate(plan_w):
+      oh, ow = dh + pads[0][0], dw + pads[1][0]
+      row.append(y[:, oh:oh + h, ow:ow + w, a, c])  # [B, H, W, C_out]
+    phases.append(jnp.stack(row, axis=3))  # [B, H, W, sw, C_out]
+  return jnp.stack(phases, axis=2).reshape(b, h * sh, w * sw, cout)
+
+
+def _has_subpixel_form(kernel_shape, strides) -> bool:
+  return kernel_shape[0] % strides[0] == 0 and kernel_shape[1] % strides[1] == 0
+
+
 def conv_transpose(x: jax.Array, kernel: jax.Array, strides: Sequence[int],
                    *, precision=None) -> jax.Array:
   """Transposed convolution with 'SAME' padding (Flax ConvTranspose semantics).
@@ -56,40 +99,68 @@ def conv_transpose(x: jax.Array, kernel: jax.Array, strides: Sequence[int],
   Returns:
     [B, H*sh, W*sw, C_out].
   """
-  kh, kw, cin, cout = kernel.shape
-  sh, sw = strides
-  if kh % sh or kw % sw:  # No sub-pixel form: fall back to the reference.
-    return lax.conv_transpose(x, kernel, (sh, sw), "SAME", dimension_numbers=_DN,
+  strides = tuple(strides)
+  if not _has_subpixel_form(kernel.shape, strides):  # fall back to the reference
+    return lax.conv_transpose(x, kernel, strides, "SAME", dimension_numbers=_DN,
                               precision=precision)
-  plan_h, plan_w = _phase_plan(kh, sh), _phase_plan(kw, sw)
-  th, tw = kh // sh, kw // sw
-  # Sub-kernels: [th, tw, C_in, sh, sw, C_out], phase (a, b) in the middle.
-  rows = []
-  for _, taps_h in plan_h:
-    cols = []
-    for _, taps_w in plan_w:
-      cols.append(kernel[jnp.array(taps_h)][:, jnp.array(taps_w)])  # [th,tw,ci,co]
-    rows.append(jnp.stack(cols, axis=3))  # [th, tw, ci, sw, co]
-  sub = jnp.stack(rows, axis=3).reshape(th, tw, cin, sh * sw * cout)
-  # Pad so every phase's window is inside the padded input.
-  lo_h = -min(d for d, _ in plan_h)
-  hi_h = max(d + th - 1 for d, _ in plan_h)
-  lo_w = -min(d for d, _ in plan_w)
-  hi_w = max(d + tw - 1 for d, _ in plan_w)
-  xp = jnp.pad(x, ((0, 0), (lo_h, hi_h), (lo_w, hi_w), (0, 0)))
-  y = lax.conv_general_dilated(xp, sub, (1, 1), "VALID", dimension_numbers=_DN,
-                               precision=precision)
-  b, h, w = x.shape[:3]
-  y = y.reshape(b, y.shape[1], y.shape[2], sh, sw, cout)
-  phases = []
-  for a, (dh, _) in enumerate(plan_h):
-    row = []
-    for c, (dw, _) in enumerate(plan_w):
-      oh, ow = dh + lo_h, dw + lo_w
-      row.append(y[:, oh:oh + h, ow:ow + w, a, c])  # [B, H, W, C_out]
-    phases.append(jnp.stack(row, axis=3))  # [B, H, W, sw, C_out]
-  out = jnp.stack(phases, axis=2)  # [B, H, sh, W, sw, C_out]
-  return out.reshape(b, h * sh, w * sw, cout)
+  _, _, pads = _subpixel_plan(kernel.shape, strides)
+  xp = jnp.pad(x, ((0, 0), *pads, (0, 0)))
+  y = lax.conv_general_dilated(xp, _subpixel_kernel(kernel, strides), (1, 1), "VALID",
+                               dimension_numbers=_DN, precision=precision)
+  return _phases_to_space(y, x.shape[1:3], strides, kernel.shape)
+
+
+def _per_channel_conv(xp, kernel, out_hw):
+  """Each input channel alone through a stride-1 VALID conv.
+
+  Args:
+    xp: [B, Hp, Wp, m] padded input; kernel: [th, tw, m, Co].
+  Returns:
+    [m, B, Ho, Wo, Co]: output j is ``conv(xp[..., j:j+1], kernel[:, :, j:j+1])``.
+  Computed as patches @ kernel batched over j, i.e. the cost of one full conv.
+  """
+  th, tw, m, cout = kernel.shape
+  ho, wo = out_hw
+  patches = jnp.stack([xp[:, u:u + ho, v:v + wo, :] for u in range(th) for v in range(tw)],
+                      axis=-1)  # [B, Ho, Wo, m, th*tw]
+  k = kernel.reshape(th * tw, m, cout)
+  return jnp.einsum("bhwjt,tjo->jbhwo", patches, k)
+
+
+def conv_transpose_per_channel(x, kernel, strides):
+  """Per-input-channel transposed convolutions (no bias).
+
+  Args:
+    x: [B, H, W, m]; kernel: [kh, kw, m, C_out].
+  Returns:
+    [m, B, H·sh, W·sw, C_out], entry j = ``conv_transpose(x ⊙ e_j, kernel)``.
+  """
+  strides = tuple(strides)
+  m, b, (h, w) = x.shape[-1], x.shape[0], x.shape[1:3]
+  if not _has_subpixel_form(kernel.shape, strides):
+    one = lambda xj, kj: conv_transpose(xj[..., None], kj[:, :, None, :], strides)
+    return jax.vmap(one, in_axes=(-1, 2))(x, kernel)
+  _, _, pads = _subpixel_plan(kernel.shape, strides)
+  xp = jnp.pad(x, ((0, 0), *pads, (0, 0)))
+  sub = _subpixel_kernel(kernel, strides)
+  out_hw = (xp.shape[1] - sub.shape[0] + 1, xp.shape[2] - sub.shape[1] + 1)
+  y = _per_channel_conv(xp, sub, out_hw)  # [m, B, Ho, Wo, s·s·Co]
+  y = _phases_to_space(y.reshape(m * b, *y.shape[2:]), (h, w), strides, kernel.shape)
+  return y.reshape(m, b, *y.shape[1:])
+
+
+def conv_same_per_channel(x, kernel):
+  """Per-input-channel stride-1 'SAME' convolutions (no bias): [m, B, H, W, C_out]."""
+  kh, kw = kernel.shape[:2]
+  pads = (((kh - 1) // 2, kh // 2), ((kw - 1) // 2, kw // 2))
+  xp = jnp.pad(x, ((0, 0), *pads, (0, 0)))
+  return _per_channel_conv(xp, kernel, x.shape[1:3])
+
+
+def _kernel_slice(module, start, size):
+  """``kernel[:, :, start:start+size]`` of a bound module (start may be traced)."""
+  kernel = module.variables["params"]["kernel"]
+  return lax.dynamic_slice_in_dim(kernel, start, size, axis=2)
 
 
 class ConvTranspose(nn.Module):
@@ -113,6 +184,29 @@ class ConvTranspose(nn.Module):
     if self.use_bias:
       y = y + self.param("bias", self.bias_init, (self.features,)).astype(x.dtype)
     return y
+
+  def per_channel(self, delta, start):
+    """Contributions of input channels ``start … start+m−1`` taken one at a time.
+
+    Args:
+      delta: [B, H, W, m] values of those channels; start: first channel index.
+    Returns:
+      [m, B, H·sh, W·sw, features] (linear part only: no bias).
+    """
+    kernel = _kernel_slice(self, start, delta.shape[-1]).astype(delta.dtype)
+    return conv_transpose_per_channel(delta, kernel, self.strides)
+
+
+class Conv(nn.Conv):
+  """`flax.linen.Conv` ('SAME', stride 1) with a per-input-channel linear part."""
+
+  def per_channel(self, delta, start):
+    """[B, H, W, m] values of channels start… → [m, B, H, W, features] (no bias)."""
+    strides = self.strides if self.strides is not None else 1
+    if strides not in (1, (1, 1)) or self.padding != "SAME":
+      raise NotImplementedError("per_channel needs stride 1 and 'SAME' padding")
+    kernel = _kernel_slice(self, start, delta.shape[-1]).astype(delta.dtype)
+    return conv_same_per_channel(delta, kernel)
 
 
 def upsample_nearest(x: jax.Array, factor: int = 2) -> jax.Array:

@@ -1,48 +1,39 @@
 """Datasets: procedural synthetic faces (default, embedded) and CelebA via tfds.
 
-The CelebA names are imported lazily so that using the synthetic faces does not
-import jax / tensorflow_datasets.
+Names are resolved lazily: using the synthetic faces does not import
+tensorflow_datasets, and ``python -m cfmod_jax.data.synthfaces`` runs cleanly.
 """
 
-from cfmod_jax.data.synthfaces import (
-    FACTOR_PARTS,
-    FACTOR_SPECS,
-    PART_NAMES,
-    SynthFaces,
-    generate,
-    iterate_batches,
-    part_masks,
-    part_prior,
-    render,
-    sample_factors,
-    save_sample_grid,
-)
+import importlib
 
-_CELEBA = ("celeba_batches", "load_source", "preprocess", "CROP_SIZE", "IMAGE_SIZE")
+_EXPORTS = {
+    # synthfaces
+    "FACTOR_PARTS": ("synthfaces", "FACTOR_PARTS"),
+    "FACTOR_SPECS": ("synthfaces", "FACTOR_SPECS"),
+    "PART_NAMES": ("synthfaces", "PART_NAMES"),
+    "SynthFaces": ("synthfaces", "SynthFaces"),
+    "generate": ("synthfaces", "generate"),
+    "iterate_batches": ("synthfaces", "iterate_batches"),
+    "part_masks": ("synthfaces", "part_masks"),
+    "part_prior": ("synthfaces", "part_prior"),
+    "render": ("synthfaces", "render"),
+    "sample_factors": ("synthfaces", "sample_factors"),
+    "save_sample_grid": ("synthfaces", "save_sample_grid"),
+    # celeba
+    "celeba_batches": ("celeba", "celeba_batches"),
+    "load_celeba_source": ("celeba", "load_source"),
+    "preprocess_celeba": ("celeba", "preprocess"),
+}
 
-__all__ = [
-    "FACTOR_PARTS",
-    "FACTOR_SPECS",
-    "PART_NAMES",
-    "SynthFaces",
-    "generate",
-    "iterate_batches",
-    "part_masks",
-    "part_prior",
-    "render",
-    "sample_factors",
-    "save_sample_grid",
-    "celeba_batches",
-    "load_celeba_source",
-    "preprocess_celeba",
-]
+__all__ = list(_EXPORTS)
 
 
 def __getattr__(name):
-    aliases = {"load_celeba_source": "load_source", "preprocess_celeba": "preprocess"}
-    target = aliases.get(name, name)
-    if target in _CELEBA:
-        from cfmod_jax.data import celeba
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module, attr = _EXPORTS[name]
+    return getattr(importlib.import_module(f"{__name__}.{module}"), attr)
 
-        return getattr(celeba, target)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+def __dir__():
+    return sorted(list(globals()) + __all__)

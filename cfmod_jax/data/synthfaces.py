@@ -337,11 +337,13 @@ def _render_chunk(f: dict[str, np.ndarray], size: int):
     return img, parts
 
 
-def render(factors: dict[str, np.ndarray], size: int = SIZE) -> tuple[np.ndarray, np.ndarray]:
-    """Renders faces from explicit factor values (dict of length-N arrays).
+def render(factors: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Renders faces from explicit factor values (dict of length-N arrays, any values).
 
-    Returns (images float32 [N, size, size, 3] in [-1, 1], parts int8 [N, size, size]).
+    Returns (images float32 [N, 64, 64, 3], in [-1, 1] for factors within the
+    ``FACTOR_SPECS`` ranges, parts int8 [N, 64, 64]).
     """
+    size = SIZE
     f = {k: np.asarray(factors[k], np.float32 if FACTOR_SPECS[k][0] == "uniform" else np.int32)
          for k in FACTOR_SPECS}
     n = len(f["face_scale"])
@@ -403,14 +405,10 @@ def part_prior(n: int = 10000, seed: int = 0) -> np.ndarray:
 
 
 def tile_images(images: np.ndarray, ncols: int = 8, pad: int = 2) -> np.ndarray:
-    """Tiles [N, H, W, C] images in [-1, 1] into one float [rows*(H+pad)-pad, ...] in [0, 1]."""
-    n, h, w, c = images.shape
-    nrows = -(-n // ncols)
-    grid = np.ones((nrows * (h + pad) - pad, ncols * (w + pad) - pad, c), np.float32)
-    for i, im in enumerate(np.clip((images + 1) / 2, 0, 1)):
-        r, q = divmod(i, ncols)
-        grid[r * (h + pad):r * (h + pad) + h, q * (w + pad):q * (w + pad) + w] = im
-    return grid
+    """Tiles [N, H, W, C] images in [-1, 1] into one float array in [0, 1] (white gaps)."""
+    from cfmod_jax import viz
+
+    return viz.tile(viz.to_unit(images), ncols, pad)
 
 
 def save_sample_grid(path: str, n: int = 64, seed: int = 0, ncols: int = 8) -> None:

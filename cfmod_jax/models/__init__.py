@@ -6,6 +6,8 @@ import jax
 import jax.numpy as jnp
 
 from cfmod_jax.generator import Generator
+from cfmod_jax.models.biggan import (BigGANDeep, biggan_generator, load_biggan,
+                                     sample_latents_for_classes)
 from cfmod_jax.models.began import BEGANDiscriminator, BEGANGenerator
 from cfmod_jax.models.dcgan import DCGANGenerator
 from cfmod_jax.models.vae import BetaVAE, VAEDecoder, decoder_variables
@@ -32,6 +34,7 @@ def init_generator(arch: str, seed: int = 0, **kwargs) -> Generator:
   return Generator(module, variables, name=f"{arch}-random")
 
 
-__all__ = ["ARCHITECTURES", "BEGANDiscriminator", "BEGANGenerator", "BetaVAE",
+__all__ = ["ARCHITECTURES", "BEGANDiscriminator", "BEGANGenerator", "BetaVAE", "BigGANDeep",
+           "biggan_generator", "load_biggan", "sample_latents_for_classes",
            "DCGANGenerator", "VAEDecoder", "build_module", "decoder_variables",
            "init_generator"]

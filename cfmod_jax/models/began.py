@@ -12,38 +12,65 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from cfmod_jax.generator import StagedGenerator, stage_names
-from cfmod_jax.ops import upsample_nearest
+from cfmod_jax.ops import Conv, upsample_nearest
 
 
 class ConvPair(nn.Module):
-  """Two 3×3 convolutions with ELU, optionally after ×2 nearest upsampling."""
+  """(×2 nearest upsampling) → conv3×3 → ELU → conv3×3 → ELU.
+
+  ``pre`` = upsampling + first convolution (linear in the input).
+  """
   features: int
   upsample: bool
 
-  @nn.compact
+  def setup(self):
+    self.conv1 = Conv(self.features, (3, 3))
+    self.conv2 = Conv(self.features, (3, 3))
+
+  def _up(self, x):
+    return upsample_nearest(x, 2) if self.upsample else x
+
+  def pre(self, x):
+    return self.conv1(self._up(x))
+
+  def pre_delta(self, delta, start):
+    return self.conv1.per_channel(self._up(delta), start)
+
+  def post(self, y, train: bool = False):
+    return nn.elu(self.conv2(nn.elu(y)))
+
   def __call__(self, x, train: bool = False):
-    del train
-    if self.upsample:
-      x = upsample_nearest(x, 2)
-    x = nn.elu(nn.Conv(self.features, (3, 3))(x))
-    return nn.elu(nn.Conv(self.features, (3, 3))(x))
+    return self.post(self.pre(x), train)
 
 
 class BEGANProject(nn.Module):
   features: int
 
-  @nn.compact
+  def setup(self):
+    self.dense = nn.Dense(8 * 8 * self.features)
+    self.convs = ConvPair(self.features, upsample=False)
+
   def __call__(self, z, train: bool = False):
-    x = nn.Dense(8 * 8 * self.features)(z).reshape(z.shape[0], 8, 8, self.features)
-    return ConvPair(self.features, upsample=False)(x, train)
+    x = self.dense(z).reshape(z.shape[0], 8, 8, self.features)
+    return self.convs(x, train)
 
 
 class BEGANToRGB(nn.Module):
 
-  @nn.compact
+  def setup(self):
+    self.conv = Conv(3, (3, 3))
+
+  def pre(self, x):
+    return self.conv(x)
+
+  def pre_delta(self, delta, start):
+    return self.conv.per_channel(delta, start)
+
+  def post(self, y, train: bool = False):
+    return jnp.tanh(y)
+
   def __call__(self, x, train: bool = False):
-    del train
-    return jnp.tanh(nn.Conv(3, (3, 3))(x))
+    return self.post(self.pre(x), train)
 
 
 class BEGANGenerator(StagedGenerator):
@@ -76,8 +103,7 @@ class BEGANEncoder(nn.Module):
     for mult in (1, 2, 3):
       x = nn.elu(nn.Conv(n * mult, (3, 3))(x))
       x = nn.elu(nn.Conv(n * mult, (3, 3))(x))
-      x = nn.Conv(n * (mult + 1), (3, 3), strides=(2, 2))(x)  # 64→32→16→8
-      x = nn.elu(x)
+      x = nn.elu(nn.Conv(n * (mult + 1), (3, 3), strides=(2, 2))(x))  # 64→32→16→8
     x = nn.elu(nn.Conv(n * 4, (3, 3))(x))
     x = nn.elu(nn.Conv(n * 4, (3, 3))(x))
     return nn.Dense(self.latent_dim)(x.reshape(x.shape[0], -1))

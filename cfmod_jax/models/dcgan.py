@@ -3,6 +3,10 @@
 z [N, latent_dim] → block1 4×4×8w → block2 8×8×4w → block3 16×16×2w →
 block4 32×32×w → image 64×64×3 (tanh). BatchNorm + ReLU after every hidden
 layer; w = ``width`` (64 in the paper's model). Sites: block1 … block4.
+
+Every stage is ``post(pre(x))`` with ``pre`` linear in its input (see
+`cfmod_jax.generator.StagedGenerator` — this enables the fast path for
+elementary influence maps).
 """
 
 from __future__ import annotations
@@ -14,38 +18,52 @@ from cfmod_jax.generator import StagedGenerator, stage_names
 from cfmod_jax.ops import ConvTranspose
 
 _BN_MOMENTUM = 0.9
+# DCGAN's initialisation: N(0, 0.02) weights.
+_INIT = nn.initializers.normal(0.02)
 
 
 class ProjectStage(nn.Module):
   """Latent → [N, 4, 4, features] (dense projection, BN, ReLU)."""
   features: int
 
-  @nn.compact
+  def setup(self):
+    self.dense = nn.Dense(4 * 4 * self.features, use_bias=False, kernel_init=_INIT)
+    self.bn = nn.BatchNorm(momentum=_BN_MOMENTUM)
+
+  def pre(self, z):
+    return self.dense(z).reshape(z.shape[0], 4, 4, self.features)
+
+  def post(self, y, train: bool = False):
+    return nn.relu(self.bn(y, use_running_average=not train))
+
   def __call__(self, z, train: bool = False):
-    x = nn.Dense(4 * 4 * self.features, use_bias=False)(z)
-    x = x.reshape(z.shape[0], 4, 4, self.features)
-    x = nn.BatchNorm(use_running_average=not train, momentum=_BN_MOMENTUM)(x)
-    return nn.relu(x)
+    return self.post(self.pre(z), train)
 
 
 class UpStage(nn.Module):
-  """×2 transposed convolution (4×4, stride 2) + BN + ReLU."""
+  """×2 transposed convolution (4×4, stride 2) + BN + ReLU; ``rgb=True``: + tanh."""
   features: int
+  rgb: bool = False
 
-  @nn.compact
+  def setup(self):
+    self.conv = ConvTranspose(self.features, (4, 4), (2, 2), use_bias=self.rgb,
+                              kernel_init=_INIT)
+    if not self.rgb:
+      self.bn = nn.BatchNorm(momentum=_BN_MOMENTUM)
+
+  def pre(self, x):
+    return self.conv(x)
+
+  def pre_delta(self, delta, start):
+    return self.conv.per_channel(delta, start)
+
+  def post(self, y, train: bool = False):
+    if self.rgb:
+      return jnp.tanh(y)
+    return nn.relu(self.bn(y, use_running_average=not train))
+
   def __call__(self, x, train: bool = False):
-    x = ConvTranspose(self.features, (4, 4), (2, 2), use_bias=False)(x)
-    x = nn.BatchNorm(use_running_average=not train, momentum=_BN_MOMENTUM)(x)
-    return nn.relu(x)
-
-
-class RGBUpStage(nn.Module):
-  """×2 transposed convolution to RGB + tanh."""
-
-  @nn.compact
-  def __call__(self, x, train: bool = False):
-    del train
-    return jnp.tanh(ConvTranspose(3, (4, 4), (2, 2))(x))
+    return self.post(self.pre(x), train)
 
 
 class DCGANGenerator(StagedGenerator):
@@ -62,4 +80,4 @@ class DCGANGenerator(StagedGenerator):
   def setup(self):
     w = self.width
     self.stages = [ProjectStage(8 * w), UpStage(4 * w), UpStage(2 * w), UpStage(w),
-                   RGBUpStage()]
+                   UpStage(3, rgb=True)]

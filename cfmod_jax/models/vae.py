@@ -3,7 +3,7 @@
 Encoder: 4 stride-2 convolutions (64→32→16→8→4) + dense → (mean, log-variance).
 Decoder (`VAEDecoder`, staged like DCGAN without BatchNorm): z → block1 4×4×8w →
 block2 8×8×4w → block3 16×16×2w → block4 32×32×w → image (tanh). The decoder
-output is the mean of a Gaussian likelihood over images in [-1, 1].
+output is the mean of the likelihood over images in [-1, 1].
 """
 
 from __future__ import annotations
@@ -19,22 +19,37 @@ from cfmod_jax.ops import ConvTranspose
 class DecoderProject(nn.Module):
   features: int
 
-  @nn.compact
+  def setup(self):
+    self.dense = nn.Dense(4 * 4 * self.features)
+
+  def pre(self, z):
+    return self.dense(z).reshape(z.shape[0], 4, 4, self.features)
+
+  def post(self, y, train: bool = False):
+    return nn.relu(y)
+
   def __call__(self, z, train: bool = False):
-    del train
-    x = nn.Dense(4 * 4 * self.features)(z)
-    return nn.relu(x.reshape(z.shape[0], 4, 4, self.features))
+    return self.post(self.pre(z), train)
 
 
 class DecoderUp(nn.Module):
   features: int
   final: bool = False
 
-  @nn.compact
+  def setup(self):
+    self.conv = ConvTranspose(self.features, (4, 4), (2, 2))
+
+  def pre(self, x):
+    return self.conv(x)
+
+  def pre_delta(self, delta, start):
+    return self.conv.per_channel(delta, start)
+
+  def post(self, y, train: bool = False):
+    return jnp.tanh(y) if self.final else nn.relu(y)
+
   def __call__(self, x, train: bool = False):
-    del train
-    x = ConvTranspose(self.features, (4, 4), (2, 2))(x)
-    return jnp.tanh(x) if self.final else nn.relu(x)
+    return self.post(self.pre(x), train)
 
 
 class VAEDecoder(StagedGenerator):

@@ -1,0 +1,39 @@
+"""Convert a pytorch-pretrained-biggan state dict to cfmod_jax variables.
+
+  python -m experiments.convert_biggan --state_dict path/to/pytorch_model.bin \
+      --config biggan-deep-256 --out path/to/flax_ckpt
+
+``--config`` is a name (biggan-deep-128/256/512) or the port's config.json. The
+output folder holds variables.msgpack and config.json; load it with
+``cfmod_jax.models.biggan.load_biggan(path, truncation)``. Needs torch.
+"""
+
+import json
+
+from absl import app, flags, logging
+
+from cfmod_jax.models import biggan, biggan_convert
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("state_dict", None, "PyTorch state dict (.bin/.pt) of pytorch-pretrained-biggan.")
+flags.DEFINE_string("config", "biggan-deep-256",
+                    f"One of {sorted(biggan.CONFIGS)} or a path to the port's config.json.")
+flags.DEFINE_string("out", None, "Output folder (variables.msgpack + config.json).")
+flags.DEFINE_integer("power_iterations", 0,
+                     "Spectral-norm power iterations before folding (0 = PyTorch eval mode).")
+flags.mark_flags_as_required(["state_dict", "out"])
+
+
+def main(argv):
+  del argv
+  config = FLAGS.config
+  if config.endswith(".json"):
+    with open(config, encoding="utf-8") as f:
+      config = biggan.BigGANConfig.from_dict(json.load(f))
+  biggan_convert.convert_file(FLAGS.state_dict, config, FLAGS.out,
+                              power_iterations=FLAGS.power_iterations)
+  logging.info("wrote %s", FLAGS.out)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,61 @@
+"""The same maps on 1 device, on several forced CPU devices, and on 2 processes."""
+
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+WORKER = os.path.join(os.path.dirname(__file__), "workers", "sharded_maps.py")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _env(devices: int) -> dict:
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  env["JAX_PLATFORMS"] = "cpu"
+  env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+  return env
+
+
+def _run(tmp_path, devices: int) -> dict:
+  out = tmp_path / f"d{devices}.npz"
+  subprocess.run([sys.executable, WORKER, str(out)], env=_env(devices), check=True,
+                 timeout=600)
+  return dict(np.load(out))
+
+
+@pytest.fixture(scope="module")
+def one_device(tmp_path_factory):
+  return _run(tmp_path_factory.mktemp("one"), 1)
+
+
+@pytest.mark.parametrize("devices", [8, 3])
+def test_forced_devices_match_one_device(tmp_path, one_device, devices):
+  got = _run(tmp_path, devices)
+  assert int(got["devices"]) == devices and int(one_device["devices"]) == 1
+  np.testing.assert_allclose(got["maps"], one_device["maps"], rtol=1e-5, atol=1e-8)
+  np.testing.assert_allclose(got["eims"], one_device["eims"], rtol=1e-5, atol=1e-8)
+  assert float(one_device["maps"].max()) > 0
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_match_one_device(tmp_path, one_device):
+  out = tmp_path / "mh.npz"
+  addr = f"127.0.0.1:{_free_port()}"
+  procs = [subprocess.Popen([sys.executable, WORKER, str(out), addr, "2", str(i)],
+                            env=_env(2), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+           for i in range(2)]
+  logs = [p.communicate(timeout=600)[0].decode(errors="replace") for p in procs]
+  assert all(p.returncode == 0 for p in procs), logs
+  got = dict(np.load(out))
+  assert int(got["processes"]) == 2 and int(got["devices"]) == 4
+  np.testing.assert_allclose(got["maps"], one_device["maps"], rtol=1e-5, atol=1e-8)
+  np.testing.assert_allclose(got["eims"], one_device["eims"], rtol=1e-5, atol=1e-8)
