@@ -92,3 +92,10 @@ def save_figure(fig: Figure, path: str, dpi: int = 100) -> str:
 
 def new_figure(width: float, height: float) -> Figure:
   return Figure(figsize=(width, height))
+
+
+def save_rgb(path: str, image) -> str:
+  """Writes an RGB image ``[H, W, 3]`` in [0, 1] as PNG."""
+  _ensure_dir(path)
+  matplotlib.image.imsave(path, np.clip(np.asarray(image), 0.0, 1.0))
+  return path

@@ -1,28 +1,49 @@
-"""Main job: influence maps of every hidden site of a generator.
+"""Main job: modules of every site of a generator — metrics, figures, HTML report.
 
-  python -m experiments.analyze --out out/default
+  python -m experiments.analyze --generator dcgan-synthfaces --out out/default
 """
 
 from absl import app, flags, logging
 
-from cfmod_jax import analysis
-from cfmod_jax.models import init_generator
+from cfmod_jax import analysis, distributed
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("arch", "dcgan", "Architecture of a randomly initialised generator.")
-flags.DEFINE_integer("width", 64, "Width of the generator.")
+flags.DEFINE_string("generator", "dcgan-synthfaces",
+                    "Shipped name (dcgan-synthfaces, vae-synthfaces, began-synthfaces), a "
+                    "checkpoint path, or random:<arch>[:<width>] for a random initialisation.")
 flags.DEFINE_list("sites", [], "Sites to analyse (default: all).")
-flags.DEFINE_integer("n_pairs", 128, "Latent pairs per influence map.")
+flags.DEFINE_integer("n_pairs", 128, "Latent pairs for the elementary influence maps.")
+flags.DEFINE_integer("block_pairs", 16, "Pairs per resumable block / bootstrap group.")
+flags.DEFINE_string("k", "auto", "Number of modules, or 'auto' (template stability).")
+flags.DEFINE_list("k_values", ["2", "3", "4", "5", "6"], "Candidates for --k=auto.")
+flags.DEFINE_enum("method", "nmf", ["nmf", "kmeans"], "Clustering of channels.")
+flags.DEFINE_integer("eval_pairs", 64, "Fresh pairs for module maps and metrics.")
+flags.DEFINE_integer("n_null", 24, "Random partitions for the null.")
+flags.DEFINE_enum("parts", "auto", ["auto", "synthfaces", "none"],
+                  "Ground-truth parts to score modules against.")
 flags.DEFINE_integer("seed", 0, "Random seed.")
 flags.DEFINE_string("out", "out/default", "Output folder.")
+flags.DEFINE_string("cache_dir", "", "Cache of finished EIM blocks (default: <out>/cache).")
 
 
 def main(argv):
   del argv
-  gen = init_generator(FLAGS.arch, seed=FLAGS.seed, width=FLAGS.width)
-  cfg = analysis.EIMConfig(sites=FLAGS.sites or None, n_pairs=FLAGS.n_pairs, seed=FLAGS.seed)
-  analysis.run(gen, cfg, FLAGS.out)
-  logging.info("wrote %s", FLAGS.out)
+  distributed.initialize()
+  k = None if FLAGS.k == "auto" else _int("k", FLAGS.k)
+  cfg = analysis.AnalysisConfig(
+      sites=tuple(FLAGS.sites) or None, n_pairs=FLAGS.n_pairs, block_pairs=FLAGS.block_pairs,
+      k=k, k_values=tuple(_int("k_values", v) for v in FLAGS.k_values), method=FLAGS.method,
+      eval_pairs=FLAGS.eval_pairs, n_null=FLAGS.n_null, parts=FLAGS.parts, seed=FLAGS.seed)
+  gen = analysis.generator_from_spec(FLAGS.generator)
+  result = analysis.run(gen, cfg, FLAGS.out, FLAGS.cache_dir or None)
+  logging.info("wrote %s/report.html (%.0f s)", FLAGS.out, result["seconds"])
+
+
+def _int(name, value):
+  try:
+    return int(value)
+  except ValueError:
+    raise app.UsageError(f"--{name} must be an integer, got {value!r}") from None
 
 
 if __name__ == "__main__":
