@@ -37,7 +37,7 @@ from sklearn.metrics import adjusted_rand_score
 from cfmod_jax import clustering, metrics, viz
 from cfmod_jax.generator import Generator
 from cfmod_jax.interventions import hybrids, influence_map_sums
-from cfmod_jax.sweep import SweepConfig, eim_sweep, generator_fingerprint
+from cfmod_jax.sweep import SweepConfig, broadcast_from_host0, eim_sweep, generator_fingerprint
 
 
 @dataclasses.dataclass(frozen=True)
@@ -179,8 +179,10 @@ def analyze_site(gen: Generator, site: str, cfg: AnalysisConfig, out_dir: str,
                  cache_dir: str, fingerprint: str, parts: np.ndarray | None,
                  site_seed: int) -> dict:
   t0 = time.perf_counter()
+  host0 = jax.process_index() == 0  # with several processes only process 0 writes
   sdir = os.path.join(out_dir, site)
-  os.makedirs(sdir, exist_ok=True)
+  if host0:
+    os.makedirs(sdir, exist_ok=True)
   # 1. EIMs (resumable).
   sweep = eim_sweep(gen, site, SweepConfig(
       n_pairs=cfg.n_pairs, block_pairs=cfg.block_pairs, seed=site_seed,
@@ -195,8 +197,9 @@ def analyze_site(gen: Generator, site: str, cfg: AnalysisConfig, out_dir: str,
   if cfg.k is None:
     k, curve = clustering.choose_k(groups, ks, n_boot=cfg.n_boot, seed=cfg.seed,
                                    method=cfg.method, **common)
-    clustering.plot_stability_curve(curve, os.path.join(sdir, "stability.png"), k_best=k,
-                                    title=f"{gen.name} {site}")
+    if host0:
+      clustering.plot_stability_curve(curve, os.path.join(sdir, "stability.png"), k_best=k,
+                                      title=f"{gen.name} {site}")
   else:
     k = cfg.k
     curve = clustering.stability_curve(groups, [k], n_boot=cfg.n_boot, seed=cfg.seed,
@@ -206,7 +209,7 @@ def analyze_site(gen: Generator, site: str, cfg: AnalysisConfig, out_dir: str,
   clus = clustering.cluster_channels(eims, k, cfg.method, seed=cfg.seed, **common)
   other = clustering.cluster_channels(eims, k, "kmeans" if cfg.method == "nmf" else "nmf",
                                       seed=cfg.seed, **common)
-  labels = clus.labels
+  labels = broadcast_from_host0(clus.labels)  # identical masks on every process
   # 4. Module maps and null maps on fresh pairs, one batched call.
   k1, k2 = jax.random.split(jax.random.fold_in(jax.random.key(site_seed), 1 << 20))
   z1, z2 = gen.sample_latents(k1, cfg.eval_pairs), gen.sample_latents(k2, cfg.eval_pairs)
@@ -239,19 +242,25 @@ def analyze_site(gen: Generator, site: str, cfg: AnalysisConfig, out_dir: str,
     site_metrics[name] = {"value": float(value), "ci95": [lo, hi],
                           "null_mean": float(null.mean()), "null_std": float(null.std()),
                           "p_value": float(p), "z": float(z)}
+  site_metrics["seconds"] = {"eims": t_eims, "total": time.perf_counter() - t0}
+  if not host0:
+    return site_metrics
   # 6. Figures and arrays.
   viz.save_map_grid(os.path.join(sdir, "eims.png"), eims, labels=labels)
   viz.save_map_grid(os.path.join(sdir, "templates.png"), clus.templates, ncols=k)
   viz.save_map_grid(os.path.join(sdir, "module_maps.png"), module_maps, ncols=k,
                     normalize="global")
+  ka, kb = jax.random.split(jax.random.fold_in(jax.random.key(site_seed), 1 << 21))
+  z_rows = gen.sample_latents(ka, cfg.hybrid_rows)
+  z_cols = gen.sample_latents(kb, cfg.hybrid_cols)
   for j in range(k):
-    panel = hybrid_panel(gen, site, module_masks(labels, k)[j], z1, z2, cfg.hybrid_rows,
-                         cfg.hybrid_cols)
+    panel = hybrid_panel(gen, site, module_masks(labels, k)[j], z_rows, z_cols,
+                         cfg.hybrid_rows, cfg.hybrid_cols)
     viz.save_rgb(os.path.join(sdir, f"hybrids_module{j}.png"), panel)
   np.savez_compressed(os.path.join(sdir, "analysis.npz"), eims=eims, eim_groups=groups,
                       labels=labels, templates=clus.templates, weights=clus.weights,
                       module_maps=module_maps, null_maps=all_maps[k:])
-  site_metrics["seconds"] = {"eims": t_eims, "total": time.perf_counter() - t0}
+  site_metrics["seconds"]["total"] = time.perf_counter() - t0
   return site_metrics
 
 
@@ -261,7 +270,8 @@ def run(gen: Generator, cfg: AnalysisConfig, out_dir: str, cache_dir: str | None
   sites = check_config(gen, cfg)
   parts = part_maps_for(gen, cfg)
   cache_dir = cache_dir or os.path.join(out_dir, "cache")
-  os.makedirs(out_dir, exist_ok=True)
+  if jax.process_index() == 0:
+    os.makedirs(out_dir, exist_ok=True)
   fingerprint = generator_fingerprint(gen)
   result = {"generator": gen.name, "fingerprint": fingerprint,
             "config": dataclasses.asdict(cfg), "devices": jax.device_count(),
@@ -279,6 +289,8 @@ def run(gen: Generator, cfg: AnalysisConfig, out_dir: str, cache_dir: str | None
             for s, m in result["sites"].items()}
     result["best_site"] = max(gain, key=gain.get)
   result["seconds"] = time.perf_counter() - t0
+  if jax.process_index() != 0:
+    return result
   with open(os.path.join(out_dir, "metrics.json"), "w") as f:
     json.dump(result, f, indent=2)
   write_report(result, out_dir)

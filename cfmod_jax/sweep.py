@@ -15,7 +15,8 @@ never mixed. The blocks double as the groups for bootstrap resampling.
 
 With several processes (`jax.distributed`), all of them compute every block
 together (pairs are sharded over all devices); process 0 decides which blocks are
-still missing, and only process 0 reads and writes the cache.
+still missing, only process 0 reads and writes the cache, and the final maps are
+broadcast from process 0 to every process.
 """
 
 from __future__ import annotations
@@ -125,7 +126,8 @@ def _load_block(path: str, shape) -> np.ndarray | None:
     return None
 
 
-def _broadcast_from_host0(x: np.ndarray) -> np.ndarray:
+def broadcast_from_host0(x: np.ndarray) -> np.ndarray:
+  """Process 0's value of ``x`` on every process (identity with one process)."""
   if jax.process_count() == 1:
     return x
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
@@ -157,7 +159,7 @@ def eim_sweep(gen: Generator, site: str, cfg: SweepConfig, cache_dir: str, *,
           loaded[b] = sums
   done = np.zeros(cfg.n_blocks, np.int32)
   done[list(loaded)] = 1
-  done = _broadcast_from_host0(done)
+  done = broadcast_from_host0(done)
   todo = [b for b in range(cfg.n_blocks) if not done[b]]
   if loaded:
     logging.info("site %s: resuming, %d/%d blocks already in %s", site, len(loaded),
@@ -179,11 +181,9 @@ def eim_sweep(gen: Generator, site: str, cfg: SweepConfig, cache_dir: str, *,
                    cfg.n_blocks - len(todo) + i + 1, cfg.n_blocks, rate, left / rate)
   seconds = time.perf_counter() - t0
   counts = np.array([cfg.block_size(b) for b in range(cfg.n_blocks)])
-  if not is_host0:
-    # Only host 0 holds the results; the others return empty arrays.
-    return SweepResult(np.zeros(shape, np.float32), np.zeros((0, *shape), np.float32),
-                       counts, key, len(todo), seconds)
-  sums = np.stack([loaded[b] for b in range(cfg.n_blocks)])
+  sums = (np.stack([loaded[b] for b in range(cfg.n_blocks)]) if is_host0
+          else np.zeros((cfg.n_blocks, *shape), np.float32))
+  sums = broadcast_from_host0(sums)  # every process gets host 0's maps
   groups = sums / (3.0 * counts[:, None, None, None].astype(np.float32))
   eims = sums.sum(axis=0) / np.float32(3.0 * cfg.n_pairs)
   return SweepResult(eims.astype(np.float32), groups.astype(np.float32), counts, key,

@@ -18,6 +18,7 @@ flags.DEFINE_string("k", "auto", "Number of modules, or 'auto' (template stabili
 flags.DEFINE_list("k_values", ["2", "3", "4", "5", "6"], "Candidates for --k=auto.")
 flags.DEFINE_enum("method", "nmf", ["nmf", "kmeans"], "Clustering of channels.")
 flags.DEFINE_integer("eval_pairs", 64, "Fresh pairs for module maps and metrics.")
+flags.DEFINE_integer("eval_groups", 8, "Groups of the fresh pairs (bootstrap intervals).")
 flags.DEFINE_integer("n_null", 24, "Random partitions for the null.")
 flags.DEFINE_enum("parts", "auto", ["auto", "synthfaces", "none"],
                   "Ground-truth parts to score modules against.")
@@ -33,7 +34,7 @@ def main(argv):
   cfg = analysis.AnalysisConfig(
       sites=tuple(FLAGS.sites) or None, n_pairs=FLAGS.n_pairs, block_pairs=FLAGS.block_pairs,
       k=k, k_values=tuple(_int("k_values", v) for v in FLAGS.k_values), method=FLAGS.method,
-      eval_pairs=FLAGS.eval_pairs, n_null=FLAGS.n_null, parts=FLAGS.parts, seed=FLAGS.seed)
+      eval_pairs=FLAGS.eval_pairs, eval_groups=FLAGS.eval_groups, n_null=FLAGS.n_null, parts=FLAGS.parts, seed=FLAGS.seed)
   gen = analysis.generator_from_spec(FLAGS.generator)
   result = analysis.run(gen, cfg, FLAGS.out, FLAGS.cache_dir or None)
   logging.info("wrote %s/report.html (%.0f s)", FLAGS.out, result["seconds"])

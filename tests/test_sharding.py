@@ -59,3 +59,27 @@ def test_two_processes_match_one_device(tmp_path, one_device):
   assert int(got["processes"]) == 2 and int(got["devices"]) == 4
   np.testing.assert_allclose(got["maps"], one_device["maps"], rtol=1e-5, atol=1e-8)
   np.testing.assert_allclose(got["eims"], one_device["eims"], rtol=1e-5, atol=1e-8)
+
+
+def test_main_job_on_two_processes_matches_one(tmp_path):
+  """Host 0 gathers and clusters; the result equals a single-process run."""
+  args = ["-m", "experiments.analyze", "--generator", "random:dcgan:4", "--sites", "block4",
+          "--n_pairs", "8", "--block_pairs", "4", "--eval_pairs", "4", "--eval_groups", "2",
+          "--n_null", "2", "--k", "2"]
+  env = _env(1)
+  subprocess.run([sys.executable, *args, "--out", str(tmp_path / "one")], cwd=ROOT, env=env,
+                 check=True, timeout=600, capture_output=True)
+  addr = f"127.0.0.1:{_free_port()}"
+  procs = [subprocess.Popen([sys.executable, *args, "--out", str(tmp_path / "two"),
+                             "--coordinator", addr, "--num_processes", "2",
+                             "--process_id", str(i)], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+           for i in range(2)]
+  logs = [p.communicate(timeout=600)[0].decode(errors="replace") for p in procs]
+  assert all(p.returncode == 0 for p in procs), logs
+  one = np.load(tmp_path / "one" / "block4" / "analysis.npz")
+  two = np.load(tmp_path / "two" / "block4" / "analysis.npz")
+  np.testing.assert_allclose(two["eims"], one["eims"], rtol=1e-5, atol=1e-9)
+  np.testing.assert_array_equal(two["labels"], one["labels"])
+  np.testing.assert_allclose(two["module_maps"], one["module_maps"], rtol=1e-5, atol=1e-9)
+  assert (tmp_path / "two" / "report.html").exists()
