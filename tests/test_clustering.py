@@ -118,6 +118,23 @@ def test_cluster_recovers_planted_modules_exactly(method, seed):
         assert np.hypot(*np.subtract(peak, blob_peaks[true_blob])) <= 2.0
 
 
+@pytest.mark.parametrize("method", ["nmf", "kmeans"])
+def test_cluster_recovers_planted_modules_at_64px_with_pooled_fit(method):
+  """At 64×64 the fit runs on 2×2-pooled maps; labels stay exact, templates come
+  back at full resolution with unit norm and peak on their blob."""
+  eims, truth = _planted(4, hw=64)
+  res = cluster_channels(eims, 3, method=method, seed=0)
+  assert adjusted_rand_score(truth, res.labels) == 1.0
+  assert res.templates.shape == (3, 64, 64)
+  np.testing.assert_allclose(np.linalg.norm(res.templates.reshape(3, -1), axis=1), 1.0,
+                             rtol=1e-5)
+  blob_peaks = [np.unravel_index(b.argmax(), b.shape) for b in _blobs(64)]
+  for j in range(3):
+    true_blob = np.bincount(truth[res.labels == j]).argmax()
+    peak = np.unravel_index(res.templates[j].argmax(), (64, 64))
+    assert np.hypot(*np.subtract(peak, blob_peaks[true_blob])) <= 3.0
+
+
 def test_nmf_labels_are_argmax_of_weights_and_templates_unit_norm():
     eims, _ = _planted(2)
     res = cluster_channels(eims, 3, method="nmf", seed=0)
