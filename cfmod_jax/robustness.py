@@ -1,0 +1,519 @@
+"""Robustness of image classifiers to counterfactual contextual changes.
+
+The paper's application (Besserve et al. 2020, §4): feed a classifier hybrids in
+which one module of a site is taken from another sample — a change of *context*
+when the module does not control the object — and measure how often it still
+predicts the original class.
+
+For a classifier ``f: [N, H, W, 3] in [-1, 1] → logits [N, n_classes]``, a site and a
+channel mask ``m`` (a module, or all channels of the site as a control), and pairs
+``(z1, z2)``:
+
+    c1 = argmax f(G(z1))                        the original class
+    keep_rate(m)        = mean over pairs of [argmax f(hybrid_m(z1, z2)) = c1]
+    confidence_shift(m) = mean over pairs of softmax f(hybrid_m)[c1] − softmax f(G(z1))[c1]
+    donor_rate(m)       = mean over pairs of [argmax f(hybrid_m) = argmax f(G(z2))]
+    image_change(m)     = mean over pairs, pixels, colours of |hybrid_m − G(z1)|
+
+``chance_keep_rate`` (mean of ``[c1 = argmax f(G(z2))]``) is what ``keep_rate`` tends to
+when the hybrid is just G(z2) (the full mask of an unconditional generator).
+
+Everything per pair is computed in one compiled function per (site, classifier):
+a `lax.map` over chunks of pairs (the prefix runs once per chunk) and, inside, a
+`lax.map` over chunks of masks; the classifier runs on whole batches of hybrids.
+
+`module_robustness` is the whole experiment (EIMs → modules → robustness per site
+and module, with the full-site control and, given part maps, each module's share of
+influence per image part); `write_json` and `plot_robustness` write its results.
+Example: ``experiments/robustness.py`` (see docs/robustness.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from cfmod_jax import clustering, viz
+from cfmod_jax.generator import Generator
+from cfmod_jax.interventions import (check_masks, check_pairs, elementary_influence_maps,
+                                     influence_maps)
+
+DEFAULT_PAIR_CHUNK = 32
+DEFAULT_MASK_CHUNK = 4
+
+
+# ---- classifiers ------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True, eq=False)
+class Classifier:
+  """An image classifier as a pure function of its parameters.
+
+  Attributes:
+    apply: ``(params, images [N, H, W, 3] float32 in [-1, 1]) -> logits [N, n_classes]``;
+      traceable by `jax.jit`.
+    params: its parameters (any pytree; passed to the compiled function as an
+      argument, not baked in as constants).
+    name: a label used in outputs.
+  """
+  apply: Callable[[Any, jax.Array], jax.Array]
+  params: Any = None
+  name: str = "classifier"
+
+
+def as_classifier(classifier, name: str | None = None) -> Classifier:
+  """A `Classifier` from itself or from a plain function ``images -> logits``."""
+  if isinstance(classifier, Classifier):
+    return classifier if name is None else dataclasses.replace(classifier, name=name)
+  if not callable(classifier):
+    raise TypeError(f"classifier must be a Classifier or a function images -> logits, got "
+                    f"{type(classifier).__name__}")
+  fn = classifier
+  return Classifier(lambda _, x: fn(x), None,
+                    name or getattr(fn, "__name__", "classifier"))
+
+
+def factor_classifier(featnet, factor: str = "hair_color") -> Classifier:
+  """The head of one categorical factor of a `quality.FeatureNet` as a classifier.
+
+  ``featnet`` is e.g. ``quality.load_featnet()``; images are ``[N, 64, 64, 3]``.
+  """
+  from cfmod_jax import quality  # pylint: disable=g-import-not-at-top
+  names = [n for n, _ in quality.CATEGORICAL]
+  if factor not in names:
+    raise ValueError(f"factor={factor!r} is not a categorical factor of the feature "
+                     f"network; valid: {', '.join(names)}")
+  module = featnet.module
+  return Classifier(lambda v, x: module.apply(v, x)[1][factor], featnet.variables,
+                    f"{featnet.name}:{factor}")
+
+
+def check_classifier(classifier: Classifier, image_shape: Sequence[int]) -> int:
+  """Number of classes; a clear ValueError unless ``apply`` maps images
+  ``[N, *image_shape]`` to float logits ``[N, n_classes]`` with ``n_classes ≥ 2``."""
+  n = 2
+  x = jax.ShapeDtypeStruct((n, *image_shape), jnp.float32)
+  try:
+    out = jax.eval_shape(classifier.apply, classifier.params, x)
+  except Exception as exc:  # pylint: disable=broad-except
+    raise ValueError(f"classifier {classifier.name!r} failed on images of shape "
+                     f"[N, {', '.join(map(str, image_shape))}] (the generator's output): "
+                     f"{type(exc).__name__}: {exc}") from exc
+  shape = getattr(out, "shape", None)
+  if shape is None or len(shape) != 2 or shape[0] != n or shape[1] < 2:
+    got = shape if shape is not None else type(out).__name__
+    raise ValueError(f"classifier {classifier.name!r} must return logits [N, n_classes] "
+                     f"with n_classes ≥ 2 for images [N, {', '.join(map(str, image_shape))}]"
+                     f"; for N={n} it returned {got}")
+  if not jnp.issubdtype(out.dtype, jnp.floating):
+    raise ValueError(f"classifier {classifier.name!r} must return float logits, got "
+                     f"{out.dtype}")
+  return int(shape[1])
+
+
+# ---- the compiled kernel ------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class PairPredictions:
+  """Per-pair classifier outputs for M masks at one site and N pairs.
+
+  Attributes:
+    original_class: int32 [N], argmax f(G(z1)).
+    donor_class: int32 [N], argmax f(G(z2)).
+    original_confidence: float32 [N], softmax f(G(z1))[original_class].
+    hybrid_class: int32 [M, N], argmax f(hybrid).
+    hybrid_confidence: float32 [M, N], softmax f(hybrid)[original_class].
+    hybrid_change: float32 [M, N], mean over pixels and colours of |hybrid − G(z1)|.
+  """
+  original_class: np.ndarray
+  donor_class: np.ndarray
+  original_confidence: np.ndarray
+  hybrid_class: np.ndarray
+  hybrid_confidence: np.ndarray
+  hybrid_change: np.ndarray
+
+
+def _robustness_fn(gen: Generator, apply, site: str, pair_chunk: int, mask_chunk: int):
+  def classify(params, images):
+    logits = apply(params, images)
+    return jnp.argmax(logits, axis=-1).astype(jnp.int32), jax.nn.softmax(logits, axis=-1)
+
+  def fn(gen_vars, params, masks, z1, z2):
+    def per_chunk(zs):
+      z1b, z2b = zs
+      a1 = gen.prefix(gen_vars, z1b, site)
+      a2 = gen.prefix(gen_vars, z2b, site)
+      x1 = gen.suffix(gen_vars, a1, z1b, site)
+      c1, p1 = classify(params, x1)
+      c2, _ = classify(params, gen.suffix(gen_vars, a2, z2b, site))
+      conf1 = jnp.take_along_axis(p1, c1[:, None], axis=-1)[:, 0]
+
+      def per_mask(m):
+        y = gen.suffix(gen_vars, (1.0 - m) * a1 + m * a2, z1b, site)
+        c, p = classify(params, y)
+        change = jnp.abs(y - x1).mean(axis=tuple(range(1, y.ndim)))
+        return c, jnp.take_along_axis(p, c1[:, None], axis=-1)[:, 0], change
+
+      ch, ph, dh = lax.map(per_mask, masks, batch_size=mask_chunk)  # [M, pc] each
+      return c1, c2, conf1, ch, ph, dh
+
+    return lax.map(per_chunk, (z1, z2))
+
+  return jax.jit(fn)
+
+
+def _check_positive_int(value, name):
+  if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+    raise ValueError(f"{name} must be a positive integer, got {value!r}")
+  return int(value)
+
+
+def pair_predictions(gen: Generator, classifier, site: str, masks, z1, z2, *,
+                     pair_chunk: int = DEFAULT_PAIR_CHUNK,
+                     mask_chunk: int = DEFAULT_MASK_CHUNK) -> PairPredictions:
+  """The classifier's predictions on originals, donors and hybrids, per pair.
+
+  Args:
+    gen: a `Generator`.
+    classifier: a `Classifier` or a function ``images -> logits [N, n_classes]``.
+    site: one of ``gen.sites``.
+    masks: ``[M, C]`` (or ``[C]``) in [0, 1]; 1 takes the channel from z2.
+    z1, z2: ``[N, *latent_shape]`` originals and donors.
+    pair_chunk, mask_chunk: pairs / masks evaluated together (memory vs speed).
+  Returns:
+    `PairPredictions` (host numpy arrays); masks axis of length M (1 for a 1-D mask).
+  """
+  clf = as_classifier(classifier)
+  gen.site_index(site)
+  masks, _ = check_masks(gen, site, masks)
+  z1, z2 = check_pairs(gen, z1, z2)
+  pair_chunk = _check_positive_int(pair_chunk, "pair_chunk")
+  mask_chunk = _check_positive_int(mask_chunk, "mask_chunk")
+  check_classifier(clf, gen.image_shape)
+  n = z1.shape[0]
+  pair_chunk = min(pair_chunk, n)
+  n_pad = -n % pair_chunk
+  if n_pad:  # repeat the first pair; its copies are dropped below
+    z1 = jnp.concatenate([z1, jnp.repeat(z1[:1], n_pad, axis=0)])
+    z2 = jnp.concatenate([z2, jnp.repeat(z2[:1], n_pad, axis=0)])
+  chunks = lambda z: z.reshape(-1, pair_chunk, *z.shape[1:])
+  fn = gen.jitted(("robustness", site, clf.apply, pair_chunk, mask_chunk),
+                  lambda: _robustness_fn(gen, clf.apply, site, pair_chunk, mask_chunk))
+  c1, c2, conf1, ch, ph, dh = jax.device_get(
+      fn(gen.variables, clf.params, masks, chunks(z1), chunks(z2)))
+  flat = lambda a: a.reshape(-1)[:n]
+  per_mask = lambda a: np.moveaxis(a, 1, 0).reshape(a.shape[1], -1)[:, :n]  # [M, N]
+  return PairPredictions(flat(c1), flat(c2), flat(conf1), per_mask(ch), per_mask(ph),
+                         per_mask(dh))
+
+
+# ---- summaries ---------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Effect:
+  """How one intervention (a mask at a site) changes the classifier's predictions.
+
+  ``*_se`` are standard errors over pairs (binomial for rates). ``image_change`` is
+  the mean |hybrid − G(z1)| over pairs, pixels and colours (images in [-1, 1]): how
+  much the swap changes the image at all, to read beside the keep rate.
+  """
+  site: str
+  name: str
+  n_channels: int
+  n_pairs: int
+  keep_rate: float
+  keep_rate_se: float
+  confidence_shift: float
+  confidence_shift_se: float
+  donor_rate: float
+  image_change: float
+
+
+def effects(preds: PairPredictions, site: str, names: Sequence[str],
+            n_channels: Sequence[int]) -> list[Effect]:
+  """One `Effect` per mask from per-pair predictions."""
+  if len(names) != preds.hybrid_class.shape[0] or len(n_channels) != len(names):
+    raise ValueError(f"need one name and channel count per mask "
+                     f"({preds.hybrid_class.shape[0]}), got {len(names)} and "
+                     f"{len(n_channels)}")
+  n = preds.original_class.shape[0]
+  out = []
+  for i, name in enumerate(names):
+    kept = (preds.hybrid_class[i] == preds.original_class).astype(np.float64)
+    shift = preds.hybrid_confidence[i].astype(np.float64) - preds.original_confidence
+    donor = (preds.hybrid_class[i] == preds.donor_class).mean()
+    keep = kept.mean()
+    out.append(Effect(site=site, name=str(name), n_channels=int(n_channels[i]), n_pairs=n,
+                      keep_rate=float(keep), keep_rate_se=float(np.sqrt(keep * (1 - keep) / n)),
+                      confidence_shift=float(shift.mean()),
+                      confidence_shift_se=float(shift.std(ddof=1) / np.sqrt(n)) if n > 1
+                      else 0.0,
+                      donor_rate=float(donor),
+                      image_change=float(preds.hybrid_change[i].mean())))
+  return out
+
+
+def mask_robustness(gen: Generator, classifier, site: str, masks, z1, z2, *,
+                    names: Sequence[str] | None = None,
+                    pair_chunk: int = DEFAULT_PAIR_CHUNK,
+                    mask_chunk: int = DEFAULT_MASK_CHUNK) -> list[Effect]:
+  """Keep rate, confidence shift and donor rate of each mask ``[M, C]`` at ``site``
+  over the pairs ``(z1, z2)``; names default to ``mask0, mask1, …``."""
+  masks = np.asarray(masks, np.float32) if not isinstance(masks, jax.Array) else masks
+  masks2d = masks[None] if np.ndim(masks) == 1 else masks
+  names = list(names) if names is not None else [f"mask{i}" for i in range(len(masks2d))]
+  preds = pair_predictions(gen, classifier, site, masks2d, z1, z2, pair_chunk=pair_chunk,
+                           mask_chunk=mask_chunk)
+  sizes = np.asarray(masks2d).sum(axis=1).round().astype(int)
+  return effects(preds, site, names, sizes)
+
+
+# ---- the experiment ----------------------------------------------------------------------
+@dataclasses.dataclass
+class SiteResult:
+  """Modules of one site and the classifier's robustness to swapping each.
+
+  Attributes:
+    site: the site.
+    labels: int [C], module of each channel.
+    effects: one `Effect` per module (``module0`` …) and the control ``all``
+      (every channel of the site).
+    part_shares: with part maps, ``{module name: {part: share of the module's
+      influence map inside the part}}`` (rows sum to 1 over parts).
+    part_area: with part maps, ``{part: share of the image area}``.
+    module_labels: with part maps, ``{module name: the part with the largest
+      share / area ratio}``.
+    hair_module: with part maps that include 'hair', the module whose influence
+      has the largest share inside the hair region.
+  """
+  site: str
+  labels: np.ndarray
+  effects: list[Effect]
+  part_shares: dict[str, dict[str, float]] | None = None
+  part_area: dict[str, float] | None = None
+  module_labels: dict[str, str] | None = None
+  hair_module: str | None = None
+
+
+@dataclasses.dataclass
+class RobustnessResult:
+  """Output of `module_robustness`; `to_dict` gives its JSON form."""
+  generator: str
+  classifier: str
+  n_classes: int
+  n_pairs: int
+  eim_pairs: int
+  k: int
+  method: str
+  seed: int
+  chance_keep_rate: float
+  original_confidence: float
+  original_class_counts: list[int]
+  sites: dict[str, SiteResult]
+
+  def to_dict(self) -> dict:
+    d = dataclasses.asdict(self)
+    for s in d["sites"].values():
+      s["labels"] = np.asarray(s["labels"]).tolist()
+      s["module_sizes"] = np.bincount(np.asarray(s["labels"]), minlength=self.k).tolist()
+    return d
+
+  def rows(self) -> list[dict]:
+    """One flat dict per (site, intervention) — convenient for tables."""
+    out = []
+    for s in self.sites.values():
+      for e in s.effects:
+        row = dataclasses.asdict(e)
+        if s.part_shares is not None and e.name in s.part_shares:
+          row["label"] = s.module_labels[e.name]
+          row["hair_share"] = s.part_shares[e.name].get("hair", float("nan"))
+          row["is_hair_module"] = e.name == s.hair_module
+        out.append(row)
+    return out
+
+
+def part_shares(maps: np.ndarray, part_maps: np.ndarray) -> np.ndarray:
+  """``[K, P]``: share of each influence map ``[K, H, W]`` inside each part of
+  ``part_maps [P, H, W]`` (parts normalised per pixel, maps to unit mass)."""
+  maps = np.asarray(maps, np.float64)
+  parts = np.asarray(part_maps, np.float64)
+  if parts.shape[1:] != maps.shape[1:]:
+    raise ValueError(f"part maps {parts.shape[1:]} and influence maps {maps.shape[1:]} "
+                     "must have the same spatial shape")
+  total = parts.sum(0, keepdims=True)
+  q = np.divide(parts, total, out=np.zeros_like(parts), where=total > 0)
+  mass = maps.reshape(len(maps), -1).sum(1)
+  d = maps / np.where(mass > 0, mass, 1.0)[:, None, None]
+  return np.einsum("khw,phw->kp", d, q)
+
+
+def _check_sites(gen: Generator, sites):
+  sites = list(sites) if sites else list(gen.sites)
+  if not sites:
+    raise ValueError("sites is empty")
+  for s in sites:
+    gen.site_index(s)
+  return sites
+
+
+def module_robustness(gen: Generator, classifier, *, sites: Sequence[str] | None = None,
+                      k: int = 3, n_pairs: int = 256, eim_pairs: int = 64,
+                      method: str = "nmf", seed: int = 0,
+                      part_maps: np.ndarray | None = None,
+                      part_names: Sequence[str] | None = None,
+                      labels: dict[str, np.ndarray] | None = None,
+                      pair_chunk: int = DEFAULT_PAIR_CHUNK,
+                      mask_chunk: int = DEFAULT_MASK_CHUNK) -> RobustnessResult:
+  """Robustness of a classifier to swapping each module of each site.
+
+  Per site: EIMs over ``eim_pairs`` pairs → ``k`` modules (`clustering.cluster_channels`
+  with ``method``; or the given ``labels[site]``) → keep rate, confidence shift and
+  donor rate of each module mask and of the full mask (``all``) over the same
+  ``n_pairs`` evaluation pairs (drawn independently of the EIM pairs). With
+  ``part_maps [P, H, W]`` (e.g. `synthfaces.part_prior()`) and ``part_names``, each
+  module's influence map (on the first ≤ 64 evaluation pairs) is scored by its share
+  inside every part, and the hair module is identified.
+
+  Returns:
+    a `RobustnessResult`.
+  """
+  clf = as_classifier(classifier)
+  sites = _check_sites(gen, sites)
+  n_pairs = _check_positive_int(n_pairs, "n_pairs")
+  eim_pairs = _check_positive_int(eim_pairs, "eim_pairs")
+  k = _check_positive_int(k, "k")
+  if n_pairs < 2:
+    raise ValueError("n_pairs must be ≥ 2")
+  for s in sites:
+    c = gen.site_shape(s)[-1]
+    if labels is None and k > c:
+      raise ValueError(f"k={k} exceeds the {c} channels of site {s!r}")
+  if part_maps is not None:
+    if part_names is None or len(part_names) != len(part_maps):
+      raise ValueError("part_names must name each of the part maps")
+  n_classes = check_classifier(clf, gen.image_shape)
+  key = jax.random.key(seed)
+  k1, k2, k_eim = jax.random.split(key, 3)
+  z1, z2 = gen.sample_latents(k1, n_pairs), gen.sample_latents(k2, n_pairs)
+  results, base = {}, None
+  for i, site in enumerate(sites):
+    c = gen.site_shape(site)[-1]
+    if labels is not None and site in labels:
+      lab = np.asarray(labels[site])
+      if lab.shape != (c,):
+        raise ValueError(f"labels[{site!r}] must have shape [{c}], got {lab.shape}")
+      site_k = max(k, int(lab.max()) + 1)
+    else:
+      eims = np.asarray(elementary_influence_maps(
+          gen, site, eim_pairs, jax.random.fold_in(k_eim, i), pair_chunk=pair_chunk))
+      lab = clustering.cluster_channels(eims, k, method, seed=seed).labels
+      site_k = k
+    masks = np.concatenate([(lab[None] == np.arange(site_k)[:, None]).astype(np.float32),
+                            np.ones((1, c), np.float32)])
+    names = [f"module{j}" for j in range(site_k)] + ["all"]
+    preds = pair_predictions(gen, clf, site, masks, z1, z2, pair_chunk=pair_chunk,
+                             mask_chunk=mask_chunk)
+    base = preds
+    res = SiteResult(site, lab, effects(preds, site, names, masks.sum(1).astype(int)))
+    if part_maps is not None:
+      m = min(n_pairs, 64)
+      maps = np.asarray(influence_maps(gen, site, masks[:site_k], z1[:m], z2[:m],
+                                       pair_chunk=pair_chunk))
+      shares = part_shares(maps, part_maps)
+      area = part_shares(np.ones((1, *maps.shape[1:])), part_maps)[0]
+      ratio = shares / np.where(area > 0, area, 1.0)
+      res.part_shares = {names[j]: {p: float(shares[j, q]) for q, p in enumerate(part_names)}
+                         for j in range(site_k)}
+      res.part_area = {p: float(area[q]) for q, p in enumerate(part_names)}
+      res.module_labels = {names[j]: part_names[int(np.argmax(ratio[j]))]
+                           for j in range(site_k)}
+      if "hair" in part_names:
+        res.hair_module = names[int(np.argmax(shares[:, list(part_names).index("hair")]))]
+    results[site] = res
+  return RobustnessResult(
+      generator=gen.name, classifier=clf.name, n_classes=n_classes, n_pairs=n_pairs,
+      eim_pairs=eim_pairs, k=k, method=method, seed=seed,
+      chance_keep_rate=float((base.original_class == base.donor_class).mean()),
+      original_confidence=float(base.original_confidence.mean()),
+      original_class_counts=np.bincount(base.original_class, minlength=n_classes).tolist(),
+      sites=results)
+
+
+# ---- outputs -----------------------------------------------------------------------------
+def write_json(result: RobustnessResult, path: str) -> str:
+  """Writes ``result.to_dict()`` as JSON."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path, "w", encoding="utf-8") as f:
+    json.dump(result.to_dict(), f, indent=2)
+  return path
+
+
+def plot_robustness(result: RobustnessResult, path: str) -> str:
+  """Bar plot PNG: keep rate (top) and confidence shift (bottom) per site and
+  intervention, with standard-error bars and the chance keep rate as a line."""
+  sites = list(result.sites)
+  names = sorted({e.name for s in result.sites.values() for e in s.effects},
+                 key=lambda n: (n == "all", n))
+  fig = viz.new_figure(max(6.0, 1.6 * len(sites) + 2), 6.0)
+  ax_keep, ax_shift = fig.add_subplot(2, 1, 1), fig.add_subplot(2, 1, 2)
+  width = 0.8 / len(names)
+  x = np.arange(len(sites))
+  colours = {n: ("0.4" if n == "all" else f"C{i}") for i, n in enumerate(names)}
+  for j, name in enumerate(names):
+    found = [next((e for e in result.sites[s].effects if e.name == name), None) for s in sites]
+    keep = [e.keep_rate if e else np.nan for e in found]
+    keep_se = [e.keep_rate_se if e else 0 for e in found]
+    shift = [e.confidence_shift if e else np.nan for e in found]
+    shift_se = [e.confidence_shift_se if e else 0 for e in found]
+    pos = x - 0.4 + width * (j + 0.5)
+    ax_keep.bar(pos, keep, width, yerr=keep_se, color=colours[name], label=name)
+    ax_shift.bar(pos, shift, width, yerr=shift_se, color=colours[name], label=name)
+    for s_i, s in enumerate(sites):
+      r = result.sites[s]
+      if r.module_labels and name in r.module_labels:
+        ax_keep.text(pos[s_i], 0.02, r.module_labels[name] + ("*" if r.hair_module == name
+                                                              else ""),
+                     rotation=90, ha="center", va="bottom", fontsize=7, color="w")
+  ax_keep.axhline(result.chance_keep_rate, color="k", ls="--", lw=1,
+                  label=f"chance ({result.chance_keep_rate:.2f})")
+  ax_keep.set_ylim(0, 1.05)
+  ax_keep.set_ylabel("keep rate")
+  ax_keep.set_title(f"{result.classifier} on hybrids of {result.generator} "
+                    f"(n={result.n_pairs} pairs, K={result.k})", fontsize=9)
+  ax_shift.axhline(0, color="k", lw=0.8)
+  ax_shift.set_ylabel("confidence shift")
+  for ax in (ax_keep, ax_shift):
+    ax.set_xticks(x)
+    ax.set_xticklabels(sites)
+  ax_keep.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+  if any(r.module_labels for r in result.sites.values()):
+    ax_keep.text(1.01, 0.0, "bar text: region with the\nlargest share/area of the\n"
+                 "module's influence;\n* = hair module", transform=ax_keep.transAxes,
+                 fontsize=7, va="bottom")
+  return viz.save_figure(fig, path)
+
+
+def markdown_table(result: RobustnessResult) -> str:
+  """The results as a Markdown table (one row per site and intervention)."""
+  lines = ["| site | swapped | channels | part label | hair share | keep rate | "
+           "confidence shift | donor rate | image change |",
+           "|---|---|---|---|---|---|---|---|---|"]
+  for row in result.rows():
+    hair = row.get("hair_share")
+    label = row.get("label", "—") + (" (hair module)" if row.get("is_hair_module") else "")
+    lines.append(
+        f"| {row['site']} | {row['name']} | {row['n_channels']} | {label} | "
+        f"{'—' if hair is None else f'{hair:.2f}'} | "
+        f"{row['keep_rate']:.3f} ± {row['keep_rate_se']:.3f} | "
+        f"{row['confidence_shift']:+.3f} ± {row['confidence_shift_se']:.3f} | "
+        f"{row['donor_rate']:.3f} | {row['image_change']:.3f} |")
+  return "\n".join(lines)
+
+
+__all__ = ["Classifier", "Effect", "PairPredictions", "RobustnessResult", "SiteResult",
+           "as_classifier", "check_classifier", "effects", "factor_classifier",
+           "markdown_table", "mask_robustness", "module_robustness", "pair_predictions",
+           "part_shares", "plot_robustness", "write_json"]

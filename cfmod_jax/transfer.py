@@ -1,0 +1,246 @@
+"""Cross-class module hybrids ("style transfer") with a class-conditional BigGAN.
+
+The paper's application to BigGAN-deep (Besserve et al. 2020, §4): take a sample of
+class A (latent z1) and a sample of class B (latent z2), and at an intermediate block
+swap the channels of one module from z2 into z1. The hybrid is A's image with
+whatever that module controls (texture, colour, background…) taken from the B
+sample. Every stage after the site is conditioned on **z1's** noise and class
+vector (see `cfmod_jax.models.biggan`), so the class that the later blocks render
+stays A; only the site's activations of the module's channels come from B.
+
+Pipeline (`style_transfer`):
+
+1. `class_conditional` — the same BigGAN whose latent sampler draws classes A and B
+   (uniformly), so `elementary_influence_maps` computes the EIMs of the site on
+   samples of the two classes of interest (pairs may be A–A, A–B, B–A or B–B).
+2. `clustering.cluster_channels` groups the site's channels into K modules.
+3. `cross_class_hybrids` renders, for every module, every (A sample, B donor)
+   combination in one compiled call per site.
+4. `transfer_panel` lays out one panel per module: A samples down the left, B
+   donors across the top, hybrids in the grid (`module<k>.png`); ``eims.png`` and
+   ``module_maps.png`` (mean |hybrid − A| of each module over the grid) show where
+   modules act; ``transfer.json`` records the settings and module sizes.
+
+``experiments/style_transfer.py`` is the command-line program.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Sequence
+
+import jax
+import numpy as np
+
+from cfmod_jax import clustering, viz
+from cfmod_jax.generator import Generator
+from cfmod_jax.interventions import check_masks, elementary_influence_maps, hybrids
+
+
+# ---- class-conditional sampling ------------------------------------------------------------
+def _biggan_module(gen: Generator):
+  from cfmod_jax.models.biggan import BigGANDeep  # pylint: disable=g-import-not-at-top
+  if not isinstance(gen.module, BigGANDeep):
+    raise TypeError(f"cross-class hybrids need a class-conditional BigGAN generator "
+                    f"(module BigGANDeep), got {type(gen.module).__name__} ({gen.name})")
+  return gen.module
+
+
+def num_classes(gen: Generator) -> int:
+  """Number of classes of a BigGAN `Generator`."""
+  return _biggan_module(gen).config.num_classes
+
+
+def check_class(gen: Generator, index, name: str = "class") -> int:
+  """``index`` as an int; a clear ValueError unless it is a class of ``gen``."""
+  n = num_classes(gen)
+  if isinstance(index, (bool, np.bool_)) or not isinstance(index, (int, np.integer)):
+    raise ValueError(f"{name} must be an integer class index, got {index!r}")
+  if not 0 <= int(index) < n:
+    raise ValueError(f"{name}={int(index)} is out of range: {gen.name} has {n} classes, "
+                     f"valid indices are 0…{n - 1}")
+  return int(index)
+
+
+def class_latents(gen: Generator, key: jax.Array, class_index: int, n: int) -> jax.Array:
+  """``n`` latents ``[n, z_dim + num_classes]`` of one class: truncated noise (the
+  generator's truncation) and the one-hot class vector."""
+  from cfmod_jax.models.biggan import sample_latents_for_classes  # pylint: disable=g-import-not-at-top
+  module = _biggan_module(gen)
+  c = check_class(gen, class_index)
+  if not isinstance(n, (int, np.integer)) or n < 1:
+    raise ValueError(f"n must be a positive integer, got {n!r}")
+  return sample_latents_for_classes(key, np.full(int(n), c), module.truncation, module.config)
+
+
+def class_conditional(gen: Generator, classes: Sequence[int]) -> Generator:
+  """The same BigGAN (module and variables) with a latent sampler that draws its
+  class uniformly among ``classes`` — e.g. for `elementary_influence_maps`."""
+  from cfmod_jax.models.biggan import biggan_generator  # pylint: disable=g-import-not-at-top
+  module = _biggan_module(gen)
+  classes = [check_class(gen, c, f"classes[{i}]") for i, c in enumerate(classes)]
+  if not classes:
+    raise ValueError("classes is empty")
+  names = "+".join(map(str, classes))
+  return biggan_generator(gen.variables, module.config, module.truncation, classes=classes,
+                          name=f"{gen.name}[{names}]")
+
+
+# ---- hybrids ---------------------------------------------------------------------------------
+def cross_class_hybrids(gen: Generator, site: str, masks, z_a, z_b) -> jax.Array:
+  """Every combination of an original (class A) and a donor (class B), per mask.
+
+  Args:
+    gen: a `Generator` (any; class-conditional in the intended use).
+    site: one of ``gen.sites``.
+    masks: ``[M, C]`` (or ``[C]``) in [0, 1]; 1 takes the channel from the donor.
+    z_a: ``[R, *latent_shape]`` originals (class A).
+    z_b: ``[D, *latent_shape]`` donors (class B).
+  Returns:
+    ``[M, R, D, H, W, 3] float32`` in [-1, 1] (``[R, D, H, W, 3]`` for a 1-D mask):
+    cell ``[m, r, d]`` is the hybrid of original r with mask m's channels from donor d;
+    stages after the site are conditioned on the original's latent.
+  """
+  gen.site_index(site)
+  one = np.ndim(masks) == 1
+  masks, _ = check_masks(gen, site, masks)
+  z_a, z_b = np.asarray(z_a), np.asarray(z_b)
+  if z_a.ndim < 1 or z_b.ndim < 1 or z_a.shape[0] == 0 or z_b.shape[0] == 0:
+    raise ValueError(f"z_a and z_b must be non-empty [N, *latent_shape], got {z_a.shape} "
+                     f"and {z_b.shape}")
+  r, d = z_a.shape[0], z_b.shape[0]
+  z1 = np.repeat(z_a, d, axis=0)
+  z2 = np.tile(z_b, (r,) + (1,) * (z_b.ndim - 1))
+  out = hybrids(gen, site, masks, z1, z2)
+  out = out.reshape(out.shape[0], r, d, *out.shape[2:])
+  return out[0] if one else out
+
+
+def transfer_panel(originals, donors, cells) -> np.ndarray:
+  """One module's panel: originals ``[R, H, W, 3]`` down the left, donors
+  ``[D, H, W, 3]`` across the top, hybrids ``[R, D, H, W, 3]`` in the grid (all in
+  [-1, 1]). Returns an RGB image in [0, 1]."""
+  originals, donors, cells = (viz.to_unit(np.asarray(a)) for a in (originals, donors, cells))
+  r, d = cells.shape[:2]
+  blank = np.ones((1, *cells.shape[2:]), np.float32)
+  rows = [np.concatenate([blank, donors])]
+  rows += [np.concatenate([originals[i:i + 1], cells[i]]) for i in range(r)]
+  return viz.tile(np.concatenate(rows), d + 1, pad=3)
+
+
+# ---- the experiment --------------------------------------------------------------------------
+@dataclasses.dataclass
+class TransferResult:
+  """Output of `style_transfer`.
+
+  Attributes:
+    site, class_a, class_b, k, method: the settings.
+    labels: int [C], module of each channel.
+    eims: float32 [C, H, W], the EIMs (on samples of classes A and B).
+    z_a, z_b: the latents of the originals ``[R, …]`` and donors ``[D, …]``.
+    originals, donors: ``[R, H, W, 3]``, ``[D, H, W, 3]`` images in [-1, 1].
+    hybrids: ``[K, R, D, H, W, 3]``: originals with module k from each donor.
+    module_maps: ``[K, H, W]``: mean |hybrid − original| per module over the grid.
+    files: paths written (empty without ``out_dir``).
+  """
+  site: str
+  class_a: int
+  class_b: int
+  k: int
+  method: str
+  labels: np.ndarray
+  eims: np.ndarray
+  z_a: np.ndarray
+  z_b: np.ndarray
+  originals: np.ndarray
+  donors: np.ndarray
+  hybrids: np.ndarray
+  module_maps: np.ndarray
+  files: list[str] = dataclasses.field(default_factory=list)
+
+
+def style_transfer(gen: Generator, class_a: int, class_b: int, site: str, k: int = 3, *,
+                   n_rows: int = 4, n_cols: int = 4, n_pairs: int = 64, seed: int = 0,
+                   method: str = "nmf", sigma: float | None = None,
+                   percentile: float = clustering.DEFAULT_PERCENTILE,
+                   out_dir: str | None = None) -> TransferResult:
+  """Modules of a BigGAN block found on classes A and B, and their cross-class hybrids.
+
+  Args:
+    gen: a BigGAN `Generator` (e.g. `cfmod_jax.models.load_biggan`).
+    class_a, class_b: class indices (originals, donors), in ``[0, num_classes)``.
+    site: the block, one of ``gen.sites`` (e.g. ``'block5'``).
+    k: number of modules.
+    n_rows, n_cols: class-A originals (rows) and class-B donors (columns) per panel.
+    n_pairs: latent pairs for the EIMs (drawn from classes A and B).
+    seed: seeds the EIM pairs, the clustering and the panel samples.
+    method, sigma, percentile: clustering, see `clustering.cluster_channels`.
+    out_dir: if given, writes ``module<k>.png``, ``eims.png``, ``module_maps.png``,
+      ``originals.png``, ``donors.png`` and ``transfer.json`` there.
+  Returns:
+    a `TransferResult`.
+  """
+  class_a = check_class(gen, class_a, "class_a")
+  class_b = check_class(gen, class_b, "class_b")
+  gen.site_index(site)
+  c = gen.site_shape(site)[-1]
+  for name, v in (("k", k), ("n_rows", n_rows), ("n_cols", n_cols), ("n_pairs", n_pairs)):
+    if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
+      raise ValueError(f"{name} must be a positive integer, got {v!r}")
+  if k > c:
+    raise ValueError(f"k={k} exceeds the {c} channels of site {site!r}")
+  key = jax.random.key(seed)
+  k_eim, k_a, k_b = jax.random.split(key, 3)
+  both = class_conditional(gen, sorted({class_a, class_b}))
+  eims = np.asarray(elementary_influence_maps(both, site, n_pairs, k_eim))
+  clus = clustering.cluster_channels(eims, k, method, seed=seed, sigma=sigma,
+                                     percentile=percentile)
+  masks = (clus.labels[None] == np.arange(k)[:, None]).astype(np.float32)
+  z_a = np.asarray(class_latents(gen, k_a, class_a, n_rows))
+  z_b = np.asarray(class_latents(gen, k_b, class_b, n_cols))
+  originals, donors = np.asarray(gen(z_a)), np.asarray(gen(z_b))
+  cells = np.asarray(cross_class_hybrids(gen, site, masks, z_a, z_b))  # [K, R, D, H, W, 3]
+  module_maps = np.abs(cells - originals[None, :, None]).mean(axis=(1, 2, 5))
+  result = TransferResult(site, class_a, class_b, k, method, clus.labels, eims, z_a, z_b,
+                          originals, donors, cells, module_maps)
+  if out_dir is not None:
+    result.files = write_transfer(result, gen.name, out_dir)
+  return result
+
+
+def write_transfer(result: TransferResult, generator_name: str, out_dir: str) -> list[str]:
+  """Writes the panels, maps and ``transfer.json`` of a `TransferResult`."""
+  os.makedirs(out_dir, exist_ok=True)
+  files = []
+  for j in range(result.k):
+    panel = transfer_panel(result.originals, result.donors, result.hybrids[j])
+    files.append(viz.save_rgb(os.path.join(out_dir, f"module{j}.png"), panel))
+  files.append(viz.save_map_grid(os.path.join(out_dir, "eims.png"), result.eims,
+                                 labels=result.labels))
+  files.append(viz.save_map_grid(os.path.join(out_dir, "module_maps.png"), result.module_maps,
+                                 ncols=result.k, normalize="global"))
+  files.append(viz.save_image_grid(os.path.join(out_dir, "originals.png"), result.originals,
+                                   ncols=len(result.originals)))
+  files.append(viz.save_image_grid(os.path.join(out_dir, "donors.png"), result.donors,
+                                   ncols=len(result.donors)))
+  meta = {"generator": generator_name, "site": result.site, "class_a": result.class_a,
+          "class_b": result.class_b, "k": result.k, "method": result.method,
+          "channels": int(len(result.labels)),
+          "module_sizes": np.bincount(result.labels, minlength=result.k).tolist(),
+          "labels": np.asarray(result.labels).tolist(),
+          "module_mean_change": [float(m.mean()) for m in result.module_maps],
+          "n_rows": int(len(result.originals)), "n_cols": int(len(result.donors)),
+          "layout": "module<k>.png: top row = class-B donors, left column = class-A "
+                    "originals, cell = original with module k taken from the donor"}
+  path = os.path.join(out_dir, "transfer.json")
+  with open(path, "w", encoding="utf-8") as f:
+    json.dump(meta, f, indent=2)
+  files.append(path)
+  return files
+
+
+__all__ = ["TransferResult", "check_class", "class_conditional", "class_latents",
+           "cross_class_hybrids", "num_classes", "style_transfer", "transfer_panel",
+           "write_transfer"]

@@ -1,0 +1,50 @@
+"""Cross-class module hybrids ("style transfer") with a converted BigGAN-deep.
+
+  python -m experiments.style_transfer --biggan path/to/converted --class_a 850 \
+      --class_b 105 --site block5 --k 3 --out out/transfer
+
+``--biggan`` is a folder written by ``experiments.convert_biggan`` (see
+docs/biggan.md); nothing is downloaded. Writes ``module<k>.png`` (rows: class-A
+samples; columns: class-B donors; cell: A with module k from B), ``eims.png``,
+``module_maps.png`` and ``transfer.json`` under ``--out``.
+"""
+
+from absl import app, flags, logging
+
+from cfmod_jax import transfer
+from cfmod_jax.models.biggan import load_biggan
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("biggan", None, "Folder of converted BigGAN-deep weights "
+                    "(variables.msgpack + config.json).")
+flags.DEFINE_integer("class_a", 850, "Class of the originals (850: teddy bear).")
+flags.DEFINE_integer("class_b", 105, "Class of the donors (105: koala).")
+flags.DEFINE_string("site", "block5", "Block whose modules are swapped.")
+flags.DEFINE_integer("k", 3, "Number of modules.")
+flags.DEFINE_float("truncation", 0.4, "Truncation of the noise, in (0, 1].")
+flags.DEFINE_integer("n_rows", 4, "Class-A originals per panel.")
+flags.DEFINE_integer("n_cols", 4, "Class-B donors per panel.")
+flags.DEFINE_integer("n_pairs", 64, "Latent pairs (classes A and B) for the EIMs.")
+flags.DEFINE_enum("method", "nmf", ["nmf", "kmeans"], "Clustering of channels.")
+flags.DEFINE_integer("seed", 0, "Random seed.")
+flags.DEFINE_string("out", "out/transfer", "Output folder.")
+flags.mark_flag_as_required("biggan")
+
+
+def main(argv):
+  del argv
+  gen = load_biggan(FLAGS.biggan, truncation=FLAGS.truncation)
+  try:
+    result = transfer.style_transfer(
+        gen, FLAGS.class_a, FLAGS.class_b, FLAGS.site, FLAGS.k, n_rows=FLAGS.n_rows,
+        n_cols=FLAGS.n_cols, n_pairs=FLAGS.n_pairs, seed=FLAGS.seed, method=FLAGS.method,
+        out_dir=FLAGS.out)
+  except (ValueError, TypeError) as exc:
+    raise app.UsageError(str(exc)) from None
+  logging.info("module sizes %s; wrote %d files to %s",
+               [int((result.labels == j).sum()) for j in range(result.k)], len(result.files),
+               FLAGS.out)
+
+
+if __name__ == "__main__":
+  app.run(main)
