@@ -23,32 +23,50 @@ _INIT = nn.initializers.normal(0.02)
 
 
 class ProjectStage(nn.Module):
-  """Latent → [N, 4, 4, features] (dense projection, BN, ReLU)."""
+  """Latent → [N, 4, 4, features]: dense projection, (BN), ReLU.
+
+  ``batch_norm=False`` (the β-VAE decoder) gives the dense layer a bias instead.
+  """
   features: int
+  batch_norm: bool = True
+  kernel_init: nn.initializers.Initializer = _INIT
 
   def setup(self):
-    self.dense = nn.Dense(4 * 4 * self.features, use_bias=False, kernel_init=_INIT)
-    self.bn = nn.BatchNorm(momentum=_BN_MOMENTUM)
+    self.dense = nn.Dense(4 * 4 * self.features, use_bias=not self.batch_norm,
+                          kernel_init=self.kernel_init)
+    if self.batch_norm:
+      self.bn = nn.BatchNorm(momentum=_BN_MOMENTUM)
 
   def pre(self, z):
     return self.dense(z).reshape(z.shape[0], 4, 4, self.features)
 
   def post(self, y, train: bool = False):
-    return nn.relu(self.bn(y, use_running_average=not train))
+    if self.batch_norm:
+      y = self.bn(y, use_running_average=not train)
+    return nn.relu(y)
 
   def __call__(self, z, train: bool = False):
     return self.post(self.pre(z), train)
 
 
 class UpStage(nn.Module):
-  """×2 transposed convolution (4×4, stride 2) + BN + ReLU; ``rgb=True``: + tanh."""
+  """×2 transposed convolution (4×4, stride 2), then (BN +) ReLU, or tanh when ``rgb``.
+
+  Without BatchNorm (``batch_norm=False`` or ``rgb``) the convolution has a bias.
+  """
   features: int
   rgb: bool = False
+  batch_norm: bool = True
+  kernel_init: nn.initializers.Initializer = _INIT
+
+  @property
+  def _bn(self) -> bool:
+    return self.batch_norm and not self.rgb
 
   def setup(self):
-    self.conv = ConvTranspose(self.features, (4, 4), (2, 2), use_bias=self.rgb,
-                              kernel_init=_INIT)
-    if not self.rgb:
+    self.conv = ConvTranspose(self.features, (4, 4), (2, 2), use_bias=not self._bn,
+                              kernel_init=self.kernel_init)
+    if self._bn:
       self.bn = nn.BatchNorm(momentum=_BN_MOMENTUM)
 
   def pre(self, x):
@@ -60,7 +78,9 @@ class UpStage(nn.Module):
   def post(self, y, train: bool = False):
     if self.rgb:
       return jnp.tanh(y)
-    return nn.relu(self.bn(y, use_running_average=not train))
+    if self._bn:
+      y = self.bn(y, use_running_average=not train)
+    return nn.relu(y)
 
   def __call__(self, x, train: bool = False):
     return self.post(self.pre(x), train)

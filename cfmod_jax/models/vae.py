@@ -13,43 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from cfmod_jax.generator import StagedGenerator, stage_names
-from cfmod_jax.ops import ConvTranspose
-
-
-class DecoderProject(nn.Module):
-  features: int
-
-  def setup(self):
-    self.dense = nn.Dense(4 * 4 * self.features)
-
-  def pre(self, z):
-    return self.dense(z).reshape(z.shape[0], 4, 4, self.features)
-
-  def post(self, y, train: bool = False):
-    return nn.relu(y)
-
-  def __call__(self, z, train: bool = False):
-    return self.post(self.pre(z), train)
-
-
-class DecoderUp(nn.Module):
-  features: int
-  final: bool = False
-
-  def setup(self):
-    self.conv = ConvTranspose(self.features, (4, 4), (2, 2))
-
-  def pre(self, x):
-    return self.conv(x)
-
-  def pre_delta(self, delta, start):
-    return self.conv.per_channel(delta, start)
-
-  def post(self, y, train: bool = False):
-    return jnp.tanh(y) if self.final else nn.relu(y)
-
-  def __call__(self, x, train: bool = False):
-    return self.post(self.pre(x), train)
+from cfmod_jax.models.dcgan import ProjectStage, UpStage
 
 
 class VAEDecoder(StagedGenerator):
@@ -63,9 +27,10 @@ class VAEDecoder(StagedGenerator):
     return (self.latent_dim,)
 
   def setup(self):
-    w = self.width
-    self.stages = [DecoderProject(8 * w), DecoderUp(4 * w), DecoderUp(2 * w), DecoderUp(w),
-                   DecoderUp(3, final=True)]
+    w, init = self.width, nn.initializers.lecun_normal()
+    up = lambda f, **kw: UpStage(f, batch_norm=False, kernel_init=init, **kw)
+    self.stages = [ProjectStage(8 * w, batch_norm=False, kernel_init=init), up(4 * w),
+                   up(2 * w), up(w), up(3, rgb=True)]
 
 
 class VAEEncoder(nn.Module):
