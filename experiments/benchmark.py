@@ -1,0 +1,54 @@
+"""Benchmark: EIMs of every DCGAN-64 site, cfmod_jax vs PyTorch hooks vs naive JAX.
+
+  python -m experiments.benchmark --out docs/benchmark
+  python -m experiments.benchmark --quick --out /tmp/bench   # tiny, for tests
+
+Writes ``benchmark.json``, ``benchmark.md`` and ``benchmark.png`` to ``--out``; see
+`cfmod_jax.bench.harness` for what is measured and how. Needs the ``torch`` extra.
+"""
+
+from absl import app, flags, logging
+
+from cfmod_jax.bench import harness
+
+FLAGS = flags.FLAGS
+flags.DEFINE_integer("n_pairs", 64, "Latent pairs per EIM.")
+flags.DEFINE_list("sites", list(harness.SITES), "Sites to benchmark.")
+flags.DEFINE_integer("width", 64, "DCGAN width (64: the paper's DCGAN-64).")
+flags.DEFINE_list("contenders", list(harness.CONTENDERS), "Contenders to run.")
+flags.DEFINE_integer("pair_chunk", 64, "Pairs per forward pass (torch and naive JAX).")
+flags.DEFINE_integer("seed", 0, "Seed of the weights and the latent pairs.")
+flags.DEFINE_string("out", "docs/benchmark", "Output folder.")
+flags.DEFINE_bool("memory_check", True, "Compare cfmod_jax's peak memory at two N.")
+flags.DEFINE_string("memory_site", "block4", "Site of the memory check.")
+flags.DEFINE_list("memory_n_pairs", ["256", "2048"], "The two N of the memory check.")
+flags.DEFINE_integer("torch_threads", 0, "torch.set_num_threads for the torch contender "
+                     "(0: torch's default, the number of cores).")
+flags.DEFINE_bool("quick", False, "Tiny configuration for tests: width 4, N 4, sites "
+                  "block1,block4 unless --sites is given (overrides n_pairs, width, pair_chunk, "
+                  "memory_n_pairs, torch_threads and the matmul size).")
+
+
+def config_from_flags() -> harness.BenchConfig:
+  cfg = harness.BenchConfig(
+      n_pairs=FLAGS.n_pairs, sites=tuple(FLAGS.sites), width=FLAGS.width,
+      contenders=tuple(FLAGS.contenders), seed=FLAGS.seed, pair_chunk=FLAGS.pair_chunk,
+      memory_check=FLAGS.memory_check, memory_site=FLAGS.memory_site,
+      memory_n_pairs=tuple(int(n) for n in FLAGS.memory_n_pairs),
+      torch_threads=FLAGS.torch_threads)
+  if FLAGS.quick:  # block1 and block4 unless --sites is given
+    cfg = harness.quick_config(cfg, sites=FLAGS.sites if FLAGS["sites"].present else
+                               harness.QUICK_SITES)
+  return cfg
+
+
+def main(argv):
+  del argv
+  results = harness.run_benchmark(config_from_flags(), log=logging.info)
+  paths = harness.write_outputs(results, FLAGS.out)
+  logging.info("wrote %s", ", ".join(paths.values()))
+  print(harness.markdown_table(results))
+
+
+if __name__ == "__main__":
+  app.run(main)
