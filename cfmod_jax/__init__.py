@@ -5,14 +5,16 @@ Public API (see README):
   hybrids, influence_maps,
   elementary_influence_maps           interventions (interventions.py)
   init_generator, build_module        the shipped architectures (models/)
+  load_generator                      shipped or trained checkpoints (checkpoints.py)
 """
 
 from cfmod_jax.generator import Generator, StagedGenerator
 from cfmod_jax.interventions import (elementary_influence_map_sums, elementary_influence_maps,
                                      hybrids, influence_map_sums,
                                      influence_maps)
+from cfmod_jax.checkpoints import load_generator
 from cfmod_jax.models import build_module, init_generator
 
 __all__ = ["Generator", "StagedGenerator", "build_module", "elementary_influence_map_sums",
            "elementary_influence_maps",
-           "hybrids", "influence_map_sums", "influence_maps", "init_generator"]
+           "hybrids", "influence_map_sums", "influence_maps", "init_generator", "load_generator"]

@@ -1,0 +1,337 @@
+"""Loading and saving trained networks: `load_generator` and its file format.
+
+``load_generator(name_or_path)`` returns a `cfmod_jax.Generator` from
+
+* a shipped name — ``"dcgan-synthfaces"``, ``"vae-synthfaces"``,
+  ``"began-synthfaces"`` (folders under ``cfmod_jax/checkpoints/``);
+* an exported folder (written by `save_variables`, e.g. by
+  ``python -m experiments.train ... --export DIR``);
+* a trainer run: its workdir, its ``checkpoints/`` folder or one step folder
+  ``checkpoints/<step>`` (orbax, written by `cfmod_jax.train`).
+
+**Exported format** (one folder): ``variables.msgpack`` — the module's inference
+variables (``params`` and, for DCGAN, ``batch_stats``; no optimizer state) as
+one `flax.serialization.msgpack_serialize` file — and ``checkpoint.json`` — the
+architecture (``arch``, ``kwargs``), training ``step`` and ``config``, the
+storage dtype, the file's size and sha256, and a manifest (shape, dtype,
+sha256) of every array. Why not orbax here: an orbax checkpoint is a tree of
+many small files (OCDBT manifests, hashed chunk names, ``_METADATA``…) meant for
+sharded, asynchronous saves of large states; a shipped inference checkpoint is a
+few MB, is read whole, must survive being packaged as package data, and is
+simplest to audit as one file whose hash is in the JSON beside it. Trainer
+checkpoints (resumable, with optimizer state) stay orbax.
+
+Floating arrays may be stored as float16 (``storage_dtype``) to halve the size
+and are cast back to float32 when loaded; the manifest hashes the stored bytes.
+
+Integrity and errors (all `CheckpointError`, a ValueError):
+
+* missing / unreadable ``checkpoint.json``, or a data file whose size or sha256
+  differs from the JSON's (a truncated or corrupted copy) → says which and how;
+* arrays whose names or shapes do not match the declared architecture →
+  `ArchitectureMismatchError` naming the missing, unexpected and mis-shaped
+  parameters;
+* an unknown name → lists the valid names.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import Any, Mapping
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+
+from cfmod_jax.generator import Generator
+
+PACKAGE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "checkpoints")
+SHIPPED_GENERATORS = ("dcgan-synthfaces", "vae-synthfaces", "began-synthfaces")
+SHIPPED_FEATNET = "featnet-synthfaces"
+EXPORT_FORMAT = "cfmod_jax.variables/1"
+DATA_FILE = "variables.msgpack"
+META_FILE = "checkpoint.json"
+
+
+class CheckpointError(ValueError):
+  """A checkpoint is missing, truncated, corrupted or not of the expected kind."""
+
+
+class ArchitectureMismatchError(CheckpointError):
+  """A checkpoint's arrays do not fit the architecture it declares."""
+
+
+# ---- manifests ------------------------------------------------------------------------------
+def _flat(tree: Mapping[str, Any]) -> dict[str, Any]:
+  return {k: v for k, v in traverse_util.flatten_dict(dict(tree), sep="/").items()
+          if not (isinstance(v, Mapping) and not v)}
+
+
+def sha256(array) -> str:
+  """sha256 of an array's C-order bytes."""
+  return hashlib.sha256(np.ascontiguousarray(np.asarray(array)).tobytes()).hexdigest()
+
+
+def array_manifest(tree: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+  """``{'a/b/kernel': {'shape': [...], 'dtype': 'float32', 'sha256': '…'}}`` of a
+  nested dict of arrays (host copies are made as needed)."""
+  return {k: {"shape": list(np.shape(v)), "dtype": str(np.asarray(v).dtype), "sha256": sha256(v)}
+          for k, v in sorted(_flat(tree).items())}
+
+
+def _describe(mismatch: dict[str, list[str]]) -> str:
+  parts = []
+  for what, names in mismatch.items():
+    if names:
+      shown = ", ".join(names[:12]) + (f", … ({len(names)} in all)" if len(names) > 12 else "")
+      parts.append(f"{what}: {shown}")
+  return "; ".join(parts)
+
+
+def check_structure(manifest: Mapping[str, Mapping[str, Any]], expected: Mapping[str, Any], *,
+                    where: str, arch: str) -> None:
+  """Raises `ArchitectureMismatchError` unless ``manifest`` has exactly the
+  array names and shapes of ``expected`` (a nested dict of arrays or
+  ShapeDtypeStructs)."""
+  want = {k: tuple(v.shape) for k, v in _flat(expected).items()}
+  have = {k: tuple(v["shape"]) for k, v in manifest.items()}
+  mismatch = {
+      "missing": sorted(set(want) - set(have)),
+      "unexpected": sorted(set(have) - set(want)),
+      "wrong shape": [f"{k} (stored {have[k]}, expected {want[k]})"
+                      for k in sorted(set(want) & set(have)) if want[k] != have[k]],
+  }
+  if any(mismatch.values()):
+    raise ArchitectureMismatchError(
+        f"{where}: the stored arrays do not match the declared architecture {arch}: "
+        f"{_describe(mismatch)}")
+
+
+def verify_manifest(manifest: Mapping[str, Mapping[str, Any]], tree: Mapping[str, Any], *,
+                    where: str) -> None:
+  """Raises `CheckpointError` unless every array of ``tree`` has the manifest's
+  shape, dtype and sha256 (and no array is missing or extra)."""
+  flat = _flat(tree)
+  bad = []
+  for k in sorted(set(manifest) | set(flat)):
+    if k not in flat or k not in manifest:
+      bad.append(f"{k} ({'missing' if k not in flat else 'not in the manifest'})")
+      continue
+    arr, entry = np.asarray(flat[k]), manifest[k]
+    if list(arr.shape) != list(entry["shape"]) or str(arr.dtype) != entry["dtype"]:
+      bad.append(f"{k} (read {arr.dtype}{list(arr.shape)}, manifest "
+                 f"{entry['dtype']}{entry['shape']})")
+    elif sha256(arr) != entry["sha256"]:
+      bad.append(f"{k} (sha256 differs)")
+  if bad:
+    raise CheckpointError(f"{where} is corrupted: {len(bad)} array(s) differ from the "
+                          f"checkpoint's sha256 manifest: {', '.join(bad[:12])}")
+
+
+# ---- exported folders ----------------------------------------------------------------------------
+def _to_storage(tree, storage_dtype: str):
+  def cast(x):
+    x = np.asarray(x)
+    if np.issubdtype(x.dtype, np.floating):
+      y = x.astype(storage_dtype)
+      if not np.all(np.isfinite(y)) and np.all(np.isfinite(x)):
+        raise ValueError(f"values overflow {storage_dtype}; store as float32")
+      return y
+    return x
+  return jax.tree.map(cast, tree)
+
+
+def save_variables(path: str, variables: Mapping[str, Any], *, kind: str, arch: str,
+                   kwargs: Mapping[str, Any], step: int | None = None,
+                   config: Mapping[str, Any] | None = None, storage_dtype: str = "float32",
+                   extra: Mapping[str, Any] | None = None) -> str:
+  """Writes ``variables`` (a nested dict of arrays) as an exported folder.
+
+  Args:
+    path: the folder (created; its two files are overwritten).
+    variables: e.g. ``{'params': ..., 'batch_stats': ...}``.
+    kind: ``'generator'`` or ``'featnet'``.
+    arch, kwargs: the module (`cfmod_jax.models.build_module(arch, **kwargs)`
+      for generators, `cfmod_jax.quality.FeatNet(**kwargs)` for 'featnet').
+    step, config: training step and config (a dict), for the record.
+    storage_dtype: 'float32' or 'float16' (floating arrays only).
+    extra: more JSON fields (e.g. ``quality``).
+  Returns:
+    ``path``.
+  """
+  if storage_dtype not in ("float32", "float16"):
+    raise ValueError(f"storage_dtype must be 'float32' or 'float16', got {storage_dtype!r}")
+  stored = _to_storage(jax.device_get(dict(variables)), storage_dtype)
+  data = flax.serialization.msgpack_serialize(stored)
+  os.makedirs(path, exist_ok=True)
+  with open(os.path.join(path, DATA_FILE), "wb") as f:
+    f.write(data)
+  meta = {
+      "format": EXPORT_FORMAT,
+      "kind": kind,
+      "arch": arch,
+      "kwargs": dict(kwargs),
+      "step": step,
+      "config": config,
+      "storage_dtype": storage_dtype,
+      "file": DATA_FILE,
+      "file_bytes": len(data),
+      "file_sha256": hashlib.sha256(data).hexdigest(),
+      "manifest": array_manifest(stored),
+      **(dict(extra) if extra else {}),
+  }
+  with open(os.path.join(path, META_FILE), "w") as f:
+    json.dump(meta, f, indent=1, sort_keys=True)
+  return path
+
+
+def read_meta(path: str) -> dict[str, Any]:
+  """The ``checkpoint.json`` of an exported folder."""
+  meta_path = os.path.join(path, META_FILE)
+  if not os.path.isfile(meta_path):
+    raise CheckpointError(f"{path} has no {META_FILE}: not an exported cfmod_jax checkpoint")
+  try:
+    with open(meta_path) as f:
+      meta = json.load(f)
+  except (OSError, ValueError) as e:
+    raise CheckpointError(f"{meta_path} is unreadable (truncated or corrupted?): {e}") from e
+  if not isinstance(meta, dict) or meta.get("format") != EXPORT_FORMAT:
+    raise CheckpointError(f"{meta_path} is not of format {EXPORT_FORMAT!r}")
+  return meta
+
+
+def load_variables(path: str, expected: Mapping[str, Any] | None = None, *,
+                   kind: str | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+  """``(variables, meta)`` of an exported folder, verified and cast to float32.
+
+  Args:
+    path: the folder.
+    expected: the variables' expected structure (arrays or ShapeDtypeStructs);
+      when given, names and shapes must match (else `ArchitectureMismatchError`).
+    kind: when given, the folder's ``kind`` must equal it.
+  """
+  meta = read_meta(path)
+  if kind is not None and meta.get("kind") != kind:
+    raise CheckpointError(f"{path} holds a {meta.get('kind')!r} checkpoint, not a {kind!r}")
+  data_path = os.path.join(path, meta.get("file", DATA_FILE))
+  if not os.path.isfile(data_path):
+    raise CheckpointError(f"{path}: its data file {os.path.basename(data_path)} is missing")
+  with open(data_path, "rb") as f:
+    data = f.read()
+  if len(data) != meta["file_bytes"]:
+    raise CheckpointError(
+        f"{data_path} is truncated or corrupted: it has {len(data)} bytes, the checkpoint "
+        f"declares {meta['file_bytes']}")
+  if hashlib.sha256(data).hexdigest() != meta["file_sha256"]:
+    raise CheckpointError(f"{data_path} is corrupted: its sha256 differs from the one in "
+                          f"{META_FILE}")
+  try:
+    stored = flax.serialization.msgpack_restore(data)
+  except Exception as e:  # msgpack raises several types
+    raise CheckpointError(f"{data_path} cannot be decoded: {e}") from e
+  verify_manifest(meta["manifest"], stored, where=data_path)
+  if expected is not None:
+    check_structure(meta["manifest"], expected, where=path,
+                    arch=f"{meta['arch']}({_kwargs_str(meta['kwargs'])})")
+  variables = jax.tree.map(
+      lambda x: jnp.asarray(x, jnp.float32) if np.issubdtype(x.dtype, np.floating)
+      else jnp.asarray(x), stored)
+  return variables, meta
+
+
+def _kwargs_str(kwargs: Mapping[str, Any]) -> str:
+  return ", ".join(f"{k}={v!r}" for k, v in sorted(kwargs.items()))
+
+
+# ---- generators ------------------------------------------------------------------------------------
+def _expected_variables(module) -> dict[str, Any]:
+  z = jax.ShapeDtypeStruct((1, *module.latent_shape), jnp.float32)
+  return flax.core.unfreeze(jax.eval_shape(module.init, jax.random.key(0), z))
+
+
+def generator_from_variables(arch: str, kwargs: Mapping[str, Any], variables, *,
+                             name: str) -> Generator:
+  """A `Generator` of architecture ``arch(**kwargs)`` with checked ``variables``."""
+  from cfmod_jax.models import build_module  # pylint: disable=g-import-not-at-top
+  module = build_module(arch, **kwargs)
+  check_structure(array_manifest_shapes(variables), _expected_variables(module), where=name,
+                  arch=f"{arch}({_kwargs_str(kwargs)})")
+  return Generator(module, variables, name=name)
+
+
+def array_manifest_shapes(tree) -> dict[str, dict[str, Any]]:
+  """Like `array_manifest` with shapes only (no hashing)."""
+  return {k: {"shape": list(np.shape(v))} for k, v in _flat(tree).items()}
+
+
+def resolve(name_or_path: str, valid_names=SHIPPED_GENERATORS) -> str:
+  """The folder of a shipped name, or ``name_or_path`` if it exists."""
+  if not isinstance(name_or_path, (str, os.PathLike)):
+    raise TypeError(f"expected a checkpoint name or path, got {type(name_or_path).__name__}")
+  name_or_path = os.fspath(name_or_path)
+  if name_or_path in valid_names:
+    return os.path.join(PACKAGE_DIR, name_or_path)
+  if os.path.exists(name_or_path):
+    return name_or_path
+  raise CheckpointError(f"{name_or_path!r} is neither a shipped checkpoint nor an existing "
+                        f"path; valid names: {', '.join(valid_names)}")
+
+
+def load_generator(name_or_path: str) -> Generator:
+  """A trained `Generator` from a shipped name, an exported folder or a trainer run.
+
+  Args:
+    name_or_path: ``"dcgan-synthfaces"``, ``"vae-synthfaces"``,
+      ``"began-synthfaces"``, or a path (exported folder; trainer workdir,
+      its ``checkpoints/`` folder or a ``checkpoints/<step>`` folder).
+  Returns:
+    A `Generator` (float32 variables, inference mode): ``gen(z)`` maps
+    ``[N, latent_dim]`` to images ``[N, 64, 64, 3]`` in [-1, 1].
+  Raises:
+    CheckpointError: unknown name, truncated or corrupted data, wrong kind.
+    ArchitectureMismatchError: arrays that do not fit the declared architecture.
+  """
+  path = resolve(name_or_path)
+  label = (os.fspath(name_or_path) if name_or_path in SHIPPED_GENERATORS
+           else os.path.basename(os.path.normpath(path)))
+  if os.path.isfile(os.path.join(path, META_FILE)):
+    meta = read_meta(path)
+    if meta.get("kind") != "generator":
+      raise CheckpointError(f"{path} holds a {meta.get('kind')!r} checkpoint, not a generator")
+    from cfmod_jax.models import build_module  # pylint: disable=g-import-not-at-top
+    try:
+      module = build_module(meta["arch"], **meta["kwargs"])
+    except (TypeError, ValueError) as e:
+      raise CheckpointError(f"{path}: cannot build arch={meta['arch']!r} with kwargs "
+                            f"{meta['kwargs']}: {e}") from e
+    variables, _ = load_variables(path, _expected_variables(module), kind="generator")
+    return Generator(module, variables, name=label)
+  return _generator_from_run(path, label)
+
+
+def _generator_from_run(path: str, label: str) -> Generator:
+  from cfmod_jax.train import common  # pylint: disable=g-import-not-at-top
+  path = os.path.abspath(path)
+  step = None
+  base = os.path.basename(os.path.normpath(path))
+  if base.isdigit() and os.path.isdir(os.path.join(path, "state")):
+    step, path = int(base), os.path.dirname(os.path.normpath(path))
+  elif not (os.path.isdir(os.path.join(path, "checkpoints")) or any(
+      n.isdigit() for n in os.listdir(path))):
+    raise CheckpointError(f"{path} is neither an exported checkpoint (no {META_FILE}) nor a "
+                          "trainer workdir or checkpoint folder")
+  trainer, config, state, meta = common.load_run(path, step)
+  if trainer.sample is None:
+    raise CheckpointError(f"{path} is a {trainer.name!r} run, not a generator")
+  arch, kwargs = trainer.export_spec(config)
+  variables = jax.device_get(trainer.export_variables(state))
+  return generator_from_variables(arch, kwargs, variables,
+                                  name=f"{label}@{meta['step']}")
+
+
+__all__ = ["ArchitectureMismatchError", "CheckpointError", "SHIPPED_GENERATORS",
+           "array_manifest", "load_generator", "load_variables", "save_variables"]

@@ -1,0 +1,224 @@
+"""Sample quality: a Fréchet distance in the features of a synthetic-face network.
+
+The Fréchet Inception Distance (Heusel et al. 2017) compares two image sets
+through Gaussians fitted to their features in a fixed network. ImageNet's
+Inception is not shipped (and knows nothing of cartoon faces), so the project
+trains its own small network, `FeatNet`, to predict the synthetic faces'
+ground-truth factors (`cfmod_jax.data.synthfaces.FACTOR_SPECS`): categorical
+factors (hair colour, hair style, eye colour, mouth shape, gradient direction)
+with softmax cross-entropy, continuous ones (colours, sizes, positions) by
+least squares on targets rescaled to [-1, 1]. Its penultimate layer (``feature_dim``
+values) is the feature space: it must encode exactly what the dataset varies.
+Trained by ``python -m experiments.train --config experiments/configs/featnet.py``;
+the shipped network is ``featnet-synthfaces`` (`load_featnet`). Its heads also
+make it a factor classifier (`FeatureNet.predict`, e.g. hair colour of an image).
+
+`sample_quality` reports the distance between ``n`` generated images and ``n``
+held-out real faces *and* its floor: the distance between two disjoint sets of
+``n`` real faces, which is not 0 because of finite-sample noise (the distance is
+biased upwards for finite ``n``; compare numbers only at equal ``n``).
+
+    FD = ‖μ₁ − μ₂‖² + tr Σ₁ + tr Σ₂ − 2 tr (Σ₁^{1/2} Σ₂ Σ₁^{1/2})^{1/2}
+
+computed in float64 with symmetric eigendecompositions (no complex square roots).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from cfmod_jax import checkpoints
+from cfmod_jax.data import synthfaces
+
+CATEGORICAL = tuple((name, spec[1]) for name, spec in synthfaces.FACTOR_SPECS.items()
+                    if spec[0] == "categorical")
+CONTINUOUS = tuple((name, spec[1], spec[2], int(np.prod(spec[3], dtype=int)))
+                   for name, spec in synthfaces.FACTOR_SPECS.items() if spec[0] == "uniform")
+NUM_CONTINUOUS = sum(dims for *_, dims in CONTINUOUS)
+# Held-out real sets: seeds no training batch (data_seed, step) ever uses.
+HELDOUT_SEEDS = ((2020, 7, 1), (2020, 7, 2))
+
+
+class FeatNet(nn.Module):
+  """Factor predictor for 64×64 faces.
+
+  ``[N, 64, 64, 3]`` in [-1, 1] → ``(features [N, feature_dim], logits, regression)``
+  where ``logits`` maps each categorical factor to ``[N, n_values]`` and
+  ``regression`` is ``[N, NUM_CONTINUOUS]`` (continuous factors rescaled to [-1, 1],
+  in `CONTINUOUS` order). Four 4×4 stride-2 convolutions (w, 2w, 4w, 8w; swish),
+  a dense layer to the features (swish), linear heads.
+  """
+  width: int = 16
+  feature_dim: int = 64
+
+  @nn.compact
+  def __call__(self, x):
+    for mult in (1, 2, 4, 8):
+      x = nn.swish(nn.Conv(self.width * mult, (4, 4), (2, 2))(x))
+    features = nn.swish(nn.Dense(self.feature_dim, name="features")(x.reshape(x.shape[0], -1)))
+    logits = {name: nn.Dense(n, name=f"head_{name}")(features) for name, n in CATEGORICAL}
+    regression = nn.Dense(NUM_CONTINUOUS, name="head_continuous")(features)
+    return features, logits, regression
+
+
+def factor_targets(factors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """Training targets: ``{name: int32 [N]}`` per categorical factor and
+  ``{'continuous': float32 [N, NUM_CONTINUOUS]}`` rescaled to [-1, 1]."""
+  out = {name: np.asarray(factors[name], np.int32) for name, _ in CATEGORICAL}
+  cols = []
+  for name, lo, hi, dims in CONTINUOUS:
+    v = np.asarray(factors[name], np.float32).reshape(-1, dims)
+    cols.append((v - (lo + hi) / 2) / ((hi - lo) / 2))
+  out["continuous"] = np.concatenate(cols, axis=1).astype(np.float32)
+  return out
+
+
+def decode_regression(regression: np.ndarray) -> dict[str, np.ndarray]:
+  """Continuous predictions ``[N, NUM_CONTINUOUS]`` back to factor units."""
+  out, i = {}, 0
+  for name, lo, hi, dims in CONTINUOUS:
+    v = regression[:, i:i + dims] * ((hi - lo) / 2) + (lo + hi) / 2
+    out[name] = v if dims > 1 else v[:, 0]
+    i += dims
+  return out
+
+
+# ---- Fréchet distance ----------------------------------------------------------------------
+def gaussian_stats(features) -> tuple[np.ndarray, np.ndarray]:
+  """Mean ``[D]`` and covariance ``[D, D]`` (float64, unbiased) of ``[N, D]`` features."""
+  f = np.asarray(features, np.float64)
+  if f.ndim != 2 or f.shape[0] < 2:
+    raise ValueError(f"features must be [N, D] with N >= 2, got shape {f.shape}")
+  return f.mean(axis=0), np.cov(f, rowvar=False)
+
+
+def _sqrt_psd(m: np.ndarray) -> np.ndarray:
+  w, v = np.linalg.eigh((m + m.T) / 2)
+  return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+
+
+def frechet_distance_from_stats(mu1, sigma1, mu2, sigma2) -> float:
+  """Fréchet distance between ``N(mu1, sigma1)`` and ``N(mu2, sigma2)`` (≥ 0)."""
+  mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
+  sigma1, sigma2 = np.asarray(sigma1, np.float64), np.asarray(sigma2, np.float64)
+  s1h = _sqrt_psd(sigma1)
+  cross = np.linalg.eigvalsh(_sym(s1h @ sigma2 @ s1h))
+  diff = mu1 - mu2
+  fd = diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * np.sum(
+      np.sqrt(np.clip(cross, 0, None)))
+  return float(max(fd, 0.0))
+
+
+def _sym(m):
+  return (m + m.T) / 2
+
+
+def frechet_distance(features_a, features_b) -> float:
+  """Fréchet distance between the Gaussians fitted to two feature sets ``[N, D]``."""
+  return frechet_distance_from_stats(*gaussian_stats(features_a), *gaussian_stats(features_b))
+
+
+# ---- the feature network ---------------------------------------------------------------------
+class FeatureNet:
+  """A trained `FeatNet` with its variables.
+
+  ``features(images)`` → float32 ``[N, feature_dim]``; ``predict(images)`` → a dict
+  of factor predictions (categorical: int ``[N]``; continuous: in factor units).
+  Images are ``[N, 64, 64, 3]`` in [-1, 1]; both run in batches of ``batch_size``.
+  """
+
+  def __init__(self, module: FeatNet, variables: Any, *, name: str = "featnet",
+               batch_size: int = 250):
+    self.module, self.variables, self.name, self.batch_size = module, variables, name, batch_size
+    self._apply = jax.jit(module.apply)
+
+  def __repr__(self):
+    return f"FeatureNet({self.name}, width={self.module.width}, dim={self.module.feature_dim})"
+
+  def _run(self, images):
+    images = np.asarray(images, np.float32)
+    if images.ndim != 4 or images.shape[1:] != (64, 64, 3):
+      raise ValueError(f"images must be [N, 64, 64, 3], got {images.shape}")
+    outs = []
+    for i in range(0, len(images), self.batch_size):
+      outs.append(jax.device_get(self._apply(self.variables, images[i:i + self.batch_size])))
+    return jax.tree.map(lambda *xs: np.concatenate(xs), *outs)
+
+  def features(self, images) -> np.ndarray:
+    return self._run(images)[0]
+
+  def predict(self, images) -> dict[str, np.ndarray]:
+    _, logits, regression = self._run(images)
+    out = {name: np.argmax(logits[name], axis=-1) for name, _ in CATEGORICAL}
+    out.update(decode_regression(regression))
+    return out
+
+
+def load_featnet(name_or_path: str = checkpoints.SHIPPED_FEATNET) -> FeatureNet:
+  """The shipped feature network (default) or an exported featnet folder."""
+  path = checkpoints.resolve(name_or_path, (checkpoints.SHIPPED_FEATNET,))
+  meta = checkpoints.read_meta(path)
+  module = FeatNet(**meta["kwargs"])
+  expected = jax.eval_shape(module.init, jax.random.key(0),
+                            jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32))
+  variables, meta = checkpoints.load_variables(path, expected, kind="featnet")
+  return FeatureNet(module, variables, name=str(name_or_path))
+
+
+# ---- sample quality ----------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Quality:
+  """``fd``: generated vs held-out real; ``floor``: real vs disjoint real; ``n``
+  images in each set."""
+  fd: float
+  floor: float
+  n: int
+
+  def __str__(self):
+    return f"FD {self.fd:.3f} (real-vs-real floor {self.floor:.3f}, n={self.n})"
+
+
+@functools.lru_cache(maxsize=4)
+def _real_stats(featnet: FeatureNet, n: int):
+  stats = []
+  for seed in HELDOUT_SEEDS:
+    stats.append(gaussian_stats(featnet.features(synthfaces.generate(n, seed=seed).images)))
+  return stats
+
+
+def real_floor(featnet: FeatureNet, n: int) -> float:
+  """Distance between two disjoint held-out real sets of ``n`` faces."""
+  (m1, s1), (m2, s2) = _real_stats(featnet, n)
+  return frechet_distance_from_stats(m1, s1, m2, s2)
+
+
+def generated_images(generator, n: int, seed: int = 0, batch_size: int = 250) -> np.ndarray:
+  """``n`` images ``[n, 64, 64, 3]`` of a `cfmod_jax.Generator` from prior latents."""
+  z = generator.sample_latents(jax.random.key(seed), n)
+  return np.concatenate([np.asarray(generator(z[i:i + batch_size]))
+                         for i in range(0, n, batch_size)])
+
+
+def sample_quality(generator, featnet: FeatureNet | None = None, n: int = 2000,
+                   seed: int = 0) -> Quality:
+  """Fréchet distance of ``n`` samples of ``generator`` to ``n`` held-out real
+  faces, with the real-vs-real floor at the same ``n``."""
+  if not isinstance(n, (int, np.integer)) or n < 2:
+    raise ValueError(f"n must be an integer >= 2, got {n!r}")
+  featnet = featnet or load_featnet()
+  (m1, s1), _ = _real_stats(featnet, int(n))
+  m, s = gaussian_stats(featnet.features(generated_images(generator, int(n), seed)))
+  return Quality(fd=frechet_distance_from_stats(m, s, m1, s1), floor=real_floor(featnet, int(n)),
+                 n=int(n))
+
+
+__all__ = ["FeatNet", "FeatureNet", "Quality", "frechet_distance",
+           "frechet_distance_from_stats", "gaussian_stats", "load_featnet", "real_floor",
+           "sample_quality"]

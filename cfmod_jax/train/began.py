@@ -1,0 +1,134 @@
+"""BEGAN training (Berthelot, Schumm & Metz 2017).
+
+The discriminator is an autoencoder (`cfmod_jax.models.BEGANDiscriminator`); its
+L1 reconstruction loss ``L(v) = mean |v − D(v)|`` is low for what it thinks is real.
+With ``k_t ∈ [0, 1]`` (a state variable, starts at ``config.k_init``):
+
+    L_D = L(x) − k_t · L(G(z))          L_G = L(G(z))
+    k_{t+1} = clip(k_t + λ_k · (γ · L(x) − L(G(z))), 0, 1)
+    M_global = L(x) + |γ · L(x) − L(G(z))|     (convergence measure, logged)
+
+γ = ``config.gamma`` (diversity ratio), λ_k = ``config.lambda_k``. Both networks
+are updated simultaneously from the same ``G(z)`` (as in the paper); Adam with
+``config.optimizer`` for each.
+
+Latents are standard normal (the paper samples z uniformly in [-1, 1]) so that
+every shipped generator shares the prior `cfmod_jax.Generator.sample_latents`
+draws from.
+"""
+
+from __future__ import annotations
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+from cfmod_jax.models import BEGANDiscriminator, BEGANGenerator
+from cfmod_jax.train import common
+
+
+@flax.struct.dataclass
+class BEGANState:
+  step: jax.Array
+  k: jax.Array
+  g_params: dict
+  d_params: dict
+  g_opt_state: optax.OptState
+  d_opt_state: optax.OptState
+
+
+def generator(config) -> BEGANGenerator:
+  return BEGANGenerator(latent_dim=config.generator.latent_dim, width=config.generator.width)
+
+
+def discriminator(config) -> BEGANDiscriminator:
+  return BEGANDiscriminator(latent_dim=config.discriminator.latent_dim,
+                            width=config.discriminator.width)
+
+
+def optimizer(config) -> optax.GradientTransformation:
+  o = config.optimizer
+  return optax.adam(o.learning_rate, b1=o.b1, b2=o.b2)
+
+
+def validate(config) -> None:
+  for field in ("generator.latent_dim", "generator.width", "discriminator.latent_dim",
+                "discriminator.width"):
+    common.check_int(config, field, 1)
+  common.check_float(config, "gamma", 0.0, 1.0, low_open=True)
+  common.check_float(config, "lambda_k", 0.0)
+  common.check_float(config, "k_init", 0.0, 1.0)
+  common.check_float(config, "optimizer.learning_rate", 0.0, low_open=True)
+  common.check_float(config, "optimizer.b1", 0.0, 1.0, high_open=True)
+  common.check_float(config, "optimizer.b2", 0.0, 1.0, high_open=True)
+
+
+def create_state(config, key) -> BEGANState:
+  kg, kd = jax.random.split(key)
+  g_params = generator(config).init(
+      kg, jnp.zeros((1, config.generator.latent_dim), jnp.float32))["params"]
+  d_params = discriminator(config).init(kd, jnp.zeros((1, 64, 64, 3), jnp.float32))["params"]
+  tx = optimizer(config)
+  return BEGANState(step=jnp.zeros((), jnp.int32), k=jnp.asarray(config.k_init, jnp.float32),
+                    g_params=g_params, d_params=d_params, g_opt_state=tx.init(g_params),
+                    d_opt_state=tx.init(d_params))
+
+
+def reconstruction_loss(disc, d_params, images):
+  """``mean |images − D(images)|`` over the batch and pixels (a scalar)."""
+  return jnp.mean(jnp.abs(images - disc.apply({"params": d_params}, images)))
+
+
+def scale_gradient(tree, scale):
+  """Identity in the forward pass; multiplies the gradient by ``scale``."""
+  return jax.tree.map(
+      lambda x: jax.lax.stop_gradient(x) + scale * (x - jax.lax.stop_gradient(x)), tree)
+
+
+def train_step(config, state: BEGANState, batch, key):
+  gen, disc, tx = generator(config), discriminator(config), optimizer(config)
+  real = batch["images"]
+  z = jax.random.normal(key, (real.shape[0], config.generator.latent_dim), jnp.float32)
+
+  def total_loss(g_params, d_params):
+    # One pass of D over the fakes serves both losses: the gradient of
+    # L(G(z)) reaches θ_G unchanged (L_G) and θ_D scaled by −k_t (L_D).
+    fake = gen.apply({"params": g_params}, z)
+    loss_real = reconstruction_loss(disc, d_params, real)
+    loss_fake = reconstruction_loss(disc, scale_gradient(d_params, -state.k), fake)
+    d_loss = loss_real - state.k * loss_fake
+    return loss_real + loss_fake, (d_loss, loss_real, loss_fake)
+
+  (g_grads, d_grads), (d_loss, loss_real, loss_fake) = jax.grad(
+      total_loss, argnums=(0, 1), has_aux=True)(state.g_params, state.d_params)
+  g_upd, g_opt_state = tx.update(g_grads, state.g_opt_state, state.g_params)
+  d_upd, d_opt_state = tx.update(d_grads, state.d_opt_state, state.d_params)
+  balance = config.gamma * loss_real - loss_fake
+  k = jnp.clip(state.k + config.lambda_k * balance, 0.0, 1.0)
+  new_state = BEGANState(step=state.step + 1, k=k,
+                         g_params=optax.apply_updates(state.g_params, g_upd),
+                         d_params=optax.apply_updates(state.d_params, d_upd),
+                         g_opt_state=g_opt_state, d_opt_state=d_opt_state)
+  metrics = {"d_loss": d_loss, "g_loss": loss_fake, "loss_real": loss_real, "k": state.k,
+             "m_global": loss_real + jnp.abs(balance)}
+  return new_state, metrics
+
+
+def export_spec(config):
+  return "began", {"latent_dim": config.generator.latent_dim, "width": config.generator.width}
+
+
+def export_variables(state: BEGANState):
+  return {"params": state.g_params}
+
+
+def sample(config, state: BEGANState, latents):
+  return generator(config).apply(export_variables(state), latents)
+
+
+TRAINER = common.Trainer(
+    name="began", validate=validate, create_state=create_state, train_step=train_step,
+    make_batch=common.synthfaces_images, export_spec=export_spec,
+    export_variables=export_variables, sample=sample,
+    latent_dim=lambda config: config.generator.latent_dim)

@@ -1,0 +1,153 @@
+"""DCGAN training (Radford et al. 2016) with the non-saturating GAN loss.
+
+Discriminator (`DCGANDiscriminator`): 4×4 stride-2 convolutions
+64×64×3 → 32×32×d → 16×16×2d → 8×8×4d → 4×4×8d (LeakyReLU 0.2, BatchNorm on all
+but the first), then a 4×4 'VALID' convolution to one logit. Generator:
+`cfmod_jax.models.DCGANGenerator`.
+
+One step (both networks in training mode, BatchNorm on batch statistics):
+
+1. ``fake = G(z)`` once, keeping its VJP (G's parameters are those before the step);
+2. D update on ``softplus(-D(x)) + softplus(D(fake))`` (real and fake batches
+   through D separately, as in the reference implementation);
+3. G update on the non-saturating loss ``softplus(-D'(fake))`` with the
+   *updated* D', back-propagated into G through the VJP of step 1.
+
+Adam(2e-4, β1 = 0.5) for both by default (``config.optimizer``).
+"""
+
+from __future__ import annotations
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from cfmod_jax.models import DCGANGenerator
+from cfmod_jax.train import common
+
+_BN_MOMENTUM = 0.9
+
+
+class DCGANDiscriminator(nn.Module):
+  """``[N, 64, 64, 3] -> [N]`` logits (real > 0)."""
+  width: int = 64
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    d = self.width
+    x = nn.leaky_relu(nn.Conv(d, (4, 4), (2, 2), padding="SAME")(x), 0.2)
+    for mult in (2, 4, 8):
+      x = nn.Conv(d * mult, (4, 4), (2, 2), padding="SAME", use_bias=False)(x)
+      x = nn.BatchNorm(use_running_average=not train, momentum=_BN_MOMENTUM)(x)
+      x = nn.leaky_relu(x, 0.2)
+    x = nn.Conv(1, (4, 4), padding="VALID")(x)  # 4×4 -> 1×1
+    return x.reshape(x.shape[0])
+
+
+@flax.struct.dataclass
+class GANState:
+  step: jax.Array
+  g_params: dict
+  g_batch_stats: dict
+  d_params: dict
+  d_batch_stats: dict
+  g_opt_state: optax.OptState
+  d_opt_state: optax.OptState
+
+
+def generator(config) -> DCGANGenerator:
+  return DCGANGenerator(latent_dim=config.generator.latent_dim, width=config.generator.width)
+
+
+def discriminator(config) -> DCGANDiscriminator:
+  return DCGANDiscriminator(width=config.discriminator.width)
+
+
+def optimizer(config) -> optax.GradientTransformation:
+  o = config.optimizer
+  return optax.adam(o.learning_rate, b1=o.b1, b2=o.b2)
+
+
+def validate(config) -> None:
+  for field in ("generator.latent_dim", "generator.width", "discriminator.width"):
+    common.check_int(config, field, 1)
+  common.check_float(config, "optimizer.learning_rate", 0.0, low_open=True)
+  common.check_float(config, "optimizer.b1", 0.0, 1.0, high_open=True)
+  common.check_float(config, "optimizer.b2", 0.0, 1.0, high_open=True)
+
+
+def create_state(config, key) -> GANState:
+  kg, kd = jax.random.split(key)
+  z = jnp.zeros((1, config.generator.latent_dim), jnp.float32)
+  g_vars = generator(config).init(kg, z)
+  d_vars = discriminator(config).init(kd, jnp.zeros((1, 64, 64, 3), jnp.float32))
+  tx = optimizer(config)
+  return GANState(step=jnp.zeros((), jnp.int32), g_params=g_vars["params"],
+                  g_batch_stats=g_vars["batch_stats"], d_params=d_vars["params"],
+                  d_batch_stats=d_vars["batch_stats"], g_opt_state=tx.init(g_vars["params"]),
+                  d_opt_state=tx.init(d_vars["params"]))
+
+
+def train_step(config, state: GANState, batch, key):
+  gen, disc, tx = generator(config), discriminator(config), optimizer(config)
+  real = batch["images"]
+  z = jax.random.normal(key, (real.shape[0], config.generator.latent_dim), jnp.float32)
+
+  def g_forward(g_params):
+    return gen.apply({"params": g_params, "batch_stats": state.g_batch_stats}, z, train=True,
+                     mutable=["batch_stats"])
+
+  fake, g_vjp, g_updates = jax.vjp(g_forward, state.g_params, has_aux=True)
+
+  def d_loss_fn(d_params):
+    logits_real, upd = disc.apply({"params": d_params, "batch_stats": state.d_batch_stats},
+                                  real, train=True, mutable=["batch_stats"])
+    logits_fake, upd = disc.apply({"params": d_params, "batch_stats": upd["batch_stats"]},
+                                  jax.lax.stop_gradient(fake), train=True,
+                                  mutable=["batch_stats"])
+    loss = jnp.mean(jax.nn.softplus(-logits_real)) + jnp.mean(jax.nn.softplus(logits_fake))
+    return loss, (upd["batch_stats"], logits_real, logits_fake)
+
+  (d_loss, (d_stats, logits_real, logits_fake)), d_grads = jax.value_and_grad(
+      d_loss_fn, has_aux=True)(state.d_params)
+  d_upd, d_opt_state = tx.update(d_grads, state.d_opt_state, state.d_params)
+  d_params = optax.apply_updates(state.d_params, d_upd)
+
+  def g_loss_fn(images):  # non-saturating: -log D(G(z)) with the updated D
+    logits, _ = disc.apply({"params": d_params, "batch_stats": d_stats}, images, train=True,
+                           mutable=["batch_stats"])
+    return jnp.mean(jax.nn.softplus(-logits))
+
+  g_loss, d_images = jax.value_and_grad(g_loss_fn)(fake)
+  (g_grads,) = g_vjp(d_images)
+  g_upd, g_opt_state = tx.update(g_grads, state.g_opt_state, state.g_params)
+  g_params = optax.apply_updates(state.g_params, g_upd)
+
+  new_state = GANState(step=state.step + 1, g_params=g_params,
+                       g_batch_stats=g_updates["batch_stats"], d_params=d_params,
+                       d_batch_stats=d_stats, g_opt_state=g_opt_state, d_opt_state=d_opt_state)
+  metrics = {"d_loss": d_loss, "g_loss": g_loss,
+             "d_real": jnp.mean(jax.nn.sigmoid(logits_real)),
+             "d_fake": jnp.mean(jax.nn.sigmoid(logits_fake))}
+  return new_state, metrics
+
+
+def export_spec(config):
+  return "dcgan", {"latent_dim": config.generator.latent_dim, "width": config.generator.width}
+
+
+def export_variables(state: GANState):
+  return {"params": state.g_params, "batch_stats": state.g_batch_stats}
+
+
+def sample(config, state: GANState, latents):
+  return generator(config).apply(export_variables(state), latents)
+
+
+TRAINER = common.Trainer(
+    name="dcgan", validate=validate, create_state=create_state, train_step=train_step,
+    make_batch=common.synthfaces_images, export_spec=export_spec,
+    export_variables=export_variables, sample=sample,
+    latent_dim=lambda config: config.generator.latent_dim)

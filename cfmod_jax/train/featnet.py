@@ -1,0 +1,90 @@
+"""Training of the feature network `cfmod_jax.quality.FeatNet` on the factors.
+
+Loss = Σ over categorical factors of the mean softmax cross-entropy
++ ``config.regression_weight`` · mean over examples of the summed squared error
+of the continuous factors (rescaled to [-1, 1]). Batches are synthetic faces with
+their factors (`cfmod_jax.quality.factor_targets`).
+"""
+
+from __future__ import annotations
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+from cfmod_jax import quality
+from cfmod_jax.data import synthfaces
+from cfmod_jax.train import common
+
+
+@flax.struct.dataclass
+class FeatNetState:
+  step: jax.Array
+  params: dict
+  opt_state: optax.OptState
+
+
+def model(config) -> quality.FeatNet:
+  return quality.FeatNet(width=config.featnet.width, feature_dim=config.featnet.feature_dim)
+
+
+def optimizer(config) -> optax.GradientTransformation:
+  o = config.optimizer
+  return optax.adam(o.learning_rate, b1=o.b1, b2=o.b2)
+
+
+def validate(config) -> None:
+  common.check_int(config, "featnet.width", 1)
+  common.check_int(config, "featnet.feature_dim", 2)
+  common.check_float(config, "regression_weight", 0.0)
+  common.check_float(config, "optimizer.learning_rate", 0.0, low_open=True)
+  common.check_float(config, "optimizer.b1", 0.0, 1.0, high_open=True)
+  common.check_float(config, "optimizer.b2", 0.0, 1.0, high_open=True)
+
+
+def make_batch(config, step: int):
+  faces = synthfaces.generate(config.batch_size, seed=(config.data_seed, step))
+  return {"images": faces.images, **quality.factor_targets(faces.factors)}
+
+
+def create_state(config, key) -> FeatNetState:
+  params = model(config).init(key, jnp.zeros((1, 64, 64, 3), jnp.float32))["params"]
+  return FeatNetState(step=jnp.zeros((), jnp.int32), params=params,
+                      opt_state=optimizer(config).init(params))
+
+
+def losses(config, params, batch):
+  """``(loss, metrics)`` of a batch (per-factor accuracies included)."""
+  _, logits, regression = model(config).apply({"params": params}, batch["images"])
+  metrics, ce_total = {}, 0.0
+  for name, _ in quality.CATEGORICAL:
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits[name], batch[name]).mean()
+    ce_total += ce
+    metrics[f"acc_{name}"] = jnp.mean(jnp.argmax(logits[name], -1) == batch[name])
+  sq = jnp.mean(jnp.sum(jnp.square(regression - batch["continuous"]), axis=-1))
+  loss = ce_total + config.regression_weight * sq
+  metrics.update(loss=loss, cross_entropy=ce_total, squared_error=sq,
+                 rmse=jnp.sqrt(jnp.mean(jnp.square(regression - batch["continuous"]))))
+  return loss, metrics
+
+
+def train_step(config, state: FeatNetState, batch, key):
+  del key  # deterministic
+  grads, metrics = jax.grad(lambda p: losses(config, p, batch), has_aux=True)(state.params)
+  updates, opt_state = optimizer(config).update(grads, state.opt_state, state.params)
+  return FeatNetState(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                      opt_state=opt_state), metrics
+
+
+def export_spec(config):
+  return "featnet", {"width": config.featnet.width, "feature_dim": config.featnet.feature_dim}
+
+
+def export_variables(state: FeatNetState):
+  return {"params": state.params}
+
+
+TRAINER = common.Trainer(
+    name="featnet", validate=validate, create_state=create_state, train_step=train_step,
+    make_batch=make_batch, export_spec=export_spec, export_variables=export_variables)

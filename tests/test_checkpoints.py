@@ -1,0 +1,171 @@
+"""Checkpoint loading: shipped generators, integrity and architecture errors."""
+
+import gc
+import json
+import os
+import shutil
+
+import jax
+import numpy as np
+import pytest
+
+from cfmod_jax import checkpoints
+from cfmod_jax.models import init_generator
+from tests.test_train import vae_config
+
+MAX_BYTES = 5_000_000
+# Minimum per-pixel std across samples (real faces: ~0.40). began-synthfaces is
+# mode-collapsed after its CPU-budget training (see its MODEL_CARD.md): it only
+# has to produce valid images.
+MIN_DIVERSITY = {"dcgan-synthfaces": 0.3, "vae-synthfaces": 0.15, "began-synthfaces": 0.0}
+
+
+@pytest.mark.parametrize("name", checkpoints.SHIPPED_GENERATORS)
+def test_shipped_generator_loads_and_generates(name):
+  gen = checkpoints.load_generator(name)
+  assert gen.name == name
+  folder = os.path.join(checkpoints.PACKAGE_DIR, name)
+  total = sum(os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder)
+              if f != "samples.png" and f != "MODEL_CARD.md")
+  assert total <= MAX_BYTES
+  for f in ("MODEL_CARD.md", "samples.png"):
+    assert os.path.isfile(os.path.join(folder, f))
+  images = np.asarray(gen(gen.sample_latents(jax.random.key(0), 16)))
+  assert images.shape == (16, 64, 64, 3) and images.dtype == np.float32
+  assert np.all(np.isfinite(images)) and images.min() >= -1 and images.max() <= 1
+  # Trained: images have the faces' contrast (untrained ones are flat grey) and,
+  # but for the collapsed BEGAN, samples differ from each other.
+  assert images.max() - images.min() > 1.0
+  assert np.std(images, axis=0).mean() > MIN_DIVERSITY[name]
+  meta = checkpoints.read_meta(folder)
+  assert meta["quality"]["fd"] > meta["quality"]["floor"] > 0
+
+
+def test_unknown_name_lists_valid_names():
+  with pytest.raises(checkpoints.CheckpointError, match="valid names: dcgan-synthfaces, "
+                     "vae-synthfaces, began-synthfaces"):
+    checkpoints.load_generator("stylegan-ffhq")
+
+
+@pytest.fixture
+def dcgan_copy(tmp_path):
+  path = tmp_path / "dcgan"
+  shutil.copytree(os.path.join(checkpoints.PACKAGE_DIR, "dcgan-synthfaces"), path)
+  return path
+
+
+def test_copy_loads_identically(dcgan_copy):
+  a, b = checkpoints.load_generator(str(dcgan_copy)), checkpoints.load_generator(
+      "dcgan-synthfaces")
+  for x, y in zip(jax.tree.leaves(a.variables), jax.tree.leaves(b.variables)):
+    assert np.array_equal(x, y)
+
+
+def test_truncated_checkpoint_is_reported(dcgan_copy):
+  data = dcgan_copy / checkpoints.DATA_FILE
+  blob = data.read_bytes()
+  data.write_bytes(blob[:len(blob) // 2])
+  with pytest.raises(checkpoints.CheckpointError, match="truncated"):
+    checkpoints.load_generator(str(dcgan_copy))
+
+
+def test_corrupted_checkpoint_is_reported(dcgan_copy):
+  data = dcgan_copy / checkpoints.DATA_FILE
+  blob = bytearray(data.read_bytes())
+  blob[len(blob) // 2] ^= 0xFF
+  data.write_bytes(bytes(blob))
+  with pytest.raises(checkpoints.CheckpointError, match="corrupted: its sha256 differs"):
+    checkpoints.load_generator(str(dcgan_copy))
+
+
+def test_corrupted_array_is_named_even_with_a_consistent_file_hash(dcgan_copy):
+  # Someone "fixes" the file hash: the per-array manifest still catches the array.
+  data = dcgan_copy / checkpoints.DATA_FILE
+  blob = bytearray(data.read_bytes())
+  blob[-10] ^= 0x01  # inside the last array's bytes
+  data.write_bytes(bytes(blob))
+  meta = json.loads((dcgan_copy / checkpoints.META_FILE).read_text())
+  import hashlib
+  meta["file_sha256"] = hashlib.sha256(bytes(blob)).hexdigest()
+  (dcgan_copy / checkpoints.META_FILE).write_text(json.dumps(meta))
+  with pytest.raises(checkpoints.CheckpointError, match=r"sha256 manifest: .*\(sha256 differs\)"):
+    checkpoints.load_generator(str(dcgan_copy))
+
+
+def test_missing_or_broken_json_is_reported(dcgan_copy):
+  meta_path = dcgan_copy / checkpoints.META_FILE
+  meta_path.write_text(meta_path.read_text()[:50])
+  with pytest.raises(checkpoints.CheckpointError, match="unreadable"):
+    checkpoints.load_generator(str(dcgan_copy))
+  meta_path.unlink()
+  with pytest.raises(checkpoints.CheckpointError, match="no checkpoint.json"):
+    checkpoints.load_generator(str(dcgan_copy))
+
+
+def test_architecture_mismatch_names_the_parameters(dcgan_copy):
+  meta_path = dcgan_copy / checkpoints.META_FILE
+  meta = json.loads(meta_path.read_text())
+  meta["kwargs"]["width"] = meta["kwargs"]["width"] * 2
+  meta_path.write_text(json.dumps(meta))
+  with pytest.raises(checkpoints.ArchitectureMismatchError) as err:
+    checkpoints.load_generator(str(dcgan_copy))
+  msg = str(err.value)
+  assert "wrong shape" in msg and "params/stages_0/dense/kernel" in msg
+  assert "params/stages_1/bn/bias (stored (128,), expected (256,))" in msg
+  assert "(21 in all)" in msg  # every array but the RGB bias changes shape
+
+
+def test_missing_and_unexpected_parameters_are_named(tmp_path):
+  gen = init_generator("vae", seed=0, width=4, latent_dim=8)
+  variables = jax.device_get(gen.variables)
+  params = dict(variables["params"])
+  params["extra_layer"] = {"kernel": np.zeros((2, 2), np.float32)}
+  del params["stages_4"]
+  checkpoints.save_variables(str(tmp_path), {"params": params}, kind="generator", arch="vae",
+                             kwargs={"width": 4, "latent_dim": 8})
+  with pytest.raises(checkpoints.ArchitectureMismatchError,
+                     match=r"missing: params/stages_4/conv/bias, params/stages_4/conv/kernel; "
+                           r"unexpected: params/extra_layer/kernel"):
+    checkpoints.load_generator(str(tmp_path))
+
+
+def test_featnet_folder_is_not_a_generator():
+  with pytest.raises(checkpoints.CheckpointError, match="not a generator"):
+    checkpoints.load_generator(os.path.join(checkpoints.PACKAGE_DIR, "featnet-synthfaces"))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_save_load_roundtrip(tmp_path, dtype):
+  gen = init_generator("dcgan", seed=1, width=4, latent_dim=8)
+  checkpoints.save_variables(str(tmp_path), gen.variables, kind="generator", arch="dcgan",
+                             kwargs={"width": 4, "latent_dim": 8}, storage_dtype=dtype)
+  loaded = checkpoints.load_generator(str(tmp_path))
+  for x, y in zip(jax.tree.leaves(gen.variables), jax.tree.leaves(loaded.variables)):
+    assert y.dtype == np.float32
+    if dtype == "float32":
+      assert np.array_equal(x, y)
+    else:
+      np.testing.assert_allclose(x, y, rtol=1e-3, atol=1e-4)
+      assert not np.array_equal(x, y) or np.all(x == 0) or np.all(x == 1)
+
+
+# orbax's reader threads also report the broken file as unraisable exceptions.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_corrupted_trainer_checkpoint_is_reported(tmp_path):
+  from cfmod_jax import train
+  train.train_and_evaluate(vae_config(num_steps=1, checkpoint_every=1), str(tmp_path))
+  checkpoints.load_generator(str(tmp_path))  # intact: loads
+  state_dir = tmp_path / "checkpoints" / "1" / "state"
+  data_files = [os.path.join(r, f) for r, _, fs in os.walk(state_dir) for f in fs
+                if os.sep + "d" + os.sep in os.path.join(r, f)]
+  assert data_files
+  biggest = max(data_files, key=os.path.getsize)
+  with open(biggest, "r+b") as f:
+    f.truncate(os.path.getsize(biggest) // 2)
+  with pytest.raises(checkpoints.CheckpointError, match="truncated or corrupted") as err:
+    checkpoints.load_generator(str(tmp_path))
+  assert str(tmp_path / "checkpoints" / "1") in str(err.value)
+  assert len(str(err.value)) < 1000
+  del err
+  gc.collect()  # let orbax's failed reads be reported inside this test
+

@@ -1,0 +1,208 @@
+"""Trainers: finite losses, a VAE that learns, bitwise checkpoints, exact
+resumption, data parallelism, and config errors before compilation."""
+
+import importlib
+import math
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import flax
+import jax
+import numpy as np
+import pytest
+
+from cfmod_jax import checkpoints, train
+from cfmod_jax.train import common
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_config(model: str, **fields):
+  """The model's experiments/configs file, shrunk: width 4, batch 4, 64×64."""
+  config = importlib.import_module(f"experiments.configs.{model}").get_config()
+  config.batch_size = 4
+  config.log_every = 1
+  config.sample_every = 0
+  config.num_samples = 4
+  config.quality_samples = 16
+  for net in ("generator", "discriminator", "featnet"):
+    if net in config:
+      config[net].width = 4
+  for key, value in fields.items():
+    config[key] = value
+  return config
+
+
+def leaves(state):
+  return jax.tree_util.tree_leaves_with_path(jax.device_get(state))
+
+
+def assert_states_equal(a, b):
+  la, lb = leaves(a), leaves(b)
+  assert [p for p, _ in la] == [p for p, _ in lb]
+  for (path, x), (_, y) in zip(la, lb):
+    assert np.array_equal(np.asarray(x), np.asarray(y)), jax.tree_util.keystr(path)
+
+
+@pytest.mark.parametrize("model", ["dcgan", "began", "featnet"])
+def test_trainer_runs_with_finite_losses(model, tmp_path):
+  config = tiny_config(model, num_steps=3, checkpoint_every=3, sample_every=3)
+  result = train.train_and_evaluate(config, str(tmp_path))
+  assert result.step == 3 and result.resumed_from is None
+  records = common.read_metrics(str(tmp_path))
+  assert [r["step"] for r in records] == [1, 2, 3]
+  for r in records:
+    assert all(math.isfinite(v) for v in r.values()), r
+    assert r["steps_per_s"] > 0
+  loss_keys = {"dcgan": ("d_loss", "g_loss"), "began": ("d_loss", "g_loss", "k"),
+               "featnet": ("loss", "cross_entropy")}[model]
+  assert all(k in records[0] for k in loss_keys)
+  assert os.path.isdir(tmp_path / "checkpoints" / "3")
+  grid = tmp_path / "samples" / "step_000003.png"
+  assert grid.exists() == (model != "featnet")
+
+
+def test_vae_loss_goes_down(tmp_path):
+  # The decoder starts with near-constant outputs (std ~0.006): the loss sits on
+  # a plateau for ~80 steps before it falls, hence 150 (tiny, fast) steps.
+  config = vae_config(num_steps=150, checkpoint_every=150)
+  train.train_and_evaluate(config, str(tmp_path))
+  losses = [r["loss"] for r in common.read_metrics(str(tmp_path))]
+  assert len(losses) == 150 and all(math.isfinite(x) for x in losses)
+  assert np.mean(losses[-10:]) < 0.8 * np.mean(losses[:10])
+
+
+def test_checkpoint_restore_is_bitwise(tmp_path):
+  config = tiny_config("dcgan", num_steps=2, checkpoint_every=2)
+  result = train.train_and_evaluate(config, str(tmp_path))
+  trainer, restored_config, state, meta = common.load_run(str(tmp_path))
+  assert trainer.name == "dcgan" and meta["step"] == 2 and int(state.step) == 2
+  assert restored_config.to_dict() == config.to_dict()
+  assert_states_equal(result.state, state)
+  # The manifest covers every array of the state.
+  n_arrays = len(jax.tree.leaves(flax.serialization.to_state_dict(state)))
+  assert len(meta["manifest"]) == n_arrays
+
+
+def test_interrupted_run_resumes_to_the_same_state(tmp_path):
+  full = tiny_config("dcgan", num_steps=10, checkpoint_every=3)
+  reference = train.train_and_evaluate(full, str(tmp_path / "full"))
+
+  part = str(tmp_path / "part")
+  train.train_and_evaluate(tiny_config("dcgan", num_steps=8, checkpoint_every=3), part)
+  # An interruption after step 8 but before its checkpoint: only 3 and 6 remain,
+  # while metrics.jsonl holds lines up to step 8.
+  shutil.rmtree(os.path.join(part, "checkpoints", "8"))
+  assert [r["step"] for r in common.read_metrics(part)][-1] == 8
+  resumed = train.train_and_evaluate(full, part)
+  assert resumed.resumed_from == 6 and resumed.step == 10
+  assert_states_equal(reference.state, resumed.state)
+  ref_log, log = common.read_metrics(str(tmp_path / "full")), common.read_metrics(part)
+  assert [r["step"] for r in log] == list(range(1, 11))
+  for a, b in zip(ref_log, log):
+    assert a["d_loss"] == b["d_loss"] and a["g_loss"] == b["g_loss"]
+
+
+_DATA_PARALLEL_SCRIPT = textwrap.dedent("""
+    import jax, numpy as np
+    assert len(jax.devices()) == 2, jax.devices()
+    from cfmod_jax import train
+    from tests.test_train import tiny_config
+    config = tiny_config("dcgan", num_steps=3, checkpoint_every=3)
+    one = train.train_and_evaluate(config, WORKDIR + "/one", devices=jax.devices()[:1])
+    two = train.train_and_evaluate(config, WORKDIR + "/two")
+    assert all(x.sharding.is_fully_replicated for x in jax.tree.leaves(two.state))
+    assert len(two.state.g_params["stages_0"]["dense"]["kernel"].devices()) == 2
+    a, b = jax.device_get(one.state), jax.device_get(two.state)
+    worst = max(float(np.max(np.abs(x - y))) for x, y in zip(jax.tree.leaves(a),
+                                                            jax.tree.leaves(b)))
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+      np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5)
+    print("DATA_PARALLEL_OK", worst)
+""")
+
+
+def test_data_parallel_matches_one_device(tmp_path):
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
+             JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
+  script = f"WORKDIR = {str(tmp_path)!r}\n" + _DATA_PARALLEL_SCRIPT
+  proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "DATA_PARALLEL_OK" in proc.stdout
+
+
+@pytest.fixture
+def no_compile(monkeypatch):
+  """Fails the test if anything reaches the compiled train functions."""
+  def fail(*args, **kwargs):
+    raise AssertionError("compiled before the config was validated")
+  monkeypatch.setattr(common, "compiled_functions", fail)
+
+
+@pytest.mark.parametrize("model,field,value,match", [
+    ("dcgan", "num_steps", -5, "num_steps must be an integer >= 1"),
+    ("dcgan", "batch_size", 0, "batch_size must be an integer >= 1"),
+    ("dcgan", "checkpoint_every", 0, "checkpoint_every"),
+    ("dcgan", "model", "stylegan", "valid models: began, dcgan, featnet, vae"),
+    ("vae", "beta", -1.0, "beta must be a number"),
+    ("vae", "likelihood", "poisson", "likelihood='poisson' is unknown"),
+    ("began", "gamma", 1.5, "gamma must be a number in"),
+])
+def test_bad_config_raises_before_compiling(model, field, value, match, tmp_path, no_compile):
+  config = tiny_config(model)
+  config[field] = value
+  with pytest.raises(ValueError, match=match):
+    train.train_and_evaluate(config, str(tmp_path))
+  assert not os.path.exists(tmp_path / "checkpoints")
+
+
+def test_nested_bad_field_and_device_multiple(tmp_path, no_compile):
+  config = tiny_config("dcgan")
+  config.optimizer.learning_rate = float("nan")
+  with pytest.raises(ValueError, match="optimizer.learning_rate"):
+    train.train_and_evaluate(config, str(tmp_path))
+  config = tiny_config("dcgan")
+  config.generator.width = 0
+  with pytest.raises(ValueError, match="generator.width"):
+    train.validate_config(config)
+  config = tiny_config("dcgan")
+  config.batch_size = 3
+  with pytest.raises(ValueError, match="multiple of the number of devices"):
+    train.train_and_evaluate(config, str(tmp_path), devices=[jax.devices()[0]] * 2)
+
+
+def test_cli_reports_bad_config(tmp_path):
+  proc = subprocess.run(
+      [sys.executable, "-m", "experiments.train", "--config", "experiments/configs/vae.py",
+       "--workdir", str(tmp_path), "--config.num_steps=-3"],
+      cwd=ROOT, capture_output=True, text=True, timeout=120,
+      env=dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu"))
+  assert proc.returncode != 0
+  assert "config.num_steps must be an integer >= 1, got -3" in proc.stderr
+  assert not os.path.exists(tmp_path / "checkpoints")
+
+
+def vae_config(**fields):
+  """The VAE config of test_vae_loss_goes_down (one compilation for all)."""
+  config = tiny_config("vae", **fields)
+  config.batch_size = 8
+  config.optimizer.learning_rate = 3e-3
+  return config
+
+
+def test_generator_loads_from_trainer_checkpoint(tmp_path):
+  config = vae_config(num_steps=2, checkpoint_every=1)
+  result = train.train_and_evaluate(config, str(tmp_path))
+  gen = checkpoints.load_generator(str(tmp_path))
+  expected = jax.device_get(train.get_trainer("vae").export_variables(result.state))
+  assert_states_equal(expected, gen.variables)
+  assert gen.name.endswith("@2")
+  z = gen.sample_latents(jax.random.key(0), 3)
+  np.testing.assert_allclose(np.asarray(gen(z)), np.asarray(
+      train.get_trainer("vae").sample(config, result.state, z)), atol=1e-6)
+  # A step folder loads that step.
+  assert checkpoints.load_generator(str(tmp_path / "checkpoints" / "1")).name.endswith("@1")
