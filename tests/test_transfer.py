@@ -175,3 +175,20 @@ def test_bad_input(gen):
   za = transfer.class_latents(gen, jax.random.key(0), CLASS_A, 2)
   with pytest.raises(ValueError, match=r"masks must have shape"):
     transfer.cross_class_hybrids(gen, "block1", np.ones(5), za, za)
+
+
+def test_main_job_runs_on_biggan(gen, tmp_path):
+  """EIMs, clustering, module maps, metrics and the report work on BigGAN too."""
+  from cfmod_jax import analysis
+  cfg = analysis.AnalysisConfig(sites=("block1",), n_pairs=8, block_pairs=4, k=2, n_boot=2,
+                                eval_pairs=4, eval_groups=2, n_null=2, n_ci=10,
+                                hybrid_rows=2, hybrid_cols=2, parts="none", pair_chunk=4,
+                                mask_chunk=4)
+  result = analysis.run(gen, cfg, str(tmp_path))
+  c = gen.site_shape("block1")[-1]
+  assert result["sites"]["block1"]["channels"] == c
+  with np.load(tmp_path / "block1" / "analysis.npz") as data:
+    assert data["eims"].shape == (c, 16, 16) and float(data["eims"].max()) > 0
+    assert data["module_maps"].shape == (2, 16, 16)
+  for rel in analysis.report_files(result):
+    assert (tmp_path / rel).is_file(), rel
