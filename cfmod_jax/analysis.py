@@ -170,7 +170,8 @@ def hybrid_panel(gen: Generator, site: str, mask: np.ndarray, z1, z2, rows: int,
   h, w = cells.shape[1:3]
   blank = np.ones((1, h, w, 3), np.float32)
   top = np.concatenate([blank, viz.to_unit(gen(z2[:cols]))])
-  body = [np.concatenate([viz.to_unit(gen(z1[r:r + 1])), viz.to_unit(cells[r * cols:(r + 1) * cols])])
+  originals = viz.to_unit(gen(z1[:rows]))
+  body = [np.concatenate([originals[r:r + 1], viz.to_unit(cells[r * cols:(r + 1) * cols])])
           for r in range(rows)]
   return viz.tile(np.concatenate([top, *body]), cols + 1, pad=3)
 
