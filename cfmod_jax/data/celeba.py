@@ -138,13 +138,36 @@ def celeba_batches(
         raise ValueError(f"split {split!r} of {name!r} has {n} examples < batch_size={batch_size}")
     epoch = 0
     while num_epochs is None or epoch < num_epochs:
-        order = np.random.default_rng((seed, epoch)).permutation(n) if shuffle else np.arange(n)
+        order = _epoch_order(seed, epoch, n) if shuffle else np.arange(n)
         stop = n - n % batch_size if drop_remainder else n
         for start in range(0, stop, batch_size):
-            idx = order[start:start + batch_size]
-            images = np.stack([_image(source[int(i)]) for i in idx])
-            yield preprocess(images, crop_size, image_size)
+            yield _gather(source, order[start:start + batch_size], crop_size, image_size)
         epoch += 1
+
+
+@functools.lru_cache(maxsize=4)
+def _epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
+    return np.random.default_rng((seed, epoch)).permutation(n)
+
+
+def _gather(source, idx, crop_size, image_size) -> np.ndarray:
+    images = np.stack([_image(source[int(i)]) for i in idx])
+    return preprocess(images, crop_size, image_size)
+
+
+def celeba_batch(source: Sequence[dict], step: int, batch_size: int, seed: int = 0, *,
+                 crop_size: int = CROP_SIZE, image_size: int = IMAGE_SIZE) -> np.ndarray:
+    """Batch ``step`` of an endless shuffled stream, as a pure function of
+    ``(seed, step)`` — the same batches as `celeba_batches` with
+    ``drop_remainder=True`` — so a resumed training run sees exactly the data of an
+    uninterrupted one. ``source`` comes from `load_source`."""
+    n = len(source)
+    per_epoch = n // batch_size
+    if per_epoch == 0:
+        raise ValueError(f"the dataset has {n} examples < batch_size={batch_size}")
+    epoch, j = divmod(int(step), per_epoch)
+    idx = _epoch_order(seed, epoch, n)[j * batch_size:(j + 1) * batch_size]
+    return _gather(source, idx, crop_size, image_size)
 
 
 def _image(example: Any) -> np.ndarray:

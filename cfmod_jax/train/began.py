@@ -129,6 +129,6 @@ def sample(config, state: BEGANState, latents):
 
 TRAINER = common.Trainer(
     name="began", validate=validate, create_state=create_state, train_step=train_step,
-    make_batch=common.synthfaces_images, export_spec=export_spec,
+    make_batch=common.training_images, export_spec=export_spec,
     export_variables=export_variables, sample=sample,
     latent_dim=lambda config: config.generator.latent_dim)

@@ -110,7 +110,10 @@ def base_config(model: str) -> ml_collections.ConfigDict:
   Fields:
     model: trainer name (dcgan, vae, began, featnet).
     seed: parameter initialisation and per-step random keys.
-    data_seed: batch ``s`` is ``synthfaces.generate(batch_size, seed=(data_seed, s))``.
+    dataset: 'synthfaces' (embedded default) or 'celeba' (tfds, read from data_dir).
+    data_dir: tfds data_dir holding the prepared celeb_a (array_record), for 'celeba'.
+    data_seed: batch ``s`` is ``synthfaces.generate(batch_size, seed=(data_seed, s))``,
+      or CelebA batch ``s`` of the stream shuffled by data_seed (`celeba.celeba_batch`).
     batch_size: global batch (a multiple of the number of devices).
     num_steps: total train steps (a resumed run continues up to it).
     log_every: steps between metrics.jsonl lines / progress lines.
@@ -121,7 +124,7 @@ def base_config(model: str) -> ml_collections.ConfigDict:
     quality_samples: images per set of the Fréchet distance at export.
   """
   return ml_collections.ConfigDict({
-      "model": model, "seed": 0, "data_seed": 0, "batch_size": 64, "num_steps": 1000,
+      "model": model, "dataset": "synthfaces", "data_dir": "", "seed": 0, "data_seed": 0, "batch_size": 64, "num_steps": 1000,
       "log_every": 50, "sample_every": 500, "checkpoint_every": 500, "keep_checkpoints": 2,
       "num_samples": 64, "quality_samples": 2000,
   })
@@ -171,8 +174,24 @@ def validate_config(config: ml_collections.ConfigDict) -> Trainer:
     check_int(config, field, 1)
   for field in ("seed", "data_seed", "sample_every"):
     check_int(config, field, 0)
+  check_dataset(config)
   trainer.validate(config)
   return trainer
+
+
+def check_dataset(config) -> None:
+  """Unknown dataset → ValueError; CelebA missing or unprepared → the loader's clear error."""
+  dataset = config.get("dataset", "synthfaces")
+  if dataset not in DATASETS:
+    raise ValueError(f"config.dataset must be one of {sorted(DATASETS)}, got {dataset!r}")
+  if dataset != "synthfaces" and config.model == "featnet":
+    raise ValueError("config.model='featnet' learns the synthetic faces' factors; it needs "
+                     "config.dataset='synthfaces'")
+  if dataset == "celeba":
+    if not config.get("data_dir"):
+      raise ValueError("config.dataset='celeba' needs config.data_dir: the tfds data_dir "
+                       "holding the prepared celeb_a dataset")
+    _celeba_source(config.data_dir)
 
 
 # ---- mesh and sharding ------------------------------------------------------------------
@@ -198,9 +217,24 @@ def shard_batch(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Ar
   return {k: jax.device_put(np.asarray(v), sharding) for k, v in batch.items()}
 
 
-def synthfaces_images(config, step: int) -> dict[str, np.ndarray]:
-  """Batch ``step`` of the synthetic faces: ``{'images': [B, 64, 64, 3]}`` in [-1, 1]."""
+def training_images(config, step: int) -> dict[str, np.ndarray]:
+  """Batch ``step`` of the training images: ``{'images': [B, 64, 64, 3]}`` in [-1, 1],
+  from the synthetic faces or CelebA (``config.dataset``); a function of
+  (data_seed, step), so resumed runs see the same data."""
+  if config.get("dataset", "synthfaces") == "celeba":
+    from cfmod_jax.data import celeba  # pylint: disable=g-import-not-at-top
+    source = _celeba_source(config.data_dir)
+    return {"images": celeba.celeba_batch(source, step, config.batch_size, config.data_seed)}
   return {"images": synthfaces.generate(config.batch_size, seed=(config.data_seed, step)).images}
+
+
+DATASETS = ("synthfaces", "celeba")
+
+
+@functools.lru_cache(maxsize=2)
+def _celeba_source(data_dir: str):
+  from cfmod_jax.data import celeba  # pylint: disable=g-import-not-at-top
+  return celeba.load_source(data_dir, "train")
 
 
 # ---- random keys ----------------------------------------------------------------------------

@@ -68,6 +68,10 @@ def export_run(workdir: str, out_dir: str, *, storage_dtype: str = "float32",
   recorded in ``checkpoint.json`` and the model card.
   """
   trainer, config, state, meta = common.load_run(workdir)
+  if config.get("dataset", "synthfaces") != "synthfaces":
+    raise ValueError(f"export computes the synthetic-faces quality number and model card; "
+                     f"the run in {workdir} trained on {config.dataset!r}: load its generator "
+                     f"with cfmod_jax.load_generator({workdir!r}) instead")
   arch, kwargs = trainer.export_spec(config)
   kind = "featnet" if trainer.sample is None else "generator"
   variables = jax.device_get(trainer.export_variables(state))

@@ -116,6 +116,6 @@ def sample(config, state: VAEState, latents):
 
 TRAINER = common.Trainer(
     name="vae", validate=validate, create_state=create_state, train_step=train_step,
-    make_batch=common.synthfaces_images, export_spec=export_spec,
+    make_batch=common.training_images, export_spec=export_spec,
     export_variables=export_variables, sample=sample,
     latent_dim=lambda config: config.generator.latent_dim)
