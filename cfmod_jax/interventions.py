@@ -209,6 +209,16 @@ def _host(x) -> np.ndarray:
   return np.asarray(x.addressable_data(0))
 
 
+def _replicated_variables(gen: Generator, mesh: Mesh, rep):
+  """``gen.variables`` replicated over the mesh, transferred once per generator,
+  mesh size and variables object (a sweep calls the kernel once per block)."""
+  key = ("replicated", mesh.size)
+  cached = gen._jit_cache.get(key)  # pylint: disable=protected-access
+  if cached is None or cached[0] is not gen.variables:
+    cached = gen._jit_cache[key] = (gen.variables, rep(gen.variables))  # pylint: disable=protected-access
+  return cached[1]
+
+
 def _run_sharded(gen: Generator, key, local_factory, extra, z1, z2, groups, pair_chunk):
   """Pads the pairs to a multiple of (devices × pair_chunk), shards and sums."""
   mesh = pair_mesh()
@@ -223,7 +233,7 @@ def _run_sharded(gen: Generator, key, local_factory, extra, z1, z2, groups, pair
   fn = gen.jitted((*key, pair_chunk, n_dev),
                   lambda: _sharded_sum(local_factory(pair_chunk), mesh))
   rep = lambda t: jax.tree.map(lambda a: _global(np.asarray(a), mesh, P()), t)
-  out = fn(rep(gen.variables), rep(extra), _global(z1, mesh, P("pairs")),
+  out = fn(_replicated_variables(gen, mesh, rep), rep(extra), _global(z1, mesh, P("pairs")),
            _global(z2, mesh, P("pairs")), _global(weights, mesh, P("pairs")))
   return _host(out), np.bincount(groups, minlength=n_groups)
 

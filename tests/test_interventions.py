@@ -214,3 +214,14 @@ def test_user_generator_without_split_uses_masks():
   assert not gen.has_linear_split("conv_a")
   with pytest.raises(ValueError, match="method='linear' needs a linear split"):
     cf.elementary_influence_maps(gen, "conv_a", n_pairs=2, method="linear")
+
+
+def test_replaced_variables_are_used():
+  """Device copies of the weights are cached per generator; new weights replace them."""
+  gen = cf.init_generator("dcgan", seed=0, width=4, latent_dim=8)
+  other = cf.init_generator("dcgan", seed=5, width=4, latent_dim=8)
+  before = cf.elementary_influence_maps(gen, "block3", n_pairs=4)
+  gen.variables = other.variables
+  after = cf.elementary_influence_maps(gen, "block3", n_pairs=4)
+  np.testing.assert_array_equal(after, cf.elementary_influence_maps(other, "block3", n_pairs=4))
+  assert float(np.abs(after - before).max()) > 0
