@@ -67,6 +67,26 @@ class StagedGenerator(nn.Module):
     return self(latent, x, start=index + 1)
 
 
+class VectorLatentGenerator(StagedGenerator):
+  """A `StagedGenerator` whose latent code is a vector of ``latent_dim`` (a field
+  the subclass declares)."""
+
+  @property
+  def latent_shape(self):
+    return (self.latent_dim,)
+
+
+class SplitStage(nn.Module):
+  """A stage written as ``post(pre(x))`` with ``pre`` linear in ``x``.
+
+  Subclasses define ``pre(x)``, ``post(y, train)`` and, for the fast EIM path,
+  ``pre_delta(delta, start)`` (each input channel's contribution to ``pre``).
+  """
+
+  def __call__(self, x, train: bool = False):
+    return self.post(self.pre(x), train)
+
+
 def _module_attr(module, name):
   value = getattr(module, name, None)
   if value is None:
@@ -235,4 +255,5 @@ def stage_names(prefix: str, n: int) -> tuple[str, ...]:
   return tuple(f"{prefix}{i + 1}" for i in range(n))
 
 
-__all__: Sequence[str] = ("StagedGenerator", "Generator", "check_latents")
+__all__: Sequence[str] = ("StagedGenerator", "VectorLatentGenerator", "SplitStage",
+                          "Generator", "check_latents")

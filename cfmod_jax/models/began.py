@@ -11,11 +11,11 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
-from cfmod_jax.generator import StagedGenerator, stage_names
+from cfmod_jax.generator import SplitStage, VectorLatentGenerator, stage_names
 from cfmod_jax.ops import Conv, upsample_nearest
 
 
-class ConvPair(nn.Module):
+class ConvPair(SplitStage):
   """(×2 nearest upsampling) → conv3×3 → ELU → conv3×3 → ELU.
 
   ``pre`` = upsampling + first convolution (linear in the input).
@@ -39,9 +39,6 @@ class ConvPair(nn.Module):
   def post(self, y, train: bool = False):
     return nn.elu(self.conv2(nn.elu(y)))
 
-  def __call__(self, x, train: bool = False):
-    return self.post(self.pre(x), train)
-
 
 class BEGANProject(nn.Module):
   features: int
@@ -55,7 +52,7 @@ class BEGANProject(nn.Module):
     return self.convs(x, train)
 
 
-class BEGANToRGB(nn.Module):
+class BEGANToRGB(SplitStage):
 
   def setup(self):
     self.conv = Conv(3, (3, 3))
@@ -69,20 +66,13 @@ class BEGANToRGB(nn.Module):
   def post(self, y, train: bool = False):
     return jnp.tanh(y)
 
-  def __call__(self, x, train: bool = False):
-    return self.post(self.pre(x), train)
 
-
-class BEGANGenerator(StagedGenerator):
+class BEGANGenerator(VectorLatentGenerator):
   """BEGAN decoder-style generator at 64×64."""
   latent_dim: int = 64
   width: int = 64
 
   site_names = stage_names("block", 4)
-
-  @property
-  def latent_shape(self):
-    return (self.latent_dim,)
 
   def setup(self):
     n = self.width

@@ -14,7 +14,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
-from cfmod_jax.generator import StagedGenerator, stage_names
+from cfmod_jax.generator import SplitStage, VectorLatentGenerator, stage_names
 from cfmod_jax.ops import ConvTranspose
 
 _BN_MOMENTUM = 0.9
@@ -22,7 +22,7 @@ _BN_MOMENTUM = 0.9
 _INIT = nn.initializers.normal(0.02)
 
 
-class ProjectStage(nn.Module):
+class ProjectStage(SplitStage):
   """Latent → [N, 4, 4, features]: dense projection, (BN), ReLU.
 
   ``batch_norm=False`` (the β-VAE decoder) gives the dense layer a bias instead.
@@ -45,11 +45,8 @@ class ProjectStage(nn.Module):
       y = self.bn(y, use_running_average=not train)
     return nn.relu(y)
 
-  def __call__(self, z, train: bool = False):
-    return self.post(self.pre(z), train)
 
-
-class UpStage(nn.Module):
+class UpStage(SplitStage):
   """×2 transposed convolution (4×4, stride 2), then (BN +) ReLU, or tanh when ``rgb``.
 
   Without BatchNorm (``batch_norm=False`` or ``rgb``) the convolution has a bias.
@@ -82,20 +79,13 @@ class UpStage(nn.Module):
       y = self.bn(y, use_running_average=not train)
     return nn.relu(y)
 
-  def __call__(self, x, train: bool = False):
-    return self.post(self.pre(x), train)
 
-
-class DCGANGenerator(StagedGenerator):
+class DCGANGenerator(VectorLatentGenerator):
   """DCGAN-64 generator. ``width`` is the channel count of the last hidden layer."""
   latent_dim: int = 100
   width: int = 64
 
   site_names = stage_names("block", 4)
-
-  @property
-  def latent_shape(self):
-    return (self.latent_dim,)
 
   def setup(self):
     w = self.width

@@ -12,19 +12,15 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cfmod_jax.generator import StagedGenerator, stage_names
+from cfmod_jax.generator import VectorLatentGenerator, stage_names
 from cfmod_jax.models.dcgan import ProjectStage, UpStage
 
 
-class VAEDecoder(StagedGenerator):
+class VAEDecoder(VectorLatentGenerator):
   latent_dim: int = 32
   width: int = 32
 
   site_names = stage_names("block", 4)
-
-  @property
-  def latent_shape(self):
-    return (self.latent_dim,)
 
   def setup(self):
     w, init = self.width, nn.initializers.lecun_normal()
