@@ -17,6 +17,11 @@ make it a factor classifier (`FeatureNet.predict`, e.g. hair colour of an image)
 held-out real faces *and* its floor: the distance between two disjoint sets of
 ``n`` real faces, which is not 0 because of finite-sample noise (the distance is
 biased upwards for finite ``n``; compare numbers only at equal ``n``).
+By default
+the real faces are synthetic faces of `HELDOUT_SEEDS`; ``real_images`` supplies
+other held-out sets (e.g. `cfmod_jax.data.celeba.heldout_images` for CelebA runs:
+the features then come from a network trained on the synthetic faces, so such
+numbers compare CelebA generators with each other, not with published FIDs).
 
     FD = ‖μ₁ − μ₂‖² + tr Σ₁ + tr Σ₂ − 2 tr (Σ₁^{1/2} Σ₂ Σ₁^{1/2})^{1/2}
 
@@ -27,7 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any
+from typing import Any, Callable, Sequence, Union
 
 import flax.linen as nn
 import jax
@@ -185,17 +190,73 @@ class Quality:
     return f"FD {self.fd:.3f} (real-vs-real floor {self.floor:.3f}, n={self.n})"
 
 
+# Held-out real images: None (synthetic faces of HELDOUT_SEEDS), a callable
+# ``(n, which) -> [n, 64, 64, 3]`` for which in {0, 1}, or a pair of image arrays.
+RealImages = Union[None, Callable[[int, int], Any], Sequence[Any]]
+
+
+def _real_set(real_images: RealImages, n: int, which: int) -> np.ndarray:
+  """Held-out real set ``which`` (0 or 1): ``[n, 64, 64, 3]`` float32."""
+  if real_images is None:
+    return synthfaces.generate(n, seed=HELDOUT_SEEDS[which]).images
+  if callable(real_images):
+    where = f"real_images({n}, {which})"
+    images = real_images(n, which)
+  else:
+    where = f"real_images[{which}]"
+    images = real_images[which]
+  images = np.asarray(images, np.float32)
+  if images.ndim != 4 or images.shape[1:] != (64, 64, 3):
+    raise ValueError(f"{where} must be [N, 64, 64, 3] images in [-1, 1], got shape "
+                     f"{images.shape}")
+  if len(images) < n:
+    raise ValueError(f"{where} has {len(images)} images, fewer than n={n}: n must be at most "
+                     f"the size of each held-out set")
+  return images[:n]
+
+
+def _check_real_images(real_images: RealImages) -> None:
+  if real_images is None or callable(real_images):
+    return
+  try:
+    count = len(real_images)
+  except TypeError:
+    count = None
+  if count != 2:
+    raise ValueError("real_images must be None (the synthetic faces), a callable "
+                     "(n, which) -> [n, 64, 64, 3] images for which in {0, 1}, or a pair of "
+                     f"two disjoint held-out image arrays; got {type(real_images).__name__}"
+                     + (f" of length {count}" if count is not None else ""))
+  if real_images[0] is real_images[1]:
+    raise ValueError("real_images holds the same array twice; the floor needs two disjoint "
+                     "held-out sets")
+
+
 @functools.lru_cache(maxsize=4)
-def _real_stats(featnet: FeatureNet, n: int):
-  stats = []
-  for seed in HELDOUT_SEEDS:
-    stats.append(gaussian_stats(featnet.features(synthfaces.generate(n, seed=seed).images)))
-  return stats
+def _real_stats(featnet: FeatureNet, n: int, real_images: RealImages = None):
+  return [gaussian_stats(featnet.features(_real_set(real_images, n, which)))
+          for which in (0, 1)]
 
 
-def real_floor(featnet: FeatureNet, n: int) -> float:
-  """Distance between two disjoint held-out real sets of ``n`` faces."""
-  (m1, s1), (m2, s2) = _real_stats(featnet, n)
+def real_stats(featnet: FeatureNet, n: int, real_images: RealImages = None):
+  """``[(mu, sigma)] * 2`` of the two disjoint held-out real sets of ``n`` images.
+
+  Cached per ``(featnet, n, real_images)`` when ``real_images`` is hashable (None,
+  functions, ``functools.partial`` …): a callable must return the same images
+  for the same ``(n, which)``. Arrays are not cached.
+  """
+  _check_real_images(real_images)
+  try:
+    hash(real_images)
+  except TypeError:  # e.g. a pair of arrays
+    return _real_stats.__wrapped__(featnet, n, real_images)
+  return _real_stats(featnet, n, real_images)
+
+
+def real_floor(featnet: FeatureNet, n: int, real_images: RealImages = None) -> float:
+  """Distance between two disjoint held-out real sets of ``n`` images (the
+  synthetic faces unless ``real_images`` is given; see `sample_quality`)."""
+  (m1, s1), (m2, s2) = real_stats(featnet, n, real_images)
   return frechet_distance_from_stats(m1, s1, m2, s2)
 
 
@@ -207,18 +268,25 @@ def generated_images(generator, n: int, seed: int = 0, batch_size: int = 250) ->
 
 
 def sample_quality(generator, featnet: FeatureNet | None = None, n: int = 2000,
-                   seed: int = 0) -> Quality:
+                   seed: int = 0, *, real_images: RealImages = None) -> Quality:
   """Fréchet distance of ``n`` samples of ``generator`` to ``n`` held-out real
-  faces, with the real-vs-real floor at the same ``n``."""
-  if not isinstance(n, (int, np.integer)) or n < 2:
+  images, with the real-vs-real floor at the same ``n``.
+
+  ``real_images`` gives the two disjoint held-out real sets: None (default) for
+  the synthetic faces of `HELDOUT_SEEDS`, a callable ``(n, which) ->
+  [n, 64, 64, 3]`` float32 in [-1, 1] for ``which`` in {0, 1}, or a pair of
+  arrays of at least ``n`` images each (the first ``n`` are used). The distance
+  is generated vs set 0, the floor set 0 vs set 1.
+  """
+  if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 2:
     raise ValueError(f"n must be an integer >= 2, got {n!r}")
   featnet = featnet or load_featnet()
-  (m1, s1), _ = _real_stats(featnet, int(n))
+  (m1, s1), (m2, s2) = real_stats(featnet, int(n), real_images)
   m, s = gaussian_stats(featnet.features(generated_images(generator, int(n), seed)))
-  return Quality(fd=frechet_distance_from_stats(m, s, m1, s1), floor=real_floor(featnet, int(n)),
-                 n=int(n))
+  return Quality(fd=frechet_distance_from_stats(m, s, m1, s1),
+                 floor=frechet_distance_from_stats(m1, s1, m2, s2), n=int(n))
 
 
 __all__ = ["FeatNet", "FeatureNet", "Quality", "frechet_distance",
            "frechet_distance_from_stats", "gaussian_stats", "load_featnet", "real_floor",
-           "sample_quality"]
+           "real_stats", "sample_quality"]

@@ -1,5 +1,8 @@
-"""Tests for the TensorFlow-free CelebA pipeline (offline: mocked or tiny fake data)."""
+"""Tests for the TensorFlow-free CelebA pipeline (offline: mocked or tiny fake data),
+its held-out sets, and the sample quality / export of a CelebA run."""
 
+import functools
+import importlib
 import io
 import json
 import os
@@ -12,6 +15,7 @@ import tensorflow_datasets as tfds
 from cfmod_jax.data import celeba
 
 N_TRAIN = 6
+N_TEST = 8
 BORDER = (255, 0, 255)  # colour outside the 140x140 centre crop
 RIGHT = (0, 128, 255)  # colour of the crop's right half
 
@@ -20,11 +24,16 @@ def _left_colour(i):
     return (40 * i, 200 - 20 * i, 30 + 10 * i)
 
 
-def _fake_image(i):
+def _test_colour(i):
+    """Left colour of test-split example i (distinct from every training colour)."""
+    return (10 + 30 * i, 20, 240 - 30 * i)
+
+
+def _fake_image(i, left=None):
     """218x178 image: border colour outside the crop, crop = [left colour | RIGHT]."""
     img = np.empty((218, 178, 3), np.uint8)
     img[:] = BORDER
-    img[39:179, 19:89] = _left_colour(i)
+    img[39:179, 19:89] = _left_colour(i) if left is None else left
     img[39:179, 89:159] = RIGHT
     return img
 
@@ -45,14 +54,15 @@ def fake_data_dir(tmp_path_factory):
         name = "celeb_a"
 
         def _split_generators(self, dl_manager):
-            sizes = {"train": N_TRAIN, "validation": 2, "test": 2}
-            return {split: self._gen(n) for split, n in sizes.items()}
+            sizes = {"train": N_TRAIN, "validation": 2, "test": N_TEST}
+            return {split: self._gen(n, split) for split, n in sizes.items()}
 
-        def _gen(self, n):
+        def _gen(self, n, split):
             feats = self.info.features
             for i in range(n):
+                left = _test_colour(i) if split == "test" else None
                 yield str(i), {
-                    "image": _png(_fake_image(i)),  # encoded bytes: stored as is, no TF
+                    "image": _png(_fake_image(i, left)),  # encoded bytes: stored as is, no TF
                     "landmarks": {k: 0 for k in feats["landmarks"].keys()},
                     "attributes": {k: False for k in feats["attributes"].keys()},
                     "identity": {"Identity_No": i},
@@ -111,7 +121,7 @@ def test_real_array_record_pipeline(fake_data_dir):
     inf = celeba.celeba_batches(fake_data_dir, "validation", 2)
     assert all(next(inf).shape == (2, 64, 64, 3) for _ in range(3))
     with pytest.raises(ValueError, match="batch_size"):
-        next(celeba.celeba_batches(fake_data_dir, "test", batch_size=3))
+        next(celeba.celeba_batches(fake_data_dir, "validation", batch_size=3))
 
 
 def test_mocked_tfds_data_source(tmp_path):
@@ -157,3 +167,115 @@ def test_tfrecord_prepared_dataset_is_a_clear_error(fake_data_dir, tmp_path):
     with pytest.raises(ValueError, match="array_record") as err:
         celeba.load_source(str(tmp_path))
     assert "tfrecord" in str(err.value).lower() and str(tmp_path) in str(err.value)
+
+
+def test_heldout_images_are_two_disjoint_preprocessed_test_sets(fake_data_dir):
+    source = celeba.load_source(fake_data_dir, "test")
+    expected = celeba.preprocess(np.stack([source[i]["image"] for i in range(N_TEST)]))
+    set0 = celeba.heldout_images(fake_data_dir, 3, 0)
+    set1 = celeba.heldout_images(fake_data_dir, 3, 1, batch_size=2)  # decoded in 2 batches
+    assert set0.shape == (3, 64, 64, 3) and set0.dtype == np.float32
+    # First n and next n examples of the 'test' split, preprocessed like training batches.
+    np.testing.assert_allclose(set0, expected[:3], atol=1e-6)
+    np.testing.assert_allclose(set1, expected[3:6], atol=1e-6)
+    colours = [tuple(np.round((img[0, 0] + 1) * 127.5).astype(int))
+               for img in np.concatenate([set0, set1])]
+    assert len(set(colours)) == 6  # disjoint
+    assert set(colours) <= {_test_colour(i) for i in range(N_TEST)}  # never a training image
+    np.testing.assert_array_equal(celeba.heldout_images(fake_data_dir, 3, 0), set0)
+    # Set 0 of a smaller n is a prefix of set 0 of a larger one.
+    np.testing.assert_allclose(celeba.heldout_images(fake_data_dir, 2, 0), set0[:2], atol=1e-6)
+    with pytest.raises(ValueError, match=r"n=5 .* has 8 examples.* must be <= 4, half"):
+        celeba.heldout_images(fake_data_dir, 5, 0)
+    with pytest.raises(ValueError, match="which must be 0 or 1"):
+        celeba.heldout_images(fake_data_dir, 2, 2)
+
+
+@pytest.fixture(scope="module")
+def featnet():
+    from cfmod_jax import quality
+    return quality.load_featnet()
+
+
+def test_sample_quality_with_explicit_real_sets(fake_data_dir, featnet):
+    import jax
+    from cfmod_jax import quality
+    from cfmod_jax.models import init_generator
+
+    gen = init_generator("dcgan", seed=0, width=4)
+    n = 4
+    real = functools.partial(celeba.heldout_images, fake_data_dir)
+    q = quality.sample_quality(gen, featnet, n=n, real_images=real)
+    gen_images = np.asarray(gen(gen.sample_latents(jax.random.key(0), n)))
+    set0, set1 = real(n, 0), real(n, 1)
+    feats0 = featnet.features(set0)
+    assert q.n == n
+    assert q.fd == pytest.approx(quality.frechet_distance(featnet.features(gen_images), feats0),
+                                 rel=1e-6)
+    assert q.floor == pytest.approx(quality.frechet_distance(feats0, featnet.features(set1)),
+                                    rel=1e-6, abs=1e-9)
+    assert q.fd >= 0 and q.floor >= 0
+    assert quality.real_floor(featnet, n, real) == q.floor
+    # A pair of arrays (the first n of each are used) gives the same numbers.
+    pair = quality.sample_quality(gen, featnet, n=n, real_images=(
+        np.concatenate([set0, set0[:1]]), set1))
+    assert pair.fd == pytest.approx(q.fd, rel=1e-9) and pair.floor == pytest.approx(
+        q.floor, rel=1e-9, abs=1e-12)
+    # More images than the source holds: a ValueError naming the argument.
+    with pytest.raises(ValueError, match=r"real_images\[1\] has 3 images, fewer than n=4"):
+        quality.sample_quality(gen, featnet, n=n, real_images=(set0, set1[:3]))
+    with pytest.raises(ValueError, match=r"n=5 .* has 8 examples.* n \(the export's "
+                                         r"quality_samples\) must be <= 4, half"):
+        quality.sample_quality(gen, featnet, n=5, real_images=real)
+    with pytest.raises(ValueError, match=r"real_images\(4, 0\) must be \[N, 64, 64, 3\]"):
+        quality.sample_quality(gen, featnet, n=n, real_images=lambda k, which: set0[:, :32])
+    with pytest.raises(ValueError, match="real_images must be None"):
+        quality.sample_quality(gen, featnet, n=n, real_images=(set0, set1, set1))
+    with pytest.raises(ValueError, match="same array twice"):
+        quality.sample_quality(gen, featnet, n=n, real_images=(set0, set0))
+
+
+def _tiny_celeba_config(data_dir, **fields):
+    """experiments/configs/dcgan.py shrunk (width 4, batch 4) to train on the fake CelebA."""
+    config = importlib.import_module("experiments.configs.dcgan").get_config()
+    config.update(dict(dataset="celeba", data_dir=data_dir, batch_size=4, num_steps=2,
+                       checkpoint_every=2, log_every=1, sample_every=0, num_samples=4,
+                       quality_samples=4))
+    config.generator.width = 4
+    config.discriminator.width = 4
+    config.update(fields)
+    return config
+
+
+def test_export_of_a_celeba_run(fake_data_dir, tmp_path):
+    import jax
+    import cfmod_jax
+    from cfmod_jax import train
+
+    workdir, out = str(tmp_path / "run"), str(tmp_path / "dcgan-celeba")
+    train.train_and_evaluate(_tiny_celeba_config(fake_data_dir), workdir)
+    # Too few held-out examples, or the training split: clear errors, nothing written.
+    with pytest.raises(ValueError, match=r"has 8 examples.*quality_samples must be <= 4, half"):
+        train.export_run(workdir, str(tmp_path / "bad"), quality_samples=5)
+    with pytest.raises(ValueError, match="heldout_split='train' is the split the trainers read"):
+        train.export_run(workdir, str(tmp_path / "bad"), heldout_split="train")
+    assert not os.path.exists(tmp_path / "bad")
+
+    meta = train.export_run(workdir, out)
+    with open(os.path.join(out, "checkpoint.json")) as f:
+        saved = json.load(f)
+    q = saved["quality"]
+    assert q == meta["quality"]
+    assert q["fd"] >= 0 and q["floor"] >= 0 and q["n"] == 4
+    assert q["featnet"] == "featnet-synthfaces" and q["diversity_real"] > 0
+    assert q["real_set"]["dataset"] == "celeb_a" and q["real_set"]["split"] == "test"
+    with open(os.path.join(out, "MODEL_CARD.md")) as f:
+        card = f.read()
+    training_data = card.split("## Use")[0]
+    assert "celeb_a" in training_data and fake_data_dir in training_data
+    assert "synthetic faces" not in training_data
+    assert "split 'test'" in card and "not with published FIDs" in card
+    assert os.path.exists(os.path.join(out, "samples.png"))
+    gen = cfmod_jax.load_generator(out)
+    images = np.asarray(gen(gen.sample_latents(jax.random.key(0), 2)))
+    assert images.shape == (2, 64, 64, 3) and np.isfinite(images).all()

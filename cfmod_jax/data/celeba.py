@@ -11,6 +11,10 @@ offsets ``(218 - 140) // 2`` and ``(178 - 140) // 2``), resized to
 ``image_size`` x ``image_size`` (default 64) with ``jax.image.resize``
 (bilinear, antialiased), and scaled from [0, 255] to [-1, 1]: float32 NHWC.
 
+Training reads split 'train' (`celeba_batch`, `celeba_batches`); the sample-quality
+number of an exported CelebA generator compares it with two disjoint held-out
+sets of the 'test' split (`heldout_images`), preprocessed the same way.
+
 Preparing the data (once).  The random-access reader needs the dataset written
 in the ``array_record`` format, whereas tfds writes ``celeb_a`` as TFRecord by
 default.  The ``tfds build`` command-line tool imports TensorFlow, so use the
@@ -44,6 +48,8 @@ import tensorflow_datasets as tfds
 CROP_SIZE = 140
 IMAGE_SIZE = 64
 DATASET = "celeb_a"
+TRAIN_SPLIT = "train"  # what the trainers read (`cfmod_jax.train.common.training_images`)
+HELDOUT_SPLIT = "test"  # held-out real images of the sample-quality number (`heldout_images`)
 
 
 def _prepare_hint(name: str, data_dir: str) -> str:
@@ -168,6 +174,40 @@ def celeba_batch(source: Sequence[dict], step: int, batch_size: int, seed: int =
     epoch, j = divmod(int(step), per_epoch)
     idx = _epoch_order(seed, epoch, n)[j * batch_size:(j + 1) * batch_size]
     return _gather(source, idx, crop_size, image_size)
+
+
+def heldout_images(data_dir: str, n: int, which: int = 0, *, split: str = HELDOUT_SPLIT,
+                   batch_size: int = 250, crop_size: int = CROP_SIZE,
+                   image_size: int = IMAGE_SIZE, name: str = DATASET) -> np.ndarray:
+    """Held-out real set ``which`` (0 or 1) of ``n`` images for `cfmod_jax.quality`:
+    float32 [n, image_size, image_size, 3] in [-1, 1], preprocessed like the
+    training batches.
+
+    The two sets are disjoint: set 0 is examples ``0 .. n-1`` of ``split`` in
+    storage order, set 1 examples ``n .. 2n-1`` (deterministic for a prepared
+    dataset; set 0 of a smaller ``n`` is a prefix of set 0 of a larger one).
+    ``split`` defaults to 'test', which training (split 'train') never reads.
+    Images are decoded ``batch_size`` at a time. Raises ValueError unless the
+    split holds ``2 * n`` examples, so ``n`` must be at most half of them.
+    """
+    if which not in (0, 1):
+        raise ValueError(f"which must be 0 or 1 (one of two disjoint held-out sets), got {which!r}")
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"n must be an integer >= 1, got {n!r}")
+    if (isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer))
+            or batch_size < 1):
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    source = load_source(data_dir, split, name)
+    size = len(source)
+    if 2 * n > size:
+        raise ValueError(
+            f"n={n} held-out images per set: split {split!r} of {name!r} in "
+            f"data_dir={data_dir!r} has {size} examples, and two disjoint sets of n need "
+            f"{2 * n}; n (the export's quality_samples) must be <= {size // 2}, half of them")
+    start, stop = which * n, (which + 1) * n
+    return np.concatenate([
+        _gather(source, range(i, min(i + batch_size, stop)), crop_size, image_size)
+        for i in range(start, stop, batch_size)])
 
 
 def _image(example: Any) -> np.ndarray:

@@ -234,7 +234,7 @@ DATASETS = ("synthfaces", "celeba")
 @functools.lru_cache(maxsize=2)
 def _celeba_source(data_dir: str):
   from cfmod_jax.data import celeba  # pylint: disable=g-import-not-at-top
-  return celeba.load_source(data_dir, "train")
+  return celeba.load_source(data_dir, celeba.TRAIN_SPLIT)
 
 
 # ---- random keys ----------------------------------------------------------------------------

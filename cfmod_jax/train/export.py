@@ -8,10 +8,17 @@ exported folder of `cfmod_jax.checkpoints` (``variables.msgpack`` +
 `cfmod_jax.quality.sample_quality`. For the feature network it reports the
 held-out accuracy / RMSE of every factor and the real-vs-real floor. Finally it
 writes ``MODEL_CARD.md``.
+
+Generators trained on CelebA (``config.dataset='celeba'``) are compared with two
+disjoint held-out sets of CelebA's 'test' split (`cfmod_jax.data.celeba.heldout_images`;
+training reads 'train') in the features of the same network, which was trained on
+the synthetic faces: such numbers rank CelebA checkpoints against each other and
+are not comparable with published (Inception) FIDs.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -58,24 +65,45 @@ def featnet_accuracy(featnet: quality.FeatureNet, n: int) -> dict[str, float]:
   return out
 
 
+def _celeba_heldout(config, n: int, split: str | None):
+  """``(real_images, description)`` of a CelebA run's held-out sets for `sample_quality`."""
+  from cfmod_jax.data import celeba  # pylint: disable=g-import-not-at-top
+  split = celeba.HELDOUT_SPLIT if split is None else split
+  if split == celeba.TRAIN_SPLIT:
+    raise ValueError(f"heldout_split={split!r} is the split the trainers read; the held-out "
+                     f"real images need another one (e.g. {celeba.HELDOUT_SPLIT!r})")
+  source = celeba.load_source(config.data_dir, split)  # clear errors before anything is written
+  if 2 * n > len(source):
+    raise ValueError(
+        f"quality_samples={n}: split {split!r} of {celeba.DATASET!r} in "
+        f"data_dir={config.data_dir!r} has {len(source)} examples, and the two disjoint "
+        f"held-out sets need {2 * n}; quality_samples must be <= {len(source) // 2}, half of them")
+  real_images = functools.partial(celeba.heldout_images, config.data_dir, split=split)
+  heldout = {"dataset": celeba.DATASET, "data_dir": config.data_dir, "split": split,
+             "train_split": celeba.TRAIN_SPLIT}
+  return real_images, heldout
+
+
 def export_run(workdir: str, out_dir: str, *, storage_dtype: str = "float32",
                featnet: str = checkpoints.SHIPPED_FEATNET, command: str | None = None,
                machine: str | None = None, quality_samples: int | None = None,
-               notes: str | None = None) -> dict[str, Any]:
+               notes: str | None = None, heldout_split: str | None = None) -> dict[str, Any]:
   """Exports the latest checkpoint of ``workdir`` to ``out_dir``; returns its JSON.
 
   ``command``, ``machine`` and ``notes`` (e.g. the config file's docstring) are
-  recorded in ``checkpoint.json`` and the model card.
+  recorded in ``checkpoint.json`` and the model card. For a CelebA run the
+  held-out real images come from split ``heldout_split`` (default 'test'),
+  which must hold ``2 * quality_samples`` examples.
   """
   trainer, config, state, meta = common.load_run(workdir)
-  if config.get("dataset", "synthfaces") != "synthfaces":
-    raise ValueError(f"export computes the synthetic-faces quality number and model card; "
-                     f"the run in {workdir} trained on {config.dataset!r}: load its generator "
-                     f"with cfmod_jax.load_generator({workdir!r}) instead")
+  dataset = config.get("dataset", "synthfaces")
   arch, kwargs = trainer.export_spec(config)
   kind = "featnet" if trainer.sample is None else "generator"
-  variables = jax.device_get(trainer.export_variables(state))
   n = int(quality_samples or config.quality_samples)
+  real_images, heldout = None, None
+  if dataset == "celeba" and kind == "generator":
+    real_images, heldout = _celeba_heldout(config, n, heldout_split)
+  variables = jax.device_get(trainer.export_variables(state))
   record = {"wall_time_s": meta["wall_time_s"], "command": command,
             "machine": machine or machine_description(), "notes": notes,
             "name": os.path.basename(os.path.normpath(out_dir))}
@@ -87,11 +115,16 @@ def export_run(workdir: str, out_dir: str, *, storage_dtype: str = "float32",
     images = np.asarray(gen(common.sample_latents(config.seed, config.num_samples,
                                                   gen.latent_shape[0])))
     viz.save_image_grid(os.path.join(out_dir, "samples.png"), images, ncols=8)
-    q = quality.sample_quality(gen, quality.load_featnet(featnet), n=n)
-    real = synthfaces.generate(len(images), seed=quality.HELDOUT_SEEDS[0]).images
+    q = quality.sample_quality(gen, quality.load_featnet(featnet), n=n, real_images=real_images)
+    if real_images is None:
+      real = synthfaces.generate(len(images), seed=quality.HELDOUT_SEEDS[0]).images
+    else:  # The first images of held-out set 0 (at most n of them).
+      real = real_images(min(len(images), n), 0)
     record["quality"] = {"fd": q.fd, "floor": q.floor, "n": q.n, "featnet": featnet,
                          "diversity": float(images.std(axis=0).mean()),
                          "diversity_real": float(real.std(axis=0).mean())}
+    if heldout is not None:
+      record["quality"]["real_set"] = heldout
   else:
     net = quality.load_featnet(out_dir)
     record["quality"] = {"floor": quality.real_floor(net, n), "n": n,
@@ -114,6 +147,17 @@ def _config_lines(cfg: dict, prefix: str = "") -> list[str]:
   return lines
 
 
+def _training_data(cfg: dict) -> str:
+  """The model card's sentence on the training data (``config.dataset``)."""
+  if cfg.get("dataset", "synthfaces") == "celeba":
+    return (f"trained on CelebA (tfds `celeb_a`, split 'train', from data_dir "
+            f"`{cfg['data_dir']}`), centre-cropped to 140×140 and resized to 64×64 "
+            "(`cfmod_jax.data.celeba`; batch `s` = "
+            f"`celeba_batch(source, s, {cfg['batch_size']}, seed={cfg['data_seed']})`).")
+  return ("trained on the procedural\n64×64 synthetic faces of `cfmod_jax.data.synthfaces` "
+          f"(batch `s` = `generate({cfg['batch_size']}, seed=({cfg['data_seed']}, s))`).")
+
+
 def model_card(meta: dict[str, Any], model: str) -> str:
   """The Markdown model card of an exported folder's ``checkpoint.json``."""
   name = meta["name"]
@@ -125,9 +169,7 @@ def model_card(meta: dict[str, Any], model: str) -> str:
   lines = [
       f"# {name}",
       "",
-      f"{_DESCRIPTIONS[model]}, `{meta['arch']}({kwargs})`, trained on the procedural",
-      "64×64 synthetic faces of `cfmod_jax.data.synthfaces` (batch `s` = "
-      f"`generate({cfg['batch_size']}, seed=({cfg['data_seed']}, s))`).",
+      f"{_DESCRIPTIONS[model]}, `{meta['arch']}({kwargs})`, {_training_data(cfg)}",
       "",
       "## Use",
       "",
@@ -157,15 +199,30 @@ def model_card(meta: dict[str, Any], model: str) -> str:
             "- `checkpoint.json`: architecture, config, sha256 manifest, the numbers below",
             ]
   if meta["kind"] == "generator":
-    lines += ["- `samples.png`: 64 samples (the fixed latents of the training grids)",
-              "", "## Sample quality", "",
-              f"Fréchet distance in the features of `{q['featnet']}` "
-              f"(`cfmod_jax.quality.sample_quality`, n = {q['n']} per set):",
-              "", "| generated vs held-out real | real vs real (floor) |",
+    lines += [f"- `samples.png`: {cfg['num_samples']} samples (the fixed latents of the training grids)",
+              "", "## Sample quality", ""]
+    held = q.get("real_set")
+    if held is None:
+      lines += [f"Fréchet distance in the features of `{q['featnet']}` "
+                f"(`cfmod_jax.quality.sample_quality`, n = {q['n']} per set):"]
+    else:
+      lines += [f"Fréchet distance in the features of `{q['featnet']}` "
+                f"(`cfmod_jax.quality.sample_quality`, n = {q['n']} per set) between generated "
+                f"images and held-out `{held['dataset']}` images of split '{held['split']}' "
+                f"(training read '{held['train_split']}'), preprocessed like the training "
+                f"batches: examples 0…{q['n'] - 1} in storage order "
+                f"(`cfmod_jax.data.celeba.heldout_images`); the floor compares them with "
+                f"examples {q['n']}…{2 * q['n'] - 1}.",
+                "",
+                f"The feature network `{q['featnet']}` was trained on the procedural synthetic "
+                "faces, not on CelebA: the number compares CelebA checkpoints with each other "
+                "(at equal n), not with published FIDs (Inception features)."]
+    real_name = "real faces" if held is None else f"held-out {held['dataset']} images"
+    lines += ["", "| generated vs held-out real | real vs real (floor) |",
               "| --- | --- |", f"| {q['fd']:.3f} | {q['floor']:.3f} |", "",
               f"Sample diversity (per-pixel standard deviation across the {cfg['num_samples']} "
               f"samples below, averaged over pixels): {q['diversity']:.3f} "
-              f"(real faces: {q['diversity_real']:.3f}).", "",
+              f"({real_name}: {q['diversity_real']:.3f}).", "",
               "## Samples", "", "![samples](samples.png)", ""]
   else:
     held = q["heldout"]
