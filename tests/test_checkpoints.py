@@ -14,10 +14,9 @@ from cfmod_jax.models import init_generator
 from tests.test_train import vae_config
 
 MAX_BYTES = 5_000_000
-# Minimum per-pixel std across samples (real faces: ~0.40). began-synthfaces is
-# mode-collapsed after its CPU-budget training (see its MODEL_CARD.md): it only
-# has to produce valid images.
-MIN_DIVERSITY = {"dcgan-synthfaces": 0.3, "vae-synthfaces": 0.15, "began-synthfaces": 0.0}
+# Minimum per-pixel std across samples (real faces: ~0.40). began-synthfaces
+# varies its faces but shares one background colour (see its MODEL_CARD.md).
+MIN_DIVERSITY = {"dcgan-synthfaces": 0.3, "vae-synthfaces": 0.15, "began-synthfaces": 0.05}
 
 
 @pytest.mark.parametrize("name", checkpoints.SHIPPED_GENERATORS)
@@ -33,8 +32,8 @@ def test_shipped_generator_loads_and_generates(name):
   images = np.asarray(gen(gen.sample_latents(jax.random.key(0), 16)))
   assert images.shape == (16, 64, 64, 3) and images.dtype == np.float32
   assert np.all(np.isfinite(images)) and images.min() >= -1 and images.max() <= 1
-  # Trained: images have the faces' contrast (untrained ones are flat grey) and,
-  # but for the collapsed BEGAN, samples differ from each other.
+  # Trained: images have the faces' contrast (untrained ones are flat grey) and
+  # samples differ from each other (the old, collapsed BEGAN had 0.020).
   assert images.max() - images.min() > 1.0
   assert np.std(images, axis=0).mean() > MIN_DIVERSITY[name]
   meta = checkpoints.read_meta(folder)

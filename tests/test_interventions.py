@@ -194,9 +194,21 @@ def test_bad_input_raises_before_compiling(fresh_gen, index):
 
 @pytest.mark.parametrize("arch,kwargs", [("dcgan", dict(width=4, latent_dim=8)),
                                          ("vae", dict(width=4, latent_dim=8)),
-                                         ("began", dict(width=6, latent_dim=8))])
+                                         ("began", dict(width=6, latent_dim=8)),
+                                         ("began", dict(width=6, latent_dim=8,
+                                                        batch_norm=True))])
 def test_linear_split_eims_equal_mask_path(arch, kwargs):
   gen = cf.init_generator(arch, seed=1, **kwargs)
+  if "batch_stats" in gen.variables:
+    # Running variances away from their initial 1 (per channel, ×0.25 … ×4), so
+    # that the BatchNorm layers inside each stage's ``post`` act.
+    def perturb(path, x):
+      if jax.tree_util.keystr(path).endswith("['var']"):
+        scale = jax.random.uniform(jax.random.key(x.size), x.shape, minval=-2.0, maxval=2.0)
+        return x * jnp.exp2(scale)
+      return x
+    stats = jax.tree_util.tree_map_with_path(perturb, gen.variables["batch_stats"])
+    gen = cf.Generator(gen.module, {**gen.variables, "batch_stats": stats})
   key = jax.random.key(3)
   for site in gen.sites:
     assert gen.has_linear_split(site)

@@ -208,6 +208,27 @@ def test_generator_loads_from_trainer_checkpoint(tmp_path):
   assert checkpoints.load_generator(str(tmp_path / "checkpoints" / "1")).name.endswith("@1")
 
 
+@pytest.mark.parametrize("batch_norm", [True, False])
+def test_began_generator_batch_norm_exports_running_statistics(batch_norm, tmp_path):
+  """The shipped BEGAN config has BatchNorm in G (trained on batch statistics,
+  exported with running averages); the paper's plain G exports params only."""
+  config = tiny_config("began", num_steps=2, checkpoint_every=2)
+  config.generator.batch_norm = batch_norm
+  result = train.train_and_evaluate(config, str(tmp_path))
+  gen = checkpoints.load_generator(str(tmp_path))
+  assert ("batch_stats" in gen.variables) == batch_norm
+  assert gen.module.batch_norm == batch_norm
+  if batch_norm:
+    means = [v for k, v in jax.tree_util.tree_leaves_with_path(gen.variables["batch_stats"])
+             if jax.tree_util.keystr(k).endswith("['mean']")]
+    assert means and all(float(np.abs(m).max()) > 0 for m in means)  # updated from 0
+  z = gen.sample_latents(jax.random.key(0), 3)
+  np.testing.assert_allclose(np.asarray(gen(z)), np.asarray(
+      train.get_trainer("began").sample(config, result.state, z)), atol=1e-6)
+  # Inference mode: a sample does not depend on the rest of its batch.
+  np.testing.assert_allclose(np.asarray(gen(z))[:1], np.asarray(gen(z[:1])), atol=1e-5)
+
+
 def test_trains_on_mocked_celeba_and_resumes_identically(tmp_path):
   """CelebA through tfds (mocked, offline): batches are functions of (data_seed,
   step), so an interrupted run ends where an uninterrupted one does."""

@@ -3,7 +3,12 @@
 z [N, latent_dim] → dense 8×8×n → (conv3×3 ELU ×2) → block1 8×8×n →
 [nearest ×2, (conv3×3 ELU) ×2] → block2 16×16×n → block3 32×32×n →
 block4 64×64×n → conv3×3 → image (tanh, so images lie in [-1, 1]).
-No normalisation layers, as in the paper. ``width`` is n.
+``width`` is n. The paper uses no normalisation layers (``batch_norm=False``,
+the default, and always the discriminator's decoder). ``batch_norm=True`` puts
+BatchNorm before every ELU of the generator (as DCGAN's generator has): the
+shipped ``began-synthfaces`` needs it, without it the generator collapsed onto
+one image within a few hundred steps in every setting tried on the synthetic
+faces (see ``experiments/configs/began.py``).
 """
 
 from __future__ import annotations
@@ -14,18 +19,30 @@ import jax.numpy as jnp
 from cfmod_jax.generator import SplitStage, VectorLatentGenerator, stage_names
 from cfmod_jax.ops import Conv, upsample_nearest
 
+_BN_MOMENTUM = 0.9
+
 
 class ConvPair(SplitStage):
-  """(×2 nearest upsampling) → conv3×3 → ELU → conv3×3 → ELU.
+  """(×2 nearest upsampling) → conv3×3 → (BN) → ELU → conv3×3 → (BN) → ELU.
 
-  ``pre`` = upsampling + first convolution (linear in the input).
+  ``pre`` = upsampling + first convolution (linear in the input). With
+  ``batch_norm`` the convolutions have no bias (BatchNorm's shift replaces it).
   """
   features: int
   upsample: bool
+  batch_norm: bool = False
 
   def setup(self):
-    self.conv1 = Conv(self.features, (3, 3))
-    self.conv2 = Conv(self.features, (3, 3))
+    self.conv1 = Conv(self.features, (3, 3), use_bias=not self.batch_norm)
+    self.conv2 = Conv(self.features, (3, 3), use_bias=not self.batch_norm)
+    if self.batch_norm:
+      self.bn1 = nn.BatchNorm(momentum=_BN_MOMENTUM)
+      self.bn2 = nn.BatchNorm(momentum=_BN_MOMENTUM)
+
+  def _norm(self, bn_name, y, train):
+    if not self.batch_norm:
+      return y
+    return getattr(self, bn_name)(y, use_running_average=not train)
 
   def _up(self, x):
     return upsample_nearest(x, 2) if self.upsample else x
@@ -37,15 +54,17 @@ class ConvPair(SplitStage):
     return self.conv1.per_channel(self._up(delta), start)
 
   def post(self, y, train: bool = False):
-    return nn.elu(self.conv2(nn.elu(y)))
+    y = nn.elu(self._norm("bn1", y, train))
+    return nn.elu(self._norm("bn2", self.conv2(y), train))
 
 
 class BEGANProject(nn.Module):
   features: int
+  batch_norm: bool = False
 
   def setup(self):
     self.dense = nn.Dense(8 * 8 * self.features)
-    self.convs = ConvPair(self.features, upsample=False)
+    self.convs = ConvPair(self.features, upsample=False, batch_norm=self.batch_norm)
 
   def __call__(self, z, train: bool = False):
     x = self.dense(z).reshape(z.shape[0], 8, 8, self.features)
@@ -68,16 +87,17 @@ class BEGANToRGB(SplitStage):
 
 
 class BEGANGenerator(VectorLatentGenerator):
-  """BEGAN decoder-style generator at 64×64."""
+  """BEGAN decoder-style generator at 64×64 (``batch_norm``: see the module doc)."""
   latent_dim: int = 64
   width: int = 64
+  batch_norm: bool = False
 
   site_names = stage_names("block", 4)
 
   def setup(self):
-    n = self.width
-    self.stages = [BEGANProject(n), ConvPair(n, True), ConvPair(n, True), ConvPair(n, True),
-                   BEGANToRGB()]
+    n, bn = self.width, self.batch_norm
+    self.stages = [BEGANProject(n, bn), ConvPair(n, True, bn), ConvPair(n, True, bn),
+                   ConvPair(n, True, bn), BEGANToRGB()]
 
 
 class BEGANEncoder(nn.Module):

@@ -12,6 +12,11 @@ With ``k_t ∈ [0, 1]`` (a state variable, starts at ``config.k_init``):
 are updated simultaneously from the same ``G(z)`` (as in the paper); Adam with
 ``config.optimizer`` for each.
 
+With ``config.generator.batch_norm`` (the shipped model) the generator has
+BatchNorm layers, run in training mode (batch statistics) inside the step and
+with their running averages everywhere else (samples, export, analysis); the
+discriminator never has any (as in the paper).
+
 Latents are standard normal (the paper samples z uniformly in [-1, 1]) so that
 every shipped generator shares the prior `cfmod_jax.Generator.sample_latents`
 draws from.
@@ -33,13 +38,15 @@ class BEGANState:
   step: jax.Array
   k: jax.Array
   g_params: dict
+  g_batch_stats: dict  # empty without config.generator.batch_norm
   d_params: dict
   g_opt_state: optax.OptState
   d_opt_state: optax.OptState
 
 
 def generator(config) -> BEGANGenerator:
-  return BEGANGenerator(latent_dim=config.generator.latent_dim, width=config.generator.width)
+  return BEGANGenerator(latent_dim=config.generator.latent_dim, width=config.generator.width,
+                        batch_norm=config.generator.get("batch_norm", False))
 
 
 def discriminator(config) -> BEGANDiscriminator:
@@ -56,6 +63,9 @@ def validate(config) -> None:
   for field in ("generator.latent_dim", "generator.width", "discriminator.latent_dim",
                 "discriminator.width"):
     common.check_int(config, field, 1)
+  if not isinstance(config.generator.get("batch_norm", False), bool):
+    raise ValueError(f"config.generator.batch_norm must be True or False, got "
+                     f"{config.generator.batch_norm!r}")
   common.check_float(config, "gamma", 0.0, 1.0, low_open=True)
   common.check_float(config, "lambda_k", 0.0)
   common.check_float(config, "k_init", 0.0, 1.0)
@@ -66,12 +76,13 @@ def validate(config) -> None:
 
 def create_state(config, key) -> BEGANState:
   kg, kd = jax.random.split(key)
-  g_params = generator(config).init(
-      kg, jnp.zeros((1, config.generator.latent_dim), jnp.float32))["params"]
+  g_vars = generator(config).init(kg, jnp.zeros((1, config.generator.latent_dim), jnp.float32))
+  g_params = g_vars["params"]
   d_params = discriminator(config).init(kd, jnp.zeros((1, 64, 64, 3), jnp.float32))["params"]
   tx = optimizer(config)
   return BEGANState(step=jnp.zeros((), jnp.int32), k=jnp.asarray(config.k_init, jnp.float32),
-                    g_params=g_params, d_params=d_params, g_opt_state=tx.init(g_params),
+                    g_params=g_params, g_batch_stats=g_vars.get("batch_stats", {}),
+                    d_params=d_params, g_opt_state=tx.init(g_params),
                     d_opt_state=tx.init(d_params))
 
 
@@ -94,13 +105,14 @@ def train_step(config, state: BEGANState, batch, key):
   def total_loss(g_params, d_params):
     # One pass of D over the fakes serves both losses: the gradient of
     # L(G(z)) reaches θ_G unchanged (L_G) and θ_D scaled by −k_t (L_D).
-    fake = gen.apply({"params": g_params}, z)
+    fake, g_updates = gen.apply({"params": g_params, "batch_stats": state.g_batch_stats}, z,
+                                train=True, mutable=["batch_stats"])
     loss_real = reconstruction_loss(disc, d_params, real)
     loss_fake = reconstruction_loss(disc, scale_gradient(d_params, -state.k), fake)
     d_loss = loss_real - state.k * loss_fake
-    return loss_real + loss_fake, (d_loss, loss_real, loss_fake)
+    return loss_real + loss_fake, (d_loss, loss_real, loss_fake, g_updates.get("batch_stats", {}))
 
-  (g_grads, d_grads), (d_loss, loss_real, loss_fake) = jax.grad(
+  (g_grads, d_grads), (d_loss, loss_real, loss_fake, g_batch_stats) = jax.grad(
       total_loss, argnums=(0, 1), has_aux=True)(state.g_params, state.d_params)
   g_upd, g_opt_state = tx.update(g_grads, state.g_opt_state, state.g_params)
   d_upd, d_opt_state = tx.update(d_grads, state.d_opt_state, state.d_params)
@@ -108,6 +120,7 @@ def train_step(config, state: BEGANState, batch, key):
   k = jnp.clip(state.k + config.lambda_k * balance, 0.0, 1.0)
   new_state = BEGANState(step=state.step + 1, k=k,
                          g_params=optax.apply_updates(state.g_params, g_upd),
+                         g_batch_stats=g_batch_stats,
                          d_params=optax.apply_updates(state.d_params, d_upd),
                          g_opt_state=g_opt_state, d_opt_state=d_opt_state)
   metrics = {"d_loss": d_loss, "g_loss": loss_fake, "loss_real": loss_real, "k": state.k,
@@ -116,10 +129,15 @@ def train_step(config, state: BEGANState, batch, key):
 
 
 def export_spec(config):
-  return "began", {"latent_dim": config.generator.latent_dim, "width": config.generator.width}
+  kwargs = {"latent_dim": config.generator.latent_dim, "width": config.generator.width}
+  if config.generator.get("batch_norm", False):
+    kwargs["batch_norm"] = True
+  return "began", kwargs
 
 
 def export_variables(state: BEGANState):
+  if state.g_batch_stats:
+    return {"params": state.g_params, "batch_stats": state.g_batch_stats}
   return {"params": state.g_params}
 
 

@@ -1,17 +1,26 @@
 """BEGAN on the synthetic faces (the shipped ``began-synthfaces``).
 
 Batch 16 as in Berthelot et al.; widths (n = 16 instead of 64–128) and steps
-reduced for a 2-core CPU. The paper's γ = 0.5, λ_k = 0.001 and learning rate
-1e-4 are meant for far longer training. Tried here: with λ_k = 0.001, k_t was
-0.003 after 500 steps and the generator had collapsed to one flat image; with
-λ_k = 0.01 and γ = 0.5 it collapsed too, because the flat image's reconstruction
-error already satisfies the equilibrium L(G(z)) = γ·L(x). Hence γ = 0.7,
-λ_k = 0.01 and a learning rate of 2e-4: the generator then draws a face (hair,
-skin, mouth) but, within 3000 steps, still ignores z (mode collapse; see the
-model card). Also tried without success within the budget: γ = 1, width 8 with
-5000 steps, learning rate 5e-4 (β1 0.5 or 0.9), k_init = 0.3, and holding G
-fixed for the first 500 steps. BEGAN needs far more steps than a 2-core CPU
-gives in minutes (the same command with ``--config.num_steps`` raised resumes).
+reduced for a 2-core CPU. Two departures from the paper, both needed here:
+
+* **BatchNorm in the generator** (``generator.batch_norm``; the discriminator's
+  autoencoder has none, as in the paper). Without it the generator collapsed onto
+  one image within 250–750 steps in every setting tried: γ 0.5/0.7/0.9/1.0,
+  λ_k 0.001/0.01/0.1, learning rates 5e-5…5e-4 (also a slower G than D),
+  k_init 0.3 and 1.0, widths 8 and 16, 500 and 1000 steps of D-only warm-up,
+  "vanishing residual" blocks and skip connections of the upsampled first layer
+  (per-pixel sample spread 0.016–0.07 against 0.40 for real faces). Early on the
+  discriminator reconstructs a flat image best, and nothing in BEGAN's loss stops
+  every z from moving to it; batch statistics keep the samples of a batch apart.
+* **γ = 1** (the paper uses 0.3–0.7): with BatchNorm, γ = 0.7 still lost the
+  diversity (spread 0.074 at step 250, 0.033 at step 1000) and γ = 0.9 was going
+  the same way (0.083, 0.073 at steps 250, 500), while γ = 1 gained it (0.11,
+  0.15, 0.31 at steps 250, 500, 1000). γ = 1 asks the fakes to be as hard to
+  reconstruct as real faces.
+
+λ_k = 0.01 (the paper's 0.001 moves k_t too slowly for a few thousand steps),
+learning rate 2e-4, Adam β1 0.5. The same command with a larger
+``--config.num_steps`` resumes and trains on.
 """
 
 import ml_collections
@@ -22,12 +31,13 @@ from cfmod_jax.train.common import base_config
 def get_config() -> ml_collections.ConfigDict:
   config = base_config("began")
   config.batch_size = 16
-  config.num_steps = 3000
+  config.num_steps = 5000
   config.checkpoint_every = 250
   config.sample_every = 250
-  config.generator = ml_collections.ConfigDict({"latent_dim": 64, "width": 16})
+  config.generator = ml_collections.ConfigDict(
+      {"latent_dim": 64, "width": 16, "batch_norm": True})
   config.discriminator = ml_collections.ConfigDict({"latent_dim": 64, "width": 16})
-  config.gamma = 0.7
+  config.gamma = 1.0
   config.lambda_k = 0.01
   config.k_init = 0.0
   config.optimizer = ml_collections.ConfigDict(
