@@ -45,6 +45,13 @@ class StagedGenerator(nn.Module):
     del latent
     return self.stages[index](x, train=train)
 
+  def stage_reads_latent(self, index: int) -> bool:
+    """Whether `call_stage` feeds the latent to stage ``index`` (such stages get no
+    fast EIM path). Default: any stage of a class that overrides `call_stage`;
+    override for a finer answer (reads only dataclass fields: the module is unbound)."""
+    del index
+    return type(self).call_stage is not StagedGenerator.call_stage
+
   def __call__(self, latent, h=None, *, start: int = 0, stop: int | None = None,
                train: bool = False):
     stop = len(self.stages) if stop is None else stop
@@ -162,7 +169,7 @@ class Generator:
     contributions) and ``post`` — then single-channel hybrids need no full
     convolution of the first layer after the site."""
     i = self.site_index(site)
-    if type(self.module).call_stage is not StagedGenerator.call_stage:
+    if self.module.stage_reads_latent(i + 1):
       return False
     stage = self.module.bind(self.variables).stages[i + 1]
     return all(callable(getattr(stage, m, None)) for m in ("pre", "pre_delta", "post"))

@@ -196,9 +196,15 @@ def test_bad_input_raises_before_compiling(fresh_gen, index):
                                          ("vae", dict(width=4, latent_dim=8)),
                                          ("began", dict(width=6, latent_dim=8)),
                                          ("began", dict(width=6, latent_dim=8,
-                                                        batch_norm=True))])
+                                                        batch_norm=True)),
+                                         ("began", dict(width=6, latent_dim=8,
+                                                        batch_norm=True, skip=True))])
 def test_linear_split_eims_equal_mask_path(arch, kwargs):
   gen = cf.init_generator(arch, seed=1, **kwargs)
+  # BEGAN's skip connections feed z's first layer to blocks 2-4: the sites before
+  # them have no linear split (masks path); block4 → to-RGB keeps it.
+  linear = ["block4"] if kwargs.get("skip") else list(gen.sites)
+  assert [s for s in gen.sites if gen.has_linear_split(s)] == linear
   if "batch_stats" in gen.variables:
     # Running variances away from their initial 1 (per channel, ×0.25 … ×4), so
     # that the BatchNorm layers inside each stage's ``post`` act.
@@ -210,14 +216,38 @@ def test_linear_split_eims_equal_mask_path(arch, kwargs):
     stats = jax.tree_util.tree_map_with_path(perturb, gen.variables["batch_stats"])
     gen = cf.Generator(gen.module, {**gen.variables, "batch_stats": stats})
   key = jax.random.key(3)
-  for site in gen.sites:
-    assert gen.has_linear_split(site)
+  for site in linear:
     fast = cf.elementary_influence_maps(gen, site, n_pairs=5, key=key, method="linear",
                                         pair_chunk=2, mask_chunk=3)
     slow = cf.elementary_influence_maps(gen, site, n_pairs=5, key=key, method="masks",
                                         pair_chunk=2, mask_chunk=3)
     assert float(slow.max()) > 0
     np.testing.assert_allclose(fast, slow, rtol=2e-4, atol=1e-6 * float(slow.max()))
+
+
+def test_began_skip_connections_hybrids_keep_z1_first_layer():
+  """With skip connections the blocks after a site also read h0 = dense(z): a
+  full mask at block2 gives z2's block2 continued with z1's h0 (not G(z2));
+  checked against a plain re-implementation of the suffix."""
+  gen = cf.init_generator("began", seed=2, width=5, latent_dim=8, skip=True)
+  z1, z2 = gen.sample_latents(jax.random.key(0), 2), gen.sample_latents(jax.random.key(1), 2)
+  out = np.asarray(cf.hybrids(gen, "block2", np.ones(5), z1, z2))
+  mod, params = gen.module, gen.variables["params"]
+
+  def suffix_by_hand(h, z):
+    h0 = z @ params["stages_0"]["dense"]["kernel"] + params["stages_0"]["dense"]["bias"]
+    h0 = np.asarray(h0).reshape(len(z), 8, 8, 5)
+    for i in (2, 3):
+      skip = np.repeat(np.repeat(h0, 2 ** (i - 1), axis=1), 2 ** (i - 1), axis=2)
+      h = mod.apply(gen.variables, np.concatenate([h, skip], -1),
+                    method=lambda m, x: m.stages[i](x))
+    return np.asarray(mod.apply(gen.variables, h, method=lambda m, x: m.stages[4](x)))
+
+  h2 = gen.run_prefix("block2", z2)
+  np.testing.assert_allclose(out, suffix_by_hand(np.asarray(h2), np.asarray(z1)), atol=1e-5)
+  assert np.abs(out - np.asarray(gen(z2))).max() > 1e-3  # z1's h0 matters
+  np.testing.assert_allclose(np.asarray(cf.hybrids(gen, "block2", np.zeros(5), z1, z2)),
+                             np.asarray(gen(z1)), atol=1e-5)
 
 
 def test_user_generator_without_split_uses_masks():

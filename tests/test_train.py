@@ -210,14 +210,18 @@ def test_generator_loads_from_trainer_checkpoint(tmp_path):
 
 @pytest.mark.parametrize("batch_norm", [True, False])
 def test_began_generator_batch_norm_exports_running_statistics(batch_norm, tmp_path):
-  """The shipped BEGAN config has BatchNorm in G (trained on batch statistics,
-  exported with running averages); the paper's plain G exports params only."""
+  """The shipped BEGAN config has BatchNorm and skip connections in G (trained on
+  batch statistics, exported with running averages); the paper's plain G (no
+  skips here) exports params only."""
   config = tiny_config("began", num_steps=2, checkpoint_every=2)
   config.generator.batch_norm = batch_norm
+  config.generator.skip = batch_norm
   result = train.train_and_evaluate(config, str(tmp_path))
   gen = checkpoints.load_generator(str(tmp_path))
   assert ("batch_stats" in gen.variables) == batch_norm
-  assert gen.module.batch_norm == batch_norm
+  assert gen.module.batch_norm == batch_norm and gen.module.skip == batch_norm
+  conv1 = gen.variables["params"]["stages_2"]["conv1"]["kernel"]
+  assert conv1.shape[2] == (8 if batch_norm else 4)  # input: block + upsampled h0
   if batch_norm:
     means = [v for k, v in jax.tree_util.tree_leaves_with_path(gen.variables["batch_stats"])
              if jax.tree_util.keystr(k).endswith("['mean']")]

@@ -3,12 +3,18 @@
 z [N, latent_dim] → dense 8×8×n → (conv3×3 ELU ×2) → block1 8×8×n →
 [nearest ×2, (conv3×3 ELU) ×2] → block2 16×16×n → block3 32×32×n →
 block4 64×64×n → conv3×3 → image (tanh, so images lie in [-1, 1]).
-``width`` is n. The paper uses no normalisation layers (``batch_norm=False``,
-the default, and always the discriminator's decoder). ``batch_norm=True`` puts
-BatchNorm before every ELU of the generator (as DCGAN's generator has): the
-shipped ``began-synthfaces`` needs it, without it the generator collapsed onto
-one image within a few hundred steps in every setting tried on the synthetic
-faces (see ``experiments/configs/began.py``).
+``width`` is n. Two options, both off by default and in the discriminator's
+decoder (``experiments/configs/began.py`` says what they changed on the
+synthetic faces; the shipped ``began-synthfaces`` uses BatchNorm only):
+
+* ``batch_norm=True`` puts BatchNorm before every ELU of the generator (the
+  paper uses no normalisation; DCGAN's generator has BatchNorm).
+* ``skip=True`` adds the paper's skip connections: the first layer's output
+  h0 = dense(z) (8×8×n), upsampled to each block's input size, is concatenated
+  to the inputs of block2…block4. These blocks then read the latent
+  (`StagedGenerator.call_stage`): in a hybrid at block1…block3 the later blocks
+  see z1's h0, and those sites use the masks path for elementary influence maps
+  (block4 keeps the fast linear path).
 """
 
 from __future__ import annotations
@@ -91,8 +97,21 @@ class BEGANGenerator(VectorLatentGenerator):
   latent_dim: int = 64
   width: int = 64
   batch_norm: bool = False
+  skip: bool = False
 
   site_names = stage_names("block", 4)
+
+  def call_stage(self, index: int, x, latent, train: bool):
+    if self.stage_reads_latent(index):
+      # BEGAN's skip connections: the first layer's output h0 (the dense
+      # projection of z, 8×8×n), upsampled to the block's input size, is
+      # concatenated to its input. In a hybrid these blocks see z1's h0.
+      h0 = self.stages[0].dense(latent).reshape(latent.shape[0], 8, 8, self.width)
+      x = jnp.concatenate([x, upsample_nearest(h0, 2 ** (index - 1))], axis=-1)
+    return self.stages[index](x, train=train)
+
+  def stage_reads_latent(self, index: int) -> bool:
+    return self.skip and 1 <= index <= 3
 
   def setup(self):
     n, bn = self.width, self.batch_norm

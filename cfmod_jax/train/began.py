@@ -12,7 +12,8 @@ With ``k_t ∈ [0, 1]`` (a state variable, starts at ``config.k_init``):
 are updated simultaneously from the same ``G(z)`` (as in the paper); Adam with
 ``config.optimizer`` for each.
 
-With ``config.generator.batch_norm`` (the shipped model) the generator has
+``config.generator.skip`` gives the generator BEGAN's skip connections (see
+`cfmod_jax.models.BEGANGenerator`). With ``config.generator.batch_norm`` the generator has
 BatchNorm layers, run in training mode (batch statistics) inside the step and
 with their running averages everywhere else (samples, export, analysis); the
 discriminator never has any (as in the paper).
@@ -46,7 +47,8 @@ class BEGANState:
 
 def generator(config) -> BEGANGenerator:
   return BEGANGenerator(latent_dim=config.generator.latent_dim, width=config.generator.width,
-                        batch_norm=config.generator.get("batch_norm", False))
+                        batch_norm=config.generator.get("batch_norm", False),
+                        skip=config.generator.get("skip", False))
 
 
 def discriminator(config) -> BEGANDiscriminator:
@@ -63,9 +65,10 @@ def validate(config) -> None:
   for field in ("generator.latent_dim", "generator.width", "discriminator.latent_dim",
                 "discriminator.width"):
     common.check_int(config, field, 1)
-  if not isinstance(config.generator.get("batch_norm", False), bool):
-    raise ValueError(f"config.generator.batch_norm must be True or False, got "
-                     f"{config.generator.batch_norm!r}")
+  for flag in ("batch_norm", "skip"):
+    if not isinstance(config.generator.get(flag, False), bool):
+      raise ValueError(f"config.generator.{flag} must be True or False, got "
+                       f"{config.generator[flag]!r}")
   common.check_float(config, "gamma", 0.0, 1.0, low_open=True)
   common.check_float(config, "lambda_k", 0.0)
   common.check_float(config, "k_init", 0.0, 1.0)
@@ -130,8 +133,9 @@ def train_step(config, state: BEGANState, batch, key):
 
 def export_spec(config):
   kwargs = {"latent_dim": config.generator.latent_dim, "width": config.generator.width}
-  if config.generator.get("batch_norm", False):
-    kwargs["batch_norm"] = True
+  for flag in ("batch_norm", "skip"):
+    if config.generator.get(flag, False):
+      kwargs[flag] = True
   return "began", kwargs
 
 

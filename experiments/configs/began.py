@@ -1,17 +1,18 @@
 """BEGAN on the synthetic faces (the shipped ``began-synthfaces``).
 
 Batch 16 as in Berthelot et al.; widths (n = 16 instead of 64–128) and steps
-reduced for a 2-core CPU. Two departures from the paper, both needed here:
+reduced for a 2-core CPU. Two departures from the paper's settings, both needed
+here (spreads below: per-pixel standard deviation across 64 fixed latents,
+0.40 for real faces; "corner": the same for the mean colour of the top-left 6×6
+pixels, i.e. background colour, 0.40 for real faces; exploratory runs measured
+them every 250 steps, with batch statistics where G had BatchNorm):
 
 * **BatchNorm in the generator** (``generator.batch_norm``; the discriminator's
   autoencoder has none, as in the paper). Without it the generator collapsed onto
   one image within 250–750 steps in every setting tried: γ 0.5/0.7/0.9/1.0,
   λ_k 0.001/0.01/0.1, learning rates 5e-5…5e-4 (also a slower G than D),
   k_init 0.3 and 1.0, widths 8 and 16, 500 and 1000 steps of D-only warm-up,
-  "vanishing residual" blocks and skip connections of the upsampled first layer
-  (per-pixel sample spread 0.016–0.07 against 0.40 for real faces; spreads of
-  these short exploratory runs were taken every 250 steps on 64 fixed latents,
-  with batch statistics where G had BatchNorm). Early on the
+  "vanishing residual" blocks, skip connections (spread 0.016–0.07). Early on the
   discriminator reconstructs a flat image best, and nothing in BEGAN's loss stops
   every z from moving to it; batch statistics keep the samples of a batch apart.
 * **γ = 1** (the paper uses 0.3–0.7): with BatchNorm, γ = 0.7 still lost the
@@ -19,17 +20,18 @@ reduced for a 2-core CPU. Two departures from the paper, both needed here:
   the same way (0.083, 0.073 at steps 250, 500), while γ = 1 gained it (0.11,
   0.15, 0.31 at steps 250, 500, 1000). γ = 1 asks the fakes to be as hard to
   reconstruct as real faces.
-
 λ_k = 0.01 (the paper's 0.001 moves k_t too slowly for a few thousand steps),
 learning rate 2e-4, Adam β1 0.5.
 
-Result after 5000 steps: faces that vary in hair colour and style (sample spread
-0.08–0.09, FD 162 against 252 for the collapsed model this replaced), but **every
-sample has the same background colour** (spread of the corner colour across
-samples 0.006; real faces 0.40), and that colour drifts during training — the
-background is still mode-collapsed. Not fixed by a learning rate of 1e-4 or by
-λ_k = 0.001 (2500-step runs: corner spread 0.007 for both). The same command
-with a larger ``--config.num_steps`` resumes and trains on.
+Result after 5000 steps: faces that vary in hair colour and style (spread 0.083,
+FD 161.8 against 251.5 for the fully collapsed model this replaced), but **every
+sample has the same background colour** (corner 0.006), a colour that drifts
+during training: the background is still mode-collapsed. Not fixed by a learning
+rate of 1e-4 or λ_k = 0.001 (2500-step runs: corner 0.007 for both), nor by adding
+skip connections (``generator.skip=True``; this command with it: spread 0.030,
+corner 0.008 after 5000 steps, although an exploratory 2250-step run had reached
+corner 0.25). The same command with a
+larger ``--config.num_steps`` resumes and trains on.
 """
 
 import ml_collections
@@ -44,7 +46,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.checkpoint_every = 250
   config.sample_every = 250
   config.generator = ml_collections.ConfigDict(
-      {"latent_dim": 64, "width": 16, "batch_norm": True})
+      {"latent_dim": 64, "width": 16, "batch_norm": True, "skip": False})
   config.discriminator = ml_collections.ConfigDict({"latent_dim": 64, "width": 16})
   config.gamma = 1.0
   config.lambda_k = 0.01
