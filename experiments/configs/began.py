@@ -9,7 +9,7 @@ them every 250 steps, with batch statistics where G had BatchNorm):
 
 * **BatchNorm in the generator** (``generator.batch_norm``; the discriminator's
   autoencoder has none, as in the paper). Without it the generator collapsed onto
-  one image within 250–750 steps in every setting tried: γ 0.5/0.7/0.9/1.0,
+  one image within 250–750 steps in every setting tried: γ 0.5/0.7/1.0,
   λ_k 0.001/0.01/0.1, learning rates 5e-5…5e-4 (also a slower G than D),
   k_init 0.3 and 1.0, widths 8 and 16, 500 and 1000 steps of D-only warm-up,
   "vanishing residual" blocks, skip connections (spread 0.016–0.07). Early on the
