@@ -56,11 +56,6 @@ def discriminator(config) -> BEGANDiscriminator:
                             width=config.discriminator.width)
 
 
-def optimizer(config) -> optax.GradientTransformation:
-  o = config.optimizer
-  return optax.adam(o.learning_rate, b1=o.b1, b2=o.b2)
-
-
 def validate(config) -> None:
   for field in ("generator.latent_dim", "generator.width", "discriminator.latent_dim",
                 "discriminator.width"):
@@ -72,9 +67,7 @@ def validate(config) -> None:
   common.check_float(config, "gamma", 0.0, 1.0, low_open=True)
   common.check_float(config, "lambda_k", 0.0)
   common.check_float(config, "k_init", 0.0, 1.0)
-  common.check_float(config, "optimizer.learning_rate", 0.0, low_open=True)
-  common.check_float(config, "optimizer.b1", 0.0, 1.0, high_open=True)
-  common.check_float(config, "optimizer.b2", 0.0, 1.0, high_open=True)
+  common.check_adam(config)
 
 
 def create_state(config, key) -> BEGANState:
@@ -82,7 +75,7 @@ def create_state(config, key) -> BEGANState:
   g_vars = generator(config).init(kg, jnp.zeros((1, config.generator.latent_dim), jnp.float32))
   g_params = g_vars["params"]
   d_params = discriminator(config).init(kd, jnp.zeros((1, 64, 64, 3), jnp.float32))["params"]
-  tx = optimizer(config)
+  tx = common.adam(config)
   return BEGANState(step=jnp.zeros((), jnp.int32), k=jnp.asarray(config.k_init, jnp.float32),
                     g_params=g_params, g_batch_stats=g_vars.get("batch_stats", {}),
                     d_params=d_params, g_opt_state=tx.init(g_params),
@@ -101,7 +94,7 @@ def scale_gradient(tree, scale):
 
 
 def train_step(config, state: BEGANState, batch, key):
-  gen, disc, tx = generator(config), discriminator(config), optimizer(config)
+  gen, disc, tx = generator(config), discriminator(config), common.adam(config)
   real = batch["images"]
   z = jax.random.normal(key, (real.shape[0], config.generator.latent_dim), jnp.float32)
 

@@ -43,6 +43,7 @@ import flax
 import jax
 import ml_collections
 import numpy as np
+import optax
 import orbax.checkpoint as ocp
 from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
@@ -158,6 +159,19 @@ def check_float(config, field: str, low: float, high: float = float("inf"), *,
     lo = "(" if low_open else "["
     hi = ")" if high_open else "]"
     raise ValueError(f"config.{field} must be a number in {lo}{low}, {high}{hi}, got {value!r}")
+
+
+def adam(config) -> optax.GradientTransformation:
+  """Adam from ``config.optimizer`` (learning_rate, b1, b2), as every trainer uses."""
+  o = config.optimizer
+  return optax.adam(o.learning_rate, b1=o.b1, b2=o.b2)
+
+
+def check_adam(config) -> None:
+  """ValueError unless ``config.optimizer`` holds a valid `adam` setting."""
+  check_float(config, "optimizer.learning_rate", 0.0, low_open=True)
+  check_float(config, "optimizer.b1", 0.0, 1.0, high_open=True)
+  check_float(config, "optimizer.b2", 0.0, 1.0, high_open=True)
 
 
 def validate_config(config: ml_collections.ConfigDict) -> Trainer:

@@ -65,17 +65,10 @@ def discriminator(config) -> DCGANDiscriminator:
   return DCGANDiscriminator(width=config.discriminator.width)
 
 
-def optimizer(config) -> optax.GradientTransformation:
-  o = config.optimizer
-  return optax.adam(o.learning_rate, b1=o.b1, b2=o.b2)
-
-
 def validate(config) -> None:
   for field in ("generator.latent_dim", "generator.width", "discriminator.width"):
     common.check_int(config, field, 1)
-  common.check_float(config, "optimizer.learning_rate", 0.0, low_open=True)
-  common.check_float(config, "optimizer.b1", 0.0, 1.0, high_open=True)
-  common.check_float(config, "optimizer.b2", 0.0, 1.0, high_open=True)
+  common.check_adam(config)
 
 
 def create_state(config, key) -> GANState:
@@ -83,7 +76,7 @@ def create_state(config, key) -> GANState:
   z = jnp.zeros((1, config.generator.latent_dim), jnp.float32)
   g_vars = generator(config).init(kg, z)
   d_vars = discriminator(config).init(kd, jnp.zeros((1, 64, 64, 3), jnp.float32))
-  tx = optimizer(config)
+  tx = common.adam(config)
   return GANState(step=jnp.zeros((), jnp.int32), g_params=g_vars["params"],
                   g_batch_stats=g_vars["batch_stats"], d_params=d_vars["params"],
                   d_batch_stats=d_vars["batch_stats"], g_opt_state=tx.init(g_vars["params"]),
@@ -91,7 +84,7 @@ def create_state(config, key) -> GANState:
 
 
 def train_step(config, state: GANState, batch, key):
-  gen, disc, tx = generator(config), discriminator(config), optimizer(config)
+  gen, disc, tx = generator(config), discriminator(config), common.adam(config)
   real = batch["images"]
   z = jax.random.normal(key, (real.shape[0], config.generator.latent_dim), jnp.float32)
 

@@ -29,18 +29,11 @@ def model(config) -> quality.FeatNet:
   return quality.FeatNet(width=config.featnet.width, feature_dim=config.featnet.feature_dim)
 
 
-def optimizer(config) -> optax.GradientTransformation:
-  o = config.optimizer
-  return optax.adam(o.learning_rate, b1=o.b1, b2=o.b2)
-
-
 def validate(config) -> None:
   common.check_int(config, "featnet.width", 1)
   common.check_int(config, "featnet.feature_dim", 2)
   common.check_float(config, "regression_weight", 0.0)
-  common.check_float(config, "optimizer.learning_rate", 0.0, low_open=True)
-  common.check_float(config, "optimizer.b1", 0.0, 1.0, high_open=True)
-  common.check_float(config, "optimizer.b2", 0.0, 1.0, high_open=True)
+  common.check_adam(config)
 
 
 def make_batch(config, step: int):
@@ -51,7 +44,7 @@ def make_batch(config, step: int):
 def create_state(config, key) -> FeatNetState:
   params = model(config).init(key, jnp.zeros((1, 64, 64, 3), jnp.float32))["params"]
   return FeatNetState(step=jnp.zeros((), jnp.int32), params=params,
-                      opt_state=optimizer(config).init(params))
+                      opt_state=common.adam(config).init(params))
 
 
 def losses(config, params, batch):
@@ -72,7 +65,7 @@ def losses(config, params, batch):
 def train_step(config, state: FeatNetState, batch, key):
   del key  # deterministic
   grads, metrics = jax.grad(lambda p: losses(config, p, batch), has_aux=True)(state.params)
-  updates, opt_state = optimizer(config).update(grads, state.opt_state, state.params)
+  updates, opt_state = common.adam(config).update(grads, state.opt_state, state.params)
   return FeatNetState(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                       opt_state=opt_state), metrics
 

@@ -43,11 +43,6 @@ def model(config) -> BetaVAE:
   return BetaVAE(latent_dim=config.generator.latent_dim, width=config.generator.width)
 
 
-def optimizer(config) -> optax.GradientTransformation:
-  o = config.optimizer
-  return optax.adam(o.learning_rate, b1=o.b1, b2=o.b2)
-
-
 def validate(config) -> None:
   common.check_int(config, "generator.latent_dim", 1)
   common.check_int(config, "generator.width", 1)
@@ -56,9 +51,7 @@ def validate(config) -> None:
   if config.likelihood not in LIKELIHOODS:
     raise ValueError(f"config.likelihood={config.likelihood!r} is unknown; expected one of "
                      f"{', '.join(LIKELIHOODS)}")
-  common.check_float(config, "optimizer.learning_rate", 0.0, low_open=True)
-  common.check_float(config, "optimizer.b1", 0.0, 1.0, high_open=True)
-  common.check_float(config, "optimizer.b2", 0.0, 1.0, high_open=True)
+  common.check_adam(config)
 
 
 def create_state(config, key) -> VAEState:
@@ -66,7 +59,7 @@ def create_state(config, key) -> VAEState:
   variables = model(config).init({"params": k_init, "sample": k_sample},
                                  jnp.zeros((1, 64, 64, 3), jnp.float32))
   return VAEState(step=jnp.zeros((), jnp.int32), params=variables["params"],
-                  opt_state=optimizer(config).init(variables["params"]))
+                  opt_state=common.adam(config).init(variables["params"]))
 
 
 def negative_log_likelihood(config, x, recon):
@@ -85,7 +78,7 @@ def kl_divergence(mean, logvar):
 
 def train_step(config, state: VAEState, batch, key):
   x = batch["images"]
-  vae, tx = model(config), optimizer(config)
+  vae, tx = model(config), common.adam(config)
 
   def loss_fn(params):
     recon, mean, logvar = vae.apply({"params": params}, x, train=True, rngs={"sample": key})
