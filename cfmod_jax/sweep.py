@@ -2,11 +2,15 @@
 
 The pairs of a sweep are split into **blocks**; block b draws its latents from
 ``fold_in(key(seed), b)``, so a block's result does not depend on the others.
-Each finished block's sums are written atomically (write to a temporary file,
-then ``os.replace``) to ``<cache_dir>/eims/<key>/<site>/block_<b>.npz``. A sweep
-killed at any moment and restarted with the same arguments loads the finished
-blocks and computes only the rest; blocks are added up in a fixed order, so the
-maps are bitwise identical to an uninterrupted run.
+Each finished block's sums are written atomically (`cfmod_jax.fileio`: a
+temporary file, fsync, ``os.replace``) to ``<cache_dir>/eims/<key>/block_<b>.npz``
+with the pair count and a sha256 of the content. A sweep killed at any moment and
+restarted with the same arguments loads the finished blocks and computes only the
+rest; blocks are added up in a fixed order, so the maps are bitwise identical to
+an uninterrupted run. A damaged block (empty, truncated, a flipped byte, wrong
+array names, shape, dtype or count, checksum mismatch) is recomputed with a
+`CacheBlockWarning` naming the file; it never stops a resume. Blocks written
+before checksums were added are still used when all other checks pass.
 
 ``<key>`` is a content hash of everything the numbers depend on: the generator's
 architecture and every weight, the site, seed, pair counts, chunk sizes and
@@ -26,11 +30,14 @@ import hashlib
 import json
 import os
 import time
+import warnings
 
 import jax
 import numpy as np
 from absl import logging
 
+from cfmod_jax._validate import check_generator, check_seed
+from cfmod_jax.fileio import atomic_savez, atomic_write_json
 from cfmod_jax.generator import Generator
 from cfmod_jax.interventions import (DEFAULT_MASK_CHUNK, DEFAULT_PAIR_CHUNK,
                                      elementary_influence_map_sums)
@@ -65,6 +72,7 @@ class SweepConfig:
       value = getattr(self, name)
       if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    check_seed(self.seed, "seed")
     if self.block_pairs > self.n_pairs:
       raise ValueError(f"block_pairs={self.block_pairs} exceeds n_pairs={self.n_pairs}")
     if self.method not in ("auto", "linear", "masks"):
@@ -91,7 +99,7 @@ class SweepResult:
 
 def sweep_key(fingerprint: str, site: str, cfg: SweepConfig) -> str:
   payload = json.dumps({"v": _FORMAT_VERSION, "generator": fingerprint, "site": site,
-                        **dataclasses.asdict(cfg)}, sort_keys=True)
+                        **dataclasses.asdict(cfg)}, sort_keys=True, default=int)
   return hashlib.sha256(payload.encode()).hexdigest()[:24]
 
 
@@ -100,29 +108,65 @@ def block_latents(gen: Generator, seed: int, b: int, n: int):
   return gen.sample_latents(k1, n), gen.sample_latents(k2, n)
 
 
-def _save_atomic(path: str, **arrays) -> None:
-  tmp = f"{path}.{os.getpid()}.tmp"
-  with open(tmp, "wb") as f:
-    np.savez(f, **arrays)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
+class CacheBlockWarning(UserWarning):
+  """A cached block was damaged or of another format; it is recomputed."""
 
 
-def _write_json_atomic(path: str, obj) -> None:
-  tmp = f"{path}.{os.getpid()}.tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2, sort_keys=True)
-  os.replace(tmp, path)
+def _block_digest(sums: np.ndarray, count: int) -> str:
+  """sha256 of a block's sums (dtype, shape, bytes) and pair count."""
+  h = hashlib.sha256()
+  h.update(f"{sums.dtype.str}{sums.shape}{int(count)}".encode())
+  h.update(np.ascontiguousarray(sums).tobytes())
+  return h.hexdigest()
 
 
-def _load_block(path: str, shape) -> np.ndarray | None:
-  """A finished block's sums, or None if absent/unreadable (then it is recomputed)."""
+def _save_block(path: str, sums: np.ndarray, count: int) -> None:
+  """Writes a block atomically with a sha256 of its content."""
+  atomic_savez(path, compress=False, sums=sums, count=np.int64(count),
+               sha256=np.array(_block_digest(sums, count)))
+
+
+def _read_block(path: str, shape, count: int) -> np.ndarray:
+  """A finished block's sums; ValueError saying what is wrong with the file.
+
+  Checks: a readable .npz (zip CRC included), arrays ``sums`` (float32 of
+  ``shape``, finite) and ``count`` (== the block's pairs), and — for blocks
+  written since checksums were added — the stored sha256 of the content.
+  Blocks from before (no ``sha256``) are accepted when every other check passes.
+  """
   try:
-    with np.load(path) as data:
-      sums = data["sums"]
-    return sums if sums.shape == shape else None
-  except (OSError, ValueError, KeyError, EOFError):
+    with np.load(path, allow_pickle=False) as data:
+      arrays = {k: data[k] for k in data.files if k in ("sums", "count", "sha256")}
+      names = list(data.files)
+  except Exception as e:  # zipfile.BadZipFile, OSError, EOFError, ValueError (not a zip)...
+    raise ValueError(f"unreadable ({type(e).__name__}: {e})") from e
+  missing = {"sums", "count"} - set(arrays)
+  if missing:
+    raise ValueError(f"missing array(s) {sorted(missing)} (has {sorted(names)})")
+  sums, stored_count, digest = arrays["sums"], arrays["count"], arrays.get("sha256")
+  if sums.dtype != np.float32 or sums.shape != tuple(shape):
+    raise ValueError(f"sums is {sums.dtype}{list(sums.shape)}, expected float32{list(shape)}")
+  if stored_count.shape != () or not np.issubdtype(stored_count.dtype, np.integer) or int(
+      stored_count) != count:
+    raise ValueError(f"count is {stored_count!r}, expected {count}")
+  if digest is not None and (digest.shape != () or str(digest) != _block_digest(sums, count)):
+    raise ValueError("its sha256 does not match its content")
+  if not np.all(np.isfinite(sums)) or np.any(sums < 0):
+    raise ValueError("sums contain NaN, inf or negative values")
+  return sums
+
+
+def _load_block(path: str, shape, count: int) -> np.ndarray | None:
+  """A finished block's sums, or None if absent or damaged (then it is
+  recomputed; a damaged file gets a `CacheBlockWarning` naming it)."""
+  if not os.path.exists(path):
+    return None
+  try:
+    return _read_block(path, shape, count)
+  except ValueError as e:
+    msg = f"damaged sweep cache block {path}: {e}; recomputing it"
+    warnings.warn(msg, CacheBlockWarning, stacklevel=3)
+    logging.warning(msg)
     return None
 
 
@@ -137,7 +181,10 @@ def broadcast_from_host0(x: np.ndarray) -> np.ndarray:
 def eim_sweep(gen: Generator, site: str, cfg: SweepConfig, cache_dir: str, *,
               fingerprint: str | None = None, log_every_s: float = 10.0) -> SweepResult:
   """EIMs of ``site`` over ``cfg.n_pairs`` pairs, resumable from ``cache_dir``."""
+  check_generator(gen, "gen")
   gen.site_index(site)
+  if not isinstance(cfg, SweepConfig):
+    raise ValueError(f"cfg must be a SweepConfig, got {type(cfg).__name__}")
   cfg.check()
   fingerprint = fingerprint or generator_fingerprint(gen)
   key = sweep_key(fingerprint, site, cfg)
@@ -149,14 +196,13 @@ def eim_sweep(gen: Generator, site: str, cfg: SweepConfig, cache_dir: str, *,
   loaded: dict[int, np.ndarray] = {}
   if is_host0:
     os.makedirs(folder, exist_ok=True)
-    _write_json_atomic(os.path.join(folder, "config.json"),
-                       {"site": site, "generator": gen.name, "fingerprint": fingerprint,
-                        **dataclasses.asdict(cfg)})
+    atomic_write_json(os.path.join(folder, "config.json"),
+                      {"site": site, "generator": gen.name, "fingerprint": fingerprint,
+                       **dataclasses.asdict(cfg)}, default=str)
     for b, p in enumerate(paths):
-      if os.path.exists(p):
-        sums = _load_block(p, shape)
-        if sums is not None:
-          loaded[b] = sums
+      sums = _load_block(p, shape, cfg.block_size(b))
+      if sums is not None:
+        loaded[b] = sums
   done = np.zeros(cfg.n_blocks, np.int32)
   done[list(loaded)] = 1
   done = broadcast_from_host0(done)
@@ -171,7 +217,7 @@ def eim_sweep(gen: Generator, site: str, cfg: SweepConfig, cache_dir: str, *,
                                             mask_chunk=cfg.mask_chunk, method=cfg.method)
     if is_host0:
       loaded[b] = np.asarray(sums[0])
-      _save_atomic(paths[b], sums=loaded[b], count=np.int64(cfg.block_size(b)))
+      _save_block(paths[b], loaded[b], cfg.block_size(b))
     now = time.perf_counter()
     if now - last_log >= log_every_s or i == len(todo) - 1:
       last_log = now

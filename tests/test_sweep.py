@@ -100,3 +100,104 @@ def test_bad_sweep_config(tmp_path):
   with pytest.raises(ValueError, match="n_pairs must be a positive integer"):
     eim_sweep(gen, "block2", SweepConfig(n_pairs=0), str(tmp_path))
   assert not os.listdir(tmp_path)
+
+
+# ---- damaged cache blocks: recomputed with a warning naming the file ------------------------
+_DAMAGE_CFG = SweepConfig(n_pairs=4, block_pairs=2, seed=5, pair_chunk=2, mask_chunk=8)
+
+
+@pytest.fixture(scope="module")
+def undamaged(tmp_path_factory):
+  """A finished sweep's cache folder and result."""
+  gen = cf.init_generator("dcgan", seed=3, width=4, latent_dim=8)
+  cache = tmp_path_factory.mktemp("undamaged")
+  res = eim_sweep(gen, "block3", _DAMAGE_CFG, str(cache))
+  assert res.computed_blocks == 2
+  return gen, str(cache), res
+
+
+def _flip_byte(path):
+  raw = bytearray(open(path, "rb").read())
+  # A byte inside the sums' data (the first array in the zip, after its headers).
+  raw[len(raw) // 3] ^= 0x5A
+  open(path, "wb").write(bytes(raw))
+
+
+def _rewrite(**arrays):
+  def damage(path):
+    with open(path, "wb") as f:
+      np.savez(f, **arrays)
+  return damage
+
+
+def _damages(shape):
+  sums = np.ones(shape, np.float32)
+  from cfmod_jax.sweep import _block_digest
+  return {
+      "empty": lambda p: open(p, "wb").close(),
+      "truncated": lambda p: open(p, "r+b").truncate(os.path.getsize(p) // 2),
+      "flipped_byte": _flip_byte,
+      "wrong_shape": _rewrite(sums=np.ones(shape[1:], np.float32), count=np.int64(2)),
+      "wrong_dtype": _rewrite(sums=sums.astype(np.float64), count=np.int64(2)),
+      "missing_array": _rewrite(other=sums, count=np.int64(2)),
+      "wrong_count": _rewrite(sums=sums, count=np.int64(3)),
+      # A valid zip whose content no longer matches its checksum (what a flipped
+      # byte inside data that still decompresses looks like).
+      "checksum_mismatch": _rewrite(sums=sums * 2, count=np.int64(2),
+                                    sha256=np.array(_block_digest(sums, 2))),
+  }
+
+
+@pytest.mark.parametrize("kind", ["empty", "truncated", "flipped_byte", "wrong_shape",
+                                  "wrong_dtype", "missing_array", "wrong_count",
+                                  "checksum_mismatch"])
+def test_damaged_block_is_recomputed_with_a_warning(undamaged, tmp_path, kind):
+  import shutil
+  from cfmod_jax.sweep import CacheBlockWarning
+  gen, cache, ref = undamaged
+  shutil.copytree(cache, tmp_path / "cache")
+  path = os.path.join(tmp_path, "cache", "eims", ref.key, "block_00001.npz")
+  _damages(ref.eim_groups.shape[1:])[kind](path)
+  with pytest.warns(CacheBlockWarning, match=f"damaged sweep cache block {path}"):
+    res = eim_sweep(gen, "block3", _DAMAGE_CFG, str(tmp_path / "cache"))
+  assert res.computed_blocks == 1  # only the damaged block
+  np.testing.assert_array_equal(res.eims, ref.eims)
+  np.testing.assert_array_equal(res.eim_groups, ref.eim_groups)
+  # The rewritten block is sound again: the next run loads everything silently.
+  import warnings
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    again = eim_sweep(gen, "block3", _DAMAGE_CFG, str(tmp_path / "cache"))
+  assert again.computed_blocks == 0
+
+
+def test_blocks_without_checksum_are_still_used(undamaged, tmp_path):
+  """Blocks written before checksums were added (sums + count only) stay valid."""
+  import shutil
+  import warnings
+  gen, cache, ref = undamaged
+  shutil.copytree(cache, tmp_path / "cache")
+  for b in range(2):
+    path = os.path.join(tmp_path, "cache", "eims", ref.key, f"block_{b:05d}.npz")
+    with np.load(path) as data:
+      sums, count = data["sums"], data["count"]
+    with open(path, "wb") as f:
+      np.savez(f, sums=sums, count=count)
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    res = eim_sweep(gen, "block3", _DAMAGE_CFG, str(tmp_path / "cache"))
+  assert res.computed_blocks == 0
+  np.testing.assert_array_equal(res.eims, ref.eims)
+
+
+def test_bad_seed_is_rejected_before_any_work(undamaged, tmp_path):
+  gen = undamaged[0]
+  for seed in (-1, 1.5, True, "0", None, 2**64):
+    with pytest.raises(ValueError, match="seed must be a non-negative integer"):
+      eim_sweep(gen, "block2", SweepConfig(n_pairs=4, block_pairs=2, seed=seed), str(tmp_path))
+  assert not os.listdir(tmp_path)
+
+
+def test_sweep_rejects_a_non_generator(tmp_path):
+  with pytest.raises(ValueError, match="gen must be a cfmod_jax.Generator"):
+    eim_sweep("dcgan-synthfaces", "block2", SweepConfig(4, 2), str(tmp_path))
