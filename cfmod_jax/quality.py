@@ -135,7 +135,10 @@ class FeatureNet:
   """A trained `FeatNet` with its variables.
 
   ``features(images)`` → float32 ``[N, feature_dim]``; ``predict(images)`` → a dict
-  of factor predictions (categorical: int ``[N]``; continuous: in factor units).
+  of factor predictions (categorical: int ``[N]``; continuous: in factor units);
+  ``predict_proba`` the same with class probabilities. ``predict_fn()`` and
+  ``features_fn()`` are the pure (jit-able) functions behind them, for use inside
+  compiled code (`cfmod_jax.factors`).
   Images are ``[N, 64, 64, 3]`` in [-1, 1]; both run in batches of ``batch_size``.
   """
 
@@ -143,6 +146,7 @@ class FeatureNet:
                batch_size: int = 250):
     self.module, self.variables, self.name, self.batch_size = module, variables, name, batch_size
     self._apply = jax.jit(module.apply)
+    self._pure_fns: dict[str, Callable] = {}
 
   def __repr__(self):
     return f"FeatureNet({self.name}, width={self.module.width}, dim={self.module.feature_dim})"
@@ -164,6 +168,46 @@ class FeatureNet:
     out = {name: np.argmax(logits[name], axis=-1) for name, _ in CATEGORICAL}
     out.update(decode_regression(regression))
     return out
+
+  def predict_fn(self) -> Callable[[jax.Array], dict[str, jax.Array]]:
+    """A pure, jit-able ``images [N, 64, 64, 3] -> {factor: output}`` closed over
+    the variables: softmax probabilities ``[N, n_values]`` for each categorical
+    factor, the prediction in factor units for each continuous one (``[N]``, or
+    ``[N, dims]`` for a vector factor such as ``bg_color``; the shapes of
+    `predict`). ``argmax`` of the probabilities is `predict`'s class. The same
+    function object is returned on every call (so compiled callers are reused)."""
+    if "predict" not in self._pure_fns:
+      module, variables = self.module, self.variables
+
+      def fn(images):
+        _, logits, regression = module.apply(variables, images)
+        out = {name: jax.nn.softmax(logits[name], axis=-1) for name, _ in CATEGORICAL}
+        out.update(decode_regression(regression))
+        return out
+
+      self._pure_fns["predict"] = fn
+    return self._pure_fns["predict"]
+
+  def features_fn(self) -> Callable[[jax.Array], jax.Array]:
+    """A pure, jit-able ``images [N, 64, 64, 3] -> features [N, feature_dim]`` (the
+    space of the Fréchet distance; same function object on every call)."""
+    if "features" not in self._pure_fns:
+      module, variables = self.module, self.variables
+      self._pure_fns["features"] = lambda images: module.apply(variables, images)[0]
+    return self._pure_fns["features"]
+
+  def predict_proba(self, images) -> dict[str, np.ndarray]:
+    """`predict_fn` on host images, in batches of ``batch_size``: categorical
+    probabilities and continuous predictions (numpy)."""
+    images = np.asarray(images, np.float32)
+    if images.ndim != 4 or images.shape[1:] != (64, 64, 3):
+      raise ValueError(f"images must be [N, 64, 64, 3], got {images.shape}")
+    if "predict_jit" not in self._pure_fns:
+      self._pure_fns["predict_jit"] = jax.jit(self.predict_fn())
+    fn = self._pure_fns["predict_jit"]
+    outs = [jax.device_get(fn(images[i:i + self.batch_size]))
+            for i in range(0, len(images), self.batch_size)]
+    return jax.tree.map(lambda *xs: np.concatenate(xs), *outs)
 
 
 def load_featnet(name_or_path: str = checkpoints.SHIPPED_FEATNET) -> FeatureNet:

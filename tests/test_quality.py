@@ -1,5 +1,6 @@
 """Fréchet distance, the shipped feature network, and the real-vs-real floor."""
 
+import jax
 import numpy as np
 import pytest
 
@@ -75,3 +76,25 @@ def test_featnet_errors():
     quality.load_featnet("nope")
   with pytest.raises(ValueError, match="n must be an integer >= 2"):
     quality.sample_quality(init_generator("dcgan", width=4), n=1)
+
+
+def test_predict_fn_and_proba_agree_with_predict(featnet):
+  faces = synthfaces.generate(40, seed=(99, 3))
+  hard = featnet.predict(faces.images)
+  fn = featnet.predict_fn()
+  assert featnet.predict_fn() is fn and featnet.features_fn() is featnet.features_fn()
+  soft = jax.jit(fn)(faces.images)
+  proba = featnet.predict_proba(faces.images)
+  assert set(soft) == set(hard) == set(proba)
+  for name, n in quality.CATEGORICAL:
+    assert soft[name].shape == (40, n)
+    np.testing.assert_allclose(np.sum(soft[name], axis=-1), 1.0, rtol=1e-5)
+    np.testing.assert_array_equal(np.argmax(soft[name], axis=-1), hard[name])
+    np.testing.assert_allclose(proba[name], soft[name], rtol=1e-5, atol=1e-6)
+  for name, *_ in quality.CONTINUOUS:
+    assert soft[name].shape == hard[name].shape
+    np.testing.assert_allclose(soft[name], hard[name], rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(jax.jit(featnet.features_fn())(faces.images),
+                             featnet.features(faces.images), rtol=1e-5, atol=1e-5)
+  with pytest.raises(ValueError, match=r"images must be \[N, 64, 64, 3\]"):
+    featnet.predict_proba(faces.images[:, :32])
