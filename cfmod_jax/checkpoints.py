@@ -31,7 +31,14 @@ Integrity and errors (all `CheckpointError`, a ValueError):
 * arrays whose names or shapes do not match the declared architecture →
   `ArchitectureMismatchError` naming the missing, unexpected and mis-shaped
   parameters;
-* an unknown name → lists the valid names.
+* an unknown name → lists the valid names;
+* a path that is a file, a ``checkpoint.json`` lacking ``file_bytes``,
+  ``file_sha256`` or ``manifest`` → says which;
+* a ``file`` field that is absolute, contains ``..`` or resolves (symlinks
+  included) outside the checkpoint folder → refused before anything is opened:
+  loading only ever reads inside the folder.
+
+Both files are written atomically (`cfmod_jax.fileio`), the data file first.
 """
 
 from __future__ import annotations
@@ -47,6 +54,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from cfmod_jax.fileio import atomic_write_bytes, atomic_write_text
 from cfmod_jax.generator import Generator
 
 PACKAGE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "checkpoints")
@@ -168,8 +176,7 @@ def save_variables(path: str, variables: Mapping[str, Any], *, kind: str, arch: 
   stored = _to_storage(jax.device_get(dict(variables)), storage_dtype)
   data = flax.serialization.msgpack_serialize(stored)
   os.makedirs(path, exist_ok=True)
-  with open(os.path.join(path, DATA_FILE), "wb") as f:
-    f.write(data)
+  atomic_write_bytes(os.path.join(path, DATA_FILE), data)
   meta = {
       "format": EXPORT_FORMAT,
       "kind": kind,
@@ -184,13 +191,15 @@ def save_variables(path: str, variables: Mapping[str, Any], *, kind: str, arch: 
       "manifest": array_manifest(stored),
       **(dict(extra) if extra else {}),
   }
-  with open(os.path.join(path, META_FILE), "w") as f:
-    json.dump(meta, f, indent=1, sort_keys=True)
+  # The JSON is written last: a folder killed mid-save has no checkpoint.json
+  # declaring the new data (the sha256 check rejects a stale JSON's pairing).
+  atomic_write_text(os.path.join(path, META_FILE), json.dumps(meta, indent=1, sort_keys=True))
   return path
 
 
 def read_meta(path: str) -> dict[str, Any]:
   """The ``checkpoint.json`` of an exported folder."""
+  _check_folder(path)
   meta_path = os.path.join(path, META_FILE)
   if not os.path.isfile(meta_path):
     raise CheckpointError(f"{path} has no {META_FILE}: not an exported cfmod_jax checkpoint")
@@ -217,30 +226,78 @@ def load_variables(path: str, expected: Mapping[str, Any] | None = None, *,
   meta = read_meta(path)
   if kind is not None and meta.get("kind") != kind:
     raise CheckpointError(f"{path} holds a {meta.get('kind')!r} checkpoint, not a {kind!r}")
-  data_path = os.path.join(path, meta.get("file", DATA_FILE))
+  data_path = _data_path(path, meta.get("file", DATA_FILE))
+  size, digest, manifest = _meta_fields(path, meta)
   if not os.path.isfile(data_path):
     raise CheckpointError(f"{path}: its data file {os.path.basename(data_path)} is missing")
+  if os.path.getsize(data_path) != size:  # checked before reading anything
+    raise CheckpointError(
+        f"{data_path} is truncated or corrupted: it has {os.path.getsize(data_path)} bytes, "
+        f"the checkpoint declares {size}")
   with open(data_path, "rb") as f:
-    data = f.read()
-  if len(data) != meta["file_bytes"]:
+    data = f.read(size + 1)
+  if len(data) != size:
     raise CheckpointError(
         f"{data_path} is truncated or corrupted: it has {len(data)} bytes, the checkpoint "
-        f"declares {meta['file_bytes']}")
-  if hashlib.sha256(data).hexdigest() != meta["file_sha256"]:
+        f"declares {size}")
+  if hashlib.sha256(data).hexdigest() != digest:
     raise CheckpointError(f"{data_path} is corrupted: its sha256 differs from the one in "
                           f"{META_FILE}")
   try:
     stored = flax.serialization.msgpack_restore(data)
   except Exception as e:  # msgpack raises several types
     raise CheckpointError(f"{data_path} cannot be decoded: {e}") from e
-  verify_manifest(meta["manifest"], stored, where=data_path)
+  verify_manifest(manifest, stored, where=data_path)
   if expected is not None:
-    check_structure(meta["manifest"], expected, where=path,
+    check_structure(manifest, expected, where=path,
                     arch=f"{meta['arch']}({_kwargs_str(meta['kwargs'])})")
   variables = jax.tree.map(
       lambda x: jnp.asarray(x, jnp.float32) if np.issubdtype(x.dtype, np.floating)
       else jnp.asarray(x), stored)
   return variables, meta
+
+
+def _check_folder(path) -> None:
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise CheckpointError(f"name_or_path={os.fspath(path)!r} is a file; a checkpoint is a "
+                          f"folder (holding {META_FILE}, or a trainer workdir)")
+
+
+def _data_path(folder: str, name: Any) -> str:
+  """The data file ``name`` of a manifest, refused unless it lies inside
+  ``folder``: a relative path without ``..`` whose real path (symlinks
+  resolved) is under the folder's real path. Nothing is opened before this."""
+  if (not isinstance(name, str) or not name or os.path.isabs(name) or "\0" in name
+      or ".." in name.replace("\\", "/").split("/")):
+    raise CheckpointError(f"{os.path.join(folder, META_FILE)}: its 'file' field must be a "
+                          f"file name inside the checkpoint folder, got {name!r}")
+  root = os.path.realpath(folder)
+  real = os.path.realpath(os.path.join(folder, name))
+  if os.path.commonpath([root, real]) != root or real == root:
+    raise CheckpointError(f"{os.path.join(folder, META_FILE)}: its 'file' field {name!r} "
+                          f"resolves to {real}, outside the checkpoint folder {root}")
+  return real
+
+
+def _meta_fields(path: str, meta: Mapping[str, Any]) -> tuple[int, str, dict]:
+  """``(file_bytes, file_sha256, manifest)`` of a checkpoint.json, type-checked."""
+  where = os.path.join(path, META_FILE)
+  size, digest, manifest = (meta.get(k) for k in ("file_bytes", "file_sha256", "manifest"))
+  missing = [k for k, v in (("file_bytes", size), ("file_sha256", digest),
+                            ("manifest", manifest)) if v is None]
+  if missing:
+    raise CheckpointError(f"{where} lacks the field(s) {', '.join(missing)}: it is incomplete "
+                          "or was not written by cfmod_jax.checkpoints.save_variables")
+  if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+    raise CheckpointError(f"{where}: file_bytes must be a non-negative integer, got {size!r}")
+  if not isinstance(digest, str) or len(digest) != 64:
+    raise CheckpointError(f"{where}: file_sha256 must be a 64-character hex string, got "
+                          f"{digest!r:.80}")
+  if not isinstance(manifest, dict) or not all(
+      isinstance(e, dict) and {"shape", "dtype", "sha256"} <= set(e) for e in manifest.values()):
+    raise CheckpointError(f"{where}: manifest must map array names to "
+                          "{shape, dtype, sha256} entries")
+  return size, digest, manifest
 
 
 def _kwargs_str(kwargs: Mapping[str, Any]) -> str:
@@ -271,7 +328,8 @@ def array_manifest_shapes(tree) -> dict[str, dict[str, Any]]:
 def resolve(name_or_path: str, valid_names=SHIPPED_GENERATORS) -> str:
   """The folder of a shipped name, or ``name_or_path`` if it exists."""
   if not isinstance(name_or_path, (str, os.PathLike)):
-    raise TypeError(f"expected a checkpoint name or path, got {type(name_or_path).__name__}")
+    raise CheckpointError(f"name_or_path must be a checkpoint name or a folder path (str), "
+                          f"got {type(name_or_path).__name__}")
   name_or_path = os.fspath(name_or_path)
   if name_or_path in valid_names:
     return os.path.join(PACKAGE_DIR, name_or_path)
@@ -296,6 +354,7 @@ def load_generator(name_or_path: str) -> Generator:
     ArchitectureMismatchError: arrays that do not fit the declared architecture.
   """
   path = resolve(name_or_path)
+  _check_folder(path)
   label = (os.fspath(name_or_path) if name_or_path in SHIPPED_GENERATORS
            else os.path.basename(os.path.normpath(path)))
   if os.path.isfile(os.path.join(path, META_FILE)):
@@ -303,6 +362,9 @@ def load_generator(name_or_path: str) -> Generator:
     if meta.get("kind") != "generator":
       raise CheckpointError(f"{path} holds a {meta.get('kind')!r} checkpoint, not a generator")
     from cfmod_jax.models import build_module  # pylint: disable=g-import-not-at-top
+    if not isinstance(meta.get("kwargs"), dict) or "arch" not in meta:
+      raise CheckpointError(f"{os.path.join(path, META_FILE)} must declare 'arch' and a "
+                            "'kwargs' dict")
     try:
       module = build_module(meta["arch"], **meta["kwargs"])
     except (TypeError, ValueError) as e:

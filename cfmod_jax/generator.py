@@ -20,12 +20,16 @@ those stages receive z1's latent (the counterfactual changes only the site).
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import traverse_util
+
+from cfmod_jax._validate import check_key
 
 
 class StagedGenerator(nn.Module):
@@ -102,6 +106,46 @@ def _module_attr(module, name):
   return value
 
 
+def _flat_shapes(tree) -> dict[str, tuple[int, ...]]:
+  flat = traverse_util.flatten_dict(flax.core.unfreeze(tree), sep="/")
+  return {k: tuple(np.shape(v)) for k, v in flat.items() if hasattr(v, "shape")}
+
+
+def check_variables(module: nn.Module, variables: Any, name: str = "variables") -> None:
+  """Raises a ValueError unless ``variables`` has every array that
+  ``module.init`` creates, with the same shape (checked abstractly with
+  `jax.eval_shape`: nothing is computed). The message names the first
+  mismatching path (e.g. ``params/stages_0/Dense_0/kernel``). Extra entries
+  are allowed (flax ignores them). Modules whose ``init`` cannot be traced from
+  one latent code ``[1, *latent_shape]`` are not checked."""
+  if not isinstance(variables, Mapping):
+    raise ValueError(f"{name} must be a dict of variable collections such as "
+                     f"{{'params': ...}} (from module.init or a checkpoint), got "
+                     f"{type(variables).__name__}")
+  z = jax.ShapeDtypeStruct((1, *module.latent_shape), jnp.float32)
+  try:
+    expected = jax.eval_shape(module.init, jax.random.key(0), z)
+  except Exception:  # pylint: disable=broad-except
+    return  # an unusual module; its own errors will show when it is applied
+  want, have = _flat_shapes(expected), _flat_shapes(variables)
+  order = sorted(want, key=lambda k: (not k.startswith("params/"), k))  # params first
+  missing = [k for k in order if k not in have]
+  wrong = [k for k in order if k in have and have[k] != want[k]]
+  if not (missing or wrong):
+    return
+  what = type(module).__name__
+  if wrong:
+    k = wrong[0]
+    first = f"{k} has shape {have[k]}, {what} expects {want[k]}"
+  else:
+    first = f"{missing[0]} is missing"
+  more = len(wrong) + len(missing) - 1
+  raise ValueError(f"{name} do not fit the module {what} (checked against module.init): "
+                   f"{first}" + (f" (and {more} more mismatching or missing entries)"
+                                 if more else "") +
+                   "; were they made for another architecture, width or latent_dim?")
+
+
 class Generator:
   """A staged generator with its variables, ready for interventions.
 
@@ -118,10 +162,14 @@ class Generator:
 
   def __init__(self, module: StagedGenerator, variables: Any, *, name: str | None = None,
                latent_sampler: Callable[[jax.Array, int], jax.Array] | None = None):
+    if not isinstance(module, nn.Module):
+      raise ValueError(f"module must be a flax.linen Module (a StagedGenerator), got "
+                       f"{type(module).__name__}")
     self.module = module
-    self.variables = variables
     self.sites: tuple[str, ...] = tuple(_module_attr(module, "site_names"))
     self.latent_shape: tuple[int, ...] = tuple(_module_attr(module, "latent_shape"))
+    check_variables(module, variables, "variables")
+    self.variables = variables
     self.name = name or type(module).__name__
     self._latent_sampler = latent_sampler
     self._jit_cache: dict[Any, Callable] = {}
@@ -230,8 +278,9 @@ class Generator:
   def sample_latents(self, key: jax.Array, n: int) -> jax.Array:
     """``n`` latent codes ``[n, *latent_shape]`` from the prior (standard normal
     unless the generator was given its own sampler)."""
-    if not isinstance(n, (int, np.integer)) or n < 1:
+    if not isinstance(n, (int, np.integer)) or isinstance(n, (bool, np.bool_)) or n < 1:
       raise ValueError(f"n must be a positive integer, got {n!r}")
+    key = check_key(key, "key")
     if self._latent_sampler is not None:
       return self._latent_sampler(key, int(n))
     return jax.random.normal(key, (int(n), *self.latent_shape), jnp.float32)
@@ -263,4 +312,4 @@ def stage_names(prefix: str, n: int) -> tuple[str, ...]:
 
 
 __all__: Sequence[str] = ("StagedGenerator", "VectorLatentGenerator", "SplitStage",
-                          "Generator", "check_latents")
+                          "Generator", "check_latents", "check_variables")

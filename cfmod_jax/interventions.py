@@ -30,6 +30,7 @@ from jax import lax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from cfmod_jax._validate import check_generator, check_key, check_positive_int
 from cfmod_jax.generator import Generator, check_latents
 
 DEFAULT_PAIR_CHUNK = 32
@@ -42,7 +43,19 @@ def _is_tracer(x) -> bool:
 
 
 def check_masks(gen: Generator, site: str, masks) -> tuple[jax.Array, bool]:
-  """Validates masks ``[M, C]`` or ``[C]`` in [0, 1]; returns ``([M, C], was_1d)``."""
+  """Validates masks ``[M, C]`` or ``[C]`` in [0, 1]; returns ``([M, C], was_1d)``.
+
+  Concrete masks (numpy, lists, jax arrays outside a trace) are checked by value:
+  complex, non-numeric, NaN, infinite or out-of-range entries raise a ValueError
+  naming ``masks``. **Traced masks** (inside `jax.jit`, `jax.grad`, `vmap`…)
+  cannot be checked by value without a host round trip, so they are checked by
+  shape and dtype only and every mask row that holds a value outside [0, 1] or
+  a NaN is replaced by NaN: its hybrids and influence maps come out all-NaN
+  instead of silently extrapolating (a mask of 5.0 is never computed as if it
+  were valid). Rows whose entries are all in [0, 1] are untouched (and
+  differentiable).
+  """
+  check_generator(gen, "gen")
   c = gen.site_shape(site)[-1]
   shape = tuple(np.shape(masks))
   if len(shape) not in (1, 2) or shape[-1] != c:
@@ -50,20 +63,36 @@ def check_masks(gen: Generator, site: str, masks) -> tuple[jax.Array, bool]:
                      f"{site!r}), got {shape}")
   if len(shape) == 2 and shape[0] == 0:
     raise ValueError("masks is empty: need at least one mask (M ≥ 1)")
-  if not _is_tracer(masks):
-    arr = np.asarray(masks)
-    if arr.dtype != bool and not np.issubdtype(arr.dtype, np.number):
-      raise ValueError(f"masks must be boolean or numeric, got dtype {arr.dtype}")
-    arr = arr.astype(np.float32)
-    if not np.all(np.isfinite(arr)) or arr.min() < 0 or arr.max() > 1:
+  dtype = getattr(masks, "dtype", None)
+  try:
+    dtype = np.dtype(dtype) if dtype is not None else np.asarray(masks).dtype
+  except TypeError as e:  # e.g. jax key dtypes
+    raise ValueError(f"masks must be boolean or numeric, got dtype {dtype}") from e
+  if np.issubdtype(dtype, np.complexfloating):
+    raise ValueError(f"masks must be real (boolean, integer or float) values in [0, 1], got "
+                     f"complex dtype {dtype}; pass masks.real if the imaginary part is zero")
+  if dtype != bool and not np.issubdtype(dtype, np.number):
+    raise ValueError(f"masks must be boolean or numeric, got dtype {dtype}")
+  if _is_tracer(masks):
+    m = jnp.asarray(masks).astype(jnp.float32)
+    ok = jnp.all((m >= 0) & (m <= 1), axis=-1, keepdims=True)  # False for NaN
+    masks = jnp.where(ok, m, jnp.nan)
+  else:
+    arr = np.asarray(masks).astype(np.float32)
+    if np.isnan(arr).any():
+      where = tuple(int(i) for i in np.argwhere(np.isnan(arr))[0])
+      raise ValueError(f"masks contains NaN (first at index {where}); values must lie in "
+                       "[0, 1]")
+    if np.isinf(arr).any() or arr.min() < 0 or arr.max() > 1:
       raise ValueError(f"masks values must lie in [0, 1], got range "
-                       f"[{np.nanmin(arr)}, {np.nanmax(arr)}]")
+                       f"[{arr.min()}, {arr.max()}]")
     masks = arr
   masks = jnp.asarray(masks, jnp.float32)
   return (masks[None] if len(shape) == 1 else masks), len(shape) == 1
 
 
 def check_pairs(gen: Generator, z1, z2) -> tuple[jax.Array, jax.Array]:
+  check_generator(gen, "gen")
   z1 = check_latents(gen, z1, "z1")
   z2 = check_latents(gen, z2, "z2")
   if z1.shape[0] != z2.shape[0]:
@@ -72,10 +101,7 @@ def check_pairs(gen: Generator, z1, z2) -> tuple[jax.Array, jax.Array]:
   return z1, z2
 
 
-def _check_positive_int(value, name):
-  if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-    raise ValueError(f"{name} must be a positive integer, got {value!r}")
-  return int(value)
+_check_positive_int = check_positive_int
 
 
 # ---- compiled kernels --------------------------------------------------------------
@@ -245,6 +271,11 @@ def _check_groups(groups, n):
   if groups.shape != (n,) or not np.issubdtype(groups.dtype, np.integer) or groups.min() < 0:
     raise ValueError(f"groups must be non-negative integers of shape [{n}], got "
                      f"{groups.shape} {groups.dtype}")
+  empty = np.flatnonzero(np.bincount(groups) == 0)
+  if empty.size:
+    raise ValueError(f"groups must give every group 0…{groups.max()} at least one pair (an "
+                     f"empty group's maps would be 0/0 = NaN); group(s) "
+                     f"{empty[:10].tolist()} have none")
   return groups
 
 
@@ -263,10 +294,14 @@ def hybrids(gen: Generator, site: str, masks, z1, z2, *,
     masks: ``[M, C]`` (or ``[C]``) values in [0, 1]; 1 takes the channel from z2.
     z1, z2: ``[N, *latent_shape]`` latent codes (originals and donors).
     mask_chunk: masks evaluated together in one vectorised call.
+  Works inside `jax.jit` (masks and codes may be traced). Traced masks cannot be
+  range-checked: a mask row with a value outside [0, 1] or a NaN gives all-NaN
+  hybrids for that row (see `check_masks`); concrete masks raise a ValueError.
   Returns:
     ``[M, N, H, W, 3] float32`` in [-1, 1] (``[N, H, W, 3]`` for a 1-D mask): z1's
     activations at ``site`` with the masked channels taken from z2, then the suffix.
   """
+  check_generator(gen, "gen")
   gen.site_index(site)
   masks, one = check_masks(gen, site, masks)
   z1, z2 = check_pairs(gen, z1, z2)
@@ -290,6 +325,7 @@ def influence_map_sums(gen: Generator, site: str, masks, z1, z2, *, groups=None,
     ``(sums [G, M, H, W], counts [G])`` where ``sums[g] / (3 · counts[g])`` is the
     influence map of group g.
   """
+  check_generator(gen, "gen")
   gen.site_index(site)
   masks, _ = check_masks(gen, site, masks)
   z1, z2 = check_pairs(gen, z1, z2)
@@ -314,6 +350,7 @@ def influence_maps(gen: Generator, site: str, masks, z1, z2, *,
     pairs and the 3 colour channels of ``|hybrid(z1, z2) − G(z1)|``. Results do
     not depend on the chunk sizes (up to float rounding).
   """
+  check_generator(gen, "gen")
   one = np.ndim(masks) == 1
   sums, counts = influence_map_sums(gen, site, masks, z1, z2, pair_chunk=pair_chunk,
                                     mask_chunk=mask_chunk)
@@ -336,6 +373,7 @@ def elementary_influence_map_sums(gen: Generator, site: str, z1, z2, *, groups=N
   ``sums[g] / (3 · counts[g])`` are the EIMs of the pairs in group g. See
   `elementary_influence_maps` for ``method``.
   """
+  check_generator(gen, "gen")
   gen.site_index(site)
   z1, z2 = check_pairs(gen, z1, z2)
   pair_chunk = _check_positive_int(pair_chunk, "pair_chunk")
@@ -373,13 +411,14 @@ def elementary_influence_maps(gen: Generator, site: str, n_pairs: int = 128, key
   Returns:
     ``[C, H, W] float32`` (or ``[n_groups, C, H, W]`` when ``n_groups > 1``).
   """
+  check_generator(gen, "gen")
   gen.site_index(site)
   n_pairs = _check_positive_int(n_pairs, "n_pairs")
   n_groups = _check_positive_int(n_groups, "n_groups")
   if n_groups > n_pairs:
     raise ValueError(f"n_groups={n_groups} exceeds n_pairs={n_pairs}")
   _check_method(method)
-  key = jax.random.key(0) if key is None else key
+  key = jax.random.key(0) if key is None else check_key(key, "key")
   k1, k2 = jax.random.split(key)
   z1, z2 = gen.sample_latents(k1, n_pairs), gen.sample_latents(k2, n_pairs)
   groups = (np.arange(n_pairs) * n_groups) // n_pairs

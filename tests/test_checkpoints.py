@@ -168,3 +168,77 @@ def test_corrupted_trainer_checkpoint_is_reported(tmp_path):
   del err
   gc.collect()  # let orbax's failed reads be reported inside this test
 
+
+
+# ---- reliability: reads stay inside the folder; clear errors for broken manifests -------------
+def _set_meta(folder, **fields):
+  meta_path = folder / checkpoints.META_FILE
+  meta = json.loads(meta_path.read_text())
+  for k, v in fields.items():
+    if v is None:
+      del meta[k]
+    else:
+      meta[k] = v
+  meta_path.write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize("how", ["dotdot", "absolute", "symlink"])
+def test_manifest_file_outside_the_folder_is_refused(dcgan_copy, tmp_path, how, monkeypatch):
+  # A byte-identical copy of the data outside the folder: following the path
+  # would load successfully, so only the containment check can stop it.
+  outside = tmp_path / "elsewhere"
+  outside.mkdir()
+  shutil.copy(dcgan_copy / checkpoints.DATA_FILE, outside / "secret.msgpack")
+  name = {"dotdot": "../elsewhere/secret.msgpack",
+          "absolute": str(outside / "secret.msgpack"),
+          "symlink": "link.msgpack"}[how]
+  if how == "symlink":
+    os.symlink(outside / "secret.msgpack", dcgan_copy / "link.msgpack")
+  _set_meta(dcgan_copy, file=name)
+  opened = []
+  real_open = open
+  def spy(file, *args, **kwargs):
+    opened.append(os.path.realpath(file) if isinstance(file, (str, os.PathLike)) else file)
+    return real_open(file, *args, **kwargs)
+  monkeypatch.setattr("builtins.open", spy)
+  with pytest.raises(checkpoints.CheckpointError, match="'file' field"):
+    checkpoints.load_generator(str(dcgan_copy))
+  assert str(os.path.realpath(outside / "secret.msgpack")) not in opened
+
+
+def test_manifest_without_file_fields_is_reported(dcgan_copy):
+  for field in ("file_bytes", "file_sha256", "manifest"):
+    shutil.copy(os.path.join(checkpoints.PACKAGE_DIR, "dcgan-synthfaces", checkpoints.META_FILE),
+                dcgan_copy / checkpoints.META_FILE)
+    _set_meta(dcgan_copy, **{field: None})
+    with pytest.raises(checkpoints.CheckpointError, match=f"lacks the field\\(s\\) {field}"):
+      checkpoints.load_generator(str(dcgan_copy))
+
+
+def test_checkpoint_path_that_is_a_file_is_reported(dcgan_copy):
+  path = str(dcgan_copy / checkpoints.META_FILE)
+  with pytest.raises(checkpoints.CheckpointError, match="is a file; a checkpoint is a folder"):
+    checkpoints.load_generator(path)
+  with pytest.raises(checkpoints.CheckpointError, match="name_or_path must be"):
+    checkpoints.load_generator(3)
+
+
+def test_save_variables_writes_atomically(tmp_path, monkeypatch):
+  """A save that dies while writing leaves the previous checkpoint loadable."""
+  gen = init_generator("dcgan", seed=1, width=4, latent_dim=8)
+  kw = dict(kind="generator", arch="dcgan", kwargs={"width": 4, "latent_dim": 8})
+  checkpoints.save_variables(str(tmp_path), gen.variables, **kw)
+  before = {f: (tmp_path / f).read_bytes() for f in os.listdir(tmp_path)}
+  real_replace = os.replace
+  def dying_replace(src, dst):
+    raise KeyboardInterrupt("killed")
+  monkeypatch.setattr(os, "replace", dying_replace)
+  other = init_generator("dcgan", seed=2, width=4, latent_dim=8)
+  with pytest.raises(KeyboardInterrupt):
+    checkpoints.save_variables(str(tmp_path), other.variables, **kw)
+  monkeypatch.setattr(os, "replace", real_replace)
+  # Same files, same bytes: no half-written file and no leftover temporary file.
+  assert {f: (tmp_path / f).read_bytes() for f in os.listdir(tmp_path)} == before
+  loaded = checkpoints.load_generator(str(tmp_path))
+  for x, y in zip(jax.tree.leaves(gen.variables), jax.tree.leaves(loaded.variables)):
+    assert np.array_equal(x, y)
