@@ -3,9 +3,12 @@
   python -m experiments.analyze --generator dcgan-synthfaces --out out/default
 """
 
+import os
+
 from absl import app, flags, logging
 
 from cfmod_jax import analysis, distributed
+from experiments import _cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("generator", "dcgan-synthfaces",
@@ -22,7 +25,10 @@ flags.DEFINE_integer("eval_groups", 8, "Groups of the fresh pairs (bootstrap int
 flags.DEFINE_integer("n_null", 24, "Random partitions for the null.")
 flags.DEFINE_enum("parts", "auto", ["auto", "synthfaces", "none"],
                   "Ground-truth parts to score modules against.")
-flags.DEFINE_integer("seed", 0, "Random seed.")
+flags.DEFINE_integer("seed", 0, "Random seed.", lower_bound=0)
+flags.DEFINE_bool("untrained_baseline", True,
+                  "Also analyse the same architecture with random weights (same pairs, same K) "
+                  "and report effect sizes against it.")
 flags.DEFINE_string("out", "out/default", "Output folder.")
 flags.DEFINE_string("cache_dir", "", "Cache of finished EIM blocks (default: <out>/cache).")
 
@@ -34,10 +40,27 @@ def main(argv):
   cfg = analysis.AnalysisConfig(
       sites=tuple(FLAGS.sites) or None, n_pairs=FLAGS.n_pairs, block_pairs=FLAGS.block_pairs,
       k=k, k_values=tuple(_int("k_values", v) for v in FLAGS.k_values), method=FLAGS.method,
-      eval_pairs=FLAGS.eval_pairs, eval_groups=FLAGS.eval_groups, n_null=FLAGS.n_null, parts=FLAGS.parts, seed=FLAGS.seed)
-  gen = analysis.generator_from_spec(FLAGS.generator)
+      eval_pairs=FLAGS.eval_pairs, eval_groups=FLAGS.eval_groups, n_null=FLAGS.n_null, parts=FLAGS.parts, seed=FLAGS.seed,
+      untrained_baseline=FLAGS.untrained_baseline)
+  with _cli.blame("generator"):
+    gen = analysis.generator_from_spec(FLAGS.generator)
+  try:
+    analysis.check_config(gen, cfg)
+  except ValueError as exc:  # the message names the config field, which is the flag's name
+    raise _cli.name_flag(exc, _CONFIG_FLAGS, aliases={
+        "site": "sites", "k": "k" if k is not None else "k_values"}) from None
+  _cli.check_output_dir("out")
+  cache_dir = FLAGS.cache_dir or os.path.join(FLAGS.out, "cache")
+  if FLAGS.cache_dir:
+    _cli.check_output_dir("cache_dir")
+  _cli.set_interrupt_message(f"interrupted; finished blocks are kept in {cache_dir}, rerun "
+                             "the same command to resume")
   result = analysis.run(gen, cfg, FLAGS.out, FLAGS.cache_dir or None)
   logging.info("wrote %s/report.html (%.0f s)", FLAGS.out, result["seconds"])
+
+
+_CONFIG_FLAGS = ("sites", "n_pairs", "block_pairs", "k_values", "method", "eval_pairs",
+                 "eval_groups", "n_null", "parts", "seed")
 
 
 def _int(name, value):
@@ -48,4 +71,4 @@ def _int(name, value):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  _cli.run(main)

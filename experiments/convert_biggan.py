@@ -10,9 +10,10 @@ output folder holds variables.msgpack and config.json; load it with
 
 import json
 
-from absl import app, flags, logging
+from absl import flags, logging
 
 from cfmod_jax.models import biggan, biggan_convert
+from experiments import _cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("state_dict", None, "PyTorch state dict (.bin/.pt) of pytorch-pretrained-biggan.")
@@ -20,20 +21,27 @@ flags.DEFINE_string("config", "biggan-deep-256",
                     f"One of {sorted(biggan.CONFIGS)} or a path to the port's config.json.")
 flags.DEFINE_string("out", None, "Output folder (variables.msgpack + config.json).")
 flags.DEFINE_integer("power_iterations", 0,
-                     "Spectral-norm power iterations before folding (0 = PyTorch eval mode).")
+                     "Spectral-norm power iterations before folding (0 = PyTorch eval mode).",
+                     lower_bound=0)
 flags.mark_flags_as_required(["state_dict", "out"])
 
 
 def main(argv):
   del argv
+  _cli.check_input_file("state_dict")
   config = FLAGS.config
-  if config.endswith(".json"):
-    with open(config, encoding="utf-8") as f:
-      config = biggan.BigGANConfig.from_dict(json.load(f))
-  biggan_convert.convert_file(FLAGS.state_dict, config, FLAGS.out,
-                              power_iterations=FLAGS.power_iterations)
+  with _cli.blame("config", (ValueError, TypeError, OSError, KeyError)):
+    if config.endswith(".json"):
+      with open(config, encoding="utf-8") as f:
+        config = biggan.BigGANConfig.from_dict(json.load(f))
+    elif config not in biggan.CONFIGS:
+      raise ValueError(f"expected one of {sorted(biggan.CONFIGS)} or a config.json")
+  _cli.check_output_dir("out")
+  with _cli.blame("state_dict", (ValueError, KeyError)):
+    biggan_convert.convert_file(FLAGS.state_dict, config, FLAGS.out,
+                                power_iterations=FLAGS.power_iterations)
   logging.info("wrote %s", FLAGS.out)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  _cli.run(main)

@@ -16,11 +16,12 @@ import os
 
 import jax
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 
 from cfmod_jax import analysis, quality, viz
 from cfmod_jax import robustness as rb
 from cfmod_jax.data import synthfaces
+from experiments import _cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("generator", "dcgan-synthfaces",
@@ -31,7 +32,7 @@ flags.DEFINE_integer("n_pairs", 512, "Evaluation pairs (z1, z2).")
 flags.DEFINE_integer("eim_pairs", 128, "Latent pairs for the EIMs.")
 flags.DEFINE_enum("method", "nmf", ["nmf", "kmeans"], "Clustering of channels.")
 flags.DEFINE_string("factor", "hair_color", "Categorical factor the classifier predicts.")
-flags.DEFINE_integer("seed", 0, "Random seed.")
+flags.DEFINE_integer("seed", 0, "Random seed.", lower_bound=0)
 flags.DEFINE_string("out", "out/robustness", "Output folder.")
 flags.DEFINE_string("panel_site", "block3", "Site whose module hybrids are drawn as "
                     "panels (panel_<site>_module<k>.png); empty: none.")
@@ -61,17 +62,20 @@ def _panels(gen, result, site, out):
 
 def main(argv):
   del argv
-  try:
+  with _cli.blame("generator"):
     gen = analysis.generator_from_spec(FLAGS.generator)
+  with _cli.blame("factor"):
     clf = rb.factor_classifier(quality.load_featnet(), FLAGS.factor)
-    parts, names = face_regions()
+  _cli.check_output_dir("out")
+  parts, names = face_regions()
+  try:
     result = rb.module_robustness(gen, clf, sites=FLAGS.sites or None, k=FLAGS.k,
                                   n_pairs=FLAGS.n_pairs, eim_pairs=FLAGS.eim_pairs,
                                   method=FLAGS.method, seed=FLAGS.seed, part_maps=parts,
                                   part_names=names)
-  except (ValueError, TypeError) as exc:
-    raise app.UsageError(str(exc)) from None
-  os.makedirs(FLAGS.out, exist_ok=True)
+  except (ValueError, TypeError) as exc:  # the message names the argument = the flag
+    raise _cli.name_flag(exc, ("sites", "k", "n_pairs", "eim_pairs", "method", "seed"),
+                         aliases={"site": "sites"}) from None
   rb.write_json(result, os.path.join(FLAGS.out, "robustness.json"))
   rb.plot_robustness(result, os.path.join(FLAGS.out, "robustness.png"))
   table = rb.markdown_table(result)
@@ -84,4 +88,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  _cli.run(main)

@@ -9,10 +9,11 @@ samples; columns: class-B donors; cell: A with module k from B), ``eims.png``,
 ``module_maps.png`` and ``transfer.json`` under ``--out``.
 """
 
-from absl import app, flags, logging
+from absl import flags, logging
 
 from cfmod_jax import transfer
 from cfmod_jax.models.biggan import load_biggan
+from experiments import _cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("biggan", None, "Folder of converted BigGAN-deep weights "
@@ -26,25 +27,31 @@ flags.DEFINE_integer("n_rows", 4, "Class-A originals per panel.")
 flags.DEFINE_integer("n_cols", 4, "Class-B donors per panel.")
 flags.DEFINE_integer("n_pairs", 64, "Latent pairs (classes A and B) for the EIMs.")
 flags.DEFINE_enum("method", "nmf", ["nmf", "kmeans"], "Clustering of channels.")
-flags.DEFINE_integer("seed", 0, "Random seed.")
+flags.DEFINE_integer("seed", 0, "Random seed.", lower_bound=0)
 flags.DEFINE_string("out", "out/transfer", "Output folder.")
 flags.mark_flag_as_required("biggan")
 
 
 def main(argv):
   del argv
-  gen = load_biggan(FLAGS.biggan, truncation=FLAGS.truncation)
+  with _cli.blame("truncation", (ValueError,)):
+    if not 0 < FLAGS.truncation <= 1:
+      raise ValueError("must lie in (0, 1]")
+  with _cli.blame("biggan"):
+    gen = load_biggan(FLAGS.biggan, truncation=FLAGS.truncation)
+  _cli.check_output_dir("out")
   try:
     result = transfer.style_transfer(
         gen, FLAGS.class_a, FLAGS.class_b, FLAGS.site, FLAGS.k, n_rows=FLAGS.n_rows,
         n_cols=FLAGS.n_cols, n_pairs=FLAGS.n_pairs, seed=FLAGS.seed, method=FLAGS.method,
         out_dir=FLAGS.out)
-  except (ValueError, TypeError) as exc:
-    raise app.UsageError(str(exc)) from None
+  except (ValueError, TypeError) as exc:  # the message names the argument = the flag
+    raise _cli.name_flag(exc, ("class_a", "class_b", "site", "k", "n_rows", "n_cols",
+                               "n_pairs", "method", "seed")) from None
   logging.info("module sizes %s; wrote %d files to %s",
                [int((result.labels == j).sum()) for j in range(result.k)], len(result.files),
                FLAGS.out)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  _cli.run(main)

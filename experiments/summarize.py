@@ -1,15 +1,31 @@
 """Markdown table of the main job's metrics for one or more output folders.
 
   python -m experiments.summarize out/dcgan out/vae out/began > docs/results.md
+
+Each argument is an output folder of ``experiments.analyze`` (with its
+metrics.json) or a metrics JSON file itself.
 """
 
 import json
 import os
-import sys
+
+from absl import app
+
+from experiments import _cli
 
 
-def rows(folder):
-  with open(os.path.join(folder, "metrics.json")) as f:
+def metrics_path(folder_or_file: str) -> str:
+  return (folder_or_file if os.path.isfile(folder_or_file)
+          else os.path.join(folder_or_file, "metrics.json"))
+
+
+def rows(folder_or_file: str) -> list[str]:
+  """The table rows of one output folder or metrics file (one per site)."""
+  return list(_rows(metrics_path(folder_or_file)))
+
+
+def _rows(path):
+  with open(path, encoding="utf-8") as f:
     r = json.load(f)
   for site, m in r["sites"].items():
     pa = m.get("part_agreement")
@@ -23,13 +39,27 @@ def rows(folder):
 
 
 def main(argv):
+  folders = argv[1:]
+  if not folders:
+    raise app.UsageError("give one or more output folders of experiments.analyze "
+                         "(each with a metrics.json)")
+  for folder in folders:
+    if not os.path.isfile(metrics_path(folder)):
+      raise app.UsageError(f"{folder}: no metrics.json (not an output folder of "
+                           "experiments.analyze, or the run has not finished)")
+  tables = []
+  for folder in folders:
+    try:
+      tables.extend(rows(folder))
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as e:
+      raise app.UsageError(f"{metrics_path(folder)} is not a readable metrics file of "
+                           f"experiments.analyze ({type(e).__name__}: {e})") from None
   print("| model | site | K | stability | overlap ↓ (null) | part agreement [95% CI] | "
         "chance (random partitions) | z (p) |")
   print("|---|---|---|---|---|---|---|---|")
-  for folder in argv[1:]:
-    for row in rows(folder):
-      print(row)
+  for row in tables:
+    print(row)
 
 
 if __name__ == "__main__":
-  main(sys.argv)
+  _cli.run(main, positional=True)

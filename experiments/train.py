@@ -8,12 +8,17 @@ A run in a workdir that has checkpoints resumes from the latest one.
 """
 
 import ast
+import os
 import sys
 
+import flax
+import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from cfmod_jax import train
+from cfmod_jax import checkpoints, train
+from cfmod_jax.train import common
+from experiments import _cli
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Training config (experiments/configs/*.py).",
@@ -29,13 +34,74 @@ flags.DEFINE_string("machine", None, "Machine description for the model card (de
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+def check_resume(config, workdir: str) -> None:
+  """ValueError if ``workdir`` holds checkpoints of a run that ``config`` cannot
+  resume (another model, or train-state shapes that differ, e.g. another width).
+
+  `train.train_and_evaluate` would find out only after rewriting the run's
+  config.json; this reads the latest checkpoint's metadata (not its arrays) first.
+  """
+  trainer = train.validate_config(config)
+  directory = common.checkpoint_dir(workdir)
+  if not os.path.isdir(directory):
+    return
+  manager = common.open_manager(directory, read_only=True)
+  try:
+    step = manager.latest_step()
+    if step is None:
+      return
+    try:
+      import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+      meta = manager.restore(step, args=ocp.args.Composite(
+          meta=ocp.args.JsonRestore()))["meta"]
+    except Exception:  # pylint: disable=broad-except
+      return  # unreadable: train_and_evaluate's restore names the damaged checkpoint
+    if not isinstance(meta, dict) or "manifest" not in meta:
+      return
+    where = os.path.join(directory, str(step))
+    if meta.get("model") != config.model:
+      raise ValueError(f"config.model={config.model!r}, but {where} holds a "
+                       f"{meta.get('model')!r} run; use another --workdir")
+    target = flax.serialization.to_state_dict(common.abstract_state(trainer, config))
+    try:
+      checkpoints.check_structure(meta["manifest"], target, where=where,
+                                  arch=f"{trainer.name} trainer state of this config")
+    except checkpoints.CheckpointError as e:
+      raise ValueError(f"this config cannot resume the run in --workdir={workdir}: {e}; "
+                       "use the run's own config (config.json) or another --workdir") from None
+  finally:
+    manager.close()
+
+
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  del argv
+  config_file = config_flags.get_config_filename(FLAGS["config"])
+  if not os.path.isfile(config_file.split(":")[0]):
+    raise app.UsageError(f"--config={config_file}: no such file")
+  try:
+    "model" in FLAGS.config  # pylint: disable=pointless-statement  (loaded lazily)
+  except (OSError, SyntaxError) as e:
+    raise app.UsageError(f"--config={config_file}: could not load it: "
+                         f"{_cli.one_line(e)}") from None
   try:
     train.validate_config(FLAGS.config)
   except ValueError as e:
-    raise app.UsageError(str(e)) from e
+    raise app.UsageError(f"--config: {_cli.one_line(e)}") from None
+  if FLAGS.config.batch_size % jax.device_count():
+    raise app.UsageError(f"--config: config.batch_size={FLAGS.config.batch_size} must be a "
+                         f"multiple of the number of devices ({jax.device_count()})")
+  if os.path.exists(FLAGS.workdir) and not os.path.isdir(FLAGS.workdir):
+    raise app.UsageError(f"--workdir={FLAGS.workdir}: exists and is not a folder")
+  try:
+    check_resume(FLAGS.config, FLAGS.workdir)
+  except ValueError as e:
+    raise app.UsageError(f"--config: {_cli.one_line(e)}") from None
+  _cli.check_output_dir("workdir")
+  if FLAGS.export:
+    _cli.check_output_dir("export")
+  _cli.set_interrupt_message(f"interrupted; finished checkpoints are kept in "
+                             f"{common.checkpoint_dir(FLAGS.workdir)}, rerun the same command "
+                             "to resume")
   result = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   logging.info("finished at step %d, wall time %.1f s", result.step, result.wall_time_s)
   if FLAGS.export:
@@ -49,4 +115,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  _cli.run(main)

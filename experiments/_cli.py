@@ -1,0 +1,184 @@
+"""Command-line plumbing shared by the experiments: one line per user error.
+
+Every CLI of `experiments` runs through `run`:
+
+* a flag that does not parse (``--k abc``, an unknown ``--flag``, an unknown
+  ``--config.x``) prints one line naming it and exits with `USAGE_EXIT` (absl alone
+  would print the usage text or a traceback);
+* positional arguments are rejected unless the CLI takes them;
+* an `app.UsageError` raised by ``main`` prints one line (absl would print the
+  whole help first); `blame` and `flag_error` turn the library's ``ValueError`` of
+  a user's input into such an error naming the flag;
+* Ctrl-C prints one line (`set_interrupt_message`, e.g. where finished work is
+  kept) and exits with `INTERRUPT_EXIT`, instead of a traceback.
+
+Anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import sys
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import NoReturn
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+USAGE_EXIT = 2
+INTERRUPT_EXIT = 130
+_interrupt_message = ["interrupted"]
+_HELP = ("-h", "-?", "--help", "--helpshort", "--helpfull", "--helpxml")
+
+
+def prog() -> str:
+  """``experiments.<name>`` of the running CLI."""
+  name = os.path.splitext(os.path.basename(sys.argv[0] if sys.argv else ""))[0]
+  return f"experiments.{name}" if name and name != "__main__" else "experiments"
+
+
+def one_line(message: object) -> str:
+  return " ".join(str(message).split())
+
+
+def fail(message: object) -> NoReturn:
+  """Prints ``<prog>: error: <message>`` on one line and exits with `USAGE_EXIT`."""
+  sys.stdout.flush()
+  sys.stderr.write(f"{prog()}: error: {one_line(message)}\n")
+  sys.stderr.flush()
+  sys.exit(USAGE_EXIT)
+
+
+def set_interrupt_message(message: str) -> None:
+  """What Ctrl-C prints from now on (one line)."""
+  _interrupt_message[0] = one_line(message)
+
+
+def _config_override_error(argv: Iterable[str], exc: Exception) -> str | None:
+  """One line for an ``--config.<field>`` override that ml_collections rejected
+  with a non-flags exception (an unknown field raises AttributeError)."""
+  for arg in argv:
+    m = re.match(r"--(config(?:\.[\w]+)+)(?:=|$)", arg)
+    if m and isinstance(exc, (AttributeError, KeyError)):
+      field = str(exc).strip("'\" ")
+      if m.group(1).endswith("." + field) or f".{field}." in m.group(1) + ".":
+        return f"--{m.group(1)}: the config has no field {field!r}"
+  for arg in argv:
+    if arg.startswith("--config."):
+      return f"{arg.split('=')[0]}: {type(exc).__name__}: {one_line(exc)}"
+  return None
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with one line (no usage text) per error."""
+  try:
+    return FLAGS(argv)
+  except SystemExit as exc:  # absl's --help exits with 1 after printing the help
+    if exc.code == 1 and any(a.split("=")[0] in _HELP for a in argv[1:]):
+      sys.exit(0)
+    raise
+  except flags.Error as exc:
+    fail(exc)
+  except SyntaxError as exc:  # a config file (ml_collections config_flags) that does not parse
+    fail(f"{exc.filename}:{exc.lineno}: {exc.msg} (a config file given by a flag)")
+  except (AttributeError, KeyError, TypeError, ValueError) as exc:  # ml_collections overrides
+    message = _config_override_error(argv[1:], exc)
+    if message is None:
+      raise
+    fail(message)
+
+
+def run(main: Callable[[list[str]], object], *, positional: bool = False) -> None:
+  """`absl.app.run` with one-line user errors and Ctrl-C (see the module doc).
+
+  Args:
+    main: the CLI's main(argv).
+    positional: whether the CLI takes positional arguments (argv[1:]); if not,
+      any is a usage error.
+  """
+  def wrapped(argv):
+    if not positional and len(argv) > 1:
+      fail(f"unexpected positional argument(s) {' '.join(argv[1:])!r}; flags are written "
+           "--name=value (see --help)")
+    try:
+      return main(argv)
+    except app.UsageError as exc:
+      fail(exc)
+    except KeyboardInterrupt:
+      sys.stdout.flush()
+      sys.stderr.write(f"{prog()}: {_interrupt_message[0]}\n")
+      sys.stderr.flush()
+      sys.exit(INTERRUPT_EXIT)
+
+  app.run(wrapped, flags_parser=parse_flags)
+
+
+def flag_value(name: str) -> str:
+  value = FLAGS[name].value
+  if isinstance(value, (list, tuple)):
+    value = ",".join(map(str, value))
+  return str(value)
+
+
+def flag_error(name: str, exc: object) -> app.UsageError:
+  """``--name=value: message`` as a UsageError."""
+  return app.UsageError(f"--{name}={flag_value(name)}: {one_line(exc)}")
+
+
+@contextlib.contextmanager
+def blame(name: str, errors: tuple[type[BaseException], ...] = (ValueError, TypeError, OSError)
+          ) -> Iterator[None]:
+  """Turns ``errors`` raised in the block into a UsageError naming ``--name``."""
+  try:
+    yield
+  except errors as exc:
+    raise flag_error(name, exc) from None
+
+
+def name_flag(exc: object, names: Iterable[str],
+              aliases: Mapping[str, str] | None = None) -> app.UsageError:
+  """A UsageError for a library ValueError whose message names a config field.
+
+  The flag is the first of ``names`` (or of ``aliases``' keys, which map a
+  field name to its flag) that occurs as a word in the message; without one the
+  message is kept as is.
+  """
+  message = one_line(exc)
+  candidates = {n: n for n in names}
+  candidates.update(aliases or {})
+  best = None
+  for word, flag in candidates.items():
+    m = re.search(rf"(?<![\w-]){re.escape(word)}(?!\w)", message)
+    if m and (best is None or m.start() < best[0]):
+      best = (m.start(), flag)
+  if best is None:
+    return app.UsageError(message)
+  return app.UsageError(f"--{best[1]}={flag_value(best[1])}: {message}")
+
+
+def check_output_dir(name: str) -> str:
+  """Creates the folder of flag ``--name`` and checks that it is writable."""
+  path = FLAGS[name].value
+  if not path:
+    raise app.UsageError(f"--{name} must not be empty")
+  try:
+    os.makedirs(path, exist_ok=True)
+    with tempfile.TemporaryFile(dir=path):
+      pass
+  except OSError as exc:
+    raise app.UsageError(f"--{name}={path}: not a usable output folder "
+                         f"({exc.strerror or one_line(exc)})") from None
+  return path
+
+
+def check_input_file(name: str) -> str:
+  """The path of flag ``--name``, which must be a readable regular file."""
+  path = FLAGS[name].value
+  if not path or not os.path.isfile(path):
+    raise app.UsageError(f"--{name}={path}: no such file")
+  if not os.access(path, os.R_OK):
+    raise app.UsageError(f"--{name}={path}: not readable")
+  return path
