@@ -364,9 +364,10 @@ def bootstrap_groups(follows, valid, statistic: Callable[[np.ndarray], float],
 
 
 def factor_summary(transfer: FactorTransfer, k: int, n_null: int, *, n_boot: int = 1000,
-                   seed: int = 0) -> dict:
+                   seed: int = 0, only: Sequence[str] | None = None) -> dict:
   """Everything the report needs from a `factor_transfer` run on `factor_masks`
-  (same ``k`` and ``n_null``).
+  (same ``k`` and ``n_null``); ``only`` restricts it to some factors (e.g. the
+  categorical ones, whose "follows" is not diluted by prediction noise).
 
   Returns a dict (JSON-ready lists/floats):
     ``factors``: names; ``matrix``: ``[K][F]`` module shares; ``whole``: ``[F]``
@@ -377,6 +378,14 @@ def factor_summary(transfer: FactorTransfer, k: int, n_null: int, *, n_boot: int
     observed) / (n_null + 1).
   """
   k = _check_positive_int(k, "k")
+  if only is not None:
+    unknown = [f for f in only if f not in transfer.factors]
+    if unknown or not only:
+      raise ValueError(f"only must name some of the factors {list(transfer.factors)}, got "
+                       f"{list(only)}")
+    cols = [transfer.factors.index(f) for f in only]
+    transfer = FactorTransfer(transfer.follows[:, :, cols], transfer.valid[:, cols],
+                              transfer.counts, tuple(only))
   m = transfer.follows.shape[1]
   if m != k + 1 + n_null * k:
     raise ValueError(f"transfer has {m} masks; factor_masks(k={k}, n_null={n_null}) lays "

@@ -240,6 +240,12 @@ def test_bootstrap_and_summary(planted, planted_pairs):
                                              mixed.valid[idx].sum(0))))
   assert (lo, hi) == pytest.approx(tuple(np.percentile(reps, [2.5, 97.5])))
   assert lo < hi
+  sub = factors.factor_summary(res, 2, 3, n_boot=10, only=["right", "left"])
+  assert sub["factors"] == ["right", "left"]
+  np.testing.assert_array_equal(sub["matrix"], [[0, 1], [1, 0]])
+  assert sub["valid"] == [out["valid"][1], out["valid"][0]]
+  with pytest.raises(ValueError, match="only must name some of the factors"):
+    factors.factor_summary(res, 2, 3, only=["hair"])
   with pytest.raises(ValueError, match="transfer has 9 masks.*lays out 11"):
     factors.factor_summary(res, 2, 4)
 
