@@ -48,7 +48,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from cfmod_jax import checkpoints
+from cfmod_jax import checkpoints, fileio
 from cfmod_jax.data import synthfaces
 
 DATA_AXIS = "data"
@@ -403,13 +403,15 @@ class MetricsLog:
               lines.append(line)
           except (ValueError, KeyError):
             pass
-    with open(path, "w") as f:
-      f.writelines(lines)
+    fileio.atomic_write_text(path, "".join(lines))
 
   def write(self, step: int, metrics: Mapping[str, Any]):
+    # One line appended per record (a kill can tear only the last line, which
+    # `read_metrics` and the next resume skip).
     record = {"step": int(step), **{k: float(v) for k, v in metrics.items()}}
     with open(self.path, "a") as f:
       f.write(json.dumps(record) + "\n")
+      f.flush()
 
 
 def format_duration(seconds: float) -> str:
@@ -422,7 +424,16 @@ def format_duration(seconds: float) -> str:
 def read_metrics(workdir: str) -> list[dict[str, float]]:
   """The records of ``<workdir>/metrics.jsonl``."""
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return [json.loads(line) for line in f if line.strip()]
+    lines = [line for line in f if line.strip()]
+  records = []
+  for i, line in enumerate(lines):
+    try:
+      records.append(json.loads(line))
+    except ValueError:
+      if i < len(lines) - 1 or line.endswith("\n"):
+        raise
+      # A last line torn by a killed writer.
+  return records
 
 
 # ---- the loop ---------------------------------------------------------------------------------
@@ -465,8 +476,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                      f"number of devices ({len(devices)})")
   mesh = make_mesh(devices)
   os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+  fileio.atomic_write_text(os.path.join(workdir, "config.json"),
+                           config.to_json_best_effort(indent=2, sort_keys=True))
 
   manager = open_manager(checkpoint_dir(workdir), keep=config.keep_checkpoints)
   step_fn, init_fn = compiled_functions(trainer, config, mesh)

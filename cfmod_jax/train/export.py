@@ -27,7 +27,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from cfmod_jax import checkpoints, quality, viz
+from cfmod_jax import checkpoints, fileio, quality, viz
 from cfmod_jax.data import synthfaces
 from cfmod_jax.train import common
 
@@ -49,8 +49,8 @@ def machine_description() -> str:
 def _update_meta(path: str, **fields):
   meta = checkpoints.read_meta(path)
   meta.update(fields)
-  with open(os.path.join(path, checkpoints.META_FILE), "w") as f:
-    json.dump(meta, f, indent=1, sort_keys=True)
+  fileio.atomic_write_text(os.path.join(path, checkpoints.META_FILE),
+                           json.dumps(meta, indent=1, sort_keys=True))
 
 
 def featnet_accuracy(featnet: quality.FeatureNet, n: int) -> dict[str, float]:
@@ -131,8 +131,8 @@ def export_run(workdir: str, out_dir: str, *, storage_dtype: str = "float32",
                          "heldout": featnet_accuracy(net, n)}
   _update_meta(out_dir, **record)
   meta_out = checkpoints.read_meta(out_dir)
-  with open(os.path.join(out_dir, "MODEL_CARD.md"), "w") as f:
-    f.write(model_card(meta_out, trainer.name))
+  fileio.atomic_write_text(os.path.join(out_dir, "MODEL_CARD.md"),
+                           model_card(meta_out, trainer.name))
   return meta_out
 
 
