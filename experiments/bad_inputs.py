@@ -26,6 +26,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import logging as std_logging
@@ -117,6 +118,22 @@ def try_result(group: str, case: str, fn: Callable[[], str | None]) -> Outcome:
   return Outcome(group, case, "result", outcome, detail, time.perf_counter() - t0)
 
 
+@functools.lru_cache(maxsize=None)
+def tiny_generator():
+  """The width-4 random DCGAN that every in-process case uses (built once)."""
+  import cfmod_jax  # pylint: disable=g-import-not-at-top
+  return cfmod_jax.init_generator("dcgan", width=4)
+
+
+def _zeros_like_init(module):
+  """Variables of ``module`` (zeros, built from shapes only: nothing is compiled)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  z = jax.ShapeDtypeStruct((1, *module.latent_shape), np.float32)
+  shapes = jax.eval_shape(module.init, jax.random.key(0), z)
+  return jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), shapes)
+
+
 def api_cases() -> list[Outcome]:
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
@@ -127,7 +144,7 @@ def api_cases() -> list[Outcome]:
   from cfmod_jax.sweep import SweepConfig  # pylint: disable=g-import-not-at-top
 
   init = cfmod_jax.init_generator
-  gen = init("dcgan", width=4)
+  gen = tiny_generator()
   site = "block4"
   c = gen.site_shape(site)[-1]
   key = jax.random.key(0)
@@ -193,8 +210,8 @@ def api_cases() -> list[Outcome]:
       try_error(g, "elementary_influence_maps(key=5)",
                 lambda: cfmod_jax.elementary_influence_maps(gen, site, 2, 5), ["key"]),
       try_error(g, "Generator(width-4 module, width-8 variables)",
-                lambda: cfmod_jax.Generator(build_module("dcgan", width=4),
-                                            init("dcgan", width=8).variables), ["variables"]),
+                lambda: cfmod_jax.Generator(build_module("dcgan", width=4), _zeros_like_init(
+                    build_module("dcgan", width=8))), ["variables"]),
       try_error(g, "SweepConfig(seed=-1).check()", lambda: SweepConfig(seed=-1).check(),
                 ["seed"]),
       try_error(g, "analysis.check_config(seed=-1)",
@@ -226,10 +243,9 @@ def watch_opens(paths: Sequence[str]):
 
 
 def checkpoint_cases(tmp: str) -> list[Outcome]:
-  import cfmod_jax  # pylint: disable=g-import-not-at-top
   from cfmod_jax import checkpoints  # pylint: disable=g-import-not-at-top
 
-  gen = cfmod_jax.init_generator("dcgan", width=4)
+  gen = tiny_generator()
   good = os.path.join(tmp, "ckpt_good")
   checkpoints.save_variables(good, gen.variables, kind="generator", arch="dcgan",
                              kwargs={"width": 4})
@@ -318,10 +334,9 @@ class _Capture(std_logging.Handler):
 def cache_cases(tmp: str) -> list[Outcome]:
   import numpy as np  # pylint: disable=g-import-not-at-top
 
-  import cfmod_jax  # pylint: disable=g-import-not-at-top
   from cfmod_jax import sweep  # pylint: disable=g-import-not-at-top
 
-  gen = cfmod_jax.init_generator("dcgan", width=4)
+  gen = tiny_generator()
   cfg = sweep.SweepConfig(n_pairs=8, block_pairs=4, seed=0)
   site = "block4"
   ref_dir = os.path.join(tmp, "cache_ref")
@@ -520,7 +535,8 @@ def cli_cases(tmp: str, quick: bool) -> list[tuple[str, CliCase]]:
   ]
   for module in ("analyze", "train", "benchmark", "robustness", "style_transfer",
                  "convert_biggan"):
-    cases.append((module, CliCase("", ["--help"], expect="help")))
+    cases.append((module, CliCase("", ["--help"], expect="help",
+                                  quick=module in ("analyze", "train"))))
   if not quick:
     cases.append(("train", _rejected_resume_case(tmp)))
   return [(m, c) for m, c in cases if not quick or c.quick]
