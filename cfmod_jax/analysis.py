@@ -16,8 +16,19 @@ For each site:
    share of each module's influence inside its own support, stability, and — for
    generators trained on the synthetic faces — agreement with the ground-truth
    part regions (`metrics.part_agreement`) beside its chance level.
-6. **Figures** (PNG) and ``report.html``; arrays in ``<site>/analysis.npz``;
-   numbers in ``metrics.json``.
+6. **Untrained baseline** (``untrained_baseline``, default on): steps 1–5 again on
+   the same architecture with random weights (`baselines.untrained_like`), with the
+   same latent pairs, the same K and the same settings (its EIM sweep is cached
+   too). Random convolutions already have local receptive fields, so an untrained
+   network's modules also beat random channel groups; a metric counts as evidence
+   of *learned* modularity only where the trained model's gain over its null is
+   larger than the untrained network's gain over *its* null. Effect sizes (gain
+   over the null, and that gain minus the untrained network's) get paired
+   bootstrap 95% intervals: every resample draws the same groups of pairs for both
+   networks. All compared quantities are scale-free (cosines, shares,
+   distributions): an untrained DCGAN's influence maps are ~100× smaller.
+7. **Figures** (PNG) and ``report.html``; arrays in ``<site>/analysis.npz``;
+   numbers and per-site verdicts in ``metrics.json``.
 """
 
 from __future__ import annotations
@@ -32,9 +43,10 @@ from typing import Sequence
 import jax
 import numpy as np
 from absl import logging
+from scipy.optimize import linear_sum_assignment
 from sklearn.metrics import adjusted_rand_score
 
-from cfmod_jax import clustering, metrics, viz
+from cfmod_jax import baselines, clustering, metrics, viz
 from cfmod_jax.generator import Generator
 from cfmod_jax.interventions import hybrids, influence_map_sums
 from cfmod_jax.sweep import SweepConfig, broadcast_from_host0, eim_sweep, generator_fingerprint
@@ -62,6 +74,8 @@ class AnalysisConfig:
   seed: int = 0
   pair_chunk: int = 32
   mask_chunk: int = 16
+  untrained_baseline: bool = True      # same pipeline on random weights of the same shape
+  min_effect: float = 0.01             # smallest effect (0–1 metric scale) called "beyond"
 
 
 def check_config(gen: Generator, cfg: AnalysisConfig) -> list[str]:
@@ -92,6 +106,11 @@ def check_config(gen: Generator, cfg: AnalysisConfig) -> list[str]:
   if cfg.k is None and min(ks) > channels:
     raise ValueError(f"k_values={tuple(ks)}: none fits the C={channels} channels of a "
                      f"requested site")
+  if not isinstance(cfg.untrained_baseline, (bool, np.bool_)):
+    raise ValueError(f"untrained_baseline must be True or False, got "
+                     f"{cfg.untrained_baseline!r}")
+  if not isinstance(cfg.min_effect, (int, float, np.floating)) or not 0 <= cfg.min_effect < 1:
+    raise ValueError(f"min_effect must be a number in [0, 1), got {cfg.min_effect!r}")
   if cfg.method not in ("nmf", "kmeans"):
     raise ValueError(f"method must be 'nmf' or 'kmeans', got {cfg.method!r}")
   if cfg.parts not in ("auto", "synthfaces", "none"):
@@ -123,6 +142,11 @@ def part_maps_for(gen: Generator, cfg: AnalysisConfig) -> np.ndarray | None:
 
 
 # ---- per-site pieces ------------------------------------------------------------------
+METRICS = ("overlap", "in_support", "part_agreement")
+# Which way is "more modular": low overlap, high in-support share, high part agreement.
+DIRECTION = {"overlap": "less", "in_support": "greater", "part_agreement": "greater"}
+
+
 def module_masks(labels: np.ndarray, k: int) -> np.ndarray:
   """[K, C] float32 one-hot channel masks of a partition."""
   return (labels[None, :] == np.arange(k)[:, None]).astype(np.float32)
@@ -140,24 +164,103 @@ def partition_templates(flat_maps: np.ndarray, labels: np.ndarray, k: int) -> np
                    else np.zeros(flat_maps.shape[1]) for j in range(k)])
 
 
-def _statistics(maps: np.ndarray, supports: np.ndarray, parts: np.ndarray | None) -> dict:
-  """Scalar statistics of one partition's module maps [K, H, W]."""
-  out = {"overlap": metrics.module_overlap(maps),
-         "in_support": metrics.in_support_share(maps, supports)[1]}
+def support_masks(templates: np.ndarray, percentile: float) -> np.ndarray:
+  """bool [..., K, H, W]: pixels where a template is ≥ its own ``percentile``-th
+  percentile and > 0 (the rule of `metrics.in_support_share` for float supports)."""
+  t = np.asarray(templates)
+  flat = t.reshape(*t.shape[:-2], -1)
+  thr = np.percentile(flat, percentile, axis=-1, keepdims=True)
+  return ((flat >= thr) & (flat > 0)).reshape(t.shape)
+
+
+def partition_statistics(maps: np.ndarray, supports: np.ndarray,
+                         parts: np.ndarray | None) -> dict[str, np.ndarray]:
+  """The metrics of many partitions at once (vectorised `metrics` functions).
+
+  Args:
+    maps: float [..., K, H, W] module influence maps (any leading shape).
+    supports: bool [..., K, H, W] (broadcastable to ``maps``): each module's support.
+    parts: float [P, H, W] ground-truth part maps, or None.
+
+  Returns:
+    ``{"overlap", "in_support"[, "part_agreement"]}`` → float64 [...]; entry i equals
+    `metrics.module_overlap`, `metrics.in_support_share(...)[1]` and
+    `metrics.part_agreement` of ``maps[i]``.
+  """
+  maps = np.asarray(maps, np.float64)
+  lead, k = maps.shape[:-3], maps.shape[-3]
+  flat = maps.reshape(-1, k, maps.shape[-2] * maps.shape[-1])
+  sup = np.broadcast_to(supports, maps.shape).reshape(flat.shape)
+  norms = np.linalg.norm(flat, axis=2, keepdims=True)
+  unit = np.divide(flat, norms, out=np.zeros_like(flat), where=norms > 0)
+  sim = unit @ unit.transpose(0, 2, 1)
+  iu = np.triu_indices(k, 1)
+  out = {"overlap": sim[:, iu[0], iu[1]].mean(1)}
+  total = flat.sum(2)
+  inside = (flat * sup).sum(2)
+  shares = np.divide(inside, total, out=np.full_like(total, np.nan), where=total > 0)
+  with np.errstate(invalid="ignore"):
+    count = np.sum(total > 0, axis=1)
+    out["in_support"] = np.where(count > 0, np.nansum(shares, 1) / np.maximum(count, 1),
+                                 np.nan)
   if parts is not None:
-    out["part_agreement"] = metrics.part_agreement(maps, parts)
-  return out
+    dist = np.divide(flat, total[..., None], out=np.zeros_like(flat),
+                     where=total[..., None] > 0)
+    q = np.asarray(parts, np.float64).reshape(len(parts), -1)
+    cover = q.sum(0, keepdims=True)
+    q = np.divide(q, cover, out=np.zeros_like(q), where=cover > 0)
+    mass = dist @ q.T                                                    # [N, K, P]
+    agreement = np.empty(len(mass))
+    for i, m in enumerate(mass):
+      rows, cols = linear_sum_assignment(m, maximize=True)
+      agreement[i] = m[rows, cols].sum() / k
+    out["part_agreement"] = agreement
+  return {name: v.reshape(lead) for name, v in out.items()}
 
 
-def _bootstrap(group_maps: np.ndarray, counts: np.ndarray, stat, n: int, seed: int):
-  """Percentile 95% interval of stat(maps) over resamples of groups of pairs."""
+def _ci(values: np.ndarray) -> list[float]:
+  """Percentile 95% interval of bootstrap replicates (NaNs ignored)."""
+  return [float(np.nanpercentile(values, 2.5)), float(np.nanpercentile(values, 97.5))]
+
+
+def paired_bootstrap(group_maps: Sequence[np.ndarray], counts: np.ndarray,
+                     supports: Sequence[np.ndarray], parts: np.ndarray | None, n: int,
+                     seed: int, chunk: int = 16) -> list[dict[str, np.ndarray]]:
+  """Bootstrap replicates of `partition_statistics` for several networks, paired.
+
+  Replicate b draws G of the G groups of pairs with replacement (one draw for all
+  networks: they were evaluated on the same pairs) and evaluates every partition of
+  every network on the count-weighted mean of the drawn groups' maps.
+
+  Args:
+    group_maps: per network, float [G, R·K, H, W]: the maps of R partitions (the
+      modules first, then the null partitions), per group of pairs.
+    counts: int [G] pairs per group.
+    supports: per network, bool [R, K, H, W].
+    parts: ground-truth part maps or None.
+    n: number of replicates; seed: their seed.
+
+  Returns:
+    per network, ``{metric: float64 [n, R]}``.
+  """
   rng = np.random.default_rng(seed)
-  values = []
-  for _ in range(n):
-    idx = rng.integers(0, len(counts), len(counts))
-    w = counts[idx].astype(np.float64)
-    values.append(stat(np.tensordot(w / w.sum(), group_maps[idx], axes=1)))
-  return float(np.nanpercentile(values, 2.5)), float(np.nanpercentile(values, 97.5))
+  g = len(counts)
+  weights = np.zeros((n, g))
+  for b in range(n):
+    idx = rng.integers(0, g, g)
+    np.add.at(weights[b], idx, counts[idx].astype(np.float64))
+  weights /= weights.sum(1, keepdims=True)
+  out = []
+  for maps, sup in zip(group_maps, supports):
+    r, k = sup.shape[:2]
+    reps: dict[str, list] = {}
+    for s in range(0, n, chunk):
+      boot = np.tensordot(weights[s:s + chunk], maps, axes=1)          # [b, R·K, H, W]
+      boot = boot.reshape(len(boot), r, k, *boot.shape[-2:])
+      for name, v in partition_statistics(boot, sup[None], parts).items():
+        reps.setdefault(name, []).append(v)
+    out.append({name: np.concatenate(v) for name, v in reps.items()})
+  return out
 
 
 def hybrid_panel(gen: Generator, site: str, mask: np.ndarray, z1, z2, rows: int,
@@ -176,14 +279,33 @@ def hybrid_panel(gen: Generator, site: str, mask: np.ndarray, z1, z2, rows: int,
   return viz.tile(np.concatenate([top, *body]), cols + 1, pad=3)
 
 
-def analyze_site(gen: Generator, site: str, cfg: AnalysisConfig, out_dir: str,
-                 cache_dir: str, fingerprint: str, parts: np.ndarray | None,
-                 site_seed: int) -> dict:
+def eval_latents(gen: Generator, site_seed: int, n: int):
+  """The fresh pairs (z1, z2) on which module maps and metrics are evaluated."""
+  k1, k2 = jax.random.split(jax.random.fold_in(jax.random.key(site_seed), 1 << 20))
+  return gen.sample_latents(k1, n), gen.sample_latents(k2, n)
+
+
+@dataclasses.dataclass
+class _SiteFit:
+  """Modules of one network at one site, and their maps on the evaluation pairs."""
+  eims: np.ndarray          # [C, H, W]
+  eim_groups: np.ndarray    # [B, C, H, W]
+  k: int
+  curve: dict
+  clus: clustering.ModuleClustering
+  labels: np.ndarray
+  ari: float
+  supports: np.ndarray      # bool [1 + n_null, K, H, W]: modules, then null partitions
+  group_maps: np.ndarray    # [G, (1 + n_null)·K, H, W]
+  all_maps: np.ndarray      # [(1 + n_null)·K, H, W]
+  seconds_eims: float
+
+
+def _fit_site(gen: Generator, site: str, cfg: AnalysisConfig, cache_dir: str,
+              fingerprint: str, site_seed: int, z1, z2, groups_eval: np.ndarray,
+              k: int | None, plot: str | None) -> tuple[_SiteFit, np.ndarray]:
+  """Steps 1–4 for one network; ``k=None`` chooses K by stability."""
   t0 = time.perf_counter()
-  host0 = jax.process_index() == 0  # with several processes only process 0 writes
-  sdir = os.path.join(out_dir, site)
-  if host0:
-    os.makedirs(sdir, exist_ok=True)
   # 1. EIMs (resumable).
   sweep = eim_sweep(gen, site, SweepConfig(
       n_pairs=cfg.n_pairs, block_pairs=cfg.block_pairs, seed=site_seed,
@@ -194,63 +316,165 @@ def analyze_site(gen: Generator, site: str, cfg: AnalysisConfig, out_dir: str,
   t_eims = time.perf_counter() - t0
   # 2. K.
   common = dict(sigma=cfg.sigma, percentile=cfg.percentile)
-  ks = [k for k in cfg.k_values if k <= c]
-  if cfg.k is None:
+  if k is None:
+    ks = [kk for kk in cfg.k_values if kk <= c]
     k, curve = clustering.choose_k(groups, ks, n_boot=cfg.n_boot, seed=cfg.seed,
                                    method=cfg.method, **common)
-    if host0:
-      clustering.plot_stability_curve(curve, os.path.join(sdir, "stability.png"), k_best=k,
-                                      title=f"{gen.name} {site}")
+    if plot:
+      clustering.plot_stability_curve(curve, plot, k_best=k, title=f"{gen.name} {site}")
   else:
-    k = cfg.k
     curve = clustering.stability_curve(groups, [k], n_boot=cfg.n_boot, seed=cfg.seed,
                                        method=cfg.method, **common)
-  logging.info("site %s: K=%d (stability %.3f)", site, k, curve[k][0])
+  logging.info("%s site %s: K=%d (stability %.3f)", gen.name, site, k, curve[k][0])
   # 3. Modules.
   clus = clustering.cluster_channels(eims, k, cfg.method, seed=cfg.seed, **common)
   other = clustering.cluster_channels(eims, k, "kmeans" if cfg.method == "nmf" else "nmf",
                                       seed=cfg.seed, **common)
   labels = broadcast_from_host0(clus.labels)  # identical masks on every process
-  # 4. Module maps and null maps on fresh pairs, one batched call.
-  k1, k2 = jax.random.split(jax.random.fold_in(jax.random.key(site_seed), 1 << 20))
-  z1, z2 = gen.sample_latents(k1, cfg.eval_pairs), gen.sample_latents(k2, cfg.eval_pairs)
+  # 4. Module maps and null maps on the evaluation pairs, one batched call.
   nulls = null_partitions(labels, cfg.n_null, cfg.seed + 1)
   masks = np.concatenate([module_masks(labels, k)] + [module_masks(p, k) for p in nulls])
-  groups_eval = (np.arange(cfg.eval_pairs) * cfg.eval_groups) // cfg.eval_pairs
   sums, counts = influence_map_sums(gen, site, masks, z1, z2, groups=groups_eval,
                                     pair_chunk=cfg.pair_chunk, mask_chunk=cfg.mask_chunk)
-  group_maps = np.asarray(sums) / (3.0 * counts[:, None, None, None])  # [G, M, H, W]
-  all_maps = np.asarray(sums).sum(0) / (3.0 * counts.sum())             # [M, H, W]
-  module_maps = all_maps[:k]
-  # 5. Metrics.
+  sums = np.asarray(sums)
+  group_maps = sums / (3.0 * counts[:, None, None, None])  # [G, M, H, W]
+  all_maps = sums.sum(0) / (3.0 * counts.sum())            # [M, H, W]
   flat = clustering.preprocess_eims(eims, **common)
-  hw = eims.shape[1:]
-  supports = lambda lab: partition_templates(flat, lab, k).reshape(k, *hw)
-  observed = _statistics(module_maps, supports(labels), parts)
-  null_stats = [_statistics(all_maps[(i + 1) * k:(i + 2) * k], supports(p), parts)
-                for i, p in enumerate(nulls)]
-  site_metrics = {"channels": c, "k": int(k), "stability": list(curve[k]),
-                  "stability_curve": {str(kk): list(v) for kk, v in curve.items()},
+  templates = np.stack([partition_templates(flat, lab, k) for lab in [labels, *nulls]])
+  supports = support_masks(templates.reshape(len(templates), k, *eims.shape[1:]),
+                           cfg.percentile)
+  return _SiteFit(eims, groups, int(k), curve, clus, labels,
+                  float(adjusted_rand_score(labels, other.labels)), supports, group_maps,
+                  all_maps, t_eims), counts
+
+
+def beyond(effect: dict, min_effect: float) -> bool:
+  """Whether an effect size ``{"value", "ci95": [lo, hi]}`` is clearly positive: its
+  whole 95% interval lies above ``min_effect`` (and above 0). A tiny but precisely
+  measured difference is not called "beyond": the null's and the bootstrap's spreads
+  are small, so intervals alone say nothing about size."""
+  return bool(effect["ci95"][0] > max(min_effect, 0.0))
+
+
+def _metric_entries(fit: _SiteFit, reps: dict, parts) -> dict[str, dict]:
+  """Per metric: value, CI, null, p, z and the effect over the null (with CI)."""
+  r = fit.supports.shape[0]
+  maps = fit.all_maps.reshape(r, fit.k, *fit.all_maps.shape[1:])
+  stats = partition_statistics(maps, fit.supports, parts)
+  out = {}
+  for name, values in stats.items():
+    sign = -1.0 if DIRECTION[name] == "less" else 1.0
+    value, null = float(values[0]), values[1:]
+    p, z = metrics.null_test(value, null, DIRECTION[name])
+    effect = sign * (reps[name][:, 0] - reps[name][:, 1:].mean(1))
+    out[name] = {"value": value, "ci95": _ci(reps[name][:, 0]),
+                 "null_mean": float(null.mean()), "null_std": float(null.std()),
+                 "p_value": float(p), "z": float(z),
+                 "effect_vs_null": {"value": sign * (value - float(null.mean())),
+                                    "ci95": _ci(effect)},
+                 "_effect_reps": effect}
+  return out
+
+
+def analyze_site(gen: Generator, site: str, cfg: AnalysisConfig, out_dir: str,
+                 cache_dir: str, fingerprint: str, parts: np.ndarray | None,
+                 site_seed: int, untrained: tuple[Generator, str] | None = None) -> dict:
+  """Steps 1–7 for one site; ``untrained`` is (baseline generator, its fingerprint)."""
+  t0 = time.perf_counter()
+  host0 = jax.process_index() == 0  # with several processes only process 0 writes
+  sdir = os.path.join(out_dir, site)
+  if host0:
+    os.makedirs(sdir, exist_ok=True)
+  z1, z2 = eval_latents(gen, site_seed, cfg.eval_pairs)
+  groups_eval = (np.arange(cfg.eval_pairs) * cfg.eval_groups) // cfg.eval_pairs
+  plot = os.path.join(sdir, "stability.png") if host0 and cfg.k is None else None
+  fit, counts = _fit_site(gen, site, cfg, cache_dir, fingerprint, site_seed, z1, z2,
+                          groups_eval, cfg.k, plot)
+  k, labels = fit.k, fit.labels
+  t_trained = time.perf_counter() - t0
+  fits = [fit]
+  if untrained is not None:  # same pairs (same sampler, seeds), same K, same settings
+    fits.append(_fit_site(untrained[0], site, cfg, cache_dir, untrained[1], site_seed, z1,
+                          z2, groups_eval, k, None)[0])
+  t_untrained = time.perf_counter() - t0 - t_trained
+  # 5. Metrics, with one paired bootstrap for both networks.
+  reps = paired_bootstrap([f.group_maps for f in fits], counts, [f.supports for f in fits],
+                          parts, cfg.n_ci, cfg.seed)
+  entries = [_metric_entries(f, rp, parts) for f, rp in zip(fits, reps)]
+  site_metrics = {"channels": int(fit.eims.shape[0]), "k": k, "stability": list(fit.curve[k]),
+                  "stability_curve": {str(kk): list(v) for kk, v in fit.curve.items()},
                   "module_sizes": np.bincount(labels, minlength=k).tolist(),
-                  "nmf_vs_kmeans_ari": float(adjusted_rand_score(labels, other.labels))}
-  direction = {"overlap": "less", "in_support": "greater", "part_agreement": "greater"}
-  sup = supports(labels)
-  for name, value in observed.items():
-    null = np.array([s[name] for s in null_stats])
-    p, z = metrics.null_test(value, null, direction[name])
-    stat = lambda m, name=name: _statistics(m, sup, parts)[name]
-    lo, hi = _bootstrap(group_maps[:, :k], counts, stat, cfg.n_ci, cfg.seed)
-    site_metrics[name] = {"value": float(value), "ci95": [lo, hi],
-                          "null_mean": float(null.mean()), "null_std": float(null.std()),
-                          "p_value": float(p), "z": float(z)}
-  site_metrics["seconds"] = {"eims": t_eims, "total": time.perf_counter() - t0}
+                  "nmf_vs_kmeans_ari": fit.ari}
+  verdict = {}
+  for name, entry in entries[0].items():
+    beyond_null = beyond(entry["effect_vs_null"], cfg.min_effect)
+    entry["beyond_null"] = bool(beyond_null)
+    if untrained is not None:
+      base = entries[1][name]
+      diff = entry["_effect_reps"] - base["_effect_reps"]
+      entry["untrained"] = {key: v for key, v in base.items() if not key.startswith("_")}
+      entry["effect_vs_untrained"] = {
+          "value": entry["effect_vs_null"]["value"] - base["effect_vs_null"]["value"],
+          "ci95": _ci(diff)}
+      sign = -1.0 if DIRECTION[name] == "less" else 1.0
+      raw = sign * (reps[0][name][:, 0] - reps[1][name][:, 0])
+      entry["raw_difference_to_untrained"] = {"value": sign * (entry["value"] - base["value"]),
+                                              "ci95": _ci(raw)}
+      entry["beyond_untrained"] = beyond(entry["effect_vs_untrained"], cfg.min_effect)
+      entry["evidence"] = bool(beyond_null and entry["beyond_untrained"])
+    else:
+      entry["beyond_untrained"] = None
+      entry["evidence"] = None
+    del entry["_effect_reps"]
+    site_metrics[name] = entry
+    verdict[name] = {key: entry[key] for key in ("beyond_null", "beyond_untrained",
+                                                 "evidence")}
+  distinct = ("overlap", "in_support")
+  verdict["modules_distinct_beyond_null"] = all(verdict[n]["beyond_null"] for n in distinct)
+  if untrained is not None:
+    u = fits[1]
+    site_metrics["stability_untrained"] = list(u.curve[k])
+    site_metrics["untrained_module_sizes"] = np.bincount(u.labels, minlength=k).tolist()
+    site_metrics["untrained_nmf_vs_kmeans_ari"] = u.ari
+    (mt, st), (mu, su) = fit.curve[k], u.curve[k]
+    verdict["stability"] = {"beyond_untrained": bool(mt - st > mu + su
+                                                     and mt - mu >= cfg.min_effect)}
+    verdict["modules_distinct_beyond_untrained"] = all(verdict[n]["evidence"]
+                                                       for n in distinct)
+  else:
+    verdict["modules_distinct_beyond_untrained"] = None
+  site_metrics["verdict"] = verdict
+  site_metrics["beyond_untrained"] = verdict["modules_distinct_beyond_untrained"]
+  site_metrics["seconds"] = {"eims": fit.seconds_eims, "trained": t_trained,
+                             "untrained": t_untrained, "total": time.perf_counter() - t0}
   if not host0:
     return site_metrics
-  # 6. Figures and arrays.
-  viz.save_map_grid(os.path.join(sdir, "eims.png"), eims, labels=labels)
-  viz.save_map_grid(os.path.join(sdir, "templates.png"), clus.templates, ncols=k)
-  viz.save_map_grid(os.path.join(sdir, "module_maps.png"), module_maps, ncols=k,
-                    normalize="global")
+  # 7. Figures and arrays.
+  sizes = site_metrics["module_sizes"]
+  mod_titles = [f"module {j} · {sizes[j]} ch" for j in range(k)]
+  viz.save_map_grid(os.path.join(sdir, "eims.png"), fit.eims, labels=labels,
+                    colorbar_label="fraction of the channel's own maximum",
+                    title=f"EIMs of the {fit.eims.shape[0]} channels, ordered by module")
+  templates_name = ("k-means centroids" if fit.clus.method == "kmeans"
+                    else "NMF templates (rows of H)")
+  viz.save_map_grid(os.path.join(sdir, "templates.png"), fit.clus.templates, ncols=k,
+                    titles=mod_titles, colorbar_label="fraction of the template's maximum",
+                    title=f"{templates_name}, preprocessed EIM space")
+  viz.save_map_grid(os.path.join(sdir, "module_maps.png"), fit.all_maps[:k], ncols=k,
+                    normalize="global", titles=mod_titles,
+                    colorbar_label="mean |Δ pixel| (images in [-1, 1])",
+                    title="module influence maps, one scale")
+  arrays = {}
+  if untrained is not None:
+    u = fits[1]
+    usizes = site_metrics["untrained_module_sizes"]
+    viz.save_map_grid(os.path.join(sdir, "untrained_module_maps.png"), u.all_maps[:k],
+                      ncols=k, normalize="each",
+                      titles=[f"module {j} · {usizes[j]} ch" for j in range(k)],
+                      colorbar_label="fraction of the map's own maximum",
+                      title="untrained network: module maps, each to its max")
+    arrays = dict(untrained_labels=u.labels, untrained_module_maps=u.all_maps[:k],
+                  untrained_null_maps=u.all_maps[k:], untrained_templates=u.clus.templates)
   ka, kb = jax.random.split(jax.random.fold_in(jax.random.key(site_seed), 1 << 21))
   z_rows = gen.sample_latents(ka, cfg.hybrid_rows)
   z_cols = gen.sample_latents(kb, cfg.hybrid_cols)
@@ -258,17 +482,30 @@ def analyze_site(gen: Generator, site: str, cfg: AnalysisConfig, out_dir: str,
     panel = hybrid_panel(gen, site, module_masks(labels, k)[j], z_rows, z_cols,
                          cfg.hybrid_rows, cfg.hybrid_cols)
     viz.save_rgb(os.path.join(sdir, f"hybrids_module{j}.png"), panel)
-  np.savez_compressed(os.path.join(sdir, "analysis.npz"), eims=eims, eim_groups=groups,
-                      labels=labels, templates=clus.templates, weights=clus.weights,
-                      module_maps=module_maps, null_maps=all_maps[k:])
+  np.savez_compressed(os.path.join(sdir, "analysis.npz"), eims=fit.eims,
+                      eim_groups=fit.eim_groups, labels=labels,
+                      templates=fit.clus.templates, weights=fit.clus.weights,
+                      module_maps=fit.all_maps[:k], null_maps=fit.all_maps[k:],
+                      eval_z1=np.asarray(z1), eval_z2=np.asarray(z2),
+                      eval_groups=groups_eval, **arrays)
   site_metrics["seconds"]["total"] = time.perf_counter() - t0
   return site_metrics
 
 
 # ---- the job -----------------------------------------------------------------------------
-def run(gen: Generator, cfg: AnalysisConfig, out_dir: str, cache_dir: str | None = None) -> dict:
-  """Runs the analysis of every requested site; writes files under ``out_dir``."""
+def run(gen: Generator, cfg: AnalysisConfig, out_dir: str, cache_dir: str | None = None,
+        baseline: Generator | None = None) -> dict:
+  """Runs the analysis of every requested site; writes files under ``out_dir``.
+
+  ``baseline``: the network to compare with when ``cfg.untrained_baseline`` (default:
+  `baselines.untrained_like(gen)`); it must have ``gen``'s sites and latent shape.
+  """
   sites = check_config(gen, cfg)
+  if baseline is not None and (baseline.sites != gen.sites
+                               or baseline.latent_shape != gen.latent_shape):
+    raise ValueError(f"baseline must have the sites {gen.sites} and latent shape "
+                     f"{gen.latent_shape} of {gen.name}, got {baseline.sites} and "
+                     f"{baseline.latent_shape}")
   parts = part_maps_for(gen, cfg)
   cache_dir = cache_dir or os.path.join(out_dir, "cache")
   if jax.process_index() == 0:
@@ -277,10 +514,18 @@ def run(gen: Generator, cfg: AnalysisConfig, out_dir: str, cache_dir: str | None
   result = {"generator": gen.name, "fingerprint": fingerprint,
             "config": dataclasses.asdict(cfg), "devices": jax.device_count(),
             "platform": jax.default_backend(), "sites": {}}
+  untrained = None
+  if cfg.untrained_baseline:
+    base = baseline if baseline is not None else baselines.untrained_like(gen)
+    untrained = (base, generator_fingerprint(base))
+    result["untrained_baseline"] = {
+        "generator": base.name, "fingerprint": untrained[1],
+        "seed": baselines.UNTRAINED_SEED if baseline is None else None}
   t0 = time.perf_counter()
   for i, site in enumerate(sites):
     result["sites"][site] = analyze_site(gen, site, cfg, out_dir, cache_dir, fingerprint,
-                                         parts, cfg.seed * 1000 + gen.site_index(site))
+                                         parts, cfg.seed * 1000 + gen.site_index(site),
+                                         untrained)
     elapsed = time.perf_counter() - t0
     logging.info("site %s done (%d/%d) in %.1f s; ETA %.0f s", site, i + 1, len(sites),
                  result["sites"][site]["seconds"]["total"],
@@ -299,10 +544,50 @@ def run(gen: Generator, cfg: AnalysisConfig, out_dir: str, cache_dir: str | None
 
 
 # ---- report ------------------------------------------------------------------------------
-def _fmt(m: dict) -> str:
-  return (f"{m['value']:.3f} [{m['ci95'][0]:.3f}, {m['ci95'][1]:.3f}]"
-          f"<br><small>null {m['null_mean']:.3f} ± {m['null_std']:.3f}, p = {m['p_value']:.3g}"
-          "</small>")
+_NAMES = {"overlap": "overlap ↓", "in_support": "in-support share ↑",
+          "part_agreement": "part agreement ↑"}
+
+
+def _ci_text(m: dict, signed: bool = False) -> str:
+  f = "{:+.3f}" if signed else "{:.3f}"
+  return (f"{f.format(m['value'])} <small>[{f.format(m['ci95'][0])}, "
+          f"{f.format(m['ci95'][1])}]</small>")
+
+
+def _yes(flag) -> str:
+  if flag is None:
+    return "—"
+  return '<b class="yes">yes</b>' if flag else '<b class="no">no</b>'
+
+
+def site_sentence(m: dict) -> str:
+  """The verdict of one site in plain words (from ``metrics.json``'s site entry)."""
+  v = m["verdict"]
+  if not v["modules_distinct_beyond_null"]:
+    text = ("The modules are not clearly more distinct than random groups of channels "
+            "of the same sizes.")
+  elif v["modules_distinct_beyond_untrained"] is None:
+    text = ("The modules are more distinct than random groups of channels, but the "
+            "untrained baseline was not run, and an untrained network also beats random "
+            "groups: this alone is no evidence of learned modularity.")
+  elif v["modules_distinct_beyond_untrained"]:
+    text = ("The modules are more distinct than random groups of channels, by more than "
+            "the modules of an untrained network of the same architecture are: evidence "
+            "of learned modularity.")
+  else:
+    text = ("The modules are more distinct than random groups of channels, but not by "
+            "more than the modules of an untrained network of the same architecture: "
+            "no evidence of learned modularity.")
+  if "part_agreement" in v:
+    if v["part_agreement"]["evidence"]:
+      text += " Module maps follow the ground-truth face parts beyond chance and beyond "\
+              "the untrained network."
+    elif v["part_agreement"]["beyond_null"] and v["part_agreement"]["evidence"] is False:
+      text += (" Module maps follow the face parts beyond chance, but not beyond the "
+               "untrained network.")
+    elif not v["part_agreement"]["beyond_null"]:
+      text += " Module maps do not follow the face parts beyond chance."
+  return text
 
 
 def report_files(result: dict) -> list[str]:
@@ -310,55 +595,217 @@ def report_files(result: dict) -> list[str]:
   files = []
   for site, m in result["sites"].items():
     files += [f"{site}/eims.png", f"{site}/templates.png", f"{site}/module_maps.png"]
+    if "untrained" in m["overlap"]:
+      files.append(f"{site}/untrained_module_maps.png")
     if result["config"]["k"] is None:
       files.append(f"{site}/stability.png")
     files += [f"{site}/hybrids_module{j}.png" for j in range(m["k"])]
   return files
 
 
+def _definitions(parts: bool, baseline: bool, min_effect: float) -> list[tuple[str, str]]:
+  """(column header, one or two sentences) for every column of the report's tables."""
+  beyond = (f"the whole 95% interval lies above {min_effect:g} on the metric's 0–1 scale "
+            "(a smaller difference is not called beyond, however precisely measured)")
+  d = [("site", "The layer whose output channels are swapped between two images (the "
+        "intervention site of the paper)."),
+       ("C", "Number of channels at the site."),
+       ("K", "Number of modules, chosen by template stability (the largest K whose "
+        "stability is close to the best) unless given"
+        + ("; the untrained network is clustered with the same K." if baseline else ".")),
+       ("modules distinct beyond random channel groups", "Yes when, on both overlap and "
+        "in-support share, the gain of the modules over random partitions of the "
+        f"channels (same module sizes) is clear: {beyond}.")]
+  if baseline:
+    d.append(("… beyond an untrained network", "Yes when, in addition, on both metrics "
+              "the trained model's gain over random partitions exceeds the untrained "
+              "network's gain over its own random partitions, with the same rule. Only then "
+              "do the numbers say the modules were learned: random convolutions already "
+              "have local receptive fields, so an untrained network's channel groups also "
+              "beat random ones."))
+  if parts:
+    d.append(("parts", "The same test" + ("s" if baseline else "") + " for agreement with "
+              "the ground-truth face parts."))
+  d += [("in words", "The verdict of the site in one sentence."),
+        ("metric", "Which statistic of the module influence maps the row reports; the "
+         "arrow says which direction is more modular:"),
+        ("overlap ↓", "Mean cosine similarity between the influence maps of every two "
+         "modules (1: they change the same pixels in the same proportions; 0: disjoint "
+         "pixels). Lower means more distinct modules."),
+        ("in-support share ↑", "Share of each module's influence (the sum of its map) "
+         "inside its support, the top pixels of its template (the mean preprocessed EIM of "
+         "its channels, thresholded at the clustering percentile); averaged over modules. "
+         "Higher means the module acts where its channels' own maps say.")]
+  if parts:
+    d.append(("part agreement ↑", "Share of the modules' influence inside ground-truth "
+              "face parts (background, hair, skin, eyes, mouth), modules matched one-to-one "
+              "to parts; 1 when every module acts only inside a part of its own."))
+  d += [("trained [95% CI]", "The metric of the K modules, measured on fresh latent pairs "
+         "that the clustering did not see; the interval is a percentile bootstrap over "
+         "groups of pairs."),
+        ("random-partition null", "Mean ± standard deviation of the metric over random "
+         "channel partitions with the same module sizes, on the same pairs, and the "
+         "z-score of the trained value. The null's spread is tiny, so |z| is large even for "
+         "negligible differences: read the effect sizes (Δ) for how large a difference is."),
+        ("Δ vs null [95% CI]", "Effect size: how much more modular than random partitions "
+         "(null mean − value for overlap, value − null mean otherwise; positive = more "
+         "modular); the bootstrap recomputes the null on every resample.")]
+  if baseline:
+    d += [("untrained [95% CI] (null)", "The same metric for the same architecture with "
+           "random weights, on the same pairs, with the same K; in brackets its own "
+           "random-partition null. All metrics are scale-free (an untrained network's "
+           "influence maps are orders of magnitude smaller)."),
+          ("Δ vs untrained [95% CI]", "Effect size: the trained model's Δ vs null minus the "
+           "untrained network's Δ vs null (positive: the trained modules beat random "
+           "partitions by more). Paired bootstrap: every resample draws the same groups of "
+           "pairs for both networks."),
+          ("evidence", f"Yes when both Δ vs null and Δ vs untrained are clear: {beyond}.")]
+  else:
+    d.append(("beyond null", f"Yes when Δ vs null is clear: {beyond}."))
+  d += [("module sizes (channels)", "Channels in each module, module 0 first."),
+        ("stability (trained / untrained)" if baseline else "stability",
+         "Mean ± s.d. of the matched cosine similarity of module templates between "
+         "bootstrap resamples of the pairs and NMF restarts, at K (1: the same templates "
+         "every time). It says the clustering is reproducible, not that the modules mean "
+         "anything" + (": compare with the untrained network's value (beyond untrained: "
+                       "the mean ± s.d. bands do not overlap)." if baseline else ".")),
+        ("NMF vs k-means ARI (trained / untrained)" if baseline else "NMF vs k-means ARI",
+         "Adjusted Rand index between the NMF modules and k-means clusters of the same EIMs "
+         "(1: identical partitions; 0: chance agreement)."),
+        ("seconds", "Wall time of the site: EIMs, clustering, evaluation, bootstrap and "
+         "figures" + (", for both networks." if baseline else "."))]
+  return d
+
+
 def write_report(result: dict, out_dir: str) -> str:
-  """One HTML page with a metrics table per site and the figures beside it."""
+  """One HTML page: verdicts, metrics with effect sizes, definitions, figures."""
   parts = "best_site" in result
-  head = ["site", "C", "K", "stability", "overlap ↓", "in-support share ↑"]
-  head += ["part agreement ↑"] if parts else []
-  head += ["NMF vs k-means ARI", "seconds"]
-  rows = []
+  baseline = "untrained_baseline" in result
+  names = [n for n in METRICS if n != "part_agreement" or parts]
+  td = lambda cells: "<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>"
+  defs = _definitions(parts, baseline, result["config"].get("min_effect", 0.0))
+  tips = dict(defs)
+  th = lambda cells: "<tr>" + "".join(
+      f'<th title="{html.escape(tips.get(c, ""))}">{html.escape(c)}</th>' for c in cells
+  ) + "</tr>"
+  # Verdicts.
+  vrows = []
   for site, m in result["sites"].items():
-    cells = [site, m["channels"], m["k"], f"{m['stability'][0]:.3f} ± {m['stability'][1]:.3f}",
-             _fmt(m["overlap"]), _fmt(m["in_support"])]
-    cells += [_fmt(m["part_agreement"])] if parts else []
-    cells += [f"{m['nmf_vs_kmeans_ari']:.2f}", f"{m['seconds']['total']:.1f}"]
-    rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    v = m["verdict"]
+    cells = [site, m["k"], _yes(v["modules_distinct_beyond_null"]),
+             _yes(v["modules_distinct_beyond_untrained"])]
+    if parts:
+      cells.append(_yes(v["part_agreement"]["evidence"] if baseline
+                        else v["part_agreement"]["beyond_null"]))
+    vrows.append(td(cells + [html.escape(site_sentence(m))]))
+  vhead = ["site", "K", "modules distinct beyond random channel groups",
+           "… beyond an untrained network"] + (["parts"] if parts else []) + ["in words"]
+  # Metrics with effect sizes.
+  mrows = []
+  for site, m in result["sites"].items():
+    for name in names:
+      e = m[name]
+      cells = [site, _NAMES[name], _ci_text(e),
+               f"{e['null_mean']:.3f} ± {e['null_std']:.3f} <small>(z = {e['z']:+.1f})"
+               "</small>", _ci_text(e["effect_vs_null"], signed=True)]
+      if baseline:
+        u = e["untrained"]
+        cells += [f"{_ci_text(u)} <small>({u['null_mean']:.3f})</small>",
+                  _ci_text(e["effect_vs_untrained"], signed=True), _yes(e["evidence"])]
+      else:
+        cells += [_yes(e["beyond_null"])]
+      mrows.append(td(cells))
+  mhead = ["site", "metric", "trained [95% CI]", "random-partition null",
+           "Δ vs null [95% CI]"]
+  mhead += (["untrained [95% CI] (null)", "Δ vs untrained [95% CI]", "evidence"]
+            if baseline else ["beyond null"])
+  # Clustering.
+  crows = []
+  for site, m in result["sites"].items():
+    stab = f"{m['stability'][0]:.3f} ± {m['stability'][1]:.3f}"
+    ari = f"{m['nmf_vs_kmeans_ari']:.2f}"
+    if baseline:
+      stab += (f" / {m['stability_untrained'][0]:.3f} ± {m['stability_untrained'][1]:.3f}"
+               f" <small>(beyond untrained: "
+               f"{'yes' if m['verdict']['stability']['beyond_untrained'] else 'no'})</small>")
+      ari += f" / {m['untrained_nmf_vs_kmeans_ari']:.2f}"
+    crows.append(td([site, m["channels"], m["k"],
+                     ", ".join(map(str, m["module_sizes"])), stab, ari,
+                     f"{m['seconds']['total']:.1f}"]))
+  chead = ["site", "C", "K", "module sizes (channels)",
+           "stability (trained / untrained)" if baseline else "stability",
+           "NMF vs k-means ARI" + (" (trained / untrained)" if baseline else ""), "seconds"]
+  dl = "".join(f"<dt>{html.escape(t)}</dt><dd>{html.escape(d)}</dd>" for t, d in defs)
+  # Figures.
   img = lambda p, cap: (f'<figure><img src="{html.escape(p)}" alt="{html.escape(cap)}">'
                         f"<figcaption>{html.escape(cap)}</figcaption></figure>")
+  method = result["config"]["method"]
+  templates_cap = ("k-means centroids of the preprocessed EIMs (one per module; "
+                   "k-means, not NMF)" if method == "kmeans" else
+                   "NMF templates: the K rows of H, the typical preprocessed EIM of each "
+                   "module")
   sections = []
   for site, m in result["sites"].items():
-    figs = [img(f"{site}/eims.png", "EIMs, ordered by module (colour bar = module)"),
-            img(f"{site}/templates.png", "NMF templates"),
-            img(f"{site}/module_maps.png", "module influence maps (common scale)")]
+    figs = [img(f"{site}/module_maps.png",
+                "Module influence maps on fresh pairs: mean |change of each pixel| when "
+                "the module's channels are taken from the donor; one colour scale."),
+            img(f"{site}/templates.png", templates_cap + "; each scaled to its maximum.")]
+    if "untrained" in m["overlap"]:
+      figs.append(img(f"{site}/untrained_module_maps.png",
+                      "The untrained network's module maps (same K, same pairs), each "
+                      "scaled to its own maximum: its images barely change, so only "
+                      "shapes compare."))
     if result["config"]["k"] is None:
-      figs.append(img(f"{site}/stability.png", "template stability against K"))
+      figs.append(img(f"{site}/stability.png",
+                      "Template stability against K (mean ± s.d.); the dashed line is "
+                      "the K used."))
+    figs.append(img(f"{site}/eims.png",
+                    "Elementary influence maps of every channel, ordered by module; the "
+                    "coloured strip under each tile is its module (legend), each tile "
+                    "scaled to its own maximum."))
     figs += [img(f"{site}/hybrids_module{j}.png",
-                 f"module {j} ({m['module_sizes'][j]} channels): rows z1, columns donor z2")
+                 f"Hybrids of module {j} ({m['module_sizes'][j]} channels): originals z1 "
+                 "down the left, donors z2 across the top; each cell is z1 with module "
+                 f"{j}'s channels taken from the donor.")
              for j in range(m["k"])]
-    sections.append(f"<h2>{html.escape(site)}</h2>" + "".join(figs))
+    sections.append(f"<h3>{html.escape(site)}: "
+                    f"{html.escape(site_sentence(m))}</h3>" + "".join(figs))
   best = (f"<p>Best site by ground-truth part agreement over chance: <b>{result['best_site']}"
           "</b>.</p>" if parts else "")
+  cfg = result["config"]
+  base_text = (
+      f"The untrained baseline is {html.escape(result['untrained_baseline']['generator'])}: "
+      "the same architecture with freshly initialised weights, analysed with the same "
+      "latent pairs, the same K and the same settings." if baseline else
+      "<b>The untrained baseline was not run</b> (untrained_baseline=False): verdicts rest "
+      "on the random-partition null only, which an untrained network also passes.")
   page = f"""<!doctype html><html><head><meta charset="utf-8">
 <title>cfmod_jax report: {html.escape(result['generator'])}</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1400px}}
-table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px;vertical-align:top}}
-figure{{display:inline-block;margin:8px;vertical-align:top}}img{{max-width:640px;image-rendering:pixelated}}
+table{{border-collapse:collapse;margin-bottom:1em}}
+td,th{{border:1px solid #ccc;padding:4px 8px;vertical-align:top}}th{{background:#f3f3f3}}
+.yes{{color:#1a7f37}}.no{{color:#b42318}}dt{{font-weight:bold;margin-top:.4em}}
+figure{{display:inline-block;margin:8px;vertical-align:top;max-width:660px}}
+img{{max-width:640px}}figcaption{{font-size:90%}}
 </style></head><body>
 <h1>Modularity of {html.escape(result['generator'])}</h1>
-<p>{result['config']['n_pairs']} pairs for the EIMs, {result['config']['eval_pairs']} fresh pairs
-for module maps; intervals are bootstrap 95% over groups of pairs; the null is
-{result['config']['n_null']} random channel partitions with the same module sizes
-(one-sided p-values). Ran in {result['seconds']:.0f} s on {result['devices']}
+<p>Modules are groups of channels at a site found by clustering their elementary influence
+maps (EIMs: which pixels change when one channel is taken from another image), over
+{cfg['n_pairs']} latent pairs. Metrics are measured on {cfg['eval_pairs']} fresh pairs in
+{cfg['eval_groups']} groups; intervals are percentile bootstrap 95% over these groups
+({cfg['n_ci']} resamples); the null is {cfg['n_null']} random channel partitions with the
+same module sizes. {base_text} Ran in {result['seconds']:.0f} s on {result['devices']}
 {html.escape(result['platform'])} device(s).</p>{best}
-<table><tr>{''.join(f'<th>{h}</th>' for h in head)}</tr>{''.join(rows)}</table>
+<h2>Verdict per site</h2>
+<table>{th(vhead)}{''.join(vrows)}</table>
+<h2>Metrics and effect sizes</h2>
+<table>{th(mhead)}{''.join(mrows)}</table>
+<h2>Clustering</h2>
+<table>{th(chead)}{''.join(crows)}</table>
+<h2>What the columns mean</h2><dl>{dl}</dl>
+<h2>Figures</h2>
 {''.join(sections)}
-<p><small>Arrays: &lt;site&gt;/analysis.npz; numbers: metrics.json.</small></p>
+<p><small>Arrays: &lt;site&gt;/analysis.npz; numbers and verdicts: metrics.json.</small></p>
 </body></html>"""
   path = os.path.join(out_dir, "report.html")
   with open(path, "w") as f:

@@ -10,6 +10,9 @@ import os
 from typing import Sequence
 
 import matplotlib
+import matplotlib.cm
+import matplotlib.colors
+import matplotlib.patches
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -62,25 +65,89 @@ def colorize_maps(maps, normalize: str = "each", cmap: str = "inferno") -> np.nd
 
 
 def save_map_grid(path: str, maps, ncols: int | None = None, normalize: str = "each",
-                  labels: Sequence[int] | None = None) -> str:
-  """Writes influence maps ``[K, H, W]`` as a PNG grid (one tile per map).
+                  labels: Sequence[int] | None = None, titles: Sequence[str] | None = None,
+                  colorbar_label: str | None = None, title: str | None = None,
+                  cmap: str = "inferno") -> str:
+  """Writes influence maps ``[K, H, W] ≥ 0`` as a PNG grid with a colour bar.
 
-  With ``labels`` (module of each map), maps are ordered by module and a
-  coloured bar under each tile marks its module.
+  Args:
+    path: PNG file to write.
+    maps: ``[K, H, W]`` non-negative maps, one tile each.
+    ncols: tiles per row (default: about √K).
+    normalize: ``'each'`` scales every tile to its own maximum (the colour bar runs
+      from 0 to 1 = "the tile's maximum"); ``'global'`` uses one scale for all tiles
+      (the colour bar is in the maps' own units).
+    labels: optional module of each map: tiles are ordered by module, a coloured
+      strip under each tile marks its module, and a legend names the colours.
+    titles: optional text above each tile (e.g. ``"module 0 · 12 ch"``), in the
+      order of ``maps``.
+    colorbar_label: text beside the colour bar (a default names the normalisation).
+    title: optional figure title.
   """
-  maps = np.asarray(maps)
-  rgb = colorize_maps(maps, normalize)
+  maps = np.asarray(maps, np.float32)
+  if maps.ndim != 3 or len(maps) == 0:
+    raise ValueError(f"maps must have shape [K, H, W] with K ≥ 1, got {maps.shape}")
+  if titles is not None and len(titles) != len(maps):
+    raise ValueError(f"titles must have one entry per map ({len(maps)}), got {len(titles)}")
+  rgb = colorize_maps(maps, normalize, cmap)
+  h, w = maps.shape[1:]
+  order = np.arange(len(maps))
   if labels is not None:
     labels = np.asarray(labels)
+    if labels.shape != (len(maps),):
+      raise ValueError(f"labels must have shape [{len(maps)}] (one module per map), got "
+                       f"{labels.shape}")
     order = np.argsort(labels, kind="stable")
-    rgb, labels = rgb[order], labels[order]
-    colours = matplotlib.colormaps["tab10"](labels % 10)[:, :3]
-    bar = np.broadcast_to(colours[:, None, None, :], (len(rgb), 4, rgb.shape[2], 3))
-    rgb = np.concatenate([rgb, bar], axis=1)
-  ncols = ncols or int(np.ceil(np.sqrt(len(rgb))))
-  _ensure_dir(path)
-  matplotlib.image.imsave(path, tile(rgb, ncols))
-  return path
+    colours = _module_colours(labels[order])
+    strip = max(2, h // 16)
+    bar = np.broadcast_to(colours[:, None, None, :], (len(maps), strip, w, 3))
+    rgb = np.concatenate([rgb[order], bar], axis=1)
+  n = len(rgb)
+  ncols = max(1, min(n, ncols or int(np.ceil(np.sqrt(n)))))
+  nrows = -(-n // ncols)
+  pad = 2
+  grid = tile(rgb, ncols, pad=pad)
+  tile_h, tile_w = rgb.shape[1] + pad, w + pad
+  # About 1.4 inch per tile for a few maps, less for many (EIMs of hundreds of channels).
+  per = 1.6 if n <= 8 else max(0.45, 10.0 / ncols)
+  title_space = 0.3 if titles is not None else 0.0
+  fig = new_figure(max(5.0, per * ncols + 1.6), per * nrows * tile_h / tile_w + 0.5 + title_space
+                   + (0.35 if title else 0.0) + (0.25 * (1 + len(set(labels.tolist())) // 6)
+                                                if labels is not None else 0.0))
+  ax = fig.add_subplot(1, 1, 1)
+  ax.imshow(grid, interpolation="nearest")
+  ax.set_axis_off()
+  if titles is not None:
+    for i, j in enumerate(order):
+      r, c = divmod(i, ncols)
+      ax.text(c * tile_w + w / 2, r * tile_h - 1, titles[j], ha="center", va="bottom",
+              fontsize=9)
+  if title:
+    ax.set_title(title, fontsize=10, pad=16 if titles is not None else 6)
+  if normalize == "each":
+    norm = matplotlib.colors.Normalize(0.0, 1.0)
+    default_label = "fraction of the tile's own maximum"
+  else:
+    norm = matplotlib.colors.Normalize(0.0, float(maps.max()) or 1.0)
+    default_label = "mean |Δ pixel| (one scale for all tiles)"
+  mappable = matplotlib.cm.ScalarMappable(norm=norm, cmap=cmap)
+  cbar = fig.colorbar(mappable, ax=ax, fraction=0.04, pad=0.02)
+  cbar.set_label(colorbar_label or default_label, fontsize=8)
+  cbar.ax.tick_params(labelsize=7)
+  if labels is not None:
+    mods, counts = np.unique(labels, return_counts=True)
+    handles = [matplotlib.patches.Patch(color=_module_colours(np.array([m]))[0],
+                                        label=f"module {m} ({c} ch)")
+               for m, c in zip(mods, counts)]
+    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0),
+              ncol=min(len(handles), 6), fontsize=8, frameon=False,
+              title="strip under each tile = module of the channel", title_fontsize=8)
+  return save_figure(fig, path)
+
+
+def _module_colours(labels: np.ndarray) -> np.ndarray:
+  """RGB colour [N, 3] of each module index (tab10, cycling)."""
+  return matplotlib.colormaps["tab10"](np.asarray(labels) % 10)[:, :3]
 
 
 def save_figure(fig: Figure, path: str, dpi: int = 100) -> str:

@@ -1,17 +1,22 @@
 """The main job on a tiny config: every file is written, the report shows only
-files that exist, the metrics are sane, and bad settings fail early."""
+files that exist and defines its columns, module maps are the influence maps of the
+module masks, the untrained baseline is paired with the model, and bad settings fail
+early."""
 
+import dataclasses
+import html
 import json
 import os
 import re
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
 import cfmod_jax as cf
-from cfmod_jax import analysis
+from cfmod_jax import analysis, baselines, metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = analysis.AnalysisConfig(sites=("block3", "block4"), n_pairs=8, block_pairs=4,
@@ -42,6 +47,8 @@ def test_writes_every_file(tiny_run):
       assert data["labels"].shape == (c,) and set(data["labels"]) <= set(range(k))
       assert data["module_maps"].shape == (k, 64, 64)
       assert data["null_maps"].shape == (3 * k, 64, 64)
+      assert data["untrained_module_maps"].shape == (k, 64, 64)
+      assert data["untrained_labels"].shape == (c,)
   with open(os.path.join(out, "metrics.json")) as f:
     assert json.load(f)["best_site"] in TINY.sites
 
@@ -60,6 +67,7 @@ def test_report_references_only_existing_files(tiny_run):
 
 def test_metrics_are_consistent(tiny_run):
   gen, out, result = tiny_run
+  untrained = baselines.untrained_like(gen)
   for site, m in result["sites"].items():
     assert m["k"] in TINY.k_values
     assert sum(m["module_sizes"]) == m["channels"] == gen.site_shape(site)[-1]
@@ -67,11 +75,118 @@ def test_metrics_are_consistent(tiny_run):
       v = m[name]
       assert 0.0 <= v["value"] <= 1.0 and 0.0 < v["p_value"] <= 1.0
       assert v["ci95"][0] <= v["ci95"][1]
-    # Module maps really are the influence maps of the module masks.
+      # Effect sizes: signed gain over the null, and that gain minus the untrained one.
+      sign = -1.0 if name == "overlap" else 1.0
+      assert v["effect_vs_null"]["value"] == pytest.approx(sign * (v["value"] - v["null_mean"]))
+      u = v["untrained"]
+      assert u["effect_vs_null"]["value"] == pytest.approx(sign * (u["value"] - u["null_mean"]))
+      assert v["effect_vs_untrained"]["value"] == pytest.approx(
+          v["effect_vs_null"]["value"] - u["effect_vs_null"]["value"])
+      assert v["evidence"] == (v["beyond_null"] and v["beyond_untrained"])
+      assert v["beyond_untrained"] == (v["effect_vs_untrained"]["ci95"][0] > TINY.min_effect)
+    assert m["beyond_untrained"] == (m["overlap"]["evidence"] and m["in_support"]["evidence"])
+    # Module maps are the influence maps of the module masks on the evaluation pairs,
+    # computed independently here (one call, default chunks), for both networks.
     with np.load(os.path.join(out, site, "analysis.npz")) as data:
-      masks = analysis.module_masks(data["labels"], m["k"])
-      assert masks.sum() == m["channels"]
-      assert float(data["module_maps"].min()) >= 0.0
+      z1, z2 = data["eval_z1"], data["eval_z2"]
+      assert len(z1) == TINY.eval_pairs
+      for g, labels, maps in ((gen, data["labels"], data["module_maps"]),
+                              (untrained, data["untrained_labels"],
+                               data["untrained_module_maps"])):
+        ref = np.asarray(cf.influence_maps(g, site, analysis.module_masks(labels, m["k"]), z1,
+                                           z2))
+        assert float(ref.max()) > 0
+        np.testing.assert_allclose(maps, ref, rtol=1e-4, atol=1e-6 * float(ref.max()))
+      # The trained model's observed overlap is the overlap of its module maps.
+      assert m["overlap"]["value"] == pytest.approx(
+          metrics.module_overlap(data["module_maps"]))
+
+
+def test_report_defines_every_column_and_gives_verdicts(tiny_run):
+  _, out, result = tiny_run
+  with open(os.path.join(out, "report.html")) as f:
+    page = f.read()
+  headers = {html.unescape(h) for h in re.findall(r"<th[^>]*>([^<]+)</th>", page)}
+  terms = {html.unescape(t) for t in re.findall(r"<dt>([^<]+)</dt>", page)}
+  assert {"Δ vs untrained [95% CI]", "untrained [95% CI] (null)", "evidence"} <= headers
+  assert headers <= terms, headers - terms
+  for site, m in result["sites"].items():
+    assert html.escape(analysis.site_sentence(m)) in page
+  assert "NMF templates" in page and "k-means centroids" not in page
+
+
+def test_partition_statistics_match_metrics():
+  rng = np.random.default_rng(0)
+  maps = rng.gamma(1.0, size=(5, 3, 12, 10))
+  maps[1, 2] = 0.0  # an all-zero module map
+  templates = rng.gamma(1.0, size=(5, 3, 12, 10))
+  parts = rng.uniform(size=(4, 12, 10))
+  got = analysis.partition_statistics(maps, analysis.support_masks(templates, 70.0), parts)
+  for i in range(5):
+    assert got["overlap"][i] == pytest.approx(metrics.module_overlap(maps[i]))
+    assert got["in_support"][i] == pytest.approx(
+        metrics.in_support_share(maps[i], templates[i], percentile=70.0)[1])
+    assert got["part_agreement"][i] == pytest.approx(metrics.part_agreement(maps[i], parts))
+
+
+def test_untrained_like_keeps_the_architecture():
+  gen = cf.init_generator("dcgan", seed=1, width=4, latent_dim=8)
+  base = baselines.untrained_like(gen)
+  again = baselines.untrained_like(gen)
+  leaves = jax.tree_util.tree_leaves_with_path
+  assert jax.tree_util.tree_structure(base.variables) == jax.tree_util.tree_structure(
+      gen.variables)
+  for (p, a), (_, b), (_, c) in zip(leaves(gen.variables), leaves(base.variables),
+                                    leaves(again.variables)):
+    assert a.shape == b.shape and a.dtype == b.dtype, jax.tree_util.keystr(p)
+    np.testing.assert_array_equal(b, c)  # deterministic
+  kernels = [(a, b) for (p, a), (_, b) in zip(leaves(gen.variables), leaves(base.variables))
+             if "kernel" in jax.tree_util.keystr(p)]
+  assert kernels and all(not np.allclose(a, b) for a, b in kernels)  # other weights
+  stats = base.variables["batch_stats"]
+  for p, leaf in leaves(stats):
+    expected = 0.0 if "mean" in jax.tree_util.keystr(p) else 1.0
+    np.testing.assert_array_equal(leaf, expected)  # BatchNorm statistics at init
+  assert base.sites == gen.sites and base.name == "dcgan-random-untrained"
+  key = jax.random.key(3)
+  np.testing.assert_array_equal(base.sample_latents(key, 4), gen.sample_latents(key, 4))
+  z = gen.sample_latents(key, 2)
+  assert not np.allclose(base(z), gen(z))
+  with pytest.raises(ValueError, match="seed must be an integer"):
+    baselines.untrained_like(gen, seed=1.5)
+
+
+def test_baseline_equal_to_the_model_gives_zero_difference(tmp_path):
+  """Paired bootstrap: against itself every resample's difference is exactly 0, so the
+  model is never 'beyond' its own copy (an unpaired bootstrap would give an interval)."""
+  gen = cf.init_generator("dcgan", seed=2, width=4, latent_dim=8)
+  cfg = dataclasses.replace(TINY, sites=("block4",), k=2, parts="none")
+  result = analysis.run(gen, cfg, str(tmp_path), baseline=gen)
+  m = result["sites"]["block4"]
+  for name in ("overlap", "in_support"):
+    assert m[name]["effect_vs_untrained"] == {"value": 0.0, "ci95": [0.0, 0.0]}
+    assert m[name]["untrained"]["value"] == m[name]["value"]
+    assert m[name]["beyond_untrained"] is False
+  assert m["beyond_untrained"] is False
+  assert "no evidence of learned modularity" in analysis.site_sentence(m) or \
+      "not clearly more distinct" in analysis.site_sentence(m)
+
+
+@pytest.mark.parametrize("overlap,in_support,expected", [
+    ((True, True), (True, True), "evidence of learned modularity"),
+    ((True, False), (True, True), "no evidence of learned modularity"),
+    ((True, True), (False, False), "not clearly more distinct"),
+])
+def test_site_sentence(overlap, in_support, expected):
+  v = {n: {"beyond_null": b[0], "beyond_untrained": b[1], "evidence": b[0] and b[1]}
+       for n, b in (("overlap", overlap), ("in_support", in_support))}
+  v["modules_distinct_beyond_null"] = overlap[0] and in_support[0]
+  v["modules_distinct_beyond_untrained"] = v["overlap"]["evidence"] and v["in_support"][
+      "evidence"]
+  text = analysis.site_sentence({"verdict": v})
+  assert expected in text
+  if expected == "evidence of learned modularity":
+    assert "no evidence" not in text
 
 
 def test_hybrid_panel_layout():
