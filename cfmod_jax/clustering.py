@@ -16,17 +16,28 @@ Pipeline (paper, Sec. "From channels to modules"):
 2. :func:`cluster_channels` -- rank-K NMF ``S ~= W H`` of the preprocessed matrix
    (channel c joins module ``argmax_k W[c, k]``, the paper's rule) or k-means on the
    same rows (the paper's baseline).
-3. :func:`stability_curve` / :func:`choose_k` -- how consistent the templates are
-   across bootstrap resamples of the latent-pair groups and NMF initialisations, as a
-   function of K, and the rule that picks K from it.
+3. :func:`stability_curve` / :func:`selection_curves` / :func:`choose_k` -- bootstrap
+   resamples of the latent-pair groups, each clustered for every candidate K: how
+   consistent the templates are (stability) and how well separated the modules are
+   (cosine silhouette), and the rule that picks K from them.
 
-Defaults (the paper does not give them; chosen by us, see the constants below):
+Defaults (the paper does not give them; measured on the planted-structure suite of
+`cfmod_jax.testing.planted`, see docs/planted_suite.md, and checked on the shipped
+synthetic-faces DCGAN):
 
 * ``sigma=None`` means ``max(H, W) / 32`` pixels, i.e. 2 px at 64x64, 8 px at 256x256.
-* ``percentile=80``: keep the strongest 20 % of each smoothed map.
-* NMF: scikit-learn coordinate-descent solver, Frobenius loss, random initialisation
-  seeded from ``seed``; ``n_restarts`` inits, the one with the lowest reconstruction
-  error is kept. k-means: scikit-learn ``KMeans`` with ``n_init=n_restarts``.
+* ``percentile=80``: keep the strongest 20 % of each smoothed map. Without the
+  threshold (``percentile=0`` or ``None``) channels whose influence covers the whole
+  image look alike and k-means gives them a module of their own.
+* NMF: scikit-learn coordinate-descent solver, Frobenius loss; ``n_restarts`` starts,
+  the first a deterministic NNDSVDa initialisation and the others random (seeded from
+  ``seed``); the start with the lowest reconstruction error is kept. The same holds
+  inside the bootstrap fits (``n_restarts=4`` there too): a single random start often
+  lands in a poor local optimum. k-means: scikit-learn ``KMeans`` with
+  ``n_init=n_restarts``.
+* K: the smallest K whose mean bootstrap silhouette is within 0.05 of the best
+  (``rule="silhouette"``); the old rule, the largest K whose template stability is
+  within 0.02 of the best, remains available as ``rule="stability"``.
 """
 
 from __future__ import annotations
@@ -46,13 +57,20 @@ __all__ = [
     "DEFAULT_STABILITY_TOL",
     "DEFAULT_NMF_MAX_ITER",
     "DEFAULT_NMF_TOL",
+    "DEFAULT_NMF_INIT",
+    "DEFAULT_RULE",
+    "DEFAULT_SILHOUETTE_TOL",
+    "DEFAULT_STABILITY_RESTARTS",
     "METHODS",
+    "NMF_INITS",
+    "RULES",
     "ModuleClustering",
     "default_sigma",
     "preprocess_eims",
     "cluster_channels",
     "template_similarity",
     "stability_curve",
+    "selection_curves",
     "choose_k",
     "plot_stability_curve",
 ]
@@ -61,13 +79,26 @@ __all__ = [
 DEFAULT_PERCENTILE = 80.0
 #: ``sigma=None`` means ``DEFAULT_SIGMA_FRACTION * max(H, W)`` pixels (2 px at 64x64).
 DEFAULT_SIGMA_FRACTION = 1.0 / 32.0
-#: Default tolerance of the :func:`choose_k` rule.
+#: Tolerance of the "stability" rule of :func:`choose_k` (the old default rule).
 DEFAULT_STABILITY_TOL = 0.02
+#: Tolerance of the "silhouette" rule of :func:`choose_k` (the default rule). On the
+#: planted suite the silhouette of the planted K is >= 0.079 above that of any smaller
+#: K and <= 0.028 below that of any larger K (seeds 0-2, docs/planted_suite.md).
+DEFAULT_SILHOUETTE_TOL = 0.05
 #: NMF iteration cap and (scikit-learn, relative) stopping tolerance.
 DEFAULT_NMF_MAX_ITER = 500
 DEFAULT_NMF_TOL = 1e-3
 #: Clustering methods understood by :func:`cluster_channels`.
 METHODS = ("nmf", "kmeans")
+#: NMF initialisations: "nndsvda" (start 0 deterministic NNDSVDa, further starts
+#: random) or "random" (every start random; the old default).
+NMF_INITS = ("nndsvda", "random")
+DEFAULT_NMF_INIT = "nndsvda"
+#: Starts per fit inside the bootstrap of :func:`stability_curve` / :func:`choose_k`.
+DEFAULT_STABILITY_RESTARTS = 4
+#: Rules of :func:`choose_k`.
+RULES = ("silhouette", "stability")
+DEFAULT_RULE = "silhouette"
 
 
 # --------------------------------------------------------------------------------------
@@ -131,11 +162,22 @@ def _check_method(method) -> str:
     return method
 
 
+def _check_nmf_init(nmf_init) -> str:
+    if nmf_init not in NMF_INITS:
+        raise ValueError(f"nmf_init must be one of {NMF_INITS}, got {nmf_init!r}")
+    return nmf_init
+
+
 def _check_percentile(percentile) -> float:
     p = float(percentile)
     if not (0.0 <= p < 100.0) or not np.isfinite(p):
         raise ValueError(f"percentile must be in [0, 100), got {percentile!r}")
     return p
+
+
+def _check_prep_percentile(percentile) -> float:
+    """Percentile of the preprocessing: None means no threshold (0)."""
+    return 0.0 if percentile is None else _check_percentile(percentile)
 
 
 def _check_sigma(sigma, shape_hw) -> float:
@@ -216,7 +258,8 @@ def _preprocess(arr: np.ndarray, sigma: float, percentile: float, pool: int = 1)
     return np.divide(flat, norms, out=np.zeros_like(flat), where=norms > 0)
 
 
-def preprocess_eims(eims, sigma=None, percentile=DEFAULT_PERCENTILE) -> np.ndarray:
+def preprocess_eims(eims, sigma=None, percentile: float | None = DEFAULT_PERCENTILE
+                    ) -> np.ndarray:
     """Smooth, threshold and normalise EIMs into the matrix that is clustered.
 
     Args:
@@ -224,8 +267,8 @@ def preprocess_eims(eims, sigma=None, percentile=DEFAULT_PERCENTILE) -> np.ndarr
       sigma: Gaussian smoothing width in pixels, applied over (H, W) only (never across
         channels); 0 disables smoothing; ``None`` -> ``max(H, W) / 32`` (2 px at 64x64).
       percentile: per-map threshold in [0, 100): after smoothing, the values of a map
-        strictly below that map's ``percentile``-th percentile are set to 0; 0 keeps
-        everything.
+        strictly below that map's ``percentile``-th percentile are set to 0; 0 or None
+        keeps everything.
 
     Returns:
       float32 [C, H*W]; each row has unit L2 norm, except all-zero rows (a channel with
@@ -233,7 +276,7 @@ def preprocess_eims(eims, sigma=None, percentile=DEFAULT_PERCENTILE) -> np.ndarr
     """
     arr = _check_eims(eims)
     s = _check_sigma(sigma, arr.shape[1:])
-    p = _check_percentile(percentile)
+    p = _check_prep_percentile(percentile)
     return _preprocess(arr, s, p).astype(np.float32)
 
 
@@ -289,9 +332,16 @@ class ModuleClustering:
 
 
 def _fit_nmf(
-    x: np.ndarray, k: int, seed: int, n_restarts: int, max_iter: int, tol: float
+    x: np.ndarray, k: int, seed: int, n_restarts: int, max_iter: int, tol: float,
+    nmf_init: str = "nndsvda",
 ):
-    """Best-of-n_restarts NMF of x [n, D]; returns W [n, k], H [k, D], converged."""
+    """Best-of-n_restarts NMF of x [n, D]; returns W [n, k], H [k, D], converged.
+
+    With ``nmf_init="nndsvda"`` start 0 is the deterministic NNDSVDa initialisation
+    (SVD-based, zeros filled with the mean) and starts 1.. are random, seeded
+    ``seed + r``; with ``nmf_init="random"`` every start is random (the old default). The fit with the lowest
+    reconstruction error is kept.
+    """
     from sklearn.decomposition import NMF
     from sklearn.exceptions import ConvergenceWarning
 
@@ -299,7 +349,7 @@ def _fit_nmf(
     for r in range(n_restarts):
         model = NMF(
             n_components=k,
-            init="random",
+            init="nndsvda" if (r == 0 and nmf_init == "nndsvda") else "random",
             solver="cd",
             beta_loss="frobenius",
             max_iter=max_iter,
@@ -310,7 +360,7 @@ def _fit_nmf(
             warnings.simplefilter("ignore", ConvergenceWarning)
             w = model.fit_transform(x)
         err = float(model.reconstruction_err_)
-        if best is None or err < best[0]:
+        if best is None or err < best[0] - 1e-9 * max(1.0, abs(best[0])):
             best = (err, w, model.components_, model.n_iter_ < max_iter)
     _, w, h, converged = best
     # Fix the scale ambiguity of W H so that argmax_k W[c, k] compares like with like.
@@ -360,6 +410,7 @@ def _cluster_preprocessed(
     n_restarts: int,
     max_iter: int,
     tol: float,
+    nmf_init: str = "nndsvda",
 ):
     """Cluster preprocessed rows x [C, H*W].
 
@@ -374,7 +425,7 @@ def _cluster_preprocessed(
         )
     xa = x[alive]
     if method == "nmf":
-        w_a, h, converged = _fit_nmf(xa, k, seed, n_restarts, max_iter, tol)
+        w_a, h, converged = _fit_nmf(xa, k, seed, n_restarts, max_iter, tol, nmf_init)
         lab_a = np.argmax(w_a, axis=1).astype(np.int64)
     else:
         if alive.size < k:
@@ -400,10 +451,11 @@ def cluster_channels(
     method: str = "nmf",
     seed: int = 0,
     sigma=None,
-    percentile: float = DEFAULT_PERCENTILE,
+    percentile: float | None = DEFAULT_PERCENTILE,
     n_restarts: int = 4,
     max_iter: int = DEFAULT_NMF_MAX_ITER,
     nmf_tol: float = DEFAULT_NMF_TOL,
+    nmf_init: str = DEFAULT_NMF_INIT,
 ) -> ModuleClustering:
     """Group the C channels of a site into ``k`` modules from their EIMs.
 
@@ -412,10 +464,12 @@ def cluster_channels(
       k: number of modules, 1 <= k <= C.
       method: "nmf" (paper: channel c joins argmax_k W[c, k]) or "kmeans" (baseline:
         k-means labels on the same preprocessed maps).
-      seed: seeds the NMF random initialisations (restart r uses seed + r) or k-means.
+      seed: seeds the NMF random starts (start r uses seed + r) or k-means.
       sigma, percentile: preprocessing, see :func:`preprocess_eims`.
-      n_restarts: NMF random initialisations (the lowest reconstruction error wins) or
-        k-means ``n_init``.
+      n_restarts: NMF starts (the lowest reconstruction error wins) or k-means
+        ``n_init``.
+      nmf_init: "nndsvda" (default: start 0 is the deterministic NNDSVDa
+        initialisation, the others random) or "random" (all random, the old default).
       max_iter, nmf_tol: NMF iteration cap and stopping tolerance (scikit-learn's
         relative ``tol``). The default nmf_tol=1e-3 is looser than scikit-learn's 1e-4:
         over-complete ranks (k above the true number of modules) otherwise crawl to the
@@ -430,14 +484,16 @@ def cluster_channels(
     k = _check_k(k, c)
     method = _check_method(method)
     s = _check_sigma(sigma, (hh, ww))
-    p = _check_percentile(percentile)
+    p = _check_prep_percentile(percentile)
     n_restarts = _check_positive_int(n_restarts, "n_restarts")
     max_iter = _check_positive_int(max_iter, "max_iter")
     nmf_tol = _check_tol(nmf_tol)
+    nmf_init = _check_nmf_init(nmf_init)
     pool = _auto_pool((hh, ww), s)
     x = _preprocess(arr, s, p, pool)
     labels, templates, weights, dead, converged = _cluster_preprocessed(
-        x, (hh // pool, ww // pool), k, method, seed, n_restarts, max_iter, nmf_tol
+        x, (hh // pool, ww // pool), k, method, seed, n_restarts, max_iter, nmf_tol,
+        nmf_init
     )
     if pool > 1:  # templates back at full resolution (nearest), unit L2 norm again
         templates = np.repeat(np.repeat(templates, pool, axis=1), pool, axis=2)
@@ -528,33 +584,43 @@ def stability_curve(
     seed: int = 0,
     method: str = "nmf",
     sigma=None,
-    percentile: float = DEFAULT_PERCENTILE,
-    n_restarts: int = 1,
+    percentile: float | None = DEFAULT_PERCENTILE,
+    n_restarts: int = DEFAULT_STABILITY_RESTARTS,
     max_iter: int = DEFAULT_NMF_MAX_ITER,
     nmf_tol: float = DEFAULT_NMF_TOL,
+    nmf_init: str = DEFAULT_NMF_INIT,
 ) -> dict[int, tuple[float, float]]:
     """Template consistency across bootstrap resamples, for each candidate K.
 
     For b = 1..n_boot: draw G of the G groups with replacement, average them into an
-    EIM array, preprocess it, and cluster it for every k in ``k_values`` with an
-    initialisation seed of its own (so both the data resampling and the NMF
-    initialisation vary). Resamples are shared across k. For each k, the stability is
-    the matched cosine similarity (:func:`template_similarity`) of the templates of
-    every pair of resamples.
+    EIM array, preprocess it, and cluster it for every k in ``k_values`` with fit seeds
+    of its own. Resamples are shared across k. For each k, the stability is the matched
+    cosine similarity (:func:`template_similarity`) of the templates of every pair of
+    resamples.
 
     Args:
       eim_groups: float [G, C, H, W], G >= 2: EIMs of G disjoint groups of pairs.
       k_values: candidate numbers of modules (each 1 <= k <= C).
       n_boot: number of bootstrap resamples (>= 2).
-      seed: seeds the resampling and the initialisations.
-      method, sigma, percentile, max_iter, nmf_tol: as in :func:`cluster_channels`
-        (convergence warnings of the individual fits are not reported here).
-      n_restarts: initialisations per fit (default 1, so initialisation sensitivity is
-        part of what is measured).
+      seed: seeds the resampling and the fits.
+      method, sigma, percentile, max_iter, nmf_tol, nmf_init: as in
+        :func:`cluster_channels` (convergence warnings of the fits are not reported).
+      n_restarts: starts per fit, the best kept (default 4: NNDSVDa + 3 random). A
+        single random start (the old default) often lands in a poor local optimum and
+        then measures the optimiser rather than the data.
 
     Returns:
       dict k -> (mean, std) over the n_boot*(n_boot-1)/2 pairs, keys in sorted order.
     """
+    groups, ks, fit_args = _stability_args(
+        eim_groups, k_values, n_boot, method, sigma, percentile, n_restarts, max_iter,
+        nmf_tol, nmf_init)
+    fits = _bootstrap_fits(groups, ks, n_boot, seed, *fit_args)
+    return _template_stability(fits, ks)
+
+
+def _stability_args(eim_groups, k_values, n_boot, method, sigma, percentile, n_restarts,
+                    max_iter, nmf_tol, nmf_init):
     groups = _check_eim_groups(eim_groups)
     g, c, hh, ww = groups.shape
     ks = sorted({_check_k(k, c, "k_values entry k") for k in _as_list(k_values)})
@@ -562,16 +628,50 @@ def stability_curve(
         raise ValueError("k_values must contain at least one k")
     method = _check_method(method)
     s = _check_sigma(sigma, (hh, ww))
-    p = _check_percentile(percentile)
+    p = _check_prep_percentile(percentile)
     n_boot = _check_positive_int(n_boot, "n_boot")
     if n_boot < 2:
         raise ValueError(f"n_boot must be >= 2 to compare resamples, got {n_boot}")
     n_restarts = _check_positive_int(n_restarts, "n_restarts")
     max_iter = _check_positive_int(max_iter, "max_iter")
     nmf_tol = _check_tol(nmf_tol)
+    nmf_init = _check_nmf_init(nmf_init)
+    return groups, ks, (method, s, p, n_restarts, max_iter, nmf_tol, nmf_init)
 
+
+def _template_stability(fits, ks) -> dict[int, tuple[float, float]]:
+    curve: dict[int, tuple[float, float]] = {}
+    for k in ks:
+        t = [f[0] for f in fits[k]]
+        sims = [
+            _matched_cosine(t[i], t[j])
+            for i in range(len(t))
+            for j in range(i + 1, len(t))
+        ]
+        curve[k] = (float(np.mean(sims)), float(np.std(sims)))
+    return curve
+
+
+def _silhouette(x: np.ndarray, labels: np.ndarray) -> float:
+    """Mean cosine silhouette of the partition ``labels`` of the non-zero rows of x;
+    0 when fewer than 2 clusters are used (or every channel is its own cluster)."""
+    from sklearn.metrics import silhouette_score
+
+    alive = np.any(x > 0, axis=1)
+    lab = labels[alive]
+    n_used = np.unique(lab).size
+    if n_used < 2 or n_used >= lab.size:
+        return 0.0
+    return float(silhouette_score(x[alive], lab, metric="cosine"))
+
+
+def _bootstrap_fits(groups, ks, n_boot, seed, method, s, p, n_restarts, max_iter, nmf_tol,
+                    nmf_init=DEFAULT_NMF_INIT):
+    """For each of n_boot resamples of the G groups and each k: (templates [k, D],
+    labels [C], silhouette). The resamples (and their fit seeds) are shared across k."""
+    g, c, hh, ww = groups.shape
     rng = np.random.default_rng(seed)
-    templates: dict[int, list[np.ndarray]] = {k: [] for k in ks}
+    fits: dict[int, list] = {k: [] for k in ks}
     pool = _auto_pool((hh, ww), s)
     shape = (hh // pool, ww // pool)
     for _ in range(n_boot):
@@ -579,19 +679,11 @@ def stability_curve(
         init_seed = int(rng.integers(0, 2**31 - 1 - n_restarts))
         x = _preprocess(groups[idx].mean(axis=0), s, p, pool)
         for k in ks:
-            _, t, _, _, _ = _cluster_preprocessed(
-                x, shape, k, method, init_seed, n_restarts, max_iter, nmf_tol
+            lab, t, _, _, _ = _cluster_preprocessed(
+                x, shape, k, method, init_seed, n_restarts, max_iter, nmf_tol, nmf_init
             )
-            templates[k].append(t.reshape(k, -1))
-    curve: dict[int, tuple[float, float]] = {}
-    for k in ks:
-        sims = [
-            _matched_cosine(templates[k][i], templates[k][j])
-            for i in range(n_boot)
-            for j in range(i + 1, n_boot)
-        ]
-        curve[k] = (float(np.mean(sims)), float(np.std(sims)))
-    return curve
+            fits[k].append((t.reshape(k, -1), lab, _silhouette(x, lab)))
+    return fits
 
 
 def _as_list(k_values) -> list:
@@ -606,39 +698,103 @@ def _as_list(k_values) -> list:
 
 
 def _choose_from_curve(curve: Mapping[int, tuple[float, float]], tol: float) -> int:
+    """The "stability" rule: largest k whose mean is within ``tol`` of the best mean."""
     means = {int(k): float(v[0]) for k, v in curve.items()}
     best = max(means.values())
     return max(k for k, m in means.items() if m >= best - tol)
 
 
+def _choose_by_score(curve: Mapping[int, tuple[float, float]], tol: float) -> int:
+    """The "silhouette" rule: smallest k whose mean is within ``tol`` of the best."""
+    means = {int(k): float(v[0]) for k, v in curve.items()}
+    best = max(means.values())
+    return min(k for k, m in means.items() if m >= best - tol)
+
+
+def _silhouette_curve(fits, ks) -> dict[int, tuple[float, float]]:
+    return {
+        k: (float(np.mean([f[2] for f in fits[k]])), float(np.std([f[2] for f in fits[k]])))
+        for k in ks
+    }
+
+
+def selection_curves(
+    eim_groups,
+    k_values: Iterable[int],
+    n_boot: int = 20,
+    seed: int = 0,
+    method: str = "nmf",
+    sigma=None,
+    percentile: float | None = DEFAULT_PERCENTILE,
+    n_restarts: int = DEFAULT_STABILITY_RESTARTS,
+    max_iter: int = DEFAULT_NMF_MAX_ITER,
+    nmf_tol: float = DEFAULT_NMF_TOL,
+    nmf_init: str = DEFAULT_NMF_INIT,
+) -> dict[str, dict[int, tuple[float, float]]]:
+    """Both K-selection curves from one set of bootstrap fits.
+
+    Returns ``{"stability": curve, "silhouette": curve}``, each a dict
+    k -> (mean, std): the template stability of :func:`stability_curve`, and the mean
+    cosine silhouette of the partitions of the bootstrap resamples (each resample's
+    preprocessed maps clustered with k modules; silhouette over the channels with a
+    non-zero map; 0 for k=1). Arguments as in :func:`stability_curve`.
+    """
+    groups, ks, fit_args = _stability_args(
+        eim_groups, k_values, n_boot, method, sigma, percentile, n_restarts, max_iter,
+        nmf_tol, nmf_init)
+    fits = _bootstrap_fits(groups, ks, n_boot, seed, *fit_args)
+    return {"stability": _template_stability(fits, ks),
+            "silhouette": _silhouette_curve(fits, ks)}
+
+
 def choose_k(
     eim_groups,
     k_values: Iterable[int],
-    tol: float = DEFAULT_STABILITY_TOL,
+    tol: float | None = None,
+    rule: str = DEFAULT_RULE,
     **kwargs,
 ) -> tuple[int, dict[int, tuple[float, float]]]:
-    """Pick the number of modules from the template stability curve.
+    """Pick the number of modules from bootstrap resamples of the grouped EIMs.
 
-    Rule: the largest k whose mean stability is within ``tol`` of the best mean
-    stability over ``k_values``. Too few modules are usually stable too (merging a pair
-    of true modules is often reproducible, and k=1 is trivially perfectly stable), so
-    taking the plain argmax would favour small k; too many modules split a true one
-    differently on every resample, which makes stability drop sharply.
+    Rules (``rule``):
+
+    * ``"silhouette"`` (default): the smallest k whose mean cosine silhouette of the
+      resamples' partitions (see :func:`selection_curves`) is within ``tol`` (default
+      0.05) of the best. Splitting a true module in two puts near-identical maps in
+      different modules, merging two puts dissimilar maps together; both lower the
+      silhouette, so it peaks at the planted K. The tolerance gives parsimony: a few
+      channels without a region-specific role (noise) can form an extra small module
+      that raises the silhouette by a hair. On the planted-structure suite
+      (`cfmod_jax.testing.planted`, docs/planted_suite.md) it recovers K where the
+      stability rule does not.
+    * ``"stability"`` (the old rule): the largest k whose mean template stability is
+      within ``tol`` of the best. With deterministic, multi-start fits over-split
+      solutions are reproducible too, and this rule then favours large k.
 
     Args:
       eim_groups: float [G, C, H, W], G >= 2.
       k_values: candidate numbers of modules.
-      tol: tolerance in cosine similarity, >= 0.
-      **kwargs: passed to :func:`stability_curve` (n_boot, seed, method, sigma, ...).
+      tol: tolerance, >= 0; None: 0.05 (silhouette) or 0.02 (stability).
+      rule: "silhouette" or "stability".
+      **kwargs: passed to :func:`selection_curves` (n_boot, seed, method, sigma, ...).
 
     Returns:
-      (k_best, curve) with curve as returned by :func:`stability_curve`.
+      (k_best, curve): curve is the template stability curve (as returned by
+      :func:`stability_curve`) whatever the rule; call :func:`selection_curves` for
+      the silhouette curve too.
     """
+    if rule not in RULES:
+        raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
+    if tol is None:
+        tol = DEFAULT_SILHOUETTE_TOL if rule == "silhouette" else DEFAULT_STABILITY_TOL
     tol = float(tol)
     if not np.isfinite(tol) or tol < 0:
         raise ValueError(f"tol must be >= 0, got {tol!r}")
-    curve = stability_curve(eim_groups, k_values, **kwargs)
-    return _choose_from_curve(curve, tol), curve
+    curves = selection_curves(eim_groups, k_values, **kwargs)
+    curve = curves["stability"]
+    if rule == "stability":
+        return _choose_from_curve(curve, tol), curve
+    return _choose_by_score(curves["silhouette"], tol), curve
 
 
 def plot_stability_curve(

@@ -19,6 +19,7 @@ from cfmod_jax.clustering import (  # noqa: E402
     default_sigma,
     plot_stability_curve,
     preprocess_eims,
+    selection_curves,
     stability_curve,
     template_similarity,
 )
@@ -225,14 +226,40 @@ def test_template_similarity_matches_permutations():
 
 def test_choose_k_picks_planted_k_and_plots(tmp_path):
     groups, _ = _planted(9, groups=8)
-    k_best, curve = choose_k(groups, range(2, 7), n_boot=6, seed=0)
+    k_best, curve = choose_k(groups, range(2, 6), n_boot=4, seed=0)
     assert k_best == 3
-    assert sorted(curve) == [2, 3, 4, 5, 6]
+    assert sorted(curve) == [2, 3, 4, 5]
+    curves = selection_curves(groups, range(2, 6), n_boot=4, seed=0)
+    assert curves["stability"] == curve  # choose_k returns the stability curve
+    sil = {k: v[0] for k, v in curves["silhouette"].items()}
+    # the silhouette peaks clearly at the planted K; its templates are reproducible
+    assert all(sil[k] < sil[3] - 0.05 for k in (2, 4, 5))
     assert curve[3][0] > 0.99
-    assert all(curve[k][0] < curve[3][0] - 0.05 for k in (2, 4, 5, 6))
     path = plot_stability_curve(curve, tmp_path / "sub" / "stability.png", k_best=k_best)
     data = Path(path).read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000
+
+
+def test_silhouette_curve_is_mean_of_sklearn_silhouettes_of_resample_fits():
+    """Independent reference: redo the bootstrap by hand with the public functions."""
+    from sklearn.metrics import silhouette_score
+
+    groups, _ = _planted(3, groups=4)
+    seed, n_boot = 5, 3
+    curves = selection_curves(groups, [2, 3], n_boot=n_boot, seed=seed, sigma=1.0)
+    rng = np.random.default_rng(seed)
+    ref = {2: [], 3: []}
+    for _ in range(n_boot):
+        idx = rng.integers(0, groups.shape[0], size=groups.shape[0])
+        fit_seed = int(rng.integers(0, 2**31 - 1 - 4))
+        eims = groups[idx].astype(np.float64).mean(axis=0)
+        x = preprocess_eims(eims, sigma=1.0)
+        for k in (2, 3):
+            lab = cluster_channels(eims, k, seed=fit_seed, sigma=1.0).labels
+            ref[k].append(silhouette_score(x, lab, metric="cosine"))
+    for k in (2, 3):
+        assert curves["silhouette"][k][0] == pytest.approx(np.mean(ref[k]), abs=1e-4)
+        assert curves["silhouette"][k][1] == pytest.approx(np.std(ref[k]), abs=1e-4)
 
 
 def test_choose_k_kmeans_and_determinism():
@@ -248,6 +275,48 @@ def test_choose_rule_is_largest_k_within_tolerance_of_best():
     assert cl._choose_from_curve(curve, 0.02) == 3
     assert cl._choose_from_curve(curve, 0.0) == 1
     assert cl._choose_from_curve(curve, 0.5) == 4
+
+
+def test_silhouette_rule_is_smallest_k_within_tolerance_of_best():
+    curve = {2: (0.5, 0.0), 3: (0.8, 0.01), 4: (0.84, 0.01), 5: (0.86, 0.1)}
+    assert cl._choose_by_score(curve, 0.05) == 4
+    assert cl._choose_by_score(curve, 0.0) == 5
+    assert cl._choose_by_score(curve, 0.07) == 3
+    assert cl._choose_by_score(curve, 0.5) == 2
+
+
+def test_choose_k_old_rule_and_tolerance_defaults():
+    groups, _ = _planted(9, groups=4)
+    kw = dict(n_boot=3, seed=0, n_restarts=1)
+    curves = selection_curves(groups, [2, 3, 4], **kw)
+    k_stab, _ = choose_k(groups, [2, 3, 4], rule="stability", **kw)
+    assert k_stab == cl._choose_from_curve(curves["stability"], 0.02)
+    k_sil, _ = choose_k(groups, [2, 3, 4], **kw)
+    assert k_sil == cl._choose_by_score(curves["silhouette"], 0.05)
+
+
+def test_nndsvda_start_is_deterministic_and_not_worse_than_random():
+    eims, truth = _planted(5, sizes=(30, 20, 4))
+    x = preprocess_eims(eims).astype(np.float64)
+    # one start: NNDSVDa ignores the seed; a random start does not
+    w0, h0, _ = cl._fit_nmf(x, 3, 0, 1, 500, 1e-4)
+    w1, h1, _ = cl._fit_nmf(x, 3, 123, 1, 500, 1e-4)
+    np.testing.assert_allclose(h0, h1, atol=1e-10)
+    err = lambda w, h: np.linalg.norm(x - w @ h)
+    errs_random = [err(*cl._fit_nmf(x, 3, s, 1, 500, 1e-4, "random")[:2]) for s in range(4)]
+    assert err(w0, h0) <= np.median(errs_random) + 1e-6
+    # best of n starts is never worse than its first start
+    w4, h4, _ = cl._fit_nmf(x, 3, 0, 4, 500, 1e-4)
+    assert err(w4, h4) <= err(w0, h0) + 1e-9
+    res = cluster_channels(eims, 3, seed=7)
+    assert adjusted_rand_score(truth, res.labels) == 1.0
+
+
+def test_percentile_none_means_no_threshold():
+    eims, _ = _planted(0)
+    np.testing.assert_array_equal(preprocess_eims(eims, sigma=1.0, percentile=None),
+                                  preprocess_eims(eims, sigma=1.0, percentile=0))
+    assert cluster_channels(eims, 3, percentile=None).percentile == 0.0
 
 
 # ----------------------------------------------------------------------------- bad inputs
@@ -286,6 +355,15 @@ def test_bad_k_method_percentile_sigma():
         preprocess_eims(eims, sigma=-1)
     with pytest.raises(ValueError, match=r"n_restarts must be a positive integer"):
         cluster_channels(eims, 3, n_restarts=0)
+    with pytest.raises(ValueError, match=r"nmf_init must be one of"):
+        cluster_channels(eims, 3, nmf_init="nndsvd")
+    groups, _ = _planted(0, groups=2)
+    with pytest.raises(ValueError, match=r"rule must be one of"):
+        choose_k(groups, [2, 3], rule="gap")
+    with pytest.raises(ValueError, match=r"tol must be >= 0"):
+        choose_k(groups, [2, 3], tol=-0.1)
+    with pytest.raises(ValueError, match=r"nmf_init must be one of"):
+        selection_curves(groups, [2, 3], nmf_init="nndsvd")
 
 
 def test_all_zero_eims_rejected():
