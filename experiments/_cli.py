@@ -91,13 +91,19 @@ def parse_flags(argv: list[str]) -> list[str]:
     fail(message)
 
 
-def run(main: Callable[[list[str]], object], *, positional: bool = False) -> None:
+def run(main: Callable[[list[str]], object], *, positional: bool = False,
+        hard_exit_on_interrupt: bool = False) -> None:
   """`absl.app.run` with one-line user errors and Ctrl-C (see the module doc).
 
   Args:
     main: the CLI's main(argv).
     positional: whether the CLI takes positional arguments (argv[1:]); if not,
       any is a usage error.
+    hard_exit_on_interrupt: after Ctrl-C, leave with ``os._exit`` (no interpreter
+      shutdown), for CLIs whose library threads (orbax's async checkpointing)
+      print tracebacks when the interpreter shuts down under them. Finished files
+      are on disk already; an unfinished checkpoint stays a temporary folder that
+      is ignored on resume.
   """
   def wrapped(argv):
     if not positional and len(argv) > 1:
@@ -111,6 +117,8 @@ def run(main: Callable[[list[str]], object], *, positional: bool = False) -> Non
       sys.stdout.flush()
       sys.stderr.write(f"{prog()}: {_interrupt_message[0]}\n")
       sys.stderr.flush()
+      if hard_exit_on_interrupt:
+        os._exit(INTERRUPT_EXIT)  # pylint: disable=protected-access
       sys.exit(INTERRUPT_EXIT)
 
   app.run(wrapped, flags_parser=parse_flags)

@@ -115,4 +115,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  _cli.run(main)
+  _cli.run(main, hard_exit_on_interrupt=True)
