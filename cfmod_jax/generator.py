@@ -111,6 +111,25 @@ def _flat_shapes(tree) -> dict[str, tuple[int, ...]]:
   return {k: tuple(np.shape(v)) for k, v in flat.items() if hasattr(v, "shape")}
 
 
+_EXPECTED_SHAPES: dict[tuple[type, str], dict[str, tuple[int, ...]] | None] = {}
+
+
+def _expected_shapes(module: nn.Module) -> dict[str, tuple[int, ...]] | None:
+  """Flat shapes of ``module.init``'s variables (abstract; cached per module
+  class and fields), or None if ``init`` cannot be traced from one latent."""
+  cache_key = (type(module), repr(module))
+  if cache_key not in _EXPECTED_SHAPES:
+    z = jax.ShapeDtypeStruct((1, *module.latent_shape), jnp.float32)
+    try:
+      shapes = _flat_shapes(jax.eval_shape(module.init, jax.random.key(0), z))
+    except Exception:  # pylint: disable=broad-except
+      shapes = None
+    if len(_EXPECTED_SHAPES) > 64:
+      _EXPECTED_SHAPES.clear()
+    _EXPECTED_SHAPES[cache_key] = shapes
+  return _EXPECTED_SHAPES[cache_key]
+
+
 def check_variables(module: nn.Module, variables: Any, name: str = "variables") -> None:
   """Raises a ValueError unless ``variables`` has every array that
   ``module.init`` creates, with the same shape (checked abstractly with
@@ -122,12 +141,10 @@ def check_variables(module: nn.Module, variables: Any, name: str = "variables") 
     raise ValueError(f"{name} must be a dict of variable collections such as "
                      f"{{'params': ...}} (from module.init or a checkpoint), got "
                      f"{type(variables).__name__}")
-  z = jax.ShapeDtypeStruct((1, *module.latent_shape), jnp.float32)
-  try:
-    expected = jax.eval_shape(module.init, jax.random.key(0), z)
-  except Exception:  # pylint: disable=broad-except
+  want = _expected_shapes(module)
+  if want is None:
     return  # an unusual module; its own errors will show when it is applied
-  want, have = _flat_shapes(expected), _flat_shapes(variables)
+  have = _flat_shapes(variables)
   order = sorted(want, key=lambda k: (not k.startswith("params/"), k))  # params first
   missing = [k for k in order if k not in have]
   wrong = [k for k in order if k in have and have[k] != want[k]]
