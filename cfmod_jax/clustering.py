@@ -802,11 +802,13 @@ def plot_stability_curve(
     path,
     k_best: int | None = None,
     title: str | None = None,
+    silhouette: Mapping[int, tuple[float, float]] | None = None,
 ) -> str:
     """Write the stability curve (mean +- std against k) as a PNG file; returns path.
 
     Uses matplotlib's Agg canvas directly (no global backend change, no display).
-    ``k_best`` (optional) is marked with a vertical line.
+    ``k_best`` (optional) is marked with a vertical line; ``silhouette`` (optional, the
+    "silhouette" curve of :func:`selection_curves`) is drawn on a second y axis.
     """
     if not curve:
         raise ValueError("curve must be a non-empty dict k -> (mean, std)")
@@ -819,14 +821,24 @@ def plot_stability_curve(
     fig = Figure(figsize=(4.5, 3.2), dpi=100)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
-    ax.errorbar(ks, means, yerr=stds, marker="o", capsize=3)
+    ax.errorbar(ks, means, yerr=stds, marker="o", capsize=3, label="stability")
+    handles = []
+    if silhouette:
+        sk = sorted(int(k) for k in silhouette)
+        ax2 = ax.twinx()
+        handles.append(ax2.errorbar(
+            sk, [silhouette[k][0] for k in sk], yerr=[silhouette[k][1] for k in sk],
+            marker="s", capsize=3, color="tab:green", label="silhouette"))
+        ax2.set_ylabel("cosine silhouette")
     if k_best is not None:
         ax.axvline(int(k_best), color="tab:red", linestyle="--", label=f"K={k_best}")
-        ax.legend(loc="lower left")
+    if k_best is not None or silhouette:
+        h, labels = ax.get_legend_handles_labels()
+        ax.legend(h + handles, labels + [x.get_label() for x in handles], loc="lower left")
     ax.set_xticks(ks)
     ax.set_xlabel("number of modules K")
     ax.set_ylabel("template cosine similarity")
-    ax.set_title(title or "Template stability across bootstrap resamples")
+    ax.set_title(title or "K selection across bootstrap resamples")
     fig.tight_layout()
     path = os.fspath(path)
     parent = os.path.dirname(path)

@@ -27,14 +27,24 @@ flags.DEFINE_integer("n_seeds", 10, "Seeds 0 .. n_seeds-1.", lower_bound=1)
 flags.DEFINE_list("seeds", [], "Run only these seeds (to split the run over processes; "
                   "merge the JSON files with --merge).")
 flags.DEFINE_list("merge", [], "Do not run: merge these JSON outputs into --out.")
-flags.DEFINE_list("settings", ["new", "old"], "Settings to compare: new, old.")
+flags.DEFINE_list("settings", ["new", "old"], "Settings to compare: new (library defaults), "
+                  "old (before issue 14), p0, p50, sigma2, new_fits_old_rule.")
 flags.DEFINE_list("k_values", [str(k) for k in range(2, 9)], "Candidate K.")
 flags.DEFINE_integer("n_boot", 8, "Bootstrap resamples for K selection.", lower_bound=2)
 flags.DEFINE_integer("n_pairs", 64, "Latent pairs for the EIMs.", lower_bound=2)
 flags.DEFINE_integer("n_groups", 8, "Groups of pairs (bootstrap units).", lower_bound=2)
 flags.DEFINE_string("out", "docs/planted_suite.md", "Markdown output; JSON beside it.")
 
-SETTINGS = {"new": planted.NEW_SETTINGS, "old": planted.OLD_SETTINGS}
+SETTINGS = {
+    "new": planted.NEW_SETTINGS,
+    "old": planted.OLD_SETTINGS,
+    # Preprocessing alternatives with the new fits and rule.
+    "p0": {"percentile": 0.0},
+    "p50": {"percentile": 50.0},
+    "sigma2": {"sigma": 2.0},
+    # The new fits with the old rule.
+    "new_fits_old_rule": {"rule": "stability", "tol": 0.02},
+}
 
 
 def main(argv):

@@ -238,6 +238,9 @@ def test_choose_k_picks_planted_k_and_plots(tmp_path):
     path = plot_stability_curve(curve, tmp_path / "sub" / "stability.png", k_best=k_best)
     data = Path(path).read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000
+    path = plot_stability_curve(curve, tmp_path / "both.png", k_best=k_best,
+                                silhouette=curves["silhouette"])
+    assert Path(path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_silhouette_curve_is_mean_of_sklearn_silhouettes_of_resample_fits():

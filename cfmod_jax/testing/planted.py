@@ -9,13 +9,13 @@ channels* write a channel-specific low-frequency texture over the whole image
 
     z [N, D] --dense, tanh--> site "features" [N, S, S, C]
     image = tanh( sum_g M_g * tanh( W2_g relu( W1_g (gain_c * h_c)_{c in g} ) )
-                  + sum_{noise c} T_c * tanh(mean_xy h_c) )
+                  + a * sum_{noise c} T_c * tanh(2 mean_xy h_c) )
 
 ``M_g`` is region g's mask [H, W], ``W1_g``/``W2_g`` per-pixel (1x1) layers applied
 after nearest upsampling of the site to the image size, ``gain_c`` a fixed spatial
 gain map of channel c at site resolution (all ones without within-group variation,
 otherwise ``1 - v + v * u_c`` with ``u_c`` uniform in [0, 1] per site cell) and
-``T_c`` a fixed random smooth texture. The structure (masks, gains, textures,
+``T_c`` a fixed random smooth texture and ``a`` = ``noise_strength``. The structure (masks, gains, textures,
 channel order) lives in the ``"planted"`` variable collection, the weights in
 ``"params"``; everything is drawn from ``seed``.
 
@@ -23,7 +23,13 @@ Use :func:`planted_generator` for a generator and its ground truth, and
 :data:`VARIANTS` / :func:`variant` for the named test cases of
 ``experiments/planted_suite.py``. Ground-truth labels are ``-1`` for noise
 channels; :func:`score` compares a clustering with the truth on the grouped
-channels only.
+channels only. :func:`run_case` / :func:`run_suite` run ``k=auto`` (choose K, cluster,
+score) with given clustering settings, e.g. to validate your own settings::
+
+    from cfmod_jax.testing import planted
+    rows = planted.run_suite(["unequal", "mixed"], ["nmf"], range(3),
+                             {"mine": {"sigma": 2.0, "percentile": 70.0}})
+    print(planted.suite_markdown(rows, {"mine": {}}))
 """
 
 from __future__ import annotations
@@ -40,7 +46,8 @@ from cfmod_jax.generator import Generator, StagedGenerator
 
 __all__ = ["PlantedSpec", "PlantedTruth", "VARIANTS", "variant", "tiled_regions",
            "strip_regions", "region_masks", "planted_generator", "planted_eim_groups",
-           "score", "SITE"]
+           "score", "SITE", "OLD_SETTINGS", "NEW_SETTINGS", "run_case", "run_suite",
+           "suite_markdown"]
 
 #: Name of the single intervention site of a planted generator.
 SITE = "features"
