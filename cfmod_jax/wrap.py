@@ -42,6 +42,10 @@ How it works and what it costs:
   no linear split of the layer after the site (`Generator.has_linear_split` is
   False), so they do not get the staged generators' fast EIM path.
 
+`LinenGenerator.init_variables(key)` and ``gen.with_variables(variables)`` give
+an untrained twin for baselines (NNX has no generic re-initialisation: build the
+model again with another seed and wrap it).
+
 Mechanisms: Linen uses `flax.linen.intercept_methods`; NNX splits the model
 once (`nnx.split`) and, inside the pure functions, merges a fresh copy and puts
 a hook module in place of the site's submodule (the copy is discarded, the
@@ -56,6 +60,8 @@ raises a ValueError if the site is never called). Inference mode: Linen passes
 
 from __future__ import annotations
 
+import copy
+import functools
 from typing import Any, Callable, Mapping, Sequence
 
 import flax.linen as nn
@@ -75,13 +81,6 @@ class _SiteReached(BaseException):
   def __init__(self, value):
     super().__init__()
     self.value = value
-
-
-class _Spec:
-  """What `Generator.__init__` reads from a staged module."""
-
-  def __init__(self, site_names, latent_shape):
-    self.site_names, self.latent_shape = site_names, latent_shape
 
 
 def _normalise_sites(sites) -> dict[str, str]:
@@ -136,14 +135,21 @@ class _Wrapped(Generator):
                          f"called in the forward pass of {name}; available paths: "
                          f"{available}")
       out = calls[path]
-      if out is None or len(out.shape) < 2:
+      if out is None or len(out.shape) < 2 or out.shape[0] != _TRACE_BATCH:
         raise ValueError(f"site {site_name!r}: the output of {path!r} must be one array "
-                         f"[N, ..., C] to be a site, got {out}")
+                         f"[N, ..., C] (batch first) to be a site; with N={_TRACE_BATCH} it is "
+                         f"{out}")
     order = list(calls)
     names = sorted(sites, key=lambda s: order.index(sites[s]))  # forward order
-    super().__init__(_Spec(tuple(names), latent_shape), variables, name=name,
-                     latent_sampler=latent_sampler)
+    # The attributes `Generator.__init__` sets (it is not called: it validates a staged
+    # Linen module and its variables, which a wrapped generator need not have).
     self.module = module
+    self.variables = variables
+    self.sites: tuple[str, ...] = tuple(names)
+    self.latent_shape: tuple[int, ...] = latent_shape
+    self.name = name
+    self._latent_sampler = latent_sampler
+    self._jit_cache: dict[Any, Callable] = {}
     self.site_paths: dict[str, str] = {s: sites[s] for s in names}
     self._site_out = {s: calls[p] for s, p in self.site_paths.items()}
     self._shapes = {s: tuple(o.shape[1:]) for s, o in self._site_out.items()}
@@ -155,6 +161,24 @@ class _Wrapped(Generator):
 
   def _run(self, variables, latents, hook, paths=None):
     raise NotImplementedError
+
+  def with_variables(self, variables: Any, *, name: str | None = None,
+                     latent_sampler: Callable[[jax.Array, int], jax.Array] | None = None
+                     ) -> "_Wrapped":
+    """The same generator and sites with other variables (e.g. an untrained copy):
+    ``variables`` must have the tree structure and shapes of ``self.variables``."""
+    old, new = (jax.tree_util.tree_flatten_with_path(v) for v in (self.variables, variables))
+    if old[1] != new[1]:
+      raise ValueError(f"variables must have the tree structure of {self.name}'s variables")
+    for (path, a), (_, b) in zip(old[0], new[0]):
+      if np.shape(a) != np.shape(b):
+        raise ValueError(f"variables{jax.tree_util.keystr(path)} has shape {np.shape(b)}, "
+                         f"{self.name} has {np.shape(a)}")
+    twin = copy.copy(self)
+    twin.variables, twin._jit_cache = variables, {}
+    twin.name = name or self.name
+    twin._latent_sampler = latent_sampler if latent_sampler is not None else self._latent_sampler
+    return twin
 
   # ---- pure functions -----------------------------------------------------------------
   def prefix(self, variables, latents: jax.Array, site: str) -> jax.Array:
@@ -214,6 +238,9 @@ def _shape_or_none(out):
   return None
 
 
+_TRACE_BATCH = 3  # batch size of the shape-only forward pass that finds the submodules
+
+
 def _record_calls(run: Callable, variables, latent_shape) -> tuple[dict, Any]:
   """Traces one forward pass (no FLOPs) and records every submodule call's output."""
   calls: dict[str, jax.ShapeDtypeStruct | None] = {}
@@ -226,8 +253,13 @@ def _record_calls(run: Callable, variables, latent_shape) -> tuple[dict, Any]:
       return out
     return run(v, z, hook)
 
-  z = jax.ShapeDtypeStruct((2, *latent_shape), jnp.float32)
-  image = jax.eval_shape(trace, variables, z)
+  z = jax.ShapeDtypeStruct((_TRACE_BATCH, *latent_shape), jnp.float32)
+  try:
+    image = jax.eval_shape(trace, variables, z)
+  except Exception as e:  # pylint: disable=broad-except  # Flax's shape errors are not ValueErrors
+    raise ValueError(f"the forward pass fails on latents [{_TRACE_BATCH}, "
+                     f"{', '.join(map(str, latent_shape))}] (latent_shape={latent_shape}): "
+                     f"{type(e).__name__}: {e}") from e
   return calls, image
 
 
@@ -253,6 +285,12 @@ class LinenGenerator(_Wrapped):
     calls, image = _record_calls(self._run, variables, shape)
     _check_image(image, name)
     self._setup(module, variables, sites, shape, name, latent_sampler, calls)
+
+  def init_variables(self, key: jax.Array) -> Any:
+    """Freshly initialised variables (``module.init``) for `with_variables`."""
+    z = jnp.zeros((1, *self.latent_shape), jnp.float32)
+    return jax.jit(functools.partial(self.module.init, method=self._method,
+                                     **self._apply_kwargs))(key, z)
 
   def _run(self, variables, latents, hook, paths=None):
     # The interceptor sees every call (hook ignores the paths it does not want).
@@ -328,11 +366,13 @@ class _Hook:
 
 
 def _child(parent, key):
-  return parent[key] if isinstance(key, int) else getattr(parent, key)
+  if isinstance(key, int) or isinstance(parent, Mapping):
+    return parent[key]
+  return getattr(parent, key)
 
 
 def _set_child(parent, key, value):
-  if isinstance(key, int):
+  if isinstance(key, int) or isinstance(parent, Mapping):
     parent[key] = value
   else:
     setattr(parent, key, value)
