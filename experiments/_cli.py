@@ -10,7 +10,8 @@ Every CLI of `experiments` runs through `run`:
   whole help first); `blame` and `flag_error` turn the library's ``ValueError`` of
   a user's input into such an error naming the flag;
 * Ctrl-C prints one line (`set_interrupt_message`, e.g. where finished work is
-  kept) and exits with `INTERRUPT_EXIT`, instead of a traceback.
+  kept) and exits with `INTERRUPT_EXIT`, instead of a traceback — also while the
+  CLI is still importing, if it imports this module before anything heavy.
 
 Anything else is a bug and keeps its traceback.
 """
@@ -20,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import signal
 import sys
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -32,6 +34,26 @@ USAGE_EXIT = 2
 INTERRUPT_EXIT = 130
 _interrupt_message = ["interrupted"]
 _HELP = ("-h", "-?", "--help", "--helpshort", "--helpfull", "--helpxml")
+
+
+def _interrupted_while_starting(signum, frame):  # pylint: disable=unused-argument
+  sys.stderr.write(f"{prog()}: interrupted while starting; nothing was done\n")
+  sys.stderr.flush()
+  os._exit(INTERRUPT_EXIT)  # pylint: disable=protected-access
+
+
+def _running_a_cli() -> bool:
+  """Whether the program is ``python -m experiments.<name>`` (not, e.g., pytest)."""
+  main = sys.argv[0] if sys.argv else ""
+  return bool(main) and os.path.dirname(os.path.abspath(main)) == os.path.dirname(
+      os.path.abspath(__file__))
+
+
+# Ctrl-C while the CLI imports jax etc. or parses its flags: one line, not a
+# traceback (a CLI imports this module first). `run` restores KeyboardInterrupt
+# before calling main.
+if _running_a_cli() and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+  signal.signal(signal.SIGINT, _interrupted_while_starting)
 
 
 def prog() -> str:
@@ -106,6 +128,8 @@ def run(main: Callable[[list[str]], object], *, positional: bool = False,
       is ignored on resume.
   """
   def wrapped(argv):
+    if signal.getsignal(signal.SIGINT) is _interrupted_while_starting:
+      signal.signal(signal.SIGINT, signal.default_int_handler)
     if not positional and len(argv) > 1:
       fail(f"unexpected positional argument(s) {' '.join(argv[1:])!r}; flags are written "
            "--name=value (see --help)")

@@ -3,12 +3,13 @@
   python -m experiments.analyze --generator dcgan-synthfaces --out out/default
 """
 
+from experiments import _cli  # first: one line on Ctrl-C while jax imports
+
 import os
 
 from absl import app, flags, logging
 
 from cfmod_jax import analysis, distributed
-from experiments import _cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("generator", "dcgan-synthfaces",

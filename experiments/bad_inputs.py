@@ -44,6 +44,7 @@ from absl import flags, logging
 
 from experiments import _cli
 
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("markdown", "docs/reliability.md", "Markdown table to write.")
 flags.DEFINE_string("json", "docs/reliability.json", "JSON of every case to write.")

@@ -7,10 +7,11 @@ Writes ``benchmark.json``, ``benchmark.md`` and ``benchmark.png`` to ``--out``; 
 `cfmod_jax.bench.harness` for what is measured and how. Needs the ``torch`` extra.
 """
 
+from experiments import _cli  # first: one line on Ctrl-C while jax imports
+
 from absl import app, flags, logging
 
 from cfmod_jax.bench import harness
-from experiments import _cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("n_pairs", 64, "Latent pairs per EIM.", lower_bound=1)

@@ -8,12 +8,13 @@ output folder holds variables.msgpack and config.json; load it with
 ``cfmod_jax.models.biggan.load_biggan(path, truncation)``. Needs torch.
 """
 
+from experiments import _cli  # first: one line on Ctrl-C while jax imports
+
 import json
 
 from absl import flags, logging
 
 from cfmod_jax.models import biggan, biggan_convert
-from experiments import _cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("state_dict", None, "PyTorch state dict (.bin/.pt) of pytorch-pretrained-biggan.")

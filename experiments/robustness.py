@@ -12,6 +12,8 @@ with skin, eyes and mouth merged into "face"). Writes ``robustness.json``,
 ``robustness.png``, ``table.md`` and hybrid panels of ``--panel_site`` under ``--out``.
 """
 
+from experiments import _cli  # first: one line on Ctrl-C while jax imports
+
 import os
 
 import jax
@@ -21,7 +23,6 @@ from absl import flags, logging
 from cfmod_jax import analysis, quality, viz
 from cfmod_jax import robustness as rb
 from cfmod_jax.data import synthfaces
-from experiments import _cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("generator", "dcgan-synthfaces",

@@ -9,11 +9,12 @@ samples; columns: class-B donors; cell: A with module k from B), ``eims.png``,
 ``module_maps.png`` and ``transfer.json`` under ``--out``.
 """
 
+from experiments import _cli  # first: one line on Ctrl-C while jax imports
+
 from absl import flags, logging
 
 from cfmod_jax import transfer
 from cfmod_jax.models.biggan import load_biggan
-from experiments import _cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("biggan", None, "Folder of converted BigGAN-deep weights "

@@ -6,12 +6,13 @@ Each argument is an output folder of ``experiments.analyze`` (with its
 metrics.json) or a metrics JSON file itself.
 """
 
+from experiments import _cli  # first: one line on Ctrl-C while jax imports
+
 import json
 import os
 
 from absl import app
 
-from experiments import _cli
 
 
 def metrics_path(folder_or_file: str) -> str:

@@ -7,6 +7,8 @@
 A run in a workdir that has checkpoints resumes from the latest one.
 """
 
+from experiments import _cli  # first: one line on Ctrl-C while jax imports
+
 import ast
 import os
 import sys
@@ -18,7 +20,6 @@ from ml_collections import config_flags
 
 from cfmod_jax import checkpoints, train
 from cfmod_jax.train import common
-from experiments import _cli
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Training config (experiments/configs/*.py).",
