@@ -411,6 +411,7 @@ def analyze_site(gen: Generator, site: str, cfg: AnalysisConfig, out_dir: str,
     entry["beyond_null"] = bool(beyond_null)
     if untrained is not None:
       base = entries[1][name]
+      base["beyond_null"] = beyond(base["effect_vs_null"], cfg.min_effect)
       diff = entry["_effect_reps"] - base["_effect_reps"]
       entry["untrained"] = {key: v for key, v in base.items() if not key.startswith("_")}
       entry["effect_vs_untrained"] = {
@@ -563,10 +564,12 @@ def _yes(flag) -> str:
 def site_sentence(m: dict) -> str:
   """The verdict of one site in plain words (from ``metrics.json``'s site entry)."""
   v = m["verdict"]
+  baseline = v["modules_distinct_beyond_untrained"] is not None
   if not v["modules_distinct_beyond_null"]:
     text = ("The modules are not clearly more distinct than random groups of channels "
-            "of the same sizes.")
-  elif v["modules_distinct_beyond_untrained"] is None:
+            "of the same sizes" + (", so not beyond the untrained network either: no "
+                                   "evidence of learned modularity." if baseline else "."))
+  elif not baseline:
     text = ("The modules are more distinct than random groups of channels, but the "
             "untrained baseline was not run, and an untrained network also beats random "
             "groups: this alone is no evidence of learned modularity.")
@@ -578,15 +581,24 @@ def site_sentence(m: dict) -> str:
     text = ("The modules are more distinct than random groups of channels, but not by "
             "more than the modules of an untrained network of the same architecture: "
             "no evidence of learned modularity.")
+  if "overlap" in m:
+    o = m["overlap"]
+    text += f" Overlap gain over random groups: {o['effect_vs_null']['value']:+.3f}"
+    if "untrained" in o:
+      text += f" (untrained network: {o['untrained']['effect_vs_null']['value']:+.3f})"
+    text += "."
   if "part_agreement" in v:
-    if v["part_agreement"]["evidence"]:
-      text += " Module maps follow the ground-truth face parts beyond chance and beyond "\
-              "the untrained network."
-    elif v["part_agreement"]["beyond_null"] and v["part_agreement"]["evidence"] is False:
+    p = v["part_agreement"]
+    if not p["beyond_null"]:
+      text += " Module maps do not clearly follow the face parts beyond chance."
+    elif p["evidence"] is None:
+      text += " Module maps follow the face parts beyond chance."
+    elif p["evidence"]:
+      text += (" Module maps follow the ground-truth face parts beyond chance and beyond "
+               "the untrained network.")
+    else:
       text += (" Module maps follow the face parts beyond chance, but not beyond the "
                "untrained network.")
-    elif not v["part_agreement"]["beyond_null"]:
-      text += " Module maps do not follow the face parts beyond chance."
   return text
 
 
@@ -624,8 +636,8 @@ def _definitions(parts: bool, baseline: bool, min_effect: float) -> list[tuple[s
               "have local receptive fields, so an untrained network's channel groups also "
               "beat random ones."))
   if parts:
-    d.append(("parts", "The same test" + ("s" if baseline else "") + " for agreement with "
-              "the ground-truth face parts."))
+    d.append(("follows the face parts", "The same test" + ("s" if baseline else "") +
+              " for part agreement (agreement with the ground-truth face parts)."))
   d += [("in words", "The verdict of the site in one sentence."),
         ("metric", "Which statistic of the module influence maps the row reports; the "
          "arrow says which direction is more modular:"),
@@ -699,7 +711,8 @@ def write_report(result: dict, out_dir: str) -> str:
                         else v["part_agreement"]["beyond_null"]))
     vrows.append(td(cells + [html.escape(site_sentence(m))]))
   vhead = ["site", "K", "modules distinct beyond random channel groups",
-           "… beyond an untrained network"] + (["parts"] if parts else []) + ["in words"]
+           "… beyond an untrained network"] + (["follows the face parts"] if parts else []) + [
+               "in words"]
   # Metrics with effect sizes.
   mrows = []
   for site, m in result["sites"].items():
