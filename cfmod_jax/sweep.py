@@ -134,12 +134,17 @@ def _read_block(path: str, shape, count: int) -> np.ndarray:
   written since checksums were added — the stored sha256 of the content.
   Blocks from before (no ``sha256``) are accepted when every other check passes.
   """
-  try:
-    with np.load(path, allow_pickle=False) as data:
-      arrays = {k: data[k] for k in data.files if k in ("sums", "count", "sha256")}
-      names = list(data.files)
-  except Exception as e:  # zipfile.BadZipFile, OSError, EOFError, ValueError (not a zip)...
-    raise ValueError(f"unreadable ({type(e).__name__}: {e})") from e
+  with open(path, "rb") as f:  # our own handle: numpy leaks its own on a bad zip
+    size = os.fstat(f.fileno()).st_size
+    if f.read(4) != b"PK\x03\x04":
+      raise ValueError(f"not an .npz (zip) file ({size} bytes{', empty' if not size else ''})")
+    f.seek(0)
+    try:
+      with np.load(f, allow_pickle=False) as data:
+        arrays = {k: data[k] for k in data.files if k in ("sums", "count", "sha256")}
+        names = list(data.files)
+    except Exception as e:  # zipfile.BadZipFile, OSError, EOFError, ValueError...
+      raise ValueError(f"unreadable ({type(e).__name__}: {e})") from e
   missing = {"sums", "count"} - set(arrays)
   if missing:
     raise ValueError(f"missing array(s) {sorted(missing)} (has {sorted(names)})")
@@ -163,7 +168,7 @@ def _load_block(path: str, shape, count: int) -> np.ndarray | None:
     return None
   try:
     return _read_block(path, shape, count)
-  except ValueError as e:
+  except (ValueError, OSError) as e:  # OSError: e.g. a folder or an unreadable file
     msg = f"damaged sweep cache block {path}: {e}; recomputing it"
     warnings.warn(msg, CacheBlockWarning, stacklevel=3)
     logging.warning(msg)

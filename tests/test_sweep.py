@@ -73,7 +73,9 @@ def test_cache_is_keyed_by_model_seed_and_config(tmp_path):
   path = os.path.join(tmp_path, "eims", first.key, "block_00001.npz")
   with open(path, "wb") as f:
     f.write(b"garbage")
-  healed = eim_sweep(gen, "block3", cfg, str(tmp_path))
+  from cfmod_jax.sweep import CacheBlockWarning
+  with pytest.warns(CacheBlockWarning, match=f"{path}: not an .npz"):
+    healed = eim_sweep(gen, "block3", cfg, str(tmp_path))
   assert healed.computed_blocks == 1
   np.testing.assert_array_equal(healed.eims, first.eims)
 
@@ -117,10 +119,22 @@ def undamaged(tmp_path_factory):
 
 
 def _flip_byte(path):
-  raw = bytearray(open(path, "rb").read())
+  with open(path, "rb") as f:
+    raw = bytearray(f.read())
   # A byte inside the sums' data (the first array in the zip, after its headers).
   raw[len(raw) // 3] ^= 0x5A
-  open(path, "wb").write(bytes(raw))
+  with open(path, "wb") as f:
+    f.write(bytes(raw))
+
+
+def _empty(path):
+  with open(path, "wb"):
+    pass
+
+
+def _truncate(path):
+  with open(path, "r+b") as f:
+    f.truncate(os.path.getsize(path) // 2)
 
 
 def _rewrite(**arrays):
@@ -134,8 +148,8 @@ def _damages(shape):
   sums = np.ones(shape, np.float32)
   from cfmod_jax.sweep import _block_digest
   return {
-      "empty": lambda p: open(p, "wb").close(),
-      "truncated": lambda p: open(p, "r+b").truncate(os.path.getsize(p) // 2),
+      "empty": _empty,
+      "truncated": _truncate,
       "flipped_byte": _flip_byte,
       "wrong_shape": _rewrite(sums=np.ones(shape[1:], np.float32), count=np.int64(2)),
       "wrong_dtype": _rewrite(sums=sums.astype(np.float64), count=np.int64(2)),
