@@ -95,6 +95,7 @@ def test_lock_of_a_killed_process_does_not_block(tmp_path):
   finally:
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    proc.stdout.close()
   assert os.path.exists(out / ".lock")  # the stale file is still there…
   deadline = time.time() + 10
   while True:  # …but the kernel dropped the lock with the process
