@@ -97,6 +97,9 @@ def main(argv):
     check_resume(FLAGS.config, FLAGS.workdir)
   except ValueError as e:
     raise app.UsageError(f"--config: {_cli.one_line(e)}") from None
+  if FLAGS.export and FLAGS.config.model != "featnet":  # the export measures quality with it
+    with _cli.blame("featnet"):
+      checkpoints.read_meta(checkpoints.resolve(FLAGS.featnet, (checkpoints.SHIPPED_FEATNET,)))
   _cli.check_output_dir("workdir")
   if FLAGS.export:
     _cli.check_output_dir("export")
