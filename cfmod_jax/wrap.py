@@ -48,10 +48,12 @@ model again with another seed and wrap it).
 
 Mechanisms: Linen uses `flax.linen.intercept_methods`; NNX splits the model
 once (`nnx.split`) and, inside the pure functions, merges a fresh copy and puts
-a hook module in place of the site's submodule (the copy is discarded, the
-user's model is never changed). Limits: a site inside a lifted transform
-(``nn.scan``, ``nn.remat``, ``nnx.scan``, …) cannot be intercepted from outside
-it (its output is a tracer of the inner transform); an NNX submodule reached
+a proxy in place of the site's submodule (attribute reads and ``isinstance``
+see the submodule; its ``__call__`` is hooked). The copy is discarded: the
+user's model is never changed. Limits: a site inside a lifted transform
+(``nn.remat``, ``nn.scan``, ``nn.jit``, ``nnx.remat``, …), including the
+transformed module's own output in Linen, cannot be taken out of it (it is a
+tracer of the inner transform; wrapping raises a ValueError); an NNX submodule reached
 through another reference than its path is not seen by the hook (wrapping
 raises a ValueError if the site is never called). Inference mode: Linen passes
 ``apply_kwargs`` (e.g. ``{"train": False}``) to every ``apply``; NNX calls
@@ -126,7 +128,8 @@ class _Wrapped(Generator):
   def _setup(self, module, variables, sites, latent_shape, name, latent_sampler,
              calls: dict[str, jax.ShapeDtypeStruct | None]):
     """``calls``: every submodule path called in a forward pass, in call order, with
-    its output's shape/dtype (None when it is not a single array)."""
+    its output's shape/dtype (None when it is not a single array, `_LIFTED` when it
+    is computed inside a lifted transform)."""
     sites = _normalise_sites(sites)
     available = ", ".join(calls) or "(none)"
     for site_name, path in sites.items():
@@ -135,6 +138,12 @@ class _Wrapped(Generator):
                          f"called in the forward pass of {name}; available paths: "
                          f"{available}")
       out = calls[path]
+      if out is _LIFTED:
+        raise ValueError(
+            f"site {site_name!r}: the output of {path!r} is computed inside a lifted "
+            "transform (nn.remat, nn.scan, nn.jit, nnx.remat, …) and cannot be taken out "
+            "of it; choose a module outside the transform (e.g. the parent of the "
+            "transformed module)")
       if out is None or len(out.shape) < 2 or out.shape[0] != _TRACE_BATCH:
         raise ValueError(f"site {site_name!r}: the output of {path!r} must be one array "
                          f"[N, ..., C] (batch first) to be a site; with N={_TRACE_BATCH} it is "
@@ -238,6 +247,8 @@ def _shape_or_none(out):
   return None
 
 
+# Marks a submodule output traced inside a lifted transform (an inner trace's tracer).
+_LIFTED = "lifted"
 _TRACE_BATCH = 3  # batch size of the shape-only forward pass that finds the submodules
 
 
@@ -249,7 +260,9 @@ def _record_calls(run: Callable, variables, latent_shape) -> tuple[dict, Any]:
     def hook(p, call):
       out = call()
       if p not in calls:
-        calls[p] = _shape_or_none(out)
+        inner = isinstance(out, jax.core.Tracer) and (getattr(out, "_trace", None)
+                                                       is not getattr(z, "_trace", None))
+        calls[p] = _LIFTED if inner else _shape_or_none(out)
       return out
     return run(v, z, hook)
 
@@ -394,13 +407,13 @@ class NNXGenerator(_Wrapped):
       raise ValueError(f"model must be a flax.nnx.Module, got {type(model).__name__}")
     name = name or type(model).__name__
     shape = _latent_shape(model, latent_shape)
-    copy = nnx.merge(*nnx.split(model))  # never change the user's model
+    twin = nnx.merge(*nnx.split(model))  # never change the user's model
     if eval_mode:
-      copy.eval()
-    graphdef, self._rng_state, variables = nnx.split(copy, nnx.RngState, ...)
+      twin.eval()
+    graphdef, self._rng_state, variables = nnx.split(twin, nnx.RngState, ...)
     self.module = graphdef
     self._call_kwargs = dict(call_kwargs or {})
-    self._key_paths = {"/".join(map(str, p)): p for p, _ in nnx.iter_modules(copy) if p}
+    self._key_paths = {"/".join(map(str, p)): p for p, _ in nnx.iter_modules(twin) if p}
     calls, image = _record_calls(self._run, variables, shape)
     _check_image(image, name)
     self._setup(graphdef, variables, sites, shape, name, latent_sampler, calls)

@@ -312,6 +312,30 @@ def test_bad_arguments(own_linen, call, pattern):
     call(module, variables)
 
 
+class _RematGenerator(nn.Module):
+  @nn.compact
+  def __call__(self, z):
+    x = nn.remat(_InnerBlock)(name="blk")(z)
+    return jnp.tanh(nn.Dense(12)(x)).reshape(-1, 2, 2, 3)
+
+
+class _InnerBlock(nn.Module):
+  @nn.compact
+  def __call__(self, x):
+    return nn.relu(nn.Dense(6, name="inner")(x))
+
+
+def test_site_inside_a_lifted_transform_is_refused():
+  module = _RematGenerator()
+  variables = module.init(jax.random.key(0), jnp.zeros((1, 4)))
+  for path in ("blk", "blk/inner"):
+    with pytest.raises(ValueError, match=f"'{path}' is computed inside a lifted transform"):
+      wrap_linen(module, variables, [path], latent_shape=(4,))
+  gen = wrap_linen(module, variables, ["Dense_0"], latent_shape=(4,))
+  z1, z2 = _pairs(gen, 2)
+  np.testing.assert_allclose(cf.hybrids(gen, "Dense_0", np.ones(12), z1, z2), gen(z2), atol=1e-6)
+
+
 def test_unknown_site_name_and_no_linear_split(own_linen):
   gen = own_linen[2]
   assert isinstance(gen, LinenGenerator) and not gen.has_linear_split("block1")
