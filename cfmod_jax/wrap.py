@@ -418,6 +418,13 @@ class NNXGenerator(_Wrapped):
     _check_image(image, name)
     self._setup(graphdef, variables, sites, shape, name, latent_sampler, calls)
 
+  def init_variables(self, key: jax.Array) -> Any:
+    """Not available: NNX builds variables in the model's constructor."""
+    del key
+    raise ValueError(f"{self.name}: an NNX model has no generic re-initialisation; build it "
+                     "again with another seed, wrap it with wrap_nnx, and pass that (e.g. as "
+                     "analysis.run(..., baseline=...))")
+
   def _run(self, variables, latents, hook, paths=None):
     model = nnx.merge(self.module, self._rng_state, variables)
     keys = [self._key_paths[p] for p in (self._key_paths if paths is None else paths)]

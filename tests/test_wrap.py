@@ -246,8 +246,10 @@ def test_main_job_runs_on_a_wrapped_nnx_generator(own_nnx, tmp_path):
   assert os.path.exists(tmp_path / "report.html")
 
 
-def test_with_variables_gives_an_untrained_twin(own_linen):
+def test_with_variables_gives_an_untrained_twin(own_linen, own_nnx):
   _, _, gen = own_linen
+  with pytest.raises(ValueError, match="no generic re-initialisation"):
+    own_nnx[1].init_variables(jax.random.key(0))
   twin = gen.with_variables(gen.init_variables(jax.random.key(7)), name="twin")
   assert twin.sites == gen.sites and twin.name == "twin" and gen.name == "own-linen"
   z1, _ = _pairs(gen, 2)
