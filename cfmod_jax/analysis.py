@@ -561,14 +561,15 @@ def _yes(flag) -> str:
   return '<b class="yes">yes</b>' if flag else '<b class="no">no</b>'
 
 
-def site_sentence(m: dict) -> str:
+def site_sentence(m: dict, min_effect: float = AnalysisConfig.min_effect) -> str:
   """The verdict of one site in plain words (from ``metrics.json``'s site entry)."""
   v = m["verdict"]
   baseline = v["modules_distinct_beyond_untrained"] is not None
   if not v["modules_distinct_beyond_null"]:
     text = ("The modules are not clearly more distinct than random groups of channels "
-            "of the same sizes" + (", so not beyond the untrained network either: no "
-                                   "evidence of learned modularity." if baseline else "."))
+            "of the same sizes (a gain counts only when its whole 95% interval lies above "
+            f"{min_effect:g})" + (", so not beyond the untrained network either: no "
+                                  "evidence of learned modularity." if baseline else "."))
   elif not baseline:
     text = ("The modules are more distinct than random groups of channels, but the "
             "untrained baseline was not run, and an untrained network also beats random "
@@ -583,7 +584,9 @@ def site_sentence(m: dict) -> str:
             "no evidence of learned modularity.")
   if "overlap" in m:
     o = m["overlap"]
-    text += f" Overlap gain over random groups: {o['effect_vs_null']['value']:+.3f}"
+    e = o["effect_vs_null"]
+    text += (f" Overlap gain over random groups: {e['value']:+.3f} (95% CI {e['ci95'][0]:+.3f}"
+             f" to {e['ci95'][1]:+.3f})")
     if "untrained" in o:
       text += f" (untrained network: {o['untrained']['effect_vs_null']['value']:+.3f})"
     text += "."
@@ -695,7 +698,8 @@ def write_report(result: dict, out_dir: str) -> str:
   baseline = "untrained_baseline" in result
   names = [n for n in METRICS if n != "part_agreement" or parts]
   td = lambda cells: "<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>"
-  defs = _definitions(parts, baseline, result["config"].get("min_effect", 0.0))
+  min_eff = result["config"].get("min_effect", 0.0)
+  defs = _definitions(parts, baseline, min_eff)
   tips = dict(defs)
   th = lambda cells: "<tr>" + "".join(
       f'<th title="{html.escape(tips.get(c, ""))}">{html.escape(c)}</th>' for c in cells
@@ -709,7 +713,7 @@ def write_report(result: dict, out_dir: str) -> str:
     if parts:
       cells.append(_yes(v["part_agreement"]["evidence"] if baseline
                         else v["part_agreement"]["beyond_null"]))
-    vrows.append(td(cells + [html.escape(site_sentence(m))]))
+    vrows.append(td(cells + [html.escape(site_sentence(m, min_eff))]))
   vhead = ["site", "K", "modules distinct beyond random channel groups",
            "… beyond an untrained network"] + (["follows the face parts"] if parts else []) + [
                "in words"]
@@ -782,7 +786,7 @@ def write_report(result: dict, out_dir: str) -> str:
                  f"{j}'s channels taken from the donor.")
              for j in range(m["k"])]
     sections.append(f"<h3>{html.escape(site)}: "
-                    f"{html.escape(site_sentence(m))}</h3>" + "".join(figs))
+                    f"{html.escape(site_sentence(m, min_eff))}</h3>" + "".join(figs))
   best = (f"<p>Best site by ground-truth part agreement over chance: <b>{result['best_site']}"
           "</b>.</p>" if parts else "")
   cfg = result["config"]

@@ -111,7 +111,7 @@ def test_report_defines_every_column_and_gives_verdicts(tiny_run):
   assert {"Δ vs untrained [95% CI]", "untrained [95% CI] (null)", "evidence"} <= headers
   assert headers <= terms, headers - terms
   for site, m in result["sites"].items():
-    assert html.escape(analysis.site_sentence(m)) in page
+    assert html.escape(analysis.site_sentence(m, TINY.min_effect)) in page
   assert "NMF templates" in page and "k-means centroids" not in page
 
 
