@@ -111,7 +111,9 @@ def save_map_grid(path: str, maps, ncols: int | None = None, normalize: str = "e
   # About 1.4 inch per tile for a few maps, less for many (EIMs of hundreds of channels).
   per = 1.6 if n <= 8 else max(0.45, 10.0 / ncols)
   title_space = 0.3 if titles is not None else 0.0
-  fig = new_figure(max(5.0, per * ncols + 1.6), per * nrows * tile_h / tile_w + 0.5 + title_space
+  width = max(5.0, per * ncols + 1.6)
+  fs = max(1.0, width / 6.5)  # large grids are shown shrunk to page width: larger text
+  fig = new_figure(width, per * nrows * tile_h / tile_w + 0.5 + title_space
                    + (0.35 if title else 0.0) + (0.25 * (1 + len(set(labels.tolist())) // 6)
                                                 if labels is not None else 0.0))
   ax = fig.add_subplot(1, 1, 1)
@@ -121,9 +123,9 @@ def save_map_grid(path: str, maps, ncols: int | None = None, normalize: str = "e
     for i, j in enumerate(order):
       r, c = divmod(i, ncols)
       ax.text(c * tile_w + w / 2, r * tile_h - 1, titles[j], ha="center", va="bottom",
-              fontsize=9)
+              fontsize=9 * fs)
   if title:
-    ax.set_title(title, fontsize=10, pad=16 if titles is not None else 6)
+    ax.set_title(title, fontsize=10 * fs, pad=16 if titles is not None else 6)
   if normalize == "each":
     norm = matplotlib.colors.Normalize(0.0, 1.0)
     default_label = "fraction of the tile's own maximum"
@@ -132,16 +134,16 @@ def save_map_grid(path: str, maps, ncols: int | None = None, normalize: str = "e
     default_label = "mean |Δ pixel| (one scale for all tiles)"
   mappable = matplotlib.cm.ScalarMappable(norm=norm, cmap=cmap)
   cbar = fig.colorbar(mappable, ax=ax, fraction=0.04, pad=0.02)
-  cbar.set_label(colorbar_label or default_label, fontsize=8)
-  cbar.ax.tick_params(labelsize=7)
+  cbar.set_label(colorbar_label or default_label, fontsize=8 * fs)
+  cbar.ax.tick_params(labelsize=7 * fs)
   if labels is not None:
     mods, counts = np.unique(labels, return_counts=True)
     handles = [matplotlib.patches.Patch(color=_module_colours(np.array([m]))[0],
                                         label=f"module {m} ({c} ch)")
                for m, c in zip(mods, counts)]
     ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0),
-              ncol=min(len(handles), 6), fontsize=8, frameon=False,
-              title="strip under each tile = module of the channel", title_fontsize=8)
+              ncol=min(len(handles), 6), fontsize=8 * fs, frameon=False,
+              title="strip under each tile = module of the channel", title_fontsize=8 * fs)
   return save_figure(fig, path)
 
 
