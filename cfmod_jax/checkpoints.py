@@ -305,19 +305,37 @@ def _kwargs_str(kwargs: Mapping[str, Any]) -> str:
 
 
 # ---- generators ------------------------------------------------------------------------------------
-def _expected_variables(module) -> dict[str, Any]:
+def _expected_variables(module) -> dict[str, Any] | None:
+  """Abstract variables of ``module.init`` (None for a module without ``latent_shape``:
+  a registered architecture's ``to_generator`` checks its variables itself)."""
+  if getattr(module, "latent_shape", None) is None:
+    return None
   z = jax.ShapeDtypeStruct((1, *module.latent_shape), jnp.float32)
   return flax.core.unfreeze(jax.eval_shape(module.init, jax.random.key(0), z))
 
 
 def generator_from_variables(arch: str, kwargs: Mapping[str, Any], variables, *,
-                             name: str) -> Generator:
+                             name: str, dataset: str | None = None) -> Generator:
   """A `Generator` of architecture ``arch(**kwargs)`` with checked ``variables``."""
-  from cfmod_jax.models import build_module  # pylint: disable=g-import-not-at-top
-  module = build_module(arch, **kwargs)
-  check_structure(array_manifest_shapes(variables), _expected_variables(module), where=name,
-                  arch=f"{arch}({_kwargs_str(kwargs)})")
-  return Generator(module, variables, name=name)
+  from cfmod_jax import models  # pylint: disable=g-import-not-at-top
+  module = models.build_module(arch, **kwargs)
+  expected = _expected_variables(module)
+  if expected is not None:
+    check_structure(array_manifest_shapes(variables), expected, where=name,
+                    arch=f"{arch}({_kwargs_str(kwargs)})")
+  return models.make_generator(arch, module, variables, name=name, dataset=dataset)
+
+
+def dataset_of(meta: Mapping[str, Any]) -> str | None:
+  """The data set a checkpoint was trained on: its ``dataset`` field, else (exports
+  made before the field existed) the training config's ``dataset``, whose default
+  in `cfmod_jax.train` is ``'synthfaces'``; None when neither is recorded."""
+  dataset = meta.get("dataset")
+  if dataset is None and isinstance(meta.get("config"), Mapping) and "model" in meta["config"]:
+    dataset = meta["config"].get("dataset", "synthfaces")
+  if dataset is not None and (not isinstance(dataset, str) or not dataset):
+    raise CheckpointError(f"{META_FILE}: dataset must be a non-empty string, got {dataset!r}")
+  return dataset
 
 
 def array_manifest_shapes(tree) -> dict[str, dict[str, Any]]:
@@ -346,9 +364,15 @@ def load_generator(name_or_path: str) -> Generator:
     name_or_path: ``"dcgan-synthfaces"``, ``"vae-synthfaces"``,
       ``"began-synthfaces"``, or a path (exported folder; trainer workdir,
       its ``checkpoints/`` folder or a ``checkpoints/<step>`` folder).
+      A folder written by ``experiments.convert_biggan`` (``config.json`` +
+      ``variables.msgpack``) gives a BigGAN-deep generator (truncation 0.4).
+      Checkpoints of architectures added with
+      `cfmod_jax.register_architecture` load once that name is registered.
   Returns:
     A `Generator` (float32 variables, inference mode): ``gen(z)`` maps
-    ``[N, latent_dim]`` to images ``[N, 64, 64, 3]`` in [-1, 1].
+    ``[N, latent_dim]`` to images ``[N, 64, 64, 3]`` in [-1, 1]. ``gen.dataset``
+    is the data set it was trained on (``checkpoint.json``'s ``dataset``, or
+    the trainer config's; ``'imagenet'`` for BigGAN).
   Raises:
     CheckpointError: unknown name, truncated or corrupted data, wrong kind.
     ArchitectureMismatchError: arrays that do not fit the declared architecture.
@@ -361,18 +385,51 @@ def load_generator(name_or_path: str) -> Generator:
     meta = read_meta(path)
     if meta.get("kind") != "generator":
       raise CheckpointError(f"{path} holds a {meta.get('kind')!r} checkpoint, not a generator")
-    from cfmod_jax.models import build_module  # pylint: disable=g-import-not-at-top
+    from cfmod_jax import models  # pylint: disable=g-import-not-at-top
     if not isinstance(meta.get("kwargs"), dict) or "arch" not in meta:
       raise CheckpointError(f"{os.path.join(path, META_FILE)} must declare 'arch' and a "
                             "'kwargs' dict")
     try:
-      module = build_module(meta["arch"], **meta["kwargs"])
+      module = models.build_module(meta["arch"], **meta["kwargs"])
     except (TypeError, ValueError) as e:
       raise CheckpointError(f"{path}: cannot build arch={meta['arch']!r} with kwargs "
                             f"{meta['kwargs']}: {e}") from e
     variables, _ = load_variables(path, _expected_variables(module), kind="generator")
-    return Generator(module, variables, name=label)
+    return models.make_generator(meta["arch"], module, variables, name=label,
+                                 dataset=dataset_of(meta))
+  if is_biggan_folder(path):
+    return load_biggan_folder(path, name=label)
   return _generator_from_run(path, label)
+
+
+def is_biggan_folder(path: str) -> bool:
+  """Whether ``path`` is a folder written by `cfmod_jax.models.biggan.save_biggan`
+  (``experiments.convert_biggan``): ``config.json`` + ``variables.msgpack``."""
+  from cfmod_jax.models import biggan  # pylint: disable=g-import-not-at-top
+  return (os.path.isfile(os.path.join(path, biggan.CONFIG_FILE))
+          and os.path.isfile(os.path.join(path, biggan.VARIABLES_FILE))
+          and not os.path.isfile(os.path.join(path, META_FILE)))
+
+
+def load_biggan_folder(path: str, *, name: str | None = None, truncation: float = 0.4,
+                       **kwargs) -> Generator:
+  """A BigGAN-deep `Generator` from a converter folder (`is_biggan_folder`),
+  ``dataset='imagenet'``; ``truncation`` and ``kwargs`` (``classes``,
+  ``class_sampler``) go to `cfmod_jax.models.biggan.load_biggan`. Its errors
+  (unreadable files, variables not fitting the config) are `CheckpointError`."""
+  from cfmod_jax.models import biggan  # pylint: disable=g-import-not-at-top
+  if name is not None:
+    kwargs["name"] = name
+  try:
+    gen = biggan.load_biggan(path, truncation, **kwargs)
+  except (OSError, KeyError) as e:
+    raise CheckpointError(f"{path} is not a readable BigGAN folder: {e}") from e
+  except ValueError as e:
+    if isinstance(e, CheckpointError):
+      raise
+    raise CheckpointError(f"{path}: {e}") from e
+  gen.dataset = "imagenet"
+  return gen
 
 
 def _generator_from_run(path: str, label: str) -> Generator:
@@ -391,8 +448,8 @@ def _generator_from_run(path: str, label: str) -> Generator:
     raise CheckpointError(f"{path} is a {trainer.name!r} run, not a generator")
   arch, kwargs = trainer.export_spec(config)
   variables = jax.device_get(trainer.export_variables(state))
-  return generator_from_variables(arch, kwargs, variables,
-                                  name=f"{label}@{meta['step']}")
+  return generator_from_variables(arch, kwargs, variables, name=f"{label}@{meta['step']}",
+                                  dataset=config.get("dataset", "synthfaces"))
 
 
 __all__ = ["ArchitectureMismatchError", "CheckpointError", "SHIPPED_GENERATORS",

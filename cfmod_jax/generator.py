@@ -163,6 +163,12 @@ def check_variables(module: nn.Module, variables: Any, name: str = "variables") 
                    "; were they made for another architecture, width or latent_dim?")
 
 
+def _check_optional_str(value, name: str) -> str | None:
+  if value is not None and (not isinstance(value, str) or not value):
+    raise ValueError(f"{name} must be a non-empty string or None, got {value!r}")
+  return value
+
+
 class Generator:
   """A staged generator with its variables, ready for interventions.
 
@@ -172,13 +178,25 @@ class Generator:
     sites: names of the intervention sites, in forward order.
     latent_shape: shape of one latent code.
     name: a label used in outputs.
+    dataset: the data set the weights were trained on (``"synthfaces"``,
+      ``"celeba"``, …; from a checkpoint's ``checkpoint.json``), or None
+      (generators built in code, random initialisations).
+    code_version: a version string of the generator's code, part of
+      `cfmod_jax.sweep.generator_fingerprint` (needed where Python cannot read the
+      source of the generator's classes, e.g. classes made in ``exec``; bump it
+      when such code changes so that cached results are not reused).
 
   Calling the generator on latents ``[N, *latent_shape]`` returns images
   ``[N, H, W, 3] float32`` in [-1, 1], in inference mode.
   """
 
+  # Class-level defaults: subclasses that do not call __init__ (cfmod_jax.wrap) have them.
+  dataset: str | None = None
+  code_version: str | None = None
+
   def __init__(self, module: StagedGenerator, variables: Any, *, name: str | None = None,
-               latent_sampler: Callable[[jax.Array, int], jax.Array] | None = None):
+               latent_sampler: Callable[[jax.Array, int], jax.Array] | None = None,
+               dataset: str | None = None, code_version: str | None = None):
     if not isinstance(module, nn.Module):
       raise ValueError(f"module must be a flax.linen Module (a StagedGenerator), got "
                        f"{type(module).__name__}")
@@ -188,6 +206,8 @@ class Generator:
     check_variables(module, variables, "variables")
     self.variables = variables
     self.name = name or type(module).__name__
+    self.dataset = _check_optional_str(dataset, "dataset")
+    self.code_version = _check_optional_str(code_version, "code_version")
     self._latent_sampler = latent_sampler
     self._jit_cache: dict[Any, Callable] = {}
     self._shapes: dict[str, tuple[int, ...]] = {}

@@ -9,12 +9,19 @@ import os
 
 from absl import app, flags, logging
 
-from cfmod_jax import analysis, distributed
+from cfmod_jax import analysis, distributed, specs
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("generator", "dcgan-synthfaces",
                     "Shipped name (dcgan-synthfaces, vae-synthfaces, began-synthfaces), a "
-                    "checkpoint path, or random:<arch>[:<width>] for a random initialisation.")
+                    "checkpoint folder (exported, trainer workdir, BigGAN conversion), "
+                    "random:<arch>[:<width>] for a random initialisation, or your own "
+                    "factory returning a cfmod_jax.Generator: <module>:<factory> (imported "
+                    "by name) or <path/to/file.py>:<factory>.")
+flags.DEFINE_string("generator_args", "",
+                    "JSON object of keyword arguments for the --generator factory (or "
+                    "random:<arch>'s init_generator, a BigGAN folder's truncation/classes), "
+                    "e.g. '{\"width\": 16}'.")
 flags.DEFINE_list("sites", [], "Sites to analyse (default: all).")
 flags.DEFINE_integer("n_pairs", 128, "Latent pairs for the elementary influence maps.")
 flags.DEFINE_integer("block_pairs", 16, "Pairs per resumable block / bootstrap group.")
@@ -43,8 +50,14 @@ def main(argv):
       k=k, k_values=tuple(_int("k_values", v) for v in FLAGS.k_values), method=FLAGS.method,
       eval_pairs=FLAGS.eval_pairs, eval_groups=FLAGS.eval_groups, n_null=FLAGS.n_null, parts=FLAGS.parts, seed=FLAGS.seed,
       untrained_baseline=FLAGS.untrained_baseline)
-  with _cli.blame("generator"):
-    gen = analysis.generator_from_spec(FLAGS.generator)
+  with _cli.blame("generator_args"):
+    generator_args = specs.parse_generator_args(FLAGS.generator_args)
+  try:
+    gen = specs.generator_from_spec(FLAGS.generator, generator_args)
+  except (ValueError, TypeError, OSError) as exc:  # names --generator_args if it is to blame
+    message = _cli.one_line(exc)
+    raise (_cli.flag_error("generator_args", exc) if message.startswith("generator_args")
+           else _cli.flag_error("generator", exc)) from None
   try:
     analysis.check_config(gen, cfg)
   except ValueError as exc:  # the message names the config field, which is the flag's name

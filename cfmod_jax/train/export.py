@@ -106,7 +106,8 @@ def export_run(workdir: str, out_dir: str, *, storage_dtype: str = "float32",
   variables = jax.device_get(trainer.export_variables(state))
   record = {"wall_time_s": meta["wall_time_s"], "command": command,
             "machine": machine or machine_description(), "notes": notes,
-            "name": os.path.basename(os.path.normpath(out_dir))}
+            "name": os.path.basename(os.path.normpath(out_dir)),
+            "dataset": dataset}  # read by load_generator: Generator.dataset
   checkpoints.save_variables(out_dir, variables, kind=kind, arch=arch, kwargs=kwargs,
                              step=meta["step"], config=config.to_dict(),
                              storage_dtype=storage_dtype, extra=record)
