@@ -22,7 +22,7 @@ MIN_DIVERSITY = {"dcgan-synthfaces": 0.3, "vae-synthfaces": 0.15, "began-synthfa
 @pytest.mark.parametrize("name", checkpoints.SHIPPED_GENERATORS)
 def test_shipped_generator_loads_and_generates(name):
   gen = checkpoints.load_generator(name)
-  assert gen.name == name
+  assert gen.name == name and gen.dataset == "synthfaces"
   folder = os.path.join(checkpoints.PACKAGE_DIR, name)
   total = sum(os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder)
               if f != "samples.png" and f != "MODEL_CARD.md")
@@ -153,7 +153,13 @@ def test_save_load_roundtrip(tmp_path, dtype):
 def test_corrupted_trainer_checkpoint_is_reported(tmp_path):
   from cfmod_jax import train
   train.train_and_evaluate(vae_config(num_steps=1, checkpoint_every=1), str(tmp_path))
-  checkpoints.load_generator(str(tmp_path))  # intact: loads
+  gen = checkpoints.load_generator(str(tmp_path))  # intact: loads, trained on synthfaces
+  assert gen.dataset == "synthfaces"
+  # Its export records the dataset in checkpoint.json, and the loaded copy has it.
+  out = str(tmp_path.parent / f"{tmp_path.name}-export")
+  train.export_run(str(tmp_path), out, quality_samples=8)
+  assert checkpoints.read_meta(out)["dataset"] == "synthfaces"
+  assert checkpoints.load_generator(out).dataset == "synthfaces"
   state_dir = tmp_path / "checkpoints" / "1" / "state"
   data_files = [os.path.join(r, f) for r, _, fs in os.walk(state_dir) for f in fs
                 if os.sep + "d" + os.sep in os.path.join(r, f)]
@@ -242,3 +248,27 @@ def test_save_variables_writes_atomically(tmp_path, monkeypatch):
   loaded = checkpoints.load_generator(str(tmp_path))
   for x, y in zip(jax.tree.leaves(gen.variables), jax.tree.leaves(loaded.variables)):
     assert np.array_equal(x, y)
+
+
+# ---- dataset metadata ----------------------------------------------------------------------------
+def test_dataset_metadata_of_exported_folders(tmp_path):
+  """``dataset`` in checkpoint.json; exports made before the field existed fall back
+  to their training config's ``dataset`` (default 'synthfaces'); none → None."""
+  gen = init_generator("dcgan", seed=0, width=4, latent_dim=8)
+  assert gen.dataset is None
+  cases = [({"dataset": "celeba"}, None, "celeba"),
+           (None, {"model": "dcgan", "dataset": "celeba"}, "celeba"),
+           (None, {"model": "dcgan"}, "synthfaces"),
+           ({"dataset": "my-photos"}, {"model": "dcgan"}, "my-photos"),
+           (None, None, None)]
+  for i, (extra, config, want) in enumerate(cases):
+    folder = checkpoints.save_variables(str(tmp_path / str(i)), gen.variables,
+                                        kind="generator", arch="dcgan",
+                                        kwargs={"width": 4, "latent_dim": 8}, config=config,
+                                        extra=extra)
+    assert checkpoints.load_generator(folder).dataset == want, (extra, config)
+  for name in (*checkpoints.SHIPPED_GENERATORS, checkpoints.SHIPPED_FEATNET):
+    assert checkpoints.read_meta(os.path.join(checkpoints.PACKAGE_DIR, name))["dataset"] == \
+        "synthfaces"
+  with pytest.raises(ValueError, match="dataset must be a non-empty string or None"):
+    type(gen)(gen.module, gen.variables, dataset="")
