@@ -7,11 +7,14 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 
+import jax
 import numpy as np
 import pytest
 
 import cfmod_jax as cf
+from cfmod_jax import specs, sweep
 from cfmod_jax.sweep import SweepConfig, eim_sweep, generator_fingerprint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -215,3 +218,114 @@ def test_bad_seed_is_rejected_before_any_work(undamaged, tmp_path):
 def test_sweep_rejects_a_non_generator(tmp_path):
   with pytest.raises(ValueError, match="gen must be a cfmod_jax.Generator"):
     eim_sweep("dcgan-synthfaces", "block2", SweepConfig(4, 2), str(tmp_path))
+
+
+# ---- the fingerprint covers the generator's code -------------------------------------------
+# Two generators of this source differ only in ACT: same class names, fields and weights.
+_CODE = '''
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+import cfmod_jax as cf
+from cfmod_jax.generator import VectorLatentGenerator
+
+
+class Project(nn.Module):
+  width: int
+
+  @nn.compact
+  def __call__(self, z, train=False):
+    return nn.Dense(4 * 4 * self.width)(z).reshape(z.shape[0], 4, 4, self.width)
+
+
+class Up(nn.Module):
+  width: int
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+    return ACT(nn.Conv(self.width, (3, 3))(x))
+
+
+class ToRGB(nn.Module):
+  @nn.compact
+  def __call__(self, x, train=False):
+    return jnp.tanh(nn.Conv(3, (3, 3))(x))
+
+
+class CodeGen(VectorLatentGenerator):
+  latent_dim: int = 8
+  width: int = 4
+  site_names = ("block1", "block2")
+
+  def setup(self):
+    self.stages = [Project(self.width), Up(self.width), ToRGB()]
+
+
+def make_generator():
+  module = CodeGen()
+  variables = module.init(jax.random.key(0), jnp.zeros((1, 8)))
+  variables = jax.tree.map(lambda v: v * 4.0, variables)  # larger activations
+  return cf.Generator(module, variables, name="code-gen")
+'''
+
+
+def _code_gen(tmp_path, tag, act):
+  folder = tmp_path / tag
+  folder.mkdir()
+  path = folder / "code_gen.py"  # the same file name (and module name) in every folder
+  path.write_text(_CODE.replace("ACT", act))
+  return specs.generator_from_spec(f"{path}:make_generator"), f"{path}:make_generator"
+
+
+def test_fingerprint_covers_the_code(tmp_path):
+  relu, spec = _code_gen(tmp_path, "a", "nn.relu")
+  other, _ = _code_gen(tmp_path, "b", "nn.sigmoid")
+  same, _ = _code_gen(tmp_path, "c", "nn.relu")  # the same code in another file
+  assert type(relu.module).__name__ == type(other.module).__name__ == "CodeGen"
+  assert repr(relu.module) == repr(other.module)
+  jax.tree.map(np.testing.assert_array_equal, relu.variables, other.variables)
+  z = relu.sample_latents(jax.random.key(0), 4)
+  assert np.abs(np.asarray(relu(z)) - np.asarray(other(z))).max() > 0.1  # different images
+  fp = generator_fingerprint(relu)
+  assert generator_fingerprint(other) != fp and generator_fingerprint(same) == fp
+
+  cfg = SweepConfig(n_pairs=4, block_pairs=2, seed=0, pair_chunk=2, mask_chunk=4)
+  first = eim_sweep(relu, "block1", cfg, str(tmp_path / "cache"))
+  assert first.computed_blocks == 2
+  second = eim_sweep(other, "block1", cfg, str(tmp_path / "cache"))
+  assert second.computed_blocks == 2 and second.key != first.key  # nothing reused
+  assert not np.allclose(second.eims, first.eims)
+  third = eim_sweep(same, "block1", cfg, str(tmp_path / "cache"))
+  assert third.computed_blocks == 0 and third.key == first.key  # same code: reused
+
+  # Deterministic across processes (another hash seed, another import order).
+  code = ("import sys; from cfmod_jax import specs, sweep; "
+          "print(sweep.generator_fingerprint(specs.generator_from_spec(sys.argv[1])))")
+  out = subprocess.run([sys.executable, "-c", code, spec], env=dict(_env(), PYTHONHASHSEED="7"),
+                       cwd=ROOT, capture_output=True, text=True, timeout=300, check=True)
+  assert out.stdout.strip().splitlines()[-1] == fp
+
+
+def test_fingerprint_of_unreadable_code_uses_code_version(monkeypatch):
+  """Classes made by exec have no readable source: without code_version the
+  fingerprint is salted per process (with a warning), with it it is stable."""
+  import types
+  mod = types.ModuleType("cfmod_exec_made")
+  monkeypatch.setitem(sys.modules, mod.__name__, mod)
+  exec(compile(_CODE.replace("ACT", "nn.relu"), "<exec>", "exec"), mod.__dict__)  # pylint: disable=exec-used
+  gen = mod.make_generator()
+  with pytest.warns(sweep.CodeFingerprintWarning, match=r"set the generator's code_version"):
+    salted = generator_fingerprint(gen)
+  monkeypatch.setattr(sweep, "_PROCESS_SALT", "another process")
+  with pytest.warns(sweep.CodeFingerprintWarning):
+    assert generator_fingerprint(gen) != salted
+  gen.code_version = "v1"
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    v1 = generator_fingerprint(gen)
+    monkeypatch.setattr(sweep, "_PROCESS_SALT", "a third process")
+    assert generator_fingerprint(gen) == v1
+    gen.code_version = "v2"
+    assert generator_fingerprint(gen) != v1
