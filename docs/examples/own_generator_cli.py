@@ -5,7 +5,10 @@ The factory form — no change to cfmod_jax, the file stays where it is:
     python -m experiments.analyze \\
         --generator docs/examples/own_generator_cli.py:make_generator \\
         --generator_args '{"width": 8}' --sites block2 --n_pairs 8 --block_pairs 4 \\
-        --k 2 --eval_pairs 8 --eval_groups 2 --n_null 4 --out out/own
+        --k 2 --eval_pairs 8 --eval_groups 2 --n_null 4 --nountrained_baseline --out out/own
+
+(``--nountrained_baseline``: the untrained baseline is not built automatically for
+wrapped plain Linen models yet; a `StagedGenerator` factory gets it.)
 
 (``my_pkg.my_module:make_generator`` works the same for an importable module.)
 
