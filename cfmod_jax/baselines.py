@@ -4,7 +4,8 @@ A metric of learned modularity must beat what an *untrained* network of the same
 shape already shows: random convolutions have local receptive fields, so their
 channels' influence maps can look "distinct" without any learning. `untrained_like`
 gives that network for any `Generator`: the same Linen module (architecture and
-hyper-parameters), variables from ``module.init`` with a fixed seed, BatchNorm
+hyper-parameters), variables from ``module.init`` (or a wrapped generator's
+``init_variables``, `cfmod_jax.wrap`) with a fixed seed, BatchNorm
 statistics at their initial values (mean 0, variance 1), and the same latent
 sampler, so sweeps with the same seed use the same latent pairs.
 
@@ -48,8 +49,11 @@ def untrained_like(gen: Generator, seed: int = UNTRAINED_SEED) -> Generator:
   if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
     raise ValueError(f"seed must be an integer, got {seed!r}")
   module = gen.module
-  z = jnp.zeros((1, *gen.latent_shape), jnp.float32)
-  fresh = jax.jit(module.init)(jax.random.key(int(seed)), z)
+  if hasattr(gen, "init_variables"):  # wrapped generators (cfmod_jax.wrap) know their init
+    fresh = gen.init_variables(jax.random.key(int(seed)))
+  else:
+    z = jnp.zeros((1, *gen.latent_shape), jnp.float32)
+    fresh = jax.jit(module.init)(jax.random.key(int(seed)), z)
   fresh_leaves = {jax.tree_util.keystr(p): leaf
                   for p, leaf in jax.tree_util.tree_flatten_with_path(fresh)[0]}
   paths_leaves, treedef = jax.tree_util.tree_flatten_with_path(gen.variables)
@@ -68,6 +72,9 @@ def untrained_like(gen: Generator, seed: int = UNTRAINED_SEED) -> Generator:
     raise ValueError(f"gen.variables lack {sorted(fresh_leaves)} that "
                      f"{type(module).__name__}.init creates")
   variables = jax.tree_util.tree_unflatten(treedef, leaves)
+  if hasattr(gen, "with_variables"):  # keeps the wrapper's sites and hooks
+    return gen.with_variables(variables, name=f"{gen.name}-untrained",
+                              latent_sampler=gen.sample_latents)
   return Generator(module, variables, name=f"{gen.name}-untrained",
                    latent_sampler=gen.sample_latents)
 
