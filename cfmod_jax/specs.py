@@ -123,12 +123,18 @@ def _random(spec: str, kwargs: dict[str, Any]) -> Generator:
     raise ValueError(f"generator={spec!r}: arch={arch!r} is unknown; expected one of "
                      f"{architectures()} (add your own with "
                      "cfmod_jax.register_architecture(name, build_fn))")
+  user_args = dict(kwargs)
   if rest:
     if "width" in kwargs:
       raise ValueError(f"generator={spec!r} gives the width; generator_args must not give "
                        "it again")
     kwargs = {**kwargs, "width": int(rest[0])}
-  return init_generator(arch, **kwargs)
+  try:
+    return init_generator(arch, **kwargs)
+  except ValueError as e:  # blame generator_args when the message names one of them
+    if any(re.search(rf"(?<!\w){re.escape(k)}(?!\w)", str(e)) for k in user_args):
+      raise ValueError(f"generator_args {user_args} do not fit {spec}: {e}") from None
+    raise
 
 
 def _import_file(path: str):

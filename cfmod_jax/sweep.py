@@ -79,9 +79,31 @@ def _module_classes(gen: Generator) -> set[type]:
       return next_fun(*args, **kwargs)
 
     z = jax.ShapeDtypeStruct((1, *gen.latent_shape), jax.numpy.float32)
-    with nn.intercept_methods(record):
-      jax.eval_shape(gen.generate, gen.variables, z)
+    try:
+      with nn.intercept_methods(record):
+        jax.eval_shape(gen.generate, gen.variables, z)
+    except Exception:  # pylint: disable=broad-except
+      pass  # not traceable from one latent: the classes of its fields still count
+    for value in _fields(module):
+      classes.add(type(value))
   return {base for cls in classes for base in cls.__mro__}
+
+
+def _fields(module, depth: int = 0):
+  """Linen submodules held in ``module``'s dataclass fields (lists, dicts), recursively."""
+  if depth > 8:
+    return
+  values = [getattr(module, f.name, None) for f in dataclasses.fields(module)
+            if f.name not in ("parent", "name")] if dataclasses.is_dataclass(module) else []
+  while values:
+    value = values.pop()
+    if isinstance(value, (list, tuple)):
+      values.extend(value)
+    elif isinstance(value, dict):
+      values.extend(value.values())
+    elif isinstance(value, nn.Module):
+      yield value
+      yield from _fields(value, depth + 1)
 
 
 def _code_of(gen: Generator) -> tuple[list[str], list[str]]:

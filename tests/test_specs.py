@@ -122,6 +122,9 @@ def test_module_and_file_factories(user_file, monkeypatch):
     ("random:dcgan:wide", None, r"random:<arch>\[:<width>\]"),
     ("random:nope", None, r"arch='nope' is unknown; expected one of \['began', 'dcgan', 'vae'"),
     ("random:dcgan:4", {"width": 8}, r"must not give it again"),
+    ("random:dcgan:0", None, r"width must be a positive integer for arch='dcgan', got 0"),
+    ("random:dcgan:4", {"depth": 2}, r"generator_args \{'depth': 2\} do not fit "
+                                     r"random:dcgan:4: unknown argument\(s\) depth"),
     ("no_such_module_xyz:make", None, r"cannot import 'no_such_module_xyz'"),
     ("json:no_such_factory", None, r"json has no attribute 'no_such_factory'"),
     ("json:__name__", None, r"not a callable"),
