@@ -12,6 +12,8 @@ Writes a Markdown table to --out and all results (with the curves) to the same p
 with a .json suffix.
 """
 
+from experiments import _cli  # first: one line on Ctrl-C while jax imports
+
 import json
 import os
 import time
@@ -50,7 +52,8 @@ SETTINGS = {
 def main(argv):
   del argv
   for v in FLAGS.variants:
-    planted.variant(v)
+    with _cli.blame("variants"):
+      planted.variant(v)
   for s in FLAGS.settings:
     if s not in SETTINGS:
       raise app.UsageError(f"--settings: {s!r} is not one of {sorted(SETTINGS)}")
@@ -95,4 +98,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  _cli.run(main)
