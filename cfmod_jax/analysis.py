@@ -46,7 +46,7 @@ from absl import logging
 from scipy.optimize import linear_sum_assignment
 from sklearn.metrics import adjusted_rand_score
 
-from cfmod_jax import baselines, clustering, metrics, viz
+from cfmod_jax import baselines, clustering, factors, metrics, specs, viz
 from cfmod_jax.generator import Generator
 from cfmod_jax.interventions import hybrids, influence_map_sums
 from cfmod_jax.sweep import SweepConfig, broadcast_from_host0, eim_sweep, generator_fingerprint
@@ -70,12 +70,16 @@ class AnalysisConfig:
   n_ci: int = 500                      # bootstrap resamples for confidence intervals
   hybrid_rows: int = 4
   hybrid_cols: int = 5
-  parts: str = "auto"                  # 'synthfaces', 'none', or 'auto' (by generator name)
+  parts: str = "auto"                  # 'synthfaces', 'none', or 'auto' (gen.dataset)
   seed: int = 0
   pair_chunk: int = 32
   mask_chunk: int = 16
   untrained_baseline: bool = True      # same pipeline on random weights of the same shape
   min_effect: float = 0.01             # smallest effect (0–1 metric scale) called "beyond"
+  factor_transfer: str = "auto"        # 'auto' (with the part maps), 'synthfaces', 'none'
+  factor_pairs: int = 128              # latent pairs for the factor transfer
+  factor_null: int = 8                 # random partitions for the factor-transfer null
+  hybrid_fd_samples: int = 250         # hybrids per module for hybrid realism (0: off)
 
 
 def check_config(gen: Generator, cfg: AnalysisConfig) -> list[str]:
@@ -117,25 +121,49 @@ def check_config(gen: Generator, cfg: AnalysisConfig) -> list[str]:
     raise ValueError(f"parts must be 'auto', 'synthfaces' or 'none', got {cfg.parts!r}")
   if not 0 <= cfg.percentile < 100:
     raise ValueError(f"percentile must be in [0, 100), got {cfg.percentile}")
+  if cfg.factor_transfer not in ("auto", "synthfaces", "none"):
+    raise ValueError(f"factor_transfer must be 'auto', 'synthfaces' or 'none', got "
+                     f"{cfg.factor_transfer!r}")
+  for name in ("factor_pairs", "factor_null"):
+    v = getattr(cfg, name)
+    if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
+      raise ValueError(f"{name} must be a positive integer, got {v!r}")
+  if cfg.factor_pairs < cfg.eval_groups:
+    raise ValueError(f"factor_pairs={cfg.factor_pairs} must be at least eval_groups="
+                     f"{cfg.eval_groups} (its pairs are split into the same groups)")
+  v = cfg.hybrid_fd_samples
+  if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 0 or v == 1:
+    raise ValueError(f"hybrid_fd_samples must be 0 (off) or an integer ≥ 2, got {v!r}")
+  if uses_factors(gen, cfg) and tuple(gen.image_shape) != (64, 64, 3):
+    raise ValueError(f"factor_transfer={cfg.factor_transfer!r} needs 64×64×3 images (the "
+                     f"feature network's input), {gen.name} draws {tuple(gen.image_shape)}; "
+                     "set factor_transfer='none'")
   return sites
 
 
-def generator_from_spec(spec: str) -> Generator:
-  """``random:<arch>[:<width>]`` (random initialisation) or a shipped name / path."""
-  if spec.startswith("random:"):
-    from cfmod_jax.models import init_generator  # pylint: disable=g-import-not-at-top
-    _, arch, *rest = spec.split(":")
-    if len(rest) > 1 or (rest and not rest[0].isdigit()):
-      raise ValueError(f"generator must be random:<arch>[:<width>], got {spec!r}")
-    return init_generator(arch, **({"width": int(rest[0])} if rest else {}))
-  from cfmod_jax.checkpoints import load_generator  # pylint: disable=g-import-not-at-top
-  return load_generator(spec)
+# One implementation of the generator specs (kept here for older callers).
+generator_from_spec = specs.generator_from_spec
+
+
+def uses_parts(gen: Generator, cfg: AnalysisConfig) -> bool:
+  """Whether the synthetic faces' part maps score the modules: ``parts='synthfaces'``,
+  or ``'auto'`` and the generator was trained on them (``gen.dataset``)."""
+  return cfg.parts == "synthfaces" or (cfg.parts == "auto"
+                                       and specs.uses_synthfaces_parts(gen))
+
+
+def uses_factors(gen: Generator, cfg: AnalysisConfig) -> bool:
+  """Whether the factor transfer runs: ``factor_transfer='synthfaces'``, or
+  ``'auto'`` and the part maps apply (`uses_parts`) to a generator trained on the
+  synthetic faces (``gen.dataset``; the feature network reads their factors)."""
+  return cfg.factor_transfer == "synthfaces" or (
+      cfg.factor_transfer == "auto" and uses_parts(gen, cfg)
+      and specs.uses_synthfaces_parts(gen))
 
 
 def part_maps_for(gen: Generator, cfg: AnalysisConfig) -> np.ndarray | None:
-  """Ground-truth part probability maps [P, H, W], or None."""
-  use = cfg.parts == "synthfaces" or (cfg.parts == "auto" and "synthfaces" in gen.name)
-  if not use:
+  """Ground-truth part probability maps [P, H, W], or None (`uses_parts`)."""
+  if not uses_parts(gen, cfg):
     return None
   from cfmod_jax.data import synthfaces  # pylint: disable=g-import-not-at-top
   return synthfaces.part_prior()
@@ -285,6 +313,11 @@ def eval_latents(gen: Generator, site_seed: int, n: int):
   return gen.sample_latents(k1, n), gen.sample_latents(k2, n)
 
 
+def groups_eval_for(n: int, g: int) -> np.ndarray:
+  """int [n]: consecutive pairs in g groups of (nearly) equal size."""
+  return (np.arange(n) * g) // n
+
+
 @dataclasses.dataclass
 class _SiteFit:
   """Modules of one network at one site, and their maps on the evaluation pairs."""
@@ -376,17 +409,111 @@ def _metric_entries(fit: _SiteFit, reps: dict, parts) -> dict[str, dict]:
   return out
 
 
+def factor_latents(gen: Generator, site_seed: int, n: int):
+  """The pairs (z1, z2) of the factor transfer (neither the EIMs' nor the metrics')."""
+  k1, k2 = jax.random.split(jax.random.fold_in(jax.random.key(site_seed), 1 << 22))
+  return gen.sample_latents(k1, n), gen.sample_latents(k2, n)
+
+
+def _exclusivity_gain(shares: np.ndarray, k: int, n_null: int) -> float:
+  """Exclusivity of the K modules minus its mean over the null partitions, on one
+  `factors.factor_masks` layout of shares ``[K + 1 + n_null·K, F]``."""
+  whole = shares[k]
+  null = [factors.exclusivity(shares[k + 1 + r * k:k + 1 + (r + 1) * k], whole)
+          for r in range(n_null)]
+  if not np.any(np.isfinite(null)):
+    return float("nan")
+  return factors.exclusivity(shares[:k], whole) - float(np.nanmean(null))
+
+
+def factor_effects(transfers: Sequence[factors.FactorTransfer], cols: Sequence[int], k: int,
+                   n_null: int, n_boot: int, seed: int, min_effect: float) -> dict:
+  """Exclusivity gain over the null partitions (``effect_vs_null``) of the first
+  network, of the second (``untrained_effect_vs_null``) and their difference
+  (``effect_vs_untrained``), with 95% intervals from `factors.bootstrap_groups`;
+  the networks' columns are stacked so that every resample draws the same groups
+  of pairs for both (they ran on the same pairs)."""
+  f = len(cols)
+  follows = np.concatenate([t.follows[:, :, cols] for t in transfers], axis=2)
+  valid = np.concatenate([t.valid[:, cols] for t in transfers], axis=1)
+  gain = lambda s, i: _exclusivity_gain(s[:, i * f:(i + 1) * f], k, n_null)
+  stats = {"effect_vs_null": lambda s: gain(s, 0)}
+  if len(transfers) > 1:
+    stats["untrained_effect_vs_null"] = lambda s: gain(s, 1)
+    stats["effect_vs_untrained"] = lambda s: gain(s, 0) - gain(s, 1)
+  out = {}
+  for name, stat in stats.items():
+    value, lo, hi = factors.bootstrap_groups(follows, valid, stat, n_boot, seed)
+    out[name] = {"value": value, "ci95": [lo, hi]}
+  out["beyond_null"] = bool(np.isfinite(out["effect_vs_null"]["ci95"][0])
+                            and beyond(out["effect_vs_null"], min_effect))
+  if len(transfers) > 1:
+    e = out["effect_vs_untrained"]
+    out["beyond_untrained"] = bool(np.isfinite(e["ci95"][0]) and beyond(e, min_effect))
+    out["evidence"] = out["beyond_null"] and out["beyond_untrained"]
+  return out
+
+
+def _factor_section(gen: Generator, site: str, cfg: AnalysisConfig, fits: Sequence[_SiteFit],
+                    untrained: tuple[Generator, str] | None, featnet, site_seed: int,
+                    groups: np.ndarray) -> tuple[dict, dict]:
+  """Factor transfer of the modules (and the untrained network's, same pairs), with
+  summaries, effects and, if ``cfg.hybrid_fd_samples``, hybrid realism."""
+  k = fits[0].k
+  predict = featnet.predict_fn()
+  z1, z2 = factor_latents(gen, site_seed, cfg.factor_pairs)
+  nets = [gen] + ([untrained[0]] if untrained is not None else [])
+  masks, transfers = [], []
+  for net, fit in zip(nets, fits):
+    masks.append(factors.factor_masks(fit.labels, k, n_null=cfg.factor_null, seed=cfg.seed + 1))
+    transfers.append(factors.factor_transfer(
+        net, site, masks[-1], z1, z2, predict, factors.FEATNET_KINDS, groups=groups,
+        pair_chunk=cfg.pair_chunk, mask_chunk=cfg.mask_chunk))
+  names = transfers[0].factors
+  categorical = [n for n in names if factors.FEATNET_KINDS[n] == factors.CATEGORICAL]
+  subsets = {"all": list(range(len(names))),
+             "categorical": [names.index(n) for n in categorical]}
+  summarize = lambda t, only=None: factors.factor_summary(
+      t, k, cfg.factor_null, n_boot=cfg.n_ci, seed=cfg.seed, only=only)
+  out = summarize(transfers[0])
+  out["categorical"] = summarize(transfers[0], categorical)
+  out.update(pairs=cfg.factor_pairs, groups=int(groups.max()) + 1, n_null=cfg.factor_null)
+  for key, cols in subsets.items():
+    eff = factor_effects(transfers, cols, k, cfg.factor_null, cfg.n_ci, cfg.seed,
+                         cfg.min_effect)
+    (out if key == "all" else out["categorical"]).update(eff)
+  if untrained is not None:
+    out["untrained"] = summarize(transfers[1])
+    out["untrained"]["categorical"] = summarize(transfers[1], categorical)
+  arrays = dict(factor_masks=masks[0], factor_z1=np.asarray(z1), factor_z2=np.asarray(z2),
+                factor_groups=groups, factor_follows=transfers[0].follows,
+                factor_valid=transfers[0].valid)
+  if untrained is not None:
+    arrays.update(untrained_factor_follows=transfers[1].follows,
+                  untrained_factor_valid=transfers[1].valid)
+  if cfg.hybrid_fd_samples:
+    hr = factors.hybrid_realism(gen, site, masks[0][:k + 1], featnet,
+                                n=cfg.hybrid_fd_samples, seed=site_seed,
+                                pair_chunk=cfg.pair_chunk, mask_chunk=cfg.mask_chunk)
+    out["hybrid_realism"] = {"fd": hr.fd[:k].tolist(), "whole_site_fd": float(hr.fd[k]),
+                             "plain_fd": float(hr.plain_fd), "floor": float(hr.floor),
+                             "n": hr.n}
+  return out, arrays
+
+
 def analyze_site(gen: Generator, site: str, cfg: AnalysisConfig, out_dir: str,
                  cache_dir: str, fingerprint: str, parts: np.ndarray | None,
-                 site_seed: int, untrained: tuple[Generator, str] | None = None) -> dict:
-  """Steps 1–7 for one site; ``untrained`` is (baseline generator, its fingerprint)."""
+                 site_seed: int, untrained: tuple[Generator, str] | None = None,
+                 featnet=None) -> dict:
+  """Steps 1–7 for one site; ``untrained`` is (baseline generator, its fingerprint);
+  with ``featnet`` (`quality.FeatureNet`) also the factor transfer."""
   t0 = time.perf_counter()
   host0 = jax.process_index() == 0  # with several processes only process 0 writes
   sdir = os.path.join(out_dir, site)
   if host0:
     os.makedirs(sdir, exist_ok=True)
   z1, z2 = eval_latents(gen, site_seed, cfg.eval_pairs)
-  groups_eval = (np.arange(cfg.eval_pairs) * cfg.eval_groups) // cfg.eval_pairs
+  groups_eval = groups_eval_for(cfg.eval_pairs, cfg.eval_groups)
   plot = os.path.join(sdir, "stability.png") if host0 and cfg.k is None else None
   fit, counts = _fit_site(gen, site, cfg, cache_dir, fingerprint, site_seed, z1, z2,
                           groups_eval, cfg.k, plot)
@@ -444,10 +571,21 @@ def analyze_site(gen: Generator, site: str, cfg: AnalysisConfig, out_dir: str,
                                                        for n in distinct)
   else:
     verdict["modules_distinct_beyond_untrained"] = None
+  factor_arrays = {}
+  if featnet is not None:
+    t_f = time.perf_counter()
+    site_metrics["factor_transfer"], factor_arrays = _factor_section(
+        gen, site, cfg, fits, untrained, featnet, site_seed, groups_eval_for(cfg.factor_pairs,
+                                                                             cfg.eval_groups))
+    verdict["factor_transfer"] = {key: site_metrics["factor_transfer"].get(key) for key in
+                                  ("beyond_null", "beyond_untrained", "evidence")}
+    site_metrics["seconds_factors"] = time.perf_counter() - t_f
   site_metrics["verdict"] = verdict
   site_metrics["beyond_untrained"] = verdict["modules_distinct_beyond_untrained"]
   site_metrics["seconds"] = {"eims": fit.seconds_eims, "trained": t_trained,
                              "untrained": t_untrained, "total": time.perf_counter() - t0}
+  if "seconds_factors" in site_metrics:
+    site_metrics["seconds"]["factors"] = site_metrics.pop("seconds_factors")
   if not host0:
     return site_metrics
   # 7. Figures and arrays.
@@ -476,6 +614,13 @@ def analyze_site(gen: Generator, site: str, cfg: AnalysisConfig, out_dir: str,
                       title="untrained network: module maps, each to its max")
     arrays = dict(untrained_labels=u.labels, untrained_module_maps=u.all_maps[:k],
                   untrained_null_maps=u.all_maps[k:], untrained_templates=u.clus.templates)
+  if featnet is not None:
+    ft = site_metrics["factor_transfer"]
+    factors.plot_factor_matrix(
+        os.path.join(sdir, "factor_transfer.png"), np.array(ft["matrix"] + [ft["whole"]]),
+        [f"module {j} · {sizes[j]} ch" for j in range(k)] + ["whole site"], ft["factors"],
+        title=f"{site}: share of pairs whose hybrid follows the donor")
+    arrays.update(factor_arrays)
   ka, kb = jax.random.split(jax.random.fold_in(jax.random.key(site_seed), 1 << 21))
   z_rows = gen.sample_latents(ka, cfg.hybrid_rows)
   z_cols = gen.sample_latents(kb, cfg.hybrid_cols)
@@ -508,6 +653,10 @@ def run(gen: Generator, cfg: AnalysisConfig, out_dir: str, cache_dir: str | None
                      f"{gen.latent_shape} of {gen.name}, got {baseline.sites} and "
                      f"{baseline.latent_shape}")
   parts = part_maps_for(gen, cfg)
+  featnet = None
+  if uses_factors(gen, cfg):
+    from cfmod_jax import quality  # pylint: disable=g-import-not-at-top
+    featnet = quality.load_featnet()
   cache_dir = cache_dir or os.path.join(out_dir, "cache")
   if jax.process_index() == 0:
     os.makedirs(out_dir, exist_ok=True)
@@ -526,7 +675,7 @@ def run(gen: Generator, cfg: AnalysisConfig, out_dir: str, cache_dir: str | None
   for i, site in enumerate(sites):
     result["sites"][site] = analyze_site(gen, site, cfg, out_dir, cache_dir, fingerprint,
                                          parts, cfg.seed * 1000 + gen.site_index(site),
-                                         untrained)
+                                         untrained, featnet)
     elapsed = time.perf_counter() - t0
     logging.info("site %s done (%d/%d) in %.1f s; ETA %.0f s", site, i + 1, len(sites),
                  result["sites"][site]["seconds"]["total"],
@@ -615,6 +764,8 @@ def report_files(result: dict) -> list[str]:
     if result["config"]["k"] is None:
       files.append(f"{site}/stability.png")
     files += [f"{site}/hybrids_module{j}.png" for j in range(m["k"])]
+    if "factor_transfer" in m:
+      files.append(f"{site}/factor_transfer.png")
   return files
 
 
@@ -690,6 +841,83 @@ def _definitions(parts: bool, baseline: bool, min_effect: float) -> list[tuple[s
         ("seconds", "Wall time of the site: EIMs, clustering, evaluation, bootstrap and "
          "figures" + (", for both networks." if baseline else "."))]
   return d
+
+
+FACTOR_DEFINITION = (
+    "Factor transfer: for a module, the hybrid takes the module's channels from a donor "
+    "image z2; the feature network reads every ground-truth factor of the synthetic faces "
+    "off G(z1), G(z2) and the hybrid, and the hybrid follows the donor on a factor when "
+    "its predicted class equals the donor's (categorical factors) or its prediction is "
+    "closer to the donor's than to the original's (continuous factors); pairs where G(z1) "
+    "and G(z2) agree are left out. Exclusivity is the mean over factors of (best module's "
+    "share − the other modules' mean share) / the whole-site swap's share: 1 when each "
+    "factor moves with one module only, 0 when factors are spread evenly.")
+
+
+def factor_section_html(result: dict) -> str:
+  """The report's factor-transfer and hybrid-realism tables ('' without them)."""
+  sites = {s: m["factor_transfer"] for s, m in result["sites"].items()
+           if "factor_transfer" in m}
+  if not sites:
+    return ""
+  esc = html.escape
+  f3 = lambda v, signed=False: "—" if v is None or not np.isfinite(v) else (
+      f"{v:+.3f}" if signed else f"{v:.3f}")
+  ci = lambda v, lohi, signed=False: (f"{f3(v, signed)} <small>[{f3(lohi[0], signed)}, "
+                                      f"{f3(lohi[1], signed)}]</small>")
+  base = any("untrained" in ft for ft in sites.values())
+  head = ["site", "factors", "exclusivity [95% CI]", "null mean ± s.d.",
+          "Δ vs null [95% CI]"]
+  head += ["untrained exclusivity (null)", "untrained Δ vs null [95% CI]",
+           "Δ vs untrained [95% CI]", "evidence"] if base else ["beyond null"]
+  rows = []
+  for site, ft in sites.items():
+    for label, s in (("all", ft), ("categorical", ft["categorical"])):
+      cells = [esc(site), f"{label} ({len(s['factors'])})",
+               ci(s["exclusivity"], s["exclusivity_ci"]),
+               f"{f3(s['exclusivity_null_mean'])} ± {f3(s['exclusivity_null_sd'])}",
+               ci(s["effect_vs_null"]["value"], s["effect_vs_null"]["ci95"], True)]
+      if "untrained" in ft:
+        u = ft["untrained"] if label == "all" else ft["untrained"]["categorical"]
+        cells += [f"{f3(u['exclusivity'])} <small>({f3(u['exclusivity_null_mean'])})</small>",
+                  ci(s["untrained_effect_vs_null"]["value"],
+                     s["untrained_effect_vs_null"]["ci95"], True),
+                  ci(s["effect_vs_untrained"]["value"], s["effect_vs_untrained"]["ci95"],
+                     True), _yes(s["evidence"])]
+      elif base:
+        cells += ["—"] * 4
+      else:
+        cells.append(_yes(s["beyond_null"]))
+      rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+  th = "<tr>" + "".join(f"<th>{esc(c)}</th>" for c in head) + "</tr>"
+  ft0 = next(iter(sites.values()))
+  text = (f"<h2>Factor transfer</h2><p>{esc(FACTOR_DEFINITION)} Measured on "
+          f"{ft0['pairs']} latent pairs in {ft0['groups']} groups (95% percentile bootstrap "
+          f"over groups); the null is {ft0['n_null']} random channel partitions with the "
+          "module sizes; Δ is the exclusivity minus the null's mean"
+          + ("; Δ vs untrained subtracts the untrained network's Δ (its own modules, same "
+             "pairs; paired bootstrap)" if base else "") + ". Categorical factors only: "
+          "their 'follows' is not diluted by the prediction noise of continuous "
+          f"ones.</p><table>{th}{''.join(rows)}</table>")
+  hr = {s: ft["hybrid_realism"] for s, ft in sites.items() if "hybrid_realism" in ft}
+  if hr:
+    kmax = max(len(h["fd"]) for h in hr.values())
+    hhead = (["site", "n"] + [f"module {j}" for j in range(kmax)]
+             + ["whole site (= G(z2))", "plain samples G(z1)", "real vs real floor"])
+    hrows = []
+    for site, h in hr.items():
+      fds = [f"{v:.1f}" for v in h["fd"]] + [""] * (kmax - len(h["fd"]))
+      cells = [esc(site), h["n"], *fds, f"{h['whole_site_fd']:.1f}", f"{h['plain_fd']:.1f}",
+               f"{h['floor']:.1f}"]
+      hrows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    text += ("<h2>Hybrid realism</h2><p>Fréchet distance (feature-network features) of "
+             "each module's hybrids to held-out real faces, beside the plain samples of "
+             "the same latents and two disjoint real sets (the floor), all at n images "
+             "(FD is biased upwards at small n: compare within a row). Hybrids of a "
+             "module that acts alone stay about as realistic as plain samples.</p><table>"
+             + "<tr>" + "".join(f"<th>{esc(c)}</th>" for c in hhead) + "</tr>"
+             + "".join(hrows) + "</table>")
+  return text
 
 
 def write_report(result: dict, out_dir: str) -> str:
@@ -785,6 +1013,12 @@ def write_report(result: dict, out_dir: str) -> str:
                  "down the left, donors z2 across the top; each cell is z1 with module "
                  f"{j}'s channels taken from the donor.")
              for j in range(m["k"])]
+    if "factor_transfer" in m:
+      figs.insert(1, img(f"{site}/factor_transfer.png",
+                         "Factor transfer: per module (and the whole-site swap), the share "
+                         "of pairs whose hybrid takes the donor's value of each factor, read "
+                         "by the feature network; grey: no pair where the two images differ "
+                         "on the factor."))
     sections.append(f"<h3>{html.escape(site)}: "
                     f"{html.escape(site_sentence(m, min_eff))}</h3>" + "".join(figs))
   best = (f"<p>Best site by ground-truth part agreement over chance: <b>{result['best_site']}"
@@ -819,6 +1053,7 @@ same module sizes. {base_text} Ran in {result['seconds']:.0f} s on {result['devi
 <table>{th(mhead)}{''.join(mrows)}</table>
 <h2>Clustering</h2>
 <table>{th(chead)}{''.join(crows)}</table>
+{factor_section_html(result)}
 <h2>What the columns mean</h2><dl>{dl}</dl>
 <h2>Figures</h2>
 {''.join(sections)}
