@@ -87,6 +87,20 @@ def test_checkpoint_restore_is_bitwise(tmp_path):
   assert len(meta["manifest"]) == n_arrays
 
 
+def test_rejected_resume_leaves_config_json_unchanged(tmp_path):
+  """A config whose state cannot restore the run's checkpoint (another width) fails
+  in the API too, and the run's config.json is the one it was trained with."""
+  config = tiny_config("dcgan", num_steps=1, checkpoint_every=1)
+  train.train_and_evaluate(config, str(tmp_path))
+  path = tmp_path / "config.json"
+  before = path.read_bytes()
+  wider = tiny_config("dcgan", num_steps=2, checkpoint_every=1)
+  wider.generator.width = 8
+  with pytest.raises(Exception):
+    train.train_and_evaluate(wider, str(tmp_path))
+  assert path.read_bytes() == before
+
+
 def test_interrupted_run_resumes_to_the_same_state(tmp_path):
   full = tiny_config("dcgan", num_steps=10, checkpoint_every=3)
   reference = train.train_and_evaluate(full, str(tmp_path / "full"))

@@ -476,8 +476,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                      f"number of devices ({len(devices)})")
   mesh = make_mesh(devices)
   os.makedirs(workdir, exist_ok=True)
-  fileio.atomic_write_text(os.path.join(workdir, "config.json"),
-                           config.to_json_best_effort(indent=2, sort_keys=True))
 
   manager = open_manager(checkpoint_dir(workdir), keep=config.keep_checkpoints)
   step_fn, init_fn = compiled_functions(trainer, config, mesh)
@@ -494,6 +492,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     logging.info("[%s] resumed from step %d (%s)", trainer.name, start, checkpoint_dir(workdir))
   else:
     state = init_fn(init_key(config.seed))
+  # Written only once the checkpoint (if any) has been restored with this config, so a
+  # rejected resume leaves the run's config.json as it was.
+  fileio.atomic_write_text(os.path.join(workdir, "config.json"),
+                           config.to_json_best_effort(indent=2, sort_keys=True))
   first = 0 if start is None else start
   log = MetricsLog(os.path.join(workdir, "metrics.jsonl"), first)
 
