@@ -37,6 +37,13 @@ flags.DEFINE_integer("seed", 0, "Random seed.", lower_bound=0)
 flags.DEFINE_bool("untrained_baseline", True,
                   "Also analyse the same architecture with random weights (same pairs, same K) "
                   "and report effect sizes against it.")
+flags.DEFINE_enum("factor_transfer", "auto", ["auto", "synthfaces", "none"],
+                  "Counterfactual factor transfer (feature network on the synthetic faces' "
+                  "factors): 'auto' when the generator was trained on them.")
+flags.DEFINE_integer("factor_pairs", 128, "Latent pairs for the factor transfer.")
+flags.DEFINE_integer("factor_null", 8, "Random partitions for the factor-transfer null.")
+flags.DEFINE_integer("hybrid_fd_samples", 250,
+                     "Hybrids per module for the hybrid-realism FD (0: off).")
 flags.DEFINE_string("out", "out/default", "Output folder.")
 flags.DEFINE_string("cache_dir", "", "Cache of finished EIM blocks (default: <out>/cache).")
 
@@ -49,7 +56,9 @@ def main(argv):
       sites=tuple(FLAGS.sites) or None, n_pairs=FLAGS.n_pairs, block_pairs=FLAGS.block_pairs,
       k=k, k_values=tuple(_int("k_values", v) for v in FLAGS.k_values), method=FLAGS.method,
       eval_pairs=FLAGS.eval_pairs, eval_groups=FLAGS.eval_groups, n_null=FLAGS.n_null, parts=FLAGS.parts, seed=FLAGS.seed,
-      untrained_baseline=FLAGS.untrained_baseline)
+      untrained_baseline=FLAGS.untrained_baseline, factor_transfer=FLAGS.factor_transfer,
+      factor_pairs=FLAGS.factor_pairs, factor_null=FLAGS.factor_null,
+      hybrid_fd_samples=FLAGS.hybrid_fd_samples)
   with _cli.blame("generator_args"):
     generator_args = specs.parse_generator_args(FLAGS.generator_args)
   try:
@@ -74,7 +83,8 @@ def main(argv):
 
 
 _CONFIG_FLAGS = ("sites", "n_pairs", "block_pairs", "k_values", "method", "eval_pairs",
-                 "eval_groups", "n_null", "parts", "seed")
+                 "eval_groups", "n_null", "parts", "seed", "factor_transfer", "factor_pairs",
+                 "factor_null", "hybrid_fd_samples")
 
 
 def _int(name, value):
