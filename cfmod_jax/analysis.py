@@ -37,7 +37,9 @@ import dataclasses
 import html
 import json
 import os
+import re
 import time
+import zipfile
 from typing import Sequence
 
 import jax
@@ -46,7 +48,8 @@ from absl import logging
 from scipy.optimize import linear_sum_assignment
 from sklearn.metrics import adjusted_rand_score
 
-from cfmod_jax import baselines, clustering, factors, metrics, specs, viz
+from cfmod_jax import baselines, clustering, factors, fileio, metrics, specs, viz
+from cfmod_jax._validate import check_generator, check_seed
 from cfmod_jax.generator import Generator
 from cfmod_jax.interventions import hybrids, influence_map_sums
 from cfmod_jax.sweep import SweepConfig, broadcast_from_host0, eim_sweep, generator_fingerprint
@@ -84,6 +87,10 @@ class AnalysisConfig:
 
 def check_config(gen: Generator, cfg: AnalysisConfig) -> list[str]:
   """Validates everything before any expensive work; returns the sites to run."""
+  check_generator(gen, "gen")
+  if not isinstance(cfg, AnalysisConfig):
+    raise ValueError(f"cfg must be an analysis.AnalysisConfig, got {type(cfg).__name__}")
+  check_seed(cfg.seed, "seed")
   sites = list(cfg.sites) if cfg.sites else list(gen.sites)
   for s in sites:
     gen.site_index(s)
@@ -354,7 +361,8 @@ def _fit_site(gen: Generator, site: str, cfg: AnalysisConfig, cache_dir: str,
     k, curve = clustering.choose_k(groups, ks, n_boot=cfg.n_boot, seed=cfg.seed,
                                    method=cfg.method, **common)
     if plot:
-      clustering.plot_stability_curve(curve, plot, k_best=k, title=f"{gen.name} {site}")
+      with fileio.atomic_path(plot) as tmp:
+        clustering.plot_stability_curve(curve, tmp, k_best=k, title=f"{gen.name} {site}")
   else:
     curve = clustering.stability_curve(groups, [k], n_boot=cfg.n_boot, seed=cfg.seed,
                                        method=cfg.method, **common)
@@ -628,14 +636,126 @@ def analyze_site(gen: Generator, site: str, cfg: AnalysisConfig, out_dir: str,
     panel = hybrid_panel(gen, site, module_masks(labels, k)[j], z_rows, z_cols,
                          cfg.hybrid_rows, cfg.hybrid_cols)
     viz.save_rgb(os.path.join(sdir, f"hybrids_module{j}.png"), panel)
-  np.savez_compressed(os.path.join(sdir, "analysis.npz"), eims=fit.eims,
+  savez_deterministic(os.path.join(sdir, "analysis.npz"), eims=fit.eims,
                       eim_groups=fit.eim_groups, labels=labels,
                       templates=fit.clus.templates, weights=fit.clus.weights,
                       module_maps=fit.all_maps[:k], null_maps=fit.all_maps[k:],
                       eval_z1=np.asarray(z1), eval_z2=np.asarray(z2),
                       eval_groups=groups_eval, **arrays)
+  remove_stale_files(sdir, site_files(k, untrained is not None, featnet is not None,
+                                      cfg.k is None))
   site_metrics["seconds"]["total"] = time.perf_counter() - t0
   return site_metrics
+
+
+# ---- output files ------------------------------------------------------------------------
+# Every file of the job is written atomically (`cfmod_jax.fileio`): a temporary file in
+# the same folder, renamed over the destination once complete, so a job killed at any
+# moment leaves each output either absent, as the previous complete version, or new.
+_ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # fixed member dates: the same arrays give the same bytes
+
+
+def savez_deterministic(path: str, **arrays) -> str:
+  """``np.savez_compressed(path, **arrays)`` written atomically and bitwise
+  reproducibly (numpy stamps each member with the current time; here every member
+  has one fixed date). `np.load` reads it like any ``.npz``. Returns ``path``."""
+  with fileio.atomic_path(path) as tmp:
+    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+      for name, value in arrays.items():
+        info = zipfile.ZipInfo(name + ".npy", date_time=_ZIP_DATE)
+        info.compress_type = zipfile.ZIP_DEFLATED
+        info.external_attr = 0o644 << 16
+        with zf.open(info, "w", force_zip64=True) as f:
+          np.lib.format.write_array(f, np.asanyarray(value), allow_pickle=False)
+  return path
+
+
+def site_files(k: int, untrained: bool, factor_figure: bool, stability: bool) -> list[str]:
+  """Names of the files a finished site folder holds (`analyze_site`)."""
+  names = ["eims.png", "templates.png", "module_maps.png", "analysis.npz"]
+  names += [f"hybrids_module{j}.png" for j in range(k)]
+  names += ["untrained_module_maps.png"] * untrained + ["factor_transfer.png"] * factor_figure
+  names += ["stability.png"] * stability
+  return names
+
+
+_OUTPUT_NAME = re.compile(r"(.*\.(png|npz|json|html)|\..*\.tmp.*)$")
+
+
+def remove_stale_files(folder: str, keep: Sequence[str]) -> list[str]:
+  """Deletes the output-like files of ``folder`` (``*.png``, ``*.npz``, ``*.json``,
+  ``*.html`` and temporary files ``.<name>.*.tmp*`` of killed writers) that are not in
+  ``keep``: figures of an earlier run (``hybrids_module5.png`` after a run with fewer
+  modules, ``stability.png`` after one with a given K) never sit beside new results.
+  Returns the removed names."""
+  removed = []
+  keep = set(keep)
+  for name in sorted(os.listdir(folder)):
+    path = os.path.join(folder, name)
+    if name not in keep and _OUTPUT_NAME.fullmatch(name) and os.path.isfile(path):
+      os.unlink(path)
+      removed.append(name)
+  if removed:
+    logging.info("removed stale files of an earlier run from %s: %s", folder,
+                 ", ".join(removed))
+  return removed
+
+
+def run_settings(gen: Generator, cfg: AnalysisConfig, sites: Sequence[str],
+                 untrained_fingerprint: str | None) -> dict:
+  """What the results in an output folder depend on (recorded in its manifest)."""
+  return {"config": dataclasses.asdict(cfg), "sites": list(sites), "generator": gen.name,
+          "untrained_fingerprint": untrained_fingerprint}
+
+
+class OutputFolderError(ValueError):
+  """The output folder holds results of a different run."""
+
+
+def _flatten(d, prefix=""):
+  out = {}
+  for key, v in d.items():
+    if isinstance(v, dict):
+      out.update(_flatten(v, f"{prefix}{key}."))
+    else:
+      out[f"{prefix}{key}"] = v
+  return out
+
+
+def claim_output_folder(out_dir: str, settings: dict, fingerprint: str) -> bool:
+  """Checks that ``out_dir`` is empty or holds outputs of this very run (same
+  settings and generator fingerprint, per its manifest ``run.json``), then writes the
+  manifest. Returns whether earlier outputs of this run are there (a resume).
+
+  A folder holding a different run's outputs, or outputs without a manifest (an
+  older version), is refused with `OutputFolderError` (a ValueError naming the
+  folder and the differences): results of two runs are never mixed, and nothing of
+  the old run is changed. Call with the folder's `fileio.RunLock` held.
+  """
+  meta = fileio.read_manifest(out_dir)
+  ignore = {fileio.LOCK_FILE, "cache"}
+  if meta is None:
+    leftovers = sorted(n for n in os.listdir(out_dir)
+                       if n not in ignore and not re.fullmatch(r"\..*\.tmp.*", n))
+    if leftovers:
+      raise OutputFolderError(
+          f"{out_dir} holds outputs without a run manifest ({', '.join(leftovers[:4])}"
+          f"{', …' if len(leftovers) > 4 else ''}), written by an older version or "
+          "another program; choose another --out or delete it")
+    fileio.write_manifest(out_dir, settings, fingerprint)
+    return False
+  if fileio.manifest_matches(out_dir, settings, fingerprint):
+    return True
+  old = _flatten(meta["settings"])
+  new = _flatten(json.loads(json.dumps(settings, default=str)))
+  diffs = [f"{key} {old.get(key, '—')!r} vs {new.get(key, '—')!r}"
+           for key in sorted(set(old) | set(new)) if old.get(key) != new.get(key)]
+  if meta["fingerprint"] != fingerprint:
+    diffs.append("generator fingerprint (different weights or code)")
+  raise OutputFolderError(
+      f"{out_dir} holds outputs of a different run ({'; '.join(diffs[:4])}"
+      f"{'; …' if len(diffs) > 4 else ''}; old vs this run); choose another --out or "
+      "delete it")
 
 
 # ---- the job -----------------------------------------------------------------------------
@@ -645,6 +765,17 @@ def run(gen: Generator, cfg: AnalysisConfig, out_dir: str, cache_dir: str | None
 
   ``baseline``: the network to compare with when ``cfg.untrained_baseline`` (default:
   `baselines.untrained_like(gen)`); it must have ``gen``'s sites and latent shape.
+
+  Output folder rules: the run holds ``<out_dir>/.lock`` (`fileio.RunLock`) from
+  start to end, so a second run into the same folder fails at once with
+  `fileio.OutputLockedError`. The folder's manifest ``run.json`` records the settings
+  (`run_settings`) and generator fingerprint; a folder holding another run's outputs
+  (or outputs without a manifest) is refused with `OutputFolderError`, leaving it
+  unchanged; a rerun with the same settings resumes (finished EIM blocks come from the
+  cache) and rewrites every output. Each file is written atomically; a finished site
+  folder holds exactly `site_files` (stale files of earlier runs are removed). A run
+  killed at any moment and rerun gives the same files as an uninterrupted run
+  (timings in ``metrics.json`` and ``report.html`` aside).
   """
   sites = check_config(gen, cfg)
   if baseline is not None and (baseline.sites != gen.sites
@@ -671,26 +802,38 @@ def run(gen: Generator, cfg: AnalysisConfig, out_dir: str, cache_dir: str | None
     result["untrained_baseline"] = {
         "generator": base.name, "fingerprint": untrained[1],
         "seed": baselines.UNTRAINED_SEED if baseline is None else None}
-  t0 = time.perf_counter()
-  for i, site in enumerate(sites):
-    result["sites"][site] = analyze_site(gen, site, cfg, out_dir, cache_dir, fingerprint,
-                                         parts, cfg.seed * 1000 + gen.site_index(site),
-                                         untrained, featnet)
-    elapsed = time.perf_counter() - t0
-    logging.info("site %s done (%d/%d) in %.1f s; ETA %.0f s", site, i + 1, len(sites),
-                 result["sites"][site]["seconds"]["total"],
-                 elapsed / (i + 1) * (len(sites) - i - 1))
-  if parts is not None:
-    gain = {s: m["part_agreement"]["value"] - m["part_agreement"]["null_mean"]
-            for s, m in result["sites"].items()}
-    result["best_site"] = max(gain, key=gain.get)
-  result["seconds"] = time.perf_counter() - t0
-  if jax.process_index() != 0:
+  # One run per folder at a time (the lock), and only this run's outputs in it (the
+  # manifest); with several processes only process 0 writes.
+  lock = fileio.RunLock(out_dir) if jax.process_index() == 0 else None
+  if lock is not None:
+    lock.acquire()
+  try:
+    if lock is not None:
+      settings = run_settings(gen, cfg, sites, untrained[1] if untrained else None)
+      if claim_output_folder(out_dir, settings, fingerprint):
+        logging.info("%s holds earlier outputs of this run: resuming", out_dir)
+    t0 = time.perf_counter()
+    for i, site in enumerate(sites):
+      result["sites"][site] = analyze_site(gen, site, cfg, out_dir, cache_dir, fingerprint,
+                                           parts, cfg.seed * 1000 + gen.site_index(site),
+                                           untrained, featnet)
+      elapsed = time.perf_counter() - t0
+      logging.info("site %s done (%d/%d) in %.1f s; ETA %.0f s", site, i + 1, len(sites),
+                   result["sites"][site]["seconds"]["total"],
+                   elapsed / (i + 1) * (len(sites) - i - 1))
+    if parts is not None:
+      gain = {s: m["part_agreement"]["value"] - m["part_agreement"]["null_mean"]
+              for s, m in result["sites"].items()}
+      result["best_site"] = max(gain, key=gain.get)
+    result["seconds"] = time.perf_counter() - t0
+    if jax.process_index() != 0:
+      return result
+    fileio.atomic_write_json(os.path.join(out_dir, "metrics.json"), result, sort_keys=False)
+    write_report(result, out_dir)
     return result
-  with open(os.path.join(out_dir, "metrics.json"), "w") as f:
-    json.dump(result, f, indent=2)
-  write_report(result, out_dir)
-  return result
+  finally:
+    if lock is not None:
+      lock.release()
 
 
 # ---- report ------------------------------------------------------------------------------
@@ -1059,7 +1202,4 @@ same module sizes. {base_text} Ran in {result['seconds']:.0f} s on {result['devi
 {''.join(sections)}
 <p><small>Arrays: &lt;site&gt;/analysis.npz; numbers and verdicts: metrics.json.</small></p>
 </body></html>"""
-  path = os.path.join(out_dir, "report.html")
-  with open(path, "w") as f:
-    f.write(page)
-  return path
+  return fileio.atomic_write_text(os.path.join(out_dir, "report.html"), page)

@@ -1,7 +1,10 @@
 """Figures as PNG files: image grids, influence-map grids, hybrid panels.
 
 Matplotlib is used through the object API with the Agg canvas (no display, no
-global backend change).
+global backend change). Every file is written atomically (`cfmod_jax.fileio.atomic_path`:
+a temporary file in the same folder, renamed over the destination), so a killed
+job never leaves a half-written PNG; and without varying metadata (`PNG_METADATA`),
+so the same figure gives the same bytes on every run.
 """
 
 from __future__ import annotations
@@ -16,6 +19,12 @@ import matplotlib.patches
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+from cfmod_jax.fileio import atomic_path
+
+# PNG text chunks: none that change between runs or installs (matplotlib writes
+# its version as "Software" by default).
+PNG_METADATA = {"Software": None}
 
 
 def tile(images: np.ndarray, ncols: int, pad: int = 2, fill: float = 1.0) -> np.ndarray:
@@ -43,7 +52,9 @@ def _ensure_dir(path: str) -> None:
 def save_image_grid(path: str, images, ncols: int = 8) -> str:
   """Writes images ``[N, H, W, 3]`` in [-1, 1] as one PNG grid."""
   _ensure_dir(path)
-  matplotlib.image.imsave(path, tile(to_unit(images), ncols))
+  with atomic_path(path) as tmp:
+    matplotlib.image.imsave(tmp, tile(to_unit(images), ncols), format="png",
+                            metadata=PNG_METADATA)
   return path
 
 
@@ -153,9 +164,14 @@ def _module_colours(labels: np.ndarray) -> np.ndarray:
 
 
 def save_figure(fig: Figure, path: str, dpi: int = 100) -> str:
+  """Writes ``fig`` to ``path`` (PNG unless the extension names another format),
+  atomically; PNGs without varying metadata."""
   _ensure_dir(path)
   FigureCanvasAgg(fig)
-  fig.savefig(path, dpi=dpi, bbox_inches="tight")
+  png = os.path.splitext(path)[1].lower() in ("", ".png")
+  with atomic_path(path) as tmp:
+    fig.savefig(tmp, dpi=dpi, bbox_inches="tight", **(
+        dict(format="png", metadata=PNG_METADATA) if png else {}))
   return path
 
 
@@ -166,5 +182,7 @@ def new_figure(width: float, height: float) -> Figure:
 def save_rgb(path: str, image) -> str:
   """Writes an RGB image ``[H, W, 3]`` in [0, 1] as PNG."""
   _ensure_dir(path)
-  matplotlib.image.imsave(path, np.clip(np.asarray(image), 0.0, 1.0))
+  with atomic_path(path) as tmp:
+    matplotlib.image.imsave(tmp, np.clip(np.asarray(image), 0.0, 1.0), format="png",
+                            metadata=PNG_METADATA)
   return path

@@ -9,6 +9,9 @@ Every CLI of `experiments` runs through `run`:
 * an `app.UsageError` raised by ``main`` prints one line (absl would print the
   whole help first); `blame` and `flag_error` turn the library's ``ValueError`` of
   a user's input into such an error naming the flag;
+* an output folder that another run is writing (`cfmod_jax.fileio.OutputLockedError`)
+  or that holds a different run's outputs (`cfmod_jax.analysis.OutputFolderError`)
+  prints one line;
 * Ctrl-C prints one line (`set_interrupt_message`, e.g. where finished work is
   kept) and exits with `INTERRUPT_EXIT`, instead of a traceback — also while the
   CLI is still importing, if it imports this module before anything heavy.
@@ -137,6 +140,10 @@ def run(main: Callable[[list[str]], object], *, positional: bool = False,
       return main(argv)
     except app.UsageError as exc:
       fail(exc)
+    except Exception as exc:  # pylint: disable=broad-except
+      if isinstance(exc, _output_folder_errors()):
+        fail(exc)
+      raise
     except KeyboardInterrupt:
       sys.stdout.flush()
       sys.stderr.write(f"{prog()}: {_interrupt_message[0]}\n")
@@ -146,6 +153,18 @@ def run(main: Callable[[list[str]], object], *, positional: bool = False,
       sys.exit(INTERRUPT_EXIT)
 
   app.run(wrapped, flags_parser=parse_flags)
+
+
+def _output_folder_errors() -> tuple[type[BaseException], ...]:
+  """Errors about the output folder that are the user's to fix (another run is
+  writing it; it holds a different run's outputs): one line, no traceback."""
+  found = []
+  for module, name in (("cfmod_jax.fileio", "OutputLockedError"),
+                       ("cfmod_jax.analysis", "OutputFolderError")):
+    cls = getattr(sys.modules.get(module), name, None)
+    if isinstance(cls, type):
+      found.append(cls)
+  return tuple(found)
 
 
 def flag_value(name: str) -> str:
