@@ -457,8 +457,11 @@ def factor_effects(transfers: Sequence[factors.FactorTransfer], cols: Sequence[i
                             and beyond(out["effect_vs_null"], min_effect))
   if len(transfers) > 1:
     e = out["effect_vs_untrained"]
-    out["beyond_untrained"] = bool(np.isfinite(e["ci95"][0]) and beyond(e, min_effect))
-    out["evidence"] = out["beyond_null"] and out["beyond_untrained"]
+    if np.isfinite(e["value"]) and np.isfinite(e["ci95"][0]):
+      out["beyond_untrained"] = beyond(e, min_effect)
+      out["evidence"] = out["beyond_null"] and out["beyond_untrained"]
+    else:  # e.g. the untrained network's images never differ on these factors
+      out["beyond_untrained"] = out["evidence"] = None
   return out
 
 
@@ -581,19 +584,21 @@ def analyze_site(gen: Generator, site: str, cfg: AnalysisConfig, out_dir: str,
     verdict["modules_distinct_beyond_untrained"] = None
   factor_arrays = {}
   if featnet is not None:
-    t_f = time.perf_counter()
+    t_f, cpu_f = time.perf_counter(), time.process_time()
     site_metrics["factor_transfer"], factor_arrays = _factor_section(
         gen, site, cfg, fits, untrained, featnet, site_seed, groups_eval_for(cfg.factor_pairs,
                                                                              cfg.eval_groups))
     verdict["factor_transfer"] = {key: site_metrics["factor_transfer"].get(key) for key in
                                   ("beyond_null", "beyond_untrained", "evidence")}
-    site_metrics["seconds_factors"] = time.perf_counter() - t_f
+    site_metrics["seconds_factors"] = (time.perf_counter() - t_f,
+                                       time.process_time() - cpu_f)
   site_metrics["verdict"] = verdict
   site_metrics["beyond_untrained"] = verdict["modules_distinct_beyond_untrained"]
   site_metrics["seconds"] = {"eims": fit.seconds_eims, "trained": t_trained,
                              "untrained": t_untrained, "total": time.perf_counter() - t0}
   if "seconds_factors" in site_metrics:
-    site_metrics["seconds"]["factors"] = site_metrics.pop("seconds_factors")
+    (site_metrics["seconds"]["factors"],
+     site_metrics["seconds"]["factors_cpu"]) = site_metrics.pop("seconds_factors")
   if not host0:
     return site_metrics
   # 7. Figures and arrays.
@@ -1037,7 +1042,9 @@ def factor_section_html(result: dict) -> str:
   text = (f"<h2>Factor transfer</h2><p>{esc(FACTOR_DEFINITION)} Measured on "
           f"{ft0['pairs']} latent pairs in {ft0['groups']} groups (95% percentile bootstrap "
           f"over groups); the null is {ft0['n_null']} random channel partitions with the "
-          "module sizes; Δ is the exclusivity minus the null's mean"
+          "module sizes; Δ is the exclusivity minus the null's mean (the interval "
+          "resamples pairs, not partitions: with few partitions compare Δ with the null's "
+          "s.d. too)"
           + ("; Δ vs untrained subtracts the untrained network's Δ (its own modules, same "
              "pairs; paired bootstrap)" if base else "") + ". Categorical factors only: "
           "their 'follows' is not diluted by the prediction noise of continuous "
