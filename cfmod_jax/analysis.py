@@ -924,8 +924,9 @@ def _definitions(parts: bool, baseline: bool, min_effect: float) -> list[tuple[s
   d = [("site", "The layer whose output channels are swapped between two images (the "
         "intervention site of the paper)."),
        ("C", "Number of channels at the site."),
-       ("K", "Number of modules, chosen by template stability (the largest K whose "
-        "stability is close to the best) unless given"
+       ("K", "Number of modules, chosen by the silhouette rule (the smallest K whose mean "
+        "cosine silhouette over bootstrap resamples is within 0.05 of the best; "
+        "clustering.choose_k) unless given"
         + ("; the untrained network is clustered with the same K." if baseline else ".")),
        ("modules distinct beyond random channel groups", "Yes when, on both overlap and "
         "in-support share, the gain of the modules over random partitions of the "

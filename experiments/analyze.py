@@ -25,7 +25,8 @@ flags.DEFINE_string("generator_args", "",
 flags.DEFINE_list("sites", [], "Sites to analyse (default: all).")
 flags.DEFINE_integer("n_pairs", 128, "Latent pairs for the elementary influence maps.")
 flags.DEFINE_integer("block_pairs", 16, "Pairs per resumable block / bootstrap group.")
-flags.DEFINE_string("k", "auto", "Number of modules, or 'auto' (template stability).")
+flags.DEFINE_string("k", "auto", "Number of modules, or 'auto' (silhouette rule of "
+                   "clustering.choose_k).")
 flags.DEFINE_list("k_values", ["2", "3", "4", "5", "6"], "Candidates for --k=auto.")
 flags.DEFINE_enum("method", "nmf", ["nmf", "kmeans"], "Clustering of channels.")
 flags.DEFINE_integer("eval_pairs", 64, "Fresh pairs for module maps and metrics.")

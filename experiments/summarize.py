@@ -25,18 +25,41 @@ def rows(folder_or_file: str) -> list[str]:
   return list(_rows(metrics_path(folder_or_file)))
 
 
+def _effect(e) -> str:
+  """``+0.102 [0.086, 0.122]`` for an effect dict, or – when absent."""
+  if not e or e.get("value") is None:
+    return "–"
+  lo, hi = e.get("ci95", [float("nan")] * 2)
+  return f"{e['value']:+.3f} [{lo:+.3f}, {hi:+.3f}]"
+
+
+def _gain(m, sign: float = 1.0) -> str:
+  """Value − null mean (the direction in which the metric is good)."""
+  if not m:
+    return "–"
+  return _effect(m.get("effect_vs_null")) if "effect_vs_null" in m else (
+      f"{sign * (m['value'] - m['null_mean']):+.3f}")
+
+
 def _rows(path):
   with open(path, encoding="utf-8") as f:
     r = json.load(f)
   for site, m in r["sites"].items():
-    pa = m.get("part_agreement")
-    agree = (f"{pa['value']:.3f} [{pa['ci95'][0]:.3f}, {pa['ci95'][1]:.3f}] | "
-             f"{pa['null_mean']:.3f} ± {pa['null_std']:.3f} | {pa['z']:+.1f} ({pa['p_value']:.2g})"
-             if pa else "– | – | –")
     best = " **(best)**" if r.get("best_site") == site else ""
-    ov = m["overlap"]
+    ov, pa, ft = m["overlap"], m.get("part_agreement"), m.get("factor_transfer")
+    beyond = ("yes" if m.get("beyond_untrained") else "no") if "beyond_untrained" in m else "–"
+    ft_cells = (f"{ft['exclusivity']:.3f} | {_effect(ft.get('effect_vs_null'))} | "
+                f"{_effect(ft.get('effect_vs_untrained'))}" if ft else "– | – | –")
     yield (f"| {r['generator']} | {site}{best} | {m['k']} | {m['stability'][0]:.3f} | "
-           f"{ov['value']:.3f} (null {ov['null_mean']:.3f}) | {agree} |")
+           f"{ov['value']:.3f} | {_gain(ov)} | {_effect(ov.get('effect_vs_untrained'))} | "
+           f"{_gain(pa)} | {_effect((pa or {}).get('effect_vs_untrained'))} | {ft_cells} | "
+           f"{beyond} |")
+
+
+HEADER = ("| model | site | K | stability | overlap ↓ | overlap gain vs null [95% CI] | "
+          "gain vs untrained [95% CI] | part agreement − chance [95% CI] | "
+          "vs untrained [95% CI] | factor exclusivity | − null [95% CI] | "
+          "vs untrained [95% CI] | modules beyond untrained |")
 
 
 def main(argv):
@@ -55,9 +78,8 @@ def main(argv):
     except (OSError, ValueError, KeyError, TypeError, IndexError) as e:
       raise app.UsageError(f"{metrics_path(folder)} is not a readable metrics file of "
                            f"experiments.analyze ({type(e).__name__}: {e})") from None
-  print("| model | site | K | stability | overlap ↓ (null) | part agreement [95% CI] | "
-        "chance (random partitions) | z (p) |")
-  print("|---|---|---|---|---|---|---|---|")
+  print(HEADER)
+  print("|" + "---|" * (HEADER.count("|") - 1))
   for row in tables:
     print(row)
 
