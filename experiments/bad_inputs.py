@@ -510,6 +510,8 @@ def cli_cases(tmp: str, quick: bool) -> list[tuple[str, CliCase]]:
                           [*tiny, "--cache_dir", os.path.join(regular, "c")], ["--cache_dir"])),
       ("analyze", CliCase("extra positional argument", [*tiny, "extra"], ["extra"], quick=True)),
       ("analyze", CliCase("unknown flag", [*tiny, "--bogus", "1"], ["bogus"])),
+      ("analyze", _foreign_out_case(bad_metrics)),
+      ("analyze", _locked_out_case(os.path.join(tmp, "locked_out"))),
       ("summarize", CliCase("", ["--help"], expect="help", quick=True)),
       ("summarize", CliCase("missing folder", [os.path.join(tmp, "nowhere")], ["nowhere"],
                             quick=True)),
@@ -575,6 +577,32 @@ def _rejected_resume_case(tmp: str) -> CliCase:
                  ["--config"], setup=setup, after=after)
 
 
+def _foreign_out_case(folder: str) -> CliCase:
+  """``--out`` holds outputs without a run manifest: refused, nothing changed."""
+  before = {n: _file_digest(os.path.join(folder, n)) for n in os.listdir(folder)}
+
+  def after():
+    now = {n: _file_digest(os.path.join(folder, n)) for n in os.listdir(folder)
+           if n != ".lock"}
+    return None if now == before else "the folder's files were changed"
+
+  return CliCase("--out holds outputs of another run (no manifest)",
+                 [*_TINY[:-1], folder], [os.path.basename(folder)], after=after)
+
+
+def _locked_out_case(folder: str) -> CliCase:
+  """Another run holds ``--out``'s lock: one line naming the folder."""
+  from cfmod_jax import fileio  # pylint: disable=g-import-not-at-top
+  lock = fileio.RunLock(folder)
+
+  def after():
+    lock.release()
+    return None
+
+  return CliCase("--out locked by another run", [*_TINY[:-1], folder],
+                 [os.path.basename(folder)], setup=lock.acquire, after=after)
+
+
 def _repo_root() -> str:
   return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -626,6 +654,14 @@ NOTES = """\
   `analyze` after two blocks are on disk, checks the one line and exit code, reruns
   the same command and checks that the sweep logs `resuming, k/512 blocks` with k at
   least the blocks kept. Ctrl-C while a CLI is still importing jax also gives one line.
+* **Output folders of `analyze`.** A run holds `<out>/.lock` (a second run into the
+  same folder gets one line naming it) and records its settings and generator
+  fingerprint in `<out>/run.json`; a folder holding another run's outputs, or outputs
+  without a manifest, is refused with one line and left unchanged (the two cases
+  above); a rerun with the same settings resumes. Every output file is written
+  atomically, so a killed run leaves no half-written file (`tests/test_main_job_reliability.py`
+  kills the job in the sweep, the clustering, the figures and `analysis.npz`, reruns it
+  and compares the files byte for byte with an uninterrupted run's).
 * **Resuming training** with a config that cannot resume the run (another model, or
   other state shapes such as another width) is refused by `experiments.train` before
   anything is written (it reads the latest checkpoint's metadata and compares the
