@@ -11,15 +11,32 @@ Public API (see README):
   generator_from_spec                 a generator from one string (specs.py)
 """
 
-from cfmod_jax.generator import Generator, StagedGenerator
-from cfmod_jax.interventions import (elementary_influence_map_sums, elementary_influence_maps,
-                                     hybrids, influence_map_sums,
-                                     influence_maps)
 from cfmod_jax.checkpoints import load_generator
+from cfmod_jax.generator import Generator, StagedGenerator
+from cfmod_jax.interventions import (
+  elementary_influence_map_sums,
+  elementary_influence_maps,
+  hybrids,
+  influence_map_sums,
+  influence_maps,
+)
 from cfmod_jax.models import build_module, init_generator, register_architecture
 from cfmod_jax.wrap import LinenGenerator, NNXGenerator, wrap_linen, wrap_nnx
 
-__all__ = ["Generator", "LinenGenerator", "NNXGenerator", "StagedGenerator", "build_module",
-           "elementary_influence_map_sums", "elementary_influence_maps",
-           "hybrids", "influence_map_sums", "influence_maps", "init_generator", "load_generator",
-           "register_architecture", "wrap_linen", "wrap_nnx"]
+__all__ = [
+  "Generator",
+  "LinenGenerator",
+  "NNXGenerator",
+  "StagedGenerator",
+  "build_module",
+  "elementary_influence_map_sums",
+  "elementary_influence_maps",
+  "hybrids",
+  "influence_map_sums",
+  "influence_maps",
+  "init_generator",
+  "load_generator",
+  "register_architecture",
+  "wrap_linen",
+  "wrap_nnx",
+]

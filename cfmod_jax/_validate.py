@@ -19,8 +19,11 @@ MAX_SEED = 2**63 - 1  # jax.random.key and numpy's generators accept 0 … 2**63
 def check_seed(value: Any, name: str = "seed") -> int:
   """``value`` as an int if it is an integer in ``[0, 2**63 − 1]`` (not a bool,
   not a float); else ValueError naming ``name``."""
-  if (not isinstance(value, (int, np.integer)) or isinstance(value, (bool, np.bool_))
-      or not 0 <= int(value) <= MAX_SEED):
+  if (
+    not isinstance(value, (int, np.integer))
+    or isinstance(value, (bool, np.bool_))
+    or not 0 <= int(value) <= MAX_SEED
+  ):
     raise ValueError(f"{name} must be a non-negative integer (0 … 2**63 − 1), got {value!r}")
   return int(value)
 
@@ -46,16 +49,20 @@ def check_key(key: Any, name: str = "key") -> jax.Array:
     return key
   if dtype == np.uint32 and shape == (2,) and isinstance(key, (jax.Array, np.ndarray)):
     return jnp.asarray(key)
-  raise ValueError(f"{hint} (or a legacy uint32[2] jax.random.PRNGKey); got "
-                   f"{type(key).__name__} of dtype {dtype} and shape {shape}")
+  raise ValueError(
+    f"{hint} (or a legacy uint32[2] jax.random.PRNGKey); got "
+    f"{type(key).__name__} of dtype {dtype} and shape {shape}"
+  )
 
 
 def check_generator(gen: Any, name: str = "gen"):
   """``gen`` if it is a `cfmod_jax.Generator`; else ValueError naming ``name``."""
   from cfmod_jax.generator import Generator  # pylint: disable=g-import-not-at-top
+
   if not isinstance(gen, Generator):
     raise ValueError(
-        f"{name} must be a cfmod_jax.Generator (e.g. cfmod_jax.load_generator("
-        f"'dcgan-synthfaces'), cfmod_jax.init_generator('dcgan') or Generator(module, "
-        f"variables)), got {type(gen).__name__} {gen!r:.60}")
+      f"{name} must be a cfmod_jax.Generator (e.g. cfmod_jax.load_generator("
+      f"'dcgan-synthfaces'), cfmod_jax.init_generator('dcgan') or Generator(module, "
+      f"variables)), got {type(gen).__name__} {gen!r:.60}"
+    )
   return gen

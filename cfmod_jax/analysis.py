@@ -40,7 +40,7 @@ import os
 import re
 import time
 import zipfile
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import numpy as np
@@ -58,31 +58,32 @@ from cfmod_jax.sweep import SweepConfig, broadcast_from_host0, eim_sweep, genera
 @dataclasses.dataclass(frozen=True)
 class AnalysisConfig:
   """Settings of the main job (defaults documented in the README)."""
-  sites: Sequence[str] | None = None   # None: every site
-  n_pairs: int = 128                   # pairs for the EIMs
-  block_pairs: int = 16                # pairs per resumable block (= bootstrap group)
-  k: int | None = None                 # modules; None: chosen by stability
+
+  sites: Sequence[str] | None = None  # None: every site
+  n_pairs: int = 128  # pairs for the EIMs
+  block_pairs: int = 16  # pairs per resumable block (= bootstrap group)
+  k: int | None = None  # modules; None: chosen by stability
   k_values: Sequence[int] = (2, 3, 4, 5, 6)
-  n_boot: int = 8                      # bootstrap resamples for the stability curve
-  method: str = "nmf"                  # 'nmf' (paper) or 'kmeans'
-  sigma: float | None = None           # EIM smoothing (None: image size / 32)
-  percentile: float = 80.0             # per-map threshold
-  eval_pairs: int = 64                 # fresh pairs for module maps and metrics
+  n_boot: int = 8  # bootstrap resamples for the stability curve
+  method: str = "nmf"  # 'nmf' (paper) or 'kmeans'
+  sigma: float | None = None  # EIM smoothing (None: image size / 32)
+  percentile: float = 80.0  # per-map threshold
+  eval_pairs: int = 64  # fresh pairs for module maps and metrics
   eval_groups: int = 8
-  n_null: int = 24                     # random partitions for the null
-  n_ci: int = 500                      # bootstrap resamples for confidence intervals
+  n_null: int = 24  # random partitions for the null
+  n_ci: int = 500  # bootstrap resamples for confidence intervals
   hybrid_rows: int = 4
   hybrid_cols: int = 5
-  parts: str = "auto"                  # 'synthfaces', 'none', or 'auto' (gen.dataset)
+  parts: str = "auto"  # 'synthfaces', 'none', or 'auto' (gen.dataset)
   seed: int = 0
   pair_chunk: int = 32
   mask_chunk: int = 16
-  untrained_baseline: bool = True      # same pipeline on random weights of the same shape
-  min_effect: float = 0.01             # smallest effect (0–1 metric scale) called "beyond"
-  factor_transfer: str = "auto"        # 'auto' (with the part maps), 'synthfaces', 'none'
-  factor_pairs: int = 128              # latent pairs for the factor transfer
-  factor_null: int = 8                 # random partitions for the factor-transfer null
-  hybrid_fd_samples: int = 250         # hybrids per module for hybrid realism (0: off)
+  untrained_baseline: bool = True  # same pipeline on random weights of the same shape
+  min_effect: float = 0.01  # smallest effect (0–1 metric scale) called "beyond"
+  factor_transfer: str = "auto"  # 'auto' (with the part maps), 'synthfaces', 'none'
+  factor_pairs: int = 128  # latent pairs for the factor transfer
+  factor_null: int = 8  # random partitions for the factor-transfer null
+  hybrid_fd_samples: int = 250  # hybrids per module for hybrid realism (0: off)
 
 
 def check_config(gen: Generator, cfg: AnalysisConfig) -> list[str]:
@@ -94,14 +95,27 @@ def check_config(gen: Generator, cfg: AnalysisConfig) -> list[str]:
   sites = list(cfg.sites) if cfg.sites else list(gen.sites)
   for s in sites:
     gen.site_index(s)
-  for name in ("n_pairs", "block_pairs", "n_boot", "eval_pairs", "eval_groups", "n_null",
-               "n_ci", "hybrid_rows", "hybrid_cols", "pair_chunk", "mask_chunk"):
+  for name in (
+    "n_pairs",
+    "block_pairs",
+    "n_boot",
+    "eval_pairs",
+    "eval_groups",
+    "n_null",
+    "n_ci",
+    "hybrid_rows",
+    "hybrid_cols",
+    "pair_chunk",
+    "mask_chunk",
+  ):
     v = getattr(cfg, name)
     if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
       raise ValueError(f"{name} must be a positive integer, got {v!r}")
   if cfg.n_pairs < 2 * cfg.block_pairs:
-    raise ValueError(f"n_pairs={cfg.n_pairs} must be at least 2 × block_pairs="
-                     f"{cfg.block_pairs} (two groups are needed for the bootstrap)")
+    raise ValueError(
+      f"n_pairs={cfg.n_pairs} must be at least 2 × block_pairs="
+      f"{cfg.block_pairs} (two groups are needed for the bootstrap)"
+    )
   if cfg.eval_groups > cfg.eval_pairs:
     raise ValueError(f"eval_groups={cfg.eval_groups} exceeds eval_pairs={cfg.eval_pairs}")
   channels = min(gen.site_shape(s)[-1] for s in sites)
@@ -112,14 +126,15 @@ def check_config(gen: Generator, cfg: AnalysisConfig) -> list[str]:
     if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 2:
       raise ValueError(f"k must be an integer ≥ 2, got {k!r}")
   if cfg.k is not None and cfg.k > channels:
-    raise ValueError(f"k={cfg.k} is larger than the number of channels C={channels} of a "
-                     f"requested site")
+    raise ValueError(
+      f"k={cfg.k} is larger than the number of channels C={channels} of a requested site"
+    )
   if cfg.k is None and min(ks) > channels:
-    raise ValueError(f"k_values={tuple(ks)}: none fits the C={channels} channels of a "
-                     f"requested site")
+    raise ValueError(
+      f"k_values={tuple(ks)}: none fits the C={channels} channels of a requested site"
+    )
   if not isinstance(cfg.untrained_baseline, (bool, np.bool_)):
-    raise ValueError(f"untrained_baseline must be True or False, got "
-                     f"{cfg.untrained_baseline!r}")
+    raise ValueError(f"untrained_baseline must be True or False, got {cfg.untrained_baseline!r}")
   if not isinstance(cfg.min_effect, (int, float, np.floating)) or not 0 <= cfg.min_effect < 1:
     raise ValueError(f"min_effect must be a number in [0, 1), got {cfg.min_effect!r}")
   if cfg.method not in ("nmf", "kmeans"):
@@ -129,22 +144,27 @@ def check_config(gen: Generator, cfg: AnalysisConfig) -> list[str]:
   if not 0 <= cfg.percentile < 100:
     raise ValueError(f"percentile must be in [0, 100), got {cfg.percentile}")
   if cfg.factor_transfer not in ("auto", "synthfaces", "none"):
-    raise ValueError(f"factor_transfer must be 'auto', 'synthfaces' or 'none', got "
-                     f"{cfg.factor_transfer!r}")
+    raise ValueError(
+      f"factor_transfer must be 'auto', 'synthfaces' or 'none', got {cfg.factor_transfer!r}"
+    )
   for name in ("factor_pairs", "factor_null"):
     v = getattr(cfg, name)
     if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
       raise ValueError(f"{name} must be a positive integer, got {v!r}")
   if cfg.factor_pairs < cfg.eval_groups:
-    raise ValueError(f"factor_pairs={cfg.factor_pairs} must be at least eval_groups="
-                     f"{cfg.eval_groups} (its pairs are split into the same groups)")
+    raise ValueError(
+      f"factor_pairs={cfg.factor_pairs} must be at least eval_groups="
+      f"{cfg.eval_groups} (its pairs are split into the same groups)"
+    )
   v = cfg.hybrid_fd_samples
   if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 0 or v == 1:
     raise ValueError(f"hybrid_fd_samples must be 0 (off) or an integer ≥ 2, got {v!r}")
   if uses_factors(gen, cfg) and tuple(gen.image_shape) != (64, 64, 3):
-    raise ValueError(f"factor_transfer={cfg.factor_transfer!r} needs 64×64×3 images (the "
-                     f"feature network's input), {gen.name} draws {tuple(gen.image_shape)}; "
-                     "set factor_transfer='none'")
+    raise ValueError(
+      f"factor_transfer={cfg.factor_transfer!r} needs 64×64×3 images (the "
+      f"feature network's input), {gen.name} draws {tuple(gen.image_shape)}; "
+      "set factor_transfer='none'"
+    )
   return sites
 
 
@@ -155,8 +175,7 @@ generator_from_spec = specs.generator_from_spec
 def uses_parts(gen: Generator, cfg: AnalysisConfig) -> bool:
   """Whether the synthetic faces' part maps score the modules: ``parts='synthfaces'``,
   or ``'auto'`` and the generator was trained on them (``gen.dataset``)."""
-  return cfg.parts == "synthfaces" or (cfg.parts == "auto"
-                                       and specs.uses_synthfaces_parts(gen))
+  return cfg.parts == "synthfaces" or (cfg.parts == "auto" and specs.uses_synthfaces_parts(gen))
 
 
 def uses_factors(gen: Generator, cfg: AnalysisConfig) -> bool:
@@ -164,8 +183,8 @@ def uses_factors(gen: Generator, cfg: AnalysisConfig) -> bool:
   ``'auto'`` and the part maps apply (`uses_parts`) to a generator trained on the
   synthetic faces (``gen.dataset``; the feature network reads their factors)."""
   return cfg.factor_transfer == "synthfaces" or (
-      cfg.factor_transfer == "auto" and uses_parts(gen, cfg)
-      and specs.uses_synthfaces_parts(gen))
+    cfg.factor_transfer == "auto" and uses_parts(gen, cfg) and specs.uses_synthfaces_parts(gen)
+  )
 
 
 def part_maps_for(gen: Generator, cfg: AnalysisConfig) -> np.ndarray | None:
@@ -173,6 +192,7 @@ def part_maps_for(gen: Generator, cfg: AnalysisConfig) -> np.ndarray | None:
   if not uses_parts(gen, cfg):
     return None
   from cfmod_jax.data import synthfaces  # pylint: disable=g-import-not-at-top
+
   return synthfaces.part_prior()
 
 
@@ -195,8 +215,12 @@ def null_partitions(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
 
 def partition_templates(flat_maps: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
   """Mean preprocessed EIM of each module's channels: [K, H·W] (a module's support)."""
-  return np.stack([flat_maps[labels == j].mean(0) if np.any(labels == j)
-                   else np.zeros(flat_maps.shape[1]) for j in range(k)])
+  return np.stack(
+    [
+      flat_maps[labels == j].mean(0) if np.any(labels == j) else np.zeros(flat_maps.shape[1])
+      for j in range(k)
+    ]
+  )
 
 
 def support_masks(templates: np.ndarray, percentile: float) -> np.ndarray:
@@ -208,8 +232,9 @@ def support_masks(templates: np.ndarray, percentile: float) -> np.ndarray:
   return ((flat >= thr) & (flat > 0)).reshape(t.shape)
 
 
-def partition_statistics(maps: np.ndarray, supports: np.ndarray,
-                         parts: np.ndarray | None) -> dict[str, np.ndarray]:
+def partition_statistics(
+  maps: np.ndarray, supports: np.ndarray, parts: np.ndarray | None
+) -> dict[str, np.ndarray]:
   """The metrics of many partitions at once (vectorised `metrics` functions).
 
   Args:
@@ -236,15 +261,13 @@ def partition_statistics(maps: np.ndarray, supports: np.ndarray,
   shares = np.divide(inside, total, out=np.full_like(total, np.nan), where=total > 0)
   with np.errstate(invalid="ignore"):
     count = np.sum(total > 0, axis=1)
-    out["in_support"] = np.where(count > 0, np.nansum(shares, 1) / np.maximum(count, 1),
-                                 np.nan)
+    out["in_support"] = np.where(count > 0, np.nansum(shares, 1) / np.maximum(count, 1), np.nan)
   if parts is not None:
-    dist = np.divide(flat, total[..., None], out=np.zeros_like(flat),
-                     where=total[..., None] > 0)
+    dist = np.divide(flat, total[..., None], out=np.zeros_like(flat), where=total[..., None] > 0)
     q = np.asarray(parts, np.float64).reshape(len(parts), -1)
     cover = q.sum(0, keepdims=True)
     q = np.divide(q, cover, out=np.zeros_like(q), where=cover > 0)
-    mass = dist @ q.T                                                    # [N, K, P]
+    mass = dist @ q.T  # [N, K, P]
     agreement = np.empty(len(mass))
     for i, m in enumerate(mass):
       rows, cols = linear_sum_assignment(m, maximize=True)
@@ -258,9 +281,15 @@ def _ci(values: np.ndarray) -> list[float]:
   return [float(np.nanpercentile(values, 2.5)), float(np.nanpercentile(values, 97.5))]
 
 
-def paired_bootstrap(group_maps: Sequence[np.ndarray], counts: np.ndarray,
-                     supports: Sequence[np.ndarray], parts: np.ndarray | None, n: int,
-                     seed: int, chunk: int = 16) -> list[dict[str, np.ndarray]]:
+def paired_bootstrap(
+  group_maps: Sequence[np.ndarray],
+  counts: np.ndarray,
+  supports: Sequence[np.ndarray],
+  parts: np.ndarray | None,
+  n: int,
+  seed: int,
+  chunk: int = 16,
+) -> list[dict[str, np.ndarray]]:
   """Bootstrap replicates of `partition_statistics` for several networks, paired.
 
   Replicate b draws G of the G groups of pairs with replacement (one draw for all
@@ -290,7 +319,7 @@ def paired_bootstrap(group_maps: Sequence[np.ndarray], counts: np.ndarray,
     r, k = sup.shape[:2]
     reps: dict[str, list] = {}
     for s in range(0, n, chunk):
-      boot = np.tensordot(weights[s:s + chunk], maps, axes=1)          # [b, R·K, H, W]
+      boot = np.tensordot(weights[s : s + chunk], maps, axes=1)  # [b, R·K, H, W]
       boot = boot.reshape(len(boot), r, k, *boot.shape[-2:])
       for name, v in partition_statistics(boot, sup[None], parts).items():
         reps.setdefault(name, []).append(v)
@@ -298,8 +327,9 @@ def paired_bootstrap(group_maps: Sequence[np.ndarray], counts: np.ndarray,
   return out
 
 
-def hybrid_panel(gen: Generator, site: str, mask: np.ndarray, z1, z2, rows: int,
-                 cols: int) -> np.ndarray:
+def hybrid_panel(
+  gen: Generator, site: str, mask: np.ndarray, z1, z2, rows: int, cols: int
+) -> np.ndarray:
   """The paper's figure for one module: originals z1 down the left, donors z2
   across the top, the hybrid in each cell. Returns an RGB image in [0, 1]."""
   z1r = np.repeat(np.asarray(z1[:rows]), cols, axis=0)
@@ -309,8 +339,10 @@ def hybrid_panel(gen: Generator, site: str, mask: np.ndarray, z1, z2, rows: int,
   blank = np.ones((1, h, w, 3), np.float32)
   top = np.concatenate([blank, viz.to_unit(gen(z2[:cols]))])
   originals = viz.to_unit(gen(z1[:rows]))
-  body = [np.concatenate([originals[r:r + 1], viz.to_unit(cells[r * cols:(r + 1) * cols])])
-          for r in range(rows)]
+  body = [
+    np.concatenate([originals[r : r + 1], viz.to_unit(cells[r * cols : (r + 1) * cols])])
+    for r in range(rows)
+  ]
   return viz.tile(np.concatenate([top, *body]), cols + 1, pad=3)
 
 
@@ -328,29 +360,49 @@ def groups_eval_for(n: int, g: int) -> np.ndarray:
 @dataclasses.dataclass
 class _SiteFit:
   """Modules of one network at one site, and their maps on the evaluation pairs."""
-  eims: np.ndarray          # [C, H, W]
-  eim_groups: np.ndarray    # [B, C, H, W]
+
+  eims: np.ndarray  # [C, H, W]
+  eim_groups: np.ndarray  # [B, C, H, W]
   k: int
   curve: dict
   clus: clustering.ModuleClustering
   labels: np.ndarray
   ari: float
-  supports: np.ndarray      # bool [1 + n_null, K, H, W]: modules, then null partitions
-  group_maps: np.ndarray    # [G, (1 + n_null)·K, H, W]
-  all_maps: np.ndarray      # [(1 + n_null)·K, H, W]
+  supports: np.ndarray  # bool [1 + n_null, K, H, W]: modules, then null partitions
+  group_maps: np.ndarray  # [G, (1 + n_null)·K, H, W]
+  all_maps: np.ndarray  # [(1 + n_null)·K, H, W]
   seconds_eims: float
 
 
-def _fit_site(gen: Generator, site: str, cfg: AnalysisConfig, cache_dir: str,
-              fingerprint: str, site_seed: int, z1, z2, groups_eval: np.ndarray,
-              k: int | None, plot: str | None) -> tuple[_SiteFit, np.ndarray]:
+def _fit_site(
+  gen: Generator,
+  site: str,
+  cfg: AnalysisConfig,
+  cache_dir: str,
+  fingerprint: str,
+  site_seed: int,
+  z1,
+  z2,
+  groups_eval: np.ndarray,
+  k: int | None,
+  plot: str | None,
+) -> tuple[_SiteFit, np.ndarray]:
   """Steps 1–4 for one network; ``k=None`` chooses K by stability."""
   t0 = time.perf_counter()
   # 1. EIMs (resumable).
-  sweep = eim_sweep(gen, site, SweepConfig(
-      n_pairs=cfg.n_pairs, block_pairs=cfg.block_pairs, seed=site_seed,
-      pair_chunk=cfg.pair_chunk, mask_chunk=cfg.mask_chunk), cache_dir,
-      fingerprint=fingerprint)
+  sweep = eim_sweep(
+    gen,
+    site,
+    SweepConfig(
+      n_pairs=cfg.n_pairs,
+      block_pairs=cfg.block_pairs,
+      seed=site_seed,
+      pair_chunk=cfg.pair_chunk,
+      mask_chunk=cfg.mask_chunk,
+    ),
+    cache_dir,
+    fingerprint=fingerprint,
+  )
   eims, groups = sweep.eims, sweep.eim_groups
   c = eims.shape[0]
   t_eims = time.perf_counter() - t0
@@ -358,35 +410,55 @@ def _fit_site(gen: Generator, site: str, cfg: AnalysisConfig, cache_dir: str,
   common = dict(sigma=cfg.sigma, percentile=cfg.percentile)
   if k is None:
     ks = [kk for kk in cfg.k_values if kk <= c]
-    k, curve = clustering.choose_k(groups, ks, n_boot=cfg.n_boot, seed=cfg.seed,
-                                   method=cfg.method, **common)
+    k, curve = clustering.choose_k(
+      groups, ks, n_boot=cfg.n_boot, seed=cfg.seed, method=cfg.method, **common
+    )
     if plot:
       with fileio.atomic_path(plot) as tmp:
         clustering.plot_stability_curve(curve, tmp, k_best=k, title=f"{gen.name} {site}")
   else:
-    curve = clustering.stability_curve(groups, [k], n_boot=cfg.n_boot, seed=cfg.seed,
-                                       method=cfg.method, **common)
+    curve = clustering.stability_curve(
+      groups, [k], n_boot=cfg.n_boot, seed=cfg.seed, method=cfg.method, **common
+    )
   logging.info("%s site %s: K=%d (stability %.3f)", gen.name, site, k, curve[k][0])
   # 3. Modules.
   clus = clustering.cluster_channels(eims, k, cfg.method, seed=cfg.seed, **common)
-  other = clustering.cluster_channels(eims, k, "kmeans" if cfg.method == "nmf" else "nmf",
-                                      seed=cfg.seed, **common)
+  other = clustering.cluster_channels(
+    eims, k, "kmeans" if cfg.method == "nmf" else "nmf", seed=cfg.seed, **common
+  )
   labels = broadcast_from_host0(clus.labels)  # identical masks on every process
   # 4. Module maps and null maps on the evaluation pairs, one batched call.
   nulls = null_partitions(labels, cfg.n_null, cfg.seed + 1)
   masks = np.concatenate([module_masks(labels, k)] + [module_masks(p, k) for p in nulls])
-  sums, counts = influence_map_sums(gen, site, masks, z1, z2, groups=groups_eval,
-                                    pair_chunk=cfg.pair_chunk, mask_chunk=cfg.mask_chunk)
+  sums, counts = influence_map_sums(
+    gen,
+    site,
+    masks,
+    z1,
+    z2,
+    groups=groups_eval,
+    pair_chunk=cfg.pair_chunk,
+    mask_chunk=cfg.mask_chunk,
+  )
   sums = np.asarray(sums)
   group_maps = sums / (3.0 * counts[:, None, None, None])  # [G, M, H, W]
-  all_maps = sums.sum(0) / (3.0 * counts.sum())            # [M, H, W]
+  all_maps = sums.sum(0) / (3.0 * counts.sum())  # [M, H, W]
   flat = clustering.preprocess_eims(eims, **common)
   templates = np.stack([partition_templates(flat, lab, k) for lab in [labels, *nulls]])
-  supports = support_masks(templates.reshape(len(templates), k, *eims.shape[1:]),
-                           cfg.percentile)
-  return _SiteFit(eims, groups, int(k), curve, clus, labels,
-                  float(adjusted_rand_score(labels, other.labels)), supports, group_maps,
-                  all_maps, t_eims), counts
+  supports = support_masks(templates.reshape(len(templates), k, *eims.shape[1:]), cfg.percentile)
+  return _SiteFit(
+    eims,
+    groups,
+    int(k),
+    curve,
+    clus,
+    labels,
+    float(adjusted_rand_score(labels, other.labels)),
+    supports,
+    group_maps,
+    all_maps,
+    t_eims,
+  ), counts
 
 
 def beyond(effect: dict, min_effect: float) -> bool:
@@ -408,12 +480,16 @@ def _metric_entries(fit: _SiteFit, reps: dict, parts) -> dict[str, dict]:
     value, null = float(values[0]), values[1:]
     p, z = metrics.null_test(value, null, DIRECTION[name])
     effect = sign * (reps[name][:, 0] - reps[name][:, 1:].mean(1))
-    out[name] = {"value": value, "ci95": _ci(reps[name][:, 0]),
-                 "null_mean": float(null.mean()), "null_std": float(null.std()),
-                 "p_value": float(p), "z": float(z),
-                 "effect_vs_null": {"value": sign * (value - float(null.mean())),
-                                    "ci95": _ci(effect)},
-                 "_effect_reps": effect}
+    out[name] = {
+      "value": value,
+      "ci95": _ci(reps[name][:, 0]),
+      "null_mean": float(null.mean()),
+      "null_std": float(null.std()),
+      "p_value": float(p),
+      "z": float(z),
+      "effect_vs_null": {"value": sign * (value - float(null.mean())), "ci95": _ci(effect)},
+      "_effect_reps": effect,
+    }
   return out
 
 
@@ -427,15 +503,23 @@ def _exclusivity_gain(shares: np.ndarray, k: int, n_null: int) -> float:
   """Exclusivity of the K modules minus its mean over the null partitions, on one
   `factors.factor_masks` layout of shares ``[K + 1 + n_null·K, F]``."""
   whole = shares[k]
-  null = [factors.exclusivity(shares[k + 1 + r * k:k + 1 + (r + 1) * k], whole)
-          for r in range(n_null)]
+  null = [
+    factors.exclusivity(shares[k + 1 + r * k : k + 1 + (r + 1) * k], whole) for r in range(n_null)
+  ]
   if not np.any(np.isfinite(null)):
     return float("nan")
   return factors.exclusivity(shares[:k], whole) - float(np.nanmean(null))
 
 
-def factor_effects(transfers: Sequence[factors.FactorTransfer], cols: Sequence[int], k: int,
-                   n_null: int, n_boot: int, seed: int, min_effect: float) -> dict:
+def factor_effects(
+  transfers: Sequence[factors.FactorTransfer],
+  cols: Sequence[int],
+  k: int,
+  n_null: int,
+  n_boot: int,
+  seed: int,
+  min_effect: float,
+) -> dict:
   """Exclusivity gain over the null partitions (``effect_vs_null``) of the first
   network, of the second (``untrained_effect_vs_null``) and their difference
   (``effect_vs_untrained``), with 95% intervals from `factors.bootstrap_groups`;
@@ -444,7 +528,7 @@ def factor_effects(transfers: Sequence[factors.FactorTransfer], cols: Sequence[i
   f = len(cols)
   follows = np.concatenate([t.follows[:, :, cols] for t in transfers], axis=2)
   valid = np.concatenate([t.valid[:, cols] for t in transfers], axis=1)
-  gain = lambda s, i: _exclusivity_gain(s[:, i * f:(i + 1) * f], k, n_null)
+  gain = lambda s, i: _exclusivity_gain(s[:, i * f : (i + 1) * f], k, n_null)
   stats = {"effect_vs_null": lambda s: gain(s, 0)}
   if len(transfers) > 1:
     stats["untrained_effect_vs_null"] = lambda s: gain(s, 1)
@@ -453,8 +537,9 @@ def factor_effects(transfers: Sequence[factors.FactorTransfer], cols: Sequence[i
   for name, stat in stats.items():
     value, lo, hi = factors.bootstrap_groups(follows, valid, stat, n_boot, seed)
     out[name] = {"value": value, "ci95": [lo, hi]}
-  out["beyond_null"] = bool(np.isfinite(out["effect_vs_null"]["ci95"][0])
-                            and beyond(out["effect_vs_null"], min_effect))
+  out["beyond_null"] = bool(
+    np.isfinite(out["effect_vs_null"]["ci95"][0]) and beyond(out["effect_vs_null"], min_effect)
+  )
   if len(transfers) > 1:
     e = out["effect_vs_untrained"]
     if np.isfinite(e["value"]) and np.isfinite(e["ci95"][0]):
@@ -465,9 +550,16 @@ def factor_effects(transfers: Sequence[factors.FactorTransfer], cols: Sequence[i
   return out
 
 
-def _factor_section(gen: Generator, site: str, cfg: AnalysisConfig, fits: Sequence[_SiteFit],
-                    untrained: tuple[Generator, str] | None, featnet, site_seed: int,
-                    groups: np.ndarray) -> tuple[dict, dict]:
+def _factor_section(
+  gen: Generator,
+  site: str,
+  cfg: AnalysisConfig,
+  fits: Sequence[_SiteFit],
+  untrained: tuple[Generator, str] | None,
+  featnet,
+  site_seed: int,
+  groups: np.ndarray,
+) -> tuple[dict, dict]:
   """Factor transfer of the modules (and the untrained network's, same pairs), with
   summaries, effects and, if ``cfg.hybrid_fd_samples``, hybrid realism."""
   k = fits[0].k
@@ -477,45 +569,80 @@ def _factor_section(gen: Generator, site: str, cfg: AnalysisConfig, fits: Sequen
   masks, transfers = [], []
   for net, fit in zip(nets, fits):
     masks.append(factors.factor_masks(fit.labels, k, n_null=cfg.factor_null, seed=cfg.seed + 1))
-    transfers.append(factors.factor_transfer(
-        net, site, masks[-1], z1, z2, predict, factors.FEATNET_KINDS, groups=groups,
-        pair_chunk=cfg.pair_chunk, mask_chunk=cfg.mask_chunk))
+    transfers.append(
+      factors.factor_transfer(
+        net,
+        site,
+        masks[-1],
+        z1,
+        z2,
+        predict,
+        factors.FEATNET_KINDS,
+        groups=groups,
+        pair_chunk=cfg.pair_chunk,
+        mask_chunk=cfg.mask_chunk,
+      )
+    )
   names = transfers[0].factors
   categorical = [n for n in names if factors.FEATNET_KINDS[n] == factors.CATEGORICAL]
-  subsets = {"all": list(range(len(names))),
-             "categorical": [names.index(n) for n in categorical]}
+  subsets = {"all": list(range(len(names))), "categorical": [names.index(n) for n in categorical]}
   summarize = lambda t, only=None: factors.factor_summary(
-      t, k, cfg.factor_null, n_boot=cfg.n_ci, seed=cfg.seed, only=only)
+    t, k, cfg.factor_null, n_boot=cfg.n_ci, seed=cfg.seed, only=only
+  )
   out = summarize(transfers[0])
   out["categorical"] = summarize(transfers[0], categorical)
   out.update(pairs=cfg.factor_pairs, groups=int(groups.max()) + 1, n_null=cfg.factor_null)
   for key, cols in subsets.items():
-    eff = factor_effects(transfers, cols, k, cfg.factor_null, cfg.n_ci, cfg.seed,
-                         cfg.min_effect)
+    eff = factor_effects(transfers, cols, k, cfg.factor_null, cfg.n_ci, cfg.seed, cfg.min_effect)
     (out if key == "all" else out["categorical"]).update(eff)
   if untrained is not None:
     out["untrained"] = summarize(transfers[1])
     out["untrained"]["categorical"] = summarize(transfers[1], categorical)
-  arrays = dict(factor_masks=masks[0], factor_z1=np.asarray(z1), factor_z2=np.asarray(z2),
-                factor_groups=groups, factor_follows=transfers[0].follows,
-                factor_valid=transfers[0].valid)
+  arrays = dict(
+    factor_masks=masks[0],
+    factor_z1=np.asarray(z1),
+    factor_z2=np.asarray(z2),
+    factor_groups=groups,
+    factor_follows=transfers[0].follows,
+    factor_valid=transfers[0].valid,
+  )
   if untrained is not None:
-    arrays.update(untrained_factor_follows=transfers[1].follows,
-                  untrained_factor_valid=transfers[1].valid)
+    arrays.update(
+      untrained_factor_follows=transfers[1].follows, untrained_factor_valid=transfers[1].valid
+    )
   if cfg.hybrid_fd_samples:
-    hr = factors.hybrid_realism(gen, site, masks[0][:k + 1], featnet,
-                                n=cfg.hybrid_fd_samples, seed=site_seed,
-                                pair_chunk=cfg.pair_chunk, mask_chunk=cfg.mask_chunk)
-    out["hybrid_realism"] = {"fd": hr.fd[:k].tolist(), "whole_site_fd": float(hr.fd[k]),
-                             "plain_fd": float(hr.plain_fd), "floor": float(hr.floor),
-                             "n": hr.n}
+    hr = factors.hybrid_realism(
+      gen,
+      site,
+      masks[0][: k + 1],
+      featnet,
+      n=cfg.hybrid_fd_samples,
+      seed=site_seed,
+      pair_chunk=cfg.pair_chunk,
+      mask_chunk=cfg.mask_chunk,
+    )
+    out["hybrid_realism"] = {
+      "fd": hr.fd[:k].tolist(),
+      "whole_site_fd": float(hr.fd[k]),
+      "plain_fd": float(hr.plain_fd),
+      "floor": float(hr.floor),
+      "n": hr.n,
+    }
   return out, arrays
 
 
-def analyze_site(gen: Generator, site: str, cfg: AnalysisConfig, out_dir: str,
-                 cache_dir: str, fingerprint: str, parts: np.ndarray | None,
-                 site_seed: int, untrained: tuple[Generator, str] | None = None,
-                 featnet=None) -> dict:
+def analyze_site(
+  gen: Generator,
+  site: str,
+  cfg: AnalysisConfig,
+  out_dir: str,
+  cache_dir: str,
+  fingerprint: str,
+  parts: np.ndarray | None,
+  site_seed: int,
+  untrained: tuple[Generator, str] | None = None,
+  featnet=None,
+) -> dict:
   """Steps 1–7 for one site; ``untrained`` is (baseline generator, its fingerprint);
   with ``featnet`` (`quality.FeatureNet`) also the factor transfer."""
   t0 = time.perf_counter()
@@ -526,23 +653,32 @@ def analyze_site(gen: Generator, site: str, cfg: AnalysisConfig, out_dir: str,
   z1, z2 = eval_latents(gen, site_seed, cfg.eval_pairs)
   groups_eval = groups_eval_for(cfg.eval_pairs, cfg.eval_groups)
   plot = os.path.join(sdir, "stability.png") if host0 and cfg.k is None else None
-  fit, counts = _fit_site(gen, site, cfg, cache_dir, fingerprint, site_seed, z1, z2,
-                          groups_eval, cfg.k, plot)
+  fit, counts = _fit_site(
+    gen, site, cfg, cache_dir, fingerprint, site_seed, z1, z2, groups_eval, cfg.k, plot
+  )
   k, labels = fit.k, fit.labels
   t_trained = time.perf_counter() - t0
   fits = [fit]
   if untrained is not None:  # same pairs (same sampler, seeds), same K, same settings
-    fits.append(_fit_site(untrained[0], site, cfg, cache_dir, untrained[1], site_seed, z1,
-                          z2, groups_eval, k, None)[0])
+    fits.append(
+      _fit_site(
+        untrained[0], site, cfg, cache_dir, untrained[1], site_seed, z1, z2, groups_eval, k, None
+      )[0]
+    )
   t_untrained = time.perf_counter() - t0 - t_trained
   # 5. Metrics, with one paired bootstrap for both networks.
-  reps = paired_bootstrap([f.group_maps for f in fits], counts, [f.supports for f in fits],
-                          parts, cfg.n_ci, cfg.seed)
+  reps = paired_bootstrap(
+    [f.group_maps for f in fits], counts, [f.supports for f in fits], parts, cfg.n_ci, cfg.seed
+  )
   entries = [_metric_entries(f, rp, parts) for f, rp in zip(fits, reps)]
-  site_metrics = {"channels": int(fit.eims.shape[0]), "k": k, "stability": list(fit.curve[k]),
-                  "stability_curve": {str(kk): list(v) for kk, v in fit.curve.items()},
-                  "module_sizes": np.bincount(labels, minlength=k).tolist(),
-                  "nmf_vs_kmeans_ari": fit.ari}
+  site_metrics = {
+    "channels": int(fit.eims.shape[0]),
+    "k": k,
+    "stability": list(fit.curve[k]),
+    "stability_curve": {str(kk): list(v) for kk, v in fit.curve.items()},
+    "module_sizes": np.bincount(labels, minlength=k).tolist(),
+    "nmf_vs_kmeans_ari": fit.ari,
+  }
   verdict = {}
   for name, entry in entries[0].items():
     beyond_null = beyond(entry["effect_vs_null"], cfg.min_effect)
@@ -553,12 +689,15 @@ def analyze_site(gen: Generator, site: str, cfg: AnalysisConfig, out_dir: str,
       diff = entry["_effect_reps"] - base["_effect_reps"]
       entry["untrained"] = {key: v for key, v in base.items() if not key.startswith("_")}
       entry["effect_vs_untrained"] = {
-          "value": entry["effect_vs_null"]["value"] - base["effect_vs_null"]["value"],
-          "ci95": _ci(diff)}
+        "value": entry["effect_vs_null"]["value"] - base["effect_vs_null"]["value"],
+        "ci95": _ci(diff),
+      }
       sign = -1.0 if DIRECTION[name] == "less" else 1.0
       raw = sign * (reps[0][name][:, 0] - reps[1][name][:, 0])
-      entry["raw_difference_to_untrained"] = {"value": sign * (entry["value"] - base["value"]),
-                                              "ci95": _ci(raw)}
+      entry["raw_difference_to_untrained"] = {
+        "value": sign * (entry["value"] - base["value"]),
+        "ci95": _ci(raw),
+      }
       entry["beyond_untrained"] = beyond(entry["effect_vs_untrained"], cfg.min_effect)
       entry["evidence"] = bool(beyond_null and entry["beyond_untrained"])
     else:
@@ -566,8 +705,7 @@ def analyze_site(gen: Generator, site: str, cfg: AnalysisConfig, out_dir: str,
       entry["evidence"] = None
     del entry["_effect_reps"]
     site_metrics[name] = entry
-    verdict[name] = {key: entry[key] for key in ("beyond_null", "beyond_untrained",
-                                                 "evidence")}
+    verdict[name] = {key: entry[key] for key in ("beyond_null", "beyond_untrained", "evidence")}
   distinct = ("overlap", "in_support")
   verdict["modules_distinct_beyond_null"] = all(verdict[n]["beyond_null"] for n in distinct)
   if untrained is not None:
@@ -576,79 +714,126 @@ def analyze_site(gen: Generator, site: str, cfg: AnalysisConfig, out_dir: str,
     site_metrics["untrained_module_sizes"] = np.bincount(u.labels, minlength=k).tolist()
     site_metrics["untrained_nmf_vs_kmeans_ari"] = u.ari
     (mt, st), (mu, su) = fit.curve[k], u.curve[k]
-    verdict["stability"] = {"beyond_untrained": bool(mt - st > mu + su
-                                                     and mt - mu >= cfg.min_effect)}
-    verdict["modules_distinct_beyond_untrained"] = all(verdict[n]["evidence"]
-                                                       for n in distinct)
+    verdict["stability"] = {
+      "beyond_untrained": bool(mt - st > mu + su and mt - mu >= cfg.min_effect)
+    }
+    verdict["modules_distinct_beyond_untrained"] = all(verdict[n]["evidence"] for n in distinct)
   else:
     verdict["modules_distinct_beyond_untrained"] = None
   factor_arrays = {}
   if featnet is not None:
     t_f, cpu_f = time.perf_counter(), time.process_time()
     site_metrics["factor_transfer"], factor_arrays = _factor_section(
-        gen, site, cfg, fits, untrained, featnet, site_seed, groups_eval_for(cfg.factor_pairs,
-                                                                             cfg.eval_groups))
-    verdict["factor_transfer"] = {key: site_metrics["factor_transfer"].get(key) for key in
-                                  ("beyond_null", "beyond_untrained", "evidence")}
-    site_metrics["seconds_factors"] = (time.perf_counter() - t_f,
-                                       time.process_time() - cpu_f)
+      gen,
+      site,
+      cfg,
+      fits,
+      untrained,
+      featnet,
+      site_seed,
+      groups_eval_for(cfg.factor_pairs, cfg.eval_groups),
+    )
+    verdict["factor_transfer"] = {
+      key: site_metrics["factor_transfer"].get(key)
+      for key in ("beyond_null", "beyond_untrained", "evidence")
+    }
+    site_metrics["seconds_factors"] = (time.perf_counter() - t_f, time.process_time() - cpu_f)
   site_metrics["verdict"] = verdict
   site_metrics["beyond_untrained"] = verdict["modules_distinct_beyond_untrained"]
-  site_metrics["seconds"] = {"eims": fit.seconds_eims, "trained": t_trained,
-                             "untrained": t_untrained, "total": time.perf_counter() - t0}
+  site_metrics["seconds"] = {
+    "eims": fit.seconds_eims,
+    "trained": t_trained,
+    "untrained": t_untrained,
+    "total": time.perf_counter() - t0,
+  }
   if "seconds_factors" in site_metrics:
-    (site_metrics["seconds"]["factors"],
-     site_metrics["seconds"]["factors_cpu"]) = site_metrics.pop("seconds_factors")
+    (site_metrics["seconds"]["factors"], site_metrics["seconds"]["factors_cpu"]) = site_metrics.pop(
+      "seconds_factors"
+    )
   if not host0:
     return site_metrics
   # 7. Figures and arrays.
   sizes = site_metrics["module_sizes"]
   mod_titles = [f"module {j} · {sizes[j]} ch" for j in range(k)]
-  viz.save_map_grid(os.path.join(sdir, "eims.png"), fit.eims, labels=labels,
-                    colorbar_label="fraction of the channel's own maximum",
-                    title=f"EIMs of the {fit.eims.shape[0]} channels, ordered by module")
-  templates_name = ("k-means centroids" if fit.clus.method == "kmeans"
-                    else "NMF templates (rows of H)")
-  viz.save_map_grid(os.path.join(sdir, "templates.png"), fit.clus.templates, ncols=k,
-                    titles=mod_titles, colorbar_label="fraction of the template's maximum",
-                    title=f"{templates_name}, preprocessed EIM space")
-  viz.save_map_grid(os.path.join(sdir, "module_maps.png"), fit.all_maps[:k], ncols=k,
-                    normalize="global", titles=mod_titles,
-                    colorbar_label="mean |Δ pixel| (images in [-1, 1])",
-                    title="module influence maps, one scale")
+  viz.save_map_grid(
+    os.path.join(sdir, "eims.png"),
+    fit.eims,
+    labels=labels,
+    colorbar_label="fraction of the channel's own maximum",
+    title=f"EIMs of the {fit.eims.shape[0]} channels, ordered by module",
+  )
+  templates_name = (
+    "k-means centroids" if fit.clus.method == "kmeans" else "NMF templates (rows of H)"
+  )
+  viz.save_map_grid(
+    os.path.join(sdir, "templates.png"),
+    fit.clus.templates,
+    ncols=k,
+    titles=mod_titles,
+    colorbar_label="fraction of the template's maximum",
+    title=f"{templates_name}, preprocessed EIM space",
+  )
+  viz.save_map_grid(
+    os.path.join(sdir, "module_maps.png"),
+    fit.all_maps[:k],
+    ncols=k,
+    normalize="global",
+    titles=mod_titles,
+    colorbar_label="mean |Δ pixel| (images in [-1, 1])",
+    title="module influence maps, one scale",
+  )
   arrays = {}
   if untrained is not None:
     u = fits[1]
     usizes = site_metrics["untrained_module_sizes"]
-    viz.save_map_grid(os.path.join(sdir, "untrained_module_maps.png"), u.all_maps[:k],
-                      ncols=k, normalize="each",
-                      titles=[f"module {j} · {usizes[j]} ch" for j in range(k)],
-                      colorbar_label="fraction of the map's own maximum",
-                      title="untrained network: module maps, each to its max")
-    arrays = dict(untrained_labels=u.labels, untrained_module_maps=u.all_maps[:k],
-                  untrained_null_maps=u.all_maps[k:], untrained_templates=u.clus.templates)
+    viz.save_map_grid(
+      os.path.join(sdir, "untrained_module_maps.png"),
+      u.all_maps[:k],
+      ncols=k,
+      normalize="each",
+      titles=[f"module {j} · {usizes[j]} ch" for j in range(k)],
+      colorbar_label="fraction of the map's own maximum",
+      title="untrained network: module maps, each to its max",
+    )
+    arrays = dict(
+      untrained_labels=u.labels,
+      untrained_module_maps=u.all_maps[:k],
+      untrained_null_maps=u.all_maps[k:],
+      untrained_templates=u.clus.templates,
+    )
   if featnet is not None:
     ft = site_metrics["factor_transfer"]
     factors.plot_factor_matrix(
-        os.path.join(sdir, "factor_transfer.png"), np.array(ft["matrix"] + [ft["whole"]]),
-        [f"module {j} · {sizes[j]} ch" for j in range(k)] + ["whole site"], ft["factors"],
-        title=f"{site}: share of pairs whose hybrid follows the donor")
+      os.path.join(sdir, "factor_transfer.png"),
+      np.array(ft["matrix"] + [ft["whole"]]),
+      [f"module {j} · {sizes[j]} ch" for j in range(k)] + ["whole site"],
+      ft["factors"],
+      title=f"{site}: share of pairs whose hybrid follows the donor",
+    )
     arrays.update(factor_arrays)
   ka, kb = jax.random.split(jax.random.fold_in(jax.random.key(site_seed), 1 << 21))
   z_rows = gen.sample_latents(ka, cfg.hybrid_rows)
   z_cols = gen.sample_latents(kb, cfg.hybrid_cols)
   for j in range(k):
-    panel = hybrid_panel(gen, site, module_masks(labels, k)[j], z_rows, z_cols,
-                         cfg.hybrid_rows, cfg.hybrid_cols)
+    panel = hybrid_panel(
+      gen, site, module_masks(labels, k)[j], z_rows, z_cols, cfg.hybrid_rows, cfg.hybrid_cols
+    )
     viz.save_rgb(os.path.join(sdir, f"hybrids_module{j}.png"), panel)
-  savez_deterministic(os.path.join(sdir, "analysis.npz"), eims=fit.eims,
-                      eim_groups=fit.eim_groups, labels=labels,
-                      templates=fit.clus.templates, weights=fit.clus.weights,
-                      module_maps=fit.all_maps[:k], null_maps=fit.all_maps[k:],
-                      eval_z1=np.asarray(z1), eval_z2=np.asarray(z2),
-                      eval_groups=groups_eval, **arrays)
-  remove_stale_files(sdir, site_files(k, untrained is not None, featnet is not None,
-                                      cfg.k is None))
+  savez_deterministic(
+    os.path.join(sdir, "analysis.npz"),
+    eims=fit.eims,
+    eim_groups=fit.eim_groups,
+    labels=labels,
+    templates=fit.clus.templates,
+    weights=fit.clus.weights,
+    module_maps=fit.all_maps[:k],
+    null_maps=fit.all_maps[k:],
+    eval_z1=np.asarray(z1),
+    eval_z2=np.asarray(z2),
+    eval_groups=groups_eval,
+    **arrays,
+  )
+  remove_stale_files(sdir, site_files(k, untrained is not None, featnet is not None, cfg.k is None))
   site_metrics["seconds"]["total"] = time.perf_counter() - t0
   return site_metrics
 
@@ -701,16 +886,20 @@ def remove_stale_files(folder: str, keep: Sequence[str]) -> list[str]:
       os.unlink(path)
       removed.append(name)
   if removed:
-    logging.info("removed stale files of an earlier run from %s: %s", folder,
-                 ", ".join(removed))
+    logging.info("removed stale files of an earlier run from %s: %s", folder, ", ".join(removed))
   return removed
 
 
-def run_settings(gen: Generator, cfg: AnalysisConfig, sites: Sequence[str],
-                 untrained_fingerprint: str | None) -> dict:
+def run_settings(
+  gen: Generator, cfg: AnalysisConfig, sites: Sequence[str], untrained_fingerprint: str | None
+) -> dict:
   """What the results in an output folder depend on (recorded in its manifest)."""
-  return {"config": dataclasses.asdict(cfg), "sites": list(sites), "generator": gen.name,
-          "untrained_fingerprint": untrained_fingerprint}
+  return {
+    "config": dataclasses.asdict(cfg),
+    "sites": list(sites),
+    "generator": gen.name,
+    "untrained_fingerprint": untrained_fingerprint,
+  }
 
 
 class OutputFolderError(ValueError):
@@ -740,32 +929,43 @@ def claim_output_folder(out_dir: str, settings: dict, fingerprint: str) -> bool:
   meta = fileio.read_manifest(out_dir)
   ignore = {fileio.LOCK_FILE, "cache"}
   if meta is None:
-    leftovers = sorted(n for n in os.listdir(out_dir)
-                       if n not in ignore and not re.fullmatch(r"\..*\.tmp.*", n))
+    leftovers = sorted(
+      n for n in os.listdir(out_dir) if n not in ignore and not re.fullmatch(r"\..*\.tmp.*", n)
+    )
     if leftovers:
       raise OutputFolderError(
-          f"{out_dir} holds outputs without a run manifest ({', '.join(leftovers[:4])}"
-          f"{', …' if len(leftovers) > 4 else ''}), written by an older version or "
-          "another program; choose another --out or delete it")
+        f"{out_dir} holds outputs without a run manifest ({', '.join(leftovers[:4])}"
+        f"{', …' if len(leftovers) > 4 else ''}), written by an older version or "
+        "another program; choose another --out or delete it"
+      )
     fileio.write_manifest(out_dir, settings, fingerprint)
     return False
   if fileio.manifest_matches(out_dir, settings, fingerprint):
     return True
   old = _flatten(meta["settings"])
   new = _flatten(json.loads(json.dumps(settings, default=str)))
-  diffs = [f"{key} {old.get(key, '—')!r} vs {new.get(key, '—')!r}"
-           for key in sorted(set(old) | set(new)) if old.get(key) != new.get(key)]
+  diffs = [
+    f"{key} {old.get(key, '—')!r} vs {new.get(key, '—')!r}"
+    for key in sorted(set(old) | set(new))
+    if old.get(key) != new.get(key)
+  ]
   if meta["fingerprint"] != fingerprint:
     diffs.append("generator fingerprint (different weights or code)")
   raise OutputFolderError(
-      f"{out_dir} holds outputs of a different run ({'; '.join(diffs[:4])}"
-      f"{'; …' if len(diffs) > 4 else ''}; old vs this run); choose another --out or "
-      "delete it")
+    f"{out_dir} holds outputs of a different run ({'; '.join(diffs[:4])}"
+    f"{'; …' if len(diffs) > 4 else ''}; old vs this run); choose another --out or "
+    "delete it"
+  )
 
 
 # ---- the job -----------------------------------------------------------------------------
-def run(gen: Generator, cfg: AnalysisConfig, out_dir: str, cache_dir: str | None = None,
-        baseline: Generator | None = None) -> dict:
+def run(
+  gen: Generator,
+  cfg: AnalysisConfig,
+  out_dir: str,
+  cache_dir: str | None = None,
+  baseline: Generator | None = None,
+) -> dict:
   """Runs the analysis of every requested site; writes files under ``out_dir``.
 
   ``baseline``: the network to compare with when ``cfg.untrained_baseline`` (default:
@@ -783,30 +983,41 @@ def run(gen: Generator, cfg: AnalysisConfig, out_dir: str, cache_dir: str | None
   (timings in ``metrics.json`` and ``report.html`` aside).
   """
   sites = check_config(gen, cfg)
-  if baseline is not None and (baseline.sites != gen.sites
-                               or baseline.latent_shape != gen.latent_shape):
-    raise ValueError(f"baseline must have the sites {gen.sites} and latent shape "
-                     f"{gen.latent_shape} of {gen.name}, got {baseline.sites} and "
-                     f"{baseline.latent_shape}")
+  if baseline is not None and (
+    baseline.sites != gen.sites or baseline.latent_shape != gen.latent_shape
+  ):
+    raise ValueError(
+      f"baseline must have the sites {gen.sites} and latent shape "
+      f"{gen.latent_shape} of {gen.name}, got {baseline.sites} and "
+      f"{baseline.latent_shape}"
+    )
   parts = part_maps_for(gen, cfg)
   featnet = None
   if uses_factors(gen, cfg):
     from cfmod_jax import quality  # pylint: disable=g-import-not-at-top
+
     featnet = quality.load_featnet()
   cache_dir = cache_dir or os.path.join(out_dir, "cache")
   if jax.process_index() == 0:
     os.makedirs(out_dir, exist_ok=True)
   fingerprint = generator_fingerprint(gen)
-  result = {"generator": gen.name, "fingerprint": fingerprint,
-            "config": dataclasses.asdict(cfg), "devices": jax.device_count(),
-            "platform": jax.default_backend(), "sites": {}}
+  result = {
+    "generator": gen.name,
+    "fingerprint": fingerprint,
+    "config": dataclasses.asdict(cfg),
+    "devices": jax.device_count(),
+    "platform": jax.default_backend(),
+    "sites": {},
+  }
   untrained = None
   if cfg.untrained_baseline:
     base = baseline if baseline is not None else baselines.untrained_like(gen)
     untrained = (base, generator_fingerprint(base))
     result["untrained_baseline"] = {
-        "generator": base.name, "fingerprint": untrained[1],
-        "seed": baselines.UNTRAINED_SEED if baseline is None else None}
+      "generator": base.name,
+      "fingerprint": untrained[1],
+      "seed": baselines.UNTRAINED_SEED if baseline is None else None,
+    }
   # One run per folder at a time (the lock), and only this run's outputs in it (the
   # manifest); with several processes only process 0 writes.
   lock = fileio.RunLock(out_dir) if jax.process_index() == 0 else None
@@ -819,16 +1030,32 @@ def run(gen: Generator, cfg: AnalysisConfig, out_dir: str, cache_dir: str | None
         logging.info("%s holds earlier outputs of this run: resuming", out_dir)
     t0 = time.perf_counter()
     for i, site in enumerate(sites):
-      result["sites"][site] = analyze_site(gen, site, cfg, out_dir, cache_dir, fingerprint,
-                                           parts, cfg.seed * 1000 + gen.site_index(site),
-                                           untrained, featnet)
+      result["sites"][site] = analyze_site(
+        gen,
+        site,
+        cfg,
+        out_dir,
+        cache_dir,
+        fingerprint,
+        parts,
+        cfg.seed * 1000 + gen.site_index(site),
+        untrained,
+        featnet,
+      )
       elapsed = time.perf_counter() - t0
-      logging.info("site %s done (%d/%d) in %.1f s; ETA %.0f s", site, i + 1, len(sites),
-                   result["sites"][site]["seconds"]["total"],
-                   elapsed / (i + 1) * (len(sites) - i - 1))
+      logging.info(
+        "site %s done (%d/%d) in %.1f s; ETA %.0f s",
+        site,
+        i + 1,
+        len(sites),
+        result["sites"][site]["seconds"]["total"],
+        elapsed / (i + 1) * (len(sites) - i - 1),
+      )
     if parts is not None:
-      gain = {s: m["part_agreement"]["value"] - m["part_agreement"]["null_mean"]
-              for s, m in result["sites"].items()}
+      gain = {
+        s: m["part_agreement"]["value"] - m["part_agreement"]["null_mean"]
+        for s, m in result["sites"].items()
+      }
       result["best_site"] = max(gain, key=gain.get)
     result["seconds"] = time.perf_counter() - t0
     if jax.process_index() != 0:
@@ -842,14 +1069,18 @@ def run(gen: Generator, cfg: AnalysisConfig, out_dir: str, cache_dir: str | None
 
 
 # ---- report ------------------------------------------------------------------------------
-_NAMES = {"overlap": "overlap ↓", "in_support": "in-support share ↑",
-          "part_agreement": "part agreement ↑"}
+_NAMES = {
+  "overlap": "overlap ↓",
+  "in_support": "in-support share ↑",
+  "part_agreement": "part agreement ↑",
+}
 
 
 def _ci_text(m: dict, signed: bool = False) -> str:
   f = "{:+.3f}" if signed else "{:.3f}"
-  return (f"{f.format(m['value'])} <small>[{f.format(m['ci95'][0])}, "
-          f"{f.format(m['ci95'][1])}]</small>")
+  return (
+    f"{f.format(m['value'])} <small>[{f.format(m['ci95'][0])}, {f.format(m['ci95'][1])}]</small>"
+  )
 
 
 def _yes(flag) -> str:
@@ -863,27 +1094,41 @@ def site_sentence(m: dict, min_effect: float = AnalysisConfig.min_effect) -> str
   v = m["verdict"]
   baseline = v["modules_distinct_beyond_untrained"] is not None
   if not v["modules_distinct_beyond_null"]:
-    text = ("The modules are not clearly more distinct than random groups of channels "
-            "of the same sizes (a gain counts only when its whole 95% interval lies above "
-            f"{min_effect:g})" + (", so not beyond the untrained network either: no "
-                                  "evidence of learned modularity." if baseline else "."))
+    text = (
+      "The modules are not clearly more distinct than random groups of channels "
+      "of the same sizes (a gain counts only when its whole 95% interval lies above "
+      f"{min_effect:g})"
+      + (
+        ", so not beyond the untrained network either: no evidence of learned modularity."
+        if baseline
+        else "."
+      )
+    )
   elif not baseline:
-    text = ("The modules are more distinct than random groups of channels, but the "
-            "untrained baseline was not run, and an untrained network also beats random "
-            "groups: this alone is no evidence of learned modularity.")
+    text = (
+      "The modules are more distinct than random groups of channels, but the "
+      "untrained baseline was not run, and an untrained network also beats random "
+      "groups: this alone is no evidence of learned modularity."
+    )
   elif v["modules_distinct_beyond_untrained"]:
-    text = ("The modules are more distinct than random groups of channels, by more than "
-            "the modules of an untrained network of the same architecture are: evidence "
-            "of learned modularity.")
+    text = (
+      "The modules are more distinct than random groups of channels, by more than "
+      "the modules of an untrained network of the same architecture are: evidence "
+      "of learned modularity."
+    )
   else:
-    text = ("The modules are more distinct than random groups of channels, but not by "
-            "more than the modules of an untrained network of the same architecture: "
-            "no evidence of learned modularity.")
+    text = (
+      "The modules are more distinct than random groups of channels, but not by "
+      "more than the modules of an untrained network of the same architecture: "
+      "no evidence of learned modularity."
+    )
   if "overlap" in m:
     o = m["overlap"]
     e = o["effect_vs_null"]
-    text += (f" Overlap gain over random groups: {e['value']:+.3f} (95% CI {e['ci95'][0]:+.3f}"
-             f" to {e['ci95'][1]:+.3f})")
+    text += (
+      f" Overlap gain over random groups: {e['value']:+.3f} (95% CI {e['ci95'][0]:+.3f}"
+      f" to {e['ci95'][1]:+.3f})"
+    )
     if "untrained" in o:
       text += f" (untrained network: {o['untrained']['effect_vs_null']['value']:+.3f})"
     text += "."
@@ -894,11 +1139,14 @@ def site_sentence(m: dict, min_effect: float = AnalysisConfig.min_effect) -> str
     elif p["evidence"] is None:
       text += " Module maps follow the face parts beyond chance."
     elif p["evidence"]:
-      text += (" Module maps follow the ground-truth face parts beyond chance and beyond "
-               "the untrained network.")
+      text += (
+        " Module maps follow the ground-truth face parts beyond chance and beyond "
+        "the untrained network."
+      )
     else:
-      text += (" Module maps follow the face parts beyond chance, but not beyond the "
-               "untrained network.")
+      text += (
+        " Module maps follow the face parts beyond chance, but not beyond the untrained network."
+      )
   return text
 
 
@@ -919,120 +1167,206 @@ def report_files(result: dict) -> list[str]:
 
 def _definitions(parts: bool, baseline: bool, min_effect: float) -> list[tuple[str, str]]:
   """(column header, one or two sentences) for every column of the report's tables."""
-  beyond = (f"the whole 95% interval lies above {min_effect:g} on the metric's 0–1 scale "
-            "(a smaller difference is not called beyond, however precisely measured)")
-  d = [("site", "The layer whose output channels are swapped between two images (the "
-        "intervention site of the paper)."),
-       ("C", "Number of channels at the site."),
-       ("K", "Number of modules, chosen by the silhouette rule (the smallest K whose mean "
-        "cosine silhouette over bootstrap resamples is within 0.05 of the best; "
-        "clustering.choose_k) unless given"
-        + ("; the untrained network is clustered with the same K." if baseline else ".")),
-       ("modules distinct beyond random channel groups", "Yes when, on both overlap and "
-        "in-support share, the gain of the modules over random partitions of the "
-        f"channels (same module sizes) is clear: {beyond}.")]
+  beyond = (
+    f"the whole 95% interval lies above {min_effect:g} on the metric's 0–1 scale "
+    "(a smaller difference is not called beyond, however precisely measured)"
+  )
+  d = [
+    (
+      "site",
+      "The layer whose output channels are swapped between two images (the "
+      "intervention site of the paper).",
+    ),
+    ("C", "Number of channels at the site."),
+    (
+      "K",
+      "Number of modules, chosen by the silhouette rule (the smallest K whose mean "
+      "cosine silhouette over bootstrap resamples is within 0.05 of the best; "
+      "clustering.choose_k) unless given"
+      + ("; the untrained network is clustered with the same K." if baseline else "."),
+    ),
+    (
+      "modules distinct beyond random channel groups",
+      "Yes when, on both overlap and "
+      "in-support share, the gain of the modules over random partitions of the "
+      f"channels (same module sizes) is clear: {beyond}.",
+    ),
+  ]
   if baseline:
-    d.append(("… beyond an untrained network", "Yes when, in addition, on both metrics "
-              "the trained model's gain over random partitions exceeds the untrained "
-              "network's gain over its own random partitions, with the same rule. Only then "
-              "do the numbers say the modules were learned: random convolutions already "
-              "have local receptive fields, so an untrained network's channel groups also "
-              "beat random ones."))
+    d.append(
+      (
+        "… beyond an untrained network",
+        "Yes when, in addition, on both metrics "
+        "the trained model's gain over random partitions exceeds the untrained "
+        "network's gain over its own random partitions, with the same rule. Only then "
+        "do the numbers say the modules were learned: random convolutions already "
+        "have local receptive fields, so an untrained network's channel groups also "
+        "beat random ones.",
+      )
+    )
   if parts:
-    d.append(("follows the face parts", "The same test" + ("s" if baseline else "") +
-              " for part agreement (agreement with the ground-truth face parts)."))
-  d += [("in words", "The verdict of the site in one sentence."),
-        ("metric", "Which statistic of the module influence maps the row reports; the "
-         "arrow says which direction is more modular:"),
-        ("overlap ↓", "Mean cosine similarity between the influence maps of every two "
-         "modules (1: they change the same pixels in the same proportions; 0: disjoint "
-         "pixels). Lower means more distinct modules."),
-        ("in-support share ↑", "Share of each module's influence (the sum of its map) "
-         "inside its support, the top pixels of its template (the mean preprocessed EIM of "
-         "its channels, thresholded at the clustering percentile); averaged over modules. "
-         "Higher means the module acts where its channels' own maps say.")]
+    d.append(
+      (
+        "follows the face parts",
+        "The same test"
+        + ("s" if baseline else "")
+        + " for part agreement (agreement with the ground-truth face parts).",
+      )
+    )
+  d += [
+    ("in words", "The verdict of the site in one sentence."),
+    (
+      "metric",
+      "Which statistic of the module influence maps the row reports; the "
+      "arrow says which direction is more modular:",
+    ),
+    (
+      "overlap ↓",
+      "Mean cosine similarity between the influence maps of every two "
+      "modules (1: they change the same pixels in the same proportions; 0: disjoint "
+      "pixels). Lower means more distinct modules.",
+    ),
+    (
+      "in-support share ↑",
+      "Share of each module's influence (the sum of its map) "
+      "inside its support, the top pixels of its template (the mean preprocessed EIM of "
+      "its channels, thresholded at the clustering percentile); averaged over modules. "
+      "Higher means the module acts where its channels' own maps say.",
+    ),
+  ]
   if parts:
-    d.append(("part agreement ↑", "Share of the modules' influence inside ground-truth "
-              "face parts (background, hair, skin, eyes, mouth), modules matched one-to-one "
-              "to parts; 1 when every module acts only inside a part of its own."))
-  d += [("trained [95% CI]", "The metric of the K modules, measured on fresh latent pairs "
-         "that the clustering did not see; the interval is a percentile bootstrap over "
-         "groups of pairs."),
-        ("random-partition null", "Mean ± standard deviation of the metric over random "
-         "channel partitions with the same module sizes, on the same pairs, and the "
-         "z-score of the trained value. The null's spread is tiny, so |z| is large even for "
-         "negligible differences: read the effect sizes (Δ) for how large a difference is."),
-        ("Δ vs null [95% CI]", "Effect size: how much more modular than random partitions "
-         "(null mean − value for overlap, value − null mean otherwise; positive = more "
-         "modular); the bootstrap recomputes the null on every resample.")]
+    d.append(
+      (
+        "part agreement ↑",
+        "Share of the modules' influence inside ground-truth "
+        "face parts (background, hair, skin, eyes, mouth), modules matched one-to-one "
+        "to parts; 1 when every module acts only inside a part of its own.",
+      )
+    )
+  d += [
+    (
+      "trained [95% CI]",
+      "The metric of the K modules, measured on fresh latent pairs "
+      "that the clustering did not see; the interval is a percentile bootstrap over "
+      "groups of pairs.",
+    ),
+    (
+      "random-partition null",
+      "Mean ± standard deviation of the metric over random "
+      "channel partitions with the same module sizes, on the same pairs, and the "
+      "z-score of the trained value. The null's spread is tiny, so |z| is large even for "
+      "negligible differences: read the effect sizes (Δ) for how large a difference is.",
+    ),
+    (
+      "Δ vs null [95% CI]",
+      "Effect size: how much more modular than random partitions "
+      "(null mean − value for overlap, value − null mean otherwise; positive = more "
+      "modular); the bootstrap recomputes the null on every resample.",
+    ),
+  ]
   if baseline:
-    d += [("untrained [95% CI] (null)", "The same metric for the same architecture with "
-           "random weights, on the same pairs, with the same K; in brackets its own "
-           "random-partition null. All metrics are scale-free (an untrained network's "
-           "influence maps are orders of magnitude smaller)."),
-          ("Δ vs untrained [95% CI]", "Effect size: the trained model's Δ vs null minus the "
-           "untrained network's Δ vs null (positive: the trained modules beat random "
-           "partitions by more). Paired bootstrap: every resample draws the same groups of "
-           "pairs for both networks."),
-          ("evidence", f"Yes when both Δ vs null and Δ vs untrained are clear: {beyond}.")]
+    d += [
+      (
+        "untrained [95% CI] (null)",
+        "The same metric for the same architecture with "
+        "random weights, on the same pairs, with the same K; in brackets its own "
+        "random-partition null. All metrics are scale-free (an untrained network's "
+        "influence maps are orders of magnitude smaller).",
+      ),
+      (
+        "Δ vs untrained [95% CI]",
+        "Effect size: the trained model's Δ vs null minus the "
+        "untrained network's Δ vs null (positive: the trained modules beat random "
+        "partitions by more). Paired bootstrap: every resample draws the same groups of "
+        "pairs for both networks.",
+      ),
+      ("evidence", f"Yes when both Δ vs null and Δ vs untrained are clear: {beyond}."),
+    ]
   else:
     d.append(("beyond null", f"Yes when Δ vs null is clear: {beyond}."))
-  d += [("module sizes (channels)", "Channels in each module, module 0 first."),
-        ("stability (trained / untrained)" if baseline else "stability",
-         "Mean ± s.d. of the matched cosine similarity of module templates between "
-         "bootstrap resamples of the pairs and NMF restarts, at K (1: the same templates "
-         "every time). It says the clustering is reproducible, not that the modules mean "
-         "anything" + (": compare with the untrained network's value (beyond untrained: "
-                       "the mean ± s.d. bands do not overlap)." if baseline else ".")),
-        ("NMF vs k-means ARI (trained / untrained)" if baseline else "NMF vs k-means ARI",
-         "Adjusted Rand index between the NMF modules and k-means clusters of the same EIMs "
-         "(1: identical partitions; 0: chance agreement)."),
-        ("seconds", "Wall time of the site: EIMs, clustering, evaluation, bootstrap and "
-         "figures" + (", for both networks." if baseline else "."))]
+  d += [
+    ("module sizes (channels)", "Channels in each module, module 0 first."),
+    (
+      "stability (trained / untrained)" if baseline else "stability",
+      "Mean ± s.d. of the matched cosine similarity of module templates between "
+      "bootstrap resamples of the pairs and NMF restarts, at K (1: the same templates "
+      "every time). It says the clustering is reproducible, not that the modules mean "
+      "anything"
+      + (
+        ": compare with the untrained network's value (beyond untrained: "
+        "the mean ± s.d. bands do not overlap)."
+        if baseline
+        else "."
+      ),
+    ),
+    (
+      "NMF vs k-means ARI (trained / untrained)" if baseline else "NMF vs k-means ARI",
+      "Adjusted Rand index between the NMF modules and k-means clusters of the same EIMs "
+      "(1: identical partitions; 0: chance agreement).",
+    ),
+    (
+      "seconds",
+      "Wall time of the site: EIMs, clustering, evaluation, bootstrap and "
+      "figures" + (", for both networks." if baseline else "."),
+    ),
+  ]
   return d
 
 
 FACTOR_DEFINITION = (
-    "Factor transfer: for a module, the hybrid takes the module's channels from a donor "
-    "image z2; the feature network reads every ground-truth factor of the synthetic faces "
-    "off G(z1), G(z2) and the hybrid, and the hybrid follows the donor on a factor when "
-    "its predicted class equals the donor's (categorical factors) or its prediction is "
-    "closer to the donor's than to the original's (continuous factors); pairs where G(z1) "
-    "and G(z2) agree are left out. Exclusivity is the mean over factors of (best module's "
-    "share − the other modules' mean share) / the whole-site swap's share: 1 when each "
-    "factor moves with one module only, 0 when factors are spread evenly.")
+  "Factor transfer: for a module, the hybrid takes the module's channels from a donor "
+  "image z2; the feature network reads every ground-truth factor of the synthetic faces "
+  "off G(z1), G(z2) and the hybrid, and the hybrid follows the donor on a factor when "
+  "its predicted class equals the donor's (categorical factors) or its prediction is "
+  "closer to the donor's than to the original's (continuous factors); pairs where G(z1) "
+  "and G(z2) agree are left out. Exclusivity is the mean over factors of (best module's "
+  "share − the other modules' mean share) / the whole-site swap's share: 1 when each "
+  "factor moves with one module only, 0 when factors are spread evenly."
+)
 
 
 def factor_section_html(result: dict) -> str:
   """The report's factor-transfer and hybrid-realism tables ('' without them)."""
-  sites = {s: m["factor_transfer"] for s, m in result["sites"].items()
-           if "factor_transfer" in m}
+  sites = {s: m["factor_transfer"] for s, m in result["sites"].items() if "factor_transfer" in m}
   if not sites:
     return ""
   esc = html.escape
-  f3 = lambda v, signed=False: "—" if v is None or not np.isfinite(v) else (
-      f"{v:+.3f}" if signed else f"{v:.3f}")
-  ci = lambda v, lohi, signed=False: (f"{f3(v, signed)} <small>[{f3(lohi[0], signed)}, "
-                                      f"{f3(lohi[1], signed)}]</small>")
+  f3 = lambda v, signed=False: (
+    "—" if v is None or not np.isfinite(v) else (f"{v:+.3f}" if signed else f"{v:.3f}")
+  )
+  ci = lambda v, lohi, signed=False: (
+    f"{f3(v, signed)} <small>[{f3(lohi[0], signed)}, {f3(lohi[1], signed)}]</small>"
+  )
   base = any("untrained" in ft for ft in sites.values())
-  head = ["site", "factors", "exclusivity [95% CI]", "null mean ± s.d.",
-          "Δ vs null [95% CI]"]
-  head += ["untrained exclusivity (null)", "untrained Δ vs null [95% CI]",
-           "Δ vs untrained [95% CI]", "evidence"] if base else ["beyond null"]
+  head = ["site", "factors", "exclusivity [95% CI]", "null mean ± s.d.", "Δ vs null [95% CI]"]
+  head += (
+    [
+      "untrained exclusivity (null)",
+      "untrained Δ vs null [95% CI]",
+      "Δ vs untrained [95% CI]",
+      "evidence",
+    ]
+    if base
+    else ["beyond null"]
+  )
   rows = []
   for site, ft in sites.items():
     for label, s in (("all", ft), ("categorical", ft["categorical"])):
-      cells = [esc(site), f"{label} ({len(s['factors'])})",
-               ci(s["exclusivity"], s["exclusivity_ci"]),
-               f"{f3(s['exclusivity_null_mean'])} ± {f3(s['exclusivity_null_sd'])}",
-               ci(s["effect_vs_null"]["value"], s["effect_vs_null"]["ci95"], True)]
+      cells = [
+        esc(site),
+        f"{label} ({len(s['factors'])})",
+        ci(s["exclusivity"], s["exclusivity_ci"]),
+        f"{f3(s['exclusivity_null_mean'])} ± {f3(s['exclusivity_null_sd'])}",
+        ci(s["effect_vs_null"]["value"], s["effect_vs_null"]["ci95"], True),
+      ]
       if "untrained" in ft:
         u = ft["untrained"] if label == "all" else ft["untrained"]["categorical"]
-        cells += [f"{f3(u['exclusivity'])} <small>({f3(u['exclusivity_null_mean'])})</small>",
-                  ci(s["untrained_effect_vs_null"]["value"],
-                     s["untrained_effect_vs_null"]["ci95"], True),
-                  ci(s["effect_vs_untrained"]["value"], s["effect_vs_untrained"]["ci95"],
-                     True), _yes(s["evidence"])]
+        cells += [
+          f"{f3(u['exclusivity'])} <small>({f3(u['exclusivity_null_mean'])})</small>",
+          ci(s["untrained_effect_vs_null"]["value"], s["untrained_effect_vs_null"]["ci95"], True),
+          ci(s["effect_vs_untrained"]["value"], s["effect_vs_untrained"]["ci95"], True),
+          _yes(s["evidence"]),
+        ]
       elif base:
         cells += ["—"] * 4
       else:
@@ -1040,34 +1374,55 @@ def factor_section_html(result: dict) -> str:
       rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
   th = "<tr>" + "".join(f"<th>{esc(c)}</th>" for c in head) + "</tr>"
   ft0 = next(iter(sites.values()))
-  text = (f"<h2>Factor transfer</h2><p>{esc(FACTOR_DEFINITION)} Measured on "
-          f"{ft0['pairs']} latent pairs in {ft0['groups']} groups (95% percentile bootstrap "
-          f"over groups); the null is {ft0['n_null']} random channel partitions with the "
-          "module sizes; Δ is the exclusivity minus the null's mean (the interval "
-          "resamples pairs, not partitions: with few partitions compare Δ with the null's "
-          "s.d. too)"
-          + ("; Δ vs untrained subtracts the untrained network's Δ (its own modules, same "
-             "pairs; paired bootstrap)" if base else "") + ". Categorical factors only: "
-          "their 'follows' is not diluted by the prediction noise of continuous "
-          f"ones.</p><table>{th}{''.join(rows)}</table>")
+  text = (
+    f"<h2>Factor transfer</h2><p>{esc(FACTOR_DEFINITION)} Measured on "
+    f"{ft0['pairs']} latent pairs in {ft0['groups']} groups (95% percentile bootstrap "
+    f"over groups); the null is {ft0['n_null']} random channel partitions with the "
+    "module sizes; Δ is the exclusivity minus the null's mean (the interval "
+    "resamples pairs, not partitions: with few partitions compare Δ with the null's "
+    "s.d. too)"
+    + (
+      "; Δ vs untrained subtracts the untrained network's Δ (its own modules, same "
+      "pairs; paired bootstrap)"
+      if base
+      else ""
+    )
+    + ". Categorical factors only: "
+    "their 'follows' is not diluted by the prediction noise of continuous "
+    f"ones.</p><table>{th}{''.join(rows)}</table>"
+  )
   hr = {s: ft["hybrid_realism"] for s, ft in sites.items() if "hybrid_realism" in ft}
   if hr:
     kmax = max(len(h["fd"]) for h in hr.values())
-    hhead = (["site", "n"] + [f"module {j}" for j in range(kmax)]
-             + ["whole site (= G(z2))", "plain samples G(z1)", "real vs real floor"])
+    hhead = (
+      ["site", "n"]
+      + [f"module {j}" for j in range(kmax)]
+      + ["whole site (= G(z2))", "plain samples G(z1)", "real vs real floor"]
+    )
     hrows = []
     for site, h in hr.items():
       fds = [f"{v:.1f}" for v in h["fd"]] + [""] * (kmax - len(h["fd"]))
-      cells = [esc(site), h["n"], *fds, f"{h['whole_site_fd']:.1f}", f"{h['plain_fd']:.1f}",
-               f"{h['floor']:.1f}"]
+      cells = [
+        esc(site),
+        h["n"],
+        *fds,
+        f"{h['whole_site_fd']:.1f}",
+        f"{h['plain_fd']:.1f}",
+        f"{h['floor']:.1f}",
+      ]
       hrows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-    text += ("<h2>Hybrid realism</h2><p>Fréchet distance (feature-network features) of "
-             "each module's hybrids to held-out real faces, beside the plain samples of "
-             "the same latents and two disjoint real sets (the floor), all at n images "
-             "(FD is biased upwards at small n: compare within a row). Hybrids of a "
-             "module that acts alone stay about as realistic as plain samples.</p><table>"
-             + "<tr>" + "".join(f"<th>{esc(c)}</th>" for c in hhead) + "</tr>"
-             + "".join(hrows) + "</table>")
+    text += (
+      "<h2>Hybrid realism</h2><p>Fréchet distance (feature-network features) of "
+      "each module's hybrids to held-out real faces, beside the plain samples of "
+      "the same latents and two disjoint real sets (the floor), all at n images "
+      "(FD is biased upwards at small n: compare within a row). Hybrids of a "
+      "module that acts alone stay about as realistic as plain samples.</p><table>"
+      + "<tr>"
+      + "".join(f"<th>{esc(c)}</th>" for c in hhead)
+      + "</tr>"
+      + "".join(hrows)
+      + "</table>"
+    )
   return text
 
 
@@ -1080,107 +1435,176 @@ def write_report(result: dict, out_dir: str) -> str:
   min_eff = result["config"].get("min_effect", 0.0)
   defs = _definitions(parts, baseline, min_eff)
   tips = dict(defs)
-  th = lambda cells: "<tr>" + "".join(
-      f'<th title="{html.escape(tips.get(c, ""))}">{html.escape(c)}</th>' for c in cells
-  ) + "</tr>"
+  th = lambda cells: (
+    "<tr>"
+    + "".join(f'<th title="{html.escape(tips.get(c, ""))}">{html.escape(c)}</th>' for c in cells)
+    + "</tr>"
+  )
   # Verdicts.
   vrows = []
   for site, m in result["sites"].items():
     v = m["verdict"]
-    cells = [site, m["k"], _yes(v["modules_distinct_beyond_null"]),
-             _yes(v["modules_distinct_beyond_untrained"])]
+    cells = [
+      site,
+      m["k"],
+      _yes(v["modules_distinct_beyond_null"]),
+      _yes(v["modules_distinct_beyond_untrained"]),
+    ]
     if parts:
-      cells.append(_yes(v["part_agreement"]["evidence"] if baseline
-                        else v["part_agreement"]["beyond_null"]))
+      cells.append(
+        _yes(v["part_agreement"]["evidence"] if baseline else v["part_agreement"]["beyond_null"])
+      )
     vrows.append(td(cells + [html.escape(site_sentence(m, min_eff))]))
-  vhead = ["site", "K", "modules distinct beyond random channel groups",
-           "… beyond an untrained network"] + (["follows the face parts"] if parts else []) + [
-               "in words"]
+  vhead = (
+    ["site", "K", "modules distinct beyond random channel groups", "… beyond an untrained network"]
+    + (["follows the face parts"] if parts else [])
+    + ["in words"]
+  )
   # Metrics with effect sizes.
   mrows = []
   for site, m in result["sites"].items():
     for name in names:
       e = m[name]
-      cells = [site, _NAMES[name], _ci_text(e),
-               f"{e['null_mean']:.3f} ± {e['null_std']:.3f} <small>(z = {e['z']:+.1f})"
-               "</small>", _ci_text(e["effect_vs_null"], signed=True)]
+      cells = [
+        site,
+        _NAMES[name],
+        _ci_text(e),
+        f"{e['null_mean']:.3f} ± {e['null_std']:.3f} <small>(z = {e['z']:+.1f})</small>",
+        _ci_text(e["effect_vs_null"], signed=True),
+      ]
       if baseline:
         u = e["untrained"]
-        cells += [f"{_ci_text(u)} <small>({u['null_mean']:.3f})</small>",
-                  _ci_text(e["effect_vs_untrained"], signed=True), _yes(e["evidence"])]
+        cells += [
+          f"{_ci_text(u)} <small>({u['null_mean']:.3f})</small>",
+          _ci_text(e["effect_vs_untrained"], signed=True),
+          _yes(e["evidence"]),
+        ]
       else:
         cells += [_yes(e["beyond_null"])]
       mrows.append(td(cells))
-  mhead = ["site", "metric", "trained [95% CI]", "random-partition null",
-           "Δ vs null [95% CI]"]
-  mhead += (["untrained [95% CI] (null)", "Δ vs untrained [95% CI]", "evidence"]
-            if baseline else ["beyond null"])
+  mhead = ["site", "metric", "trained [95% CI]", "random-partition null", "Δ vs null [95% CI]"]
+  mhead += (
+    ["untrained [95% CI] (null)", "Δ vs untrained [95% CI]", "evidence"]
+    if baseline
+    else ["beyond null"]
+  )
   # Clustering.
   crows = []
   for site, m in result["sites"].items():
     stab = f"{m['stability'][0]:.3f} ± {m['stability'][1]:.3f}"
     ari = f"{m['nmf_vs_kmeans_ari']:.2f}"
     if baseline:
-      stab += (f" / {m['stability_untrained'][0]:.3f} ± {m['stability_untrained'][1]:.3f}"
-               f" <small>(beyond untrained: "
-               f"{'yes' if m['verdict']['stability']['beyond_untrained'] else 'no'})</small>")
+      stab += (
+        f" / {m['stability_untrained'][0]:.3f} ± {m['stability_untrained'][1]:.3f}"
+        f" <small>(beyond untrained: "
+        f"{'yes' if m['verdict']['stability']['beyond_untrained'] else 'no'})</small>"
+      )
       ari += f" / {m['untrained_nmf_vs_kmeans_ari']:.2f}"
-    crows.append(td([site, m["channels"], m["k"],
-                     ", ".join(map(str, m["module_sizes"])), stab, ari,
-                     f"{m['seconds']['total']:.1f}"]))
-  chead = ["site", "C", "K", "module sizes (channels)",
-           "stability (trained / untrained)" if baseline else "stability",
-           "NMF vs k-means ARI" + (" (trained / untrained)" if baseline else ""), "seconds"]
+    crows.append(
+      td(
+        [
+          site,
+          m["channels"],
+          m["k"],
+          ", ".join(map(str, m["module_sizes"])),
+          stab,
+          ari,
+          f"{m['seconds']['total']:.1f}",
+        ]
+      )
+    )
+  chead = [
+    "site",
+    "C",
+    "K",
+    "module sizes (channels)",
+    "stability (trained / untrained)" if baseline else "stability",
+    "NMF vs k-means ARI" + (" (trained / untrained)" if baseline else ""),
+    "seconds",
+  ]
   dl = "".join(f"<dt>{html.escape(t)}</dt><dd>{html.escape(d)}</dd>" for t, d in defs)
   # Figures.
-  img = lambda p, cap: (f'<figure><img src="{html.escape(p)}" alt="{html.escape(cap)}">'
-                        f"<figcaption>{html.escape(cap)}</figcaption></figure>")
+  img = lambda p, cap: (
+    f'<figure><img src="{html.escape(p)}" alt="{html.escape(cap)}">'
+    f"<figcaption>{html.escape(cap)}</figcaption></figure>"
+  )
   method = result["config"]["method"]
-  templates_cap = ("k-means centroids of the preprocessed EIMs (one per module; "
-                   "k-means, not NMF)" if method == "kmeans" else
-                   "NMF templates: the K rows of H, the typical preprocessed EIM of each "
-                   "module")
+  templates_cap = (
+    "k-means centroids of the preprocessed EIMs (one per module; k-means, not NMF)"
+    if method == "kmeans"
+    else "NMF templates: the K rows of H, the typical preprocessed EIM of each module"
+  )
   sections = []
   for site, m in result["sites"].items():
-    figs = [img(f"{site}/module_maps.png",
-                "Module influence maps on fresh pairs: mean |change of each pixel| when "
-                "the module's channels are taken from the donor; one colour scale."),
-            img(f"{site}/templates.png", templates_cap + "; each scaled to its maximum.")]
+    figs = [
+      img(
+        f"{site}/module_maps.png",
+        "Module influence maps on fresh pairs: mean |change of each pixel| when "
+        "the module's channels are taken from the donor; one colour scale.",
+      ),
+      img(f"{site}/templates.png", templates_cap + "; each scaled to its maximum."),
+    ]
     if "untrained" in m["overlap"]:
-      figs.append(img(f"{site}/untrained_module_maps.png",
-                      "The untrained network's module maps (same K, same pairs), each "
-                      "scaled to its own maximum: its images barely change, so only "
-                      "shapes compare."))
+      figs.append(
+        img(
+          f"{site}/untrained_module_maps.png",
+          "The untrained network's module maps (same K, same pairs), each "
+          "scaled to its own maximum: its images barely change, so only "
+          "shapes compare.",
+        )
+      )
     if result["config"]["k"] is None:
-      figs.append(img(f"{site}/stability.png",
-                      "Template stability against K (mean ± s.d.); the dashed line is "
-                      "the K used."))
-    figs.append(img(f"{site}/eims.png",
-                    "Elementary influence maps of every channel, ordered by module; the "
-                    "coloured strip under each tile is its module (legend), each tile "
-                    "scaled to its own maximum."))
-    figs += [img(f"{site}/hybrids_module{j}.png",
-                 f"Hybrids of module {j} ({m['module_sizes'][j]} channels): originals z1 "
-                 "down the left, donors z2 across the top; each cell is z1 with module "
-                 f"{j}'s channels taken from the donor.")
-             for j in range(m["k"])]
+      figs.append(
+        img(
+          f"{site}/stability.png",
+          "Template stability against K (mean ± s.d.); the dashed line is the K used.",
+        )
+      )
+    figs.append(
+      img(
+        f"{site}/eims.png",
+        "Elementary influence maps of every channel, ordered by module; the "
+        "coloured strip under each tile is its module (legend), each tile "
+        "scaled to its own maximum.",
+      )
+    )
+    figs += [
+      img(
+        f"{site}/hybrids_module{j}.png",
+        f"Hybrids of module {j} ({m['module_sizes'][j]} channels): originals z1 "
+        "down the left, donors z2 across the top; each cell is z1 with module "
+        f"{j}'s channels taken from the donor.",
+      )
+      for j in range(m["k"])
+    ]
     if "factor_transfer" in m:
-      figs.insert(1, img(f"{site}/factor_transfer.png",
-                         "Factor transfer: per module (and the whole-site swap), the share "
-                         "of pairs whose hybrid takes the donor's value of each factor, read "
-                         "by the feature network; grey: no pair where the two images differ "
-                         "on the factor."))
-    sections.append(f"<h3>{html.escape(site)}: "
-                    f"{html.escape(site_sentence(m, min_eff))}</h3>" + "".join(figs))
-  best = (f"<p>Best site by ground-truth part agreement over chance: <b>{result['best_site']}"
-          "</b>.</p>" if parts else "")
+      figs.insert(
+        1,
+        img(
+          f"{site}/factor_transfer.png",
+          "Factor transfer: per module (and the whole-site swap), the share "
+          "of pairs whose hybrid takes the donor's value of each factor, read "
+          "by the feature network; grey: no pair where the two images differ "
+          "on the factor.",
+        ),
+      )
+    sections.append(
+      f"<h3>{html.escape(site)}: {html.escape(site_sentence(m, min_eff))}</h3>" + "".join(figs)
+    )
+  best = (
+    f"<p>Best site by ground-truth part agreement over chance: <b>{result['best_site']}</b>.</p>"
+    if parts
+    else ""
+  )
   cfg = result["config"]
   base_text = (
-      f"The untrained baseline is {html.escape(result['untrained_baseline']['generator'])}: "
-      "the same architecture with freshly initialised weights, analysed with the same "
-      "latent pairs, the same K and the same settings." if baseline else
-      "<b>The untrained baseline was not run</b> (untrained_baseline=False): verdicts rest "
-      "on the random-partition null only, which an untrained network also passes.")
+    f"The untrained baseline is {html.escape(result['untrained_baseline']['generator'])}: "
+    "the same architecture with freshly initialised weights, analysed with the same "
+    "latent pairs, the same K and the same settings."
+    if baseline
+    else "<b>The untrained baseline was not run</b> (untrained_baseline=False): verdicts rest "
+    "on the random-partition null only, which an untrained network also passes."
+  )
   page = f"""<!doctype html><html><head><meta charset="utf-8">
 <title>cfmod_jax report: {html.escape(result['generator'])}</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1400px}}

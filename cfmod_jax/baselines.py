@@ -54,8 +54,9 @@ def untrained_like(gen: Generator, seed: int = UNTRAINED_SEED) -> Generator:
   else:
     z = jnp.zeros((1, *gen.latent_shape), jnp.float32)
     fresh = jax.jit(module.init)(jax.random.key(int(seed)), z)
-  fresh_leaves = {jax.tree_util.keystr(p): leaf
-                  for p, leaf in jax.tree_util.tree_flatten_with_path(fresh)[0]}
+  fresh_leaves = {
+    jax.tree_util.keystr(p): leaf for p, leaf in jax.tree_util.tree_flatten_with_path(fresh)[0]
+  }
   paths_leaves, treedef = jax.tree_util.tree_flatten_with_path(gen.variables)
   leaves = []
   for path, leaf in paths_leaves:
@@ -63,20 +64,24 @@ def untrained_like(gen: Generator, seed: int = UNTRAINED_SEED) -> Generator:
     new = fresh_leaves.pop(name, None)
     if new is None or tuple(np.shape(new)) != tuple(np.shape(leaf)):
       raise ValueError(
-          f"gen.variables{name} (shape {np.shape(leaf)}) has no counterpart of the same "
-          f"shape in {type(module).__name__}.init "
-          f"({'missing' if new is None else np.shape(new)}); untrained_like needs "
-          "variables shaped as the module's own initialisation")
+        f"gen.variables{name} (shape {np.shape(leaf)}) has no counterpart of the same "
+        f"shape in {type(module).__name__}.init "
+        f"({'missing' if new is None else np.shape(new)}); untrained_like needs "
+        "variables shaped as the module's own initialisation"
+      )
     leaves.append(jnp.asarray(new, dtype=jnp.result_type(leaf)))
   if fresh_leaves:
-    raise ValueError(f"gen.variables lack {sorted(fresh_leaves)} that "
-                     f"{type(module).__name__}.init creates")
+    raise ValueError(
+      f"gen.variables lack {sorted(fresh_leaves)} that {type(module).__name__}.init creates"
+    )
   variables = jax.tree_util.tree_unflatten(treedef, leaves)
   if hasattr(gen, "with_variables"):  # keeps the wrapper's sites and hooks
-    return gen.with_variables(variables, name=f"{gen.name}-untrained",
-                              latent_sampler=gen.sample_latents)
-  return Generator(module, variables, name=f"{gen.name}-untrained",
-                   latent_sampler=gen.sample_latents)
+    return gen.with_variables(
+      variables, name=f"{gen.name}-untrained", latent_sampler=gen.sample_latents
+    )
+  return Generator(
+    module, variables, name=f"{gen.name}-untrained", latent_sampler=gen.sample_latents
+  )
 
 
 __all__ = ["UNTRAINED_SEED", "untrained_like"]

@@ -46,7 +46,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import flax
 import jax
@@ -75,8 +76,11 @@ class ArchitectureMismatchError(CheckpointError):
 
 # ---- manifests ------------------------------------------------------------------------------
 def _flat(tree: Mapping[str, Any]) -> dict[str, Any]:
-  return {k: v for k, v in traverse_util.flatten_dict(dict(tree), sep="/").items()
-          if not (isinstance(v, Mapping) and not v)}
+  return {
+    k: v
+    for k, v in traverse_util.flatten_dict(dict(tree), sep="/").items()
+    if not (isinstance(v, Mapping) and not v)
+  }
 
 
 def sha256(array) -> str:
@@ -87,8 +91,10 @@ def sha256(array) -> str:
 def array_manifest(tree: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
   """``{'a/b/kernel': {'shape': [...], 'dtype': 'float32', 'sha256': '…'}}`` of a
   nested dict of arrays (host copies are made as needed)."""
-  return {k: {"shape": list(np.shape(v)), "dtype": str(np.asarray(v).dtype), "sha256": sha256(v)}
-          for k, v in sorted(_flat(tree).items())}
+  return {
+    k: {"shape": list(np.shape(v)), "dtype": str(np.asarray(v).dtype), "sha256": sha256(v)}
+    for k, v in sorted(_flat(tree).items())
+  }
 
 
 def _describe(mismatch: dict[str, list[str]]) -> str:
@@ -100,27 +106,33 @@ def _describe(mismatch: dict[str, list[str]]) -> str:
   return "; ".join(parts)
 
 
-def check_structure(manifest: Mapping[str, Mapping[str, Any]], expected: Mapping[str, Any], *,
-                    where: str, arch: str) -> None:
+def check_structure(
+  manifest: Mapping[str, Mapping[str, Any]], expected: Mapping[str, Any], *, where: str, arch: str
+) -> None:
   """Raises `ArchitectureMismatchError` unless ``manifest`` has exactly the
   array names and shapes of ``expected`` (a nested dict of arrays or
   ShapeDtypeStructs)."""
   want = {k: tuple(v.shape) for k, v in _flat(expected).items()}
   have = {k: tuple(v["shape"]) for k, v in manifest.items()}
   mismatch = {
-      "missing": sorted(set(want) - set(have)),
-      "unexpected": sorted(set(have) - set(want)),
-      "wrong shape": [f"{k} (stored {have[k]}, expected {want[k]})"
-                      for k in sorted(set(want) & set(have)) if want[k] != have[k]],
+    "missing": sorted(set(want) - set(have)),
+    "unexpected": sorted(set(have) - set(want)),
+    "wrong shape": [
+      f"{k} (stored {have[k]}, expected {want[k]})"
+      for k in sorted(set(want) & set(have))
+      if want[k] != have[k]
+    ],
   }
   if any(mismatch.values()):
     raise ArchitectureMismatchError(
-        f"{where}: the stored arrays do not match the declared architecture {arch}: "
-        f"{_describe(mismatch)}")
+      f"{where}: the stored arrays do not match the declared architecture {arch}: "
+      f"{_describe(mismatch)}"
+    )
 
 
-def verify_manifest(manifest: Mapping[str, Mapping[str, Any]], tree: Mapping[str, Any], *,
-                    where: str) -> None:
+def verify_manifest(
+  manifest: Mapping[str, Mapping[str, Any]], tree: Mapping[str, Any], *, where: str
+) -> None:
   """Raises `CheckpointError` unless every array of ``tree`` has the manifest's
   shape, dtype and sha256 (and no array is missing or extra)."""
   flat = _flat(tree)
@@ -131,13 +143,16 @@ def verify_manifest(manifest: Mapping[str, Mapping[str, Any]], tree: Mapping[str
       continue
     arr, entry = np.asarray(flat[k]), manifest[k]
     if list(arr.shape) != list(entry["shape"]) or str(arr.dtype) != entry["dtype"]:
-      bad.append(f"{k} (read {arr.dtype}{list(arr.shape)}, manifest "
-                 f"{entry['dtype']}{entry['shape']})")
+      bad.append(
+        f"{k} (read {arr.dtype}{list(arr.shape)}, manifest {entry['dtype']}{entry['shape']})"
+      )
     elif sha256(arr) != entry["sha256"]:
       bad.append(f"{k} (sha256 differs)")
   if bad:
-    raise CheckpointError(f"{where} is corrupted: {len(bad)} array(s) differ from the "
-                          f"checkpoint's sha256 manifest: {', '.join(bad[:12])}")
+    raise CheckpointError(
+      f"{where} is corrupted: {len(bad)} array(s) differ from the "
+      f"checkpoint's sha256 manifest: {', '.join(bad[:12])}"
+    )
 
 
 # ---- exported folders ----------------------------------------------------------------------------
@@ -150,13 +165,22 @@ def _to_storage(tree, storage_dtype: str):
         raise ValueError(f"values overflow {storage_dtype}; store as float32")
       return y
     return x
+
   return jax.tree.map(cast, tree)
 
 
-def save_variables(path: str, variables: Mapping[str, Any], *, kind: str, arch: str,
-                   kwargs: Mapping[str, Any], step: int | None = None,
-                   config: Mapping[str, Any] | None = None, storage_dtype: str = "float32",
-                   extra: Mapping[str, Any] | None = None) -> str:
+def save_variables(
+  path: str,
+  variables: Mapping[str, Any],
+  *,
+  kind: str,
+  arch: str,
+  kwargs: Mapping[str, Any],
+  step: int | None = None,
+  config: Mapping[str, Any] | None = None,
+  storage_dtype: str = "float32",
+  extra: Mapping[str, Any] | None = None,
+) -> str:
   """Writes ``variables`` (a nested dict of arrays) as an exported folder.
 
   Args:
@@ -178,18 +202,18 @@ def save_variables(path: str, variables: Mapping[str, Any], *, kind: str, arch: 
   os.makedirs(path, exist_ok=True)
   atomic_write_bytes(os.path.join(path, DATA_FILE), data)
   meta = {
-      "format": EXPORT_FORMAT,
-      "kind": kind,
-      "arch": arch,
-      "kwargs": dict(kwargs),
-      "step": step,
-      "config": config,
-      "storage_dtype": storage_dtype,
-      "file": DATA_FILE,
-      "file_bytes": len(data),
-      "file_sha256": hashlib.sha256(data).hexdigest(),
-      "manifest": array_manifest(stored),
-      **(dict(extra) if extra else {}),
+    "format": EXPORT_FORMAT,
+    "kind": kind,
+    "arch": arch,
+    "kwargs": dict(kwargs),
+    "step": step,
+    "config": config,
+    "storage_dtype": storage_dtype,
+    "file": DATA_FILE,
+    "file_bytes": len(data),
+    "file_sha256": hashlib.sha256(data).hexdigest(),
+    "manifest": array_manifest(stored),
+    **(dict(extra) if extra else {}),
   }
   # The JSON is written last: a folder killed mid-save has no checkpoint.json
   # declaring the new data (the sha256 check rejects a stale JSON's pairing).
@@ -213,8 +237,9 @@ def read_meta(path: str) -> dict[str, Any]:
   return meta
 
 
-def load_variables(path: str, expected: Mapping[str, Any] | None = None, *,
-                   kind: str | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+def load_variables(
+  path: str, expected: Mapping[str, Any] | None = None, *, kind: str | None = None
+) -> tuple[dict[str, Any], dict[str, Any]]:
   """``(variables, meta)`` of an exported folder, verified and cast to float32.
 
   Args:
@@ -232,50 +257,68 @@ def load_variables(path: str, expected: Mapping[str, Any] | None = None, *,
     raise CheckpointError(f"{path}: its data file {os.path.basename(data_path)} is missing")
   if os.path.getsize(data_path) != size:  # checked before reading anything
     raise CheckpointError(
-        f"{data_path} is truncated or corrupted: it has {os.path.getsize(data_path)} bytes, "
-        f"the checkpoint declares {size}")
+      f"{data_path} is truncated or corrupted: it has {os.path.getsize(data_path)} bytes, "
+      f"the checkpoint declares {size}"
+    )
   with open(data_path, "rb") as f:
     data = f.read(size + 1)
   if len(data) != size:
     raise CheckpointError(
-        f"{data_path} is truncated or corrupted: it has {len(data)} bytes, the checkpoint "
-        f"declares {size}")
+      f"{data_path} is truncated or corrupted: it has {len(data)} bytes, the checkpoint "
+      f"declares {size}"
+    )
   if hashlib.sha256(data).hexdigest() != digest:
-    raise CheckpointError(f"{data_path} is corrupted: its sha256 differs from the one in "
-                          f"{META_FILE}")
+    raise CheckpointError(
+      f"{data_path} is corrupted: its sha256 differs from the one in {META_FILE}"
+    )
   try:
     stored = flax.serialization.msgpack_restore(data)
   except Exception as e:  # msgpack raises several types
     raise CheckpointError(f"{data_path} cannot be decoded: {e}") from e
   verify_manifest(manifest, stored, where=data_path)
   if expected is not None:
-    check_structure(manifest, expected, where=path,
-                    arch=f"{meta['arch']}({_kwargs_str(meta['kwargs'])})")
+    check_structure(
+      manifest, expected, where=path, arch=f"{meta['arch']}({_kwargs_str(meta['kwargs'])})"
+    )
   variables = jax.tree.map(
-      lambda x: jnp.asarray(x, jnp.float32) if np.issubdtype(x.dtype, np.floating)
-      else jnp.asarray(x), stored)
+    lambda x: (
+      jnp.asarray(x, jnp.float32) if np.issubdtype(x.dtype, np.floating) else jnp.asarray(x)
+    ),
+    stored,
+  )
   return variables, meta
 
 
 def _check_folder(path) -> None:
   if os.path.exists(path) and not os.path.isdir(path):
-    raise CheckpointError(f"name_or_path={os.fspath(path)!r} is a file; a checkpoint is a "
-                          f"folder (holding {META_FILE}, or a trainer workdir)")
+    raise CheckpointError(
+      f"name_or_path={os.fspath(path)!r} is a file; a checkpoint is a "
+      f"folder (holding {META_FILE}, or a trainer workdir)"
+    )
 
 
 def _data_path(folder: str, name: Any) -> str:
   """The data file ``name`` of a manifest, refused unless it lies inside
   ``folder``: a relative path without ``..`` whose real path (symlinks
   resolved) is under the folder's real path. Nothing is opened before this."""
-  if (not isinstance(name, str) or not name or os.path.isabs(name) or "\0" in name
-      or ".." in name.replace("\\", "/").split("/")):
-    raise CheckpointError(f"{os.path.join(folder, META_FILE)}: its 'file' field must be a "
-                          f"file name inside the checkpoint folder, got {name!r}")
+  if (
+    not isinstance(name, str)
+    or not name
+    or os.path.isabs(name)
+    or "\0" in name
+    or ".." in name.replace("\\", "/").split("/")
+  ):
+    raise CheckpointError(
+      f"{os.path.join(folder, META_FILE)}: its 'file' field must be a "
+      f"file name inside the checkpoint folder, got {name!r}"
+    )
   root = os.path.realpath(folder)
   real = os.path.realpath(os.path.join(folder, name))
   if os.path.commonpath([root, real]) != root or real == root:
-    raise CheckpointError(f"{os.path.join(folder, META_FILE)}: its 'file' field {name!r} "
-                          f"resolves to {real}, outside the checkpoint folder {root}")
+    raise CheckpointError(
+      f"{os.path.join(folder, META_FILE)}: its 'file' field {name!r} "
+      f"resolves to {real}, outside the checkpoint folder {root}"
+    )
   return real
 
 
@@ -283,20 +326,28 @@ def _meta_fields(path: str, meta: Mapping[str, Any]) -> tuple[int, str, dict]:
   """``(file_bytes, file_sha256, manifest)`` of a checkpoint.json, type-checked."""
   where = os.path.join(path, META_FILE)
   size, digest, manifest = (meta.get(k) for k in ("file_bytes", "file_sha256", "manifest"))
-  missing = [k for k, v in (("file_bytes", size), ("file_sha256", digest),
-                            ("manifest", manifest)) if v is None]
+  missing = [
+    k
+    for k, v in (("file_bytes", size), ("file_sha256", digest), ("manifest", manifest))
+    if v is None
+  ]
   if missing:
-    raise CheckpointError(f"{where} lacks the field(s) {', '.join(missing)}: it is incomplete "
-                          "or was not written by cfmod_jax.checkpoints.save_variables")
+    raise CheckpointError(
+      f"{where} lacks the field(s) {', '.join(missing)}: it is incomplete "
+      "or was not written by cfmod_jax.checkpoints.save_variables"
+    )
   if not isinstance(size, int) or isinstance(size, bool) or size < 0:
     raise CheckpointError(f"{where}: file_bytes must be a non-negative integer, got {size!r}")
   if not isinstance(digest, str) or len(digest) != 64:
-    raise CheckpointError(f"{where}: file_sha256 must be a 64-character hex string, got "
-                          f"{digest!r:.80}")
+    raise CheckpointError(
+      f"{where}: file_sha256 must be a 64-character hex string, got {digest!r:.80}"
+    )
   if not isinstance(manifest, dict) or not all(
-      isinstance(e, dict) and {"shape", "dtype", "sha256"} <= set(e) for e in manifest.values()):
-    raise CheckpointError(f"{where}: manifest must map array names to "
-                          "{shape, dtype, sha256} entries")
+    isinstance(e, dict) and {"shape", "dtype", "sha256"} <= set(e) for e in manifest.values()
+  ):
+    raise CheckpointError(
+      f"{where}: manifest must map array names to {{shape, dtype, sha256}} entries"
+    )
   return size, digest, manifest
 
 
@@ -314,15 +365,18 @@ def _expected_variables(module) -> dict[str, Any] | None:
   return flax.core.unfreeze(jax.eval_shape(module.init, jax.random.key(0), z))
 
 
-def generator_from_variables(arch: str, kwargs: Mapping[str, Any], variables, *,
-                             name: str, dataset: str | None = None) -> Generator:
+def generator_from_variables(
+  arch: str, kwargs: Mapping[str, Any], variables, *, name: str, dataset: str | None = None
+) -> Generator:
   """A `Generator` of architecture ``arch(**kwargs)`` with checked ``variables``."""
   from cfmod_jax import models  # pylint: disable=g-import-not-at-top
+
   module = models.build_module(arch, **kwargs)
   expected = _expected_variables(module)
   if expected is not None:
-    check_structure(array_manifest_shapes(variables), expected, where=name,
-                    arch=f"{arch}({_kwargs_str(kwargs)})")
+    check_structure(
+      array_manifest_shapes(variables), expected, where=name, arch=f"{arch}({_kwargs_str(kwargs)})"
+    )
   return models.make_generator(arch, module, variables, name=name, dataset=dataset)
 
 
@@ -346,15 +400,19 @@ def array_manifest_shapes(tree) -> dict[str, dict[str, Any]]:
 def resolve(name_or_path: str, valid_names=SHIPPED_GENERATORS) -> str:
   """The folder of a shipped name, or ``name_or_path`` if it exists."""
   if not isinstance(name_or_path, (str, os.PathLike)):
-    raise CheckpointError(f"name_or_path must be a checkpoint name or a folder path (str), "
-                          f"got {type(name_or_path).__name__}")
+    raise CheckpointError(
+      f"name_or_path must be a checkpoint name or a folder path (str), "
+      f"got {type(name_or_path).__name__}"
+    )
   name_or_path = os.fspath(name_or_path)
   if name_or_path in valid_names:
     return os.path.join(PACKAGE_DIR, name_or_path)
   if os.path.exists(name_or_path):
     return name_or_path
-  raise CheckpointError(f"{name_or_path!r} is neither a shipped checkpoint nor an existing "
-                        f"path; valid names: {', '.join(valid_names)}")
+  raise CheckpointError(
+    f"{name_or_path!r} is neither a shipped checkpoint nor an existing "
+    f"path; valid names: {', '.join(valid_names)}"
+  )
 
 
 def load_generator(name_or_path: str) -> Generator:
@@ -379,24 +437,31 @@ def load_generator(name_or_path: str) -> Generator:
   """
   path = resolve(name_or_path)
   _check_folder(path)
-  label = (os.fspath(name_or_path) if name_or_path in SHIPPED_GENERATORS
-           else os.path.basename(os.path.normpath(path)))
+  label = (
+    os.fspath(name_or_path)
+    if name_or_path in SHIPPED_GENERATORS
+    else os.path.basename(os.path.normpath(path))
+  )
   if os.path.isfile(os.path.join(path, META_FILE)):
     meta = read_meta(path)
     if meta.get("kind") != "generator":
       raise CheckpointError(f"{path} holds a {meta.get('kind')!r} checkpoint, not a generator")
     from cfmod_jax import models  # pylint: disable=g-import-not-at-top
+
     if not isinstance(meta.get("kwargs"), dict) or "arch" not in meta:
-      raise CheckpointError(f"{os.path.join(path, META_FILE)} must declare 'arch' and a "
-                            "'kwargs' dict")
+      raise CheckpointError(
+        f"{os.path.join(path, META_FILE)} must declare 'arch' and a 'kwargs' dict"
+      )
     try:
       module = models.build_module(meta["arch"], **meta["kwargs"])
     except (TypeError, ValueError) as e:
-      raise CheckpointError(f"{path}: cannot build arch={meta['arch']!r} with kwargs "
-                            f"{meta['kwargs']}: {e}") from e
+      raise CheckpointError(
+        f"{path}: cannot build arch={meta['arch']!r} with kwargs {meta['kwargs']}: {e}"
+      ) from e
     variables, _ = load_variables(path, _expected_variables(module), kind="generator")
-    return models.make_generator(meta["arch"], module, variables, name=label,
-                                 dataset=dataset_of(meta))
+    return models.make_generator(
+      meta["arch"], module, variables, name=label, dataset=dataset_of(meta)
+    )
   if is_biggan_folder(path):
     return load_biggan_folder(path, name=label)
   return _generator_from_run(path, label)
@@ -406,18 +471,23 @@ def is_biggan_folder(path: str) -> bool:
   """Whether ``path`` is a folder written by `cfmod_jax.models.biggan.save_biggan`
   (``experiments.convert_biggan``): ``config.json`` + ``variables.msgpack``."""
   from cfmod_jax.models import biggan  # pylint: disable=g-import-not-at-top
-  return (os.path.isfile(os.path.join(path, biggan.CONFIG_FILE))
-          and os.path.isfile(os.path.join(path, biggan.VARIABLES_FILE))
-          and not os.path.isfile(os.path.join(path, META_FILE)))
+
+  return (
+    os.path.isfile(os.path.join(path, biggan.CONFIG_FILE))
+    and os.path.isfile(os.path.join(path, biggan.VARIABLES_FILE))
+    and not os.path.isfile(os.path.join(path, META_FILE))
+  )
 
 
-def load_biggan_folder(path: str, *, name: str | None = None, truncation: float = 0.4,
-                       **kwargs) -> Generator:
+def load_biggan_folder(
+  path: str, *, name: str | None = None, truncation: float = 0.4, **kwargs
+) -> Generator:
   """A BigGAN-deep `Generator` from a converter folder (`is_biggan_folder`),
   ``dataset='imagenet'``; ``truncation`` and ``kwargs`` (``classes``,
   ``class_sampler``) go to `cfmod_jax.models.biggan.load_biggan`. Its errors
   (unreadable files, variables not fitting the config) are `CheckpointError`."""
   from cfmod_jax.models import biggan  # pylint: disable=g-import-not-at-top
+
   if name is not None:
     kwargs["name"] = name
   try:
@@ -434,23 +504,39 @@ def load_biggan_folder(path: str, *, name: str | None = None, truncation: float 
 
 def _generator_from_run(path: str, label: str) -> Generator:
   from cfmod_jax.train import common  # pylint: disable=g-import-not-at-top
+
   path = os.path.abspath(path)
   step = None
   base = os.path.basename(os.path.normpath(path))
   if base.isdigit() and os.path.isdir(os.path.join(path, "state")):
     step, path = int(base), os.path.dirname(os.path.normpath(path))
-  elif not (os.path.isdir(os.path.join(path, "checkpoints")) or any(
-      n.isdigit() for n in os.listdir(path))):
-    raise CheckpointError(f"{path} is neither an exported checkpoint (no {META_FILE}) nor a "
-                          "trainer workdir or checkpoint folder")
+  elif not (
+    os.path.isdir(os.path.join(path, "checkpoints")) or any(n.isdigit() for n in os.listdir(path))
+  ):
+    raise CheckpointError(
+      f"{path} is neither an exported checkpoint (no {META_FILE}) nor a "
+      "trainer workdir or checkpoint folder"
+    )
   trainer, config, state, meta = common.load_run(path, step)
   if trainer.sample is None:
     raise CheckpointError(f"{path} is a {trainer.name!r} run, not a generator")
   arch, kwargs = trainer.export_spec(config)
   variables = jax.device_get(trainer.export_variables(state))
-  return generator_from_variables(arch, kwargs, variables, name=f"{label}@{meta['step']}",
-                                  dataset=config.get("dataset", "synthfaces"))
+  return generator_from_variables(
+    arch,
+    kwargs,
+    variables,
+    name=f"{label}@{meta['step']}",
+    dataset=config.get("dataset", "synthfaces"),
+  )
 
 
-__all__ = ["ArchitectureMismatchError", "CheckpointError", "SHIPPED_GENERATORS",
-           "array_manifest", "load_generator", "load_variables", "save_variables"]
+__all__ = [
+  "ArchitectureMismatchError",
+  "CheckpointError",
+  "SHIPPED_GENERATORS",
+  "array_manifest",
+  "load_generator",
+  "load_variables",
+  "save_variables",
+]

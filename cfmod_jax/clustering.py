@@ -45,34 +45,34 @@ from __future__ import annotations
 import dataclasses
 import os
 import warnings
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 from scipy.ndimage import gaussian_filter
 from scipy.optimize import linear_sum_assignment
 
 __all__ = [
-    "DEFAULT_PERCENTILE",
-    "DEFAULT_SIGMA_FRACTION",
-    "DEFAULT_STABILITY_TOL",
-    "DEFAULT_NMF_MAX_ITER",
-    "DEFAULT_NMF_TOL",
-    "DEFAULT_NMF_INIT",
-    "DEFAULT_RULE",
-    "DEFAULT_SILHOUETTE_TOL",
-    "DEFAULT_STABILITY_RESTARTS",
-    "METHODS",
-    "NMF_INITS",
-    "RULES",
-    "ModuleClustering",
-    "default_sigma",
-    "preprocess_eims",
-    "cluster_channels",
-    "template_similarity",
-    "stability_curve",
-    "selection_curves",
-    "choose_k",
-    "plot_stability_curve",
+  "DEFAULT_PERCENTILE",
+  "DEFAULT_SIGMA_FRACTION",
+  "DEFAULT_STABILITY_TOL",
+  "DEFAULT_NMF_MAX_ITER",
+  "DEFAULT_NMF_TOL",
+  "DEFAULT_NMF_INIT",
+  "DEFAULT_RULE",
+  "DEFAULT_SILHOUETTE_TOL",
+  "DEFAULT_STABILITY_RESTARTS",
+  "METHODS",
+  "NMF_INITS",
+  "RULES",
+  "ModuleClustering",
+  "default_sigma",
+  "preprocess_eims",
+  "cluster_channels",
+  "template_similarity",
+  "stability_curve",
+  "selection_curves",
+  "choose_k",
+  "plot_stability_curve",
 ]
 
 #: Default per-map percentile threshold of :func:`preprocess_eims`.
@@ -107,114 +107,108 @@ DEFAULT_RULE = "silhouette"
 
 
 def _check_maps(x, name: str, ndim: int = 3, form: str = "[C, H, W]") -> np.ndarray:
-    """Return ``x`` as float64 after checking dimensionality, finiteness, sign."""
-    try:
-        arr = np.asarray(x, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{name} must be a numeric array of shape {form}") from exc
-    if arr.ndim != ndim:
-        raise ValueError(
-            f"{name} must be a {ndim}-D array of shape {form}, got shape {arr.shape}"
-        )
-    if arr.size == 0:
-        raise ValueError(f"{name} must be non-empty, got shape {arr.shape}")
-    if not np.all(np.isfinite(arr)):
-        raise ValueError(f"{name} must contain only finite values (found NaN or inf)")
-    if np.any(arr < 0):
-        raise ValueError(
-            f"{name} must be non-negative (influence maps are mean absolute "
-            f"differences), min value is {arr.min():g}"
-        )
-    return arr
+  """Return ``x`` as float64 after checking dimensionality, finiteness, sign."""
+  try:
+    arr = np.asarray(x, dtype=np.float64)
+  except (TypeError, ValueError) as exc:
+    raise ValueError(f"{name} must be a numeric array of shape {form}") from exc
+  if arr.ndim != ndim:
+    raise ValueError(f"{name} must be a {ndim}-D array of shape {form}, got shape {arr.shape}")
+  if arr.size == 0:
+    raise ValueError(f"{name} must be non-empty, got shape {arr.shape}")
+  if not np.all(np.isfinite(arr)):
+    raise ValueError(f"{name} must contain only finite values (found NaN or inf)")
+  if np.any(arr < 0):
+    raise ValueError(
+      f"{name} must be non-negative (influence maps are mean absolute "
+      f"differences), min value is {arr.min():g}"
+    )
+  return arr
 
 
 def _check_eims(eims) -> np.ndarray:
-    return _check_maps(eims, "eims", 3, "[C, H, W]")
+  return _check_maps(eims, "eims", 3, "[C, H, W]")
 
 
 def _check_eim_groups(eim_groups) -> np.ndarray:
-    arr = _check_maps(eim_groups, "eim_groups", 4, "[G, C, H, W]")
-    if arr.shape[0] < 2:
-        raise ValueError(
-            "eim_groups must hold at least G=2 groups of latent pairs to resample "
-            f"(shape [G, C, H, W]), got G={arr.shape[0]}; compute the EIMs on several "
-            "disjoint groups of pairs"
-        )
-    return arr
+  arr = _check_maps(eim_groups, "eim_groups", 4, "[G, C, H, W]")
+  if arr.shape[0] < 2:
+    raise ValueError(
+      "eim_groups must hold at least G=2 groups of latent pairs to resample "
+      f"(shape [G, C, H, W]), got G={arr.shape[0]}; compute the EIMs on several "
+      "disjoint groups of pairs"
+    )
+  return arr
 
 
 def _check_k(k, n_channels: int, name: str = "k") -> int:
-    if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)):
-        raise ValueError(f"{name} must be an integer number of modules, got {k!r}")
-    k = int(k)
-    if k < 1:
-        raise ValueError(f"{name}={k} must be >= 1")
-    if k > n_channels:
-        raise ValueError(
-            f"{name}={k} larger than the number of channels C={n_channels}"
-        )
-    return k
+  if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)):
+    raise ValueError(f"{name} must be an integer number of modules, got {k!r}")
+  k = int(k)
+  if k < 1:
+    raise ValueError(f"{name}={k} must be >= 1")
+  if k > n_channels:
+    raise ValueError(f"{name}={k} larger than the number of channels C={n_channels}")
+  return k
 
 
 def _check_method(method) -> str:
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    return method
+  if method not in METHODS:
+    raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+  return method
 
 
 def _check_nmf_init(nmf_init) -> str:
-    if nmf_init not in NMF_INITS:
-        raise ValueError(f"nmf_init must be one of {NMF_INITS}, got {nmf_init!r}")
-    return nmf_init
+  if nmf_init not in NMF_INITS:
+    raise ValueError(f"nmf_init must be one of {NMF_INITS}, got {nmf_init!r}")
+  return nmf_init
 
 
 def _check_percentile(percentile) -> float:
-    p = float(percentile)
-    if not (0.0 <= p < 100.0) or not np.isfinite(p):
-        raise ValueError(f"percentile must be in [0, 100), got {percentile!r}")
-    return p
+  p = float(percentile)
+  if not (0.0 <= p < 100.0) or not np.isfinite(p):
+    raise ValueError(f"percentile must be in [0, 100), got {percentile!r}")
+  return p
 
 
 def _check_prep_percentile(percentile) -> float:
-    """Percentile of the preprocessing: None means no threshold (0)."""
-    return 0.0 if percentile is None else _check_percentile(percentile)
+  """Percentile of the preprocessing: None means no threshold (0)."""
+  return 0.0 if percentile is None else _check_percentile(percentile)
 
 
 def _check_sigma(sigma, shape_hw) -> float:
-    if sigma is None:
-        return default_sigma(shape_hw)
-    s = float(sigma)
-    if not np.isfinite(s) or s < 0:
-        raise ValueError(f"sigma must be >= 0 (pixels) or None, got {sigma!r}")
-    return s
+  if sigma is None:
+    return default_sigma(shape_hw)
+  s = float(sigma)
+  if not np.isfinite(s) or s < 0:
+    raise ValueError(f"sigma must be >= 0 (pixels) or None, got {sigma!r}")
+  return s
 
 
 def _check_labels(labels, n_channels: int, k: int) -> np.ndarray:
-    lab = np.asarray(labels)
-    if lab.ndim != 1 or lab.shape[0] != n_channels:
-        raise ValueError(
-            f"labels must be a 1-D integer array of length C={n_channels}, "
-            f"got shape {lab.shape}"
-        )
-    if lab.size and not np.issubdtype(lab.dtype, np.integer):
-        if not np.all(np.equal(np.mod(lab, 1), 0)):
-            raise ValueError("labels must be integers in [0, k)")
-    lab = lab.astype(np.int64)
-    if lab.size and (lab.min() < 0 or lab.max() >= k):
-        raise ValueError(
-            f"labels must be integers in [0, k) with k={k}, got values in "
-            f"[{lab.min()}, {lab.max()}]"
-        )
-    return lab
+  lab = np.asarray(labels)
+  if lab.ndim != 1 or lab.shape[0] != n_channels:
+    raise ValueError(
+      f"labels must be a 1-D integer array of length C={n_channels}, got shape {lab.shape}"
+    )
+  if lab.size and not np.issubdtype(lab.dtype, np.integer):
+    if not np.all(np.equal(np.mod(lab, 1), 0)):
+      raise ValueError("labels must be integers in [0, k)")
+  lab = lab.astype(np.int64)
+  if lab.size and (lab.min() < 0 or lab.max() >= k):
+    raise ValueError(
+      f"labels must be integers in [0, k) with k={k}, got values in [{lab.min()}, {lab.max()}]"
+    )
+  return lab
 
 
 def _cosine_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Cosine similarities between rows of a [n, D] and b [m, D]; 0 for a zero row."""
-    na = np.linalg.norm(a, axis=1)
-    nb = np.linalg.norm(b, axis=1)
-    a_n = np.divide(a, na[:, None], out=np.zeros_like(a), where=na[:, None] > 0)
-    b_n = np.divide(b, nb[:, None], out=np.zeros_like(b), where=nb[:, None] > 0)
-    return np.clip(a_n @ b_n.T, -1.0, 1.0)
+  """Cosine similarities between rows of a [n, D] and b [m, D]; 0 for a zero row."""
+  na = np.linalg.norm(a, axis=1)
+  nb = np.linalg.norm(b, axis=1)
+  a_n = np.divide(a, na[:, None], out=np.zeros_like(a), where=na[:, None] > 0)
+  b_n = np.divide(b, nb[:, None], out=np.zeros_like(b), where=nb[:, None] > 0)
+  return np.clip(a_n @ b_n.T, -1.0, 1.0)
 
 
 # --------------------------------------------------------------------------------------
@@ -223,61 +217,60 @@ def _cosine_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def default_sigma(shape_hw) -> float:
-    """Default smoothing width in pixels for maps of spatial shape (H, W)."""
-    h, w = shape_hw
-    return DEFAULT_SIGMA_FRACTION * float(max(h, w))
+  """Default smoothing width in pixels for maps of spatial shape (H, W)."""
+  h, w = shape_hw
+  return DEFAULT_SIGMA_FRACTION * float(max(h, w))
 
 
 def _auto_pool(shape_hw, sigma: float) -> int:
-    """Pooling factor for fitting: maps are fitted at ~32 px a side when smoothing
-    (sigma ≥ 1 px) has removed finer detail anyway. NMF on 64×64 maps is often 10–100×
-    slower than on the pooled 32×32 ones, for the same labels."""
-    return max(1, int(min(shape_hw) // 32)) if sigma >= 1.0 else 1
+  """Pooling factor for fitting: maps are fitted at ~32 px a side when smoothing
+  (sigma ≥ 1 px) has removed finer detail anyway. NMF on 64×64 maps is often 10–100×
+  slower than on the pooled 32×32 ones, for the same labels."""
+  return max(1, int(min(shape_hw) // 32)) if sigma >= 1.0 else 1
 
 
 def _preprocess(arr: np.ndarray, sigma: float, percentile: float, pool: int = 1) -> np.ndarray:
-    """Validated float64 [C, H, W] -> float64 [C, H*W/pool²] (see preprocess_eims).
+  """Validated float64 [C, H, W] -> float64 [C, H*W/pool²] (see preprocess_eims).
 
-    ``pool`` > 1 averages pool×pool blocks after smoothing (used by the stability
-    curve, whose many fits need not see more detail than the smoothing leaves).
-    """
-    c = arr.shape[0]
-    if sigma > 0:
-        sm = gaussian_filter(arr, sigma=(0.0, sigma, sigma), mode="reflect")
-        sm = np.maximum(sm, 0.0)  # guard against round-off below zero
-    else:
-        sm = arr.copy()
-    if pool > 1:
-        h, w = sm.shape[1] // pool * pool, sm.shape[2] // pool * pool
-        sm = sm[:, :h, :w].reshape(c, h // pool, pool, w // pool, pool).mean(axis=(2, 4))
-    flat = sm.reshape(c, -1)
-    if percentile > 0:
-        thr = np.percentile(flat, percentile, axis=1, keepdims=True)
-        flat = np.where(flat < thr, 0.0, flat)
-    norms = np.linalg.norm(flat, axis=1, keepdims=True)
-    return np.divide(flat, norms, out=np.zeros_like(flat), where=norms > 0)
+  ``pool`` > 1 averages pool×pool blocks after smoothing (used by the stability
+  curve, whose many fits need not see more detail than the smoothing leaves).
+  """
+  c = arr.shape[0]
+  if sigma > 0:
+    sm = gaussian_filter(arr, sigma=(0.0, sigma, sigma), mode="reflect")
+    sm = np.maximum(sm, 0.0)  # guard against round-off below zero
+  else:
+    sm = arr.copy()
+  if pool > 1:
+    h, w = sm.shape[1] // pool * pool, sm.shape[2] // pool * pool
+    sm = sm[:, :h, :w].reshape(c, h // pool, pool, w // pool, pool).mean(axis=(2, 4))
+  flat = sm.reshape(c, -1)
+  if percentile > 0:
+    thr = np.percentile(flat, percentile, axis=1, keepdims=True)
+    flat = np.where(flat < thr, 0.0, flat)
+  norms = np.linalg.norm(flat, axis=1, keepdims=True)
+  return np.divide(flat, norms, out=np.zeros_like(flat), where=norms > 0)
 
 
-def preprocess_eims(eims, sigma=None, percentile: float | None = DEFAULT_PERCENTILE
-                    ) -> np.ndarray:
-    """Smooth, threshold and normalise EIMs into the matrix that is clustered.
+def preprocess_eims(eims, sigma=None, percentile: float | None = DEFAULT_PERCENTILE) -> np.ndarray:
+  """Smooth, threshold and normalise EIMs into the matrix that is clustered.
 
-    Args:
-      eims: float [C, H, W], non-negative, finite: one influence map per channel.
-      sigma: Gaussian smoothing width in pixels, applied over (H, W) only (never across
-        channels); 0 disables smoothing; ``None`` -> ``max(H, W) / 32`` (2 px at 64x64).
-      percentile: per-map threshold in [0, 100): after smoothing, the values of a map
-        strictly below that map's ``percentile``-th percentile are set to 0; 0 or None
-        keeps everything.
+  Args:
+    eims: float [C, H, W], non-negative, finite: one influence map per channel.
+    sigma: Gaussian smoothing width in pixels, applied over (H, W) only (never across
+      channels); 0 disables smoothing; ``None`` -> ``max(H, W) / 32`` (2 px at 64x64).
+    percentile: per-map threshold in [0, 100): after smoothing, the values of a map
+      strictly below that map's ``percentile``-th percentile are set to 0; 0 or None
+      keeps everything.
 
-    Returns:
-      float32 [C, H*W]; each row has unit L2 norm, except all-zero rows (a channel with
-      no influence at all), which stay zero.
-    """
-    arr = _check_eims(eims)
-    s = _check_sigma(sigma, arr.shape[1:])
-    p = _check_prep_percentile(percentile)
-    return _preprocess(arr, s, p).astype(np.float32)
+  Returns:
+    float32 [C, H*W]; each row has unit L2 norm, except all-zero rows (a channel with
+    no influence at all), which stay zero.
+  """
+  arr = _check_eims(eims)
+  s = _check_sigma(sigma, arr.shape[1:])
+  p = _check_prep_percentile(percentile)
+  return _preprocess(arr, s, p).astype(np.float32)
 
 
 # --------------------------------------------------------------------------------------
@@ -287,252 +280,255 @@ def preprocess_eims(eims, sigma=None, percentile: float | None = DEFAULT_PERCENT
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class ModuleClustering:
-    """Channels of one site grouped into K modules.
+  """Channels of one site grouped into K modules.
 
-    Attributes:
-      labels: int64 [C]; module index of each channel, in [0, K).
-      templates: float32 [K, H, W]; unit-L2 template map of each module (NMF: rows of
-        H; k-means: centroids), zero for a degenerate component.
-      weights: float32 [C, K]; NMF: the W factor, rescaled so the templates have unit
-        L2 norm (``preprocessed ~= weights @ templates``); k-means: one-hot labels.
-      method: "nmf" or "kmeans".
-      k: number of modules K.
-      dead: bool [C]; channels whose preprocessed map is all zero (no influence). They
-        carry no information; they are put in module 0 and have zero weights.
-      sigma, percentile: the preprocessing parameters that were used.
+  Attributes:
+    labels: int64 [C]; module index of each channel, in [0, K).
+    templates: float32 [K, H, W]; unit-L2 template map of each module (NMF: rows of
+      H; k-means: centroids), zero for a degenerate component.
+    weights: float32 [C, K]; NMF: the W factor, rescaled so the templates have unit
+      L2 norm (``preprocessed ~= weights @ templates``); k-means: one-hot labels.
+    method: "nmf" or "kmeans".
+    k: number of modules K.
+    dead: bool [C]; channels whose preprocessed map is all zero (no influence). They
+      carry no information; they are put in module 0 and have zero weights.
+    sigma, percentile: the preprocessing parameters that were used.
 
-    Modules are ordered by decreasing size (number of non-dead channels), ties broken
-    by the row, then the column, of the template's centre of mass. A module may be
-    empty (NMF: a component that is nowhere the largest weight); it keeps its template
-    and index, no label points to it, and empty modules come last.
-    """
+  Modules are ordered by decreasing size (number of non-dead channels), ties broken
+  by the row, then the column, of the template's centre of mass. A module may be
+  empty (NMF: a component that is nowhere the largest weight); it keeps its template
+  and index, no label points to it, and empty modules come last.
+  """
 
-    labels: np.ndarray
-    templates: np.ndarray
-    weights: np.ndarray
-    method: str
-    k: int
-    dead: np.ndarray
-    sigma: float
-    percentile: float
+  labels: np.ndarray
+  templates: np.ndarray
+  weights: np.ndarray
+  method: str
+  k: int
+  dead: np.ndarray
+  sigma: float
+  percentile: float
 
-    @property
-    def sizes(self) -> np.ndarray:
-        """int64 [K]: number of channels in each module (dead channels included)."""
-        return np.bincount(self.labels, minlength=self.k).astype(np.int64)
+  @property
+  def sizes(self) -> np.ndarray:
+    """int64 [K]: number of channels in each module (dead channels included)."""
+    return np.bincount(self.labels, minlength=self.k).astype(np.int64)
 
-    @property
-    def n_empty(self) -> int:
-        """Number of modules without any channel."""
-        return int(np.sum(self.sizes == 0))
+  @property
+  def n_empty(self) -> int:
+    """Number of modules without any channel."""
+    return int(np.sum(self.sizes == 0))
 
-    def members(self, module: int) -> np.ndarray:
-        """Channel indices of ``module``."""
-        return np.flatnonzero(self.labels == module)
+  def members(self, module: int) -> np.ndarray:
+    """Channel indices of ``module``."""
+    return np.flatnonzero(self.labels == module)
 
 
 def _fit_nmf(
-    x: np.ndarray, k: int, seed: int, n_restarts: int, max_iter: int, tol: float,
-    nmf_init: str = "nndsvda",
+  x: np.ndarray,
+  k: int,
+  seed: int,
+  n_restarts: int,
+  max_iter: int,
+  tol: float,
+  nmf_init: str = "nndsvda",
 ):
-    """Best-of-n_restarts NMF of x [n, D]; returns W [n, k], H [k, D], converged.
+  """Best-of-n_restarts NMF of x [n, D]; returns W [n, k], H [k, D], converged.
 
-    With ``nmf_init="nndsvda"`` start 0 is the deterministic NNDSVDa initialisation
-    (SVD-based, zeros filled with the mean) and starts 1.. are random, seeded
-    ``seed + r``; with ``nmf_init="random"`` every start is random (the old default). The fit with the lowest
-    reconstruction error is kept.
-    """
-    from sklearn.decomposition import NMF
-    from sklearn.exceptions import ConvergenceWarning
+  With ``nmf_init="nndsvda"`` start 0 is the deterministic NNDSVDa initialisation
+  (SVD-based, zeros filled with the mean) and starts 1.. are random, seeded
+  ``seed + r``; with ``nmf_init="random"`` every start is random (the old default). The fit with the lowest
+  reconstruction error is kept.
+  """
+  from sklearn.decomposition import NMF
+  from sklearn.exceptions import ConvergenceWarning
 
-    best = None
-    for r in range(n_restarts):
-        model = NMF(
-            n_components=k,
-            init="nndsvda" if (r == 0 and nmf_init == "nndsvda") else "random",
-            solver="cd",
-            beta_loss="frobenius",
-            max_iter=max_iter,
-            tol=tol,
-            random_state=int(seed) + r,
-        )
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            w = model.fit_transform(x)
-        err = float(model.reconstruction_err_)
-        if best is None or err < best[0] - 1e-9 * max(1.0, abs(best[0])):
-            best = (err, w, model.components_, model.n_iter_ < max_iter)
-    _, w, h, converged = best
-    # Fix the scale ambiguity of W H so that argmax_k W[c, k] compares like with like.
-    hn = np.linalg.norm(h, axis=1)
-    alive = hn > 0
-    h = np.where(alive[:, None], h / np.where(alive, hn, 1.0)[:, None], 0.0)
-    w = np.where(alive[None, :], w * hn[None, :], 0.0)
-    return w, h, converged
+  best = None
+  for r in range(n_restarts):
+    model = NMF(
+      n_components=k,
+      init="nndsvda" if (r == 0 and nmf_init == "nndsvda") else "random",
+      solver="cd",
+      beta_loss="frobenius",
+      max_iter=max_iter,
+      tol=tol,
+      random_state=int(seed) + r,
+    )
+    with warnings.catch_warnings():
+      warnings.simplefilter("ignore", ConvergenceWarning)
+      w = model.fit_transform(x)
+    err = float(model.reconstruction_err_)
+    if best is None or err < best[0] - 1e-9 * max(1.0, abs(best[0])):
+      best = (err, w, model.components_, model.n_iter_ < max_iter)
+  _, w, h, converged = best
+  # Fix the scale ambiguity of W H so that argmax_k W[c, k] compares like with like.
+  hn = np.linalg.norm(h, axis=1)
+  alive = hn > 0
+  h = np.where(alive[:, None], h / np.where(alive, hn, 1.0)[:, None], 0.0)
+  w = np.where(alive[None, :], w * hn[None, :], 0.0)
+  return w, h, converged
 
 
 def _fit_kmeans(x: np.ndarray, k: int, seed: int, n_restarts: int):
-    from sklearn.cluster import KMeans
+  from sklearn.cluster import KMeans
 
-    model = KMeans(n_clusters=k, n_init=n_restarts, random_state=int(seed))
-    lab = model.fit_predict(x)
-    converged = model.n_iter_ < model.max_iter
-    h = model.cluster_centers_
-    hn = np.linalg.norm(h, axis=1, keepdims=True)
-    h = np.divide(h, hn, out=np.zeros_like(h), where=hn > 0)
-    w = np.zeros((x.shape[0], k))
-    w[np.arange(x.shape[0]), lab] = 1.0
-    return lab.astype(np.int64), w, h, converged
+  model = KMeans(n_clusters=k, n_init=n_restarts, random_state=int(seed))
+  lab = model.fit_predict(x)
+  converged = model.n_iter_ < model.max_iter
+  h = model.cluster_centers_
+  hn = np.linalg.norm(h, axis=1, keepdims=True)
+  h = np.divide(h, hn, out=np.zeros_like(h), where=hn > 0)
+  w = np.zeros((x.shape[0], k))
+  w[np.arange(x.shape[0]), lab] = 1.0
+  return lab.astype(np.int64), w, h, converged
 
 
 def _module_order(labels_alive: np.ndarray, h: np.ndarray, shape_hw) -> np.ndarray:
-    """Permutation ``order`` such that new module j is old module order[j]."""
-    k = h.shape[0]
-    sizes = np.bincount(labels_alive, minlength=k)
-    hh, ww = shape_hw
-    yy, xx = np.meshgrid(np.arange(hh), np.arange(ww), indexing="ij")
-    mass = h.sum(axis=1)
-    safe = np.where(mass > 0, mass, 1.0)
-    com_y = np.where(mass > 0, h @ yy.ravel() / safe, np.inf)
-    com_x = np.where(mass > 0, h @ xx.ravel() / safe, np.inf)
-    # Round the centres of mass so that float noise cannot flip a tie.
-    com_y = np.round(com_y, 6)
-    com_x = np.round(com_x, 6)
-    return np.lexsort((np.arange(k), com_x, com_y, -sizes))
+  """Permutation ``order`` such that new module j is old module order[j]."""
+  k = h.shape[0]
+  sizes = np.bincount(labels_alive, minlength=k)
+  hh, ww = shape_hw
+  yy, xx = np.meshgrid(np.arange(hh), np.arange(ww), indexing="ij")
+  mass = h.sum(axis=1)
+  safe = np.where(mass > 0, mass, 1.0)
+  com_y = np.where(mass > 0, h @ yy.ravel() / safe, np.inf)
+  com_x = np.where(mass > 0, h @ xx.ravel() / safe, np.inf)
+  # Round the centres of mass so that float noise cannot flip a tie.
+  com_y = np.round(com_y, 6)
+  com_x = np.round(com_x, 6)
+  return np.lexsort((np.arange(k), com_x, com_y, -sizes))
 
 
 def _cluster_preprocessed(
-    x: np.ndarray,
-    shape_hw,
-    k: int,
-    method: str,
-    seed: int,
-    n_restarts: int,
-    max_iter: int,
-    tol: float,
-    nmf_init: str = "nndsvda",
+  x: np.ndarray,
+  shape_hw,
+  k: int,
+  method: str,
+  seed: int,
+  n_restarts: int,
+  max_iter: int,
+  tol: float,
+  nmf_init: str = "nndsvda",
 ):
-    """Cluster preprocessed rows x [C, H*W].
+  """Cluster preprocessed rows x [C, H*W].
 
-    Returns labels, templates [K, H, W], weights, dead, converged.
-    """
-    c = x.shape[0]
-    dead = ~np.any(x > 0, axis=1)
-    alive = np.flatnonzero(~dead)
-    if alive.size == 0:
-        raise ValueError(
-            "eims: every map is zero after preprocessing; nothing to cluster"
-        )
-    xa = x[alive]
-    if method == "nmf":
-        w_a, h, converged = _fit_nmf(xa, k, seed, n_restarts, max_iter, tol, nmf_init)
-        lab_a = np.argmax(w_a, axis=1).astype(np.int64)
-    else:
-        if alive.size < k:
-            raise ValueError(
-                f"k={k} larger than the number of channels with a non-zero map "
-                f"({alive.size}) -- k-means needs at least k such channels"
-            )
-        lab_a, w_a, h, converged = _fit_kmeans(xa, k, seed, n_restarts)
-    order = _module_order(lab_a, h, shape_hw)
-    inv = np.empty_like(order)
-    inv[order] = np.arange(k)
-    labels = np.zeros(c, dtype=np.int64)
-    labels[alive] = inv[lab_a]
-    weights = np.zeros((c, k))
-    weights[alive] = w_a[:, order]
-    templates = h[order].reshape((k,) + tuple(shape_hw))
-    return labels, templates, weights, dead, converged
+  Returns labels, templates [K, H, W], weights, dead, converged.
+  """
+  c = x.shape[0]
+  dead = ~np.any(x > 0, axis=1)
+  alive = np.flatnonzero(~dead)
+  if alive.size == 0:
+    raise ValueError("eims: every map is zero after preprocessing; nothing to cluster")
+  xa = x[alive]
+  if method == "nmf":
+    w_a, h, converged = _fit_nmf(xa, k, seed, n_restarts, max_iter, tol, nmf_init)
+    lab_a = np.argmax(w_a, axis=1).astype(np.int64)
+  else:
+    if alive.size < k:
+      raise ValueError(
+        f"k={k} larger than the number of channels with a non-zero map "
+        f"({alive.size}) -- k-means needs at least k such channels"
+      )
+    lab_a, w_a, h, converged = _fit_kmeans(xa, k, seed, n_restarts)
+  order = _module_order(lab_a, h, shape_hw)
+  inv = np.empty_like(order)
+  inv[order] = np.arange(k)
+  labels = np.zeros(c, dtype=np.int64)
+  labels[alive] = inv[lab_a]
+  weights = np.zeros((c, k))
+  weights[alive] = w_a[:, order]
+  templates = h[order].reshape((k,) + tuple(shape_hw))
+  return labels, templates, weights, dead, converged
 
 
 def cluster_channels(
-    eims,
-    k: int,
-    method: str = "nmf",
-    seed: int = 0,
-    sigma=None,
-    percentile: float | None = DEFAULT_PERCENTILE,
-    n_restarts: int = 4,
-    max_iter: int = DEFAULT_NMF_MAX_ITER,
-    nmf_tol: float = DEFAULT_NMF_TOL,
-    nmf_init: str = DEFAULT_NMF_INIT,
+  eims,
+  k: int,
+  method: str = "nmf",
+  seed: int = 0,
+  sigma=None,
+  percentile: float | None = DEFAULT_PERCENTILE,
+  n_restarts: int = 4,
+  max_iter: int = DEFAULT_NMF_MAX_ITER,
+  nmf_tol: float = DEFAULT_NMF_TOL,
+  nmf_init: str = DEFAULT_NMF_INIT,
 ) -> ModuleClustering:
-    """Group the C channels of a site into ``k`` modules from their EIMs.
+  """Group the C channels of a site into ``k`` modules from their EIMs.
 
-    Args:
-      eims: float [C, H, W], non-negative: elementary influence maps of the site.
-      k: number of modules, 1 <= k <= C.
-      method: "nmf" (paper: channel c joins argmax_k W[c, k]) or "kmeans" (baseline:
-        k-means labels on the same preprocessed maps).
-      seed: seeds the NMF random starts (start r uses seed + r) or k-means.
-      sigma, percentile: preprocessing, see :func:`preprocess_eims`.
-      n_restarts: NMF starts (the lowest reconstruction error wins) or k-means
-        ``n_init``.
-      nmf_init: "nndsvda" (default: start 0 is the deterministic NNDSVDa
-        initialisation, the others random) or "random" (all random, the old default).
-      max_iter, nmf_tol: NMF iteration cap and stopping tolerance (scikit-learn's
-        relative ``tol``). The default nmf_tol=1e-3 is looser than scikit-learn's 1e-4:
-        over-complete ranks (k above the true number of modules) otherwise crawl to the
-        iteration cap with no visible change in the labels. If the kept fit hit
-        ``max_iter`` a single ``sklearn.exceptions.ConvergenceWarning`` is issued.
+  Args:
+    eims: float [C, H, W], non-negative: elementary influence maps of the site.
+    k: number of modules, 1 <= k <= C.
+    method: "nmf" (paper: channel c joins argmax_k W[c, k]) or "kmeans" (baseline:
+      k-means labels on the same preprocessed maps).
+    seed: seeds the NMF random starts (start r uses seed + r) or k-means.
+    sigma, percentile: preprocessing, see :func:`preprocess_eims`.
+    n_restarts: NMF starts (the lowest reconstruction error wins) or k-means
+      ``n_init``.
+    nmf_init: "nndsvda" (default: start 0 is the deterministic NNDSVDa
+      initialisation, the others random) or "random" (all random, the old default).
+    max_iter, nmf_tol: NMF iteration cap and stopping tolerance (scikit-learn's
+      relative ``tol``). The default nmf_tol=1e-3 is looser than scikit-learn's 1e-4:
+      over-complete ranks (k above the true number of modules) otherwise crawl to the
+      iteration cap with no visible change in the labels. If the kept fit hit
+      ``max_iter`` a single ``sklearn.exceptions.ConvergenceWarning`` is issued.
 
-    Returns:
-      :class:`ModuleClustering`; deterministic given its arguments.
-    """
-    arr = _check_eims(eims)
-    c, hh, ww = arr.shape
-    k = _check_k(k, c)
-    method = _check_method(method)
-    s = _check_sigma(sigma, (hh, ww))
-    p = _check_prep_percentile(percentile)
-    n_restarts = _check_positive_int(n_restarts, "n_restarts")
-    max_iter = _check_positive_int(max_iter, "max_iter")
-    nmf_tol = _check_tol(nmf_tol)
-    nmf_init = _check_nmf_init(nmf_init)
-    pool = _auto_pool((hh, ww), s)
-    x = _preprocess(arr, s, p, pool)
-    labels, templates, weights, dead, converged = _cluster_preprocessed(
-        x, (hh // pool, ww // pool), k, method, seed, n_restarts, max_iter, nmf_tol,
-        nmf_init
+  Returns:
+    :class:`ModuleClustering`; deterministic given its arguments.
+  """
+  arr = _check_eims(eims)
+  c, hh, ww = arr.shape
+  k = _check_k(k, c)
+  method = _check_method(method)
+  s = _check_sigma(sigma, (hh, ww))
+  p = _check_prep_percentile(percentile)
+  n_restarts = _check_positive_int(n_restarts, "n_restarts")
+  max_iter = _check_positive_int(max_iter, "max_iter")
+  nmf_tol = _check_tol(nmf_tol)
+  nmf_init = _check_nmf_init(nmf_init)
+  pool = _auto_pool((hh, ww), s)
+  x = _preprocess(arr, s, p, pool)
+  labels, templates, weights, dead, converged = _cluster_preprocessed(
+    x, (hh // pool, ww // pool), k, method, seed, n_restarts, max_iter, nmf_tol, nmf_init
+  )
+  if pool > 1:  # templates back at full resolution (nearest), unit L2 norm again
+    templates = np.repeat(np.repeat(templates, pool, axis=1), pool, axis=2)
+    templates = np.pad(
+      templates, ((0, 0), (0, hh - templates.shape[1]), (0, ww - templates.shape[2]))
     )
-    if pool > 1:  # templates back at full resolution (nearest), unit L2 norm again
-        templates = np.repeat(np.repeat(templates, pool, axis=1), pool, axis=2)
-        templates = np.pad(templates, ((0, 0), (0, hh - templates.shape[1]),
-                                       (0, ww - templates.shape[2])))
-        norms = np.linalg.norm(templates.reshape(k, -1), axis=1)[:, None, None]
-        templates = np.divide(templates, norms, out=np.zeros_like(templates), where=norms > 0)
-    if not converged:
-        from sklearn.exceptions import ConvergenceWarning
+    norms = np.linalg.norm(templates.reshape(k, -1), axis=1)[:, None, None]
+    templates = np.divide(templates, norms, out=np.zeros_like(templates), where=norms > 0)
+  if not converged:
+    from sklearn.exceptions import ConvergenceWarning
 
-        warnings.warn(
-            f"cluster_channels: {method} with k={k} stopped at max_iter={max_iter} "
-            "before reaching tol; consider a larger max_iter",
-            ConvergenceWarning,
-            stacklevel=2,
-        )
-    return ModuleClustering(
-        labels=labels,
-        templates=templates.astype(np.float32),
-        weights=weights.astype(np.float32),
-        method=method,
-        k=k,
-        dead=dead,
-        sigma=s,
-        percentile=p,
+    warnings.warn(
+      f"cluster_channels: {method} with k={k} stopped at max_iter={max_iter} "
+      "before reaching tol; consider a larger max_iter",
+      ConvergenceWarning,
+      stacklevel=2,
     )
+  return ModuleClustering(
+    labels=labels,
+    templates=templates.astype(np.float32),
+    weights=weights.astype(np.float32),
+    method=method,
+    k=k,
+    dead=dead,
+    sigma=s,
+    percentile=p,
+  )
 
 
 def _check_tol(tol) -> float:
-    t = float(tol)
-    if not np.isfinite(t) or t <= 0:
-        raise ValueError(f"nmf_tol must be a positive number, got {tol!r}")
-    return t
+  t = float(tol)
+  if not np.isfinite(t) or t <= 0:
+    raise ValueError(f"nmf_tol must be a positive number, got {tol!r}")
+  return t
 
 
 def _check_positive_int(v, name: str) -> int:
-    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or v < 1:
-        raise ValueError(f"{name} must be a positive integer, got {v!r}")
-    return int(v)
+  if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or v < 1:
+    raise ValueError(f"{name} must be a positive integer, got {v!r}")
+  return int(v)
 
 
 # --------------------------------------------------------------------------------------
@@ -541,308 +537,309 @@ def _check_positive_int(v, name: str) -> int:
 
 
 def _flat_templates(t, name: str) -> np.ndarray:
-    arr = np.asarray(t, dtype=np.float64)
-    if arr.ndim == 3:
-        arr = arr.reshape(arr.shape[0], -1)
-    if arr.ndim != 2 or arr.shape[0] == 0:
-        raise ValueError(
-            f"{name} must be an array of shape [K, H, W] (or [K, H*W]), got shape "
-            f"{np.shape(t)}"
-        )
-    if not np.all(np.isfinite(arr)):
-        raise ValueError(f"{name} must contain only finite values")
-    return arr
+  arr = np.asarray(t, dtype=np.float64)
+  if arr.ndim == 3:
+    arr = arr.reshape(arr.shape[0], -1)
+  if arr.ndim != 2 or arr.shape[0] == 0:
+    raise ValueError(
+      f"{name} must be an array of shape [K, H, W] (or [K, H*W]), got shape {np.shape(t)}"
+    )
+  if not np.all(np.isfinite(arr)):
+    raise ValueError(f"{name} must contain only finite values")
+  return arr
 
 
 def _matched_cosine(a: np.ndarray, b: np.ndarray) -> float:
-    sim = _cosine_matrix(a, b)
-    rows, cols = linear_sum_assignment(sim, maximize=True)
-    return float(sim[rows, cols].mean())
+  sim = _cosine_matrix(a, b)
+  rows, cols = linear_sum_assignment(sim, maximize=True)
+  return float(sim[rows, cols].mean())
 
 
 def template_similarity(templates_a, templates_b) -> float:
-    """Mean cosine similarity of two template sets after optimal one-to-one matching.
+  """Mean cosine similarity of two template sets after optimal one-to-one matching.
 
-    Templates are matched by the Hungarian algorithm (maximum total cosine
-    similarity); the mean is over the min(K_a, K_b) matched pairs. A zero template has
-    similarity 0 with everything. Shapes [K, H, W] or [K, H*W]; pixels must agree.
-    """
-    a = _flat_templates(templates_a, "templates_a")
-    b = _flat_templates(templates_b, "templates_b")
-    if a.shape[1] != b.shape[1]:
-        raise ValueError(
-            f"templates_a and templates_b must have the same number of pixels, got "
-            f"{a.shape[1]} and {b.shape[1]}"
-        )
-    return _matched_cosine(a, b)
+  Templates are matched by the Hungarian algorithm (maximum total cosine
+  similarity); the mean is over the min(K_a, K_b) matched pairs. A zero template has
+  similarity 0 with everything. Shapes [K, H, W] or [K, H*W]; pixels must agree.
+  """
+  a = _flat_templates(templates_a, "templates_a")
+  b = _flat_templates(templates_b, "templates_b")
+  if a.shape[1] != b.shape[1]:
+    raise ValueError(
+      f"templates_a and templates_b must have the same number of pixels, got "
+      f"{a.shape[1]} and {b.shape[1]}"
+    )
+  return _matched_cosine(a, b)
 
 
 def stability_curve(
-    eim_groups,
-    k_values: Iterable[int],
-    n_boot: int = 20,
-    seed: int = 0,
-    method: str = "nmf",
-    sigma=None,
-    percentile: float | None = DEFAULT_PERCENTILE,
-    n_restarts: int = DEFAULT_STABILITY_RESTARTS,
-    max_iter: int = DEFAULT_NMF_MAX_ITER,
-    nmf_tol: float = DEFAULT_NMF_TOL,
-    nmf_init: str = DEFAULT_NMF_INIT,
+  eim_groups,
+  k_values: Iterable[int],
+  n_boot: int = 20,
+  seed: int = 0,
+  method: str = "nmf",
+  sigma=None,
+  percentile: float | None = DEFAULT_PERCENTILE,
+  n_restarts: int = DEFAULT_STABILITY_RESTARTS,
+  max_iter: int = DEFAULT_NMF_MAX_ITER,
+  nmf_tol: float = DEFAULT_NMF_TOL,
+  nmf_init: str = DEFAULT_NMF_INIT,
 ) -> dict[int, tuple[float, float]]:
-    """Template consistency across bootstrap resamples, for each candidate K.
+  """Template consistency across bootstrap resamples, for each candidate K.
 
-    For b = 1..n_boot: draw G of the G groups with replacement, average them into an
-    EIM array, preprocess it, and cluster it for every k in ``k_values`` with fit seeds
-    of its own. Resamples are shared across k. For each k, the stability is the matched
-    cosine similarity (:func:`template_similarity`) of the templates of every pair of
-    resamples.
+  For b = 1..n_boot: draw G of the G groups with replacement, average them into an
+  EIM array, preprocess it, and cluster it for every k in ``k_values`` with fit seeds
+  of its own. Resamples are shared across k. For each k, the stability is the matched
+  cosine similarity (:func:`template_similarity`) of the templates of every pair of
+  resamples.
 
-    Args:
-      eim_groups: float [G, C, H, W], G >= 2: EIMs of G disjoint groups of pairs.
-      k_values: candidate numbers of modules (each 1 <= k <= C).
-      n_boot: number of bootstrap resamples (>= 2).
-      seed: seeds the resampling and the fits.
-      method, sigma, percentile, max_iter, nmf_tol, nmf_init: as in
-        :func:`cluster_channels` (convergence warnings of the fits are not reported).
-      n_restarts: starts per fit, the best kept (default 4: NNDSVDa + 3 random). A
-        single random start (the old default) often lands in a poor local optimum and
-        then measures the optimiser rather than the data.
+  Args:
+    eim_groups: float [G, C, H, W], G >= 2: EIMs of G disjoint groups of pairs.
+    k_values: candidate numbers of modules (each 1 <= k <= C).
+    n_boot: number of bootstrap resamples (>= 2).
+    seed: seeds the resampling and the fits.
+    method, sigma, percentile, max_iter, nmf_tol, nmf_init: as in
+      :func:`cluster_channels` (convergence warnings of the fits are not reported).
+    n_restarts: starts per fit, the best kept (default 4: NNDSVDa + 3 random). A
+      single random start (the old default) often lands in a poor local optimum and
+      then measures the optimiser rather than the data.
 
-    Returns:
-      dict k -> (mean, std) over the n_boot*(n_boot-1)/2 pairs, keys in sorted order.
-    """
-    groups, ks, fit_args = _stability_args(
-        eim_groups, k_values, n_boot, method, sigma, percentile, n_restarts, max_iter,
-        nmf_tol, nmf_init)
-    fits = _bootstrap_fits(groups, ks, n_boot, seed, *fit_args)
-    return _template_stability(fits, ks)
+  Returns:
+    dict k -> (mean, std) over the n_boot*(n_boot-1)/2 pairs, keys in sorted order.
+  """
+  groups, ks, fit_args = _stability_args(
+    eim_groups, k_values, n_boot, method, sigma, percentile, n_restarts, max_iter, nmf_tol, nmf_init
+  )
+  fits = _bootstrap_fits(groups, ks, n_boot, seed, *fit_args)
+  return _template_stability(fits, ks)
 
 
-def _stability_args(eim_groups, k_values, n_boot, method, sigma, percentile, n_restarts,
-                    max_iter, nmf_tol, nmf_init):
-    groups = _check_eim_groups(eim_groups)
-    g, c, hh, ww = groups.shape
-    ks = sorted({_check_k(k, c, "k_values entry k") for k in _as_list(k_values)})
-    if not ks:
-        raise ValueError("k_values must contain at least one k")
-    method = _check_method(method)
-    s = _check_sigma(sigma, (hh, ww))
-    p = _check_prep_percentile(percentile)
-    n_boot = _check_positive_int(n_boot, "n_boot")
-    if n_boot < 2:
-        raise ValueError(f"n_boot must be >= 2 to compare resamples, got {n_boot}")
-    n_restarts = _check_positive_int(n_restarts, "n_restarts")
-    max_iter = _check_positive_int(max_iter, "max_iter")
-    nmf_tol = _check_tol(nmf_tol)
-    nmf_init = _check_nmf_init(nmf_init)
-    return groups, ks, (method, s, p, n_restarts, max_iter, nmf_tol, nmf_init)
+def _stability_args(
+  eim_groups, k_values, n_boot, method, sigma, percentile, n_restarts, max_iter, nmf_tol, nmf_init
+):
+  groups = _check_eim_groups(eim_groups)
+  g, c, hh, ww = groups.shape
+  ks = sorted({_check_k(k, c, "k_values entry k") for k in _as_list(k_values)})
+  if not ks:
+    raise ValueError("k_values must contain at least one k")
+  method = _check_method(method)
+  s = _check_sigma(sigma, (hh, ww))
+  p = _check_prep_percentile(percentile)
+  n_boot = _check_positive_int(n_boot, "n_boot")
+  if n_boot < 2:
+    raise ValueError(f"n_boot must be >= 2 to compare resamples, got {n_boot}")
+  n_restarts = _check_positive_int(n_restarts, "n_restarts")
+  max_iter = _check_positive_int(max_iter, "max_iter")
+  nmf_tol = _check_tol(nmf_tol)
+  nmf_init = _check_nmf_init(nmf_init)
+  return groups, ks, (method, s, p, n_restarts, max_iter, nmf_tol, nmf_init)
 
 
 def _template_stability(fits, ks) -> dict[int, tuple[float, float]]:
-    curve: dict[int, tuple[float, float]] = {}
-    for k in ks:
-        t = [f[0] for f in fits[k]]
-        sims = [
-            _matched_cosine(t[i], t[j])
-            for i in range(len(t))
-            for j in range(i + 1, len(t))
-        ]
-        curve[k] = (float(np.mean(sims)), float(np.std(sims)))
-    return curve
+  curve: dict[int, tuple[float, float]] = {}
+  for k in ks:
+    t = [f[0] for f in fits[k]]
+    sims = [_matched_cosine(t[i], t[j]) for i in range(len(t)) for j in range(i + 1, len(t))]
+    curve[k] = (float(np.mean(sims)), float(np.std(sims)))
+  return curve
 
 
 def _silhouette(x: np.ndarray, labels: np.ndarray) -> float:
-    """Mean cosine silhouette of the partition ``labels`` of the non-zero rows of x;
-    0 when fewer than 2 clusters are used (or every channel is its own cluster)."""
-    from sklearn.metrics import silhouette_score
+  """Mean cosine silhouette of the partition ``labels`` of the non-zero rows of x;
+  0 when fewer than 2 clusters are used (or every channel is its own cluster)."""
+  from sklearn.metrics import silhouette_score
 
-    alive = np.any(x > 0, axis=1)
-    lab = labels[alive]
-    n_used = np.unique(lab).size
-    if n_used < 2 or n_used >= lab.size:
-        return 0.0
-    return float(silhouette_score(x[alive], lab, metric="cosine"))
+  alive = np.any(x > 0, axis=1)
+  lab = labels[alive]
+  n_used = np.unique(lab).size
+  if n_used < 2 or n_used >= lab.size:
+    return 0.0
+  return float(silhouette_score(x[alive], lab, metric="cosine"))
 
 
-def _bootstrap_fits(groups, ks, n_boot, seed, method, s, p, n_restarts, max_iter, nmf_tol,
-                    nmf_init=DEFAULT_NMF_INIT):
-    """For each of n_boot resamples of the G groups and each k: (templates [k, D],
-    labels [C], silhouette). The resamples (and their fit seeds) are shared across k."""
-    g, c, hh, ww = groups.shape
-    rng = np.random.default_rng(seed)
-    fits: dict[int, list] = {k: [] for k in ks}
-    pool = _auto_pool((hh, ww), s)
-    shape = (hh // pool, ww // pool)
-    for _ in range(n_boot):
-        idx = rng.integers(0, g, size=g)
-        init_seed = int(rng.integers(0, 2**31 - 1 - n_restarts))
-        x = _preprocess(groups[idx].mean(axis=0), s, p, pool)
-        for k in ks:
-            lab, t, _, _, _ = _cluster_preprocessed(
-                x, shape, k, method, init_seed, n_restarts, max_iter, nmf_tol, nmf_init
-            )
-            fits[k].append((t.reshape(k, -1), lab, _silhouette(x, lab)))
-    return fits
+def _bootstrap_fits(
+  groups, ks, n_boot, seed, method, s, p, n_restarts, max_iter, nmf_tol, nmf_init=DEFAULT_NMF_INIT
+):
+  """For each of n_boot resamples of the G groups and each k: (templates [k, D],
+  labels [C], silhouette). The resamples (and their fit seeds) are shared across k."""
+  g, c, hh, ww = groups.shape
+  rng = np.random.default_rng(seed)
+  fits: dict[int, list] = {k: [] for k in ks}
+  pool = _auto_pool((hh, ww), s)
+  shape = (hh // pool, ww // pool)
+  for _ in range(n_boot):
+    idx = rng.integers(0, g, size=g)
+    init_seed = int(rng.integers(0, 2**31 - 1 - n_restarts))
+    x = _preprocess(groups[idx].mean(axis=0), s, p, pool)
+    for k in ks:
+      lab, t, _, _, _ = _cluster_preprocessed(
+        x, shape, k, method, init_seed, n_restarts, max_iter, nmf_tol, nmf_init
+      )
+      fits[k].append((t.reshape(k, -1), lab, _silhouette(x, lab)))
+  return fits
 
 
 def _as_list(k_values) -> list:
-    if isinstance(k_values, (int, np.integer)):
-        return [k_values]
-    try:
-        return list(k_values)
-    except TypeError as exc:
-        raise ValueError(
-            f"k_values must be an iterable of integers, got {k_values!r}"
-        ) from exc
+  if isinstance(k_values, (int, np.integer)):
+    return [k_values]
+  try:
+    return list(k_values)
+  except TypeError as exc:
+    raise ValueError(f"k_values must be an iterable of integers, got {k_values!r}") from exc
 
 
 def _choose_from_curve(curve: Mapping[int, tuple[float, float]], tol: float) -> int:
-    """The "stability" rule: largest k whose mean is within ``tol`` of the best mean."""
-    means = {int(k): float(v[0]) for k, v in curve.items()}
-    best = max(means.values())
-    return max(k for k, m in means.items() if m >= best - tol)
+  """The "stability" rule: largest k whose mean is within ``tol`` of the best mean."""
+  means = {int(k): float(v[0]) for k, v in curve.items()}
+  best = max(means.values())
+  return max(k for k, m in means.items() if m >= best - tol)
 
 
 def _choose_by_score(curve: Mapping[int, tuple[float, float]], tol: float) -> int:
-    """The "silhouette" rule: smallest k whose mean is within ``tol`` of the best."""
-    means = {int(k): float(v[0]) for k, v in curve.items()}
-    best = max(means.values())
-    return min(k for k, m in means.items() if m >= best - tol)
+  """The "silhouette" rule: smallest k whose mean is within ``tol`` of the best."""
+  means = {int(k): float(v[0]) for k, v in curve.items()}
+  best = max(means.values())
+  return min(k for k, m in means.items() if m >= best - tol)
 
 
 def _silhouette_curve(fits, ks) -> dict[int, tuple[float, float]]:
-    return {
-        k: (float(np.mean([f[2] for f in fits[k]])), float(np.std([f[2] for f in fits[k]])))
-        for k in ks
-    }
+  return {
+    k: (float(np.mean([f[2] for f in fits[k]])), float(np.std([f[2] for f in fits[k]]))) for k in ks
+  }
 
 
 def selection_curves(
-    eim_groups,
-    k_values: Iterable[int],
-    n_boot: int = 20,
-    seed: int = 0,
-    method: str = "nmf",
-    sigma=None,
-    percentile: float | None = DEFAULT_PERCENTILE,
-    n_restarts: int = DEFAULT_STABILITY_RESTARTS,
-    max_iter: int = DEFAULT_NMF_MAX_ITER,
-    nmf_tol: float = DEFAULT_NMF_TOL,
-    nmf_init: str = DEFAULT_NMF_INIT,
+  eim_groups,
+  k_values: Iterable[int],
+  n_boot: int = 20,
+  seed: int = 0,
+  method: str = "nmf",
+  sigma=None,
+  percentile: float | None = DEFAULT_PERCENTILE,
+  n_restarts: int = DEFAULT_STABILITY_RESTARTS,
+  max_iter: int = DEFAULT_NMF_MAX_ITER,
+  nmf_tol: float = DEFAULT_NMF_TOL,
+  nmf_init: str = DEFAULT_NMF_INIT,
 ) -> dict[str, dict[int, tuple[float, float]]]:
-    """Both K-selection curves from one set of bootstrap fits.
+  """Both K-selection curves from one set of bootstrap fits.
 
-    Returns ``{"stability": curve, "silhouette": curve}``, each a dict
-    k -> (mean, std): the template stability of :func:`stability_curve`, and the mean
-    cosine silhouette of the partitions of the bootstrap resamples (each resample's
-    preprocessed maps clustered with k modules; silhouette over the channels with a
-    non-zero map; 0 for k=1). Arguments as in :func:`stability_curve`.
-    """
-    groups, ks, fit_args = _stability_args(
-        eim_groups, k_values, n_boot, method, sigma, percentile, n_restarts, max_iter,
-        nmf_tol, nmf_init)
-    fits = _bootstrap_fits(groups, ks, n_boot, seed, *fit_args)
-    return {"stability": _template_stability(fits, ks),
-            "silhouette": _silhouette_curve(fits, ks)}
+  Returns ``{"stability": curve, "silhouette": curve}``, each a dict
+  k -> (mean, std): the template stability of :func:`stability_curve`, and the mean
+  cosine silhouette of the partitions of the bootstrap resamples (each resample's
+  preprocessed maps clustered with k modules; silhouette over the channels with a
+  non-zero map; 0 for k=1). Arguments as in :func:`stability_curve`.
+  """
+  groups, ks, fit_args = _stability_args(
+    eim_groups, k_values, n_boot, method, sigma, percentile, n_restarts, max_iter, nmf_tol, nmf_init
+  )
+  fits = _bootstrap_fits(groups, ks, n_boot, seed, *fit_args)
+  return {"stability": _template_stability(fits, ks), "silhouette": _silhouette_curve(fits, ks)}
 
 
 def choose_k(
-    eim_groups,
-    k_values: Iterable[int],
-    tol: float | None = None,
-    rule: str = DEFAULT_RULE,
-    **kwargs,
+  eim_groups,
+  k_values: Iterable[int],
+  tol: float | None = None,
+  rule: str = DEFAULT_RULE,
+  **kwargs,
 ) -> tuple[int, dict[int, tuple[float, float]]]:
-    """Pick the number of modules from bootstrap resamples of the grouped EIMs.
+  """Pick the number of modules from bootstrap resamples of the grouped EIMs.
 
-    Rules (``rule``):
+  Rules (``rule``):
 
-    * ``"silhouette"`` (default): the smallest k whose mean cosine silhouette of the
-      resamples' partitions (see :func:`selection_curves`) is within ``tol`` (default
-      0.05) of the best. Splitting a true module in two puts near-identical maps in
-      different modules, merging two puts dissimilar maps together; both lower the
-      silhouette, so it peaks at the planted K. The tolerance gives parsimony: a few
-      channels without a region-specific role (noise) can form an extra small module
-      that raises the silhouette by a hair. On the planted-structure suite
-      (`cfmod_jax.testing.planted`, docs/planted_suite.md) it recovers K where the
-      stability rule does not.
-    * ``"stability"`` (the old rule): the largest k whose mean template stability is
-      within ``tol`` of the best. With deterministic, multi-start fits over-split
-      solutions are reproducible too, and this rule then favours large k.
+  * ``"silhouette"`` (default): the smallest k whose mean cosine silhouette of the
+    resamples' partitions (see :func:`selection_curves`) is within ``tol`` (default
+    0.05) of the best. Splitting a true module in two puts near-identical maps in
+    different modules, merging two puts dissimilar maps together; both lower the
+    silhouette, so it peaks at the planted K. The tolerance gives parsimony: a few
+    channels without a region-specific role (noise) can form an extra small module
+    that raises the silhouette by a hair. On the planted-structure suite
+    (`cfmod_jax.testing.planted`, docs/planted_suite.md) it recovers K where the
+    stability rule does not.
+  * ``"stability"`` (the old rule): the largest k whose mean template stability is
+    within ``tol`` of the best. With deterministic, multi-start fits over-split
+    solutions are reproducible too, and this rule then favours large k.
 
-    Args:
-      eim_groups: float [G, C, H, W], G >= 2.
-      k_values: candidate numbers of modules.
-      tol: tolerance, >= 0; None: 0.05 (silhouette) or 0.02 (stability).
-      rule: "silhouette" or "stability".
-      **kwargs: passed to :func:`selection_curves` (n_boot, seed, method, sigma, ...).
+  Args:
+    eim_groups: float [G, C, H, W], G >= 2.
+    k_values: candidate numbers of modules.
+    tol: tolerance, >= 0; None: 0.05 (silhouette) or 0.02 (stability).
+    rule: "silhouette" or "stability".
+    **kwargs: passed to :func:`selection_curves` (n_boot, seed, method, sigma, ...).
 
-    Returns:
-      (k_best, curve): curve is the template stability curve (as returned by
-      :func:`stability_curve`) whatever the rule; call :func:`selection_curves` for
-      the silhouette curve too.
-    """
-    if rule not in RULES:
-        raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
-    if tol is None:
-        tol = DEFAULT_SILHOUETTE_TOL if rule == "silhouette" else DEFAULT_STABILITY_TOL
-    tol = float(tol)
-    if not np.isfinite(tol) or tol < 0:
-        raise ValueError(f"tol must be >= 0, got {tol!r}")
-    curves = selection_curves(eim_groups, k_values, **kwargs)
-    curve = curves["stability"]
-    if rule == "stability":
-        return _choose_from_curve(curve, tol), curve
-    return _choose_by_score(curves["silhouette"], tol), curve
+  Returns:
+    (k_best, curve): curve is the template stability curve (as returned by
+    :func:`stability_curve`) whatever the rule; call :func:`selection_curves` for
+    the silhouette curve too.
+  """
+  if rule not in RULES:
+    raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
+  if tol is None:
+    tol = DEFAULT_SILHOUETTE_TOL if rule == "silhouette" else DEFAULT_STABILITY_TOL
+  tol = float(tol)
+  if not np.isfinite(tol) or tol < 0:
+    raise ValueError(f"tol must be >= 0, got {tol!r}")
+  curves = selection_curves(eim_groups, k_values, **kwargs)
+  curve = curves["stability"]
+  if rule == "stability":
+    return _choose_from_curve(curve, tol), curve
+  return _choose_by_score(curves["silhouette"], tol), curve
 
 
 def plot_stability_curve(
-    curve: Mapping[int, tuple[float, float]],
-    path,
-    k_best: int | None = None,
-    title: str | None = None,
-    silhouette: Mapping[int, tuple[float, float]] | None = None,
+  curve: Mapping[int, tuple[float, float]],
+  path,
+  k_best: int | None = None,
+  title: str | None = None,
+  silhouette: Mapping[int, tuple[float, float]] | None = None,
 ) -> str:
-    """Write the stability curve (mean +- std against k) as a PNG file; returns path.
+  """Write the stability curve (mean +- std against k) as a PNG file; returns path.
 
-    Uses matplotlib's Agg canvas directly (no global backend change, no display).
-    ``k_best`` (optional) is marked with a vertical line; ``silhouette`` (optional, the
-    "silhouette" curve of :func:`selection_curves`) is drawn on a second y axis.
-    """
-    if not curve:
-        raise ValueError("curve must be a non-empty dict k -> (mean, std)")
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+  Uses matplotlib's Agg canvas directly (no global backend change, no display).
+  ``k_best`` (optional) is marked with a vertical line; ``silhouette`` (optional, the
+  "silhouette" curve of :func:`selection_curves`) is drawn on a second y axis.
+  """
+  if not curve:
+    raise ValueError("curve must be a non-empty dict k -> (mean, std)")
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
+  from matplotlib.figure import Figure
 
-    ks = sorted(int(k) for k in curve)
-    means = np.array([curve[k][0] for k in ks], dtype=float)
-    stds = np.array([curve[k][1] for k in ks], dtype=float)
-    fig = Figure(figsize=(4.5, 3.2), dpi=100)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
-    ax.errorbar(ks, means, yerr=stds, marker="o", capsize=3, label="stability")
-    handles = []
-    if silhouette:
-        sk = sorted(int(k) for k in silhouette)
-        ax2 = ax.twinx()
-        handles.append(ax2.errorbar(
-            sk, [silhouette[k][0] for k in sk], yerr=[silhouette[k][1] for k in sk],
-            marker="s", capsize=3, color="tab:green", label="silhouette"))
-        ax2.set_ylabel("cosine silhouette")
-    if k_best is not None:
-        ax.axvline(int(k_best), color="tab:red", linestyle="--", label=f"K={k_best}")
-    if k_best is not None or silhouette:
-        h, labels = ax.get_legend_handles_labels()
-        ax.legend(h + handles, labels + [x.get_label() for x in handles], loc="lower left")
-    ax.set_xticks(ks)
-    ax.set_xlabel("number of modules K")
-    ax.set_ylabel("template cosine similarity")
-    ax.set_title(title or "K selection across bootstrap resamples")
-    fig.tight_layout()
-    path = os.fspath(path)
-    parent = os.path.dirname(path)
-    if parent:
-        os.makedirs(parent, exist_ok=True)
-    fig.savefig(path, format="png")
-    return path
+  ks = sorted(int(k) for k in curve)
+  means = np.array([curve[k][0] for k in ks], dtype=float)
+  stds = np.array([curve[k][1] for k in ks], dtype=float)
+  fig = Figure(figsize=(4.5, 3.2), dpi=100)
+  FigureCanvasAgg(fig)
+  ax = fig.add_subplot(1, 1, 1)
+  ax.errorbar(ks, means, yerr=stds, marker="o", capsize=3, label="stability")
+  handles = []
+  if silhouette:
+    sk = sorted(int(k) for k in silhouette)
+    ax2 = ax.twinx()
+    handles.append(
+      ax2.errorbar(
+        sk,
+        [silhouette[k][0] for k in sk],
+        yerr=[silhouette[k][1] for k in sk],
+        marker="s",
+        capsize=3,
+        color="tab:green",
+        label="silhouette",
+      )
+    )
+    ax2.set_ylabel("cosine silhouette")
+  if k_best is not None:
+    ax.axvline(int(k_best), color="tab:red", linestyle="--", label=f"K={k_best}")
+  if k_best is not None or silhouette:
+    h, labels = ax.get_legend_handles_labels()
+    ax.legend(h + handles, labels + [x.get_label() for x in handles], loc="lower left")
+  ax.set_xticks(ks)
+  ax.set_xlabel("number of modules K")
+  ax.set_ylabel("template cosine similarity")
+  ax.set_title(title or "K selection across bootstrap resamples")
+  fig.tight_layout()
+  path = os.fspath(path)
+  parent = os.path.dirname(path)
+  if parent:
+    os.makedirs(parent, exist_ok=True)
+  fig.savefig(path, format="png")
+  return path

@@ -26,9 +26,16 @@ def initialize() -> None:
     jax.distributed.initialize()
   else:
     if f.num_processes < 1 or not 0 <= f.process_id < f.num_processes:
-      raise ValueError(f"process_id must be in [0, num_processes={f.num_processes}), got "
-                       f"{f.process_id}")
-    jax.distributed.initialize(coordinator_address=f.coordinator,
-                               num_processes=f.num_processes, process_id=f.process_id)
-  logging.info("process %d/%d, %d local / %d global devices", jax.process_index(),
-               jax.process_count(), jax.local_device_count(), jax.device_count())
+      raise ValueError(
+        f"process_id must be in [0, num_processes={f.num_processes}), got {f.process_id}"
+      )
+    jax.distributed.initialize(
+      coordinator_address=f.coordinator, num_processes=f.num_processes, process_id=f.process_id
+    )
+  logging.info(
+    "process %d/%d, %d local / %d global devices",
+    jax.process_index(),
+    jax.process_count(),
+    jax.local_device_count(),
+    jax.device_count(),
+  )

@@ -55,7 +55,7 @@ stream as sums of (shifted) features and their outer products, so only
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -64,16 +64,24 @@ from jax import lax
 
 from cfmod_jax import quality
 from cfmod_jax.generator import Generator
-from cfmod_jax.interventions import (DEFAULT_MASK_CHUNK, DEFAULT_PAIR_CHUNK,
-                                     _check_groups, _check_positive_int, _pad_masks,
-                                     _run_sharded, _suffix_of_mixes, check_masks,
-                                     check_pairs)
+from cfmod_jax.interventions import (
+  DEFAULT_MASK_CHUNK,
+  DEFAULT_PAIR_CHUNK,
+  _check_groups,
+  _check_positive_int,
+  _pad_masks,
+  _run_sharded,
+  _suffix_of_mixes,
+  check_masks,
+  check_pairs,
+)
 
 CATEGORICAL, CONTINUOUS = "categorical", "continuous"
 # Factor kinds of the shipped feature network's outputs (`FeatureNet.predict_fn`).
 FEATNET_KINDS: dict[str, str] = {
-    **{name: CATEGORICAL for name, _ in quality.CATEGORICAL},
-    **{name: CONTINUOUS for name, *_ in quality.CONTINUOUS}}
+  **{name: CATEGORICAL for name, _ in quality.CATEGORICAL},
+  **{name: CONTINUOUS for name, *_ in quality.CONTINUOUS},
+}
 
 Predictor = Callable[[jax.Array], Mapping[str, jax.Array]]
 
@@ -82,8 +90,10 @@ Predictor = Callable[[jax.Array], Mapping[str, jax.Array]]
 def _check_kinds(kinds) -> tuple[tuple[str, ...], tuple[bool, ...]]:
   """``{factor: 'categorical' | 'continuous'}`` → (names, is_categorical)."""
   if not isinstance(kinds, Mapping) or not kinds:
-    raise ValueError("kinds must be a non-empty mapping {factor name: 'categorical' or "
-                     f"'continuous'}}, got {kinds!r}")
+    raise ValueError(
+      "kinds must be a non-empty mapping {factor name: 'categorical' or "
+      f"'continuous'}}, got {kinds!r}"
+    )
   for name, kind in kinds.items():
     if kind not in (CATEGORICAL, CONTINUOUS):
       raise ValueError(f"kinds[{name!r}] must be 'categorical' or 'continuous', got {kind!r}")
@@ -93,29 +103,37 @@ def _check_kinds(kinds) -> tuple[tuple[str, ...], tuple[bool, ...]]:
 def _check_predictor(predict: Predictor, names, categorical, image_shape) -> None:
   """Abstractly evaluates ``predict`` on 3 images and checks each factor's output."""
   if not callable(predict):
-    raise ValueError(f"predict must be a function images -> dict of factor outputs, got "
-                     f"{type(predict).__name__}")
+    raise ValueError(
+      f"predict must be a function images -> dict of factor outputs, got {type(predict).__name__}"
+    )
   n = 3
   try:
     out = jax.eval_shape(predict, jax.ShapeDtypeStruct((n, *image_shape), jnp.float32))
   except Exception as e:  # pylint: disable=broad-except
-    raise ValueError(f"predict failed on images of shape [N, {', '.join(map(str, image_shape))}]"
-                     f": {type(e).__name__}: {e}") from e
+    raise ValueError(
+      f"predict failed on images of shape [N, {', '.join(map(str, image_shape))}]"
+      f": {type(e).__name__}: {e}"
+    ) from e
   if not isinstance(out, Mapping):
     raise ValueError(f"predict must return a dict {{factor: output}}, got {type(out).__name__}")
   missing = [name for name in names if name not in out]
   if missing:
-    raise ValueError(f"predict output lacks factor(s) {missing} named in kinds; it has "
-                     f"{sorted(out)}")
+    raise ValueError(
+      f"predict output lacks factor(s) {missing} named in kinds; it has {sorted(out)}"
+    )
   for name, cat in zip(names, categorical):
     shape = tuple(out[name].shape)
     if cat and (len(shape) != 2 or shape[0] != n or shape[1] < 2):
-      raise ValueError(f"predict output for categorical factor {name!r} must be class "
-                       f"scores [N, n_classes] with n_classes >= 2; for N={n} images got "
-                       f"shape {shape}")
+      raise ValueError(
+        f"predict output for categorical factor {name!r} must be class "
+        f"scores [N, n_classes] with n_classes >= 2; for N={n} images got "
+        f"shape {shape}"
+      )
     if not cat and (len(shape) not in (1, 2) or shape[0] != n):
-      raise ValueError(f"predict output for continuous factor {name!r} must be [N] or "
-                       f"[N, d]; for N={n} images got shape {shape}")
+      raise ValueError(
+        f"predict output for continuous factor {name!r} must be [N] or "
+        f"[N, d]; for N={n} images got shape {shape}"
+      )
 
 
 # ---- compiled kernel ---------------------------------------------------------------------
@@ -148,8 +166,15 @@ def _valid(names, categorical, ref):
   return jnp.stack(cols, axis=-1).astype(jnp.float32)
 
 
-def _local_transfer_sums(gen: Generator, site: str, predict: Predictor, names, categorical,
-                         pair_chunk: int, mask_chunk: int):
+def _local_transfer_sums(
+  gen: Generator,
+  site: str,
+  predict: Predictor,
+  names,
+  categorical,
+  pair_chunk: int,
+  mask_chunk: int,
+):
   """Per-device ``(variables, masks [M, C], z1, z2, weights [n, G]) -> [G, M + 1, F]``:
   rows ``:M`` the weighted number of pairs whose hybrid follows the donor, row M the
   weighted number of valid pairs."""
@@ -161,16 +186,17 @@ def _local_transfer_sums(gen: Generator, site: str, predict: Predictor, names, c
       z1b, z2b, wb = xs
       a1 = gen.prefix(variables, z1b, site)
       a2 = gen.prefix(variables, z2b, site)
-      x12 = gen.suffix(variables, jnp.concatenate([a1, a2]), jnp.concatenate([z1b, z2b]),
-                       site)
+      x12 = gen.suffix(variables, jnp.concatenate([a1, a2]), jnp.concatenate([z1b, z2b]), site)
       p12 = predict(x12)
       ref = {name: (p12[name][:pair_chunk], p12[name][pair_chunk:]) for name in names}
       valid = _valid(names, categorical, ref)  # [pc, F]
 
       def per_chunk(ms):
         y = _suffix_of_mixes(gen, variables, site, ms, a1, a2, z1b)  # [mc, pc, H, W, 3]
-        tiled = {name: tuple(jnp.tile(p, (mask_chunk,) + (1,) * (p.ndim - 1)) for p in pq)
-                 for name, pq in ref.items()}
+        tiled = {
+          name: tuple(jnp.tile(p, (mask_chunk,) + (1,) * (p.ndim - 1)) for p in pq)
+          for name, pq in ref.items()
+        }
         votes = _decisions(predict, names, categorical, tiled, y.reshape(-1, *y.shape[2:]))
         votes = votes.reshape(mask_chunk, pair_chunk, -1) * valid[None]
         return jnp.einsum("jpf,pg->gjf", votes, wb)
@@ -200,6 +226,7 @@ class FactorTransfer:
     counts: int64 ``[G]``: pairs per group.
     factors: the F factor names (columns).
   """
+
   follows: np.ndarray
   valid: np.ndarray
   counts: np.ndarray
@@ -219,10 +246,19 @@ def transfer_shares(follows, valid) -> np.ndarray:
   return out
 
 
-def factor_transfer(gen: Generator, site: str, masks, z1, z2, predict: Predictor,
-                    kinds: Mapping[str, str], *, groups=None,
-                    pair_chunk: int = DEFAULT_PAIR_CHUNK,
-                    mask_chunk: int = DEFAULT_MASK_CHUNK) -> FactorTransfer:
+def factor_transfer(
+  gen: Generator,
+  site: str,
+  masks,
+  z1,
+  z2,
+  predict: Predictor,
+  kinds: Mapping[str, str],
+  *,
+  groups=None,
+  pair_chunk: int = DEFAULT_PAIR_CHUNK,
+  mask_chunk: int = DEFAULT_MASK_CHUNK,
+) -> FactorTransfer:
   """Counterfactual factor transfer of masks at a site (see the module docstring).
 
   Args:
@@ -253,12 +289,19 @@ def factor_transfer(gen: Generator, site: str, masks, z1, z2, predict: Predictor
   m = masks.shape[0]
   masks, mask_chunk = _pad_masks(masks, mask_chunk)
   sums, counts = _run_sharded(
-      gen, ("factor_transfer", site, mask_chunk, predict, names, categorical),
-      lambda pc: _local_transfer_sums(gen, site, predict, names, categorical, pc, mask_chunk),
-      masks, z1, z2, groups, pair_chunk)
+    gen,
+    ("factor_transfer", site, mask_chunk, predict, names, categorical),
+    lambda pc: _local_transfer_sums(gen, site, predict, names, categorical, pc, mask_chunk),
+    masks,
+    z1,
+    z2,
+    groups,
+    pair_chunk,
+  )
   sums = np.rint(np.asarray(sums, np.float64)).astype(np.int64)
-  return FactorTransfer(follows=sums[:, :m], valid=sums[:, -1], counts=counts.astype(np.int64),
-                        factors=names)
+  return FactorTransfer(
+    follows=sums[:, :m], valid=sums[:, -1], counts=counts.astype(np.int64), factors=names
+  )
 
 
 def factor_masks(labels, k: int, n_null: int = 16, seed: int = 0) -> np.ndarray:
@@ -272,12 +315,10 @@ def factor_masks(labels, k: int, n_null: int = 16, seed: int = 0) -> np.ndarray:
   """
   labels = np.asarray(labels)
   if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer) or labels.size == 0:
-    raise ValueError(f"labels must be a non-empty int array [C], got {labels.shape} "
-                     f"{labels.dtype}")
+    raise ValueError(f"labels must be a non-empty int array [C], got {labels.shape} {labels.dtype}")
   k = _check_positive_int(k, "k")
   if labels.min() < 0 or labels.max() >= k:
-    raise ValueError(f"labels must lie in [0, k={k}), got range [{labels.min()}, "
-                     f"{labels.max()}]")
+    raise ValueError(f"labels must lie in [0, k={k}), got range [{labels.min()}, {labels.max()}]")
   if isinstance(n_null, bool) or not isinstance(n_null, (int, np.integer)) or n_null < 0:
     raise ValueError(f"n_null must be a non-negative integer, got {n_null!r}")
   onehot = lambda lab: (lab[None, :] == np.arange(k)[:, None]).astype(np.float32)
@@ -296,8 +337,9 @@ def _check_matrix(module_shares, whole=None):
     return s, None
   w = np.asarray(whole, np.float64)
   if w.shape != (s.shape[1],):
-    raise ValueError(f"whole must be [F] = [{s.shape[1]}] (one share per factor), got "
-                     f"shape {w.shape}")
+    raise ValueError(
+      f"whole must be [F] = [{s.shape[1]}] (one share per factor), got shape {w.shape}"
+    )
   return s, w
 
 
@@ -332,8 +374,9 @@ def best_module_share(module_shares) -> float:
   return float(np.nanmean(best)) if np.any(np.isfinite(best)) else float("nan")
 
 
-def bootstrap_groups(follows, valid, statistic: Callable[[np.ndarray], float],
-                     n_boot: int = 1000, seed: int = 0) -> tuple[float, float, float]:
+def bootstrap_groups(
+  follows, valid, statistic: Callable[[np.ndarray], float], n_boot: int = 1000, seed: int = 0
+) -> tuple[float, float, float]:
   """Percentile 95% bootstrap over groups of pairs of a statistic of the shares.
 
   Args:
@@ -347,8 +390,9 @@ def bootstrap_groups(follows, valid, statistic: Callable[[np.ndarray], float],
   follows = np.asarray(follows, np.float64)
   valid = np.asarray(valid, np.float64)
   if follows.ndim != 3 or valid.shape != (follows.shape[0], follows.shape[2]):
-    raise ValueError(f"follows must be [G, M, F] and valid [G, F], got {follows.shape} and "
-                     f"{valid.shape}")
+    raise ValueError(
+      f"follows must be [G, M, F] and valid [G, F], got {follows.shape} and {valid.shape}"
+    )
   n_boot = _check_positive_int(n_boot, "n_boot")
   g = follows.shape[0]
   estimate = float(statistic(transfer_shares(follows.sum(0), valid.sum(0))))
@@ -363,8 +407,15 @@ def bootstrap_groups(follows, valid, statistic: Callable[[np.ndarray], float],
   return estimate, float(lo), float(hi)
 
 
-def factor_summary(transfer: FactorTransfer, k: int, n_null: int, *, n_boot: int = 1000,
-                   seed: int = 0, only: Sequence[str] | None = None) -> dict:
+def factor_summary(
+  transfer: FactorTransfer,
+  k: int,
+  n_null: int,
+  *,
+  n_boot: int = 1000,
+  seed: int = 0,
+  only: Sequence[str] | None = None,
+) -> dict:
   """Everything the report needs from a `factor_transfer` run on `factor_masks`
   (same ``k`` and ``n_null``); ``only`` restricts it to some factors (e.g. the
   categorical ones, whose "follows" is not diluted by prediction noise).
@@ -381,24 +432,37 @@ def factor_summary(transfer: FactorTransfer, k: int, n_null: int, *, n_boot: int
   if only is not None:
     unknown = [f for f in only if f not in transfer.factors]
     if unknown or not only:
-      raise ValueError(f"only must name some of the factors {list(transfer.factors)}, got "
-                       f"{list(only)}")
+      raise ValueError(
+        f"only must name some of the factors {list(transfer.factors)}, got {list(only)}"
+      )
     cols = [transfer.factors.index(f) for f in only]
-    transfer = FactorTransfer(transfer.follows[:, :, cols], transfer.valid[:, cols],
-                              transfer.counts, tuple(only))
+    transfer = FactorTransfer(
+      transfer.follows[:, :, cols], transfer.valid[:, cols], transfer.counts, tuple(only)
+    )
   m = transfer.follows.shape[1]
   if m != k + 1 + n_null * k:
-    raise ValueError(f"transfer has {m} masks; factor_masks(k={k}, n_null={n_null}) lays "
-                     f"out {k + 1 + n_null * k}")
+    raise ValueError(
+      f"transfer has {m} masks; factor_masks(k={k}, n_null={n_null}) lays out {k + 1 + n_null * k}"
+    )
   shares = transfer.shares()
-  out = {"factors": list(transfer.factors), "matrix": shares[:k].tolist(),
-         "whole": shares[k].tolist(), "valid": transfer.valid.sum(0).tolist()}
-  stats = {"exclusivity": lambda s: exclusivity(s[:k], s[k]),
-           "best_share": lambda s: best_module_share(s[:k])}
+  out = {
+    "factors": list(transfer.factors),
+    "matrix": shares[:k].tolist(),
+    "whole": shares[k].tolist(),
+    "valid": transfer.valid.sum(0).tolist(),
+  }
+  stats = {
+    "exclusivity": lambda s: exclusivity(s[:k], s[k]),
+    "best_share": lambda s: best_module_share(s[:k]),
+  }
   for name, stat in stats.items():
     est, lo, hi = bootstrap_groups(transfer.follows, transfer.valid, stat, n_boot, seed)
-    null = np.array([stat(np.concatenate([shares[k + 1 + r * k: k + 1 + (r + 1) * k],
-                                          shares[k:k + 1]])) for r in range(n_null)])
+    null = np.array(
+      [
+        stat(np.concatenate([shares[k + 1 + r * k : k + 1 + (r + 1) * k], shares[k : k + 1]]))
+        for r in range(n_null)
+      ]
+    )
     out[name] = est
     out[f"{name}_ci"] = [lo, hi]
     out[f"{name}_null"] = null.tolist()
@@ -408,24 +472,41 @@ def factor_summary(transfer: FactorTransfer, k: int, n_null: int, *, n_boot: int
   return out
 
 
-def plot_factor_matrix(path: str, matrix, module_names: Sequence[str],
-                       factor_names: Sequence[str], *, title: str | None = None) -> str:
+def plot_factor_matrix(
+  path: str,
+  matrix,
+  module_names: Sequence[str],
+  factor_names: Sequence[str],
+  *,
+  title: str | None = None,
+) -> str:
   """Heatmap of a ``[M, F]`` share matrix (rows: modules, e.g. plus 'whole site';
   columns: factors), values written in the cells; NaN cells grey. Returns path."""
-  from cfmod_jax import viz  # pylint: disable=g-import-not-at-top
   import matplotlib  # pylint: disable=g-import-not-at-top
+
+  from cfmod_jax import viz  # pylint: disable=g-import-not-at-top
+
   mat = np.asarray(matrix, np.float64)
   if mat.ndim != 2 or mat.shape != (len(module_names), len(factor_names)):
-    raise ValueError(f"matrix must be [{len(module_names)}, {len(factor_names)}] (modules × "
-                     f"factors), got shape {mat.shape}")
+    raise ValueError(
+      f"matrix must be [{len(module_names)}, {len(factor_names)}] (modules × "
+      f"factors), got shape {mat.shape}"
+    )
   fig = viz.new_figure(0.55 * mat.shape[1] + 2.0, 0.45 * mat.shape[0] + 1.8)
   ax = fig.add_subplot(1, 1, 1)
   cmap = matplotlib.colormaps["viridis"].with_extremes(bad="0.8")
   im = ax.imshow(np.ma.masked_invalid(mat), vmin=0.0, vmax=1.0, cmap=cmap, aspect="auto")
   for (i, j), v in np.ndenumerate(mat):
     if np.isfinite(v):
-      ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7,
-              color="white" if v < 0.6 else "black")
+      ax.text(
+        j,
+        i,
+        f"{v:.2f}",
+        ha="center",
+        va="center",
+        fontsize=7,
+        color="white" if v < 0.6 else "black",
+      )
   ax.set_xticks(range(mat.shape[1]), factor_names, rotation=60, ha="right", fontsize=8)
   ax.set_yticks(range(mat.shape[0]), module_names, fontsize=8)
   ax.set_title(title or "share of pairs whose hybrid follows the donor", fontsize=9)
@@ -434,8 +515,7 @@ def plot_factor_matrix(path: str, matrix, module_names: Sequence[str],
 
 
 # ---- hybrid realism --------------------------------------------------------------------------
-def _local_feature_sums(gen: Generator, site: str, features_fn, pair_chunk: int,
-                        mask_chunk: int):
+def _local_feature_sums(gen: Generator, site: str, features_fn, pair_chunk: int, mask_chunk: int):
   """Per-device ``(variables, (masks [M, C], shift [D]), z1, z2, weights [n, G]) ->
   [G, M, D + D²]``: weighted sums of ``f − shift`` and of its outer products over
   the hybrids' features f."""
@@ -468,10 +548,18 @@ def _local_feature_sums(gen: Generator, site: str, features_fn, pair_chunk: int,
   return local
 
 
-def hybrid_feature_stats(gen: Generator, site: str, masks, z1, z2, features_fn,
-                         shift, *, pair_chunk: int = DEFAULT_PAIR_CHUNK,
-                         mask_chunk: int = DEFAULT_MASK_CHUNK
-                         ) -> tuple[np.ndarray, np.ndarray]:
+def hybrid_feature_stats(
+  gen: Generator,
+  site: str,
+  masks,
+  z1,
+  z2,
+  features_fn,
+  shift,
+  *,
+  pair_chunk: int = DEFAULT_PAIR_CHUNK,
+  mask_chunk: int = DEFAULT_MASK_CHUNK,
+) -> tuple[np.ndarray, np.ndarray]:
   """Mean ``[M, D]`` and unbiased covariance ``[M, D, D]`` (float64) of the features
   of each mask's N hybrids, streamed (no image array is kept).
 
@@ -490,14 +578,22 @@ def hybrid_feature_stats(gen: Generator, site: str, masks, z1, z2, features_fn,
   out = jax.eval_shape(features_fn, jax.ShapeDtypeStruct((3, *gen.image_shape), jnp.float32))
   shift = np.asarray(shift, np.float32)
   if len(out.shape) != 2 or out.shape[0] != 3 or shift.shape != (out.shape[1],):
-    raise ValueError(f"features_fn must map [N, H, W, 3] images to [N, D] and shift must be "
-                     f"[D]; got features {tuple(out.shape)} for N=3 and shift {shift.shape}")
+    raise ValueError(
+      f"features_fn must map [N, H, W, 3] images to [N, D] and shift must be "
+      f"[D]; got features {tuple(out.shape)} for N=3 and shift {shift.shape}"
+    )
   m, d = masks.shape[0], shift.shape[0]
   masks, mask_chunk = _pad_masks(masks, mask_chunk)
   sums, _ = _run_sharded(
-      gen, ("hybrid_features", site, mask_chunk, features_fn),
-      lambda pc: _local_feature_sums(gen, site, features_fn, pc, mask_chunk),
-      (masks, jnp.asarray(shift)), z1, z2, _check_groups(None, n), pair_chunk)
+    gen,
+    ("hybrid_features", site, mask_chunk, features_fn),
+    lambda pc: _local_feature_sums(gen, site, features_fn, pc, mask_chunk),
+    (masks, jnp.asarray(shift)),
+    z1,
+    z2,
+    _check_groups(None, n),
+    pair_chunk,
+  )
   sums = np.asarray(sums, np.float64)[0, :m]
   mean_shifted = sums[:, :d] / n
   second = sums[:, d:].reshape(m, d, d)
@@ -510,17 +606,27 @@ class HybridRealism:
   """``fd [M]``: each mask's hybrids vs held-out real faces; ``plain_fd``: the
   plain samples G(z1) of the same latents; ``floor``: real vs disjoint real; all
   at ``n`` images."""
+
   fd: np.ndarray
   plain_fd: float
   floor: float
   n: int
 
 
-def hybrid_realism(gen: Generator, site: str, masks, featnet: quality.FeatureNet | None = None,
-                   n: int = 500, seed: int = 0, *, z1=None, z2=None,
-                   real_images: quality.RealImages = None,
-                   pair_chunk: int = DEFAULT_PAIR_CHUNK,
-                   mask_chunk: int = DEFAULT_MASK_CHUNK) -> HybridRealism:
+def hybrid_realism(
+  gen: Generator,
+  site: str,
+  masks,
+  featnet: quality.FeatureNet | None = None,
+  n: int = 500,
+  seed: int = 0,
+  *,
+  z1=None,
+  z2=None,
+  real_images: quality.RealImages = None,
+  pair_chunk: int = DEFAULT_PAIR_CHUNK,
+  mask_chunk: int = DEFAULT_MASK_CHUNK,
+) -> HybridRealism:
   """Fréchet distance of module hybrids to held-out real faces (§ the paper's
   observation that hybrids of a good module stay realistic).
 
@@ -552,14 +658,41 @@ def hybrid_realism(gen: Generator, site: str, masks, featnet: quality.FeatureNet
   featnet = featnet or quality.load_featnet()
   (mu0, s0), (mu1, s1) = quality.real_stats(featnet, n, real_images)
   all_masks = jnp.concatenate([jnp.zeros((1, masks.shape[1]), jnp.float32), masks])
-  means, covs = hybrid_feature_stats(gen, site, all_masks, z1, z2, featnet.features_fn(), mu0,
-                                     pair_chunk=pair_chunk, mask_chunk=mask_chunk)
+  means, covs = hybrid_feature_stats(
+    gen,
+    site,
+    all_masks,
+    z1,
+    z2,
+    featnet.features_fn(),
+    mu0,
+    pair_chunk=pair_chunk,
+    mask_chunk=mask_chunk,
+  )
   fds = [quality.frechet_distance_from_stats(mu, cov, mu0, s0) for mu, cov in zip(means, covs)]
-  return HybridRealism(fd=np.asarray(fds[1:]), plain_fd=fds[0],
-                       floor=quality.frechet_distance_from_stats(mu0, s0, mu1, s1), n=n)
+  return HybridRealism(
+    fd=np.asarray(fds[1:]),
+    plain_fd=fds[0],
+    floor=quality.frechet_distance_from_stats(mu0, s0, mu1, s1),
+    n=n,
+  )
 
 
-__all__ = ["CATEGORICAL", "CONTINUOUS", "FEATNET_KINDS", "FactorTransfer", "HybridRealism",
-           "best_module_share", "bootstrap_groups", "exclusivity", "exclusivity_per_factor",
-           "factor_masks", "factor_summary", "factor_transfer", "hybrid_feature_stats",
-           "hybrid_realism", "plot_factor_matrix", "transfer_shares"]
+__all__ = [
+  "CATEGORICAL",
+  "CONTINUOUS",
+  "FEATNET_KINDS",
+  "FactorTransfer",
+  "HybridRealism",
+  "best_module_share",
+  "bootstrap_groups",
+  "exclusivity",
+  "exclusivity_per_factor",
+  "factor_masks",
+  "factor_summary",
+  "factor_transfer",
+  "hybrid_feature_stats",
+  "hybrid_realism",
+  "plot_factor_matrix",
+  "transfer_shares",
+]

@@ -38,7 +38,8 @@ import os
 import socket
 import tempfile
 import time
-from typing import Any, Iterator, Mapping
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -121,8 +122,9 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> str:
   return atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def atomic_write_json(path: str | os.PathLike, obj: Any, *, indent: int | None = 2,
-                      sort_keys: bool = True, default=None) -> str:
+def atomic_write_json(
+  path: str | os.PathLike, obj: Any, *, indent: int | None = 2, sort_keys: bool = True, default=None
+) -> str:
   """Writes ``obj`` as JSON (plus a final newline) to ``path`` atomically.
 
   The object is serialised before anything is written, so an unserialisable
@@ -176,7 +178,7 @@ class RunLock:
   def held(self) -> bool:
     return self._fd is not None
 
-  def acquire(self) -> "RunLock":
+  def acquire(self) -> RunLock:
     if self._fd is not None:
       return self
     os.makedirs(self.out_dir, exist_ok=True)
@@ -190,12 +192,16 @@ class RunLock:
         holder = ""
       os.close(fd)
       if e.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-        raise OutputLockedError(f"another run is writing {self.out_dir} "
-                                f"({holder or 'pid unknown'}); wait for it to finish or "
-                                "choose another output folder") from None
+        raise OutputLockedError(
+          f"another run is writing {self.out_dir} "
+          f"({holder or 'pid unknown'}); wait for it to finish or "
+          "choose another output folder"
+        ) from None
       raise
-    info = (f"pid {os.getpid()} on {socket.gethostname()}, since "
-            f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime())}")
+    info = (
+      f"pid {os.getpid()} on {socket.gethostname()}, since "
+      f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime())}"
+    )
     os.ftruncate(fd, 0)
     os.pwrite(fd, info.encode() + b"\n", 0)
     self._fd = fd
@@ -211,7 +217,7 @@ class RunLock:
     finally:
       os.close(fd)
 
-  def __enter__(self) -> "RunLock":
+  def __enter__(self) -> RunLock:
     return self.acquire()
 
   def __exit__(self, *exc) -> None:
@@ -229,8 +235,9 @@ def _normalise(settings: Mapping[str, Any]) -> dict[str, Any]:
   return json.loads(json.dumps(dict(settings), sort_keys=True, default=str))
 
 
-def write_manifest(out_dir: str | os.PathLike, settings: Mapping[str, Any],
-                   fingerprint: str) -> str:
+def write_manifest(
+  out_dir: str | os.PathLike, settings: Mapping[str, Any], fingerprint: str
+) -> str:
   """Writes ``<out_dir>/run.json`` atomically and returns its path.
 
   Args:
@@ -245,9 +252,15 @@ def write_manifest(out_dir: str | os.PathLike, settings: Mapping[str, Any],
   if not isinstance(fingerprint, str) or not fingerprint:
     raise ValueError(f"fingerprint must be a non-empty string, got {fingerprint!r}")
   path = os.path.join(os.fspath(out_dir), MANIFEST_FILE)
-  atomic_write_json(path, {"format": MANIFEST_FORMAT, "settings": _normalise(settings),
-                           "fingerprint": fingerprint,
-                           "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+  atomic_write_json(
+    path,
+    {
+      "format": MANIFEST_FORMAT,
+      "settings": _normalise(settings),
+      "fingerprint": fingerprint,
+      "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    },
+  )
   return path
 
 
@@ -263,14 +276,19 @@ def read_manifest(out_dir: str | os.PathLike) -> dict[str, Any] | None:
       meta = json.load(f)
   except (OSError, ValueError) as e:
     raise ValueError(f"{path} is unreadable (truncated or corrupted?): {e}") from e
-  if (not isinstance(meta, dict) or meta.get("format") != MANIFEST_FORMAT
-      or not isinstance(meta.get("settings"), dict) or not isinstance(meta.get("fingerprint"), str)):
+  if (
+    not isinstance(meta, dict)
+    or meta.get("format") != MANIFEST_FORMAT
+    or not isinstance(meta.get("settings"), dict)
+    or not isinstance(meta.get("fingerprint"), str)
+  ):
     raise ValueError(f"{path} is not a {MANIFEST_FORMAT} run manifest")
   return meta
 
 
-def manifest_matches(out_dir: str | os.PathLike, settings: Mapping[str, Any],
-                     fingerprint: str) -> bool | None:
+def manifest_matches(
+  out_dir: str | os.PathLike, settings: Mapping[str, Any], fingerprint: str
+) -> bool | None:
   """None if ``out_dir`` has no manifest; else whether its settings and
   fingerprint equal these (i.e. whether its results were made by the same run
   configuration and may be reused)."""
@@ -280,6 +298,17 @@ def manifest_matches(out_dir: str | os.PathLike, settings: Mapping[str, Any],
   return meta["settings"] == _normalise(settings) and meta["fingerprint"] == fingerprint
 
 
-__all__ = ["LOCK_FILE", "MANIFEST_FILE", "OutputLockedError", "RunLock", "atomic_path",
-           "atomic_savez", "atomic_write_bytes", "atomic_write_json", "atomic_write_text",
-           "manifest_matches", "read_manifest", "write_manifest"]
+__all__ = [
+  "LOCK_FILE",
+  "MANIFEST_FILE",
+  "OutputLockedError",
+  "RunLock",
+  "atomic_path",
+  "atomic_savez",
+  "atomic_write_bytes",
+  "atomic_write_json",
+  "atomic_write_text",
+  "manifest_matches",
+  "read_manifest",
+  "write_manifest",
+]

@@ -20,7 +20,8 @@ those stages receive z1's latent (the counterfactual changes only the site).
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import flax
 import flax.linen as nn
@@ -56,8 +57,9 @@ class StagedGenerator(nn.Module):
     del index
     return type(self).call_stage is not StagedGenerator.call_stage
 
-  def __call__(self, latent, h=None, *, start: int = 0, stop: int | None = None,
-               train: bool = False):
+  def __call__(
+    self, latent, h=None, *, start: int = 0, stop: int | None = None, train: bool = False
+  ):
     stop = len(self.stages) if stop is None else stop
     x = latent if start == 0 else h
     for i in range(start, stop):
@@ -101,8 +103,9 @@ class SplitStage(nn.Module):
 def _module_attr(module, name):
   value = getattr(module, name, None)
   if value is None:
-    raise TypeError(f"module {type(module).__name__} must define `{name}` to be used "
-                    "as a staged generator")
+    raise TypeError(
+      f"module {type(module).__name__} must define `{name}` to be used as a staged generator"
+    )
   return value
 
 
@@ -138,9 +141,11 @@ def check_variables(module: nn.Module, variables: Any, name: str = "variables") 
   are allowed (flax ignores them). Modules whose ``init`` cannot be traced from
   one latent code ``[1, *latent_shape]`` are not checked."""
   if not isinstance(variables, Mapping):
-    raise ValueError(f"{name} must be a dict of variable collections such as "
-                     f"{{'params': ...}} (from module.init or a checkpoint), got "
-                     f"{type(variables).__name__}")
+    raise ValueError(
+      f"{name} must be a dict of variable collections such as "
+      f"{{'params': ...}} (from module.init or a checkpoint), got "
+      f"{type(variables).__name__}"
+    )
   want = _expected_shapes(module)
   if want is None:
     return  # an unusual module; its own errors will show when it is applied
@@ -157,10 +162,12 @@ def check_variables(module: nn.Module, variables: Any, name: str = "variables") 
   else:
     first = f"{missing[0]} is missing"
   more = len(wrong) + len(missing) - 1
-  raise ValueError(f"{name} do not fit the module {what} (checked against module.init): "
-                   f"{first}" + (f" (and {more} more mismatching or missing entries)"
-                                 if more else "") +
-                   "; were they made for another architecture, width or latent_dim?")
+  raise ValueError(
+    f"{name} do not fit the module {what} (checked against module.init): "
+    f"{first}"
+    + (f" (and {more} more mismatching or missing entries)" if more else "")
+    + "; were they made for another architecture, width or latent_dim?"
+  )
 
 
 def _check_optional_str(value, name: str) -> str | None:
@@ -194,12 +201,20 @@ class Generator:
   dataset: str | None = None
   code_version: str | None = None
 
-  def __init__(self, module: StagedGenerator, variables: Any, *, name: str | None = None,
-               latent_sampler: Callable[[jax.Array, int], jax.Array] | None = None,
-               dataset: str | None = None, code_version: str | None = None):
+  def __init__(
+    self,
+    module: StagedGenerator,
+    variables: Any,
+    *,
+    name: str | None = None,
+    latent_sampler: Callable[[jax.Array, int], jax.Array] | None = None,
+    dataset: str | None = None,
+    code_version: str | None = None,
+  ):
     if not isinstance(module, nn.Module):
-      raise ValueError(f"module must be a flax.linen Module (a StagedGenerator), got "
-                       f"{type(module).__name__}")
+      raise ValueError(
+        f"module must be a flax.linen Module (a StagedGenerator), got {type(module).__name__}"
+      )
     self.module = module
     self.sites: tuple[str, ...] = tuple(_module_attr(module, "site_names"))
     self.latent_shape: tuple[int, ...] = tuple(_module_attr(module, "latent_shape"))
@@ -219,8 +234,9 @@ class Generator:
   def site_index(self, site: str) -> int:
     """Index of ``site`` in `sites`; a clear ValueError for an unknown site."""
     if not isinstance(site, str) or site not in self.sites:
-      raise ValueError(f"site={site!r} is not a site of {self.name}; valid sites: "
-                       f"{', '.join(self.sites)}")
+      raise ValueError(
+        f"site={site!r} is not a site of {self.name}; valid sites: {', '.join(self.sites)}"
+      )
     return self.sites.index(site)
 
   def site_shape(self, site: str) -> tuple[int, int, int]:
@@ -268,14 +284,14 @@ class Generator:
     """``[m, N, …]``: contribution to `suffix_pre` of each of the m channels of
     ``delta [N, H, W, m]`` (channels ``start…start+m−1`` of the site), alone."""
     i = self.site_index(site)
-    return self.module.apply(variables, i + 1, delta, start,
-                             method=StagedGenerator.stage_pre_delta)
+    return self.module.apply(variables, i + 1, delta, start, method=StagedGenerator.stage_pre_delta)
 
   def suffix_post(self, variables, y, latents, site: str):
     """The rest of the suffix after `suffix_pre`: images."""
     i = self.site_index(site)
-    return self.module.apply(variables, i + 1, y, latents,
-                             method=StagedGenerator.stage_post_and_rest)
+    return self.module.apply(
+      variables, i + 1, y, latents, method=StagedGenerator.stage_post_and_rest
+    )
 
   def generate(self, variables, latents: jax.Array) -> jax.Array:
     """Images ``[N, H, W, 3]`` in [-1, 1] (inference mode)."""
@@ -297,8 +313,7 @@ class Generator:
   def run_prefix(self, site: str, latents) -> jax.Array:
     self.site_index(site)
     latents = check_latents(self, latents, "latents")
-    fn = self.jitted(("prefix", site), lambda: jax.jit(functools.partial(
-        self.prefix, site=site)))
+    fn = self.jitted(("prefix", site), lambda: jax.jit(functools.partial(self.prefix, site=site)))
     return fn(self.variables, latents)
 
   def run_suffix(self, site: str, h, latents) -> jax.Array:
@@ -306,10 +321,11 @@ class Generator:
     latents = check_latents(self, latents, "latents")
     shape = self.site_shape(site)
     if tuple(np.shape(h)[1:]) != shape or np.shape(h)[0] != latents.shape[0]:
-      raise ValueError(f"h must have shape [N, {', '.join(map(str, shape))}] with "
-                       f"N={latents.shape[0]} at site {site!r}, got {np.shape(h)}")
-    fn = self.jitted(("suffix", site), lambda: jax.jit(functools.partial(
-        self.suffix, site=site)))
+      raise ValueError(
+        f"h must have shape [N, {', '.join(map(str, shape))}] with "
+        f"N={latents.shape[0]} at site {site!r}, got {np.shape(h)}"
+      )
+    fn = self.jitted(("suffix", site), lambda: jax.jit(functools.partial(self.suffix, site=site)))
     return fn(self.variables, h, latents)
 
   def sample_latents(self, key: jax.Array, n: int) -> jax.Array:
@@ -327,13 +343,16 @@ def check_latents(gen: Generator, z, name: str) -> jax.Array:
   """Validates latents ``[N, *latent_shape]`` (N ≥ 1, finite); returns an array."""
   if isinstance(z, jax.core.Tracer):
     if tuple(z.shape[1:]) != gen.latent_shape:
-      raise ValueError(f"{name} must have shape [N, {', '.join(map(str, gen.latent_shape))}]"
-                       f", got {tuple(z.shape)}")
+      raise ValueError(
+        f"{name} must have shape [N, {', '.join(map(str, gen.latent_shape))}], got {tuple(z.shape)}"
+      )
     return z
   arr = np.asarray(z)
   if arr.ndim != 1 + len(gen.latent_shape) or tuple(arr.shape[1:]) != gen.latent_shape:
-    raise ValueError(f"{name} must have shape [N, {', '.join(map(str, gen.latent_shape))}]"
-                     f" for {gen.name}, got {arr.shape}")
+    raise ValueError(
+      f"{name} must have shape [N, {', '.join(map(str, gen.latent_shape))}]"
+      f" for {gen.name}, got {arr.shape}"
+    )
   if arr.shape[0] == 0:
     raise ValueError(f"{name} is empty: need at least one latent code (N ≥ 1)")
   if not np.issubdtype(arr.dtype, np.floating):
@@ -348,5 +367,11 @@ def stage_names(prefix: str, n: int) -> tuple[str, ...]:
   return tuple(f"{prefix}{i + 1}" for i in range(n))
 
 
-__all__: Sequence[str] = ("StagedGenerator", "VectorLatentGenerator", "SplitStage",
-                          "Generator", "check_latents", "check_variables")
+__all__: Sequence[str] = (
+  "StagedGenerator",
+  "VectorLatentGenerator",
+  "SplitStage",
+  "Generator",
+  "check_latents",
+  "check_variables",
+)

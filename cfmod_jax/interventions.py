@@ -21,8 +21,6 @@ so each channel costs only its own contribution instead of a full layer.
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -59,8 +57,9 @@ def check_masks(gen: Generator, site: str, masks) -> tuple[jax.Array, bool]:
   c = gen.site_shape(site)[-1]
   shape = tuple(np.shape(masks))
   if len(shape) not in (1, 2) or shape[-1] != c:
-    raise ValueError(f"masks must have shape [M, {c}] or [{c}] (the {c} channels at site "
-                     f"{site!r}), got {shape}")
+    raise ValueError(
+      f"masks must have shape [M, {c}] or [{c}] (the {c} channels at site {site!r}), got {shape}"
+    )
   if len(shape) == 2 and shape[0] == 0:
     raise ValueError("masks is empty: need at least one mask (M ≥ 1)")
   dtype = getattr(masks, "dtype", None)
@@ -69,9 +68,11 @@ def check_masks(gen: Generator, site: str, masks) -> tuple[jax.Array, bool]:
   except TypeError as e:  # e.g. jax key dtypes
     raise ValueError(f"masks must be boolean or numeric, got dtype {dtype}") from e
   if np.issubdtype(dtype, np.complexfloating):
-    raise ValueError(f"masks must be real (boolean, integer or float) values in [0, 1], got "
-                     f"complex dtype {dtype}; pass masks.real if the imaginary part is zero")
-  if dtype != bool and not np.issubdtype(dtype, np.number):
+    raise ValueError(
+      f"masks must be real (boolean, integer or float) values in [0, 1], got "
+      f"complex dtype {dtype}; pass masks.real if the imaginary part is zero"
+    )
+  if dtype != np.dtype(bool) and not np.issubdtype(dtype, np.number):
     raise ValueError(f"masks must be boolean or numeric, got dtype {dtype}")
   if _is_tracer(masks):
     m = jnp.asarray(masks).astype(jnp.float32)
@@ -81,11 +82,9 @@ def check_masks(gen: Generator, site: str, masks) -> tuple[jax.Array, bool]:
     arr = np.asarray(masks).astype(np.float32)
     if np.isnan(arr).any():
       where = tuple(int(i) for i in np.argwhere(np.isnan(arr))[0])
-      raise ValueError(f"masks contains NaN (first at index {where}); values must lie in "
-                       "[0, 1]")
+      raise ValueError(f"masks contains NaN (first at index {where}); values must lie in [0, 1]")
     if np.isinf(arr).any() or arr.min() < 0 or arr.max() > 1:
-      raise ValueError(f"masks values must lie in [0, 1], got range "
-                       f"[{arr.min()}, {arr.max()}]")
+      raise ValueError(f"masks values must lie in [0, 1], got range [{arr.min()}, {arr.max()}]")
     masks = arr
   masks = jnp.asarray(masks, jnp.float32)
   return (masks[None] if len(shape) == 1 else masks), len(shape) == 1
@@ -96,8 +95,9 @@ def check_pairs(gen: Generator, z1, z2) -> tuple[jax.Array, jax.Array]:
   z1 = check_latents(gen, z1, "z1")
   z2 = check_latents(gen, z2, "z2")
   if z1.shape[0] != z2.shape[0]:
-    raise ValueError(f"z1 and z2 must hold the same number of latent codes, got "
-                     f"{z1.shape[0]} and {z2.shape[0]}")
+    raise ValueError(
+      f"z1 and z2 must hold the same number of latent codes, got {z1.shape[0]} and {z2.shape[0]}"
+    )
   return z1, z2
 
 
@@ -112,6 +112,7 @@ def _hybrids_fn(gen: Generator, site: str, mask_chunk: int):
     per_chunk = lambda ms: _suffix_of_mixes(gen, variables, site, ms, a1, a2, z1)
     out = lax.map(per_chunk, masks.reshape(-1, mask_chunk, masks.shape[-1]))
     return out.reshape(-1, *out.shape[2:])
+
   return jax.jit(fn)
 
 
@@ -211,12 +212,19 @@ def pair_mesh() -> Mesh:
 
 def _sharded_sum(local, mesh: Mesh):
   """jit(shard_map(local)) with pairs split over the mesh and a psum of the sums."""
+
   def summed(variables, extra, z1, z2, weights):
     return lax.psum(local(variables, extra, z1, z2, weights), "pairs")
 
-  return jax.jit(jax.shard_map(
-      summed, mesh=mesh, in_specs=(P(), P(), P("pairs"), P("pairs"), P("pairs")),
-      out_specs=P(), check_vma=False))
+  return jax.jit(
+    jax.shard_map(
+      summed,
+      mesh=mesh,
+      in_specs=(P(), P(), P("pairs"), P("pairs"), P("pairs")),
+      out_specs=P(),
+      check_vma=False,
+    )
+  )
 
 
 def _global(x, mesh: Mesh, spec: P):
@@ -256,11 +264,15 @@ def _run_sharded(gen: Generator, key, local_factory, extra, z1, z2, groups, pair
   weights[np.arange(n), groups] = 1.0
   pad = lambda z: np.concatenate([z, np.repeat(z[:1], n_pad, axis=0)]) if n_pad else z
   z1, z2 = pad(np.asarray(z1)), pad(np.asarray(z2))
-  fn = gen.jitted((*key, pair_chunk, n_dev),
-                  lambda: _sharded_sum(local_factory(pair_chunk), mesh))
+  fn = gen.jitted((*key, pair_chunk, n_dev), lambda: _sharded_sum(local_factory(pair_chunk), mesh))
   rep = lambda t: jax.tree.map(lambda a: _global(np.asarray(a), mesh, P()), t)
-  out = fn(_replicated_variables(gen, mesh, rep), rep(extra), _global(z1, mesh, P("pairs")),
-           _global(z2, mesh, P("pairs")), _global(weights, mesh, P("pairs")))
+  out = fn(
+    _replicated_variables(gen, mesh, rep),
+    rep(extra),
+    _global(z1, mesh, P("pairs")),
+    _global(z2, mesh, P("pairs")),
+    _global(weights, mesh, P("pairs")),
+  )
   return _host(out), np.bincount(groups, minlength=n_groups)
 
 
@@ -269,13 +281,16 @@ def _check_groups(groups, n):
     return np.zeros(n, np.int32)
   groups = np.asarray(groups)
   if groups.shape != (n,) or not np.issubdtype(groups.dtype, np.integer) or groups.min() < 0:
-    raise ValueError(f"groups must be non-negative integers of shape [{n}], got "
-                     f"{groups.shape} {groups.dtype}")
+    raise ValueError(
+      f"groups must be non-negative integers of shape [{n}], got {groups.shape} {groups.dtype}"
+    )
   empty = np.flatnonzero(np.bincount(groups) == 0)
   if empty.size:
-    raise ValueError(f"groups must give every group 0…{groups.max()} at least one pair (an "
-                     f"empty group's maps would be 0/0 = NaN); group(s) "
-                     f"{empty[:10].tolist()} have none")
+    raise ValueError(
+      f"groups must give every group 0…{groups.max()} at least one pair (an "
+      f"empty group's maps would be 0/0 = NaN); group(s) "
+      f"{empty[:10].tolist()} have none"
+    )
   return groups
 
 
@@ -284,8 +299,9 @@ def _largest_divisor_at_most(n: int, k: int) -> int:
 
 
 # ---- public API ----------------------------------------------------------------------
-def hybrids(gen: Generator, site: str, masks, z1, z2, *,
-            mask_chunk: int = DEFAULT_MASK_CHUNK) -> jax.Array:
+def hybrids(
+  gen: Generator, site: str, masks, z1, z2, *, mask_chunk: int = DEFAULT_MASK_CHUNK
+) -> jax.Array:
   """Counterfactual hybrids.
 
   Args:
@@ -313,9 +329,17 @@ def hybrids(gen: Generator, site: str, masks, z1, z2, *,
   return out[0] if one else out
 
 
-def influence_map_sums(gen: Generator, site: str, masks, z1, z2, *, groups=None,
-                       pair_chunk: int = DEFAULT_PAIR_CHUNK,
-                       mask_chunk: int = DEFAULT_MASK_CHUNK) -> tuple[jax.Array, np.ndarray]:
+def influence_map_sums(
+  gen: Generator,
+  site: str,
+  masks,
+  z1,
+  z2,
+  *,
+  groups=None,
+  pair_chunk: int = DEFAULT_PAIR_CHUNK,
+  mask_chunk: int = DEFAULT_MASK_CHUNK,
+) -> tuple[jax.Array, np.ndarray]:
   """Unnormalised influence maps per group of pairs.
 
   Args:
@@ -335,14 +359,28 @@ def influence_map_sums(gen: Generator, site: str, masks, z1, z2, *, groups=None,
   m = masks.shape[0]
   masks, mask_chunk = _pad_masks(masks, mask_chunk)
   sums, counts = _run_sharded(
-      gen, ("influence", site, mask_chunk),
-      lambda pc: _local_mask_sums(gen, site, pc, mask_chunk), masks, z1, z2, groups, pair_chunk)
+    gen,
+    ("influence", site, mask_chunk),
+    lambda pc: _local_mask_sums(gen, site, pc, mask_chunk),
+    masks,
+    z1,
+    z2,
+    groups,
+    pair_chunk,
+  )
   return jnp.asarray(sums)[:, :m], counts
 
 
-def influence_maps(gen: Generator, site: str, masks, z1, z2, *,
-                   pair_chunk: int = DEFAULT_PAIR_CHUNK,
-                   mask_chunk: int = DEFAULT_MASK_CHUNK) -> jax.Array:
+def influence_maps(
+  gen: Generator,
+  site: str,
+  masks,
+  z1,
+  z2,
+  *,
+  pair_chunk: int = DEFAULT_PAIR_CHUNK,
+  mask_chunk: int = DEFAULT_MASK_CHUNK,
+) -> jax.Array:
   """Influence maps of masks at a site.
 
   Returns:
@@ -352,8 +390,9 @@ def influence_maps(gen: Generator, site: str, masks, z1, z2, *,
   """
   check_generator(gen, "gen")
   one = np.ndim(masks) == 1
-  sums, counts = influence_map_sums(gen, site, masks, z1, z2, pair_chunk=pair_chunk,
-                                    mask_chunk=mask_chunk)
+  sums, counts = influence_map_sums(
+    gen, site, masks, z1, z2, pair_chunk=pair_chunk, mask_chunk=mask_chunk
+  )
   maps = sums[0] / (3.0 * counts[0])
   return maps[0] if one else maps
 
@@ -364,10 +403,17 @@ def _check_method(method):
   return method
 
 
-def elementary_influence_map_sums(gen: Generator, site: str, z1, z2, *, groups=None,
-                                  pair_chunk: int = DEFAULT_PAIR_CHUNK,
-                                  mask_chunk: int = DEFAULT_MASK_CHUNK,
-                                  method: str = "auto") -> tuple[jax.Array, np.ndarray]:
+def elementary_influence_map_sums(
+  gen: Generator,
+  site: str,
+  z1,
+  z2,
+  *,
+  groups=None,
+  pair_chunk: int = DEFAULT_PAIR_CHUNK,
+  mask_chunk: int = DEFAULT_MASK_CHUNK,
+  method: str = "auto",
+) -> tuple[jax.Array, np.ndarray]:
   """Unnormalised EIMs of given pairs: ``(sums [G, C, H, W], counts [G])``.
 
   ``sums[g] / (3 · counts[g])`` are the EIMs of the pairs in group g. See
@@ -386,18 +432,40 @@ def elementary_influence_map_sums(gen: Generator, site: str, z1, z2, *, groups=N
   c = gen.site_shape(site)[-1]
   if linear and method != "masks":
     cc = _largest_divisor_at_most(c, mask_chunk)
-    sums, counts = _run_sharded(gen, ("eim", site, cc),
-                                lambda pc: _local_eim_sums(gen, site, pc, cc), (), z1, z2,
-                                groups, pair_chunk)
+    sums, counts = _run_sharded(
+      gen,
+      ("eim", site, cc),
+      lambda pc: _local_eim_sums(gen, site, pc, cc),
+      (),
+      z1,
+      z2,
+      groups,
+      pair_chunk,
+    )
     return jnp.asarray(sums), counts
-  return influence_map_sums(gen, site, np.eye(c, dtype=np.float32), z1, z2, groups=groups,
-                            pair_chunk=pair_chunk, mask_chunk=mask_chunk)
+  return influence_map_sums(
+    gen,
+    site,
+    np.eye(c, dtype=np.float32),
+    z1,
+    z2,
+    groups=groups,
+    pair_chunk=pair_chunk,
+    mask_chunk=mask_chunk,
+  )
 
 
-def elementary_influence_maps(gen: Generator, site: str, n_pairs: int = 128, key=None, *,
-                              n_groups: int = 1, pair_chunk: int = DEFAULT_PAIR_CHUNK,
-                              mask_chunk: int = DEFAULT_MASK_CHUNK,
-                              method: str = "auto") -> jax.Array:
+def elementary_influence_maps(
+  gen: Generator,
+  site: str,
+  n_pairs: int = 128,
+  key=None,
+  *,
+  n_groups: int = 1,
+  pair_chunk: int = DEFAULT_PAIR_CHUNK,
+  mask_chunk: int = DEFAULT_MASK_CHUNK,
+  method: str = "auto",
+) -> jax.Array:
   """Elementary influence maps (EIMs): one influence map per channel of ``site``.
 
   Args:
@@ -422,8 +490,8 @@ def elementary_influence_maps(gen: Generator, site: str, n_pairs: int = 128, key
   k1, k2 = jax.random.split(key)
   z1, z2 = gen.sample_latents(k1, n_pairs), gen.sample_latents(k2, n_pairs)
   groups = (np.arange(n_pairs) * n_groups) // n_pairs
-  sums, counts = elementary_influence_map_sums(gen, site, z1, z2, groups=groups,
-                                               pair_chunk=pair_chunk, mask_chunk=mask_chunk,
-                                               method=method)
+  sums, counts = elementary_influence_map_sums(
+    gen, site, z1, z2, groups=groups, pair_chunk=pair_chunk, mask_chunk=mask_chunk, method=method
+  )
   maps = sums / (3.0 * jnp.asarray(counts, jnp.float32)[:, None, None, None])
   return maps if n_groups > 1 else maps[0]

@@ -15,7 +15,7 @@ weights convert either way.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
@@ -50,8 +50,10 @@ def _subpixel_plan(kernel_shape, strides):
   kh, kw = kernel_shape[:2]
   sh, sw = strides
   plan_h, plan_w = _phase_plan(kh, sh), _phase_plan(kw, sw)
-  pads = ((-min(d for d, _ in plan_h), max(d + kh // sh - 1 for d, _ in plan_h)),
-          (-min(d for d, _ in plan_w), max(d + kw // sw - 1 for d, _ in plan_w)))
+  pads = (
+    (-min(d for d, _ in plan_h), max(d + kh // sh - 1 for d, _ in plan_h)),
+    (-min(d for d, _ in plan_w), max(d + kw // sw - 1 for d, _ in plan_w)),
+  )
   return plan_h, plan_w, pads
 
 
@@ -79,7 +81,7 @@ def _phases_to_space(y, hw, strides, kernel_shape):
     row = []
     for c, (dw, _) in enumerate(plan_w):
       oh, ow = dh + pads[0][0], dw + pads[1][0]
-      row.append(y[:, oh:oh + h, ow:ow + w, a, c])  # [B, H, W, C_out]
+      row.append(y[:, oh : oh + h, ow : ow + w, a, c])  # [B, H, W, C_out]
     phases.append(jnp.stack(row, axis=3))  # [B, H, W, sw, C_out]
   return jnp.stack(phases, axis=2).reshape(b, h * sh, w * sw, cout)
 
@@ -88,8 +90,9 @@ def _has_subpixel_form(kernel_shape, strides) -> bool:
   return kernel_shape[0] % strides[0] == 0 and kernel_shape[1] % strides[1] == 0
 
 
-def conv_transpose(x: jax.Array, kernel: jax.Array, strides: Sequence[int],
-                   *, precision=None) -> jax.Array:
+def conv_transpose(
+  x: jax.Array, kernel: jax.Array, strides: Sequence[int], *, precision=None
+) -> jax.Array:
   """Transposed convolution with 'SAME' padding (Flax ConvTranspose semantics).
 
   Args:
@@ -101,12 +104,19 @@ def conv_transpose(x: jax.Array, kernel: jax.Array, strides: Sequence[int],
   """
   strides = tuple(strides)
   if not _has_subpixel_form(kernel.shape, strides):  # fall back to the reference
-    return lax.conv_transpose(x, kernel, strides, "SAME", dimension_numbers=_DN,
-                              precision=precision)
+    return lax.conv_transpose(
+      x, kernel, strides, "SAME", dimension_numbers=_DN, precision=precision
+    )
   _, _, pads = _subpixel_plan(kernel.shape, strides)
   xp = jnp.pad(x, ((0, 0), *pads, (0, 0)))
-  y = lax.conv_general_dilated(xp, _subpixel_kernel(kernel, strides), (1, 1), "VALID",
-                               dimension_numbers=_DN, precision=precision)
+  y = lax.conv_general_dilated(
+    xp,
+    _subpixel_kernel(kernel, strides),
+    (1, 1),
+    "VALID",
+    dimension_numbers=_DN,
+    precision=precision,
+  )
   return _phases_to_space(y, x.shape[1:3], strides, kernel.shape)
 
 
@@ -121,8 +131,9 @@ def _per_channel_conv(xp, kernel, out_hw):
   """
   th, tw, m, cout = kernel.shape
   ho, wo = out_hw
-  patches = jnp.stack([xp[:, u:u + ho, v:v + wo, :] for u in range(th) for v in range(tw)],
-                      axis=-1)  # [B, Ho, Wo, m, th*tw]
+  patches = jnp.stack(
+    [xp[:, u : u + ho, v : v + wo, :] for u in range(th) for v in range(tw)], axis=-1
+  )  # [B, Ho, Wo, m, th*tw]
   k = kernel.reshape(th * tw, m, cout)
   return jnp.einsum("bhwjt,tjo->jbhwo", patches, k)
 
@@ -169,6 +180,7 @@ class ConvTranspose(nn.Module):
   Parameters are named and shaped like Flax's: ``kernel [kh, kw, C_in, C_out]``,
   ``bias [C_out]``.
   """
+
   features: int
   kernel_size: tuple[int, int] = (4, 4)
   strides: tuple[int, int] = (2, 2)
@@ -178,8 +190,7 @@ class ConvTranspose(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    kernel = self.param("kernel", self.kernel_init,
-                        (*self.kernel_size, x.shape[-1], self.features))
+    kernel = self.param("kernel", self.kernel_init, (*self.kernel_size, x.shape[-1], self.features))
     y = conv_transpose(x, kernel.astype(x.dtype), self.strides)
     if self.use_bias:
       y = y + self.param("bias", self.bias_init, (self.features,)).astype(x.dtype)

@@ -32,7 +32,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable, Sequence, Union
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -42,10 +43,14 @@ import numpy as np
 from cfmod_jax import checkpoints
 from cfmod_jax.data import synthfaces
 
-CATEGORICAL = tuple((name, spec[1]) for name, spec in synthfaces.FACTOR_SPECS.items()
-                    if spec[0] == "categorical")
-CONTINUOUS = tuple((name, spec[1], spec[2], int(np.prod(spec[3], dtype=int)))
-                   for name, spec in synthfaces.FACTOR_SPECS.items() if spec[0] == "uniform")
+CATEGORICAL = tuple(
+  (name, spec[1]) for name, spec in synthfaces.FACTOR_SPECS.items() if spec[0] == "categorical"
+)
+CONTINUOUS = tuple(
+  (name, spec[1], spec[2], int(np.prod(spec[3], dtype=int)))
+  for name, spec in synthfaces.FACTOR_SPECS.items()
+  if spec[0] == "uniform"
+)
 NUM_CONTINUOUS = sum(dims for *_, dims in CONTINUOUS)
 # Held-out real sets: seeds no training batch (data_seed, step) ever uses.
 HELDOUT_SEEDS = ((2020, 7, 1), (2020, 7, 2))
@@ -60,6 +65,7 @@ class FeatNet(nn.Module):
   in `CONTINUOUS` order). Four 4×4 stride-2 convolutions (w, 2w, 4w, 8w; swish),
   a dense layer to the features (swish), linear heads.
   """
+
   width: int = 16
   feature_dim: int = 64
 
@@ -89,7 +95,7 @@ def decode_regression(regression: np.ndarray) -> dict[str, np.ndarray]:
   """Continuous predictions ``[N, NUM_CONTINUOUS]`` back to factor units."""
   out, i = {}, 0
   for name, lo, hi, dims in CONTINUOUS:
-    v = regression[:, i:i + dims] * ((hi - lo) / 2) + (lo + hi) / 2
+    v = regression[:, i : i + dims] * ((hi - lo) / 2) + (lo + hi) / 2
     out[name] = v if dims > 1 else v[:, 0]
     i += dims
   return out
@@ -116,8 +122,9 @@ def frechet_distance_from_stats(mu1, sigma1, mu2, sigma2) -> float:
   s1h = _sqrt_psd(sigma1)
   cross = np.linalg.eigvalsh(_sym(s1h @ sigma2 @ s1h))
   diff = mu1 - mu2
-  fd = diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * np.sum(
-      np.sqrt(np.clip(cross, 0, None)))
+  fd = (
+    diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * np.sum(np.sqrt(np.clip(cross, 0, None)))
+  )
   return float(max(fd, 0.0))
 
 
@@ -142,8 +149,9 @@ class FeatureNet:
   Images are ``[N, 64, 64, 3]`` in [-1, 1]; both run in batches of ``batch_size``.
   """
 
-  def __init__(self, module: FeatNet, variables: Any, *, name: str = "featnet",
-               batch_size: int = 250):
+  def __init__(
+    self, module: FeatNet, variables: Any, *, name: str = "featnet", batch_size: int = 250
+  ):
     self.module, self.variables, self.name, self.batch_size = module, variables, name, batch_size
     self._apply = jax.jit(module.apply)
     self._pure_fns: dict[str, Callable] = {}
@@ -157,7 +165,7 @@ class FeatureNet:
       raise ValueError(f"images must be [N, 64, 64, 3], got {images.shape}")
     outs = []
     for i in range(0, len(images), self.batch_size):
-      outs.append(jax.device_get(self._apply(self.variables, images[i:i + self.batch_size])))
+      outs.append(jax.device_get(self._apply(self.variables, images[i : i + self.batch_size])))
     return jax.tree.map(lambda *xs: np.concatenate(xs), *outs)
 
   def features(self, images) -> np.ndarray:
@@ -205,8 +213,10 @@ class FeatureNet:
     if "predict_jit" not in self._pure_fns:
       self._pure_fns["predict_jit"] = jax.jit(self.predict_fn())
     fn = self._pure_fns["predict_jit"]
-    outs = [jax.device_get(fn(images[i:i + self.batch_size]))
-            for i in range(0, len(images), self.batch_size)]
+    outs = [
+      jax.device_get(fn(images[i : i + self.batch_size]))
+      for i in range(0, len(images), self.batch_size)
+    ]
     return jax.tree.map(lambda *xs: np.concatenate(xs), *outs)
 
 
@@ -215,8 +225,9 @@ def load_featnet(name_or_path: str = checkpoints.SHIPPED_FEATNET) -> FeatureNet:
   path = checkpoints.resolve(name_or_path, (checkpoints.SHIPPED_FEATNET,))
   meta = checkpoints.read_meta(path)
   module = FeatNet(**meta["kwargs"])
-  expected = jax.eval_shape(module.init, jax.random.key(0),
-                            jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32))
+  expected = jax.eval_shape(
+    module.init, jax.random.key(0), jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32)
+  )
   variables, meta = checkpoints.load_variables(path, expected, kind="featnet")
   return FeatureNet(module, variables, name=str(name_or_path))
 
@@ -226,6 +237,7 @@ def load_featnet(name_or_path: str = checkpoints.SHIPPED_FEATNET) -> FeatureNet:
 class Quality:
   """``fd``: generated vs held-out real; ``floor``: real vs disjoint real; ``n``
   images in each set."""
+
   fd: float
   floor: float
   n: int
@@ -236,7 +248,7 @@ class Quality:
 
 # Held-out real images: None (synthetic faces of HELDOUT_SEEDS), a callable
 # ``(n, which) -> [n, 64, 64, 3]`` for which in {0, 1}, or a pair of image arrays.
-RealImages = Union[None, Callable[[int, int], Any], Sequence[Any]]
+RealImages = None | Callable[[int, int], Any] | Sequence[Any]
 
 
 def _real_set(real_images: RealImages, n: int, which: int) -> np.ndarray:
@@ -251,11 +263,12 @@ def _real_set(real_images: RealImages, n: int, which: int) -> np.ndarray:
     images = real_images[which]
   images = np.asarray(images, np.float32)
   if images.ndim != 4 or images.shape[1:] != (64, 64, 3):
-    raise ValueError(f"{where} must be [N, 64, 64, 3] images in [-1, 1], got shape "
-                     f"{images.shape}")
+    raise ValueError(f"{where} must be [N, 64, 64, 3] images in [-1, 1], got shape {images.shape}")
   if len(images) < n:
-    raise ValueError(f"{where} has {len(images)} images, fewer than n={n}: n must be at most "
-                     f"the size of each held-out set")
+    raise ValueError(
+      f"{where} has {len(images)} images, fewer than n={n}: n must be at most "
+      f"the size of each held-out set"
+    )
   return images[:n]
 
 
@@ -267,19 +280,21 @@ def _check_real_images(real_images: RealImages) -> None:
   except TypeError:
     count = None
   if count != 2:
-    raise ValueError("real_images must be None (the synthetic faces), a callable "
-                     "(n, which) -> [n, 64, 64, 3] images for which in {0, 1}, or a pair of "
-                     f"two disjoint held-out image arrays; got {type(real_images).__name__}"
-                     + (f" of length {count}" if count is not None else ""))
+    raise ValueError(
+      "real_images must be None (the synthetic faces), a callable "
+      "(n, which) -> [n, 64, 64, 3] images for which in {0, 1}, or a pair of "
+      f"two disjoint held-out image arrays; got {type(real_images).__name__}"
+      + (f" of length {count}" if count is not None else "")
+    )
   if real_images[0] is real_images[1]:
-    raise ValueError("real_images holds the same array twice; the floor needs two disjoint "
-                     "held-out sets")
+    raise ValueError(
+      "real_images holds the same array twice; the floor needs two disjoint held-out sets"
+    )
 
 
 @functools.lru_cache(maxsize=4)
 def _real_stats(featnet: FeatureNet, n: int, real_images: RealImages = None):
-  return [gaussian_stats(featnet.features(_real_set(real_images, n, which)))
-          for which in (0, 1)]
+  return [gaussian_stats(featnet.features(_real_set(real_images, n, which))) for which in (0, 1)]
 
 
 def real_stats(featnet: FeatureNet, n: int, real_images: RealImages = None):
@@ -307,12 +322,19 @@ def real_floor(featnet: FeatureNet, n: int, real_images: RealImages = None) -> f
 def generated_images(generator, n: int, seed: int = 0, batch_size: int = 250) -> np.ndarray:
   """``n`` images ``[n, 64, 64, 3]`` of a `cfmod_jax.Generator` from prior latents."""
   z = generator.sample_latents(jax.random.key(seed), n)
-  return np.concatenate([np.asarray(generator(z[i:i + batch_size]))
-                         for i in range(0, n, batch_size)])
+  return np.concatenate(
+    [np.asarray(generator(z[i : i + batch_size])) for i in range(0, n, batch_size)]
+  )
 
 
-def sample_quality(generator, featnet: FeatureNet | None = None, n: int = 2000,
-                   seed: int = 0, *, real_images: RealImages = None) -> Quality:
+def sample_quality(
+  generator,
+  featnet: FeatureNet | None = None,
+  n: int = 2000,
+  seed: int = 0,
+  *,
+  real_images: RealImages = None,
+) -> Quality:
   """Fréchet distance of ``n`` samples of ``generator`` to ``n`` held-out real
   images, with the real-vs-real floor at the same ``n``.
 
@@ -327,10 +349,22 @@ def sample_quality(generator, featnet: FeatureNet | None = None, n: int = 2000,
   featnet = featnet or load_featnet()
   (m1, s1), (m2, s2) = real_stats(featnet, int(n), real_images)
   m, s = gaussian_stats(featnet.features(generated_images(generator, int(n), seed)))
-  return Quality(fd=frechet_distance_from_stats(m, s, m1, s1),
-                 floor=frechet_distance_from_stats(m1, s1, m2, s2), n=int(n))
+  return Quality(
+    fd=frechet_distance_from_stats(m, s, m1, s1),
+    floor=frechet_distance_from_stats(m1, s1, m2, s2),
+    n=int(n),
+  )
 
 
-__all__ = ["FeatNet", "FeatureNet", "Quality", "frechet_distance",
-           "frechet_distance_from_stats", "gaussian_stats", "load_featnet", "real_floor",
-           "real_stats", "sample_quality"]
+__all__ = [
+  "FeatNet",
+  "FeatureNet",
+  "Quality",
+  "frechet_distance",
+  "frechet_distance_from_stats",
+  "gaussian_stats",
+  "load_featnet",
+  "real_floor",
+  "real_stats",
+  "sample_quality",
+]

@@ -33,7 +33,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -42,8 +43,12 @@ from jax import lax
 
 from cfmod_jax import clustering, viz
 from cfmod_jax.generator import Generator
-from cfmod_jax.interventions import (check_masks, check_pairs, elementary_influence_maps,
-                                     influence_maps)
+from cfmod_jax.interventions import (
+  check_masks,
+  check_pairs,
+  elementary_influence_maps,
+  influence_maps,
+)
 
 DEFAULT_PAIR_CHUNK = 32
 DEFAULT_MASK_CHUNK = 4
@@ -61,6 +66,7 @@ class Classifier:
       argument, not baked in as constants).
     name: a label used in outputs.
   """
+
   apply: Callable[[Any, jax.Array], jax.Array]
   params: Any = None
   name: str = "classifier"
@@ -71,11 +77,12 @@ def as_classifier(classifier, name: str | None = None) -> Classifier:
   if isinstance(classifier, Classifier):
     return classifier if name is None else dataclasses.replace(classifier, name=name)
   if not callable(classifier):
-    raise TypeError(f"classifier must be a Classifier or a function images -> logits, got "
-                    f"{type(classifier).__name__}")
+    raise TypeError(
+      f"classifier must be a Classifier or a function images -> logits, got "
+      f"{type(classifier).__name__}"
+    )
   fn = classifier
-  return Classifier(lambda _, x: fn(x), None,
-                    name or getattr(fn, "__name__", "classifier"))
+  return Classifier(lambda _, x: fn(x), None, name or getattr(fn, "__name__", "classifier"))
 
 
 def factor_classifier(featnet, factor: str = "hair_color") -> Classifier:
@@ -84,13 +91,17 @@ def factor_classifier(featnet, factor: str = "hair_color") -> Classifier:
   ``featnet`` is e.g. ``quality.load_featnet()``; images are ``[N, 64, 64, 3]``.
   """
   from cfmod_jax import quality  # pylint: disable=g-import-not-at-top
+
   names = [n for n, _ in quality.CATEGORICAL]
   if factor not in names:
-    raise ValueError(f"factor={factor!r} is not a categorical factor of the feature "
-                     f"network; valid: {', '.join(names)}")
+    raise ValueError(
+      f"factor={factor!r} is not a categorical factor of the feature "
+      f"network; valid: {', '.join(names)}"
+    )
   module = featnet.module
-  return Classifier(lambda v, x: module.apply(v, x)[1][factor], featnet.variables,
-                    f"{featnet.name}:{factor}")
+  return Classifier(
+    lambda v, x: module.apply(v, x)[1][factor], featnet.variables, f"{featnet.name}:{factor}"
+  )
 
 
 def check_classifier(classifier: Classifier, image_shape: Sequence[int]) -> int:
@@ -101,18 +112,21 @@ def check_classifier(classifier: Classifier, image_shape: Sequence[int]) -> int:
   try:
     out = jax.eval_shape(classifier.apply, classifier.params, x)
   except Exception as exc:  # pylint: disable=broad-except
-    raise ValueError(f"classifier {classifier.name!r} failed on images of shape "
-                     f"[N, {', '.join(map(str, image_shape))}] (the generator's output): "
-                     f"{type(exc).__name__}: {exc}") from exc
+    raise ValueError(
+      f"classifier {classifier.name!r} failed on images of shape "
+      f"[N, {', '.join(map(str, image_shape))}] (the generator's output): "
+      f"{type(exc).__name__}: {exc}"
+    ) from exc
   shape = getattr(out, "shape", None)
   if shape is None or len(shape) != 2 or shape[0] != n or shape[1] < 2:
     got = shape if shape is not None else type(out).__name__
-    raise ValueError(f"classifier {classifier.name!r} must return logits [N, n_classes] "
-                     f"with n_classes ≥ 2 for images [N, {', '.join(map(str, image_shape))}]"
-                     f"; for N={n} it returned {got}")
+    raise ValueError(
+      f"classifier {classifier.name!r} must return logits [N, n_classes] "
+      f"with n_classes ≥ 2 for images [N, {', '.join(map(str, image_shape))}]"
+      f"; for N={n} it returned {got}"
+    )
   if not jnp.issubdtype(out.dtype, jnp.floating):
-    raise ValueError(f"classifier {classifier.name!r} must return float logits, got "
-                     f"{out.dtype}")
+    raise ValueError(f"classifier {classifier.name!r} must return float logits, got {out.dtype}")
   return int(shape[1])
 
 
@@ -129,6 +143,7 @@ class PairPredictions:
     hybrid_confidence: float32 [M, N], softmax f(hybrid)[original_class].
     hybrid_change: float32 [M, N], mean over pixels and colours of |hybrid − G(z1)|.
   """
+
   original_class: np.ndarray
   donor_class: np.ndarray
   original_confidence: np.ndarray
@@ -172,9 +187,17 @@ def _check_positive_int(value, name):
   return int(value)
 
 
-def pair_predictions(gen: Generator, classifier, site: str, masks, z1, z2, *,
-                     pair_chunk: int = DEFAULT_PAIR_CHUNK,
-                     mask_chunk: int = DEFAULT_MASK_CHUNK) -> PairPredictions:
+def pair_predictions(
+  gen: Generator,
+  classifier,
+  site: str,
+  masks,
+  z1,
+  z2,
+  *,
+  pair_chunk: int = DEFAULT_PAIR_CHUNK,
+  mask_chunk: int = DEFAULT_MASK_CHUNK,
+) -> PairPredictions:
   """The classifier's predictions on originals, donors and hybrids, per pair.
 
   Args:
@@ -201,14 +224,16 @@ def pair_predictions(gen: Generator, classifier, site: str, masks, z1, z2, *,
     z1 = jnp.concatenate([z1, jnp.repeat(z1[:1], n_pad, axis=0)])
     z2 = jnp.concatenate([z2, jnp.repeat(z2[:1], n_pad, axis=0)])
   chunks = lambda z: z.reshape(-1, pair_chunk, *z.shape[1:])
-  fn = gen.jitted(("robustness", site, clf.apply, pair_chunk, mask_chunk),
-                  lambda: _robustness_fn(gen, clf.apply, site, pair_chunk, mask_chunk))
+  fn = gen.jitted(
+    ("robustness", site, clf.apply, pair_chunk, mask_chunk),
+    lambda: _robustness_fn(gen, clf.apply, site, pair_chunk, mask_chunk),
+  )
   c1, c2, conf1, ch, ph, dh = jax.device_get(
-      fn(gen.variables, clf.params, masks, chunks(z1), chunks(z2)))
+    fn(gen.variables, clf.params, masks, chunks(z1), chunks(z2))
+  )
   flat = lambda a: a.reshape(-1)[:n]
   per_mask = lambda a: np.moveaxis(a, 1, 0).reshape(a.shape[1], -1)[:, :n]  # [M, N]
-  return PairPredictions(flat(c1), flat(c2), flat(conf1), per_mask(ch), per_mask(ph),
-                         per_mask(dh))
+  return PairPredictions(flat(c1), flat(c2), flat(conf1), per_mask(ch), per_mask(ph), per_mask(dh))
 
 
 # ---- summaries ---------------------------------------------------------------------------
@@ -220,6 +245,7 @@ class Effect:
   the mean |hybrid − G(z1)| over pairs, pixels and colours (images in [-1, 1]): how
   much the swap changes the image at all, to read beside the keep rate.
   """
+
   site: str
   name: str
   n_channels: int
@@ -232,13 +258,16 @@ class Effect:
   image_change: float
 
 
-def effects(preds: PairPredictions, site: str, names: Sequence[str],
-            n_channels: Sequence[int]) -> list[Effect]:
+def effects(
+  preds: PairPredictions, site: str, names: Sequence[str], n_channels: Sequence[int]
+) -> list[Effect]:
   """One `Effect` per mask from per-pair predictions."""
   if len(names) != preds.hybrid_class.shape[0] or len(n_channels) != len(names):
-    raise ValueError(f"need one name and channel count per mask "
-                     f"({preds.hybrid_class.shape[0]}), got {len(names)} and "
-                     f"{len(n_channels)}")
+    raise ValueError(
+      f"need one name and channel count per mask "
+      f"({preds.hybrid_class.shape[0]}), got {len(names)} and "
+      f"{len(n_channels)}"
+    )
   n = preds.original_class.shape[0]
   out = []
   for i, name in enumerate(names):
@@ -246,27 +275,43 @@ def effects(preds: PairPredictions, site: str, names: Sequence[str],
     shift = preds.hybrid_confidence[i].astype(np.float64) - preds.original_confidence
     donor = (preds.hybrid_class[i] == preds.donor_class).mean()
     keep = kept.mean()
-    out.append(Effect(site=site, name=str(name), n_channels=int(n_channels[i]), n_pairs=n,
-                      keep_rate=float(keep), keep_rate_se=float(np.sqrt(keep * (1 - keep) / n)),
-                      confidence_shift=float(shift.mean()),
-                      confidence_shift_se=float(shift.std(ddof=1) / np.sqrt(n)) if n > 1
-                      else 0.0,
-                      donor_rate=float(donor),
-                      image_change=float(preds.hybrid_change[i].mean())))
+    out.append(
+      Effect(
+        site=site,
+        name=str(name),
+        n_channels=int(n_channels[i]),
+        n_pairs=n,
+        keep_rate=float(keep),
+        keep_rate_se=float(np.sqrt(keep * (1 - keep) / n)),
+        confidence_shift=float(shift.mean()),
+        confidence_shift_se=float(shift.std(ddof=1) / np.sqrt(n)) if n > 1 else 0.0,
+        donor_rate=float(donor),
+        image_change=float(preds.hybrid_change[i].mean()),
+      )
+    )
   return out
 
 
-def mask_robustness(gen: Generator, classifier, site: str, masks, z1, z2, *,
-                    names: Sequence[str] | None = None,
-                    pair_chunk: int = DEFAULT_PAIR_CHUNK,
-                    mask_chunk: int = DEFAULT_MASK_CHUNK) -> list[Effect]:
+def mask_robustness(
+  gen: Generator,
+  classifier,
+  site: str,
+  masks,
+  z1,
+  z2,
+  *,
+  names: Sequence[str] | None = None,
+  pair_chunk: int = DEFAULT_PAIR_CHUNK,
+  mask_chunk: int = DEFAULT_MASK_CHUNK,
+) -> list[Effect]:
   """Keep rate, confidence shift and donor rate of each mask ``[M, C]`` at ``site``
   over the pairs ``(z1, z2)``; names default to ``mask0, mask1, …``."""
   masks = np.asarray(masks, np.float32) if not isinstance(masks, jax.Array) else masks
   masks2d = masks[None] if np.ndim(masks) == 1 else masks
   names = list(names) if names is not None else [f"mask{i}" for i in range(len(masks2d))]
-  preds = pair_predictions(gen, classifier, site, masks2d, z1, z2, pair_chunk=pair_chunk,
-                           mask_chunk=mask_chunk)
+  preds = pair_predictions(
+    gen, classifier, site, masks2d, z1, z2, pair_chunk=pair_chunk, mask_chunk=mask_chunk
+  )
   sizes = np.asarray(masks2d).sum(axis=1).round().astype(int)
   return effects(preds, site, names, sizes)
 
@@ -289,6 +334,7 @@ class SiteResult:
     hair_module: with part maps that include 'hair', the module whose influence
       has the largest share inside the hair region.
   """
+
   site: str
   labels: np.ndarray
   effects: list[Effect]
@@ -301,6 +347,7 @@ class SiteResult:
 @dataclasses.dataclass
 class RobustnessResult:
   """Output of `module_robustness`; `to_dict` gives its JSON form."""
+
   generator: str
   classifier: str
   n_classes: int
@@ -341,8 +388,10 @@ def part_shares(maps: np.ndarray, part_maps: np.ndarray) -> np.ndarray:
   maps = np.asarray(maps, np.float64)
   parts = np.asarray(part_maps, np.float64)
   if parts.shape[1:] != maps.shape[1:]:
-    raise ValueError(f"part maps {parts.shape[1:]} and influence maps {maps.shape[1:]} "
-                     "must have the same spatial shape")
+    raise ValueError(
+      f"part maps {parts.shape[1:]} and influence maps {maps.shape[1:]} "
+      "must have the same spatial shape"
+    )
   total = parts.sum(0, keepdims=True)
   q = np.divide(parts, total, out=np.zeros_like(parts), where=total > 0)
   mass = maps.reshape(len(maps), -1).sum(1)
@@ -359,14 +408,22 @@ def _check_sites(gen: Generator, sites):
   return sites
 
 
-def module_robustness(gen: Generator, classifier, *, sites: Sequence[str] | None = None,
-                      k: int = 3, n_pairs: int = 256, eim_pairs: int = 64,
-                      method: str = "nmf", seed: int = 0,
-                      part_maps: np.ndarray | None = None,
-                      part_names: Sequence[str] | None = None,
-                      labels: dict[str, np.ndarray] | None = None,
-                      pair_chunk: int = DEFAULT_PAIR_CHUNK,
-                      mask_chunk: int = DEFAULT_MASK_CHUNK) -> RobustnessResult:
+def module_robustness(
+  gen: Generator,
+  classifier,
+  *,
+  sites: Sequence[str] | None = None,
+  k: int = 3,
+  n_pairs: int = 256,
+  eim_pairs: int = 64,
+  method: str = "nmf",
+  seed: int = 0,
+  part_maps: np.ndarray | None = None,
+  part_names: Sequence[str] | None = None,
+  labels: dict[str, np.ndarray] | None = None,
+  pair_chunk: int = DEFAULT_PAIR_CHUNK,
+  mask_chunk: int = DEFAULT_MASK_CHUNK,
+) -> RobustnessResult:
   """Robustness of a classifier to swapping each module of each site.
 
   Per site: EIMs over ``eim_pairs`` pairs → ``k`` modules (`clustering.cluster_channels`
@@ -407,39 +464,52 @@ def module_robustness(gen: Generator, classifier, *, sites: Sequence[str] | None
         raise ValueError(f"labels[{site!r}] must have shape [{c}], got {lab.shape}")
       site_k = max(k, int(lab.max()) + 1)
     else:
-      eims = np.asarray(elementary_influence_maps(
-          gen, site, eim_pairs, jax.random.fold_in(k_eim, i), pair_chunk=pair_chunk))
+      eims = np.asarray(
+        elementary_influence_maps(
+          gen, site, eim_pairs, jax.random.fold_in(k_eim, i), pair_chunk=pair_chunk
+        )
+      )
       lab = clustering.cluster_channels(eims, k, method, seed=seed).labels
       site_k = k
-    masks = np.concatenate([(lab[None] == np.arange(site_k)[:, None]).astype(np.float32),
-                            np.ones((1, c), np.float32)])
+    masks = np.concatenate(
+      [(lab[None] == np.arange(site_k)[:, None]).astype(np.float32), np.ones((1, c), np.float32)]
+    )
     names = [f"module{j}" for j in range(site_k)] + ["all"]
-    preds = pair_predictions(gen, clf, site, masks, z1, z2, pair_chunk=pair_chunk,
-                             mask_chunk=mask_chunk)
+    preds = pair_predictions(
+      gen, clf, site, masks, z1, z2, pair_chunk=pair_chunk, mask_chunk=mask_chunk
+    )
     base = preds
     res = SiteResult(site, lab, effects(preds, site, names, masks.sum(1).astype(int)))
     if part_maps is not None:
       m = min(n_pairs, 64)
-      maps = np.asarray(influence_maps(gen, site, masks[:site_k], z1[:m], z2[:m],
-                                       pair_chunk=pair_chunk))
+      maps = np.asarray(
+        influence_maps(gen, site, masks[:site_k], z1[:m], z2[:m], pair_chunk=pair_chunk)
+      )
       shares = part_shares(maps, part_maps)
       area = part_shares(np.ones((1, *maps.shape[1:])), part_maps)[0]
       ratio = shares / np.where(area > 0, area, 1.0)
-      res.part_shares = {names[j]: {p: float(shares[j, q]) for q, p in enumerate(part_names)}
-                         for j in range(site_k)}
+      res.part_shares = {
+        names[j]: {p: float(shares[j, q]) for q, p in enumerate(part_names)} for j in range(site_k)
+      }
       res.part_area = {p: float(area[q]) for q, p in enumerate(part_names)}
-      res.module_labels = {names[j]: part_names[int(np.argmax(ratio[j]))]
-                           for j in range(site_k)}
+      res.module_labels = {names[j]: part_names[int(np.argmax(ratio[j]))] for j in range(site_k)}
       if "hair" in part_names:
         res.hair_module = names[int(np.argmax(shares[:, list(part_names).index("hair")]))]
     results[site] = res
   return RobustnessResult(
-      generator=gen.name, classifier=clf.name, n_classes=n_classes, n_pairs=n_pairs,
-      eim_pairs=eim_pairs, k=k, method=method, seed=seed,
-      chance_keep_rate=float((base.original_class == base.donor_class).mean()),
-      original_confidence=float(base.original_confidence.mean()),
-      original_class_counts=np.bincount(base.original_class, minlength=n_classes).tolist(),
-      sites=results)
+    generator=gen.name,
+    classifier=clf.name,
+    n_classes=n_classes,
+    n_pairs=n_pairs,
+    eim_pairs=eim_pairs,
+    k=k,
+    method=method,
+    seed=seed,
+    chance_keep_rate=float((base.original_class == base.donor_class).mean()),
+    original_confidence=float(base.original_confidence.mean()),
+    original_class_counts=np.bincount(base.original_class, minlength=n_classes).tolist(),
+    sites=results,
+  )
 
 
 # ---- outputs -----------------------------------------------------------------------------
@@ -455,8 +525,9 @@ def plot_robustness(result: RobustnessResult, path: str) -> str:
   """Bar plot PNG: keep rate (top) and confidence shift (bottom) per site and
   intervention, with standard-error bars and the chance keep rate as a line."""
   sites = list(result.sites)
-  names = sorted({e.name for s in result.sites.values() for e in s.effects},
-                 key=lambda n: (n == "all", n))
+  names = sorted(
+    {e.name for s in result.sites.values() for e in s.effects}, key=lambda n: (n == "all", n)
+  )
   fig = viz.new_figure(max(6.0, 1.6 * len(sites) + 2), 6.0)
   ax_keep, ax_shift = fig.add_subplot(2, 1, 1), fig.add_subplot(2, 1, 2)
   width = 0.8 / len(names)
@@ -474,15 +545,30 @@ def plot_robustness(result: RobustnessResult, path: str) -> str:
     for s_i, s in enumerate(sites):
       r = result.sites[s]
       if r.module_labels and name in r.module_labels:
-        ax_keep.text(pos[s_i], 0.02, r.module_labels[name] + ("*" if r.hair_module == name
-                                                              else ""),
-                     rotation=90, ha="center", va="bottom", fontsize=7, color="w")
-  ax_keep.axhline(result.chance_keep_rate, color="k", ls="--", lw=1,
-                  label=f"chance ({result.chance_keep_rate:.2f})")
+        ax_keep.text(
+          pos[s_i],
+          0.02,
+          r.module_labels[name] + ("*" if r.hair_module == name else ""),
+          rotation=90,
+          ha="center",
+          va="bottom",
+          fontsize=7,
+          color="w",
+        )
+  ax_keep.axhline(
+    result.chance_keep_rate,
+    color="k",
+    ls="--",
+    lw=1,
+    label=f"chance ({result.chance_keep_rate:.2f})",
+  )
   ax_keep.set_ylim(0, 1.05)
   ax_keep.set_ylabel("keep rate")
-  ax_keep.set_title(f"{result.classifier} on hybrids of {result.generator} "
-                    f"(n={result.n_pairs} pairs, K={result.k})", fontsize=9)
+  ax_keep.set_title(
+    f"{result.classifier} on hybrids of {result.generator} "
+    f"(n={result.n_pairs} pairs, K={result.k})",
+    fontsize=9,
+  )
   ax_shift.axhline(0, color="k", lw=0.8)
   ax_shift.set_ylabel("confidence shift")
   for ax in (ax_keep, ax_shift):
@@ -490,30 +576,52 @@ def plot_robustness(result: RobustnessResult, path: str) -> str:
     ax.set_xticklabels(sites)
   ax_keep.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
   if any(r.module_labels for r in result.sites.values()):
-    ax_keep.text(1.01, 0.0, "bar text: region with the\nlargest share/area of the\n"
-                 "module's influence;\n* = hair module", transform=ax_keep.transAxes,
-                 fontsize=7, va="bottom")
+    ax_keep.text(
+      1.01,
+      0.0,
+      "bar text: region with the\nlargest share/area of the\nmodule's influence;\n* = hair module",
+      transform=ax_keep.transAxes,
+      fontsize=7,
+      va="bottom",
+    )
   return viz.save_figure(fig, path)
 
 
 def markdown_table(result: RobustnessResult) -> str:
   """The results as a Markdown table (one row per site and intervention)."""
-  lines = ["| site | swapped | channels | part label | hair share | keep rate | "
-           "confidence shift | donor rate | image change |",
-           "|---|---|---|---|---|---|---|---|---|"]
+  lines = [
+    "| site | swapped | channels | part label | hair share | keep rate | "
+    "confidence shift | donor rate | image change |",
+    "|---|---|---|---|---|---|---|---|---|",
+  ]
   for row in result.rows():
     hair = row.get("hair_share")
     label = row.get("label", "—") + (" (hair module)" if row.get("is_hair_module") else "")
     lines.append(
-        f"| {row['site']} | {row['name']} | {row['n_channels']} | {label} | "
-        f"{'—' if hair is None else f'{hair:.2f}'} | "
-        f"{row['keep_rate']:.3f} ± {row['keep_rate_se']:.3f} | "
-        f"{row['confidence_shift']:+.3f} ± {row['confidence_shift_se']:.3f} | "
-        f"{row['donor_rate']:.3f} | {row['image_change']:.3f} |")
+      f"| {row['site']} | {row['name']} | {row['n_channels']} | {label} | "
+      f"{'—' if hair is None else f'{hair:.2f}'} | "
+      f"{row['keep_rate']:.3f} ± {row['keep_rate_se']:.3f} | "
+      f"{row['confidence_shift']:+.3f} ± {row['confidence_shift_se']:.3f} | "
+      f"{row['donor_rate']:.3f} | {row['image_change']:.3f} |"
+    )
   return "\n".join(lines)
 
 
-__all__ = ["Classifier", "Effect", "PairPredictions", "RobustnessResult", "SiteResult",
-           "as_classifier", "check_classifier", "effects", "factor_classifier",
-           "markdown_table", "mask_robustness", "module_robustness", "pair_predictions",
-           "part_shares", "plot_robustness", "write_json"]
+__all__ = [
+  "Classifier",
+  "Effect",
+  "PairPredictions",
+  "RobustnessResult",
+  "SiteResult",
+  "as_classifier",
+  "check_classifier",
+  "effects",
+  "factor_classifier",
+  "markdown_table",
+  "mask_robustness",
+  "module_robustness",
+  "pair_predictions",
+  "part_shares",
+  "plot_robustness",
+  "write_json",
+]

@@ -28,12 +28,18 @@ import json
 import os
 import re
 import sys
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from cfmod_jax.generator import Generator
 
-FORMS = ("random:<arch>[:<width>]", "a shipped name", "a checkpoint folder",
-         "<module>:<factory>", "<path/to/file.py>:<factory>")
+FORMS = (
+  "random:<arch>[:<width>]",
+  "a shipped name",
+  "a checkpoint folder",
+  "<module>:<factory>",
+  "<path/to/file.py>:<factory>",
+)
 _MODULE_NAME = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 _IDENTIFIER = re.compile(r"^[A-Za-z_]\w*$")
 
@@ -41,9 +47,12 @@ _IDENTIFIER = re.compile(r"^[A-Za-z_]\w*$")
 def _expected() -> str:
   from cfmod_jax.checkpoints import SHIPPED_GENERATORS  # pylint: disable=g-import-not-at-top
   from cfmod_jax.models import architectures  # pylint: disable=g-import-not-at-top
-  return (f"expected random:<arch>[:<width>] (arch one of {architectures()}), a shipped name "
-          f"({', '.join(SHIPPED_GENERATORS)}), a checkpoint folder, <module>:<factory> or "
-          "<path/to/file.py>:<factory>")
+
+  return (
+    f"expected random:<arch>[:<width>] (arch one of {architectures()}), a shipped name "
+    f"({', '.join(SHIPPED_GENERATORS)}), a checkpoint folder, <module>:<factory> or "
+    "<path/to/file.py>:<factory>"
+  )
 
 
 def parse_generator_args(text: str | Mapping[str, Any] | None) -> dict[str, Any]:
@@ -55,20 +64,25 @@ def parse_generator_args(text: str | Mapping[str, Any] | None) -> dict[str, Any]
     value = dict(text)
   else:
     if not isinstance(text, str):
-      raise ValueError(f"generator_args must be a JSON object such as '{{\"width\": 8}}', got "
-                       f"{type(text).__name__}")
+      raise ValueError(
+        f"generator_args must be a JSON object such as '{{\"width\": 8}}', got "
+        f"{type(text).__name__}"
+      )
     try:
       value = json.loads(text)
     except ValueError as e:
-      raise ValueError(f"generator_args must be a JSON object such as '{{\"width\": 8}}': "
-                       f"{e}") from None
+      raise ValueError(
+        f"generator_args must be a JSON object such as '{{\"width\": 8}}': {e}"
+      ) from None
     if not isinstance(value, dict):
-      raise ValueError(f"generator_args must be a JSON object such as '{{\"width\": 8}}', got "
-                       f"{text!r}")
+      raise ValueError(
+        f"generator_args must be a JSON object such as '{{\"width\": 8}}', got {text!r}"
+      )
   bad = [k for k in value if not isinstance(k, str) or not _IDENTIFIER.match(k)]
   if bad:
-    raise ValueError(f"generator_args keys must be Python identifiers (keyword arguments), "
-                     f"got {bad}")
+    raise ValueError(
+      f"generator_args keys must be Python identifiers (keyword arguments), got {bad}"
+    )
   return value
 
 
@@ -94,40 +108,51 @@ def generator_from_spec(spec: str, args: Mapping[str, Any] | str | None = None) 
   if spec.startswith("random:"):
     return _random(spec, kwargs)
   from cfmod_jax import checkpoints  # pylint: disable=g-import-not-at-top
+
   if spec in checkpoints.SHIPPED_GENERATORS or os.path.exists(spec):
     path = checkpoints.resolve(spec)
     if os.path.isdir(path) and checkpoints.is_biggan_folder(path):
       try:
-        return checkpoints.load_biggan_folder(path, name=os.path.basename(
-            os.path.normpath(path)), **kwargs)
+        return checkpoints.load_biggan_folder(
+          path, name=os.path.basename(os.path.normpath(path)), **kwargs
+        )
       except TypeError as e:
-        raise ValueError(f"generator_args {kwargs} do not fit a BigGAN folder (it takes "
-                         f"truncation, classes, class_sampler): {e}") from None
+        raise ValueError(
+          f"generator_args {kwargs} do not fit a BigGAN folder (it takes "
+          f"truncation, classes, class_sampler): {e}"
+        ) from None
     if kwargs:
-      raise ValueError(f"generator_args must be empty for a checkpoint ({spec!r}): its "
-                       f"checkpoint.json fixes the architecture; got {kwargs}")
+      raise ValueError(
+        f"generator_args must be empty for a checkpoint ({spec!r}): its "
+        f"checkpoint.json fixes the architecture; got {kwargs}"
+      )
     return checkpoints.load_generator(spec)
   if ":" in spec:
     return _from_factory(spec, kwargs)
-  raise ValueError(f"generator={spec!r} is neither a shipped name nor an existing path, and "
-                   f"has no ':'; {_expected()}")
+  raise ValueError(
+    f"generator={spec!r} is neither a shipped name nor an existing path, and "
+    f"has no ':'; {_expected()}"
+  )
 
 
 def _random(spec: str, kwargs: dict[str, Any]) -> Generator:
   from cfmod_jax.models import architectures, init_generator  # pylint: disable=g-import-not-at-top
+
   _, arch, *rest = spec.split(":")
   if not arch or len(rest) > 1 or (rest and not rest[0].isdigit()):
-    raise ValueError(f"generator must be random:<arch>[:<width>] with <width> a positive "
-                     f"integer, got {spec!r}")
+    raise ValueError(
+      f"generator must be random:<arch>[:<width>] with <width> a positive integer, got {spec!r}"
+    )
   if arch not in architectures():
-    raise ValueError(f"generator={spec!r}: arch={arch!r} is unknown; expected one of "
-                     f"{architectures()} (add your own with "
-                     "cfmod_jax.register_architecture(name, build_fn))")
+    raise ValueError(
+      f"generator={spec!r}: arch={arch!r} is unknown; expected one of "
+      f"{architectures()} (add your own with "
+      "cfmod_jax.register_architecture(name, build_fn))"
+    )
   user_args = dict(kwargs)
   if rest:
     if "width" in kwargs:
-      raise ValueError(f"generator={spec!r} gives the width; generator_args must not give "
-                       "it again")
+      raise ValueError(f"generator={spec!r} gives the width; generator_args must not give it again")
     kwargs = {**kwargs, "width": int(rest[0])}
   try:
     return init_generator(arch, **kwargs)
@@ -167,8 +192,10 @@ def _import_file(path: str):
 def _from_factory(spec: str, kwargs: dict[str, Any]) -> Generator:
   where, _, attr = spec.rpartition(":")
   if not where or not re.match(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$", attr):
-    raise ValueError(f"generator={spec!r}: <factory> after the last ':' must be a name "
-                     f"(e.g. make_generator); {_expected()}")
+    raise ValueError(
+      f"generator={spec!r}: <factory> after the last ':' must be a name "
+      f"(e.g. make_generator); {_expected()}"
+    )
   is_file = where.endswith(".py") or os.sep in where or "/" in where
   try:
     if is_file:
@@ -176,19 +203,22 @@ def _from_factory(spec: str, kwargs: dict[str, Any]) -> Generator:
     elif _MODULE_NAME.match(where):
       module = importlib.import_module(where)
     else:
-      raise ValueError(f"generator={spec!r}: {where!r} is neither a module name "
-                       f"(my_pkg.my_module) nor a .py file; {_expected()}")
+      raise ValueError(
+        f"generator={spec!r}: {where!r} is neither a module name "
+        f"(my_pkg.my_module) nor a .py file; {_expected()}"
+      )
   except ImportError as e:
-    raise ValueError(f"generator={spec!r}: cannot import {where!r}: {e}; {_expected()}"
-                     ) from None
+    raise ValueError(f"generator={spec!r}: cannot import {where!r}: {e}; {_expected()}") from None
   factory = module
   for part in attr.split("."):
     factory = getattr(factory, part, None)
     if factory is None:
       raise ValueError(f"generator={spec!r}: {where} has no attribute {attr!r}")
   if not callable(factory):
-    raise ValueError(f"generator={spec!r}: {attr} is a {type(factory).__name__}, not a "
-                     "callable returning a cfmod_jax.Generator")
+    raise ValueError(
+      f"generator={spec!r}: {attr} is a {type(factory).__name__}, not a "
+      "callable returning a cfmod_jax.Generator"
+    )
   try:
     gen = factory(**kwargs)
   except TypeError as e:
@@ -196,9 +226,11 @@ def _from_factory(spec: str, kwargs: dict[str, Any]) -> Generator:
       raise ValueError(f"generator_args {kwargs} do not fit {attr}(): {e}") from None
     raise
   if not isinstance(gen, Generator):
-    raise ValueError(f"generator={spec!r}: {attr}() returned a {type(gen).__name__}, not a "
-                     "cfmod_jax.Generator (build one with cfmod_jax.Generator(module, "
-                     "variables), cfmod_jax.wrap_linen or cfmod_jax.wrap_nnx)")
+    raise ValueError(
+      f"generator={spec!r}: {attr}() returned a {type(gen).__name__}, not a "
+      "cfmod_jax.Generator (build one with cfmod_jax.Generator(module, "
+      "variables), cfmod_jax.wrap_linen or cfmod_jax.wrap_nnx)"
+    )
   return gen
 
 

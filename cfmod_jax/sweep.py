@@ -39,21 +39,23 @@ import warnings
 import flax.linen as nn
 import jax
 import numpy as np
-from flax import nnx
 from absl import logging
+from flax import nnx
 
 from cfmod_jax._validate import check_generator, check_seed
 from cfmod_jax.fileio import atomic_savez, atomic_write_json
 from cfmod_jax.generator import Generator
-from cfmod_jax.interventions import (DEFAULT_MASK_CHUNK, DEFAULT_PAIR_CHUNK,
-                                     elementary_influence_map_sums)
+from cfmod_jax.interventions import (
+  DEFAULT_MASK_CHUNK,
+  DEFAULT_PAIR_CHUNK,
+  elementary_influence_map_sums,
+)
 
 _FORMAT_VERSION = 1
 
 
 # Libraries whose classes count by their version, not their source.
-_LIBRARIES = ("flax", "jax", "jaxlib", "numpy", "optax", "builtins", "abc", "typing",
-              "functools")
+_LIBRARIES = ("flax", "jax", "jaxlib", "numpy", "optax", "builtins", "abc", "typing", "functools")
 # Salt of fingerprints whose code cannot be read: results are then never reused by
 # another process (a warning says to set `Generator.code_version`).
 _PROCESS_SALT = os.urandom(16).hex()
@@ -93,8 +95,15 @@ def _fields(module, depth: int = 0):
   """Linen submodules held in ``module``'s dataclass fields (lists, dicts), recursively."""
   if depth > 8:
     return
-  values = [getattr(module, f.name, None) for f in dataclasses.fields(module)
-            if f.name not in ("parent", "name")] if dataclasses.is_dataclass(module) else []
+  values = (
+    [
+      getattr(module, f.name, None)
+      for f in dataclasses.fields(module)
+      if f.name not in ("parent", "name")
+    ]
+    if dataclasses.is_dataclass(module)
+    else []
+  )
   while values:
     value = values.pop()
     if isinstance(value, (list, tuple)):
@@ -166,10 +175,12 @@ def generator_fingerprint(gen: Generator) -> str:
   code_version = getattr(gen, "code_version", None)
   if unreadable and code_version is None:
     warnings.warn(
-        f"the source of {', '.join(unreadable[:5])} cannot be read, so cached results of "
-        f"{gen.name} are not reused by another process; set the generator's code_version "
-        "(e.g. gen.code_version = 'v2') to a string that changes with its code",
-        CodeFingerprintWarning, stacklevel=2)
+      f"the source of {', '.join(unreadable[:5])} cannot be read, so cached results of "
+      f"{gen.name} are not reused by another process; set the generator's code_version "
+      "(e.g. gen.code_version = 'v2') to a string that changes with its code",
+      CodeFingerprintWarning,
+      stacklevel=2,
+    )
     code.append(f"unreadable:{_PROCESS_SALT}")
   for item in code:
     h.update(item.encode() + b"\0")
@@ -220,17 +231,21 @@ class SweepConfig:
 @dataclasses.dataclass(frozen=True)
 class SweepResult:
   """EIMs of one site. ``eim_groups[b]`` are the EIMs of block b's pairs."""
-  eims: np.ndarray          # [C, H, W] float32
-  eim_groups: np.ndarray    # [B, C, H, W] float32
-  counts: np.ndarray        # [B] pairs per block
+
+  eims: np.ndarray  # [C, H, W] float32
+  eim_groups: np.ndarray  # [B, C, H, W] float32
+  counts: np.ndarray  # [B] pairs per block
   key: str
-  computed_blocks: int      # blocks computed by this call (the rest were loaded)
+  computed_blocks: int  # blocks computed by this call (the rest were loaded)
   seconds: float
 
 
 def sweep_key(fingerprint: str, site: str, cfg: SweepConfig) -> str:
-  payload = json.dumps({"v": _FORMAT_VERSION, "generator": fingerprint, "site": site,
-                        **dataclasses.asdict(cfg)}, sort_keys=True, default=int)
+  payload = json.dumps(
+    {"v": _FORMAT_VERSION, "generator": fingerprint, "site": site, **dataclasses.asdict(cfg)},
+    sort_keys=True,
+    default=int,
+  )
   return hashlib.sha256(payload.encode()).hexdigest()[:24]
 
 
@@ -253,8 +268,13 @@ def _block_digest(sums: np.ndarray, count: int) -> str:
 
 def _save_block(path: str, sums: np.ndarray, count: int) -> None:
   """Writes a block atomically with a sha256 of its content."""
-  atomic_savez(path, compress=False, sums=sums, count=np.int64(count),
-               sha256=np.array(_block_digest(sums, count)))
+  atomic_savez(
+    path,
+    compress=False,
+    sums=sums,
+    count=np.int64(count),
+    sha256=np.array(_block_digest(sums, count)),
+  )
 
 
 def _read_block(path: str, shape, count: int) -> np.ndarray:
@@ -282,8 +302,11 @@ def _read_block(path: str, shape, count: int) -> np.ndarray:
   sums, stored_count, digest = arrays["sums"], arrays["count"], arrays.get("sha256")
   if sums.dtype != np.float32 or sums.shape != tuple(shape):
     raise ValueError(f"sums is {sums.dtype}{list(sums.shape)}, expected float32{list(shape)}")
-  if stored_count.shape != () or not np.issubdtype(stored_count.dtype, np.integer) or int(
-      stored_count) != count:
+  if (
+    stored_count.shape != ()
+    or not np.issubdtype(stored_count.dtype, np.integer)
+    or int(stored_count) != count
+  ):
     raise ValueError(f"count is {stored_count!r}, expected {count}")
   if digest is not None and (digest.shape != () or str(digest) != _block_digest(sums, count)):
     raise ValueError("its sha256 does not match its content")
@@ -311,11 +334,19 @@ def broadcast_from_host0(x: np.ndarray) -> np.ndarray:
   if jax.process_count() == 1:
     return x
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
   return np.asarray(multihost_utils.broadcast_one_to_all(x))
 
 
-def eim_sweep(gen: Generator, site: str, cfg: SweepConfig, cache_dir: str, *,
-              fingerprint: str | None = None, log_every_s: float = 10.0) -> SweepResult:
+def eim_sweep(
+  gen: Generator,
+  site: str,
+  cfg: SweepConfig,
+  cache_dir: str,
+  *,
+  fingerprint: str | None = None,
+  log_every_s: float = 10.0,
+) -> SweepResult:
   """EIMs of ``site`` over ``cfg.n_pairs`` pairs, resumable from ``cache_dir``."""
   check_generator(gen, "gen")
   gen.site_index(site)
@@ -332,9 +363,11 @@ def eim_sweep(gen: Generator, site: str, cfg: SweepConfig, cache_dir: str, *,
   loaded: dict[int, np.ndarray] = {}
   if is_host0:
     os.makedirs(folder, exist_ok=True)
-    atomic_write_json(os.path.join(folder, "config.json"),
-                      {"site": site, "generator": gen.name, "fingerprint": fingerprint,
-                       **dataclasses.asdict(cfg)}, default=str)
+    atomic_write_json(
+      os.path.join(folder, "config.json"),
+      {"site": site, "generator": gen.name, "fingerprint": fingerprint, **dataclasses.asdict(cfg)},
+      default=str,
+    )
     for b, p in enumerate(paths):
       sums = _load_block(p, shape, cfg.block_size(b))
       if sums is not None:
@@ -344,29 +377,41 @@ def eim_sweep(gen: Generator, site: str, cfg: SweepConfig, cache_dir: str, *,
   done = broadcast_from_host0(done)
   todo = [b for b in range(cfg.n_blocks) if not done[b]]
   if loaded:
-    logging.info("site %s: resuming, %d/%d blocks already in %s", site, len(loaded),
-                 cfg.n_blocks, folder)
+    logging.info(
+      "site %s: resuming, %d/%d blocks already in %s", site, len(loaded), cfg.n_blocks, folder
+    )
   t0 = last_log = time.perf_counter()
   for i, b in enumerate(todo):
     z1, z2 = block_latents(gen, cfg.seed, b, cfg.block_size(b))
-    sums, _ = elementary_influence_map_sums(gen, site, z1, z2, pair_chunk=cfg.pair_chunk,
-                                            mask_chunk=cfg.mask_chunk, method=cfg.method)
+    sums, _ = elementary_influence_map_sums(
+      gen, site, z1, z2, pair_chunk=cfg.pair_chunk, mask_chunk=cfg.mask_chunk, method=cfg.method
+    )
     if is_host0:
       loaded[b] = np.asarray(sums[0])
       _save_block(paths[b], loaded[b], cfg.block_size(b))
     now = time.perf_counter()
     if now - last_log >= log_every_s or i == len(todo) - 1:
       last_log = now
-      rate = sum(cfg.block_size(x) for x in todo[:i + 1]) * shape[0] / (now - t0)
-      left = sum(cfg.block_size(x) for x in todo[i + 1:]) * shape[0]
-      logging.info("site %s: block %d/%d, %.0f hybrids/s, ETA %.0f s", site,
-                   cfg.n_blocks - len(todo) + i + 1, cfg.n_blocks, rate, left / rate)
+      rate = sum(cfg.block_size(x) for x in todo[: i + 1]) * shape[0] / (now - t0)
+      left = sum(cfg.block_size(x) for x in todo[i + 1 :]) * shape[0]
+      logging.info(
+        "site %s: block %d/%d, %.0f hybrids/s, ETA %.0f s",
+        site,
+        cfg.n_blocks - len(todo) + i + 1,
+        cfg.n_blocks,
+        rate,
+        left / rate,
+      )
   seconds = time.perf_counter() - t0
   counts = np.array([cfg.block_size(b) for b in range(cfg.n_blocks)])
-  sums = (np.stack([loaded[b] for b in range(cfg.n_blocks)]) if is_host0
-          else np.zeros((cfg.n_blocks, *shape), np.float32))
+  sums = (
+    np.stack([loaded[b] for b in range(cfg.n_blocks)])
+    if is_host0
+    else np.zeros((cfg.n_blocks, *shape), np.float32)
+  )
   sums = broadcast_from_host0(sums)  # every process gets host 0's maps
   groups = sums / (3.0 * counts[:, None, None, None].astype(np.float32))
   eims = sums.sum(axis=0) / np.float32(3.0 * cfg.n_pairs)
-  return SweepResult(eims.astype(np.float32), groups.astype(np.float32), counts, key,
-                     len(todo), seconds)
+  return SweepResult(
+    eims.astype(np.float32), groups.astype(np.float32), counts, key, len(todo), seconds
+  )

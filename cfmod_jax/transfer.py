@@ -29,7 +29,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import numpy as np
@@ -42,9 +42,12 @@ from cfmod_jax.interventions import check_masks, elementary_influence_maps, hybr
 # ---- class-conditional sampling ------------------------------------------------------------
 def _biggan_module(gen: Generator):
   from cfmod_jax.models.biggan import BigGANDeep  # pylint: disable=g-import-not-at-top
+
   if not isinstance(gen.module, BigGANDeep):
-    raise TypeError(f"cross-class hybrids need a class-conditional BigGAN generator "
-                    f"(module BigGANDeep), got {type(gen.module).__name__} ({gen.name})")
+    raise TypeError(
+      f"cross-class hybrids need a class-conditional BigGAN generator "
+      f"(module BigGANDeep), got {type(gen.module).__name__} ({gen.name})"
+    )
   return gen.module
 
 
@@ -59,8 +62,10 @@ def check_class(gen: Generator, index, name: str = "class") -> int:
   if isinstance(index, (bool, np.bool_)) or not isinstance(index, (int, np.integer)):
     raise ValueError(f"{name} must be an integer class index, got {index!r}")
   if not 0 <= int(index) < n:
-    raise ValueError(f"{name}={int(index)} is out of range: {gen.name} has {n} classes, "
-                     f"valid indices are 0…{n - 1}")
+    raise ValueError(
+      f"{name}={int(index)} is out of range: {gen.name} has {n} classes, "
+      f"valid indices are 0…{n - 1}"
+    )
   return int(index)
 
 
@@ -68,6 +73,7 @@ def class_latents(gen: Generator, key: jax.Array, class_index: int, n: int) -> j
   """``n`` latents ``[n, z_dim + num_classes]`` of one class: truncated noise (the
   generator's truncation) and the one-hot class vector."""
   from cfmod_jax.models.biggan import sample_latents_for_classes  # pylint: disable=g-import-not-at-top
+
   module = _biggan_module(gen)
   c = check_class(gen, class_index)
   if not isinstance(n, (int, np.integer)) or n < 1:
@@ -79,13 +85,15 @@ def class_conditional(gen: Generator, classes: Sequence[int]) -> Generator:
   """The same BigGAN (module and variables) with a latent sampler that draws its
   class uniformly among ``classes`` — e.g. for `elementary_influence_maps`."""
   from cfmod_jax.models.biggan import biggan_generator  # pylint: disable=g-import-not-at-top
+
   module = _biggan_module(gen)
   classes = [check_class(gen, c, f"classes[{i}]") for i, c in enumerate(classes)]
   if not classes:
     raise ValueError("classes is empty")
   names = "+".join(map(str, classes))
-  return biggan_generator(gen.variables, module.config, module.truncation, classes=classes,
-                          name=f"{gen.name}[{names}]")
+  return biggan_generator(
+    gen.variables, module.config, module.truncation, classes=classes, name=f"{gen.name}[{names}]"
+  )
 
 
 # ---- hybrids ---------------------------------------------------------------------------------
@@ -108,8 +116,9 @@ def cross_class_hybrids(gen: Generator, site: str, masks, z_a, z_b) -> jax.Array
   masks, _ = check_masks(gen, site, masks)
   z_a, z_b = np.asarray(z_a), np.asarray(z_b)
   if z_a.ndim < 1 or z_b.ndim < 1 or z_a.shape[0] == 0 or z_b.shape[0] == 0:
-    raise ValueError(f"z_a and z_b must be non-empty [N, *latent_shape], got {z_a.shape} "
-                     f"and {z_b.shape}")
+    raise ValueError(
+      f"z_a and z_b must be non-empty [N, *latent_shape], got {z_a.shape} and {z_b.shape}"
+    )
   r, d = z_a.shape[0], z_b.shape[0]
   z1 = np.repeat(z_a, d, axis=0)
   z2 = np.tile(z_b, (r,) + (1,) * (z_b.ndim - 1))
@@ -126,7 +135,7 @@ def transfer_panel(originals, donors, cells) -> np.ndarray:
   r, d = cells.shape[:2]
   blank = np.ones((1, *cells.shape[2:]), np.float32)
   rows = [np.concatenate([blank, donors])]
-  rows += [np.concatenate([originals[i:i + 1], cells[i]]) for i in range(r)]
+  rows += [np.concatenate([originals[i : i + 1], cells[i]]) for i in range(r)]
   return viz.tile(np.concatenate(rows), d + 1, pad=3)
 
 
@@ -145,6 +154,7 @@ class TransferResult:
     module_maps: ``[K, H, W]``: mean |hybrid − original| per module over the grid.
     files: paths written (empty without ``out_dir``).
   """
+
   site: str
   class_a: int
   class_b: int
@@ -161,11 +171,22 @@ class TransferResult:
   files: list[str] = dataclasses.field(default_factory=list)
 
 
-def style_transfer(gen: Generator, class_a: int, class_b: int, site: str, k: int = 3, *,
-                   n_rows: int = 4, n_cols: int = 4, n_pairs: int = 64, seed: int = 0,
-                   method: str = "nmf", sigma: float | None = None,
-                   percentile: float = clustering.DEFAULT_PERCENTILE,
-                   out_dir: str | None = None) -> TransferResult:
+def style_transfer(
+  gen: Generator,
+  class_a: int,
+  class_b: int,
+  site: str,
+  k: int = 3,
+  *,
+  n_rows: int = 4,
+  n_cols: int = 4,
+  n_pairs: int = 64,
+  seed: int = 0,
+  method: str = "nmf",
+  sigma: float | None = None,
+  percentile: float = clustering.DEFAULT_PERCENTILE,
+  out_dir: str | None = None,
+) -> TransferResult:
   """Modules of a BigGAN block found on classes A and B, and their cross-class hybrids.
 
   Args:
@@ -195,16 +216,28 @@ def style_transfer(gen: Generator, class_a: int, class_b: int, site: str, k: int
   k_eim, k_a, k_b = jax.random.split(key, 3)
   both = class_conditional(gen, sorted({class_a, class_b}))
   eims = np.asarray(elementary_influence_maps(both, site, n_pairs, k_eim))
-  clus = clustering.cluster_channels(eims, k, method, seed=seed, sigma=sigma,
-                                     percentile=percentile)
+  clus = clustering.cluster_channels(eims, k, method, seed=seed, sigma=sigma, percentile=percentile)
   masks = (clus.labels[None] == np.arange(k)[:, None]).astype(np.float32)
   z_a = np.asarray(class_latents(gen, k_a, class_a, n_rows))
   z_b = np.asarray(class_latents(gen, k_b, class_b, n_cols))
   originals, donors = np.asarray(gen(z_a)), np.asarray(gen(z_b))
   cells = np.asarray(cross_class_hybrids(gen, site, masks, z_a, z_b))  # [K, R, D, H, W, 3]
   module_maps = np.abs(cells - originals[None, :, None]).mean(axis=(1, 2, 5))
-  result = TransferResult(site, class_a, class_b, k, method, clus.labels, eims, z_a, z_b,
-                          originals, donors, cells, module_maps)
+  result = TransferResult(
+    site,
+    class_a,
+    class_b,
+    k,
+    method,
+    clus.labels,
+    eims,
+    z_a,
+    z_b,
+    originals,
+    donors,
+    cells,
+    module_maps,
+  )
   if out_dir is not None:
     result.files = write_transfer(result, gen.name, out_dir)
   return result
@@ -217,23 +250,43 @@ def write_transfer(result: TransferResult, generator_name: str, out_dir: str) ->
   for j in range(result.k):
     panel = transfer_panel(result.originals, result.donors, result.hybrids[j])
     files.append(viz.save_rgb(os.path.join(out_dir, f"module{j}.png"), panel))
-  files.append(viz.save_map_grid(os.path.join(out_dir, "eims.png"), result.eims,
-                                 labels=result.labels))
-  files.append(viz.save_map_grid(os.path.join(out_dir, "module_maps.png"), result.module_maps,
-                                 ncols=result.k, normalize="global"))
-  files.append(viz.save_image_grid(os.path.join(out_dir, "originals.png"), result.originals,
-                                   ncols=len(result.originals)))
-  files.append(viz.save_image_grid(os.path.join(out_dir, "donors.png"), result.donors,
-                                   ncols=len(result.donors)))
-  meta = {"generator": generator_name, "site": result.site, "class_a": result.class_a,
-          "class_b": result.class_b, "k": result.k, "method": result.method,
-          "channels": int(len(result.labels)),
-          "module_sizes": np.bincount(result.labels, minlength=result.k).tolist(),
-          "labels": np.asarray(result.labels).tolist(),
-          "module_mean_change": [float(m.mean()) for m in result.module_maps],
-          "n_rows": int(len(result.originals)), "n_cols": int(len(result.donors)),
-          "layout": "module<k>.png: top row = class-B donors, left column = class-A "
-                    "originals, cell = original with module k taken from the donor"}
+  files.append(
+    viz.save_map_grid(os.path.join(out_dir, "eims.png"), result.eims, labels=result.labels)
+  )
+  files.append(
+    viz.save_map_grid(
+      os.path.join(out_dir, "module_maps.png"),
+      result.module_maps,
+      ncols=result.k,
+      normalize="global",
+    )
+  )
+  files.append(
+    viz.save_image_grid(
+      os.path.join(out_dir, "originals.png"), result.originals, ncols=len(result.originals)
+    )
+  )
+  files.append(
+    viz.save_image_grid(
+      os.path.join(out_dir, "donors.png"), result.donors, ncols=len(result.donors)
+    )
+  )
+  meta = {
+    "generator": generator_name,
+    "site": result.site,
+    "class_a": result.class_a,
+    "class_b": result.class_b,
+    "k": result.k,
+    "method": result.method,
+    "channels": int(len(result.labels)),
+    "module_sizes": np.bincount(result.labels, minlength=result.k).tolist(),
+    "labels": np.asarray(result.labels).tolist(),
+    "module_mean_change": [float(m.mean()) for m in result.module_maps],
+    "n_rows": int(len(result.originals)),
+    "n_cols": int(len(result.donors)),
+    "layout": "module<k>.png: top row = class-B donors, left column = class-A "
+    "originals, cell = original with module k taken from the donor",
+  }
   path = os.path.join(out_dir, "transfer.json")
   with open(path, "w", encoding="utf-8") as f:
     json.dump(meta, f, indent=2)
@@ -241,6 +294,14 @@ def write_transfer(result: TransferResult, generator_name: str, out_dir: str) ->
   return files
 
 
-__all__ = ["TransferResult", "check_class", "class_conditional", "class_latents",
-           "cross_class_hybrids", "num_classes", "style_transfer", "transfer_panel",
-           "write_transfer"]
+__all__ = [
+  "TransferResult",
+  "check_class",
+  "class_conditional",
+  "class_latents",
+  "cross_class_hybrids",
+  "num_classes",
+  "style_transfer",
+  "transfer_panel",
+  "write_transfer",
+]

@@ -10,7 +10,7 @@ so the same figure gives the same bytes on every run.
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import matplotlib
 import matplotlib.cm
@@ -37,7 +37,7 @@ def tile(images: np.ndarray, ncols: int, pad: int = 2, fill: float = 1.0) -> np.
   padded[:n, :h, :w] = images
   grid = padded.reshape(nrows, ncols, h + pad, w + pad, c).transpose(0, 2, 1, 3, 4)
   grid = grid.reshape(nrows * (h + pad), ncols * (w + pad), c)
-  return grid[:-pad or None, :-pad or None]
+  return grid[: -pad or None, : -pad or None]
 
 
 def to_unit(images: np.ndarray) -> np.ndarray:
@@ -53,8 +53,7 @@ def save_image_grid(path: str, images, ncols: int = 8) -> str:
   """Writes images ``[N, H, W, 3]`` in [-1, 1] as one PNG grid."""
   _ensure_dir(path)
   with atomic_path(path) as tmp:
-    matplotlib.image.imsave(tmp, tile(to_unit(images), ncols), format="png",
-                            metadata=PNG_METADATA)
+    matplotlib.image.imsave(tmp, tile(to_unit(images), ncols), format="png", metadata=PNG_METADATA)
   return path
 
 
@@ -75,10 +74,17 @@ def colorize_maps(maps, normalize: str = "each", cmap: str = "inferno") -> np.nd
   return matplotlib.colormaps[cmap](unit)[..., :3].astype(np.float32)
 
 
-def save_map_grid(path: str, maps, ncols: int | None = None, normalize: str = "each",
-                  labels: Sequence[int] | None = None, titles: Sequence[str] | None = None,
-                  colorbar_label: str | None = None, title: str | None = None,
-                  cmap: str = "inferno") -> str:
+def save_map_grid(
+  path: str,
+  maps,
+  ncols: int | None = None,
+  normalize: str = "each",
+  labels: Sequence[int] | None = None,
+  titles: Sequence[str] | None = None,
+  colorbar_label: str | None = None,
+  title: str | None = None,
+  cmap: str = "inferno",
+) -> str:
   """Writes influence maps ``[K, H, W] ≥ 0`` as a PNG grid with a colour bar.
 
   Args:
@@ -106,8 +112,9 @@ def save_map_grid(path: str, maps, ncols: int | None = None, normalize: str = "e
   if labels is not None:
     labels = np.asarray(labels)
     if labels.shape != (len(maps),):
-      raise ValueError(f"labels must have shape [{len(maps)}] (one module per map), got "
-                       f"{labels.shape}")
+      raise ValueError(
+        f"labels must have shape [{len(maps)}] (one module per map), got {labels.shape}"
+      )
     order = np.argsort(labels, kind="stable")
     colours = _module_colours(labels[order])
     strip = max(2, h // 16)
@@ -124,17 +131,23 @@ def save_map_grid(path: str, maps, ncols: int | None = None, normalize: str = "e
   title_space = 0.3 if titles is not None else 0.0
   width = max(5.0, per * ncols + 1.6)
   fs = max(1.0, width / 6.5)  # large grids are shown shrunk to page width: larger text
-  fig = new_figure(width, per * nrows * tile_h / tile_w + 0.5 + title_space
-                   + (0.35 if title else 0.0) + (0.25 * (1 + len(set(labels.tolist())) // 6)
-                                                if labels is not None else 0.0))
+  fig = new_figure(
+    width,
+    per * nrows * tile_h / tile_w
+    + 0.5
+    + title_space
+    + (0.35 if title else 0.0)
+    + (0.25 * (1 + len(set(labels.tolist())) // 6) if labels is not None else 0.0),
+  )
   ax = fig.add_subplot(1, 1, 1)
   ax.imshow(grid, interpolation="nearest")
   ax.set_axis_off()
   if titles is not None:
     for i, j in enumerate(order):
       r, c = divmod(i, ncols)
-      ax.text(c * tile_w + w / 2, r * tile_h - 1, titles[j], ha="center", va="bottom",
-              fontsize=9 * fs)
+      ax.text(
+        c * tile_w + w / 2, r * tile_h - 1, titles[j], ha="center", va="bottom", fontsize=9 * fs
+      )
   if title:
     ax.set_title(title, fontsize=10 * fs, pad=16 if titles is not None else 6)
   if normalize == "each":
@@ -149,12 +162,22 @@ def save_map_grid(path: str, maps, ncols: int | None = None, normalize: str = "e
   cbar.ax.tick_params(labelsize=7 * fs)
   if labels is not None:
     mods, counts = np.unique(labels, return_counts=True)
-    handles = [matplotlib.patches.Patch(color=_module_colours(np.array([m]))[0],
-                                        label=f"module {m} ({c} ch)")
-               for m, c in zip(mods, counts)]
-    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0),
-              ncol=min(len(handles), 6), fontsize=8 * fs, frameon=False,
-              title="strip under each tile = module of the channel", title_fontsize=8 * fs)
+    handles = [
+      matplotlib.patches.Patch(
+        color=_module_colours(np.array([m]))[0], label=f"module {m} ({c} ch)"
+      )
+      for m, c in zip(mods, counts)
+    ]
+    ax.legend(
+      handles=handles,
+      loc="upper center",
+      bbox_to_anchor=(0.5, 0.0),
+      ncol=min(len(handles), 6),
+      fontsize=8 * fs,
+      frameon=False,
+      title="strip under each tile = module of the channel",
+      title_fontsize=8 * fs,
+    )
   return save_figure(fig, path)
 
 
@@ -170,8 +193,12 @@ def save_figure(fig: Figure, path: str, dpi: int = 100) -> str:
   FigureCanvasAgg(fig)
   png = os.path.splitext(path)[1].lower() in ("", ".png")
   with atomic_path(path) as tmp:
-    fig.savefig(tmp, dpi=dpi, bbox_inches="tight", **(
-        dict(format="png", metadata=PNG_METADATA) if png else {}))
+    fig.savefig(
+      tmp,
+      dpi=dpi,
+      bbox_inches="tight",
+      **(dict(format="png", metadata=PNG_METADATA) if png else {}),
+    )
   return path
 
 
@@ -183,6 +210,7 @@ def save_rgb(path: str, image) -> str:
   """Writes an RGB image ``[H, W, 3]`` in [0, 1] as PNG."""
   _ensure_dir(path)
   with atomic_path(path) as tmp:
-    matplotlib.image.imsave(tmp, np.clip(np.asarray(image), 0.0, 1.0), format="png",
-                            metadata=PNG_METADATA)
+    matplotlib.image.imsave(
+      tmp, np.clip(np.asarray(image), 0.0, 1.0), format="png", metadata=PNG_METADATA
+    )
   return path

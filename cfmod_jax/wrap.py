@@ -64,7 +64,8 @@ from __future__ import annotations
 
 import copy
 import functools
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -88,15 +89,18 @@ class _SiteReached(BaseException):
 def _normalise_sites(sites) -> dict[str, str]:
   """``{site name: submodule path}`` from a list of paths or a name → path mapping."""
   if isinstance(sites, str):
-    raise ValueError(f"sites must be a list of submodule paths or a mapping name → path, "
-                     f"got the string {sites!r} (write [{sites!r}])")
+    raise ValueError(
+      f"sites must be a list of submodule paths or a mapping name → path, "
+      f"got the string {sites!r} (write [{sites!r}])"
+    )
   items = list(sites.items()) if isinstance(sites, Mapping) else [(s, s) for s in sites]
   if not items:
     raise ValueError("sites is empty: give at least one submodule path")
   for name, path in items:
     if not isinstance(name, str) or not isinstance(path, str) or not path:
-      raise ValueError(f"sites must map names (str) to '/'-separated submodule paths (str), "
-                       f"got {name!r}: {path!r}")
+      raise ValueError(
+        f"sites must map names (str) to '/'-separated submodule paths (str), got {name!r}: {path!r}"
+      )
   names = [n for n, _ in items]
   if len(set(names)) != len(names):
     raise ValueError(f"site names must be distinct, got {names}")
@@ -104,11 +108,12 @@ def _normalise_sites(sites) -> dict[str, str]:
 
 
 def _latent_shape(module, latent_shape) -> tuple[int, ...]:
-  latent_shape = latent_shape if latent_shape is not None else getattr(module, "latent_shape",
-                                                                       None)
+  latent_shape = latent_shape if latent_shape is not None else getattr(module, "latent_shape", None)
   if latent_shape is None:
-    raise ValueError("latent_shape is required (the shape of one latent code, e.g. (128,)): "
-                     f"{type(module).__name__} has no `latent_shape` attribute")
+    raise ValueError(
+      "latent_shape is required (the shape of one latent code, e.g. (128,)): "
+      f"{type(module).__name__} has no `latent_shape` attribute"
+    )
   shape = tuple(latent_shape)
   if not shape or not all(isinstance(d, (int, np.integer)) and d > 0 for d in shape):
     raise ValueError(f"latent_shape must be a tuple of positive ints, got {latent_shape!r}")
@@ -125,8 +130,16 @@ class _Wrapped(Generator):
   submodule.
   """
 
-  def _setup(self, module, variables, sites, latent_shape, name, latent_sampler,
-             calls: dict[str, jax.ShapeDtypeStruct | None]):
+  def _setup(
+    self,
+    module,
+    variables,
+    sites,
+    latent_shape,
+    name,
+    latent_sampler,
+    calls: dict[str, jax.ShapeDtypeStruct | None],
+  ):
     """``calls``: every submodule path called in a forward pass, in call order, with
     its output's shape/dtype (None when it is not a single array, `_LIFTED` when it
     is computed inside a lifted transform)."""
@@ -134,20 +147,25 @@ class _Wrapped(Generator):
     available = ", ".join(calls) or "(none)"
     for site_name, path in sites.items():
       if path not in calls:
-        raise ValueError(f"site {site_name!r}: submodule path {path!r} is not a submodule "
-                         f"called in the forward pass of {name}; available paths: "
-                         f"{available}")
+        raise ValueError(
+          f"site {site_name!r}: submodule path {path!r} is not a submodule "
+          f"called in the forward pass of {name}; available paths: "
+          f"{available}"
+        )
       out = calls[path]
       if out is _LIFTED:
         raise ValueError(
-            f"site {site_name!r}: the output of {path!r} is computed inside a lifted "
-            "transform (nn.remat, nn.scan, nn.jit, nnx.remat, …) and cannot be taken out "
-            "of it; choose a module outside the transform (e.g. the parent of the "
-            "transformed module)")
+          f"site {site_name!r}: the output of {path!r} is computed inside a lifted "
+          "transform (nn.remat, nn.scan, nn.jit, nnx.remat, …) and cannot be taken out "
+          "of it; choose a module outside the transform (e.g. the parent of the "
+          "transformed module)"
+        )
       if out is None or len(out.shape) < 2 or out.shape[0] != _TRACE_BATCH:
-        raise ValueError(f"site {site_name!r}: the output of {path!r} must be one array "
-                         f"[N, ..., C] (batch first) to be a site; with N={_TRACE_BATCH} it is "
-                         f"{out}")
+        raise ValueError(
+          f"site {site_name!r}: the output of {path!r} must be one array "
+          f"[N, ..., C] (batch first) to be a site; with N={_TRACE_BATCH} it is "
+          f"{out}"
+        )
     order = list(calls)
     names = sorted(sites, key=lambda s: order.index(sites[s]))  # forward order
     # The attributes `Generator.__init__` sets (it is not called: it validates a staged
@@ -165,15 +183,20 @@ class _Wrapped(Generator):
     self.submodule_paths: tuple[str, ...] = tuple(calls)
 
   def __repr__(self):
-    return (f"{type(self).__name__}({self.name}, sites={self.sites}, "
-            f"latent_shape={self.latent_shape})")
+    return (
+      f"{type(self).__name__}({self.name}, sites={self.sites}, latent_shape={self.latent_shape})"
+    )
 
   def _run(self, variables, latents, hook, paths=None):
     raise NotImplementedError
 
-  def with_variables(self, variables: Any, *, name: str | None = None,
-                     latent_sampler: Callable[[jax.Array, int], jax.Array] | None = None
-                     ) -> "_Wrapped":
+  def with_variables(
+    self,
+    variables: Any,
+    *,
+    name: str | None = None,
+    latent_sampler: Callable[[jax.Array, int], jax.Array] | None = None,
+  ) -> _Wrapped:
     """The same generator and sites with other variables (e.g. an untrained copy):
     ``variables`` must have the tree structure and shapes of ``self.variables``."""
     old, new = (jax.tree_util.tree_flatten_with_path(v) for v in (self.variables, variables))
@@ -181,8 +204,10 @@ class _Wrapped(Generator):
       raise ValueError(f"variables must have the tree structure of {self.name}'s variables")
     for (path, a), (_, b) in zip(old[0], new[0]):
       if np.shape(a) != np.shape(b):
-        raise ValueError(f"variables{jax.tree_util.keystr(path)} has shape {np.shape(b)}, "
-                         f"{self.name} has {np.shape(a)}")
+        raise ValueError(
+          f"variables{jax.tree_util.keystr(path)} has shape {np.shape(b)}, "
+          f"{self.name} has {np.shape(a)}"
+        )
     twin = copy.copy(self)
     twin.variables, twin._jit_cache = variables, {}
     twin.name = name or self.name
@@ -212,8 +237,10 @@ class _Wrapped(Generator):
     site = self.sites[self.site_index(site)]
     path, out = self.site_paths[site], self._site_out[site]
     if tuple(h.shape[1:]) != tuple(out.shape[1:]) or h.shape[0] != latents.shape[0]:
-      raise ValueError(f"h must have shape [N, {', '.join(map(str, out.shape[1:]))}] with "
-                       f"N={latents.shape[0]} at site {site!r}, got {tuple(h.shape)}")
+      raise ValueError(
+        f"h must have shape [N, {', '.join(map(str, out.shape[1:]))}] with "
+        f"N={latents.shape[0]} at site {site!r}, got {tuple(h.shape)}"
+      )
     replaced = []
 
     def hook(p, call):
@@ -260,19 +287,23 @@ def _record_calls(run: Callable, variables, latent_shape) -> tuple[dict, Any]:
     def hook(p, call):
       out = call()
       if p not in calls:
-        inner = isinstance(out, jax.core.Tracer) and (getattr(out, "_trace", None)
-                                                       is not getattr(z, "_trace", None))
+        inner = isinstance(out, jax.core.Tracer) and (
+          getattr(out, "_trace", None) is not getattr(z, "_trace", None)
+        )
         calls[p] = _LIFTED if inner else _shape_or_none(out)
       return out
+
     return run(v, z, hook)
 
   z = jax.ShapeDtypeStruct((_TRACE_BATCH, *latent_shape), jnp.float32)
   try:
     image = jax.eval_shape(trace, variables, z)
   except Exception as e:  # pylint: disable=broad-except  # Flax's shape errors are not ValueErrors
-    raise ValueError(f"the forward pass fails on latents [{_TRACE_BATCH}, "
-                     f"{', '.join(map(str, latent_shape))}] (latent_shape={latent_shape}): "
-                     f"{type(e).__name__}: {e}") from e
+    raise ValueError(
+      f"the forward pass fails on latents [{_TRACE_BATCH}, "
+      f"{', '.join(map(str, latent_shape))}] (latent_shape={latent_shape}): "
+      f"{type(e).__name__}: {e}"
+    ) from e
   return calls, image
 
 
@@ -284,10 +315,18 @@ class LinenGenerator(_Wrapped):
   ``submodule_paths`` (every submodule called in a forward pass, in call order).
   """
 
-  def __init__(self, module: nn.Module, variables: Any, sites: Sequence[str] | Mapping[str, str],
-               *, latent_shape: Sequence[int] | None = None, apply_kwargs: Mapping | None = None,
-               method: Callable | str | None = None, name: str | None = None,
-               latent_sampler: Callable[[jax.Array, int], jax.Array] | None = None):
+  def __init__(
+    self,
+    module: nn.Module,
+    variables: Any,
+    sites: Sequence[str] | Mapping[str, str],
+    *,
+    latent_shape: Sequence[int] | None = None,
+    apply_kwargs: Mapping | None = None,
+    method: Callable | str | None = None,
+    name: str | None = None,
+    latent_sampler: Callable[[jax.Array, int], jax.Array] | None = None,
+  ):
     if not isinstance(module, nn.Module):
       raise ValueError(f"module must be a flax.linen.Module, got {type(module).__name__}")
     self._apply_kwargs = dict(apply_kwargs or {})
@@ -302,8 +341,9 @@ class LinenGenerator(_Wrapped):
   def init_variables(self, key: jax.Array) -> Any:
     """Freshly initialised variables (``module.init``) for `with_variables`."""
     z = jnp.zeros((1, *self.latent_shape), jnp.float32)
-    return jax.jit(functools.partial(self.module.init, method=self._method,
-                                     **self._apply_kwargs))(key, z)
+    return jax.jit(functools.partial(self.module.init, method=self._method, **self._apply_kwargs))(
+      key, z
+    )
 
   def _run(self, variables, latents, hook, paths=None):
     # The interceptor sees every call (hook ignores the paths it does not want).
@@ -326,11 +366,17 @@ class LinenGenerator(_Wrapped):
       return self.module.apply(variables, latents, method=self._method, **self._apply_kwargs)
 
 
-def wrap_linen(module: nn.Module, variables: Any, sites: Sequence[str] | Mapping[str, str], *,
-               latent_shape: Sequence[int] | None = None, apply_kwargs: Mapping | None = None,
-               method: Callable | str | None = None, name: str | None = None,
-               latent_sampler: Callable[[jax.Array, int], jax.Array] | None = None
-               ) -> LinenGenerator:
+def wrap_linen(
+  module: nn.Module,
+  variables: Any,
+  sites: Sequence[str] | Mapping[str, str],
+  *,
+  latent_shape: Sequence[int] | None = None,
+  apply_kwargs: Mapping | None = None,
+  method: Callable | str | None = None,
+  name: str | None = None,
+  latent_sampler: Callable[[jax.Array, int], jax.Array] | None = None,
+) -> LinenGenerator:
   """Wraps an unmodified Linen generator; the outputs of named submodules are sites.
 
   Args:
@@ -352,9 +398,16 @@ def wrap_linen(module: nn.Module, variables: Any, sites: Sequence[str] | Mapping
     ValueError: an unknown submodule path (the message lists the available
       paths), a site whose output is not one array, or output that is not images.
   """
-  return LinenGenerator(module, variables, sites, latent_shape=latent_shape,
-                        apply_kwargs=apply_kwargs, method=method, name=name,
-                        latent_sampler=latent_sampler)
+  return LinenGenerator(
+    module,
+    variables,
+    sites,
+    latent_shape=latent_shape,
+    apply_kwargs=apply_kwargs,
+    method=method,
+    name=name,
+    latent_sampler=latent_sampler,
+  )
 
 
 # ---- NNX -----------------------------------------------------------------------------------
@@ -399,10 +452,17 @@ class NNXGenerator(_Wrapped):
   merge a fresh copy of the model from ``(module, variables)`` at every call.
   """
 
-  def __init__(self, model: nnx.Module, sites: Sequence[str] | Mapping[str, str], *,
-               latent_shape: Sequence[int] | None = None, call_kwargs: Mapping | None = None,
-               eval_mode: bool = True, name: str | None = None,
-               latent_sampler: Callable[[jax.Array, int], jax.Array] | None = None):
+  def __init__(
+    self,
+    model: nnx.Module,
+    sites: Sequence[str] | Mapping[str, str],
+    *,
+    latent_shape: Sequence[int] | None = None,
+    call_kwargs: Mapping | None = None,
+    eval_mode: bool = True,
+    name: str | None = None,
+    latent_sampler: Callable[[jax.Array, int], jax.Array] | None = None,
+  ):
     if not isinstance(model, nnx.Module):
       raise ValueError(f"model must be a flax.nnx.Module, got {type(model).__name__}")
     name = name or type(model).__name__
@@ -421,9 +481,11 @@ class NNXGenerator(_Wrapped):
   def init_variables(self, key: jax.Array) -> Any:
     """Not available: NNX builds variables in the model's constructor."""
     del key
-    raise ValueError(f"{self.name}: an NNX model has no generic re-initialisation; build it "
-                     "again with another seed, wrap it with wrap_nnx, and pass that (e.g. as "
-                     "analysis.run(..., baseline=...))")
+    raise ValueError(
+      f"{self.name}: an NNX model has no generic re-initialisation; build it "
+      "again with another seed, wrap it with wrap_nnx, and pass that (e.g. as "
+      "analysis.run(..., baseline=...))"
+    )
 
   def _run(self, variables, latents, hook, paths=None):
     model = nnx.merge(self.module, self._rng_state, variables)
@@ -439,11 +501,16 @@ class NNXGenerator(_Wrapped):
     return model(latents, **self._call_kwargs)
 
 
-def wrap_nnx(model: nnx.Module, sites: Sequence[str] | Mapping[str, str], *,
-             latent_shape: Sequence[int] | None = None, call_kwargs: Mapping | None = None,
-             eval_mode: bool = True, name: str | None = None,
-             latent_sampler: Callable[[jax.Array, int], jax.Array] | None = None
-             ) -> NNXGenerator:
+def wrap_nnx(
+  model: nnx.Module,
+  sites: Sequence[str] | Mapping[str, str],
+  *,
+  latent_shape: Sequence[int] | None = None,
+  call_kwargs: Mapping | None = None,
+  eval_mode: bool = True,
+  name: str | None = None,
+  latent_sampler: Callable[[jax.Array, int], jax.Array] | None = None,
+) -> NNXGenerator:
   """Wraps an unmodified NNX generator; the outputs of named submodules are sites.
 
   Args:
@@ -460,8 +527,15 @@ def wrap_nnx(model: nnx.Module, sites: Sequence[str] | Mapping[str, str], *,
   Raises:
     ValueError: as `wrap_linen`.
   """
-  return NNXGenerator(model, sites, latent_shape=latent_shape, call_kwargs=call_kwargs,
-                      eval_mode=eval_mode, name=name, latent_sampler=latent_sampler)
+  return NNXGenerator(
+    model,
+    sites,
+    latent_shape=latent_shape,
+    call_kwargs=call_kwargs,
+    eval_mode=eval_mode,
+    name=name,
+    latent_sampler=latent_sampler,
+  )
 
 
 __all__: Sequence[str] = ("LinenGenerator", "NNXGenerator", "wrap_linen", "wrap_nnx")

@@ -49,7 +49,8 @@ def _running_a_cli() -> bool:
   """Whether the program is ``python -m experiments.<name>`` (not, e.g., pytest)."""
   main = sys.argv[0] if sys.argv else ""
   return bool(main) and os.path.dirname(os.path.abspath(main)) == os.path.dirname(
-      os.path.abspath(__file__))
+    os.path.abspath(__file__)
+  )
 
 
 # Ctrl-C while the CLI imports jax etc. or parses its flags: one line, not a
@@ -116,8 +117,12 @@ def parse_flags(argv: list[str]) -> list[str]:
     fail(message)
 
 
-def run(main: Callable[[list[str]], object], *, positional: bool = False,
-        hard_exit_on_interrupt: bool = False) -> None:
+def run(
+  main: Callable[[list[str]], object],
+  *,
+  positional: bool = False,
+  hard_exit_on_interrupt: bool = False,
+) -> None:
   """`absl.app.run` with one-line user errors and Ctrl-C (see the module doc).
 
   Args:
@@ -130,12 +135,15 @@ def run(main: Callable[[list[str]], object], *, positional: bool = False,
       are on disk already; an unfinished checkpoint stays a temporary folder that
       is ignored on resume.
   """
+
   def wrapped(argv):
     if signal.getsignal(signal.SIGINT) is _interrupted_while_starting:
       signal.signal(signal.SIGINT, signal.default_int_handler)
     if not positional and len(argv) > 1:
-      fail(f"unexpected positional argument(s) {' '.join(argv[1:])!r}; flags are written "
-           "--name=value (see --help)")
+      fail(
+        f"unexpected positional argument(s) {' '.join(argv[1:])!r}; flags are written "
+        "--name=value (see --help)"
+      )
     try:
       return main(argv)
     except app.UsageError as exc:
@@ -159,8 +167,10 @@ def _output_folder_errors() -> tuple[type[BaseException], ...]:
   """Errors about the output folder that are the user's to fix (another run is
   writing it; it holds a different run's outputs): one line, no traceback."""
   found = []
-  for module, name in (("cfmod_jax.fileio", "OutputLockedError"),
-                       ("cfmod_jax.analysis", "OutputFolderError")):
+  for module, name in (
+    ("cfmod_jax.fileio", "OutputLockedError"),
+    ("cfmod_jax.analysis", "OutputFolderError"),
+  ):
     cls = getattr(sys.modules.get(module), name, None)
     if isinstance(cls, type):
       found.append(cls)
@@ -180,8 +190,9 @@ def flag_error(name: str, exc: object) -> app.UsageError:
 
 
 @contextlib.contextmanager
-def blame(name: str, errors: tuple[type[BaseException], ...] = (ValueError, TypeError, OSError)
-          ) -> Iterator[None]:
+def blame(
+  name: str, errors: tuple[type[BaseException], ...] = (ValueError, TypeError, OSError)
+) -> Iterator[None]:
   """Turns ``errors`` raised in the block into a UsageError naming ``--name``."""
   try:
     yield
@@ -189,8 +200,9 @@ def blame(name: str, errors: tuple[type[BaseException], ...] = (ValueError, Type
     raise flag_error(name, exc) from None
 
 
-def name_flag(exc: object, names: Iterable[str],
-              aliases: Mapping[str, str] | None = None) -> app.UsageError:
+def name_flag(
+  exc: object, names: Iterable[str], aliases: Mapping[str, str] | None = None
+) -> app.UsageError:
   """A UsageError for a library ValueError whose message names a config field.
 
   The flag is the first of ``names`` (or of ``aliases``' keys, which map a
@@ -220,8 +232,9 @@ def check_output_dir(name: str) -> str:
     with tempfile.TemporaryFile(dir=path):
       pass
   except OSError as exc:
-    raise app.UsageError(f"--{name}={path}: not a usable output folder "
-                         f"({exc.strerror or one_line(exc)})") from None
+    raise app.UsageError(
+      f"--{name}={path}: not a usable output folder ({exc.strerror or one_line(exc)})"
+    ) from None
   return path
 
 

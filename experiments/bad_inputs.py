@@ -44,16 +44,17 @@ from absl import flags, logging
 
 from experiments import _cli
 
-
 FLAGS = flags.FLAGS
 flags.DEFINE_string("markdown", "docs/reliability.md", "Markdown table to write.")
 flags.DEFINE_string("json", "docs/reliability.json", "JSON of every case to write.")
-flags.DEFINE_bool("quick", False, "Fewer CLI subprocesses (one or two per CLI, no training "
-                  "run): the configuration of the test.")
+flags.DEFINE_bool(
+  "quick",
+  False,
+  "Fewer CLI subprocesses (one or two per CLI, no training run): the configuration of the test.",
+)
 flags.DEFINE_list("groups", ["api", "checkpoint", "cache", "cli"], "Groups of cases to run.")
 flags.DEFINE_integer("workers", 2, "CLI subprocesses run at the same time.", lower_bound=1)
-flags.DEFINE_integer("cli_timeout", 300, "Seconds before a CLI case counts as hung.",
-                     lower_bound=1)
+flags.DEFINE_integer("cli_timeout", 300, "Seconds before a CLI case counts as hung.", lower_bound=1)
 
 CLEAR, RESULT, DEEP, ACCEPTED = "clear error", "correct result", "deep error", "accepted"
 OUTCOMES = (CLEAR, RESULT, DEEP, ACCEPTED)
@@ -63,9 +64,9 @@ OUTCOMES = (CLEAR, RESULT, DEEP, ACCEPTED)
 class Outcome:
   group: str
   case: str
-  expected: str        # 'error' or 'result'
-  outcome: str         # one of OUTCOMES
-  detail: str          # the message (first line), or why it was classified so
+  expected: str  # 'error' or 'result'
+  outcome: str  # one of OUTCOMES
+  detail: str  # the message (first line), or why it was classified so
   seconds: float = 0.0
 
 
@@ -76,12 +77,17 @@ def names_all(message: str, names: Sequence[str]) -> bool:
 
 def short(message: object, n: int = 220) -> str:
   s = _cli.one_line(message)
-  return s if len(s) <= n else s[:n - 1] + "…"
+  return s if len(s) <= n else s[: n - 1] + "…"
 
 
 # ---- in-process cases ---------------------------------------------------------------------
-def try_error(group: str, case: str, fn: Callable[[], object], names: Sequence[str],
-              extra_check: Callable[[], str | None] | None = None) -> Outcome:
+def try_error(
+  group: str,
+  case: str,
+  fn: Callable[[], object],
+  names: Sequence[str],
+  extra_check: Callable[[], str | None] | None = None,
+) -> Outcome:
   """Runs ``fn``, which must raise a ValueError naming every one of ``names``.
 
   ``extra_check`` (run afterwards) returns a reason to count the case as accepted
@@ -119,10 +125,11 @@ def try_result(group: str, case: str, fn: Callable[[], str | None]) -> Outcome:
   return Outcome(group, case, "result", outcome, detail, time.perf_counter() - t0)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def tiny_generator():
   """The width-4 random DCGAN that every in-process case uses (built once)."""
   import cfmod_jax  # pylint: disable=g-import-not-at-top
+
   return cfmod_jax.init_generator("dcgan", width=4)
 
 
@@ -130,6 +137,7 @@ def _zeros_like_init(module):
   """Variables of ``module`` (zeros, built from shapes only: nothing is compiled)."""
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
+
   z = jax.ShapeDtypeStruct((1, *module.latent_shape), np.float32)
   shapes = jax.eval_shape(module.init, jax.random.key(0), z)
   return jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), shapes)
@@ -159,66 +167,134 @@ def api_cases() -> list[Outcome]:
 
   g = "api"
   out = [
-      try_error(g, "init_generator('dcgan', width=0)", lambda: init("dcgan", width=0), ["width"]),
-      try_error(g, "init_generator('dcgan', width=-1)", lambda: init("dcgan", width=-1),
-                ["width"]),
-      try_error(g, "init_generator('dcgan', width='a')", lambda: init("dcgan", width="a"),
-                ["width"]),
-      try_error(g, "init_generator('dcgan', width=1.5)", lambda: init("dcgan", width=1.5),
-                ["width"]),
-      try_error(g, "init_generator('dcgan', depth=3) (unknown keyword)",
-                lambda: init("dcgan", depth=3), ["depth"]),
-      try_error(g, "init_generator('dcgan', latent_dim=0)", lambda: init("dcgan", latent_dim=0),
-                ["latent_dim"]),
-      try_error(g, "init_generator('nope')", lambda: init("nope"), ["arch"]),
-      try_error(g, "init_generator('dcgan', seed=-1)", lambda: init("dcgan", seed=-1, width=4),
-                ["seed"]),
-      try_error(g, "hybrids: complex masks",
-                lambda: cfmod_jax.hybrids(gen, site, masks_with(0.5) + 0.5j, z1, z2),
-                ["masks"]),
-      try_error(g, "hybrids: NaN in a mask (message must say NaN)",
-                lambda: cfmod_jax.hybrids(gen, site, masks_with(np.nan), z1, z2),
-                ["masks", "NaN"]),
-      try_error(g, "hybrids: mask value 1.5 (outside [0, 1])",
-                lambda: cfmod_jax.hybrids(gen, site, masks_with(1.5), z1, z2), ["masks"]),
-      try_error(g, "hybrids: mask value -0.5",
-                lambda: cfmod_jax.hybrids(gen, site, masks_with(-0.5), z1, z2), ["masks"]),
-      try_error(g, f"hybrids: mask length {c + 1} for C={c}",
-                lambda: cfmod_jax.hybrids(gen, site, np.zeros((1, c + 1)), z1, z2), ["masks"]),
-      try_error(g, "hybrids: unknown site",
-                lambda: cfmod_jax.hybrids(gen, "block9", ok_mask, z1, z2), ["site"]),
-      try_error(g, "hybrids: z1 of the wrong latent size",
-                lambda: cfmod_jax.hybrids(gen, site, ok_mask, np.zeros((2, 7)), z2), ["z1"]),
-      try_error(g, "hybrids: NaN in z1",
-                lambda: cfmod_jax.hybrids(gen, site, ok_mask, np.full(z1.shape, np.nan), z2),
-                ["z1"]),
-      try_error(g, "hybrids: gen is a str",
-                lambda: cfmod_jax.hybrids("dcgan-synthfaces", site, ok_mask, z1, z2), ["gen"]),
-      try_error(g, "influence_map_sums: empty group (groups=[0, 2])",
-                lambda: cfmod_jax.influence_map_sums(gen, site, ok_mask, z1, z2,
-                                                     groups=np.array([0, 2])), ["groups"]),
-      try_error(g, "influence_map_sums: groups of the wrong length",
-                lambda: cfmod_jax.influence_map_sums(gen, site, ok_mask, z1, z2,
-                                                     groups=np.array([0])), ["groups"]),
-      try_error(g, "sample_latents(key, True)", lambda: gen.sample_latents(key, True), ["n"]),
-      try_error(g, "sample_latents(key, 0)", lambda: gen.sample_latents(key, 0), ["n"]),
-      try_error(g, "sample_latents(0, 2) (int as key)", lambda: gen.sample_latents(0, 2),
-                ["key"]),
-      try_error(g, "sample_latents(np.ones(3), 2) (numpy array as key)",
-                lambda: gen.sample_latents(np.ones(3), 2), ["key"]),
-      try_error(g, "elementary_influence_maps(n_pairs=0)",
-                lambda: cfmod_jax.elementary_influence_maps(gen, site, 0, key), ["n_pairs"]),
-      try_error(g, "elementary_influence_maps(key=5)",
-                lambda: cfmod_jax.elementary_influence_maps(gen, site, 2, 5), ["key"]),
-      try_error(g, "Generator(width-4 module, width-8 variables)",
-                lambda: cfmod_jax.Generator(build_module("dcgan", width=4), _zeros_like_init(
-                    build_module("dcgan", width=8))), ["variables"]),
-      try_error(g, "SweepConfig(seed=-1).check()", lambda: SweepConfig(seed=-1).check(),
-                ["seed"]),
-      try_error(g, "analysis.check_config(seed=-1)",
-                lambda: analysis.check_config(gen, analysis.AnalysisConfig(seed=-1)), ["seed"]),
-      try_error(g, "analysis.check_config(k=1)",
-                lambda: analysis.check_config(gen, analysis.AnalysisConfig(k=1)), ["k"]),
+    try_error(g, "init_generator('dcgan', width=0)", lambda: init("dcgan", width=0), ["width"]),
+    try_error(g, "init_generator('dcgan', width=-1)", lambda: init("dcgan", width=-1), ["width"]),
+    try_error(g, "init_generator('dcgan', width='a')", lambda: init("dcgan", width="a"), ["width"]),
+    try_error(g, "init_generator('dcgan', width=1.5)", lambda: init("dcgan", width=1.5), ["width"]),
+    try_error(
+      g,
+      "init_generator('dcgan', depth=3) (unknown keyword)",
+      lambda: init("dcgan", depth=3),
+      ["depth"],
+    ),
+    try_error(
+      g,
+      "init_generator('dcgan', latent_dim=0)",
+      lambda: init("dcgan", latent_dim=0),
+      ["latent_dim"],
+    ),
+    try_error(g, "init_generator('nope')", lambda: init("nope"), ["arch"]),
+    try_error(
+      g, "init_generator('dcgan', seed=-1)", lambda: init("dcgan", seed=-1, width=4), ["seed"]
+    ),
+    try_error(
+      g,
+      "hybrids: complex masks",
+      lambda: cfmod_jax.hybrids(gen, site, masks_with(0.5) + 0.5j, z1, z2),
+      ["masks"],
+    ),
+    try_error(
+      g,
+      "hybrids: NaN in a mask (message must say NaN)",
+      lambda: cfmod_jax.hybrids(gen, site, masks_with(np.nan), z1, z2),
+      ["masks", "NaN"],
+    ),
+    try_error(
+      g,
+      "hybrids: mask value 1.5 (outside [0, 1])",
+      lambda: cfmod_jax.hybrids(gen, site, masks_with(1.5), z1, z2),
+      ["masks"],
+    ),
+    try_error(
+      g,
+      "hybrids: mask value -0.5",
+      lambda: cfmod_jax.hybrids(gen, site, masks_with(-0.5), z1, z2),
+      ["masks"],
+    ),
+    try_error(
+      g,
+      f"hybrids: mask length {c + 1} for C={c}",
+      lambda: cfmod_jax.hybrids(gen, site, np.zeros((1, c + 1)), z1, z2),
+      ["masks"],
+    ),
+    try_error(
+      g,
+      "hybrids: unknown site",
+      lambda: cfmod_jax.hybrids(gen, "block9", ok_mask, z1, z2),
+      ["site"],
+    ),
+    try_error(
+      g,
+      "hybrids: z1 of the wrong latent size",
+      lambda: cfmod_jax.hybrids(gen, site, ok_mask, np.zeros((2, 7)), z2),
+      ["z1"],
+    ),
+    try_error(
+      g,
+      "hybrids: NaN in z1",
+      lambda: cfmod_jax.hybrids(gen, site, ok_mask, np.full(z1.shape, np.nan), z2),
+      ["z1"],
+    ),
+    try_error(
+      g,
+      "hybrids: gen is a str",
+      lambda: cfmod_jax.hybrids("dcgan-synthfaces", site, ok_mask, z1, z2),
+      ["gen"],
+    ),
+    try_error(
+      g,
+      "influence_map_sums: empty group (groups=[0, 2])",
+      lambda: cfmod_jax.influence_map_sums(gen, site, ok_mask, z1, z2, groups=np.array([0, 2])),
+      ["groups"],
+    ),
+    try_error(
+      g,
+      "influence_map_sums: groups of the wrong length",
+      lambda: cfmod_jax.influence_map_sums(gen, site, ok_mask, z1, z2, groups=np.array([0])),
+      ["groups"],
+    ),
+    try_error(g, "sample_latents(key, True)", lambda: gen.sample_latents(key, True), ["n"]),
+    try_error(g, "sample_latents(key, 0)", lambda: gen.sample_latents(key, 0), ["n"]),
+    try_error(g, "sample_latents(0, 2) (int as key)", lambda: gen.sample_latents(0, 2), ["key"]),
+    try_error(
+      g,
+      "sample_latents(np.ones(3), 2) (numpy array as key)",
+      lambda: gen.sample_latents(np.ones(3), 2),
+      ["key"],
+    ),
+    try_error(
+      g,
+      "elementary_influence_maps(n_pairs=0)",
+      lambda: cfmod_jax.elementary_influence_maps(gen, site, 0, key),
+      ["n_pairs"],
+    ),
+    try_error(
+      g,
+      "elementary_influence_maps(key=5)",
+      lambda: cfmod_jax.elementary_influence_maps(gen, site, 2, 5),
+      ["key"],
+    ),
+    try_error(
+      g,
+      "Generator(width-4 module, width-8 variables)",
+      lambda: cfmod_jax.Generator(
+        build_module("dcgan", width=4), _zeros_like_init(build_module("dcgan", width=8))
+      ),
+      ["variables"],
+    ),
+    try_error(g, "SweepConfig(seed=-1).check()", lambda: SweepConfig(seed=-1).check(), ["seed"]),
+    try_error(
+      g,
+      "analysis.check_config(seed=-1)",
+      lambda: analysis.check_config(gen, analysis.AnalysisConfig(seed=-1)),
+      ["seed"],
+    ),
+    try_error(
+      g,
+      "analysis.check_config(k=1)",
+      lambda: analysis.check_config(gen, analysis.AnalysisConfig(k=1)),
+      ["k"],
+    ),
   ]
   return out
 
@@ -248,8 +324,9 @@ def checkpoint_cases(tmp: str) -> list[Outcome]:
 
   gen = tiny_generator()
   good = os.path.join(tmp, "ckpt_good")
-  checkpoints.save_variables(good, gen.variables, kind="generator", arch="dcgan",
-                             kwargs={"width": 4})
+  checkpoints.save_variables(
+    good, gen.variables, kind="generator", arch="dcgan", kwargs={"width": 4}
+  )
   meta_file, data_file = checkpoints.META_FILE, checkpoints.DATA_FILE
   with open(os.path.join(good, meta_file), encoding="utf-8") as f:
     meta = json.load(f)
@@ -286,39 +363,54 @@ def checkpoint_cases(tmp: str) -> list[Outcome]:
 
   def flip(data: bytes) -> bytes:
     i = len(data) // 2
-    return data[:i] + bytes([data[i] ^ 0xFF]) + data[i + 1:]
+    return data[:i] + bytes([data[i] ^ 0xFF]) + data[i + 1 :]
 
   cases = [
-      ("manifest without file_bytes", variant("ckpt_nobytes", without("file_bytes")),
-       ["file_bytes"]),
-      ("manifest without manifest", variant("ckpt_nomanifest", without("manifest")),
-       ["manifest"]),
-      ("manifest file_bytes='12'", variant("ckpt_strbytes", with_fields(file_bytes="12")),
-       ["file_bytes"]),
-      ("checkpoint.json not JSON", variant("ckpt_badjson", raw_meta="{not json"), [meta_file]),
-      ("data file truncated", variant("ckpt_trunc", data_change=lambda d: d[:len(d) // 2]),
-       [data_file]),
-      ("data file with a flipped byte", variant("ckpt_flip", data_change=flip), [data_file]),
-      ("data file missing", None, [data_file]),
-      ("declared width 8, width-4 arrays", variant("ckpt_width", with_fields(
-          kwargs={"width": 8})), ["ckpt_width"]),
-      ("checkpoint path is a file", as_file, ["ckpt_file"]),
-      ("checkpoint path does not exist", os.path.join(tmp, "nowhere"), ["nowhere"]),
+    ("manifest without file_bytes", variant("ckpt_nobytes", without("file_bytes")), ["file_bytes"]),
+    ("manifest without manifest", variant("ckpt_nomanifest", without("manifest")), ["manifest"]),
+    (
+      "manifest file_bytes='12'",
+      variant("ckpt_strbytes", with_fields(file_bytes="12")),
+      ["file_bytes"],
+    ),
+    ("checkpoint.json not JSON", variant("ckpt_badjson", raw_meta="{not json"), [meta_file]),
+    (
+      "data file truncated",
+      variant("ckpt_trunc", data_change=lambda d: d[: len(d) // 2]),
+      [data_file],
+    ),
+    ("data file with a flipped byte", variant("ckpt_flip", data_change=flip), [data_file]),
+    ("data file missing", None, [data_file]),
+    (
+      "declared width 8, width-4 arrays",
+      variant("ckpt_width", with_fields(kwargs={"width": 8})),
+      ["ckpt_width"],
+    ),
+    ("checkpoint path is a file", as_file, ["ckpt_file"]),
+    ("checkpoint path does not exist", os.path.join(tmp, "nowhere"), ["nowhere"]),
   ]
   missing = variant("ckpt_nodata")
   os.remove(os.path.join(missing, data_file))
   out = []
   for case, path, names in cases:
     path = missing if path is None else path
-    out.append(try_error("checkpoint", f"load_generator: {case}",
-                         lambda p=path: checkpoints.load_generator(p), names))
-  for case, path, target in (("manifest file='../outside.msgpack' (valid sha256)", escape,
-                              outside),
-                             ("manifest file='../../../../etc/passwd'", passwd, "/etc/passwd")):
+    out.append(
+      try_error(
+        "checkpoint", f"load_generator: {case}", lambda p=path: checkpoints.load_generator(p), names
+      )
+    )
+  for case, path, target in (
+    ("manifest file='../outside.msgpack' (valid sha256)", escape, outside),
+    ("manifest file='../../../../etc/passwd'", passwd, "/etc/passwd"),
+  ):
     with watch_opens([target]) as seen:
-      o = try_error("checkpoint", f"load_generator: {case}",
-                    lambda p=path: checkpoints.load_generator(p), ["file"],
-                    extra_check=lambda: f"opened {seen[0]}" if seen else None)
+      o = try_error(
+        "checkpoint",
+        f"load_generator: {case}",
+        lambda p=path: checkpoints.load_generator(p),
+        ["file"],
+        extra_check=lambda: f"opened {seen[0]}" if seen else None,
+      )
     out.append(o)
   return out
 
@@ -353,6 +445,7 @@ def cache_cases(tmp: str) -> list[Outcome]:
       new = {**arrays, **changes}
       with open(p, "wb") as f:
         np.savez(f, **{k: v for k, v in new.items() if v is not None})
+
     return damage
 
   def raw(change):
@@ -361,22 +454,26 @@ def cache_cases(tmp: str) -> list[Outcome]:
         data = f.read()
       with open(p, "wb") as f:
         f.write(change(data))
+
     return damage
 
   sums = arrays["sums"]
   damages = [
-      ("empty file", raw(lambda d: b"")),
-      ("truncated to half", raw(lambda d: d[:len(d) // 2])),
-      ("one byte flipped (in the sums)", raw(
-          lambda d: d[:len(d) // 2] + bytes([d[len(d) // 2] ^ 0x01]) + d[len(d) // 2 + 1:])),
-      ("sums of the wrong shape", rewrite(sums=np.concatenate([sums, sums[:1]]))),
-      ("sums of the wrong dtype (float64, same values)", rewrite(sums=sums.astype(np.float64))),
-      ("sums doubled (sha256 of the original)", rewrite(sums=sums * 2)),
-      ("count of another block size", rewrite(count=np.int64(3))),
-      ("missing key 'sums'", rewrite(sums=None)),
+    ("empty file", raw(lambda d: b"")),
+    ("truncated to half", raw(lambda d: d[: len(d) // 2])),
+    (
+      "one byte flipped (in the sums)",
+      raw(lambda d: d[: len(d) // 2] + bytes([d[len(d) // 2] ^ 0x01]) + d[len(d) // 2 + 1 :]),
+    ),
+    ("sums of the wrong shape", rewrite(sums=np.concatenate([sums, sums[:1]]))),
+    ("sums of the wrong dtype (float64, same values)", rewrite(sums=sums.astype(np.float64))),
+    ("sums doubled (sha256 of the original)", rewrite(sums=sums * 2)),
+    ("count of another block size", rewrite(count=np.int64(3))),
+    ("missing key 'sums'", rewrite(sums=None)),
   ]
   out = []
   for name, damage in damages:
+
     def check(name=name, damage=damage):
       work = os.path.join(tmp, "cache_" + re.sub(r"\W+", "_", name))
       shutil.copytree(ref_dir, work)
@@ -400,6 +497,7 @@ def cache_cases(tmp: str) -> list[Outcome]:
       if not any(path in s or block0 in s for s in said):
         problems.append("no warning names the damaged file")
       return "; ".join(problems) or None
+
     out.append(try_result("cache", f"sweep cache block: {name}", check))
   return out
 
@@ -408,18 +506,28 @@ def cache_cases(tmp: str) -> list[Outcome]:
 _LOG_LINE = re.compile(r"^[IWEF]\d{4} \d\d:\d\d:\d\d")
 
 
-_TINY = ("--generator", "random:dcgan:4", "--sites", "block4", "--n_pairs", "32",
-         "--block_pairs", "16", "--out", "$TMP/cli_out")
+_TINY = (
+  "--generator",
+  "random:dcgan:4",
+  "--sites",
+  "block4",
+  "--n_pairs",
+  "32",
+  "--block_pairs",
+  "16",
+  "--out",
+  "$TMP/cli_out",
+)
 
 
 @dataclasses.dataclass
 class CliCase:
   case: str
   args: list[str]
-  names: Sequence[str] = ()        # words the error line must contain
-  expect: str = "error"            # 'error' or 'help'
+  names: Sequence[str] = ()  # words the error line must contain
+  expect: str = "error"  # 'error' or 'help'
   setup: Callable[[], None] | None = None
-  after: Callable[[], str | None] | None = None   # reason to count as accepted, or None
+  after: Callable[[], str | None] | None = None  # reason to count as accepted, or None
   quick: bool = False
 
 
@@ -449,8 +557,9 @@ def run_cli(module: str, c: CliCase, timeout: float, cwd: str) -> Outcome:
   env = {**os.environ, "JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS", "cpu")}
   cmd = [sys.executable, "-m", f"experiments.{module}", *c.args]
   try:
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=cwd, env=env,
-                       check=False)
+    p = subprocess.run(
+      cmd, capture_output=True, text=True, timeout=timeout, cwd=cwd, env=env, check=False
+    )
     outcome, detail = classify_cli(c, p.returncode, p.stdout, p.stderr)
   except subprocess.TimeoutExpired:
     outcome, detail = DEEP, f"hung for more than {timeout:.0f} s"
@@ -459,9 +568,14 @@ def run_cli(module: str, c: CliCase, timeout: float, cwd: str) -> Outcome:
     if reason:
       outcome, detail = ACCEPTED, reason + "; " + detail
   shown = " ".join(c.args)
-  return Outcome("cli", f"{module} {shown}".strip() + (f" ({c.case})" if c.case else ""),
-                 "result" if c.expect == "help" else "error", outcome, detail,
-                 time.perf_counter() - t0)
+  return Outcome(
+    "cli",
+    f"{module} {shown}".strip() + (f" ({c.case})" if c.case else ""),
+    "result" if c.expect == "help" else "error",
+    outcome,
+    detail,
+    time.perf_counter() - t0,
+  )
 
 
 _ABBREVIATIONS: list[tuple[str, str]] = []
@@ -493,59 +607,137 @@ def cli_cases(tmp: str, quick: bool) -> list[tuple[str, CliCase]]:
   with open(os.path.join(bad_metrics, "metrics.json"), "w", encoding="utf-8") as f:
     f.write("{\"sites\": ")
   cases = [
-      ("analyze", CliCase("unknown generator", ["--generator", "nope", "--out", out],
-                          ["--generator"], quick=True)),
-      ("analyze", CliCase("unknown site", [*tiny, "--sites", "block9"], ["--sites"])),
-      ("analyze", CliCase("", [*tiny, "--n_pairs", "0"], ["--n_pairs"], quick=True)),
-      ("analyze", CliCase("", [*tiny, "--k", "abc"], ["--k"], quick=True)),
-      ("analyze", CliCase("", [*tiny, "--k", "1"], ["--k"])),
-      ("analyze", CliCase("", [*tiny, "--seed", "-1"], ["--seed"], quick=True)),
-      ("analyze", CliCase("", [*tiny, "--n_pairs", "abc"], ["--n_pairs"])),
-      ("analyze", CliCase("", [*tiny, "--block_pairs", "32"], ["--n_pairs"])),
-      ("analyze", CliCase("", ["--generator", "random:dcgan:0", "--out", out], ["--generator"])),
-      ("analyze", CliCase("", ["--generator", "random:dcgan:x", "--out", out], ["--generator"])),
-      ("analyze", CliCase("--out under a regular file",
-                          [*tiny, "--out", os.path.join(regular, "out")], ["--out"], quick=True)),
-      ("analyze", CliCase("--cache_dir under a regular file",
-                          [*tiny, "--cache_dir", os.path.join(regular, "c")], ["--cache_dir"])),
-      ("analyze", CliCase("extra positional argument", [*tiny, "extra"], ["extra"], quick=True)),
-      ("analyze", CliCase("unknown flag", [*tiny, "--bogus", "1"], ["bogus"])),
-      ("analyze", _foreign_out_case(bad_metrics)),
-      ("analyze", _locked_out_case(os.path.join(tmp, "locked_out"))),
-      ("summarize", CliCase("", ["--help"], expect="help", quick=True)),
-      ("summarize", CliCase("missing folder", [os.path.join(tmp, "nowhere")], ["nowhere"],
-                            quick=True)),
-      ("summarize", CliCase("no folder", [], ["folders"])),
-      ("summarize", CliCase("damaged metrics.json", [bad_metrics], ["bad_metrics"])),
-      ("train", CliCase("unknown --config.x", ["--config", "experiments/configs/dcgan.py",
-                                               "--workdir", os.path.join(tmp, "w"),
-                                               "--config.x=1"], ["--config.x"], quick=True)),
-      ("train", CliCase("", ["--config", "experiments/configs/dcgan.py", "--workdir",
-                             os.path.join(tmp, "w"), "--config.num_steps=0"], ["num_steps"])),
-      ("train", CliCase("", ["--config", os.path.join(tmp, "nofile.py"), "--workdir",
-                             os.path.join(tmp, "w")], ["--config"])),
-      ("train", CliCase("extra positional argument",
-                        ["--config", "experiments/configs/dcgan.py", "--workdir",
-                         os.path.join(tmp, "w"), "extra"], ["extra"])),
-      ("train", CliCase("unknown feature network for the export",
-                        ["--config", "experiments/configs/dcgan.py", "--workdir",
-                         os.path.join(tmp, "w"), "--export", os.path.join(tmp, "ex"),
-                         "--featnet", "nope"], ["--featnet"])),
-      ("train", CliCase("--workdir is a regular file",
-                        ["--config", "experiments/configs/dcgan.py", "--workdir", regular],
-                        ["--workdir"])),
-      ("benchmark", CliCase("", ["--quick", "--sites", "block9", "--out", out], ["--sites"],
-                            quick=True)),
-      ("robustness", CliCase("", ["--generator", "nope", "--out", out], ["--generator"])),
-      ("style_transfer", CliCase("", ["--biggan", os.path.join(tmp, "nowhere"), "--out", out],
-                                 ["--biggan"])),
-      ("convert_biggan", CliCase("", ["--state_dict", os.path.join(tmp, "nowhere.bin"),
-                                      "--out", out], ["--state_dict"])),
+    (
+      "analyze",
+      CliCase(
+        "unknown generator", ["--generator", "nope", "--out", out], ["--generator"], quick=True
+      ),
+    ),
+    ("analyze", CliCase("unknown site", [*tiny, "--sites", "block9"], ["--sites"])),
+    ("analyze", CliCase("", [*tiny, "--n_pairs", "0"], ["--n_pairs"], quick=True)),
+    ("analyze", CliCase("", [*tiny, "--k", "abc"], ["--k"], quick=True)),
+    ("analyze", CliCase("", [*tiny, "--k", "1"], ["--k"])),
+    ("analyze", CliCase("", [*tiny, "--seed", "-1"], ["--seed"], quick=True)),
+    ("analyze", CliCase("", [*tiny, "--n_pairs", "abc"], ["--n_pairs"])),
+    ("analyze", CliCase("", [*tiny, "--block_pairs", "32"], ["--n_pairs"])),
+    ("analyze", CliCase("", ["--generator", "random:dcgan:0", "--out", out], ["--generator"])),
+    ("analyze", CliCase("", ["--generator", "random:dcgan:x", "--out", out], ["--generator"])),
+    (
+      "analyze",
+      CliCase(
+        "--out under a regular file",
+        [*tiny, "--out", os.path.join(regular, "out")],
+        ["--out"],
+        quick=True,
+      ),
+    ),
+    (
+      "analyze",
+      CliCase(
+        "--cache_dir under a regular file",
+        [*tiny, "--cache_dir", os.path.join(regular, "c")],
+        ["--cache_dir"],
+      ),
+    ),
+    ("analyze", CliCase("extra positional argument", [*tiny, "extra"], ["extra"], quick=True)),
+    ("analyze", CliCase("unknown flag", [*tiny, "--bogus", "1"], ["bogus"])),
+    ("analyze", _foreign_out_case(bad_metrics)),
+    ("analyze", _locked_out_case(os.path.join(tmp, "locked_out"))),
+    ("summarize", CliCase("", ["--help"], expect="help", quick=True)),
+    (
+      "summarize",
+      CliCase("missing folder", [os.path.join(tmp, "nowhere")], ["nowhere"], quick=True),
+    ),
+    ("summarize", CliCase("no folder", [], ["folders"])),
+    ("summarize", CliCase("damaged metrics.json", [bad_metrics], ["bad_metrics"])),
+    (
+      "train",
+      CliCase(
+        "unknown --config.x",
+        [
+          "--config",
+          "experiments/configs/dcgan.py",
+          "--workdir",
+          os.path.join(tmp, "w"),
+          "--config.x=1",
+        ],
+        ["--config.x"],
+        quick=True,
+      ),
+    ),
+    (
+      "train",
+      CliCase(
+        "",
+        [
+          "--config",
+          "experiments/configs/dcgan.py",
+          "--workdir",
+          os.path.join(tmp, "w"),
+          "--config.num_steps=0",
+        ],
+        ["num_steps"],
+      ),
+    ),
+    (
+      "train",
+      CliCase(
+        "",
+        ["--config", os.path.join(tmp, "nofile.py"), "--workdir", os.path.join(tmp, "w")],
+        ["--config"],
+      ),
+    ),
+    (
+      "train",
+      CliCase(
+        "extra positional argument",
+        ["--config", "experiments/configs/dcgan.py", "--workdir", os.path.join(tmp, "w"), "extra"],
+        ["extra"],
+      ),
+    ),
+    (
+      "train",
+      CliCase(
+        "unknown feature network for the export",
+        [
+          "--config",
+          "experiments/configs/dcgan.py",
+          "--workdir",
+          os.path.join(tmp, "w"),
+          "--export",
+          os.path.join(tmp, "ex"),
+          "--featnet",
+          "nope",
+        ],
+        ["--featnet"],
+      ),
+    ),
+    (
+      "train",
+      CliCase(
+        "--workdir is a regular file",
+        ["--config", "experiments/configs/dcgan.py", "--workdir", regular],
+        ["--workdir"],
+      ),
+    ),
+    (
+      "benchmark",
+      CliCase("", ["--quick", "--sites", "block9", "--out", out], ["--sites"], quick=True),
+    ),
+    ("robustness", CliCase("", ["--generator", "nope", "--out", out], ["--generator"])),
+    (
+      "style_transfer",
+      CliCase("", ["--biggan", os.path.join(tmp, "nowhere"), "--out", out], ["--biggan"]),
+    ),
+    (
+      "convert_biggan",
+      CliCase(
+        "", ["--state_dict", os.path.join(tmp, "nowhere.bin"), "--out", out], ["--state_dict"]
+      ),
+    ),
   ]
-  for module in ("analyze", "train", "benchmark", "robustness", "style_transfer",
-                 "convert_biggan"):
-    cases.append((module, CliCase("", ["--help"], expect="help",
-                                  quick=module == "analyze")))
+  for module in ("analyze", "train", "benchmark", "robustness", "style_transfer", "convert_biggan"):
+    cases.append((module, CliCase("", ["--help"], expect="help", quick=module == "analyze")))
   if not quick:
     cases.append(("train", _rejected_resume_case(tmp)))
   return [(m, c) for m, c in cases if not quick or c.quick]
@@ -555,16 +747,29 @@ def _rejected_resume_case(tmp: str) -> CliCase:
   """A one-step width-4 DCGAN run, then a resume with width 8: rejected, and the
   run's config.json unchanged."""
   workdir = os.path.join(tmp, "run")
-  base = ["--config", "experiments/configs/dcgan.py", "--workdir", workdir,
-          "--config.num_steps=1", "--config.batch_size=4", "--config.sample_every=0",
-          "--config.log_every=1", "--config.generator.width=4",
-          "--config.discriminator.width=4"]
+  base = [
+    "--config",
+    "experiments/configs/dcgan.py",
+    "--workdir",
+    workdir,
+    "--config.num_steps=1",
+    "--config.batch_size=4",
+    "--config.sample_every=0",
+    "--config.log_every=1",
+    "--config.generator.width=4",
+    "--config.discriminator.width=4",
+  ]
   before: list[str | None] = []
 
   def setup():
-    p = subprocess.run([sys.executable, "-m", "experiments.train", *base], capture_output=True,
-                       text=True, check=False, env={**os.environ, "JAX_PLATFORMS": "cpu"},
-                       cwd=_repo_root())
+    p = subprocess.run(
+      [sys.executable, "-m", "experiments.train", *base],
+      capture_output=True,
+      text=True,
+      check=False,
+      env={**os.environ, "JAX_PLATFORMS": "cpu"},
+      cwd=_repo_root(),
+    )
     if p.returncode != 0:
       raise RuntimeError(f"the training run for the resume case failed:\n{p.stderr[-2000:]}")
     before.append(_file_digest(os.path.join(workdir, "config.json")))
@@ -573,8 +778,13 @@ def _rejected_resume_case(tmp: str) -> CliCase:
     now = _file_digest(os.path.join(workdir, "config.json"))
     return None if now == before[0] else "the run's config.json was rewritten"
 
-  return CliCase("resume a width-4 run with width 8", [*base, "--config.generator.width=8"],
-                 ["--config"], setup=setup, after=after)
+  return CliCase(
+    "resume a width-4 run with width 8",
+    [*base, "--config.generator.width=8"],
+    ["--config"],
+    setup=setup,
+    after=after,
+  )
 
 
 def _foreign_out_case(folder: str) -> CliCase:
@@ -582,25 +792,34 @@ def _foreign_out_case(folder: str) -> CliCase:
   before = {n: _file_digest(os.path.join(folder, n)) for n in os.listdir(folder)}
 
   def after():
-    now = {n: _file_digest(os.path.join(folder, n)) for n in os.listdir(folder)
-           if n != ".lock"}
+    now = {n: _file_digest(os.path.join(folder, n)) for n in os.listdir(folder) if n != ".lock"}
     return None if now == before else "the folder's files were changed"
 
-  return CliCase("--out holds outputs of another run (no manifest)",
-                 [*_TINY[:-1], folder], [os.path.basename(folder)], after=after)
+  return CliCase(
+    "--out holds outputs of another run (no manifest)",
+    [*_TINY[:-1], folder],
+    [os.path.basename(folder)],
+    after=after,
+  )
 
 
 def _locked_out_case(folder: str) -> CliCase:
   """Another run holds ``--out``'s lock: one line naming the folder."""
   from cfmod_jax import fileio  # pylint: disable=g-import-not-at-top
+
   lock = fileio.RunLock(folder)
 
   def after():
     lock.release()
     return None
 
-  return CliCase("--out locked by another run", [*_TINY[:-1], folder],
-                 [os.path.basename(folder)], setup=lock.acquire, after=after)
+  return CliCase(
+    "--out locked by another run",
+    [*_TINY[:-1], folder],
+    [os.path.basename(folder)],
+    setup=lock.acquire,
+    after=after,
+  )
 
 
 def _repo_root() -> str:
@@ -608,21 +827,25 @@ def _repo_root() -> str:
 
 
 # ---- the table ----------------------------------------------------------------------------
-def run_all(groups: Sequence[str], quick: bool, workers: int = 2,
-            cli_timeout: float = 300) -> list[Outcome]:
+def run_all(
+  groups: Sequence[str], quick: bool, workers: int = 2, cli_timeout: float = 300
+) -> list[Outcome]:
   """Every case of ``groups`` ('api', 'checkpoint', 'cache', 'cli'), in that order."""
   unknown = sorted(set(groups) - {"api", "checkpoint", "cache", "cli"})
   if unknown:
     raise ValueError(f"groups: unknown group(s) {unknown}; valid: api, checkpoint, cache, cli")
   results: list[Outcome] = []
   with tempfile.TemporaryDirectory(prefix="cfmod_bad_inputs_") as tmp:
-    _ABBREVIATIONS[:] = [(" ".join([*_TINY[:-1], os.path.join(tmp, "cli_out")]), "$TINY"),
-                         (tmp, "$TMP")]
+    _ABBREVIATIONS[:] = [
+      (" ".join([*_TINY[:-1], os.path.join(tmp, "cli_out")]), "$TINY"),
+      (tmp, "$TMP"),
+    ]
     futures = []
     with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
       if "cli" in groups:
-        futures = [pool.submit(run_cli, m, c, cli_timeout, _repo_root())
-                   for m, c in cli_cases(tmp, quick)]
+        futures = [
+          pool.submit(run_cli, m, c, cli_timeout, _repo_root()) for m, c in cli_cases(tmp, quick)
+        ]
       if "api" in groups:
         results += api_cases()
       if "checkpoint" in groups:
@@ -630,8 +853,9 @@ def run_all(groups: Sequence[str], quick: bool, workers: int = 2,
       if "cache" in groups:
         results += cache_cases(tmp)
       results += [f.result() for f in futures]
-  return [dataclasses.replace(r, case=abbreviate(r.case), detail=abbreviate(r.detail))
-          for r in results]
+  return [
+    dataclasses.replace(r, case=abbreviate(r.case), detail=abbreviate(r.detail)) for r in results
+  ]
 
 
 def counts(results: Sequence[Outcome]) -> dict[str, int]:
@@ -685,28 +909,28 @@ NOTES = """\
 def markdown(results: Sequence[Outcome], seconds: float, command: str) -> str:
   n = counts(results)
   lines = [
-      "# Reliability: the bad-input table",
-      "",
-      f"Generated by `{command}` ({seconds:.0f} s); do not edit by hand. Each case is tried "
-      "and classified by code (see `experiments/bad_inputs.py`): **clear error** = a "
-      "`ValueError` whose message names the argument, or for a CLI exit code 1/2 with one "
-      "`experiments.<cli>: error:` line naming the flag and no traceback; **correct result** "
-      "= the input must work (a damaged sweep-cache block is recomputed, bit-identical, with "
-      "a warning naming the file; `--help` prints the help and exits 0); **deep error** = any "
-      "other exception, a message not naming the argument, or a CLI traceback; **accepted** "
-      "= no error where one was due (or damaged data used, a file outside a checkpoint "
-      "opened, a rejected run's config.json rewritten). Goal: 0 deep, 0 accepted.",
-      "",
-      "In the CLI cases `$TMP` is a fresh temporary folder and `$TINY` stands for "
-      f"`{' '.join(_TINY)}` (a width-4 random DCGAN, "
-      "one site, 32 pairs); CLI runs use `JAX_PLATFORMS=cpu`.",
-      "",
-      "| tried | clear error | correct result | deep error | accepted |",
-      "|---:|---:|---:|---:|---:|",
-      f"| {n['tried']} | {n[CLEAR]} | {n[RESULT]} | {n[DEEP]} | {n[ACCEPTED]} |",
-      "",
-      "| group | case | outcome | message / detail |",
-      "|---|---|---|---|",
+    "# Reliability: the bad-input table",
+    "",
+    f"Generated by `{command}` ({seconds:.0f} s); do not edit by hand. Each case is tried "
+    "and classified by code (see `experiments/bad_inputs.py`): **clear error** = a "
+    "`ValueError` whose message names the argument, or for a CLI exit code 1/2 with one "
+    "`experiments.<cli>: error:` line naming the flag and no traceback; **correct result** "
+    "= the input must work (a damaged sweep-cache block is recomputed, bit-identical, with "
+    "a warning naming the file; `--help` prints the help and exits 0); **deep error** = any "
+    "other exception, a message not naming the argument, or a CLI traceback; **accepted** "
+    "= no error where one was due (or damaged data used, a file outside a checkpoint "
+    "opened, a rejected run's config.json rewritten). Goal: 0 deep, 0 accepted.",
+    "",
+    "In the CLI cases `$TMP` is a fresh temporary folder and `$TINY` stands for "
+    f"`{' '.join(_TINY)}` (a width-4 random DCGAN, "
+    "one site, 32 pairs); CLI runs use `JAX_PLATFORMS=cpu`.",
+    "",
+    "| tried | clear error | correct result | deep error | accepted |",
+    "|---:|---:|---:|---:|---:|",
+    f"| {n['tried']} | {n[CLEAR]} | {n[RESULT]} | {n[DEEP]} | {n[ACCEPTED]} |",
+    "",
+    "| group | case | outcome | message / detail |",
+    "|---|---|---|---|",
   ]
   for r in results:
     mark = r.outcome if r.outcome in (CLEAR, RESULT) else f"**{r.outcome}**"
@@ -731,12 +955,22 @@ def main(argv):
   with open(FLAGS.markdown, "w", encoding="utf-8") as f:
     f.write(markdown(results, seconds, command))
   with open(FLAGS.json, "w", encoding="utf-8") as f:
-    json.dump({"counts": counts(results), "seconds": seconds, "command": command,
-               "cases": [dataclasses.asdict(r) for r in results]}, f, indent=1)
+    json.dump(
+      {
+        "counts": counts(results),
+        "seconds": seconds,
+        "command": command,
+        "cases": [dataclasses.asdict(r) for r in results],
+      },
+      f,
+      indent=1,
+    )
   n = counts(results)
-  print(f"{n['tried']} cases: {n[CLEAR]} clear errors, {n[RESULT]} correct results, "
-        f"{n[DEEP]} deep errors, {n[ACCEPTED]} accepted ({seconds:.0f} s); wrote "
-        f"{FLAGS.markdown}, {FLAGS.json}")
+  print(
+    f"{n['tried']} cases: {n[CLEAR]} clear errors, {n[RESULT]} correct results, "
+    f"{n[DEEP]} deep errors, {n[ACCEPTED]} accepted ({seconds:.0f} s); wrote "
+    f"{FLAGS.markdown}, {FLAGS.json}"
+  )
   for r in results:
     if r.outcome in (DEEP, ACCEPTED):
       print(f"  {r.outcome}: [{r.group}] {r.case}: {r.detail}")

@@ -7,41 +7,56 @@ Writes ``benchmark.json``, ``benchmark.md`` and ``benchmark.png`` to ``--out``; 
 `cfmod_jax.bench.harness` for what is measured and how. Needs the ``torch`` extra.
 """
 
-from experiments import _cli  # first: one line on Ctrl-C while jax imports
-
 from absl import app, flags, logging
 
 from cfmod_jax.bench import harness
+from experiments import _cli  # first: one line on Ctrl-C while jax imports
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("n_pairs", 64, "Latent pairs per EIM.", lower_bound=1)
 flags.DEFINE_list("sites", list(harness.SITES), "Sites to benchmark.")
 flags.DEFINE_integer("width", 64, "DCGAN width (64: the paper's DCGAN-64).", lower_bound=1)
 flags.DEFINE_list("contenders", list(harness.CONTENDERS), "Contenders to run.")
-flags.DEFINE_integer("pair_chunk", 64, "Pairs per forward pass (torch and naive JAX).",
-                     lower_bound=1)
+flags.DEFINE_integer(
+  "pair_chunk", 64, "Pairs per forward pass (torch and naive JAX).", lower_bound=1
+)
 flags.DEFINE_integer("seed", 0, "Seed of the weights and the latent pairs.", lower_bound=0)
 flags.DEFINE_string("out", "docs/benchmark", "Output folder.")
 flags.DEFINE_bool("memory_check", True, "Compare cfmod_jax's peak memory at two N.")
 flags.DEFINE_string("memory_site", "block4", "Site of the memory check.")
 flags.DEFINE_list("memory_n_pairs", ["256", "2048"], "The two N of the memory check.")
-flags.DEFINE_integer("torch_threads", 0, "torch.set_num_threads for the torch contender "
-                     "(0: torch's default, the number of cores).", lower_bound=0)
-flags.DEFINE_bool("quick", False, "Tiny configuration for tests: width 4, N 4, sites "
-                  "block1,block4 unless --sites is given (overrides n_pairs, width, pair_chunk, "
-                  "memory_n_pairs, torch_threads and the matmul size).")
+flags.DEFINE_integer(
+  "torch_threads",
+  0,
+  "torch.set_num_threads for the torch contender (0: torch's default, the number of cores).",
+  lower_bound=0,
+)
+flags.DEFINE_bool(
+  "quick",
+  False,
+  "Tiny configuration for tests: width 4, N 4, sites "
+  "block1,block4 unless --sites is given (overrides n_pairs, width, pair_chunk, "
+  "memory_n_pairs, torch_threads and the matmul size).",
+)
 
 
 def config_from_flags() -> harness.BenchConfig:
   cfg = harness.BenchConfig(
-      n_pairs=FLAGS.n_pairs, sites=tuple(FLAGS.sites), width=FLAGS.width,
-      contenders=tuple(FLAGS.contenders), seed=FLAGS.seed, pair_chunk=FLAGS.pair_chunk,
-      memory_check=FLAGS.memory_check, memory_site=FLAGS.memory_site,
-      memory_n_pairs=_memory_n_pairs(),
-      torch_threads=FLAGS.torch_threads)
+    n_pairs=FLAGS.n_pairs,
+    sites=tuple(FLAGS.sites),
+    width=FLAGS.width,
+    contenders=tuple(FLAGS.contenders),
+    seed=FLAGS.seed,
+    pair_chunk=FLAGS.pair_chunk,
+    memory_check=FLAGS.memory_check,
+    memory_site=FLAGS.memory_site,
+    memory_n_pairs=_memory_n_pairs(),
+    torch_threads=FLAGS.torch_threads,
+  )
   if FLAGS.quick:  # block1 and block4 unless --sites is given
-    cfg = harness.quick_config(cfg, sites=FLAGS.sites if FLAGS["sites"].present else
-                               harness.QUICK_SITES)
+    cfg = harness.quick_config(
+      cfg, sites=FLAGS.sites if FLAGS["sites"].present else harness.QUICK_SITES
+    )
   return cfg
 
 
@@ -51,8 +66,10 @@ def _memory_n_pairs() -> tuple[int, ...]:
   except ValueError:
     values = ()
   if len(values) != 2 or min(values) < 1:
-    raise app.UsageError(f"--memory_n_pairs={','.join(FLAGS.memory_n_pairs)}: expected two "
-                         "positive integers, e.g. 256,2048")
+    raise app.UsageError(
+      f"--memory_n_pairs={','.join(FLAGS.memory_n_pairs)}: expected two "
+      "positive integers, e.g. 256,2048"
+    )
   return values
 
 
@@ -62,8 +79,11 @@ def main(argv):
   try:
     harness._check_config(cfg)  # pylint: disable=protected-access
   except ValueError as exc:
-    raise _cli.name_flag(exc, ("sites", "contenders", "memory_site", "n_pairs"), aliases={
-        "site": "sites", "contender": "contenders"}) from None
+    raise _cli.name_flag(
+      exc,
+      ("sites", "contenders", "memory_site", "n_pairs"),
+      aliases={"site": "sites", "contender": "contenders"},
+    ) from None
   _cli.check_output_dir("out")
   results = harness.run_benchmark(cfg, log=logging.info)
   paths = harness.write_outputs(results, FLAGS.out)

@@ -8,22 +8,29 @@ output folder holds variables.msgpack and config.json; load it with
 ``cfmod_jax.models.biggan.load_biggan(path, truncation)``. Needs torch.
 """
 
-from experiments import _cli  # first: one line on Ctrl-C while jax imports
-
 import json
 
 from absl import flags, logging
 
 from cfmod_jax.models import biggan, biggan_convert
+from experiments import _cli  # first: one line on Ctrl-C while jax imports
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("state_dict", None, "PyTorch state dict (.bin/.pt) of pytorch-pretrained-biggan.")
-flags.DEFINE_string("config", "biggan-deep-256",
-                    f"One of {sorted(biggan.CONFIGS)} or a path to the port's config.json.")
+flags.DEFINE_string(
+  "state_dict", None, "PyTorch state dict (.bin/.pt) of pytorch-pretrained-biggan."
+)
+flags.DEFINE_string(
+  "config",
+  "biggan-deep-256",
+  f"One of {sorted(biggan.CONFIGS)} or a path to the port's config.json.",
+)
 flags.DEFINE_string("out", None, "Output folder (variables.msgpack + config.json).")
-flags.DEFINE_integer("power_iterations", 0,
-                     "Spectral-norm power iterations before folding (0 = PyTorch eval mode).",
-                     lower_bound=0)
+flags.DEFINE_integer(
+  "power_iterations",
+  0,
+  "Spectral-norm power iterations before folding (0 = PyTorch eval mode).",
+  lower_bound=0,
+)
 flags.mark_flags_as_required(["state_dict", "out"])
 
 
@@ -39,8 +46,9 @@ def main(argv):
       raise ValueError(f"expected one of {sorted(biggan.CONFIGS)} or a config.json")
   _cli.check_output_dir("out")
   with _cli.blame("state_dict", (ValueError, KeyError)):
-    biggan_convert.convert_file(FLAGS.state_dict, config, FLAGS.out,
-                                power_iterations=FLAGS.power_iterations)
+    biggan_convert.convert_file(
+      FLAGS.state_dict, config, FLAGS.out, power_iterations=FLAGS.power_iterations
+    )
   logging.info("wrote %s", FLAGS.out)
 
 

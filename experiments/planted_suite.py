@@ -12,8 +12,6 @@ Writes a Markdown table to --out and all results (with the curves) to the same p
 with a .json suffix.
 """
 
-from experiments import _cli  # first: one line on Ctrl-C while jax imports
-
 import json
 import os
 import time
@@ -21,16 +19,24 @@ import time
 from absl import app, flags, logging
 
 from cfmod_jax.testing import planted
+from experiments import _cli  # first: one line on Ctrl-C while jax imports
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("variants", list(planted.VARIANTS), "Variants of the suite.")
 flags.DEFINE_list("methods", ["nmf", "kmeans"], "Clustering methods.")
 flags.DEFINE_integer("n_seeds", 10, "Seeds 0 .. n_seeds-1.", lower_bound=1)
-flags.DEFINE_list("seeds", [], "Run only these seeds (to split the run over processes; "
-                  "merge the JSON files with --merge).")
+flags.DEFINE_list(
+  "seeds",
+  [],
+  "Run only these seeds (to split the run over processes; merge the JSON files with --merge).",
+)
 flags.DEFINE_list("merge", [], "Do not run: merge these JSON outputs into --out.")
-flags.DEFINE_list("settings", ["new", "old"], "Settings to compare: new (library defaults), "
-                  "old (before issue 14), p0, p50, sigma2, new_fits_old_rule.")
+flags.DEFINE_list(
+  "settings",
+  ["new", "old"],
+  "Settings to compare: new (library defaults), "
+  "old (before issue 14), p0, p50, sigma2, new_fits_old_rule.",
+)
 flags.DEFINE_list("k_values", [str(k) for k in range(2, 9)], "Candidate K.")
 flags.DEFINE_integer("n_boot", 8, "Bootstrap resamples for K selection.", lower_bound=2)
 flags.DEFINE_integer("n_pairs", 64, "Latent pairs for the EIMs.", lower_bound=2)
@@ -38,14 +44,14 @@ flags.DEFINE_integer("n_groups", 8, "Groups of pairs (bootstrap units).", lower_
 flags.DEFINE_string("out", "docs/planted_suite.md", "Markdown output; JSON beside it.")
 
 SETTINGS = {
-    "new": planted.NEW_SETTINGS,
-    "old": planted.OLD_SETTINGS,
-    # Preprocessing alternatives with the new fits and rule.
-    "p0": {"percentile": 0.0},
-    "p50": {"percentile": 50.0},
-    "sigma2": {"sigma": 2.0},
-    # The new fits with the old rule.
-    "new_fits_old_rule": {"rule": "stability", "tol": 0.02},
+  "new": planted.NEW_SETTINGS,
+  "old": planted.OLD_SETTINGS,
+  # Preprocessing alternatives with the new fits and rule.
+  "p0": {"percentile": 0.0},
+  "p50": {"percentile": 50.0},
+  "sigma2": {"sigma": 2.0},
+  # The new fits with the old rule.
+  "new_fits_old_rule": {"rule": "stability", "tol": 0.02},
 }
 
 
@@ -61,10 +67,20 @@ def main(argv):
     if m not in ("nmf", "kmeans"):
       raise app.UsageError(f"--methods: {m!r} is not nmf or kmeans")
   settings = {s: SETTINGS[s] for s in FLAGS.settings}
-  cmd = ("python -m experiments.planted_suite " + " ".join(
-      f"--{f}={','.join(map(str, v)) if isinstance(v, list) else v}"
-      for f in ("variants", "methods", "n_seeds", "settings", "k_values", "n_boot",
-                "n_pairs", "n_groups") for v in [getattr(FLAGS, f)]))
+  cmd = "python -m experiments.planted_suite " + " ".join(
+    f"--{f}={','.join(map(str, v)) if isinstance(v, list) else v}"
+    for f in (
+      "variants",
+      "methods",
+      "n_seeds",
+      "settings",
+      "k_values",
+      "n_boot",
+      "n_pairs",
+      "n_groups",
+    )
+    for v in [getattr(FLAGS, f)]
+  )
   if FLAGS.merge:
     rows, seconds, cmds = [], 0.0, []
     for path in FLAGS.merge:
@@ -79,20 +95,25 @@ def main(argv):
     if FLAGS.seeds:
       cmd += f" --seeds={','.join(map(str, seeds))}"
     t0 = time.perf_counter()
-    rows = planted.run_suite(FLAGS.variants, FLAGS.methods, seeds, settings,
-                             k_values=[int(k) for k in FLAGS.k_values],
-                             n_pairs=FLAGS.n_pairs, n_groups=FLAGS.n_groups,
-                             n_boot=FLAGS.n_boot, log=logging.info)
+    rows = planted.run_suite(
+      FLAGS.variants,
+      FLAGS.methods,
+      seeds,
+      settings,
+      k_values=[int(k) for k in FLAGS.k_values],
+      n_pairs=FLAGS.n_pairs,
+      n_groups=FLAGS.n_groups,
+      n_boot=FLAGS.n_boot,
+      log=logging.info,
+    )
     seconds = time.perf_counter() - t0
   parent = os.path.dirname(FLAGS.out)
   if parent:
     os.makedirs(parent, exist_ok=True)
   with open(os.path.splitext(FLAGS.out)[0] + ".json", "w") as f:
-    json.dump({"command": cmd, "seconds": seconds, "settings": settings, "rows": rows}, f,
-              indent=1)
+    json.dump({"command": cmd, "seconds": seconds, "settings": settings, "rows": rows}, f, indent=1)
   with open(FLAGS.out, "w") as f:
-    f.write(f"# Planted-structure suite\n\nCommand: `{cmd}` ({seconds:.0f} s of "
-            "compute).\n\n")
+    f.write(f"# Planted-structure suite\n\nCommand: `{cmd}` ({seconds:.0f} s of compute).\n\n")
     f.write(planted.suite_markdown(rows, settings))
   logging.info("wrote %s (%.0f s)", FLAGS.out, seconds)
 

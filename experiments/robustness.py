@@ -12,8 +12,6 @@ with skin, eyes and mouth merged into "face"). Writes ``robustness.json``,
 ``robustness.png``, ``table.md`` and hybrid panels of ``--panel_site`` under ``--out``.
 """
 
-from experiments import _cli  # first: one line on Ctrl-C while jax imports
-
 import os
 
 import jax
@@ -23,10 +21,12 @@ from absl import flags, logging
 from cfmod_jax import analysis, quality, viz
 from cfmod_jax import robustness as rb
 from cfmod_jax.data import synthfaces
+from experiments import _cli  # first: one line on Ctrl-C while jax imports
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("generator", "dcgan-synthfaces",
-                    "Shipped name, a checkpoint path, or random:<arch>[:<width>].")
+flags.DEFINE_string(
+  "generator", "dcgan-synthfaces", "Shipped name, a checkpoint path, or random:<arch>[:<width>]."
+)
 flags.DEFINE_list("sites", [], "Sites (default: all).")
 flags.DEFINE_integer("k", 3, "Modules per site.")
 flags.DEFINE_integer("n_pairs", 512, "Evaluation pairs (z1, z2).")
@@ -35,8 +35,11 @@ flags.DEFINE_enum("method", "nmf", ["nmf", "kmeans"], "Clustering of channels.")
 flags.DEFINE_string("factor", "hair_color", "Categorical factor the classifier predicts.")
 flags.DEFINE_integer("seed", 0, "Random seed.", lower_bound=0)
 flags.DEFINE_string("out", "out/robustness", "Output folder.")
-flags.DEFINE_string("panel_site", "block3", "Site whose module hybrids are drawn as "
-                    "panels (panel_<site>_module<k>.png); empty: none.")
+flags.DEFINE_string(
+  "panel_site",
+  "block3",
+  "Site whose module hybrids are drawn as panels (panel_<site>_module<k>.png); empty: none.",
+)
 
 
 def face_regions() -> tuple[np.ndarray, tuple[str, ...]]:
@@ -44,7 +47,10 @@ def face_regions() -> tuple[np.ndarray, tuple[str, ...]]:
   p = synthfaces.part_prior()
   face = p[synthfaces.SKIN] + p[synthfaces.EYES] + p[synthfaces.MOUTH]
   return np.stack([p[synthfaces.BACKGROUND], p[synthfaces.HAIR], face]), (
-      "background", "hair", "face")
+    "background",
+    "hair",
+    "face",
+  )
 
 
 def _panels(gen, result, site, out):
@@ -57,8 +63,10 @@ def _panels(gen, result, site, out):
   ka, kb = jax.random.split(jax.random.key(result.seed + 1))
   z_rows, z_cols = gen.sample_latents(ka, 4), gen.sample_latents(kb, 5)
   for j, mask in enumerate(masks):
-    viz.save_rgb(os.path.join(out, f"panel_{site}_module{j}.png"),
-                 analysis.hybrid_panel(gen, site, mask, z_rows, z_cols, 4, 5))
+    viz.save_rgb(
+      os.path.join(out, f"panel_{site}_module{j}.png"),
+      analysis.hybrid_panel(gen, site, mask, z_rows, z_cols, 4, 5),
+    )
 
 
 def main(argv):
@@ -70,13 +78,22 @@ def main(argv):
   _cli.check_output_dir("out")
   parts, names = face_regions()
   try:
-    result = rb.module_robustness(gen, clf, sites=FLAGS.sites or None, k=FLAGS.k,
-                                  n_pairs=FLAGS.n_pairs, eim_pairs=FLAGS.eim_pairs,
-                                  method=FLAGS.method, seed=FLAGS.seed, part_maps=parts,
-                                  part_names=names)
+    result = rb.module_robustness(
+      gen,
+      clf,
+      sites=FLAGS.sites or None,
+      k=FLAGS.k,
+      n_pairs=FLAGS.n_pairs,
+      eim_pairs=FLAGS.eim_pairs,
+      method=FLAGS.method,
+      seed=FLAGS.seed,
+      part_maps=parts,
+      part_names=names,
+    )
   except (ValueError, TypeError) as exc:  # the message names the argument = the flag
-    raise _cli.name_flag(exc, ("sites", "k", "n_pairs", "eim_pairs", "method", "seed"),
-                         aliases={"site": "sites"}) from None
+    raise _cli.name_flag(
+      exc, ("sites", "k", "n_pairs", "eim_pairs", "method", "seed"), aliases={"site": "sites"}
+    ) from None
   rb.write_json(result, os.path.join(FLAGS.out, "robustness.json"))
   rb.plot_robustness(result, os.path.join(FLAGS.out, "robustness.png"))
   table = rb.markdown_table(result)

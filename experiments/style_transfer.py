@@ -9,16 +9,16 @@ samples; columns: class-B donors; cell: A with module k from B), ``eims.png``,
 ``module_maps.png`` and ``transfer.json`` under ``--out``.
 """
 
-from experiments import _cli  # first: one line on Ctrl-C while jax imports
-
 from absl import flags, logging
 
 from cfmod_jax import transfer
 from cfmod_jax.models.biggan import load_biggan
+from experiments import _cli  # first: one line on Ctrl-C while jax imports
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("biggan", None, "Folder of converted BigGAN-deep weights "
-                    "(variables.msgpack + config.json).")
+flags.DEFINE_string(
+  "biggan", None, "Folder of converted BigGAN-deep weights (variables.msgpack + config.json)."
+)
 flags.DEFINE_integer("class_a", 850, "Class of the originals (850: teddy bear).")
 flags.DEFINE_integer("class_b", 105, "Class of the donors (105: koala).")
 flags.DEFINE_string("site", "block5", "Block whose modules are swapped.")
@@ -43,15 +43,28 @@ def main(argv):
   _cli.check_output_dir("out")
   try:
     result = transfer.style_transfer(
-        gen, FLAGS.class_a, FLAGS.class_b, FLAGS.site, FLAGS.k, n_rows=FLAGS.n_rows,
-        n_cols=FLAGS.n_cols, n_pairs=FLAGS.n_pairs, seed=FLAGS.seed, method=FLAGS.method,
-        out_dir=FLAGS.out)
+      gen,
+      FLAGS.class_a,
+      FLAGS.class_b,
+      FLAGS.site,
+      FLAGS.k,
+      n_rows=FLAGS.n_rows,
+      n_cols=FLAGS.n_cols,
+      n_pairs=FLAGS.n_pairs,
+      seed=FLAGS.seed,
+      method=FLAGS.method,
+      out_dir=FLAGS.out,
+    )
   except (ValueError, TypeError) as exc:  # the message names the argument = the flag
-    raise _cli.name_flag(exc, ("class_a", "class_b", "site", "k", "n_rows", "n_cols",
-                               "n_pairs", "method", "seed")) from None
-  logging.info("module sizes %s; wrote %d files to %s",
-               [int((result.labels == j).sum()) for j in range(result.k)], len(result.files),
-               FLAGS.out)
+    raise _cli.name_flag(
+      exc, ("class_a", "class_b", "site", "k", "n_rows", "n_cols", "n_pairs", "method", "seed")
+    ) from None
+  logging.info(
+    "module sizes %s; wrote %d files to %s",
+    [int((result.labels == j).sum()) for j in range(result.k)],
+    len(result.files),
+    FLAGS.out,
+  )
 
 
 if __name__ == "__main__":

@@ -6,18 +6,20 @@ Each argument is an output folder of ``experiments.analyze`` (with its
 metrics.json) or a metrics JSON file itself.
 """
 
-from experiments import _cli  # first: one line on Ctrl-C while jax imports
-
 import json
 import os
 
 from absl import app
 
+from experiments import _cli  # first: one line on Ctrl-C while jax imports
 
 
 def metrics_path(folder_or_file: str) -> str:
-  return (folder_or_file if os.path.isfile(folder_or_file)
-          else os.path.join(folder_or_file, "metrics.json"))
+  return (
+    folder_or_file
+    if os.path.isfile(folder_or_file)
+    else os.path.join(folder_or_file, "metrics.json")
+  )
 
 
 def rows(folder_or_file: str) -> list[str]:
@@ -37,8 +39,11 @@ def _gain(m, sign: float = 1.0) -> str:
   """Value − null mean (the direction in which the metric is good)."""
   if not m:
     return "–"
-  return _effect(m.get("effect_vs_null")) if "effect_vs_null" in m else (
-      f"{sign * (m['value'] - m['null_mean']):+.3f}")
+  return (
+    _effect(m.get("effect_vs_null"))
+    if "effect_vs_null" in m
+    else (f"{sign * (m['value'] - m['null_mean']):+.3f}")
+  )
 
 
 def _rows(path):
@@ -48,36 +53,49 @@ def _rows(path):
     best = " **(best)**" if r.get("best_site") == site else ""
     ov, pa, ft = m["overlap"], m.get("part_agreement"), m.get("factor_transfer")
     beyond = ("yes" if m.get("beyond_untrained") else "no") if "beyond_untrained" in m else "–"
-    ft_cells = (f"{ft['exclusivity']:.3f} | {_effect(ft.get('effect_vs_null'))} | "
-                f"{_effect(ft.get('effect_vs_untrained'))}" if ft else "– | – | –")
-    yield (f"| {r['generator']} | {site}{best} | {m['k']} | {m['stability'][0]:.3f} | "
-           f"{ov['value']:.3f} | {_gain(ov)} | {_effect(ov.get('effect_vs_untrained'))} | "
-           f"{_gain(pa)} | {_effect((pa or {}).get('effect_vs_untrained'))} | {ft_cells} | "
-           f"{beyond} |")
+    ft_cells = (
+      f"{ft['exclusivity']:.3f} | {_effect(ft.get('effect_vs_null'))} | "
+      f"{_effect(ft.get('effect_vs_untrained'))}"
+      if ft
+      else "– | – | –"
+    )
+    yield (
+      f"| {r['generator']} | {site}{best} | {m['k']} | {m['stability'][0]:.3f} | "
+      f"{ov['value']:.3f} | {_gain(ov)} | {_effect(ov.get('effect_vs_untrained'))} | "
+      f"{_gain(pa)} | {_effect((pa or {}).get('effect_vs_untrained'))} | {ft_cells} | "
+      f"{beyond} |"
+    )
 
 
-HEADER = ("| model | site | K | stability | overlap ↓ | overlap gain vs null [95% CI] | "
-          "gain vs untrained [95% CI] | part agreement − chance [95% CI] | "
-          "vs untrained [95% CI] | factor exclusivity | − null [95% CI] | "
-          "vs untrained [95% CI] | modules beyond untrained |")
+HEADER = (
+  "| model | site | K | stability | overlap ↓ | overlap gain vs null [95% CI] | "
+  "gain vs untrained [95% CI] | part agreement − chance [95% CI] | "
+  "vs untrained [95% CI] | factor exclusivity | − null [95% CI] | "
+  "vs untrained [95% CI] | modules beyond untrained |"
+)
 
 
 def main(argv):
   folders = argv[1:]
   if not folders:
-    raise app.UsageError("give one or more output folders of experiments.analyze "
-                         "(each with a metrics.json)")
+    raise app.UsageError(
+      "give one or more output folders of experiments.analyze (each with a metrics.json)"
+    )
   for folder in folders:
     if not os.path.isfile(metrics_path(folder)):
-      raise app.UsageError(f"{folder}: no metrics.json (not an output folder of "
-                           "experiments.analyze, or the run has not finished)")
+      raise app.UsageError(
+        f"{folder}: no metrics.json (not an output folder of "
+        "experiments.analyze, or the run has not finished)"
+      )
   tables = []
   for folder in folders:
     try:
       tables.extend(rows(folder))
     except (OSError, ValueError, KeyError, TypeError, IndexError) as e:
-      raise app.UsageError(f"{metrics_path(folder)} is not a readable metrics file of "
-                           f"experiments.analyze ({type(e).__name__}: {e})") from None
+      raise app.UsageError(
+        f"{metrics_path(folder)} is not a readable metrics file of "
+        f"experiments.analyze ({type(e).__name__}: {e})"
+      ) from None
   print(HEADER)
   print("|" + "---|" * (HEADER.count("|") - 1))
   for row in tables:

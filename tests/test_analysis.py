@@ -19,10 +19,22 @@ import cfmod_jax as cf
 from cfmod_jax import analysis, baselines, metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = analysis.AnalysisConfig(sites=("block3", "block4"), n_pairs=8, block_pairs=4,
-                               k_values=(2, 3), n_boot=2, eval_pairs=6, eval_groups=2,
-                               n_null=3, n_ci=20, hybrid_rows=2, hybrid_cols=2,
-                               parts="synthfaces", pair_chunk=4, mask_chunk=4)
+TINY = analysis.AnalysisConfig(
+  sites=("block3", "block4"),
+  n_pairs=8,
+  block_pairs=4,
+  k_values=(2, 3),
+  n_boot=2,
+  eval_pairs=6,
+  eval_groups=2,
+  n_null=3,
+  n_ci=20,
+  hybrid_rows=2,
+  hybrid_cols=2,
+  parts="synthfaces",
+  pair_chunk=4,
+  mask_chunk=4,
+)
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +93,8 @@ def test_metrics_are_consistent(tiny_run):
       u = v["untrained"]
       assert u["effect_vs_null"]["value"] == pytest.approx(sign * (u["value"] - u["null_mean"]))
       assert v["effect_vs_untrained"]["value"] == pytest.approx(
-          v["effect_vs_null"]["value"] - u["effect_vs_null"]["value"])
+        v["effect_vs_null"]["value"] - u["effect_vs_null"]["value"]
+      )
       assert v["evidence"] == (v["beyond_null"] and v["beyond_untrained"])
       assert v["beyond_untrained"] == (v["effect_vs_untrained"]["ci95"][0] > TINY.min_effect)
     assert m["beyond_untrained"] == (m["overlap"]["evidence"] and m["in_support"]["evidence"])
@@ -90,16 +103,15 @@ def test_metrics_are_consistent(tiny_run):
     with np.load(os.path.join(out, site, "analysis.npz")) as data:
       z1, z2 = data["eval_z1"], data["eval_z2"]
       assert len(z1) == TINY.eval_pairs
-      for g, labels, maps in ((gen, data["labels"], data["module_maps"]),
-                              (untrained, data["untrained_labels"],
-                               data["untrained_module_maps"])):
-        ref = np.asarray(cf.influence_maps(g, site, analysis.module_masks(labels, m["k"]), z1,
-                                           z2))
+      for g, labels, maps in (
+        (gen, data["labels"], data["module_maps"]),
+        (untrained, data["untrained_labels"], data["untrained_module_maps"]),
+      ):
+        ref = np.asarray(cf.influence_maps(g, site, analysis.module_masks(labels, m["k"]), z1, z2))
         assert float(ref.max()) > 0
         np.testing.assert_allclose(maps, ref, rtol=1e-4, atol=1e-6 * float(ref.max()))
       # The trained model's observed overlap is the overlap of its module maps.
-      assert m["overlap"]["value"] == pytest.approx(
-          metrics.module_overlap(data["module_maps"]))
+      assert m["overlap"]["value"] == pytest.approx(metrics.module_overlap(data["module_maps"]))
 
 
 def test_report_defines_every_column_and_gives_verdicts(tiny_run):
@@ -110,7 +122,7 @@ def test_report_defines_every_column_and_gives_verdicts(tiny_run):
   terms = {html.unescape(t) for t in re.findall(r"<dt>([^<]+)</dt>", page)}
   assert {"Δ vs untrained [95% CI]", "untrained [95% CI] (null)", "evidence"} <= headers
   assert headers <= terms, headers - terms
-  for site, m in result["sites"].items():
+  for _site, m in result["sites"].items():
     assert html.escape(analysis.site_sentence(m, TINY.min_effect)) in page
   assert "NMF templates" in page and "k-means centroids" not in page
 
@@ -125,7 +137,8 @@ def test_partition_statistics_match_metrics():
   for i in range(5):
     assert got["overlap"][i] == pytest.approx(metrics.module_overlap(maps[i]))
     assert got["in_support"][i] == pytest.approx(
-        metrics.in_support_share(maps[i], templates[i], percentile=70.0)[1])
+      metrics.in_support_share(maps[i], templates[i], percentile=70.0)[1]
+    )
     assert got["part_agreement"][i] == pytest.approx(metrics.part_agreement(maps[i], parts))
 
 
@@ -134,14 +147,17 @@ def test_untrained_like_keeps_the_architecture():
   base = baselines.untrained_like(gen)
   again = baselines.untrained_like(gen)
   leaves = jax.tree_util.tree_leaves_with_path
-  assert jax.tree_util.tree_structure(base.variables) == jax.tree_util.tree_structure(
-      gen.variables)
-  for (p, a), (_, b), (_, c) in zip(leaves(gen.variables), leaves(base.variables),
-                                    leaves(again.variables)):
+  assert jax.tree_util.tree_structure(base.variables) == jax.tree_util.tree_structure(gen.variables)
+  for (p, a), (_, b), (_, c) in zip(
+    leaves(gen.variables), leaves(base.variables), leaves(again.variables)
+  ):
     assert a.shape == b.shape and a.dtype == b.dtype, jax.tree_util.keystr(p)
     np.testing.assert_array_equal(b, c)  # deterministic
-  kernels = [(a, b) for (p, a), (_, b) in zip(leaves(gen.variables), leaves(base.variables))
-             if "kernel" in jax.tree_util.keystr(p)]
+  kernels = [
+    (a, b)
+    for (p, a), (_, b) in zip(leaves(gen.variables), leaves(base.variables))
+    if "kernel" in jax.tree_util.keystr(p)
+  ]
   assert kernels and all(not np.allclose(a, b) for a, b in kernels)  # other weights
   stats = base.variables["batch_stats"]
   for p, leaf in leaves(stats):
@@ -168,21 +184,26 @@ def test_baseline_equal_to_the_model_gives_zero_difference(tmp_path):
     assert m[name]["untrained"]["value"] == m[name]["value"]
     assert m[name]["beyond_untrained"] is False
   assert m["beyond_untrained"] is False
-  assert "no evidence of learned modularity" in analysis.site_sentence(m) or \
-      "not clearly more distinct" in analysis.site_sentence(m)
+  assert "no evidence of learned modularity" in analysis.site_sentence(
+    m
+  ) or "not clearly more distinct" in analysis.site_sentence(m)
 
 
-@pytest.mark.parametrize("overlap,in_support,expected", [
+@pytest.mark.parametrize(
+  "overlap,in_support,expected",
+  [
     ((True, True), (True, True), "evidence of learned modularity"),
     ((True, False), (True, True), "no evidence of learned modularity"),
     ((True, True), (False, False), "not clearly more distinct"),
-])
+  ],
+)
 def test_site_sentence(overlap, in_support, expected):
-  v = {n: {"beyond_null": b[0], "beyond_untrained": b[1], "evidence": b[0] and b[1]}
-       for n, b in (("overlap", overlap), ("in_support", in_support))}
+  v = {
+    n: {"beyond_null": b[0], "beyond_untrained": b[1], "evidence": b[0] and b[1]}
+    for n, b in (("overlap", overlap), ("in_support", in_support))
+  }
   v["modules_distinct_beyond_null"] = overlap[0] and in_support[0]
-  v["modules_distinct_beyond_untrained"] = v["overlap"]["evidence"] and v["in_support"][
-      "evidence"]
+  v["modules_distinct_beyond_untrained"] = v["overlap"]["evidence"] and v["in_support"]["evidence"]
   text = analysis.site_sentence({"verdict": v})
   assert expected in text
   if expected == "evidence of learned modularity":
@@ -201,7 +222,9 @@ def test_hybrid_panel_layout():
   np.testing.assert_allclose(panel[67:131, 67:131], donor, atol=1e-5)
 
 
-@pytest.mark.parametrize("cfg,pattern", [
+@pytest.mark.parametrize(
+  "cfg,pattern",
+  [
     (analysis.AnalysisConfig(sites=("nope",)), "site='nope'.*valid sites"),
     (analysis.AnalysisConfig(k=100), "k=100 is larger than the number of channels C=4"),
     (analysis.AnalysisConfig(n_pairs=0), "n_pairs must be a positive integer"),
@@ -209,7 +232,8 @@ def test_hybrid_panel_layout():
     (analysis.AnalysisConfig(n_pairs=8, block_pairs=8), "at least 2 × block_pairs"),
     (analysis.AnalysisConfig(method="pca"), "method must be 'nmf' or 'kmeans'"),
     (analysis.AnalysisConfig(k_values=(8, 9)), "none fits the C=4 channels"),
-])
+  ],
+)
 def test_bad_config_fails_before_work(tmp_path, cfg, pattern):
   gen = cf.init_generator("dcgan", seed=1, width=4, latent_dim=8)
   with pytest.raises(ValueError, match=pattern):
@@ -220,9 +244,24 @@ def test_bad_config_fails_before_work(tmp_path, cfg, pattern):
 
 def test_cli_bad_flag_message(tmp_path):
   env = dict(os.environ, JAX_PLATFORMS="cpu")
-  proc = subprocess.run([sys.executable, "-m", "experiments.analyze", "--generator",
-                         "random:dcgan:4", "--k", "999", "--out", str(tmp_path / "o")],
-                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  proc = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "experiments.analyze",
+      "--generator",
+      "random:dcgan:4",
+      "--k",
+      "999",
+      "--out",
+      str(tmp_path / "o"),
+    ],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert proc.returncode != 0
   assert "k=999 is larger than the number of channels" in proc.stderr
   assert not (tmp_path / "o").exists()

@@ -78,8 +78,13 @@ def test_hook_and_naive_eims_equal_cfmod_jax(bench_gen, site):
 
 def test_quick_benchmark_writes_complete_outputs(tmp_path):
   out = tmp_path / "bench"
-  subprocess.run([sys.executable, "-m", "experiments.benchmark", "--quick", "--out", str(out)],
-                 cwd=ROOT, check=True, capture_output=True, timeout=300)
+  subprocess.run(
+    [sys.executable, "-m", "experiments.benchmark", "--quick", "--out", str(out)],
+    cwd=ROOT,
+    check=True,
+    capture_output=True,
+    timeout=300,
+  )
   for ext in ("json", "md", "png"):
     assert (out / f"benchmark.{ext}").stat().st_size > 0
   assert (out / "benchmark.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -109,6 +114,8 @@ def test_quick_benchmark_writes_complete_outputs(tmp_path):
 
 
 def test_torch_is_imported_only_by_the_torch_contender():
-  code = ("import sys, cfmod_jax, cfmod_jax.bench.harness, cfmod_jax.bench.naive; "
-          "assert 'torch' not in sys.modules")
+  code = (
+    "import sys, cfmod_jax, cfmod_jax.bench.harness, cfmod_jax.bench.naive; "
+    "assert 'torch' not in sys.modules"
+  )
   subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=120)

@@ -12,8 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from pytorch_pretrained_biggan import BigGAN, BigGANConfig as TorchConfig
-from pytorch_pretrained_biggan import truncated_noise_sample
+from pytorch_pretrained_biggan import BigGAN, truncated_noise_sample
+from pytorch_pretrained_biggan import BigGANConfig as TorchConfig
 from pytorch_pretrained_biggan.convert_tf_to_pytorch import BigGAN128, BigGAN256, BigGAN512
 
 import cfmod_jax as cf
@@ -24,10 +24,17 @@ jax.config.update("jax_default_matmul_precision", "highest")
 
 PARITY_ATOL = 1e-4
 # 32×32 output; 4 → 8 → 16 → 32; self-attention before block 3 (at 8×8, 64 channels).
-SMALL = dict(output_dim=32, z_dim=16, class_embed_dim=16, channel_width=8, num_classes=10,
-             layers=[(False, 16, 16), (True, 16, 8), (False, 8, 8), (True, 8, 4),
-                     (True, 4, 2), (False, 2, 1)],
-             attention_layer_position=3, eps=1e-4, n_stats=11)
+SMALL = dict(
+  output_dim=32,
+  z_dim=16,
+  class_embed_dim=16,
+  channel_width=8,
+  num_classes=10,
+  layers=[(False, 16, 16), (True, 16, 8), (False, 8, 8), (True, 8, 4), (True, 4, 2), (False, 2, 1)],
+  attention_layer_position=3,
+  eps=1e-4,
+  n_stats=11,
+)
 SMALL_CFG = bg.BigGANConfig(**{**SMALL, "layers": tuple(SMALL["layers"])})
 Z = SMALL["z_dim"]
 
@@ -72,10 +79,19 @@ def ckpt(torch_model, tmp_path_factory):
   torch.save(torch_model.state_dict(), sd_path)
   with open(d / "config.json", "w") as f:
     json.dump(SMALL, f)
-  subprocess.run([sys.executable, "-m", "experiments.convert_biggan", f"--state_dict={sd_path}",
-                  f"--config={d / 'config.json'}", f"--out={out}"], check=True,
-                 cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                 env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "experiments.convert_biggan",
+      f"--state_dict={sd_path}",
+      f"--config={d / 'config.json'}",
+      f"--out={out}",
+    ],
+    check=True,
+    cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    env={**os.environ, "JAX_PLATFORMS": "cpu"},
+  )
   return sd_path, out
 
 
@@ -124,20 +140,27 @@ def test_sites_match_pytorch_block_outputs(torch_model, small_biggan):
   """Site ``block{i}`` is the output of the port's i-th GenBlock; ``gen_z`` of gen_z."""
   captured = {}
   gen_t = torch_model.generator
-  hooks = [gen_t.gen_z.register_forward_hook(
-      lambda m, i, o: captured.__setitem__("gen_z", o.reshape(-1, 4, 4, o.shape[1] // 16)))]
+  hooks = [
+    gen_t.gen_z.register_forward_hook(
+      lambda m, i, o: captured.__setitem__("gen_z", o.reshape(-1, 4, 4, o.shape[1] // 16))
+    )
+  ]
   blocks = [m for m in gen_t.layers if hasattr(m, "bn_0")]
   for i, block in enumerate(blocks):
-    hooks.append(block.register_forward_hook(
-        lambda m, inp, o, i=i: captured.__setitem__(f"block{i}", o.permute(0, 2, 3, 1))))
+    hooks.append(
+      block.register_forward_hook(
+        lambda m, inp, o, i=i: captured.__setitem__(f"block{i}", o.permute(0, 2, 3, 1))
+      )
+    )
   lat = _latents()
   _torch_images(torch_model, lat, 0.4)
   for h in hooks:
     h.remove()
   assert small_biggan.sites == ("gen_z",) + tuple(f"block{i}" for i in range(6))
   for site in small_biggan.sites:
-    np.testing.assert_allclose(small_biggan.run_prefix(site, lat), captured[site].numpy(),
-                               atol=PARITY_ATOL)
+    np.testing.assert_allclose(
+      small_biggan.run_prefix(site, lat), captured[site].numpy(), atol=PARITY_ATOL
+    )
 
 
 def test_power_iteration_matches_pytorch_train_mode(torch_model, ckpt):
@@ -183,17 +206,23 @@ def test_hybrids(torch_model, small_biggan):
 # ---- configs, shapes, sites ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name,torch_cfg,n_sites", [
-    ("biggan-deep-128", BigGAN128, 11), ("biggan-deep-256", BigGAN256, 13),
-    ("biggan-deep-512", BigGAN512, 15)])
+@pytest.mark.parametrize(
+  "name,torch_cfg,n_sites",
+  [
+    ("biggan-deep-128", BigGAN128, 11),
+    ("biggan-deep-256", BigGAN256, 13),
+    ("biggan-deep-512", BigGAN512, 15),
+  ],
+)
 def test_pretrained_configs(name, torch_cfg, n_sites):
   cfg = bg.CONFIGS[name]
   assert bg.BigGANConfig.from_dict(torch_cfg.to_dict()) == cfg
   # Our expected state dict is the port's (shapes only, no memory: meta device).
   with torch.device("meta"):
     model = BigGAN(torch_cfg)
-  assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == \
-      bc.expected_state_dict_shapes(name)
+  assert {
+    k: tuple(v.shape) for k, v in model.state_dict().items()
+  } == bc.expected_state_dict_shapes(name)
 
   module = bg.BigGANDeep(cfg)
   latent = jax.ShapeDtypeStruct((1, 1128), jnp.float32)
@@ -228,7 +257,8 @@ def test_latent_sampling(small_biggan):
   np.testing.assert_array_equal(np.asarray(lat[:, Z:]).argmax(1), [3, 3, 9])
   soft = np.full((2, 10), 0.1, np.float32)
   np.testing.assert_allclose(
-      bg.sample_latents_for_classes(jax.random.key(2), soft, 0.3, config=SMALL_CFG)[:, Z:], soft)
+    bg.sample_latents_for_classes(jax.random.key(2), soft, 0.3, config=SMALL_CFG)[:, Z:], soft
+  )
 
 
 # ---- converter and bad input -----------------------------------------------------------------
@@ -240,7 +270,8 @@ def test_checkpoint_round_trip(ckpt, small_biggan):
   for a, b in zip(jax.tree.leaves(direct), jax.tree.leaves(small_biggan.variables)):
     np.testing.assert_array_equal(a, b)
   assert jax.tree.structure(direct) == jax.tree.structure(
-      jax.tree.map(np.asarray, small_biggan.variables))
+    jax.tree.map(np.asarray, small_biggan.variables)
+  )
 
 
 def test_converter_errors(ckpt):
@@ -251,8 +282,11 @@ def test_converter_errors(ckpt):
     bc.convert_state_dict(missing, SMALL_CFG)
   bad = dict(state)
   bad["generator.layers.3.snconv1x1_g.weight_orig"] = np.zeros((3, 64, 1, 1), np.float32)
-  with pytest.raises(ValueError, match=r"mis-shaped.*generator\.layers\.3\.snconv1x1_g"
-                                       r"\.weight_orig: expected \(32, 64, 1, 1\)"):
+  with pytest.raises(
+    ValueError,
+    match=r"mis-shaped.*generator\.layers\.3\.snconv1x1_g"
+    r"\.weight_orig: expected \(32, 64, 1, 1\)",
+  ):
     bc.convert_state_dict(bad, SMALL_CFG)
   with pytest.raises(ValueError, match="unexpected keys: generator.layers.7"):
     bc.convert_state_dict({**state, "generator.layers.7.gamma": np.zeros(1)}, SMALL_CFG)

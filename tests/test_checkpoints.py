@@ -24,8 +24,11 @@ def test_shipped_generator_loads_and_generates(name):
   gen = checkpoints.load_generator(name)
   assert gen.name == name and gen.dataset == "synthfaces"
   folder = os.path.join(checkpoints.PACKAGE_DIR, name)
-  total = sum(os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder)
-              if f != "samples.png" and f != "MODEL_CARD.md")
+  total = sum(
+    os.path.getsize(os.path.join(folder, f))
+    for f in os.listdir(folder)
+    if f != "samples.png" and f != "MODEL_CARD.md"
+  )
   assert total <= MAX_BYTES
   for f in ("MODEL_CARD.md", "samples.png"):
     assert os.path.isfile(os.path.join(folder, f))
@@ -41,8 +44,10 @@ def test_shipped_generator_loads_and_generates(name):
 
 
 def test_unknown_name_lists_valid_names():
-  with pytest.raises(checkpoints.CheckpointError, match="valid names: dcgan-synthfaces, "
-                     "vae-synthfaces, began-synthfaces"):
+  with pytest.raises(
+    checkpoints.CheckpointError,
+    match="valid names: dcgan-synthfaces, vae-synthfaces, began-synthfaces",
+  ):
     checkpoints.load_generator("stylegan-ffhq")
 
 
@@ -54,8 +59,7 @@ def dcgan_copy(tmp_path):
 
 
 def test_copy_loads_identically(dcgan_copy):
-  a, b = checkpoints.load_generator(str(dcgan_copy)), checkpoints.load_generator(
-      "dcgan-synthfaces")
+  a, b = checkpoints.load_generator(str(dcgan_copy)), checkpoints.load_generator("dcgan-synthfaces")
   for x, y in zip(jax.tree.leaves(a.variables), jax.tree.leaves(b.variables)):
     assert np.array_equal(x, y)
 
@@ -63,7 +67,7 @@ def test_copy_loads_identically(dcgan_copy):
 def test_truncated_checkpoint_is_reported(dcgan_copy):
   data = dcgan_copy / checkpoints.DATA_FILE
   blob = data.read_bytes()
-  data.write_bytes(blob[:len(blob) // 2])
+  data.write_bytes(blob[: len(blob) // 2])
   with pytest.raises(checkpoints.CheckpointError, match="truncated"):
     checkpoints.load_generator(str(dcgan_copy))
 
@@ -85,6 +89,7 @@ def test_corrupted_array_is_named_even_with_a_consistent_file_hash(dcgan_copy):
   data.write_bytes(bytes(blob))
   meta = json.loads((dcgan_copy / checkpoints.META_FILE).read_text())
   import hashlib
+
   meta["file_sha256"] = hashlib.sha256(bytes(blob)).hexdigest()
   (dcgan_copy / checkpoints.META_FILE).write_text(json.dumps(meta))
   with pytest.raises(checkpoints.CheckpointError, match=r"sha256 manifest: .*\(sha256 differs\)"):
@@ -120,11 +125,18 @@ def test_missing_and_unexpected_parameters_are_named(tmp_path):
   params = dict(variables["params"])
   params["extra_layer"] = {"kernel": np.zeros((2, 2), np.float32)}
   del params["stages_4"]
-  checkpoints.save_variables(str(tmp_path), {"params": params}, kind="generator", arch="vae",
-                             kwargs={"width": 4, "latent_dim": 8})
-  with pytest.raises(checkpoints.ArchitectureMismatchError,
-                     match=r"missing: params/stages_4/conv/bias, params/stages_4/conv/kernel; "
-                           r"unexpected: params/extra_layer/kernel"):
+  checkpoints.save_variables(
+    str(tmp_path),
+    {"params": params},
+    kind="generator",
+    arch="vae",
+    kwargs={"width": 4, "latent_dim": 8},
+  )
+  with pytest.raises(
+    checkpoints.ArchitectureMismatchError,
+    match=r"missing: params/stages_4/conv/bias, params/stages_4/conv/kernel; "
+    r"unexpected: params/extra_layer/kernel",
+  ):
     checkpoints.load_generator(str(tmp_path))
 
 
@@ -136,8 +148,14 @@ def test_featnet_folder_is_not_a_generator():
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 def test_save_load_roundtrip(tmp_path, dtype):
   gen = init_generator("dcgan", seed=1, width=4, latent_dim=8)
-  checkpoints.save_variables(str(tmp_path), gen.variables, kind="generator", arch="dcgan",
-                             kwargs={"width": 4, "latent_dim": 8}, storage_dtype=dtype)
+  checkpoints.save_variables(
+    str(tmp_path),
+    gen.variables,
+    kind="generator",
+    arch="dcgan",
+    kwargs={"width": 4, "latent_dim": 8},
+    storage_dtype=dtype,
+  )
   loaded = checkpoints.load_generator(str(tmp_path))
   for x, y in zip(jax.tree.leaves(gen.variables), jax.tree.leaves(loaded.variables)):
     assert y.dtype == np.float32
@@ -152,6 +170,7 @@ def test_save_load_roundtrip(tmp_path, dtype):
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_corrupted_trainer_checkpoint_is_reported(tmp_path):
   from cfmod_jax import train
+
   train.train_and_evaluate(vae_config(num_steps=1, checkpoint_every=1), str(tmp_path))
   gen = checkpoints.load_generator(str(tmp_path))  # intact: loads, trained on synthfaces
   assert gen.dataset == "synthfaces"
@@ -161,8 +180,12 @@ def test_corrupted_trainer_checkpoint_is_reported(tmp_path):
   assert checkpoints.read_meta(out)["dataset"] == "synthfaces"
   assert checkpoints.load_generator(out).dataset == "synthfaces"
   state_dir = tmp_path / "checkpoints" / "1" / "state"
-  data_files = [os.path.join(r, f) for r, _, fs in os.walk(state_dir) for f in fs
-                if os.sep + "d" + os.sep in os.path.join(r, f)]
+  data_files = [
+    os.path.join(r, f)
+    for r, _, fs in os.walk(state_dir)
+    for f in fs
+    if os.sep + "d" + os.sep in os.path.join(r, f)
+  ]
   assert data_files
   biggest = max(data_files, key=os.path.getsize)
   with open(biggest, "r+b") as f:
@@ -173,7 +196,6 @@ def test_corrupted_trainer_checkpoint_is_reported(tmp_path):
   assert len(str(err.value)) < 1000
   del err
   gc.collect()  # let orbax's failed reads be reported inside this test
-
 
 
 # ---- reliability: reads stay inside the folder; clear errors for broken manifests -------------
@@ -195,17 +217,21 @@ def test_manifest_file_outside_the_folder_is_refused(dcgan_copy, tmp_path, how, 
   outside = tmp_path / "elsewhere"
   outside.mkdir()
   shutil.copy(dcgan_copy / checkpoints.DATA_FILE, outside / "secret.msgpack")
-  name = {"dotdot": "../elsewhere/secret.msgpack",
-          "absolute": str(outside / "secret.msgpack"),
-          "symlink": "link.msgpack"}[how]
+  name = {
+    "dotdot": "../elsewhere/secret.msgpack",
+    "absolute": str(outside / "secret.msgpack"),
+    "symlink": "link.msgpack",
+  }[how]
   if how == "symlink":
     os.symlink(outside / "secret.msgpack", dcgan_copy / "link.msgpack")
   _set_meta(dcgan_copy, file=name)
   opened = []
   real_open = open
+
   def spy(file, *args, **kwargs):
     opened.append(os.path.realpath(file) if isinstance(file, (str, os.PathLike)) else file)
     return real_open(file, *args, **kwargs)
+
   monkeypatch.setattr("builtins.open", spy)
   with pytest.raises(checkpoints.CheckpointError, match="'file' field"):
     checkpoints.load_generator(str(dcgan_copy))
@@ -214,8 +240,10 @@ def test_manifest_file_outside_the_folder_is_refused(dcgan_copy, tmp_path, how, 
 
 def test_manifest_without_file_fields_is_reported(dcgan_copy):
   for field in ("file_bytes", "file_sha256", "manifest"):
-    shutil.copy(os.path.join(checkpoints.PACKAGE_DIR, "dcgan-synthfaces", checkpoints.META_FILE),
-                dcgan_copy / checkpoints.META_FILE)
+    shutil.copy(
+      os.path.join(checkpoints.PACKAGE_DIR, "dcgan-synthfaces", checkpoints.META_FILE),
+      dcgan_copy / checkpoints.META_FILE,
+    )
     _set_meta(dcgan_copy, **{field: None})
     with pytest.raises(checkpoints.CheckpointError, match=f"lacks the field\\(s\\) {field}"):
       checkpoints.load_generator(str(dcgan_copy))
@@ -236,8 +264,10 @@ def test_save_variables_writes_atomically(tmp_path, monkeypatch):
   checkpoints.save_variables(str(tmp_path), gen.variables, **kw)
   before = {f: (tmp_path / f).read_bytes() for f in os.listdir(tmp_path)}
   real_replace = os.replace
+
   def dying_replace(src, dst):
     raise KeyboardInterrupt("killed")
+
   monkeypatch.setattr(os, "replace", dying_replace)
   other = init_generator("dcgan", seed=2, width=4, latent_dim=8)
   with pytest.raises(KeyboardInterrupt):
@@ -256,19 +286,27 @@ def test_dataset_metadata_of_exported_folders(tmp_path):
   to their training config's ``dataset`` (default 'synthfaces'); none → None."""
   gen = init_generator("dcgan", seed=0, width=4, latent_dim=8)
   assert gen.dataset is None
-  cases = [({"dataset": "celeba"}, None, "celeba"),
-           (None, {"model": "dcgan", "dataset": "celeba"}, "celeba"),
-           (None, {"model": "dcgan"}, "synthfaces"),
-           ({"dataset": "my-photos"}, {"model": "dcgan"}, "my-photos"),
-           (None, None, None)]
+  cases = [
+    ({"dataset": "celeba"}, None, "celeba"),
+    (None, {"model": "dcgan", "dataset": "celeba"}, "celeba"),
+    (None, {"model": "dcgan"}, "synthfaces"),
+    ({"dataset": "my-photos"}, {"model": "dcgan"}, "my-photos"),
+    (None, None, None),
+  ]
   for i, (extra, config, want) in enumerate(cases):
-    folder = checkpoints.save_variables(str(tmp_path / str(i)), gen.variables,
-                                        kind="generator", arch="dcgan",
-                                        kwargs={"width": 4, "latent_dim": 8}, config=config,
-                                        extra=extra)
+    folder = checkpoints.save_variables(
+      str(tmp_path / str(i)),
+      gen.variables,
+      kind="generator",
+      arch="dcgan",
+      kwargs={"width": 4, "latent_dim": 8},
+      config=config,
+      extra=extra,
+    )
     assert checkpoints.load_generator(folder).dataset == want, (extra, config)
   for name in (*checkpoints.SHIPPED_GENERATORS, checkpoints.SHIPPED_FEATNET):
-    assert checkpoints.read_meta(os.path.join(checkpoints.PACKAGE_DIR, name))["dataset"] == \
-        "synthfaces"
+    assert (
+      checkpoints.read_meta(os.path.join(checkpoints.PACKAGE_DIR, name))["dataset"] == "synthfaces"
+    )
   with pytest.raises(ValueError, match="dataset must be a non-empty string or None"):
     type(gen)(gen.module, gen.variables, dataset="")

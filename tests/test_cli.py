@@ -29,19 +29,24 @@ def test_quick_cli_cases_are_clear_errors(tmp_path):
   assert len(cases) >= 10
   with concurrent.futures.ThreadPoolExecutor(2) as pool:
     results = list(pool.map(lambda mc: bi.run_cli(mc[0], mc[1], 300, ROOT), cases))
-  bad = [f"{r.outcome}: {r.case}: {r.detail}" for r in results
-         if r.outcome not in (bi.CLEAR, bi.RESULT)]
+  bad = [
+    f"{r.outcome}: {r.case}: {r.detail}" for r in results if r.outcome not in (bi.CLEAR, bi.RESULT)
+  ]
   assert not bad, "\n".join(bad)
   # --help is a result, everything else an error naming its flag
-  assert sum(r.outcome == bi.RESULT for r in results) == sum(
-      c.expect == "help" for _, c in cases)
+  assert sum(r.outcome == bi.RESULT for r in results) == sum(c.expect == "help" for _, c in cases)
 
 
 def _popen(args, **kw):
   # A shell that started us in the background may ignore SIGINT; the child must not.
-  return subprocess.Popen([sys.executable, "-m", "experiments.analyze", *args], cwd=ROOT,
-                          env=ENV, text=True,
-                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL), **kw)
+  return subprocess.Popen(
+    [sys.executable, "-m", "experiments.analyze", *args],
+    cwd=ROOT,
+    env=ENV,
+    text=True,
+    preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    **kw,
+  )
 
 
 def _wait_for(predicate, proc, timeout=240):
@@ -54,8 +59,20 @@ def _wait_for(predicate, proc, timeout=240):
 
 def test_ctrl_c_prints_one_line_keeps_blocks_and_rerun_resumes(tmp_path):
   out = str(tmp_path / "out")
-  args = ["--generator", "random:dcgan:4", "--sites", "block4", "--n_pairs", "8192",
-          "--block_pairs", "16", "--k", "2", "--out", out]
+  args = [
+    "--generator",
+    "random:dcgan:4",
+    "--sites",
+    "block4",
+    "--n_pairs",
+    "8192",
+    "--block_pairs",
+    "16",
+    "--k",
+    "2",
+    "--out",
+    out,
+  ]
   blocks = lambda: glob.glob(os.path.join(out, "cache", "eims", "*", "block_*.npz"))
   proc = _popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
   _wait_for(lambda: len(blocks()) >= 2, proc)
@@ -63,8 +80,10 @@ def test_ctrl_c_prints_one_line_keeps_blocks_and_rerun_resumes(tmp_path):
   stdout, stderr = proc.communicate(timeout=120)
   assert proc.returncode == 130, stderr[-2000:]
   lines = _non_log_lines(stdout + stderr)
-  assert lines == [f"experiments.analyze: interrupted; finished blocks are kept in "
-                   f"{os.path.join(out, 'cache')}, rerun the same command to resume"], lines
+  assert lines == [
+    f"experiments.analyze: interrupted; finished blocks are kept in "
+    f"{os.path.join(out, 'cache')}, rerun the same command to resume"
+  ], lines
   kept = len(blocks())
   assert 2 <= kept < 512
 
@@ -88,7 +107,13 @@ def test_train_rejects_a_config_that_cannot_resume_the_run_before_writing(tmp_pa
   assert result.outcome == bi.CLEAR, result.detail
   assert "cannot resume" in result.detail
   # the same run with its own config still resumes (and finishes at once)
-  p = subprocess.run([sys.executable, "-m", "experiments.train", *case.args[:-1]], cwd=ROOT,
-                     env=ENV, capture_output=True, text=True, check=False)
+  p = subprocess.run(
+    [sys.executable, "-m", "experiments.train", *case.args[:-1]],
+    cwd=ROOT,
+    env=ENV,
+    capture_output=True,
+    text=True,
+    check=False,
+  )
   assert p.returncode == 0, p.stderr[-2000:]
   assert "resumed from step 1" in p.stderr

@@ -47,13 +47,20 @@ def _planted_predict(images):
   left = images[:, :, :4].mean(axis=(1, 2, 3))
   rgb = images[:, :, 4:].mean(axis=(1, 2))
   centres = jnp.array([-0.5, 0.0, 0.5])
-  return {"left": jnp.stack([-left, left], axis=-1),
-          "right": -jnp.square(rgb[:, :1] - centres),
-          "left_level": left, "right_rgb": rgb}
+  return {
+    "left": jnp.stack([-left, left], axis=-1),
+    "right": -jnp.square(rgb[:, :1] - centres),
+    "left_level": left,
+    "right_rgb": rgb,
+  }
 
 
-KINDS = {"left": "categorical", "right": "categorical", "left_level": "continuous",
-         "right_rgb": "continuous"}
+KINDS = {
+  "left": "categorical",
+  "right": "categorical",
+  "left_level": "continuous",
+  "right_rgb": "continuous",
+}
 A = np.array([1, 1, 0, 0], np.float32)
 B = 1 - A
 
@@ -75,13 +82,15 @@ def _reference_counts(gen, site, masks, z1, z2, predict, kinds):
   follows = np.zeros((len(masks), len(names)), np.int64)
   valid = np.zeros(len(names), np.int64)
   for i in range(z1.shape[0]):
-    p1 = {k: np.asarray(v)[0] for k, v in predict(gen(z1[i:i + 1])).items()}
-    p2 = {k: np.asarray(v)[0] for k, v in predict(gen(z2[i:i + 1])).items()}
-    ok = [np.argmax(p1[f]) != np.argmax(p2[f]) if kinds[f] == "categorical"
-          else np.any(p1[f] != p2[f]) for f in names]
+    p1 = {k: np.asarray(v)[0] for k, v in predict(gen(z1[i : i + 1])).items()}
+    p2 = {k: np.asarray(v)[0] for k, v in predict(gen(z2[i : i + 1])).items()}
+    ok = [
+      np.argmax(p1[f]) != np.argmax(p2[f]) if kinds[f] == "categorical" else np.any(p1[f] != p2[f])
+      for f in names
+    ]
     valid += np.array(ok)
     for j, mask in enumerate(masks):
-      hyb = cf.hybrids(gen, site, mask, z1[i:i + 1], z2[i:i + 1])
+      hyb = cf.hybrids(gen, site, mask, z1[i : i + 1], z2[i : i + 1])
       ph = {k: np.asarray(v)[0] for k, v in predict(hyb).items()}
       for fi, f in enumerate(names):
         if not ok[fi]:
@@ -116,14 +125,15 @@ def test_planted_modules_carry_their_half(planted, planted_pairs):
 def test_streaming_equals_plain_loop_and_ignores_chunks(planted, planted_pairs):
   z1, z2 = planted_pairs[0][:9], planted_pairs[1][:9]
   rng = np.random.default_rng(0)
-  masks = np.concatenate([np.stack([A, B, np.ones(4)]), rng.random((2, 4)),
-                          (rng.random((2, 4)) < 0.5)]).astype(np.float32)
-  ref_follows, ref_valid = _reference_counts(planted, SITE, masks, z1, z2, _planted_predict,
-                                             KINDS)
+  masks = np.concatenate(
+    [np.stack([A, B, np.ones(4)]), rng.random((2, 4)), (rng.random((2, 4)) < 0.5)]
+  ).astype(np.float32)
+  ref_follows, ref_valid = _reference_counts(planted, SITE, masks, z1, z2, _planted_predict, KINDS)
   assert 0 < ref_follows[3:].sum() < ref_valid.sum() * 4  # non-trivial masks
   for pc, mc in [(32, 16), (1, 1), (4, 3), (2, 7)]:
-    res = factors.factor_transfer(planted, SITE, masks, z1, z2, _planted_predict, KINDS,
-                                  pair_chunk=pc, mask_chunk=mc)
+    res = factors.factor_transfer(
+      planted, SITE, masks, z1, z2, _planted_predict, KINDS, pair_chunk=pc, mask_chunk=mc
+    )
     np.testing.assert_array_equal(res.follows[0], ref_follows, err_msg=f"chunks {pc}, {mc}")
     np.testing.assert_array_equal(res.valid[0], ref_valid)
 
@@ -142,8 +152,9 @@ def test_real_generator_equals_plain_loop(small_dcgan, pairs):
 
   kinds = {"reddest_quadrant": "categorical", "tl": "continuous"}
   ref_follows, ref_valid = _reference_counts(small_dcgan, site, masks, z1, z2, predict, kinds)
-  res = factors.factor_transfer(small_dcgan, site, masks, z1, z2, predict, kinds,
-                                pair_chunk=4, mask_chunk=2)
+  res = factors.factor_transfer(
+    small_dcgan, site, masks, z1, z2, predict, kinds, pair_chunk=4, mask_chunk=2
+  )
   np.testing.assert_array_equal(res.follows[0], ref_follows)
   np.testing.assert_array_equal(res.valid[0], ref_valid)
   assert np.all(ref_valid > 0)
@@ -154,12 +165,14 @@ def test_groups_are_subsets(planted, planted_pairs):
   z1, z2 = planted_pairs
   masks = np.stack([A, B, np.array([1, 0, 1, 0], np.float32)])
   groups = np.arange(40) % 3
-  res = factors.factor_transfer(planted, SITE, masks, z1, z2, _planted_predict, KINDS,
-                                groups=groups, pair_chunk=8)
+  res = factors.factor_transfer(
+    planted, SITE, masks, z1, z2, _planted_predict, KINDS, groups=groups, pair_chunk=8
+  )
   assert res.counts.tolist() == [14, 13, 13]
   for g in range(3):
-    sub = factors.factor_transfer(planted, SITE, masks, z1[groups == g], z2[groups == g],
-                                  _planted_predict, KINDS)
+    sub = factors.factor_transfer(
+      planted, SITE, masks, z1[groups == g], z2[groups == g], _planted_predict, KINDS
+    )
     np.testing.assert_array_equal(res.follows[g], sub.follows[0])
     np.testing.assert_array_equal(res.valid[g], sub.valid[0])
 
@@ -167,7 +180,8 @@ def test_groups_are_subsets(planted, planted_pairs):
 def test_bad_input(planted, planted_pairs):
   z1, z2 = planted_pairs
   run = lambda masks=A, predict=_planted_predict, kinds=KINDS, **kw: factors.factor_transfer(
-      planted, SITE, masks, z1, kw.pop("z2", z2), predict, kinds, **kw)
+    planted, SITE, masks, z1, kw.pop("z2", z2), predict, kinds, **kw
+  )
   with pytest.raises(ValueError, match=r"masks must have shape \[M, 4\]"):
     run(masks=np.ones((2, 5)))
   with pytest.raises(ValueError, match="lacks factor"):
@@ -206,7 +220,7 @@ def test_summary_statistics_by_hand():
   np.testing.assert_array_equal(m[:3].argmax(0), labels)
   np.testing.assert_array_equal(m[3], 1)
   for r in range(4):
-    part = m[4 + 3 * r: 7 + 3 * r]
+    part = m[4 + 3 * r : 7 + 3 * r]
     np.testing.assert_array_equal(part.sum(0), 1)
     np.testing.assert_array_equal(part.sum(1), [1, 2, 3])
 
@@ -215,20 +229,28 @@ def test_bootstrap_and_summary(planted, planted_pairs):
   z1, z2 = planted_pairs
   labels = np.array([0, 0, 1, 1])
   masks = factors.factor_masks(labels, 2, n_null=3, seed=0)
-  res = factors.factor_transfer(planted, SITE, masks, z1, z2, _planted_predict, KINDS,
-                                groups=np.arange(40) % 8)
+  res = factors.factor_transfer(
+    planted, SITE, masks, z1, z2, _planted_predict, KINDS, groups=np.arange(40) % 8
+  )
   out = factors.factor_summary(res, 2, 3, n_boot=200)
   assert out["exclusivity"] == 1.0 and out["exclusivity_ci"] == [1.0, 1.0]
   np.testing.assert_array_equal(out["matrix"], [[1, 0, 1, 0], [0, 1, 0, 1]])
   # Each null partition pairs one left and one right channel, or is the planted one.
   for r, value in enumerate(out["exclusivity_null"]):
-    part = masks[3 + 2 * r: 5 + 2 * r]
+    part = masks[3 + 2 * r : 5 + 2 * r]
     planted_like = part[:, :2].sum(1).tolist() in ([2, 0], [0, 2])
     assert (value == 1.0) == planted_like
   # The bootstrap agrees with an explicit resample of the groups.
-  mixed = factors.factor_transfer(planted, SITE, np.stack([[1, 0, 1, 0], [0, 1, 0, 1],
-                                                           [1, 1, 1, 1]], dtype=np.float32),
-                                  z1, z2, _planted_predict, KINDS, groups=np.arange(40) % 8)
+  mixed = factors.factor_transfer(
+    planted,
+    SITE,
+    np.stack([[1, 0, 1, 0], [0, 1, 0, 1], [1, 1, 1, 1]], dtype=np.float32),
+    z1,
+    z2,
+    _planted_predict,
+    KINDS,
+    groups=np.arange(40) % 8,
+  )
   stat = lambda s: factors.exclusivity(s[:2], s[2])
   est, lo, hi = factors.bootstrap_groups(mixed.follows, mixed.valid, stat, n_boot=50, seed=3)
   assert est == pytest.approx(stat(mixed.shares()))
@@ -236,8 +258,7 @@ def test_bootstrap_and_summary(planted, planted_pairs):
   reps = []
   for _ in range(50):
     idx = rng.integers(0, 8, 8)
-    reps.append(stat(factors.transfer_shares(mixed.follows[idx].sum(0),
-                                             mixed.valid[idx].sum(0))))
+    reps.append(stat(factors.transfer_shares(mixed.follows[idx].sum(0), mixed.valid[idx].sum(0))))
   assert (lo, hi) == pytest.approx(tuple(np.percentile(reps, [2.5, 97.5])))
   assert lo < hi
   sub = factors.factor_summary(res, 2, 3, n_boot=10, only=["right", "left"])
@@ -251,12 +272,14 @@ def test_bootstrap_and_summary(planted, planted_pairs):
 
 
 def test_plot_factor_matrix(tmp_path):
-  path = factors.plot_factor_matrix(str(tmp_path / "m.png"), [[0.1, np.nan], [1, 0.5]],
-                                    ["m0", "whole"], ["hair", "eyes"])
+  path = factors.plot_factor_matrix(
+    str(tmp_path / "m.png"), [[0.1, np.nan], [1, 0.5]], ["m0", "whole"], ["hair", "eyes"]
+  )
   assert (tmp_path / "m.png").stat().st_size > 1000 and path.endswith("m.png")
   with pytest.raises(ValueError, match=r"matrix must be \[2, 3\]"):
-    factors.plot_factor_matrix(str(tmp_path / "x.png"), np.zeros((2, 2)), ["a", "b"],
-                               ["x", "y", "z"])
+    factors.plot_factor_matrix(
+      str(tmp_path / "x.png"), np.zeros((2, 2)), ["a", "b"], ["x", "y", "z"]
+    )
 
 
 # ---- hybrid realism ---------------------------------------------------------------------
@@ -266,18 +289,19 @@ def test_hybrid_realism_matches_direct_fd(small_dcgan):
   c = small_dcgan.site_shape(site)[-1]
   half = (np.arange(c) % 2).astype(np.float32)
   masks = np.stack([np.ones(c), half])
-  res = factors.hybrid_realism(small_dcgan, site, masks, featnet, n=n, seed=4, pair_chunk=16,
-                               mask_chunk=1)
+  res = factors.hybrid_realism(
+    small_dcgan, site, masks, featnet, n=n, seed=4, pair_chunk=16, mask_chunk=1
+  )
   k1, k2 = jax.random.split(jax.random.key(4))
   z1, z2 = small_dcgan.sample_latents(k1, n), small_dcgan.sample_latents(k2, n)
   (mu0, s0), _ = quality.real_stats(featnet, n)
   direct = lambda images: quality.frechet_distance_from_stats(
-      *quality.gaussian_stats(featnet.features(np.asarray(images))), mu0, s0)
+    *quality.gaussian_stats(featnet.features(np.asarray(images))), mu0, s0
+  )
   assert res.n == n and res.fd.shape == (2,)
   assert res.plain_fd == pytest.approx(direct(small_dcgan(z1)), rel=1e-3)
   assert res.fd[0] == pytest.approx(direct(small_dcgan(z2)), rel=1e-3)  # whole-site swap
-  assert res.fd[1] == pytest.approx(direct(cf.hybrids(small_dcgan, site, half, z1, z2)),
-                                    rel=1e-3)
+  assert res.fd[1] == pytest.approx(direct(cf.hybrids(small_dcgan, site, half, z1, z2)), rel=1e-3)
   assert res.floor == pytest.approx(quality.real_floor(featnet, n))
   assert res.floor < res.plain_fd
   with pytest.raises(ValueError, match="n must be an integer >= 2"):

@@ -18,10 +18,24 @@ from cfmod_jax.wrap import wrap_linen
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SITE = "block3"
-TINY = analysis.AnalysisConfig(sites=(SITE,), n_pairs=8, block_pairs=4, k=2, n_boot=2,
-                               eval_pairs=4, eval_groups=2, n_null=2, n_ci=20, hybrid_rows=2,
-                               hybrid_cols=2, pair_chunk=4, mask_chunk=4, factor_pairs=8,
-                               factor_null=2, hybrid_fd_samples=4)
+TINY = analysis.AnalysisConfig(
+  sites=(SITE,),
+  n_pairs=8,
+  block_pairs=4,
+  k=2,
+  n_boot=2,
+  eval_pairs=4,
+  eval_groups=2,
+  n_null=2,
+  n_ci=20,
+  hybrid_rows=2,
+  hybrid_cols=2,
+  pair_chunk=4,
+  mask_chunk=4,
+  factor_pairs=8,
+  factor_null=2,
+  hybrid_fd_samples=4,
+)
 
 
 def _faces_generator(dataset="synthfaces"):
@@ -52,8 +66,9 @@ def test_main_job_writes_factor_transfer(faces_run):
   assert np.shape(ft["untrained"]["matrix"]) == (2, nf)
   for key in ("effect_vs_null", "untrained_effect_vs_null", "effect_vs_untrained"):
     assert len(ft[key]["ci95"]) == 2 and key in ft["categorical"]
-  assert ft["categorical"]["factors"] == [n for n, kind in factors.FEATNET_KINDS.items()
-                                          if kind == factors.CATEGORICAL]
+  assert ft["categorical"]["factors"] == [
+    n for n, kind in factors.FEATNET_KINDS.items() if kind == factors.CATEGORICAL
+  ]
   hr = ft["hybrid_realism"]
   assert len(hr["fd"]) == 2 and hr["n"] == 4 and hr["floor"] > 0 and hr["plain_fd"] > 0
   assert "factor_transfer" in result["sites"][SITE]["verdict"]
@@ -80,18 +95,25 @@ def test_factor_numbers_equal_direct_calls(faces_run):
     d = dict(data)
   masks = factors.factor_masks(d["labels"], k, n_null=n_null, seed=TINY.seed + 1)
   np.testing.assert_array_equal(d["factor_masks"], masks)
-  z1, z2 = analysis.factor_latents(gen, TINY.seed * 1000 + gen.site_index(SITE),
-                                   TINY.factor_pairs)
+  z1, z2 = analysis.factor_latents(gen, TINY.seed * 1000 + gen.site_index(SITE), TINY.factor_pairs)
   np.testing.assert_array_equal(d["factor_z1"], np.asarray(z1))
   np.testing.assert_array_equal(d["factor_z2"], np.asarray(z2))
   predict = quality.load_featnet().predict_fn()
   shares = []
-  for net, labels, prefix in ((gen, d["labels"], ""),
-                              (base, d["untrained_labels"], "untrained_")):
+  for net, labels, prefix in ((gen, d["labels"], ""), (base, d["untrained_labels"], "untrained_")):
     m = factors.factor_masks(labels, k, n_null=n_null, seed=TINY.seed + 1)
-    direct = factors.factor_transfer(net, SITE, m, z1, z2, predict, factors.FEATNET_KINDS,
-                                     groups=d["factor_groups"], pair_chunk=TINY.pair_chunk,
-                                     mask_chunk=TINY.mask_chunk)
+    direct = factors.factor_transfer(
+      net,
+      SITE,
+      m,
+      z1,
+      z2,
+      predict,
+      factors.FEATNET_KINDS,
+      groups=d["factor_groups"],
+      pair_chunk=TINY.pair_chunk,
+      mask_chunk=TINY.mask_chunk,
+    )
     np.testing.assert_array_equal(d[prefix + "factor_follows"], direct.follows)
     np.testing.assert_array_equal(d[prefix + "factor_valid"], direct.valid)
     shares.append(direct.shares())
@@ -100,13 +122,15 @@ def test_factor_numbers_equal_direct_calls(faces_run):
   _nan_equal(ft["untrained"]["matrix"], shares[1][:k])
 
   def gain(s):
-    null = [factors.exclusivity(s[k + 1 + r * k:k + 1 + (r + 1) * k], s[k])
-            for r in range(n_null)]
+    null = [
+      factors.exclusivity(s[k + 1 + r * k : k + 1 + (r + 1) * k], s[k]) for r in range(n_null)
+    ]
     return factors.exclusivity(s[:k], s[k]) - np.mean(null)
 
   assert ft["effect_vs_null"]["value"] == pytest.approx(gain(shares[0]))
   assert ft["effect_vs_null"]["value"] == pytest.approx(
-      ft["exclusivity"] - ft["exclusivity_null_mean"])
+    ft["exclusivity"] - ft["exclusivity_null_mean"]
+  )
   assert ft["untrained_effect_vs_null"]["value"] == pytest.approx(gain(shares[1]))
   assert ft["effect_vs_untrained"]["value"] == pytest.approx(gain(shares[0]) - gain(shares[1]))
   lo, hi = ft["effect_vs_untrained"]["ci95"]
@@ -135,9 +159,14 @@ def test_gating_follows_dataset_metadata():
 
 def test_factor_config_errors():
   gen = _faces_generator()
-  for field, value in (("factor_transfer", "yes"), ("factor_pairs", 0),
-                       ("factor_null", 0), ("hybrid_fd_samples", 1),
-                       ("hybrid_fd_samples", -3), ("factor_pairs", 1)):
+  for field, value in (
+    ("factor_transfer", "yes"),
+    ("factor_pairs", 0),
+    ("factor_null", 0),
+    ("hybrid_fd_samples", 1),
+    ("hybrid_fd_samples", -3),
+    ("factor_pairs", 1),
+  ):
     with pytest.raises(ValueError, match=field):
       analysis.check_config(gen, dataclasses.replace(TINY, **{field: value}))
 
@@ -150,8 +179,9 @@ def _own_linen():
   spec.loader.exec_module(ex)
   module = ex.OwnLinenGenerator(latent_dim=8, width=4)
   variables = module.init(jax.random.key(0), jnp.zeros((1, 8)))
-  return wrap_linen(module, variables, sites=["block2/conv1", "block3"], latent_shape=(8,),
-                    name="own-linen")
+  return wrap_linen(
+    module, variables, sites=["block2/conv1", "block3"], latent_shape=(8,), name="own-linen"
+  )
 
 
 def test_untrained_baseline_of_a_wrapped_linen_generator(tmp_path):
@@ -166,9 +196,21 @@ def test_untrained_baseline_of_a_wrapped_linen_generator(tmp_path):
   assert all(np.array_equal(a, b) for a, b in zip(leaves, again))
   assert not all(np.array_equal(a, b) for a, b in zip(leaves, other))
   # The main job with its default baseline; a 32×32 generator cannot force the featnet.
-  cfg = analysis.AnalysisConfig(sites=("block2/conv1",), n_pairs=8, block_pairs=4, k=2,
-                                n_boot=2, eval_pairs=4, eval_groups=2, n_null=2, n_ci=10,
-                                hybrid_rows=2, hybrid_cols=2, pair_chunk=4, mask_chunk=4)
+  cfg = analysis.AnalysisConfig(
+    sites=("block2/conv1",),
+    n_pairs=8,
+    block_pairs=4,
+    k=2,
+    n_boot=2,
+    eval_pairs=4,
+    eval_groups=2,
+    n_null=2,
+    n_ci=10,
+    hybrid_rows=2,
+    hybrid_cols=2,
+    pair_chunk=4,
+    mask_chunk=4,
+  )
   result = analysis.run(gen, cfg, str(tmp_path))
   assert result["untrained_baseline"]["generator"] == "own-linen-untrained"
   m = result["sites"]["block2/conv1"]

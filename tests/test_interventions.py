@@ -54,8 +54,7 @@ def test_batched_equals_plain_loop(small_dcgan, pairs):
   rng = np.random.default_rng(1)
   masks = np.stack([rng.random(c) < 0.3, rng.random(c) < 0.6, rng.random(c)]).astype(np.float32)
   hyb = np.asarray(cf.hybrids(small_dcgan, site, masks, z1, z2, mask_chunk=2))
-  maps = np.asarray(cf.influence_maps(small_dcgan, site, masks, z1, z2, pair_chunk=4,
-                                      mask_chunk=2))
+  maps = np.asarray(cf.influence_maps(small_dcgan, site, masks, z1, z2, pair_chunk=4, mask_chunk=2))
   base = np.asarray(small_dcgan(z1))
   for mi, m in enumerate(masks):
     diffs = []
@@ -80,7 +79,8 @@ def test_chunk_sizes_do_not_change_maps(small_dcgan, pairs):
 def test_one_dimensional_mask(small_dcgan, pairs):
   z1, z2 = pairs
   c = small_dcgan.site_shape("block4")[-1]
-  m = np.zeros(c); m[3] = 1
+  m = np.zeros(c)
+  m[3] = 1
   assert cf.hybrids(small_dcgan, "block4", m, z1, z2).shape == (6, 64, 64, 3)
   one = cf.influence_maps(small_dcgan, "block4", m, z1, z2)
   two = cf.influence_maps(small_dcgan, "block4", m[None], z1, z2)
@@ -127,6 +127,7 @@ class _TinyRGB(nn.Module):
 
 class TinyUserGenerator(cf.StagedGenerator):
   """What a user writes: stages in setup(), site names, latent shape."""
+
   site_names = ("proj", "conv_a", "conv_b")
   latent_shape = (4,)
 
@@ -146,8 +147,9 @@ def test_user_defined_generator():
   masks = np.eye(6)[:2]
   hyb = cf.hybrids(gen, "conv_a", masks, z1, z2)
   for n in range(3):
-    np.testing.assert_allclose(hyb[1, n], _reference_hybrid(gen, "conv_a", masks[1], z1[n], z2[n]),
-                               atol=1e-5)
+    np.testing.assert_allclose(
+      hyb[1, n], _reference_hybrid(gen, "conv_a", masks[1], z1[n], z2[n]), atol=1e-5
+    )
   eims = cf.elementary_influence_maps(gen, "conv_b", n_pairs=4)
   assert eims.shape == (4, 8, 8) and float(eims.min()) >= 0
 
@@ -162,25 +164,31 @@ def _bad_calls(gen):
   c = gen.site_shape("block2")[-1]
   z = np.zeros((3, 8), np.float32)
   m = np.zeros((2, c), np.float32)
-  nan_z = z.copy(); nan_z[1, 2] = np.nan
-  inf_z = z.copy(); inf_z[0, 0] = np.inf
+  nan_z = z.copy()
+  nan_z[1, 2] = np.nan
+  inf_z = z.copy()
+  inf_z[0, 0] = np.inf
   return [
-      ("site='nope'.*valid sites: block1, block2, block3, block4",
-       lambda: cf.hybrids(gen, "nope", m, z, z)),
-      ("site='nope'", lambda: cf.elementary_influence_maps(gen, "nope", n_pairs=2)),
-      (r"masks must have shape \[M, 16\]", lambda: cf.influence_maps(gen, "block2", m[:, :5], z, z)),
-      (r"masks values must lie in \[0, 1\]", lambda: cf.influence_maps(gen, "block2", m + 2, z, z)),
-      (r"masks values must lie in \[0, 1\]", lambda: cf.hybrids(gen, "block2", m - 0.5, z, z)),
-      (r"z1 must have shape \[N, 8\]", lambda: cf.hybrids(gen, "block2", m, np.zeros((3, 9)), z)),
-      (r"z2 must have shape \[N, 8\]", lambda: cf.influence_maps(gen, "block2", m, z, z[:, :, None])),
-      ("same number of latent codes", lambda: cf.influence_maps(gen, "block2", m, z, z[:2])),
-      ("z1 is empty", lambda: cf.influence_maps(gen, "block2", m, z[:0], z[:0])),
-      ("n_pairs must be a positive integer", lambda: cf.elementary_influence_maps(gen, "block2", 0)),
-      ("z1 contains NaN or inf", lambda: cf.hybrids(gen, "block2", m, nan_z, z)),
-      ("z2 contains NaN or inf", lambda: cf.influence_maps(gen, "block2", m, z, inf_z)),
-      ("pair_chunk must be a positive integer",
-       lambda: cf.influence_maps(gen, "block2", m, z, z, pair_chunk=0)),
-      ("latents must have shape", lambda: gen(np.zeros((2, 3)))),
+    (
+      "site='nope'.*valid sites: block1, block2, block3, block4",
+      lambda: cf.hybrids(gen, "nope", m, z, z),
+    ),
+    ("site='nope'", lambda: cf.elementary_influence_maps(gen, "nope", n_pairs=2)),
+    (r"masks must have shape \[M, 16\]", lambda: cf.influence_maps(gen, "block2", m[:, :5], z, z)),
+    (r"masks values must lie in \[0, 1\]", lambda: cf.influence_maps(gen, "block2", m + 2, z, z)),
+    (r"masks values must lie in \[0, 1\]", lambda: cf.hybrids(gen, "block2", m - 0.5, z, z)),
+    (r"z1 must have shape \[N, 8\]", lambda: cf.hybrids(gen, "block2", m, np.zeros((3, 9)), z)),
+    (r"z2 must have shape \[N, 8\]", lambda: cf.influence_maps(gen, "block2", m, z, z[:, :, None])),
+    ("same number of latent codes", lambda: cf.influence_maps(gen, "block2", m, z, z[:2])),
+    ("z1 is empty", lambda: cf.influence_maps(gen, "block2", m, z[:0], z[:0])),
+    ("n_pairs must be a positive integer", lambda: cf.elementary_influence_maps(gen, "block2", 0)),
+    ("z1 contains NaN or inf", lambda: cf.hybrids(gen, "block2", m, nan_z, z)),
+    ("z2 contains NaN or inf", lambda: cf.influence_maps(gen, "block2", m, z, inf_z)),
+    (
+      "pair_chunk must be a positive integer",
+      lambda: cf.influence_maps(gen, "block2", m, z, z, pair_chunk=0),
+    ),
+    ("latents must have shape", lambda: gen(np.zeros((2, 3)))),
   ]
 
 
@@ -192,13 +200,16 @@ def test_bad_input_raises_before_compiling(fresh_gen, index):
   assert not fresh_gen._jit_cache, "an error must be raised before any compilation"
 
 
-@pytest.mark.parametrize("arch,kwargs", [("dcgan", dict(width=4, latent_dim=8)),
-                                         ("vae", dict(width=4, latent_dim=8)),
-                                         ("began", dict(width=6, latent_dim=8)),
-                                         ("began", dict(width=6, latent_dim=8,
-                                                        batch_norm=True)),
-                                         ("began", dict(width=6, latent_dim=8,
-                                                        batch_norm=True, skip=True))])
+@pytest.mark.parametrize(
+  "arch,kwargs",
+  [
+    ("dcgan", dict(width=4, latent_dim=8)),
+    ("vae", dict(width=4, latent_dim=8)),
+    ("began", dict(width=6, latent_dim=8)),
+    ("began", dict(width=6, latent_dim=8, batch_norm=True)),
+    ("began", dict(width=6, latent_dim=8, batch_norm=True, skip=True)),
+  ],
+)
 def test_linear_split_eims_equal_mask_path(arch, kwargs):
   gen = cf.init_generator(arch, seed=1, **kwargs)
   # BEGAN's skip connections feed z's first layer to blocks 2-4: the sites before
@@ -213,14 +224,17 @@ def test_linear_split_eims_equal_mask_path(arch, kwargs):
         scale = jax.random.uniform(jax.random.key(x.size), x.shape, minval=-2.0, maxval=2.0)
         return x * jnp.exp2(scale)
       return x
+
     stats = jax.tree_util.tree_map_with_path(perturb, gen.variables["batch_stats"])
     gen = cf.Generator(gen.module, {**gen.variables, "batch_stats": stats})
   key = jax.random.key(3)
   for site in linear:
-    fast = cf.elementary_influence_maps(gen, site, n_pairs=5, key=key, method="linear",
-                                        pair_chunk=2, mask_chunk=3)
-    slow = cf.elementary_influence_maps(gen, site, n_pairs=5, key=key, method="masks",
-                                        pair_chunk=2, mask_chunk=3)
+    fast = cf.elementary_influence_maps(
+      gen, site, n_pairs=5, key=key, method="linear", pair_chunk=2, mask_chunk=3
+    )
+    slow = cf.elementary_influence_maps(
+      gen, site, n_pairs=5, key=key, method="masks", pair_chunk=2, mask_chunk=3
+    )
     assert float(slow.max()) > 0
     np.testing.assert_allclose(fast, slow, rtol=2e-4, atol=1e-6 * float(slow.max()))
 
@@ -239,15 +253,17 @@ def test_began_skip_connections_hybrids_keep_z1_first_layer():
     h0 = np.asarray(h0).reshape(len(z), 8, 8, 5)
     for i in (2, 3):
       skip = np.repeat(np.repeat(h0, 2 ** (i - 1), axis=1), 2 ** (i - 1), axis=2)
-      h = mod.apply(gen.variables, np.concatenate([h, skip], -1),
-                    method=lambda m, x: m.stages[i](x))
+      h = mod.apply(
+        gen.variables, np.concatenate([h, skip], -1), method=lambda m, x, i=i: m.stages[i](x)
+      )
     return np.asarray(mod.apply(gen.variables, h, method=lambda m, x: m.stages[4](x)))
 
   h2 = gen.run_prefix("block2", z2)
   np.testing.assert_allclose(out, suffix_by_hand(np.asarray(h2), np.asarray(z1)), atol=1e-5)
   assert np.abs(out - np.asarray(gen(z2))).max() > 1e-3  # z1's h0 matters
-  np.testing.assert_allclose(np.asarray(cf.hybrids(gen, "block2", np.zeros(5), z1, z2)),
-                             np.asarray(gen(z1)), atol=1e-5)
+  np.testing.assert_allclose(
+    np.asarray(cf.hybrids(gen, "block2", np.zeros(5), z1, z2)), np.asarray(gen(z1)), atol=1e-5
+  )
 
 
 def test_user_generator_without_split_uses_masks():

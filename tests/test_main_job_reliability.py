@@ -12,7 +12,6 @@ import importlib.util
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 
@@ -38,9 +37,13 @@ def jax_cache(tmp_path_factory):
 
 
 def _run(out, jax_cache, kill=None, seed=None):
-  env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=jax_cache,
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0", JAX_PLATFORMS="cpu")
+  env = dict(
+    os.environ,
+    JAX_COMPILATION_CACHE_DIR=jax_cache,
+    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+    JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+    JAX_PLATFORMS="cpu",
+  )
   env.pop("CFMOD_KILL_AT", None)
   if kill:
     env["CFMOD_KILL_AT"] = kill
@@ -71,8 +74,9 @@ def _files(folder):
 
 def _strip_timings(obj):
   if isinstance(obj, dict):
-    return {k: _strip_timings(v) for k, v in obj.items()
-            if not k.startswith("seconds") and k != "written"}
+    return {
+      k: _strip_timings(v) for k, v in obj.items() if not k.startswith("seconds") and k != "written"
+    }
   if isinstance(obj, list):
     return [_strip_timings(v) for v in obj]
   return obj
@@ -102,6 +106,7 @@ def _assert_readable(folder):
       json.loads(data)
     elif rel.endswith(".png"):
       import matplotlib.image
+
       assert matplotlib.image.imread(path).size > 0
     elif rel.endswith(".html"):
       assert data.rstrip().endswith(b"</html>")
@@ -115,8 +120,7 @@ def _assert_same(out, reference):
 
 
 @pytest.mark.parametrize("phase", ["sweep", "clustering", "figures", "npz"])
-def test_kill_then_rerun_gives_the_uninterrupted_outputs(phase, reference, jax_cache,
-                                                         tmp_path):
+def test_kill_then_rerun_gives_the_uninterrupted_outputs(phase, reference, jax_cache, tmp_path):
   out = tmp_path / "out"
   killed = _run(out, jax_cache, kill=phase)
   assert killed.returncode == -9, (phase, killed.stderr[-3000:])
@@ -141,8 +145,9 @@ def test_different_run_is_refused_and_leaves_the_folder_unchanged(reference):
   worker = _worker_module()
   gen, cfg = worker.tiny()
   before = _files(reference)
-  with pytest.raises(analysis.OutputFolderError,
-                     match=re.escape(str(reference)) + r".*different run.*seed 0 vs 4"):
+  with pytest.raises(
+    analysis.OutputFolderError, match=re.escape(str(reference)) + r".*different run.*seed 0 vs 4"
+  ):
     analysis.run(gen, dataclasses.replace(cfg, seed=4), str(reference))
   assert _files(reference) == before
 
@@ -173,8 +178,7 @@ def test_second_concurrent_run_gets_the_lock_error(reference):
 def test_stale_files_are_removed_only_when_output_like(tmp_path):
   for name in ("eims.png", "hybrids_module3.png", ".eims.png.x1.tmp.png", "notes.txt"):
     (tmp_path / name).write_bytes(b"x")
-  removed = analysis.remove_stale_files(str(tmp_path), analysis.site_files(2, False, False,
-                                                                           False))
+  removed = analysis.remove_stale_files(str(tmp_path), analysis.site_files(2, False, False, False))
   assert removed == [".eims.png.x1.tmp.png", "hybrids_module3.png"]
   assert sorted(os.listdir(tmp_path)) == ["eims.png", "notes.txt"]
 

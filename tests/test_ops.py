@@ -5,13 +5,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax import lax
 
 from cfmod_jax import ops
 
 
-@pytest.mark.parametrize("kernel,stride", [((4, 4), (2, 2)), ((2, 2), (2, 2)), ((3, 3), (1, 1)),
-                                           ((6, 6), (3, 3)), ((4, 2), (2, 1)), ((3, 3), (2, 2))])
+@pytest.mark.parametrize(
+  "kernel,stride",
+  [
+    ((4, 4), (2, 2)),
+    ((2, 2), (2, 2)),
+    ((3, 3), (1, 1)),
+    ((6, 6), (3, 3)),
+    ((4, 2), (2, 1)),
+    ((3, 3), (2, 2)),
+  ],
+)
 def test_conv_transpose_matches_flax(kernel, stride):
   x = jax.random.normal(jax.random.key(0), (2, 5, 6, 7))
   ref = nn.ConvTranspose(4, kernel, stride, padding="SAME")

@@ -21,8 +21,15 @@ def _region_share(maps, masks):
 
 
 def test_variant_knobs():
-  assert set(P.VARIANTS) >= {"quadrants", "unequal", "overlap", "large", "noise",
-                             "variation", "mixed"}
+  assert set(P.VARIANTS) >= {
+    "quadrants",
+    "unequal",
+    "overlap",
+    "large",
+    "noise",
+    "variation",
+    "mixed",
+  }
   for name in ("unequal", "mixed"):
     spec = P.variant(name)
     assert min(spec.group_sizes) <= 0.10 * spec.n_channels
@@ -85,8 +92,8 @@ def test_each_channel_writes_only_inside_its_region_and_nonlinearly():
   h1, h2 = gen.run_prefix(SITE, z1), gen.run_prefix(SITE, z2)
   base = np.asarray(gen.run_suffix(SITE, h1, z1))
   c = spec.n_channels
-  onehot = jnp.eye(c)[:, None, None, None, :]                       # [C, 1, 1, 1, C]
-  delta = (h2 - h1)[None] * onehot                                  # [C, N, S, S, C]
+  onehot = jnp.eye(c)[:, None, None, None, :]  # [C, 1, 1, 1, C]
+  delta = (h2 - h1)[None] * onehot  # [C, N, S, S, C]
   z_rep = jnp.tile(z1, (c, 1))
   once = np.asarray(gen.run_suffix(SITE, (h1[None] + delta).reshape(-1, 4, 4, c), z_rep))
   twice = np.asarray(gen.run_suffix(SITE, (h1[None] + 2 * delta).reshape(-1, 4, 4, c), z_rep))
@@ -105,7 +112,7 @@ def test_noise_channels_are_not_region_specific():
   spec = P.variant("noise")
   gen, truth = P.planted_generator(spec, seed=0)
   eims = np.asarray(cf.elementary_influence_maps(gen, SITE, 16, jax.random.key(3)))
-  share = _region_share(eims, truth.masks)                          # quadrants: area 1/4
+  share = _region_share(eims, truth.masks)  # quadrants: area 1/4
   grouped = truth.labels >= 0
   own = share[np.flatnonzero(grouped), truth.labels[grouped]]
   assert own.min() > 0.999
@@ -133,7 +140,13 @@ def suite_groups():
 @pytest.mark.parametrize("method", ["nmf", "kmeans"])
 @pytest.mark.parametrize("name, seed", [("unequal", 3), ("large", 4), ("noise", 5)])
 def test_k_auto_recovers_planted_modules(suite_groups, name, seed, method):
-  r = P.run_case(P.variant(name), seed, method, k_values=range(2, 7), n_boot=3,
-                 eim_groups=suite_groups(name, seed))
+  r = P.run_case(
+    P.variant(name),
+    seed,
+    method,
+    k_values=range(2, 7),
+    n_boot=3,
+    eim_groups=suite_groups(name, seed),
+  )
   assert r["k"] == r["k_true"]
   assert r["ari"] >= 0.95

@@ -19,17 +19,18 @@ def test_frechet_distance_closed_forms():
   assert quality.frechet_distance(a, a + shift) == pytest.approx(shift @ shift, rel=1e-6)
   # N(0, I) vs N(0, 4I): d · (1 + 4 − 2·2) = d.
   eye = np.eye(d)
-  assert quality.frechet_distance_from_stats(np.zeros(d), eye, np.zeros(d), 4 * eye) \
-      == pytest.approx(d, rel=1e-9)
+  assert quality.frechet_distance_from_stats(
+    np.zeros(d), eye, np.zeros(d), 4 * eye
+  ) == pytest.approx(d, rel=1e-9)
   # Commuting covariances: Σ (√λ₁ − √λ₂)².
   l1, l2 = np.array([1.0, 2, 3, 4, 5, 6]), np.array([6.0, 1, 1, 2, 9, 0.5])
   expected = np.sum((np.sqrt(l1) - np.sqrt(l2)) ** 2)
-  assert quality.frechet_distance_from_stats(np.zeros(d), np.diag(l1), np.zeros(d),
-                                             np.diag(l2)) == pytest.approx(expected, rel=1e-9)
+  assert quality.frechet_distance_from_stats(
+    np.zeros(d), np.diag(l1), np.zeros(d), np.diag(l2)
+  ) == pytest.approx(expected, rel=1e-9)
   # Symmetric.
   b = rng.normal(size=(400, d)) * 2
-  assert quality.frechet_distance(a, b) == pytest.approx(quality.frechet_distance(b, a),
-                                                         rel=1e-6)
+  assert quality.frechet_distance(a, b) == pytest.approx(quality.frechet_distance(b, a), rel=1e-6)
 
 
 def test_frechet_distance_rejects_bad_shapes():
@@ -64,8 +65,7 @@ def test_floor_is_below_an_untrained_generator(featnet):
   untrained = quality.sample_quality(init_generator("dcgan", seed=0, width=8), featnet, n=300)
   assert untrained.floor == pytest.approx(quality.real_floor(featnet, 300))
   assert 0 < untrained.floor < untrained.fd / 10
-  trained = quality.sample_quality(checkpoints.load_generator("dcgan-synthfaces"), featnet,
-                                   n=300)
+  trained = quality.sample_quality(checkpoints.load_generator("dcgan-synthfaces"), featnet, n=300)
   assert trained.floor == untrained.floor
   assert trained.fd < untrained.fd / 3
   assert "floor" in str(trained)
@@ -94,7 +94,11 @@ def test_predict_fn_and_proba_agree_with_predict(featnet):
   for name, *_ in quality.CONTINUOUS:
     assert soft[name].shape == hard[name].shape
     np.testing.assert_allclose(soft[name], hard[name], rtol=1e-5, atol=1e-5)
-  np.testing.assert_allclose(jax.jit(featnet.features_fn())(faces.images),
-                             featnet.features(faces.images), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(
+    jax.jit(featnet.features_fn())(faces.images),
+    featnet.features(faces.images),
+    rtol=1e-5,
+    atol=1e-5,
+  )
   with pytest.raises(ValueError, match=r"images must be \[N, 64, 64, 3\]"):
     featnet.predict_proba(faces.images[:, :32])

@@ -47,7 +47,8 @@ def test_atomic_writes_roundtrip_and_leave_no_temporary_files(tmp_path):
   with np.load(tmp_path / "e.data") as d:  # the name is kept exactly (no .npz added)
     np.testing.assert_array_equal(d["a"], np.arange(4))
   assert sorted(os.listdir(tmp_path)) == ["a.bin", "c.json", "d.npz", "e.data", "sub"]
-  umask = os.umask(0); os.umask(umask)
+  umask = os.umask(0)
+  os.umask(umask)
   assert os.stat(tmp_path / "a.bin").st_mode & 0o777 == 0o666 & ~umask
 
 
@@ -73,8 +74,10 @@ def test_failed_write_keeps_the_old_file(tmp_path):
 def test_run_lock_excludes_a_second_run(tmp_path):
   with fileio.RunLock(tmp_path / "out") as lock:
     assert lock.held
-    with pytest.raises(fileio.OutputLockedError,
-                       match=f"another run is writing {tmp_path / 'out'} \\(pid {os.getpid()}"):
+    with pytest.raises(
+      fileio.OutputLockedError,
+      match=f"another run is writing {tmp_path / 'out'} \\(pid {os.getpid()}",
+    ):
       fileio.RunLock(tmp_path / "out").acquire()
   with fileio.RunLock(tmp_path / "out"):  # released on exit
     pass
@@ -82,12 +85,15 @@ def test_run_lock_excludes_a_second_run(tmp_path):
 
 def test_lock_of_a_killed_process_does_not_block(tmp_path):
   out = tmp_path / "out"
-  code = ("import sys, time; from cfmod_jax import fileio;"
-          "lock = fileio.RunLock(sys.argv[1]).acquire();"  # kept referenced: held
-          "print('locked', flush=True); time.sleep(600)")
+  code = (
+    "import sys, time; from cfmod_jax import fileio;"
+    "lock = fileio.RunLock(sys.argv[1]).acquire();"  # kept referenced: held
+    "print('locked', flush=True); time.sleep(600)"
+  )
   env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
-  proc = subprocess.Popen([sys.executable, "-c", code, str(out)], stdout=subprocess.PIPE,
-                          env=env, text=True)
+  proc = subprocess.Popen(
+    [sys.executable, "-c", code, str(out)], stdout=subprocess.PIPE, env=env, text=True
+  )
   try:
     assert proc.stdout.readline().strip() == "locked"
     with pytest.raises(fileio.OutputLockedError, match=f"pid {proc.pid} "):
@@ -134,7 +140,9 @@ def test_check_seed_and_key():
       check_key(bad)
 
 
-@pytest.mark.parametrize("arch,kwargs,pattern", [
+@pytest.mark.parametrize(
+  "arch,kwargs,pattern",
+  [
     ("dcgan", dict(width=0), "width must be a positive integer"),
     ("dcgan", dict(latent_dim=0), "latent_dim must be a positive integer"),
     ("vae", dict(width=-4), "width must be a positive integer"),
@@ -143,7 +151,8 @@ def test_check_seed_and_key():
     ("began", dict(skip="yes"), "skip must be True or False"),
     ("dcgan", dict(depth=3), "unknown argument\\(s\\) depth for arch='dcgan'"),
     ("dcgan", dict(seed=-1), "seed must be a non-negative integer"),
-])
+  ],
+)
 def test_init_generator_rejects_garbage(arch, kwargs, pattern):
   with pytest.raises(ValueError, match=pattern):
     cf.init_generator(arch, **kwargs)
@@ -151,9 +160,12 @@ def test_init_generator_rejects_garbage(arch, kwargs, pattern):
 
 def test_wrong_variables_name_the_first_mismatch(gen):
   other = cf.build_module("dcgan", width=8, latent_dim=8)
-  with pytest.raises(ValueError, match=r"variables do not fit the module DCGANGenerator.*"
-                     r"params/stages_0/bn/bias has shape \(32,\), DCGANGenerator expects "
-                     r"\(64,\)"):
+  with pytest.raises(
+    ValueError,
+    match=r"variables do not fit the module DCGANGenerator.*"
+    r"params/stages_0/bn/bias has shape \(32,\), DCGANGenerator expects "
+    r"\(64,\)",
+  ):
     cf.Generator(other, gen.variables)
   with pytest.raises(ValueError, match="variables must be a dict"):
     cf.Generator(gen.module, [1, 2])
@@ -173,10 +185,12 @@ def test_sample_latents_rejects_bad_key_and_n(gen):
 
 def test_non_generator_is_named(gen, z):
   m = np.zeros(gen.site_shape("block2")[-1])
-  for call in (lambda: cf.hybrids("dcgan", "block2", m, *z),
-               lambda: cf.influence_maps(None, "block2", m, *z),
-               lambda: cf.elementary_influence_maps(gen.module, "block2", 2),
-               lambda: cf.elementary_influence_map_sums({}, "block2", *z)):
+  for call in (
+    lambda: cf.hybrids("dcgan", "block2", m, *z),
+    lambda: cf.influence_maps(None, "block2", m, *z),
+    lambda: cf.elementary_influence_maps(gen.module, "block2", 2),
+    lambda: cf.elementary_influence_map_sums({}, "block2", *z),
+  ):
     with pytest.raises(ValueError, match="gen must be a cfmod_jax.Generator"):
       call()
 
@@ -186,7 +200,8 @@ def test_complex_and_nan_masks_are_named(gen, z):
   m = np.zeros((1, c))
   with pytest.raises(ValueError, match="masks must be real .* got complex"):
     cf.hybrids(gen, "block2", m + 0.5j, *z)
-  nan = m.copy(); nan[0, 3] = np.nan
+  nan = m.copy()
+  nan[0, 3] = np.nan
   with pytest.raises(ValueError, match=r"masks contains NaN \(first at index \(0, 3\)\)"):
     cf.influence_maps(gen, "block2", nan, *z)
 
@@ -194,9 +209,9 @@ def test_complex_and_nan_masks_are_named(gen, z):
 def test_traced_out_of_range_masks_give_nan_not_extrapolation(gen, z):
   c = gen.site_shape("block2")[-1]
   masks = np.zeros((3, c), np.float32)
-  masks[0, :c // 2] = 1.0
-  masks[1, 2] = 5.0      # out of range
-  masks[2, 0] = np.nan   # NaN
+  masks[0, : c // 2] = 1.0
+  masks[1, 2] = 5.0  # out of range
+  masks[2, 0] = np.nan  # NaN
   f = jax.jit(lambda m: cf.hybrids(gen, "block2", m, *z))
   out = np.asarray(f(masks))
   assert np.isnan(out[1]).all() and np.isnan(out[2]).all()

@@ -29,6 +29,7 @@ class _Project(nn.Module):
 class _PerChannel(nn.Module):
   """A per-channel affine map and tanh: channel c at the next site depends on
   channel c here only (so channels stay separate)."""
+
   @nn.compact
   def __call__(self, h, train=False):
     scale = self.param("scale", nn.initializers.normal(1.0), (4,))
@@ -39,6 +40,7 @@ class _PerChannel(nn.Module):
 class _Paint(nn.Module):
   """Channel c fills one quadrant-like block of the 8×8 image: channels 0, 1 the
   left half (top, bottom), channels 2, 3 the right half."""
+
   @nn.compact
   def __call__(self, h, train=False):
     colour = self.param("colour", nn.initializers.normal(1.0), (4, 3))
@@ -84,6 +86,7 @@ def pairs(halves):
 
 def _reference(gen, clf, site, mask, z1, z2):
   """Plain loop over pairs: one image at a time, softmax in numpy."""
+
   def probs(img):
     logits = np.asarray(clf.apply(clf.params, jnp.asarray(img)[None]), np.float64)[0]
     e = np.exp(logits - logits.max())
@@ -91,15 +94,15 @@ def _reference(gen, clf, site, mask, z1, z2):
 
   kept, shifts, changes = [], [], []
   for n in range(z1.shape[0]):
-    a1 = np.asarray(gen.run_prefix(site, z1[n:n + 1]))
-    a2 = np.asarray(gen.run_prefix(site, z2[n:n + 1]))
-    p_orig = probs(np.asarray(gen(z1[n:n + 1]))[0])
-    hyb = np.asarray(gen.run_suffix(site, a1 * (1 - mask) + a2 * mask, z1[n:n + 1]))[0]
+    a1 = np.asarray(gen.run_prefix(site, z1[n : n + 1]))
+    a2 = np.asarray(gen.run_prefix(site, z2[n : n + 1]))
+    p_orig = probs(np.asarray(gen(z1[n : n + 1]))[0])
+    hyb = np.asarray(gen.run_suffix(site, a1 * (1 - mask) + a2 * mask, z1[n : n + 1]))[0]
     p_hyb = probs(hyb)
     c1 = int(np.argmax(p_orig))
     kept.append(int(np.argmax(p_hyb)) == c1)
     shifts.append(p_hyb[c1] - p_orig[c1])
-    changes.append(np.abs(hyb - np.asarray(gen(z1[n:n + 1]))[0]).mean())
+    changes.append(np.abs(hyb - np.asarray(gen(z1[n : n + 1]))[0]).mean())
   return float(np.mean(kept)), float(np.mean(shifts)), float(np.mean(changes))
 
 
@@ -107,8 +110,17 @@ def _reference(gen, clf, site, mask, z1, z2):
 def test_blind_classifier_is_exactly_robust(halves, pairs, site):
   z1, z2 = pairs
   left_reader = _half_classifier("left")
-  effects = rb.mask_robustness(halves, left_reader, site, np.stack([RIGHT, LEFT]), z1, z2,
-                               names=["right", "left"], pair_chunk=16, mask_chunk=1)
+  effects = rb.mask_robustness(
+    halves,
+    left_reader,
+    site,
+    np.stack([RIGHT, LEFT]),
+    z1,
+    z2,
+    names=["right", "left"],
+    pair_chunk=16,
+    mask_chunk=1,
+  )
   right, left = effects
   assert right.name == "right" and right.n_channels == 2 and right.n_pairs == 40
   assert right.keep_rate == 1.0
@@ -124,8 +136,7 @@ def test_matches_plain_loop_reference(halves, pairs):
   for clf in (_half_classifier("left"), _half_classifier("right", seed=2)):
     for site in ("proj", "feat"):
       # 40 pairs in chunks of 16: the last chunk is padded; masks in chunks of 3.
-      effects = rb.mask_robustness(halves, clf, site, masks, z1, z2, pair_chunk=16,
-                                   mask_chunk=3)
+      effects = rb.mask_robustness(halves, clf, site, masks, z1, z2, pair_chunk=16, mask_chunk=3)
       for mask, eff in zip(masks, effects):
         keep, shift, change = _reference(halves, clf, site, mask, z1, z2)
         assert eff.keep_rate == pytest.approx(keep, abs=1e-12)
@@ -160,9 +171,17 @@ def test_module_robustness_on_faces(small_dcgan, tmp_path):
   """The whole experiment on a small random DCGAN with the shipped hair classifier."""
   clf = rb.factor_classifier(quality.load_featnet(), "hair_color")
   parts = synthfaces.part_prior(n=256)
-  res = rb.module_robustness(small_dcgan, clf, sites=["block4"], k=2, n_pairs=12,
-                             eim_pairs=4, part_maps=parts, part_names=synthfaces.PART_NAMES,
-                             pair_chunk=8)
+  res = rb.module_robustness(
+    small_dcgan,
+    clf,
+    sites=["block4"],
+    k=2,
+    n_pairs=12,
+    eim_pairs=4,
+    part_maps=parts,
+    part_names=synthfaces.PART_NAMES,
+    pair_chunk=8,
+  )
   assert res.n_classes == len(synthfaces.HAIR_PALETTE) and res.n_pairs == 12
   assert list(res.sites) == ["block4"]
   assert sum(res.original_class_counts) == 12 and 0 <= res.chance_keep_rate <= 1
@@ -178,8 +197,10 @@ def test_module_robustness_on_faces(small_dcgan, tmp_path):
   assert len(rows) == 3 and sum(r.get("is_hair_module", False) for r in rows) == 1
   path = rb.write_json(res, str(tmp_path / "r.json"))
   d = json.loads(open(path).read())
-  assert d["sites"]["block4"]["module_sizes"] == np.bincount(
-      res.sites["block4"].labels, minlength=2).tolist()
+  assert (
+    d["sites"]["block4"]["module_sizes"]
+    == np.bincount(res.sites["block4"].labels, minlength=2).tolist()
+  )
   assert d["sites"]["block4"]["effects"][0]["keep_rate"] == res.sites["block4"].effects[0].keep_rate
   png = rb.plot_robustness(res, str(tmp_path / "r.png"))
   assert os.path.getsize(png) > 1000
@@ -188,8 +209,9 @@ def test_module_robustness_on_faces(small_dcgan, tmp_path):
 
 def test_module_robustness_every_site(halves):
   """Default sites (all), modules from EIMs, the same evaluation pairs at each site."""
-  res = rb.module_robustness(halves, _half_classifier("left"), k=2, n_pairs=16, eim_pairs=8,
-                             pair_chunk=8)
+  res = rb.module_robustness(
+    halves, _half_classifier("left"), k=2, n_pairs=16, eim_pairs=8, pair_chunk=8
+  )
   assert list(res.sites) == ["proj", "feat"] and res.n_classes == N_CLASSES
   alls = [s.effects[-1] for s in res.sites.values()]
   assert alls[0].keep_rate == alls[1].keep_rate == pytest.approx(res.chance_keep_rate)

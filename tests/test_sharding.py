@@ -22,8 +22,7 @@ def _env(devices: int) -> dict:
 
 def _run(tmp_path, devices: int) -> dict:
   out = tmp_path / f"d{devices}.npz"
-  subprocess.run([sys.executable, WORKER, str(out)], env=_env(devices), check=True,
-                 timeout=600)
+  subprocess.run([sys.executable, WORKER, str(out)], env=_env(devices), check=True, timeout=600)
   return dict(np.load(out))
 
 
@@ -50,9 +49,15 @@ def _free_port() -> int:
 def test_two_processes_match_one_device(tmp_path, one_device):
   out = tmp_path / "mh.npz"
   addr = f"127.0.0.1:{_free_port()}"
-  procs = [subprocess.Popen([sys.executable, WORKER, str(out), addr, "2", str(i)],
-                            env=_env(2), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-           for i in range(2)]
+  procs = [
+    subprocess.Popen(
+      [sys.executable, WORKER, str(out), addr, "2", str(i)],
+      env=_env(2),
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+    )
+    for i in range(2)
+  ]
   logs = [p.communicate(timeout=600)[0].decode(errors="replace") for p in procs]
   assert all(p.returncode == 0 for p in procs), logs
   got = dict(np.load(out))
@@ -63,18 +68,57 @@ def test_two_processes_match_one_device(tmp_path, one_device):
 
 def test_main_job_on_two_processes_matches_one(tmp_path):
   """Host 0 gathers and clusters; the result equals a single-process run."""
-  args = ["-m", "experiments.analyze", "--generator", "random:dcgan:4", "--sites", "block4",
-          "--n_pairs", "8", "--block_pairs", "4", "--eval_pairs", "4", "--eval_groups", "2",
-          "--n_null", "2", "--k", "2"]
+  args = [
+    "-m",
+    "experiments.analyze",
+    "--generator",
+    "random:dcgan:4",
+    "--sites",
+    "block4",
+    "--n_pairs",
+    "8",
+    "--block_pairs",
+    "4",
+    "--eval_pairs",
+    "4",
+    "--eval_groups",
+    "2",
+    "--n_null",
+    "2",
+    "--k",
+    "2",
+  ]
   env = _env(1)
-  subprocess.run([sys.executable, *args, "--out", str(tmp_path / "one")], cwd=ROOT, env=env,
-                 check=True, timeout=600, capture_output=True)
+  subprocess.run(
+    [sys.executable, *args, "--out", str(tmp_path / "one")],
+    cwd=ROOT,
+    env=env,
+    check=True,
+    timeout=600,
+    capture_output=True,
+  )
   addr = f"127.0.0.1:{_free_port()}"
-  procs = [subprocess.Popen([sys.executable, *args, "--out", str(tmp_path / "two"),
-                             "--coordinator", addr, "--num_processes", "2",
-                             "--process_id", str(i)], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-           for i in range(2)]
+  procs = [
+    subprocess.Popen(
+      [
+        sys.executable,
+        *args,
+        "--out",
+        str(tmp_path / "two"),
+        "--coordinator",
+        addr,
+        "--num_processes",
+        "2",
+        "--process_id",
+        str(i),
+      ],
+      cwd=ROOT,
+      env=env,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+    )
+    for i in range(2)
+  ]
   logs = [p.communicate(timeout=600)[0].decode(errors="replace") for p in procs]
   assert all(p.returncode == 0 for p in procs), logs
   one = np.load(tmp_path / "one" / "block4" / "analysis.npz")

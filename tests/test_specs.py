@@ -90,8 +90,10 @@ def test_random_spec_and_args():
   ref = cf.init_generator("dcgan", width=4, latent_dim=8)
   assert gen.latent_shape == (8,) and gen.module == ref.module and gen.dataset is None
   jax.tree.map(np.testing.assert_array_equal, gen.variables, ref.variables)
-  assert specs.parse_generator_args('{"width": 4, "latent_dim": 8}') == {"width": 4,
-                                                                          "latent_dim": 8}
+  assert specs.parse_generator_args('{"width": 4, "latent_dim": 8}') == {
+    "width": 4,
+    "latent_dim": 8,
+  }
   assert specs.parse_generator_args("") == {} and specs.parse_generator_args(None) == {}
 
 
@@ -115,7 +117,9 @@ def test_module_and_file_factories(user_file, monkeypatch):
   assert "class TinyGen" in __import__("inspect").getsource(type(by_file.module))
 
 
-@pytest.mark.parametrize("spec,args,match", [
+@pytest.mark.parametrize(
+  "spec,args,match",
+  [
     ("", None, r"generator must be a non-empty string"),
     ("no-such-model", None, r"generator='no-such-model' is neither.*random:<arch>"),
     ("random:", None, r"random:<arch>\[:<width>\]"),
@@ -123,8 +127,12 @@ def test_module_and_file_factories(user_file, monkeypatch):
     ("random:nope", None, r"arch='nope' is unknown; expected one of \['began', 'dcgan', 'vae'"),
     ("random:dcgan:4", {"width": 8}, r"must not give it again"),
     ("random:dcgan:0", None, r"width must be a positive integer for arch='dcgan', got 0"),
-    ("random:dcgan:4", {"depth": 2}, r"generator_args \{'depth': 2\} do not fit "
-                                     r"random:dcgan:4: unknown argument\(s\) depth"),
+    (
+      "random:dcgan:4",
+      {"depth": 2},
+      r"generator_args \{'depth': 2\} do not fit "
+      r"random:dcgan:4: unknown argument\(s\) depth",
+    ),
     ("no_such_module_xyz:make", None, r"cannot import 'no_such_module_xyz'"),
     ("json:no_such_factory", None, r"json has no attribute 'no_such_factory'"),
     ("json:__name__", None, r"not a callable"),
@@ -135,7 +143,8 @@ def test_module_and_file_factories(user_file, monkeypatch):
     ("random:dcgan", "{bad json", r"generator_args must be a JSON object"),
     ("random:dcgan", {"not an identifier": 1}, r"generator_args keys"),
     ("dcgan-synthfaces", {"width": 4}, r"generator_args must be empty for a checkpoint"),
-])
+  ],
+)
 def test_bad_specs(spec, args, match):
   with pytest.raises(ValueError, match=match):
     specs.generator_from_spec(spec, args)
@@ -143,11 +152,17 @@ def test_bad_specs(spec, args, match):
 
 def test_bad_factories(user_file):
   _, _, path = user_file
-  with pytest.raises(ValueError, match=r"not_a_generator\(\) returned a int, not a "
-                                       r"cfmod_jax.Generator"):
+  with pytest.raises(
+    ValueError,
+    match=r"not_a_generator\(\) returned a int, not a "
+    r"cfmod_jax.Generator",
+  ):
     specs.generator_from_spec(f"{path}:not_a_generator")
-  with pytest.raises(ValueError, match=r"generator_args \{'depth': 3\} do not fit "
-                                       r"make_generator\(\)"):
+  with pytest.raises(
+    ValueError,
+    match=r"generator_args \{'depth': 3\} do not fit "
+    r"make_generator\(\)",
+  ):
     specs.generator_from_spec(f"{path}:make_generator", {"depth": 3})
 
 
@@ -165,14 +180,20 @@ def test_register_architecture_staged(user_file, tmp_path):
   _, _, path = user_file
   user = specs._import_file(path)  # pylint: disable=protected-access
   name = f"planted-{uuid.uuid4().hex[:6]}"
-  with pytest.raises(ValueError, match=rf"arch='{name}' is unknown; expected one of "
-                                       r"\['began', 'dcgan', 'vae'\].*register_architecture"):
+  with pytest.raises(
+    ValueError,
+    match=rf"arch='{name}' is unknown; expected one of "
+    r"\['began', 'dcgan', 'vae'\].*register_architecture",
+  ):
     cf.build_module(name)
   cf.register_architecture(name, user.TinyGen)
   try:
     assert name in models.architectures()
-    with pytest.raises(ValueError, match=rf"name='{name}' is already registered.*"
-                                         rf"registered so far: .*'{name}'"):
+    with pytest.raises(
+      ValueError,
+      match=rf"name='{name}' is already registered.*"
+      rf"registered so far: .*'{name}'",
+    ):
       cf.register_architecture(name, user.TinyGen)
     with pytest.raises(ValueError, match=r"name='dcgan' is a shipped architecture"):
       cf.register_architecture("dcgan", user.TinyGen)
@@ -184,9 +205,14 @@ def test_register_architecture_staged(user_file, tmp_path):
     assert isinstance(gen.module, user.TinyGen) and gen.module.width == 4
     assert specs.generator_from_spec(f"random:{name}:4").module == gen.module
     # A checkpoint of the user architecture loads by its name, with its dataset.
-    folder = checkpoints.save_variables(str(tmp_path / "ckpt"), gen.variables, kind="generator",
-                                        arch=name, kwargs={"width": 4},
-                                        extra={"dataset": "synthfaces"})
+    folder = checkpoints.save_variables(
+      str(tmp_path / "ckpt"),
+      gen.variables,
+      kind="generator",
+      arch=name,
+      kwargs={"width": 4},
+      extra={"dataset": "synthfaces"},
+    )
     loaded = specs.generator_from_spec(folder)
     assert loaded.dataset == "synthfaces" and specs.uses_synthfaces_parts(loaded)
     z = gen.sample_latents(jax.random.key(0), 2)
@@ -214,13 +240,23 @@ def test_register_wrapped_architecture_example(tmp_path):
 
 # ---- BigGAN folders ------------------------------------------------------------------------
 def test_biggan_folder_through_spec(tmp_path):
-  cfg = bg.BigGANConfig(output_dim=32, z_dim=16, class_embed_dim=16, channel_width=4,
-                        num_classes=10, layers=((False, 16, 16), (True, 16, 8), (True, 8, 4),
-                                                (True, 4, 2), (False, 2, 1)),
-                        attention_layer_position=3, eps=1e-4, n_stats=11)
+  cfg = bg.BigGANConfig(
+    output_dim=32,
+    z_dim=16,
+    class_embed_dim=16,
+    channel_width=4,
+    num_classes=10,
+    layers=((False, 16, 16), (True, 16, 8), (True, 8, 4), (True, 4, 2), (False, 2, 1)),
+    attention_layer_position=3,
+    eps=1e-4,
+    n_stats=11,
+  )
   # Random arrays of the right shapes (no compile of BigGAN's init: this test is about files).
-  shapes = jax.eval_shape(bg.BigGANDeep(cfg).init, jax.random.key(0),
-                          jax.ShapeDtypeStruct((1, cfg.latent_dim), jnp.float32))
+  shapes = jax.eval_shape(
+    bg.BigGANDeep(cfg).init,
+    jax.random.key(0),
+    jax.ShapeDtypeStruct((1, cfg.latent_dim), jnp.float32),
+  )
   rng = np.random.default_rng(0)
   variables = jax.tree.map(lambda s: rng.standard_normal(s.shape).astype(np.float32), shapes)
   folder = str(tmp_path / "biggan")
@@ -251,11 +287,24 @@ def _env(*paths):
 def test_analyze_cli_runs_a_user_factory(user_file, tmp_path):
   folder, name, _ = user_file
   out = tmp_path / "out"
-  cmd = [sys.executable, "-m", "experiments.analyze", f"--generator={name}:make_generator",
-         '--generator_args={"width": 4}', "--sites=block1", "--n_pairs=8", "--block_pairs=4",
-         "--k=2", "--eval_pairs=8", "--eval_groups=2", "--n_null=4", f"--out={out}"]
-  proc = subprocess.run(cmd, cwd=ROOT, env=_env(folder), capture_output=True, text=True,
-                        timeout=600)
+  cmd = [
+    sys.executable,
+    "-m",
+    "experiments.analyze",
+    f"--generator={name}:make_generator",
+    '--generator_args={"width": 4}',
+    "--sites=block1",
+    "--n_pairs=8",
+    "--block_pairs=4",
+    "--k=2",
+    "--eval_pairs=8",
+    "--eval_groups=2",
+    "--n_null=4",
+    f"--out={out}",
+  ]
+  proc = subprocess.run(
+    cmd, cwd=ROOT, env=_env(folder), capture_output=True, text=True, timeout=600
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   for f in ("report.html", "metrics.json", os.path.join("block1", "analysis.npz")):
     assert (out / f).is_file(), f
@@ -263,8 +312,14 @@ def test_analyze_cli_runs_a_user_factory(user_file, tmp_path):
   assert metrics["generator"] == "tiny-w4" and list(metrics["sites"]) == ["block1"]
   assert metrics["untrained_baseline"]["generator"] == "tiny-w4-untrained"
   # A bad factory is one line naming the flag, before any work.
-  bad = subprocess.run(cmd[:3] + [f"--generator={name}:nope", f"--out={tmp_path / 'bad'}"],
-                       cwd=ROOT, env=_env(folder), capture_output=True, text=True, timeout=300)
+  bad = subprocess.run(
+    cmd[:3] + [f"--generator={name}:nope", f"--out={tmp_path / 'bad'}"],
+    cwd=ROOT,
+    env=_env(folder),
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert bad.returncode != 0
   last = bad.stderr.strip().splitlines()[-1]
   assert f"--generator={name}:nope" in last and "has no attribute 'nope'" in last, bad.stderr

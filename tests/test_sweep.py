@@ -33,8 +33,12 @@ def _blocks(cache):
 
 def test_killed_sweep_resumes_bitwise(tmp_path):
   ref_out = tmp_path / "ref.npz"
-  subprocess.run([sys.executable, WORKER, str(tmp_path / "ref_cache"), str(ref_out)],
-                 env=_env(), check=True, timeout=600)
+  subprocess.run(
+    [sys.executable, WORKER, str(tmp_path / "ref_cache"), str(ref_out)],
+    env=_env(),
+    check=True,
+    timeout=600,
+  )
   ref = np.load(ref_out)
   assert int(ref["computed"]) == 15
 
@@ -49,8 +53,9 @@ def test_killed_sweep_resumes_bitwise(tmp_path):
   done_before = len(_blocks(cache))
   assert 3 <= done_before < 15, "the run must be killed in the middle of the sweep"
   assert not out.exists()
-  subprocess.run([sys.executable, WORKER, str(cache), str(out)], env=_env(), check=True,
-                 timeout=600)
+  subprocess.run(
+    [sys.executable, WORKER, str(cache), str(out)], env=_env(), check=True, timeout=600
+  )
   got = np.load(out)
   assert int(got["computed"]) == 15 - done_before  # finished blocks were not recomputed
   np.testing.assert_array_equal(got["eims"], ref["eims"])
@@ -67,8 +72,12 @@ def test_cache_is_keyed_by_model_seed_and_config(tmp_path):
   again = eim_sweep(gen, "block3", cfg, str(tmp_path))
   assert again.computed_blocks == 0 and again.key == first.key
   np.testing.assert_array_equal(again.eims, first.eims)
-  variants = [(other, "block3", cfg), (gen, "block3", SweepConfig(8, 4, 1, 4, 4)),
-              (gen, "block3", SweepConfig(8, 4, 0, 2, 4)), (gen, "block2", cfg)]
+  variants = [
+    (other, "block3", cfg),
+    (gen, "block3", SweepConfig(8, 4, 1, 4, 4)),
+    (gen, "block3", SweepConfig(8, 4, 0, 2, 4)),
+    (gen, "block2", cfg),
+  ]
   for g, site, c in variants:
     res = eim_sweep(g, site, c, str(tmp_path))
     assert res.computed_blocks == 2 and res.key != first.key
@@ -77,6 +86,7 @@ def test_cache_is_keyed_by_model_seed_and_config(tmp_path):
   with open(path, "wb") as f:
     f.write(b"garbage")
   from cfmod_jax.sweep import CacheBlockWarning
+
   with pytest.warns(CacheBlockWarning, match=f"{path}: not an .npz"):
     healed = eim_sweep(gen, "block3", cfg, str(tmp_path))
   assert healed.computed_blocks == 1
@@ -89,13 +99,15 @@ def test_sweep_equals_direct_eims(tmp_path):
   res = eim_sweep(gen, "block2", cfg, str(tmp_path))
   assert res.eim_groups.shape == (3, 16, 64, 64) and list(res.counts) == [4, 4, 2]
   from cfmod_jax.sweep import block_latents
+
   for b in range(3):
     z1, z2 = block_latents(gen, 2, b, cfg.block_size(b))
     c = gen.site_shape("block2")[-1]
     want = cf.influence_maps(gen, "block2", np.eye(c), z1, z2)
     np.testing.assert_allclose(res.eim_groups[b], want, rtol=2e-4, atol=1e-9)
-  np.testing.assert_allclose(res.eims, np.average(res.eim_groups, axis=0, weights=[4, 4, 2]),
-                             rtol=1e-5)
+  np.testing.assert_allclose(
+    res.eims, np.average(res.eim_groups, axis=0, weights=[4, 4, 2]), rtol=1e-5
+  )
 
 
 def test_bad_sweep_config(tmp_path):
@@ -144,33 +156,48 @@ def _rewrite(**arrays):
   def damage(path):
     with open(path, "wb") as f:
       np.savez(f, **arrays)
+
   return damage
 
 
 def _damages(shape):
   sums = np.ones(shape, np.float32)
   from cfmod_jax.sweep import _block_digest
+
   return {
-      "empty": _empty,
-      "truncated": _truncate,
-      "flipped_byte": _flip_byte,
-      "wrong_shape": _rewrite(sums=np.ones(shape[1:], np.float32), count=np.int64(2)),
-      "wrong_dtype": _rewrite(sums=sums.astype(np.float64), count=np.int64(2)),
-      "missing_array": _rewrite(other=sums, count=np.int64(2)),
-      "wrong_count": _rewrite(sums=sums, count=np.int64(3)),
-      # A valid zip whose content no longer matches its checksum (what a flipped
-      # byte inside data that still decompresses looks like).
-      "checksum_mismatch": _rewrite(sums=sums * 2, count=np.int64(2),
-                                    sha256=np.array(_block_digest(sums, 2))),
+    "empty": _empty,
+    "truncated": _truncate,
+    "flipped_byte": _flip_byte,
+    "wrong_shape": _rewrite(sums=np.ones(shape[1:], np.float32), count=np.int64(2)),
+    "wrong_dtype": _rewrite(sums=sums.astype(np.float64), count=np.int64(2)),
+    "missing_array": _rewrite(other=sums, count=np.int64(2)),
+    "wrong_count": _rewrite(sums=sums, count=np.int64(3)),
+    # A valid zip whose content no longer matches its checksum (what a flipped
+    # byte inside data that still decompresses looks like).
+    "checksum_mismatch": _rewrite(
+      sums=sums * 2, count=np.int64(2), sha256=np.array(_block_digest(sums, 2))
+    ),
   }
 
 
-@pytest.mark.parametrize("kind", ["empty", "truncated", "flipped_byte", "wrong_shape",
-                                  "wrong_dtype", "missing_array", "wrong_count",
-                                  "checksum_mismatch"])
+@pytest.mark.parametrize(
+  "kind",
+  [
+    "empty",
+    "truncated",
+    "flipped_byte",
+    "wrong_shape",
+    "wrong_dtype",
+    "missing_array",
+    "wrong_count",
+    "checksum_mismatch",
+  ],
+)
 def test_damaged_block_is_recomputed_with_a_warning(undamaged, tmp_path, kind):
   import shutil
+
   from cfmod_jax.sweep import CacheBlockWarning
+
   gen, cache, ref = undamaged
   shutil.copytree(cache, tmp_path / "cache")
   path = os.path.join(tmp_path, "cache", "eims", ref.key, "block_00001.npz")
@@ -182,6 +209,7 @@ def test_damaged_block_is_recomputed_with_a_warning(undamaged, tmp_path, kind):
   np.testing.assert_array_equal(res.eim_groups, ref.eim_groups)
   # The rewritten block is sound again: the next run loads everything silently.
   import warnings
+
   with warnings.catch_warnings():
     warnings.simplefilter("error")
     again = eim_sweep(gen, "block3", _DAMAGE_CFG, str(tmp_path / "cache"))
@@ -192,6 +220,7 @@ def test_blocks_without_checksum_are_still_used(undamaged, tmp_path):
   """Blocks written before checksums were added (sums + count only) stay valid."""
   import shutil
   import warnings
+
   gen, cache, ref = undamaged
   shutil.copytree(cache, tmp_path / "cache")
   for b in range(2):
@@ -301,10 +330,19 @@ def test_fingerprint_covers_the_code(tmp_path):
   assert third.computed_blocks == 0 and third.key == first.key  # same code: reused
 
   # Deterministic across processes (another hash seed, another import order).
-  code = ("import sys; from cfmod_jax import specs, sweep; "
-          "print(sweep.generator_fingerprint(specs.generator_from_spec(sys.argv[1])))")
-  out = subprocess.run([sys.executable, "-c", code, spec], env=dict(_env(), PYTHONHASHSEED="7"),
-                       cwd=ROOT, capture_output=True, text=True, timeout=300, check=True)
+  code = (
+    "import sys; from cfmod_jax import specs, sweep; "
+    "print(sweep.generator_fingerprint(specs.generator_from_spec(sys.argv[1])))"
+  )
+  out = subprocess.run(
+    [sys.executable, "-c", code, spec],
+    env=dict(_env(), PYTHONHASHSEED="7"),
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=300,
+    check=True,
+  )
   assert out.stdout.strip().splitlines()[-1] == fp
 
 
@@ -312,6 +350,7 @@ def test_fingerprint_of_unreadable_code_uses_code_version(monkeypatch):
   """Classes made by exec have no readable source: without code_version the
   fingerprint is salted per process (with a warning), with it it is stable."""
   import types
+
   mod = types.ModuleType("cfmod_exec_made")
   monkeypatch.setitem(sys.modules, mod.__name__, mod)
   exec(compile(_CODE.replace("ACT", "nn.relu"), "<exec>", "exec"), mod.__dict__)  # pylint: disable=exec-used

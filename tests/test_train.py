@@ -57,8 +57,11 @@ def test_trainer_runs_with_finite_losses(model, tmp_path):
   for r in records:
     assert all(math.isfinite(v) for v in r.values()), r
     assert r["steps_per_s"] > 0
-  loss_keys = {"dcgan": ("d_loss", "g_loss"), "began": ("d_loss", "g_loss", "k"),
-               "featnet": ("loss", "cross_entropy")}[model]
+  loss_keys = {
+    "dcgan": ("d_loss", "g_loss"),
+    "began": ("d_loss", "g_loss", "k"),
+    "featnet": ("loss", "cross_entropy"),
+  }[model]
   assert all(k in records[0] for k in loss_keys)
   assert os.path.isdir(tmp_path / "checkpoints" / "3")
   grid = tmp_path / "samples" / "step_000003.png"
@@ -96,7 +99,7 @@ def test_rejected_resume_leaves_config_json_unchanged(tmp_path):
   before = path.read_bytes()
   wider = tiny_config("dcgan", num_steps=2, checkpoint_every=1)
   wider.generator.width = 8
-  with pytest.raises(Exception):
+  with pytest.raises(Exception):  # noqa: B017 (any failure; the point is the file)
     train.train_and_evaluate(wider, str(tmp_path))
   assert path.read_bytes() == before
 
@@ -140,11 +143,16 @@ _DATA_PARALLEL_SCRIPT = textwrap.dedent("""
 
 
 def test_data_parallel_matches_one_device(tmp_path):
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
-             JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
+  env = dict(
+    os.environ,
+    XLA_FLAGS="--xla_force_host_platform_device_count=2",
+    JAX_PLATFORMS="cpu",
+    PYTHONPATH=ROOT,
+  )
   script = f"WORKDIR = {str(tmp_path)!r}\n" + _DATA_PARALLEL_SCRIPT
-  proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env,
-                        capture_output=True, text=True, timeout=300)
+  proc = subprocess.run(
+    [sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "DATA_PARALLEL_OK" in proc.stdout
 
@@ -152,12 +160,16 @@ def test_data_parallel_matches_one_device(tmp_path):
 @pytest.fixture
 def no_compile(monkeypatch):
   """Fails the test if anything reaches the compiled train functions."""
+
   def fail(*args, **kwargs):
     raise AssertionError("compiled before the config was validated")
+
   monkeypatch.setattr(common, "compiled_functions", fail)
 
 
-@pytest.mark.parametrize("model,field,value,match", [
+@pytest.mark.parametrize(
+  "model,field,value,match",
+  [
     ("dcgan", "num_steps", -5, "num_steps must be an integer >= 1"),
     ("dcgan", "batch_size", 0, "batch_size must be an integer >= 1"),
     ("dcgan", "checkpoint_every", 0, "checkpoint_every"),
@@ -165,7 +177,8 @@ def no_compile(monkeypatch):
     ("vae", "beta", -1.0, "beta must be a number"),
     ("vae", "likelihood", "poisson", "likelihood='poisson' is unknown"),
     ("began", "gamma", 1.5, "gamma must be a number in"),
-])
+  ],
+)
 def test_bad_config_raises_before_compiling(model, field, value, match, tmp_path, no_compile):
   config = tiny_config(model)
   config[field] = value
@@ -191,10 +204,22 @@ def test_nested_bad_field_and_device_multiple(tmp_path, no_compile):
 
 def test_cli_reports_bad_config(tmp_path):
   proc = subprocess.run(
-      [sys.executable, "-m", "experiments.train", "--config", "experiments/configs/vae.py",
-       "--workdir", str(tmp_path), "--config.num_steps=-3"],
-      cwd=ROOT, capture_output=True, text=True, timeout=120,
-      env=dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu"))
+    [
+      sys.executable,
+      "-m",
+      "experiments.train",
+      "--config",
+      "experiments/configs/vae.py",
+      "--workdir",
+      str(tmp_path),
+      "--config.num_steps=-3",
+    ],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=120,
+    env=dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu"),
+  )
   assert proc.returncode != 0
   assert "config.num_steps must be an integer >= 1, got -3" in proc.stderr
   assert not os.path.exists(tmp_path / "checkpoints")
@@ -216,8 +241,11 @@ def test_generator_loads_from_trainer_checkpoint(tmp_path):
   assert_states_equal(expected, gen.variables)
   assert gen.name.endswith("@2")
   z = gen.sample_latents(jax.random.key(0), 3)
-  np.testing.assert_allclose(np.asarray(gen(z)), np.asarray(
-      train.get_trainer("vae").sample(config, result.state, z)), atol=1e-6)
+  np.testing.assert_allclose(
+    np.asarray(gen(z)),
+    np.asarray(train.get_trainer("vae").sample(config, result.state, z)),
+    atol=1e-6,
+  )
   # A step folder loads that step.
   assert checkpoints.load_generator(str(tmp_path / "checkpoints" / "1")).name.endswith("@1")
 
@@ -237,12 +265,18 @@ def test_began_generator_batch_norm_exports_running_statistics(batch_norm, tmp_p
   conv1 = gen.variables["params"]["stages_2"]["conv1"]["kernel"]
   assert conv1.shape[2] == (8 if batch_norm else 4)  # input: block + upsampled h0
   if batch_norm:
-    means = [v for k, v in jax.tree_util.tree_leaves_with_path(gen.variables["batch_stats"])
-             if jax.tree_util.keystr(k).endswith("['mean']")]
+    means = [
+      v
+      for k, v in jax.tree_util.tree_leaves_with_path(gen.variables["batch_stats"])
+      if jax.tree_util.keystr(k).endswith("['mean']")
+    ]
     assert means and all(float(np.abs(m).max()) > 0 for m in means)  # updated from 0
   z = gen.sample_latents(jax.random.key(0), 3)
-  np.testing.assert_allclose(np.asarray(gen(z)), np.asarray(
-      train.get_trainer("began").sample(config, result.state, z)), atol=1e-6)
+  np.testing.assert_allclose(
+    np.asarray(gen(z)),
+    np.asarray(train.get_trainer("began").sample(config, result.state, z)),
+    atol=1e-6,
+  )
   # Inference mode: a sample does not depend on the rest of its batch.
   np.testing.assert_allclose(np.asarray(gen(z))[:1], np.asarray(gen(z[:1])), atol=1e-5)
 
@@ -251,7 +285,9 @@ def test_trains_on_mocked_celeba_and_resumes_identically(tmp_path):
   """CelebA through tfds (mocked, offline): batches are functions of (data_seed,
   step), so an interrupted run ends where an uninterrupted one does."""
   import tensorflow_datasets as tfds
+
   from cfmod_jax.data import celeba
+
   data_dir = tmp_path / "tfds"
   data_dir.mkdir()
   common_fields = dict(dataset="celeba", data_dir=str(data_dir), checkpoint_every=2)
@@ -267,10 +303,12 @@ def test_trains_on_mocked_celeba_and_resumes_identically(tmp_path):
     np.testing.assert_array_equal(next(stream), celeba.celeba_batch(source, 3, 4, seed=0))
     # The trainers' batches come from CelebA, not from the synthetic faces.
     cfg = tiny_config("dcgan", **common_fields)
-    np.testing.assert_array_equal(common.training_images(cfg, 3)["images"],
-                                  celeba.celeba_batch(source, 3, 4, seed=0))
-    reference = train.train_and_evaluate(tiny_config("dcgan", num_steps=4, **common_fields),
-                                         str(tmp_path / "full"))
+    np.testing.assert_array_equal(
+      common.training_images(cfg, 3)["images"], celeba.celeba_batch(source, 3, 4, seed=0)
+    )
+    reference = train.train_and_evaluate(
+      tiny_config("dcgan", num_steps=4, **common_fields), str(tmp_path / "full")
+    )
     part = str(tmp_path / "part")
     train.train_and_evaluate(tiny_config("dcgan", num_steps=2, **common_fields), part)
     resumed = train.train_and_evaluate(tiny_config("dcgan", num_steps=4, **common_fields), part)
@@ -282,7 +320,9 @@ def test_celeba_config_errors(tmp_path, no_compile):
   with pytest.raises(ValueError, match="needs config.data_dir"):
     train.train_and_evaluate(tiny_config("dcgan", dataset="celeba"), str(tmp_path / "a"))
   with pytest.raises(FileNotFoundError, match="data_dir="):
-    train.train_and_evaluate(tiny_config("dcgan", dataset="celeba",
-                                         data_dir=str(tmp_path / "missing")), str(tmp_path / "b"))
+    train.train_and_evaluate(
+      tiny_config("dcgan", dataset="celeba", data_dir=str(tmp_path / "missing")),
+      str(tmp_path / "b"),
+    )
   with pytest.raises(ValueError, match="config.dataset must be one of"):
     train.train_and_evaluate(tiny_config("dcgan", dataset="mnist"), str(tmp_path / "c"))

@@ -20,18 +20,27 @@ from cfmod_jax.models import biggan as bg
 ATOL = 1e-5
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # 16×16 output: 4 → 8 → 16; self-attention before block1 (8×8, 32 channels); 10 classes.
-TINY = bg.BigGANConfig(output_dim=16, z_dim=8, class_embed_dim=8, channel_width=4,
-                       num_classes=10, layers=((True, 16, 8), (True, 8, 4), (False, 4, 2),
-                                               (False, 2, 1)),
-                       attention_layer_position=1, n_stats=3)
+TINY = bg.BigGANConfig(
+  output_dim=16,
+  z_dim=8,
+  class_embed_dim=8,
+  channel_width=4,
+  num_classes=10,
+  layers=((True, 16, 8), (True, 8, 4), (False, 4, 2), (False, 2, 1)),
+  attention_layer_position=1,
+  n_stats=3,
+)
 CLASS_A, CLASS_B = 3, 7
 
 
 def _random_variables(cfg, seed=0):
   """Random variables with the shapes of `BigGANDeep(cfg)` — much faster than
   `bg.init_variables` (no Flax init): kernels ~ N(0, 1/fan_in), positive variances."""
-  template = jax.eval_shape(bg.BigGANDeep(cfg).init, jax.random.key(0),
-                            jax.ShapeDtypeStruct((1, cfg.latent_dim), jnp.float32))
+  template = jax.eval_shape(
+    bg.BigGANDeep(cfg).init,
+    jax.random.key(0),
+    jax.ShapeDtypeStruct((1, cfg.latent_dim), jnp.float32),
+  )
   rng = np.random.default_rng(seed)
 
   def fill(path, leaf):
@@ -56,6 +65,7 @@ class _Identity(nn.Module):
 
 class _Unconditional(cf.StagedGenerator):
   """Not class-conditional: latents [N, 1, 1, 3] reshaped into an image."""
+
   site_names = ("a",)
   latent_shape = (1, 1, 3)
 
@@ -78,13 +88,13 @@ def gen(biggan_dir):
 def test_class_sampler_and_latents(gen):
   both = transfer.class_conditional(gen, [CLASS_A, CLASS_B])
   z = np.asarray(both.sample_latents(jax.random.key(0), 64))
-  y = z[:, TINY.z_dim:]
+  y = z[:, TINY.z_dim :]
   assert set(np.argmax(y, 1)) == {CLASS_A, CLASS_B}
   np.testing.assert_array_equal(y.sum(1), 1.0)
-  assert np.abs(z[:, :TINY.z_dim]).max() <= 2 * 0.5 + 1e-6  # truncated noise × truncation
+  assert np.abs(z[:, : TINY.z_dim]).max() <= 2 * 0.5 + 1e-6  # truncated noise × truncation
   za = np.asarray(transfer.class_latents(gen, jax.random.key(1), CLASS_A, 5))
   assert za.shape == (5, TINY.latent_dim)
-  assert np.all(np.argmax(za[:, TINY.z_dim:], 1) == CLASS_A)
+  assert np.all(np.argmax(za[:, TINY.z_dim :], 1) == CLASS_A)
 
 
 def test_cross_class_hybrids_exact_cases(gen):
@@ -120,25 +130,34 @@ def test_cross_class_hybrids_exact_cases(gen):
 
 
 def test_style_transfer_writes_panels(gen, tmp_path):
-  res = transfer.style_transfer(gen, CLASS_A, CLASS_B, "block0", k=2, n_rows=2, n_cols=3,
-                                n_pairs=6, out_dir=str(tmp_path))
+  res = transfer.style_transfer(
+    gen, CLASS_A, CLASS_B, "block0", k=2, n_rows=2, n_cols=3, n_pairs=6, out_dir=str(tmp_path)
+  )
   c = gen.site_shape("block0")[-1]
   assert res.labels.shape == (c,) and set(res.labels) <= {0, 1}
   assert res.eims.shape == (c, 16, 16) and res.eims.min() >= 0
   assert res.hybrids.shape == (2, 2, 3, 16, 16, 3)
   assert res.originals.shape == (2, 16, 16, 3) and res.donors.shape == (3, 16, 16, 3)
   assert res.module_maps.shape == (2, 16, 16)
-  np.testing.assert_array_equal(np.argmax(res.z_a[:, TINY.z_dim:], 1), CLASS_A)
-  np.testing.assert_array_equal(np.argmax(res.z_b[:, TINY.z_dim:], 1), CLASS_B)
+  np.testing.assert_array_equal(np.argmax(res.z_a[:, TINY.z_dim :], 1), CLASS_A)
+  np.testing.assert_array_equal(np.argmax(res.z_b[:, TINY.z_dim :], 1), CLASS_B)
   # Every channel belongs to exactly one module.
   assert sum(int((res.labels == j).sum()) for j in range(2)) == c
   names = sorted(os.listdir(tmp_path))
-  assert names == ["donors.png", "eims.png", "module0.png", "module1.png", "module_maps.png",
-                   "originals.png", "transfer.json"]
+  assert names == [
+    "donors.png",
+    "eims.png",
+    "module0.png",
+    "module1.png",
+    "module_maps.png",
+    "originals.png",
+    "transfer.json",
+  ]
   meta = json.loads((tmp_path / "transfer.json").read_text())
   assert meta["class_a"] == CLASS_A and meta["class_b"] == CLASS_B and meta["k"] == 2
   assert sum(meta["module_sizes"]) == c
   import matplotlib.image
+
   panel = matplotlib.image.imread(str(tmp_path / "module0.png"))
   assert panel.shape[:2] == (3 * 16 + 2 * 3, 4 * 16 + 3 * 3)  # (1 + rows) × (1 + cols)
 
@@ -146,11 +165,27 @@ def test_style_transfer_writes_panels(gen, tmp_path):
 def test_command_line(biggan_dir, tmp_path):
   out = tmp_path / "out"
   proc = subprocess.run(
-      [sys.executable, "-m", "experiments.style_transfer", f"--biggan={biggan_dir}",
-       f"--class_a={CLASS_A}", f"--class_b={CLASS_B}", "--site=block2", "--k=2",
-       "--n_rows=2", "--n_cols=2", "--n_pairs=4", "--truncation=0.5", f"--out={out}"],
-      cwd=ROOT, env={**os.environ, "JAX_PLATFORMS": "cpu"}, capture_output=True, text=True,
-      check=False)
+    [
+      sys.executable,
+      "-m",
+      "experiments.style_transfer",
+      f"--biggan={biggan_dir}",
+      f"--class_a={CLASS_A}",
+      f"--class_b={CLASS_B}",
+      "--site=block2",
+      "--k=2",
+      "--n_rows=2",
+      "--n_cols=2",
+      "--n_pairs=4",
+      "--truncation=0.5",
+      f"--out={out}",
+    ],
+    cwd=ROOT,
+    env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    capture_output=True,
+    text=True,
+    check=False,
+  )
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert {"module0.png", "module1.png", "eims.png", "transfer.json"} <= set(os.listdir(out))
   assert json.loads((out / "transfer.json").read_text())["site"] == "block2"
@@ -180,10 +215,23 @@ def test_bad_input(gen):
 def test_main_job_runs_on_biggan(gen, tmp_path):
   """EIMs, clustering, module maps, metrics and the report work on BigGAN too."""
   from cfmod_jax import analysis
-  cfg = analysis.AnalysisConfig(sites=("block1",), n_pairs=8, block_pairs=4, k=2, n_boot=2,
-                                eval_pairs=4, eval_groups=2, n_null=2, n_ci=10,
-                                hybrid_rows=2, hybrid_cols=2, parts="none", pair_chunk=4,
-                                mask_chunk=4)
+
+  cfg = analysis.AnalysisConfig(
+    sites=("block1",),
+    n_pairs=8,
+    block_pairs=4,
+    k=2,
+    n_boot=2,
+    eval_pairs=4,
+    eval_groups=2,
+    n_null=2,
+    n_ci=10,
+    hybrid_rows=2,
+    hybrid_cols=2,
+    parts="none",
+    pair_chunk=4,
+    mask_chunk=4,
+  )
   result = analysis.run(gen, cfg, str(tmp_path))
   c = gen.site_shape("block1")[-1]
   assert result["sites"]["block1"]["channels"] == c

@@ -49,18 +49,24 @@ def _random_masks(c, m, seed=0):
 def _he_scaled(gen):
   """The generator with He-scaled kernels: images of order 0.1 instead of DCGAN's
   N(0, 0.02) initialisation's 1e-6, so that absolute tolerances mean something."""
+
   def scale(path, x):
     if jax.tree_util.keystr(path).endswith("['kernel']"):
       return x / jnp.std(x) * np.sqrt(2.0 / np.prod(x.shape[:-1]))
     return x
+
   params = jax.tree_util.tree_map_with_path(scale, gen.variables["params"])
   return cf.Generator(gen.module, {**gen.variables, "params": params}, name=gen.name)
 
 
-@pytest.mark.parametrize("arch,kwargs,sites,eim_site", [
+@pytest.mark.parametrize(
+  "arch,kwargs,sites,eim_site",
+  [
     ("dcgan", dict(width=4), ("stages_1", "stages_2"), "stages_1"),
     ("vae", dict(width=4), ("stages_2",), None),
-    ("began", dict(width=5, skip=True), ("stages_1", "stages_2"), "stages_1")])
+    ("began", dict(width=5, skip=True), ("stages_1", "stages_2"), "stages_1"),
+  ],
+)
 def test_wrapped_shipped_model_equals_staged(arch, kwargs, sites, eim_site):
   """Site ``stages_i`` of the wrapped module is the staged site ``block{i+1}``.
   BEGAN with skip connections: the layers before the site also feed later blocks,
@@ -84,10 +90,14 @@ def test_wrapped_shipped_model_equals_staged(arch, kwargs, sites, eim_site):
     assert np.abs(got - base[None]).max() > 1e-2  # the masks act
   if eim_site is not None:
     block, key = f"block{int(eim_site[-1]) + 1}", jax.random.key(5)
-    eims = np.asarray(cf.elementary_influence_maps(wrapped, eim_site, n_pairs=4, key=key,
-                                                   pair_chunk=2, mask_chunk=4))
-    want = np.asarray(cf.elementary_influence_maps(staged, block, n_pairs=4, key=key,
-                                                   pair_chunk=2, mask_chunk=4))
+    eims = np.asarray(
+      cf.elementary_influence_maps(
+        wrapped, eim_site, n_pairs=4, key=key, pair_chunk=2, mask_chunk=4
+      )
+    )
+    want = np.asarray(
+      cf.elementary_influence_maps(staged, block, n_pairs=4, key=key, pair_chunk=2, mask_chunk=4)
+    )
     assert want.max() > 1e-3
     np.testing.assert_allclose(eims, want, rtol=2e-4, atol=1e-6 * float(want.max()))
 
@@ -96,8 +106,9 @@ def test_wrapped_suffix_compiles_to_staged_flops():
   """The suffix re-traces the layers before the site; under jit XLA drops them
   (nothing else reads them), so the compiled suffix costs what the staged one does."""
   staged = cf.init_generator("dcgan", seed=0, width=4, latent_dim=LATENT)
-  wrapped = wrap_linen(staged.module, staged.variables, ["stages_1", "stages_3"],
-                       latent_shape=(LATENT,))
+  wrapped = wrap_linen(
+    staged.module, staged.variables, ["stages_1", "stages_3"], latent_shape=(LATENT,)
+  )
   # stages_3: the suffix re-traces four stages before the site, all dead code.
   z = jax.ShapeDtypeStruct((4, LATENT), jnp.float32)
 
@@ -108,8 +119,12 @@ def test_wrapped_suffix_compiles_to_staged_flops():
 
   want = flops(staged, "block4")
   assert want > 0 and flops(wrapped, "stages_3") == pytest.approx(want, rel=1e-6)
-  prefix = lambda g, s: jax.jit(functools.partial(g.prefix, site=s)).lower(
-      g.variables, z).compile().cost_analysis()["flops"]
+  prefix = lambda g, s: (
+    jax.jit(functools.partial(g.prefix, site=s))
+    .lower(g.variables, z)
+    .compile()
+    .cost_analysis()["flops"]
+  )
   assert prefix(wrapped, "stages_1") == pytest.approx(prefix(staged, "block2"), rel=1e-6)
 
 
@@ -118,8 +133,9 @@ def test_wrapped_suffix_compiles_to_staged_flops():
 def own_linen():
   module = ex.OwnLinenGenerator(latent_dim=LATENT, width=4)
   variables = jax.jit(module.init)(jax.random.key(0), jnp.zeros((1, LATENT)))
-  gen = wrap_linen(module, variables, ["block2/conv1", "block1"], latent_shape=(LATENT,),
-                   name="own-linen")
+  gen = wrap_linen(
+    module, variables, ["block2/conv1", "block1"], latent_shape=(LATENT,), name="own-linen"
+  )
   return module, variables, gen
 
 
@@ -151,8 +167,7 @@ def test_own_linen_generator_hybrids_match_reference(own_linen):
   for mi, m in enumerate(masks):
     refs = [_linen_reference(module, variables, z1[n], z2[n], m) for n in range(3)]
     np.testing.assert_allclose(hyb[mi], np.stack(refs), atol=1e-5)
-    np.testing.assert_allclose(maps[mi], np.abs(np.stack(refs) - base).mean(axis=(0, 3)),
-                               atol=1e-5)
+    np.testing.assert_allclose(maps[mi], np.abs(np.stack(refs) - base).mean(axis=(0, 3)), atol=1e-5)
   assert np.abs(hyb[0] - base).max() > 1e-3
 
 
@@ -176,8 +191,9 @@ def test_compact_linen_generator_site_by_auto_name():
   got = np.asarray(cf.hybrids(gen, "conv", mask, z1, z2))
   p = variables["params"]
   conv0 = lambda z: nn.Conv(5, (3, 3)).apply(
-      {"params": p["Conv_0"]}, ex.upsample(nn.Dense(96).apply({"params": p["Dense_0"]}, z)
-                                           .reshape(len(z), 4, 4, 6)))
+    {"params": p["Conv_0"]},
+    ex.upsample(nn.Dense(96).apply({"params": p["Dense_0"]}, z).reshape(len(z), 4, 4, 6)),
+  )
   h = (1 - mask) * conv0(z1) + mask * conv0(z2)
   want = jnp.tanh(nn.Conv(3, (3, 3)).apply({"params": p["Conv_1"]}, nn.relu(h)))
   np.testing.assert_allclose(got, want, atol=1e-5)
@@ -192,8 +208,9 @@ def own_nnx():
     c = block.norm.mean.shape
     block.norm.mean[...] = 0.3 * jax.random.normal(jax.random.key(i), c)
     block.norm.var[...] = jnp.exp(jax.random.normal(jax.random.key(10 + i), c))
-  gen = wrap_nnx(model, {"b2.conv1": "blocks/1/conv1", "b3": "blocks/2"},
-                 latent_shape=(LATENT,), name="own-nnx")
+  gen = wrap_nnx(
+    model, {"b2.conv1": "blocks/1/conv1", "b3": "blocks/2"}, latent_shape=(LATENT,), name="own-nnx"
+  )
   return model, gen
 
 
@@ -233,13 +250,28 @@ def test_main_job_runs_on_a_wrapped_nnx_generator(own_nnx, tmp_path):
   """`analysis.run` unchanged; the untrained baseline is the same class built with
   another seed (NNX has no generic re-initialisation)."""
   _, gen = own_nnx
-  baseline = wrap_nnx(ex.OwnNNXGenerator(LATENT, width=4, rngs=nnx.Rngs(99)),
-                      {"b2.conv1": "blocks/1/conv1", "b3": "blocks/2"},
-                      latent_shape=(LATENT,), name="own-nnx-untrained")
-  cfg = analysis.AnalysisConfig(sites=("b2.conv1",), n_pairs=8, block_pairs=4, k_values=(2,),
-                                n_boot=2, eval_pairs=4, eval_groups=2, n_null=2, n_ci=10,
-                                hybrid_rows=2, hybrid_cols=2, parts="none", pair_chunk=4,
-                                mask_chunk=4)
+  baseline = wrap_nnx(
+    ex.OwnNNXGenerator(LATENT, width=4, rngs=nnx.Rngs(99)),
+    {"b2.conv1": "blocks/1/conv1", "b3": "blocks/2"},
+    latent_shape=(LATENT,),
+    name="own-nnx-untrained",
+  )
+  cfg = analysis.AnalysisConfig(
+    sites=("b2.conv1",),
+    n_pairs=8,
+    block_pairs=4,
+    k_values=(2,),
+    n_boot=2,
+    eval_pairs=4,
+    eval_groups=2,
+    n_null=2,
+    n_ci=10,
+    hybrid_rows=2,
+    hybrid_cols=2,
+    parts="none",
+    pair_chunk=4,
+    mask_chunk=4,
+  )
   result = analysis.run(gen, cfg, str(tmp_path), baseline=baseline)
   assert result["generator"] == "own-nnx" and list(result["sites"]) == ["b2.conv1"]
   assert os.path.exists(tmp_path / "b2.conv1" / "analysis.npz")
@@ -265,9 +297,11 @@ def test_masks_are_jit_arguments(own_linen):
   gen = wrap_linen(module, variables, ["block2/conv1"], latent_shape=(LATENT,))
   traces = {"prefix": 0, "suffix": 0}
   for name in traces:
-    def counted(*args, _name=name, _fn=getattr(gen, name), **kwargs):
+
+    def counted(*args, _name=name, _fn=getattr(gen, name), **kwargs):  # noqa: B008
       traces[_name] += 1
       return _fn(*args, **kwargs)
+
     setattr(gen, name, counted)
   z1, z2 = _pairs(gen, 2)
   a, b = _random_masks(4, 5, seed=2), _random_masks(4, 5, seed=3)
@@ -288,26 +322,38 @@ def test_masks_are_jit_arguments(own_linen):
 # ---- bad input ---------------------------------------------------------------------------
 def test_unknown_path_lists_available_paths(own_linen, own_nnx):
   module, variables, _ = own_linen
-  with pytest.raises(ValueError, match=r"'block2/conv9'.*available paths: project, block1/conv1"
-                     r".*block2/conv1, .*block2/shortcut"):
+  with pytest.raises(
+    ValueError,
+    match=r"'block2/conv9'.*available paths: project, block1/conv1"
+    r".*block2/conv1, .*block2/shortcut",
+  ):
     wrap_linen(module, variables, ["block2/conv9"], latent_shape=(LATENT,))
   model, _ = own_nnx
   with pytest.raises(ValueError, match=r"'blocks/5/conv1'.*available paths: .*blocks/1/conv1, "):
     wrap_nnx(model, ["blocks/5/conv1"], latent_shape=(LATENT,))
 
 
-@pytest.mark.parametrize("call,pattern", [
+@pytest.mark.parametrize(
+  "call,pattern",
+  [
     (lambda m, v: wrap_linen(m, v, "block1", latent_shape=(LATENT,)), "got the string 'block1'"),
     (lambda m, v: wrap_linen(m, v, [], latent_shape=(LATENT,)), "sites is empty"),
     (lambda m, v: wrap_linen(m, v, ["block1"]), "latent_shape is required"),
     (lambda m, v: wrap_linen(m, v, ["block1"], latent_shape=(0,)), "positive ints"),
-    (lambda m, v: wrap_linen(m, v, ["block1"], latent_shape=(LATENT + 1,)),
-     r"forward pass fails on latents \[3, 9\]"),
-    (lambda m, v: wrap_linen(m, v, {"a": "block1", "b": 3}, latent_shape=(LATENT,)),
-     "'/'-separated submodule paths"),
-    (lambda m, v: wrap_nnx(m, ["block1"], latent_shape=(LATENT,)),
-     "model must be a flax.nnx.Module"),
-])
+    (
+      lambda m, v: wrap_linen(m, v, ["block1"], latent_shape=(LATENT + 1,)),
+      r"forward pass fails on latents \[3, 9\]",
+    ),
+    (
+      lambda m, v: wrap_linen(m, v, {"a": "block1", "b": 3}, latent_shape=(LATENT,)),
+      "'/'-separated submodule paths",
+    ),
+    (
+      lambda m, v: wrap_nnx(m, ["block1"], latent_shape=(LATENT,)),
+      "model must be a flax.nnx.Module",
+    ),
+  ],
+)
 def test_bad_arguments(own_linen, call, pattern):
   module, variables, _ = own_linen
   with pytest.raises(ValueError, match=pattern):
@@ -341,8 +387,9 @@ def test_site_inside_a_lifted_transform_is_refused():
 def test_unknown_site_name_and_no_linear_split(own_linen):
   gen = own_linen[2]
   assert isinstance(gen, LinenGenerator) and not gen.has_linear_split("block1")
-  with pytest.raises(ValueError, match="site='block2' is not a site.*valid sites: block1, "
-                     "block2/conv1"):
+  with pytest.raises(
+    ValueError, match="site='block2' is not a site.*valid sites: block1, block2/conv1"
+  ):
     cf.hybrids(gen, "block2", np.zeros(4), np.zeros((1, LATENT)), np.zeros((1, LATENT)))
   with pytest.raises(ValueError, match="method='linear' needs a linear split"):
     cf.elementary_influence_maps(gen, "block1", n_pairs=2, method="linear")

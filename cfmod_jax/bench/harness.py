@@ -52,7 +52,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -62,16 +63,33 @@ MATMUL_N = 2048
 MATMUL_REPEATS = 5
 
 # Every key that a (contender, site) record has in the JSON.
-RECORD_FIELDS = ("contender", "site", "channels", "n_pairs", "hybrids", "seconds",
-                 "compile_seconds", "cpu_seconds", "hybrids_per_s", "useful_gflop", "useful_gflops",
-                 "fraction_of_peak", "peak_rss_mib", "setup_rss_mib", "max_abs_diff_vs_cfmod_jax",
-                 "workload_rss_mib", "loadavg_before", "loadavg_after")
+RECORD_FIELDS = (
+  "contender",
+  "site",
+  "channels",
+  "n_pairs",
+  "hybrids",
+  "seconds",
+  "compile_seconds",
+  "cpu_seconds",
+  "hybrids_per_s",
+  "useful_gflop",
+  "useful_gflops",
+  "fraction_of_peak",
+  "peak_rss_mib",
+  "setup_rss_mib",
+  "max_abs_diff_vs_cfmod_jax",
+  "workload_rss_mib",
+  "loadavg_before",
+  "loadavg_after",
+)
 
 
 @dataclasses.dataclass(frozen=True)
 class BenchConfig:
   """What to run. ``pair_chunk`` is the pairs per forward pass of the torch and naive
   contenders; cfmod_jax runs with its defaults."""
+
   n_pairs: int = 128
   sites: Sequence[str] = SITES
   width: int = 64
@@ -93,14 +111,22 @@ QUICK_SITES = ("block1", "block4")
 def quick_config(cfg: BenchConfig, sites: Sequence[str] | None = QUICK_SITES) -> BenchConfig:
   """A tiny version of ``cfg`` for tests: width 4, N = 4, the first and last sites
   (``sites=None`` keeps ``cfg.sites``), torch on one thread (faster at this size)."""
-  return dataclasses.replace(cfg, n_pairs=4, width=4, pair_chunk=4, memory_n_pairs=(4, 16),
-                             matmul_n=256, torch_threads=1,
-                             sites=cfg.sites if sites is None else tuple(sites))
+  return dataclasses.replace(
+    cfg,
+    n_pairs=4,
+    width=4,
+    pair_chunk=4,
+    memory_n_pairs=(4, 16),
+    matmul_n=256,
+    torch_threads=1,
+    sites=cfg.sites if sites is None else tuple(sites),
+  )
 
 
 # ---- the shared workload ------------------------------------------------------------
-def benchmark_generator(width: int = 64, seed: int = 0, latent_dim: int = 100,
-                        calib_pairs: int = 256):
+def benchmark_generator(
+  width: int = 64, seed: int = 0, latent_dim: int = 100, calib_pairs: int = 256
+):
   """DCGAN-64 with random weights and non-trivial BatchNorm statistics.
 
   Weights are drawn with numpy (DCGAN's N(0, 0.02²) for kernels; no compilation,
@@ -130,7 +156,8 @@ def benchmark_generator(width: int = 64, seed: int = 0, latent_dim: int = 100,
     else:
       flat[path] = np.zeros(leaf.shape)
   init = traverse_util.unflatten_dict(
-      {k: jnp.asarray(v, jnp.float32) for k, v in flat.items()}, sep="/")
+    {k: jnp.asarray(v, jnp.float32) for k, v in flat.items()}, sep="/"
+  )
   gen = Generator(module, init)
   module, n_stages = gen.module, len(gen.sites) + 1
   draws = {}  # all random numbers first, so the calibration below is one jitted function
@@ -138,12 +165,16 @@ def benchmark_generator(width: int = 64, seed: int = 0, latent_dim: int = 100,
     name = f"stages_{i}"
     if name in gen.variables["batch_stats"]:
       c = gen.variables["batch_stats"][name]["bn"]["mean"].shape[0]
-      draws[name] = {"mean_noise": 0.3 * rng.standard_normal(c),
-                     "var_factor": rng.uniform(0.5, 2.0, c),
-                     "scale": rng.uniform(0.5, 1.5, c), "bias": 0.2 * rng.standard_normal(c)}
+      draws[name] = {
+        "mean_noise": 0.3 * rng.standard_normal(c),
+        "var_factor": rng.uniform(0.5, 2.0, c),
+        "scale": rng.uniform(0.5, 1.5, c),
+        "bias": 0.2 * rng.standard_normal(c),
+      }
     else:
-      draws[name] = {"rgb_bias": 0.1 * rng.standard_normal(
-          gen.variables["params"][name]["conv"]["bias"].shape)}
+      draws[name] = {
+        "rgb_bias": 0.1 * rng.standard_normal(gen.variables["params"][name]["conv"]["bias"].shape)
+      }
   draws = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), draws)
   z = gen.sample_latents(jax.random.key(seed + 2), calib_pairs)
 
@@ -157,15 +188,15 @@ def benchmark_generator(width: int = 64, seed: int = 0, latent_dim: int = 100,
       if name in stats:
         pre = module.apply(v, i, x, method=StagedGenerator.stage_pre)
         mean, var = pre.mean(axis=(0, 1, 2)), pre.var(axis=(0, 1, 2))
-        stats[name] = {"bn": {"mean": mean + d["mean_noise"] * jnp.sqrt(var),
-                              "var": var * d["var_factor"]}}
+        stats[name] = {
+          "bn": {"mean": mean + d["mean_noise"] * jnp.sqrt(var), "var": var * d["var_factor"]}
+        }
         params[name] = {**params[name], "bn": {"scale": d["scale"], "bias": d["bias"]}}
       else:
         params[name] = {**params[name], "conv": {**params[name]["conv"], "bias": d["rgb_bias"]}}
       v = {"params": params, "batch_stats": stats}
       if i < n_stages - 1:
-        x = module.apply(v, z, x, start=i, stop=i + 1) if i else module.apply(
-            v, z, start=0, stop=1)
+        x = module.apply(v, z, x, start=i, stop=i + 1) if i else module.apply(v, z, start=0, stop=1)
     return {"params": params, "batch_stats": stats}
 
   variables = calibrate(gen.variables, draws, z)
@@ -176,6 +207,7 @@ def save_variables(gen, path: str) -> None:
   """Writes a generator's variables to ``path`` (.npz, keys 'params/stages_0/...')."""
   import jax
   from flax import traverse_util
+
   flat = traverse_util.flatten_dict(jax.tree.map(np.asarray, gen.variables), sep="/")
   np.savez(path, **flat)
 
@@ -200,13 +232,16 @@ def load_generator(path: str, width: int, latent_dim: int = 100):
 
   from cfmod_jax.generator import Generator
   from cfmod_jax.models.dcgan import DCGANGenerator
+
   variables = jax.tree.map(jnp.asarray, load_variables(path))
-  return Generator(DCGANGenerator(latent_dim=latent_dim, width=width), variables,
-                   name=f"dcgan-w{width}-bench")
+  return Generator(
+    DCGANGenerator(latent_dim=latent_dim, width=width), variables, name=f"dcgan-w{width}-bench"
+  )
 
 
 def benchmark_key(seed: int):
   import jax
+
   return jax.random.key(seed + 100)
 
 
@@ -214,6 +249,7 @@ def benchmark_pairs(gen, n_pairs: int, seed: int) -> tuple[np.ndarray, np.ndarra
   """The ``(z1, z2)`` that ``elementary_influence_maps(gen, site, n_pairs,
   benchmark_key(seed))`` draws, as numpy ``[N, latent_dim]``."""
   import jax
+
   k1, k2 = jax.random.split(benchmark_key(seed))
   return np.asarray(gen.sample_latents(k1, n_pairs)), np.asarray(gen.sample_latents(k2, n_pairs))
 
@@ -223,6 +259,7 @@ def flops_per_image(gen, site: str, batch: int = 32) -> tuple[float, float]:
   ``site`` and the suffix from ``site``, compiled for a batch of ``batch``."""
   import jax
   import jax.numpy as jnp
+
   z = jax.ShapeDtypeStruct((batch, *gen.latent_shape), jnp.float32)
   h = jax.ShapeDtypeStruct((batch, *gen.site_shape(site)), jnp.float32)
 
@@ -231,8 +268,10 @@ def flops_per_image(gen, site: str, batch: int = 32) -> tuple[float, float]:
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     return float(cost["flops"]) / batch
 
-  return (flops(lambda v, z: gen.prefix(v, z, site), z),
-          flops(lambda v, h, z: gen.suffix(v, h, z, site), h, z))
+  return (
+    flops(lambda v, z: gen.prefix(v, z, site), z),
+    flops(lambda v, h, z: gen.suffix(v, h, z, site), h, z),
+  )
 
 
 def useful_flops(f_prefix: float, f_suffix: float, channels: int, n_pairs: int) -> float:
@@ -278,20 +317,27 @@ class _Progress:
     if self.done >= self.next or self.done == self.total:
       el = time.perf_counter() - self.t0
       eta = el / self.done * (self.total - self.done)
-      print(f"  {self.label}: {self.done}/{self.total} channel passes, {el:.0f} s, "
-            f"ETA {eta:.0f} s", file=sys.stderr, flush=True)
+      print(
+        f"  {self.label}: {self.done}/{self.total} channel passes, {el:.0f} s, ETA {eta:.0f} s",
+        file=sys.stderr,
+        flush=True,
+      )
       self.next += max(1, self.total // 10)
 
 
 class _CompileTimer:
   """Sums JAX's own compile-time events (lowering to MLIR + XLA backend compilation)
   while active; tracing is left out (its events nest for inner jits)."""
-  EVENTS = ("/jax/core/compile/jaxpr_to_mlir_module_duration",
-            "/jax/core/compile/backend_compile_duration")
+
+  EVENTS = (
+    "/jax/core/compile/jaxpr_to_mlir_module_duration",
+    "/jax/core/compile/backend_compile_duration",
+  )
 
   def __init__(self):
     self.seconds, self.active = 0.0, False
     import jax.monitoring
+
     jax.monitoring.register_event_duration_secs_listener(self._listen)
 
   def _listen(self, event, duration, **_):
@@ -312,6 +358,7 @@ def _matmul_gflops(framework: str, n: int = MATMUL_N, repeats: int = MATMUL_REPE
   if framework == "jax":
     import jax
     import jax.numpy as jnp
+
     a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
     b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
     f = jax.jit(jnp.matmul)
@@ -322,6 +369,7 @@ def _matmul_gflops(framework: str, n: int = MATMUL_N, repeats: int = MATMUL_REPE
       best = min(best, time.perf_counter() - t)
   elif framework == "torch":
     import torch
+
     g = torch.Generator().manual_seed(0)
     a, b = torch.randn(n, n, generator=g), torch.randn(n, n, generator=g)
     with torch.inference_mode():
@@ -332,7 +380,7 @@ def _matmul_gflops(framework: str, n: int = MATMUL_N, repeats: int = MATMUL_REPE
         best = min(best, time.perf_counter() - t)
   else:
     raise ValueError(f"unknown framework {framework!r}")
-  return 2.0 * n ** 3 / best / 1e9
+  return 2.0 * n**3 / best / 1e9
 
 
 def run_task(task: dict) -> dict:
@@ -348,11 +396,19 @@ def run_task(task: dict) -> dict:
   load_before = os.getloadavg()
   if task.get("torch_threads") and (task["kind"] == "matmul" or task["contender"] == "torch"):
     import torch
+
     torch.set_num_threads(task["torch_threads"])
   if task["kind"] == "matmul":
-    return {f: {"n": task["n"], "gflops": _matmul_gflops(f, task["n"]), "threads": _threads(f),
-                "loadavg_before": load_before, "loadavg_after": os.getloadavg()}
-            for f in ("jax", "torch")}
+    return {
+      f: {
+        "n": task["n"],
+        "gflops": _matmul_gflops(f, task["n"]),
+        "threads": _threads(f),
+        "loadavg_before": load_before,
+        "loadavg_after": os.getloadavg(),
+      }
+      for f in ("jax", "torch")
+    }
 
   contender, site, n = task["contender"], task["site"], task["n_pairs"]
   if contender not in CONTENDERS:
@@ -369,14 +425,17 @@ def run_task(task: dict) -> dict:
       z1, z2 = f["z1"], f["z2"]
   else:
     z1, z2 = benchmark_pairs(gen, n, task["seed"])
-  channels = (task["width"] * 2 ** (3 - SITES.index(site)) if gen is None
-              else gen.site_shape(site)[-1])
+  channels = (
+    task["width"] * 2 ** (3 - SITES.index(site)) if gen is None else gen.site_shape(site)[-1]
+  )
   label = f"{contender}/{site}"
   compile_s = None
   warmup = task.get("warmup", True)
   if contender == "cfmod_jax":
     import jax
+
     from cfmod_jax.interventions import elementary_influence_maps
+
     key = benchmark_key(task["seed"])
     run = lambda: jax.block_until_ready(elementary_influence_maps(gen, site, n, key))
     setup_rss = _rss_mib()
@@ -391,6 +450,7 @@ def run_task(task: dict) -> dict:
     compile_s = timer.seconds
   elif contender == "naive_jax":
     from cfmod_jax.bench.naive import naive_eims
+
     setup_rss = _rss_mib()
     chunk = task["pair_chunk"]
     timer = _CompileTimer()
@@ -399,46 +459,63 @@ def run_task(task: dict) -> dict:
         naive_eims(gen, site, z1, z2, pair_chunk=chunk, channels=[0])
     t0, c0 = time.perf_counter(), _cpu_s()
     with timer:
-      maps = naive_eims(gen, site, z1, z2, pair_chunk=chunk,
-                        progress=_Progress(label, channels * -(-n // chunk)))
+      maps = naive_eims(
+        gen, site, z1, z2, pair_chunk=chunk, progress=_Progress(label, channels * -(-n // chunk))
+      )
     seconds = time.perf_counter() - t0 - (0.0 if warmup else timer.seconds)
     compile_s = timer.seconds
   elif contender == "torch":
     from cfmod_jax.bench import torch_dcgan
-    model = torch_dcgan.from_flax(variables if gen is None else gen.variables,
-                                  task["latent_dim"], task["width"])
+
+    model = torch_dcgan.from_flax(
+      variables if gen is None else gen.variables, task["latent_dim"], task["width"]
+    )
     setup_rss = _rss_mib()
     chunk = task["pair_chunk"]
     if warmup:  # channel 0 for every pair chunk: oneDNN primitives, allocator
       torch_dcgan.hook_eims(model, site, z1, z2, pair_chunk=chunk, channels=[0])
     t0, c0 = time.perf_counter(), _cpu_s()
-    maps = torch_dcgan.hook_eims(model, site, z1, z2, pair_chunk=chunk,
-                                 progress=_Progress(label, channels * -(-n // chunk)))
+    maps = torch_dcgan.hook_eims(
+      model, site, z1, z2, pair_chunk=chunk, progress=_Progress(label, channels * -(-n // chunk))
+    )
     seconds = time.perf_counter() - t0
   cpu_seconds = _cpu_s() - c0
   peak = _rss_mib()
   if task.get("maps_path"):
     np.save(task["maps_path"], np.asarray(maps, np.float32))
-  return {"contender": contender, "site": site, "channels": int(channels), "n_pairs": int(n),
-          "hybrids": int(channels * n), "seconds": seconds, "compile_seconds": compile_s,
-          "cpu_seconds": cpu_seconds,
-          "peak_rss_mib": peak, "setup_rss_mib": setup_rss,
-          "workload_rss_mib": peak - setup_rss,
-          "threads": _threads("torch" if contender == "torch" else "jax"),
-          "loadavg_before": load_before, "loadavg_after": os.getloadavg()}
+  return {
+    "contender": contender,
+    "site": site,
+    "channels": int(channels),
+    "n_pairs": int(n),
+    "hybrids": int(channels * n),
+    "seconds": seconds,
+    "compile_seconds": compile_s,
+    "cpu_seconds": cpu_seconds,
+    "peak_rss_mib": peak,
+    "setup_rss_mib": setup_rss,
+    "workload_rss_mib": peak - setup_rss,
+    "threads": _threads("torch" if contender == "torch" else "jax"),
+    "loadavg_before": load_before,
+    "loadavg_after": os.getloadavg(),
+  }
 
 
 def _threads(framework: str):
   if framework == "torch":
     import torch
+
     return torch.get_num_threads()
   return os.cpu_count()
 
 
 def _worker_main(argv=None):
   parser = argparse.ArgumentParser(description="one benchmark measurement (internal)")
-  parser.add_argument("--task", required=True, help="JSON file with the task; the "
-                      "record is written to its 'result_path'")
+  parser.add_argument(
+    "--task",
+    required=True,
+    help="JSON file with the task; the record is written to its 'result_path'",
+  )
   args = parser.parse_args(argv)
   with open(args.task) as f:
     task = json.load(f)
@@ -456,10 +533,18 @@ def _spawn(task: dict, workdir: str, timeout_s: float) -> dict:
   with open(task_path, "w") as f:
     json.dump(task, f)
   root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-      [root] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []))}
-  subprocess.run([sys.executable, "-m", "cfmod_jax.bench.harness", "--task", task_path],
-                 check=True, timeout=timeout_s, env=env)
+  env = {
+    **os.environ,
+    "PYTHONPATH": os.pathsep.join(
+      [root] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])
+    ),
+  }
+  subprocess.run(
+    [sys.executable, "-m", "cfmod_jax.bench.harness", "--task", task_path],
+    check=True,
+    timeout=timeout_s,
+    env=env,
+  )
   with open(task["result_path"]) as f:
     return json.load(f)
 
@@ -496,21 +581,31 @@ def run_benchmark(cfg: BenchConfig, log=print) -> dict:
   _check_config(cfg)
   t_start = time.perf_counter()
   results: dict[str, Any] = {
-      "config": dataclasses.asdict(cfg), "cpu_model": cpu_model(), "cpu_count": os.cpu_count(),
-      "platform": platform.platform(), "python": platform.python_version(),
-      "loadavg_before": os.getloadavg(), "useful_flops_definition":
-      "N * (2 * F_prefix + (C + 1) * F_suffix); F_* = XLA cost_analysis()['flops'] per image "
-      "of Generator.prefix (latent -> site) / Generator.suffix (site -> image), batch 32"}
+    "config": dataclasses.asdict(cfg),
+    "cpu_model": cpu_model(),
+    "cpu_count": os.cpu_count(),
+    "platform": platform.platform(),
+    "python": platform.python_version(),
+    "loadavg_before": os.getloadavg(),
+    "useful_flops_definition": "N * (2 * F_prefix + (C + 1) * F_suffix); F_* = XLA cost_analysis()['flops'] per image "
+    "of Generator.prefix (latent -> site) / Generator.suffix (site -> image), batch 32",
+  }
   results["versions"] = _versions()
   gen = benchmark_generator(cfg.width, cfg.seed, cfg.latent_dim)
-  log(f"generator: DCGAN width {cfg.width}; sites {', '.join(cfg.sites)}; contenders "
-      f"{', '.join(cfg.contenders)}; N = {cfg.n_pairs}")
+  log(
+    f"generator: DCGAN width {cfg.width}; sites {', '.join(cfg.sites)}; contenders "
+    f"{', '.join(cfg.contenders)}; N = {cfg.n_pairs}"
+  )
   flops = {}
   for site in cfg.sites:
     fp, fs = flops_per_image(gen, site)
     c = gen.site_shape(site)[-1]
-    flops[site] = {"channels": c, "f_prefix": fp, "f_suffix": fs,
-                   "useful_flops": useful_flops(fp, fs, c, cfg.n_pairs)}
+    flops[site] = {
+      "channels": c,
+      "f_prefix": fp,
+      "f_suffix": fs,
+      "useful_flops": useful_flops(fp, fs, c, cfg.n_pairs),
+    }
   results["flops"] = flops
 
   with tempfile.TemporaryDirectory(prefix="cfmod_bench_") as work:
@@ -525,8 +620,10 @@ def run_benchmark(cfg: BenchConfig, log=print) -> dict:
       r = run_task({"kind": "matmul", "n": cfg.matmul_n, "torch_threads": cfg.torch_threads})
       for f in matmul:
         matmul[f].append(r[f])
-      log(f"float32 matmul ({when}): jax {r['jax']['gflops']:.1f}, torch "
-          f"{r['torch']['gflops']:.1f} GFLOP/s")
+      log(
+        f"float32 matmul ({when}): jax {r['jax']['gflops']:.1f}, torch "
+        f"{r['torch']['gflops']:.1f} GFLOP/s"
+      )
 
     measure_matmul("start")
     records = []
@@ -534,34 +631,59 @@ def run_benchmark(cfg: BenchConfig, log=print) -> dict:
     for site in cfg.sites:
       for contender in cfg.contenders:
         path = os.path.join(work, f"{contender}_{site}.npy")
-        task = {"kind": "eims", "contender": contender, "site": site, "n_pairs": cfg.n_pairs,
-                "width": cfg.width, "latent_dim": cfg.latent_dim, "seed": cfg.seed,
-                "pair_chunk": cfg.pair_chunk, "maps_path": path, "warmup": True,
-                "variables_path": variables_path, "pairs_path": pairs_path,
-                "torch_threads": cfg.torch_threads}
+        task = {
+          "kind": "eims",
+          "contender": contender,
+          "site": site,
+          "n_pairs": cfg.n_pairs,
+          "width": cfg.width,
+          "latent_dim": cfg.latent_dim,
+          "seed": cfg.seed,
+          "pair_chunk": cfg.pair_chunk,
+          "maps_path": path,
+          "warmup": True,
+          "variables_path": variables_path,
+          "pairs_path": pairs_path,
+          "torch_threads": cfg.torch_threads,
+        }
         r = _spawn(task, work, cfg.worker_timeout_s)
         maps_paths[(contender, site)] = path
         records.append(r)
-        log(f"{contender}/{site}: {r['seconds']:.2f} s, {r['hybrids'] / r['seconds']:.0f} "
-            f"hybrids/s, peak RSS {r['peak_rss_mib']:.0f} MiB "
-            f"({time.perf_counter() - t_start:.0f} s elapsed)")
+        log(
+          f"{contender}/{site}: {r['seconds']:.2f} s, {r['hybrids'] / r['seconds']:.0f} "
+          f"hybrids/s, peak RSS {r['peak_rss_mib']:.0f} MiB "
+          f"({time.perf_counter() - t_start:.0f} s elapsed)"
+        )
     measure_matmul("end")
 
     memory = None
     if cfg.memory_check:
       memory = {"site": cfg.memory_site, "contender": "cfmod_jax", "runs": []}
       for n in cfg.memory_n_pairs:
-        task = {"kind": "eims", "contender": "cfmod_jax", "site": cfg.memory_site,
-                "n_pairs": int(n), "width": cfg.width, "latent_dim": cfg.latent_dim,
-                "seed": cfg.seed, "pair_chunk": cfg.pair_chunk, "maps_path": None,
-                "warmup": False, "variables_path": variables_path}
+        task = {
+          "kind": "eims",
+          "contender": "cfmod_jax",
+          "site": cfg.memory_site,
+          "n_pairs": int(n),
+          "width": cfg.width,
+          "latent_dim": cfg.latent_dim,
+          "seed": cfg.seed,
+          "pair_chunk": cfg.pair_chunk,
+          "maps_path": None,
+          "warmup": False,
+          "variables_path": variables_path,
+        }
         r = _spawn(task, work, cfg.worker_timeout_s)
-        memory["runs"].append({"n_pairs": int(n), "peak_rss_mib": r["peak_rss_mib"],
-                               "setup_rss_mib": r["setup_rss_mib"],
-                               "workload_rss_mib": r["workload_rss_mib"],
-                               "seconds_incl_compile": r["seconds"]})
-        log(f"memory check cfmod_jax/{cfg.memory_site} N={n}: peak RSS "
-            f"{r['peak_rss_mib']:.0f} MiB")
+        memory["runs"].append(
+          {
+            "n_pairs": int(n),
+            "peak_rss_mib": r["peak_rss_mib"],
+            "setup_rss_mib": r["setup_rss_mib"],
+            "workload_rss_mib": r["workload_rss_mib"],
+            "seconds_incl_compile": r["seconds"],
+          }
+        )
+        log(f"memory check cfmod_jax/{cfg.memory_site} N={n}: peak RSS {r['peak_rss_mib']:.0f} MiB")
       lo, hi = memory["runs"][0], memory["runs"][-1]
       memory["ratio"] = hi["peak_rss_mib"] / lo["peak_rss_mib"]
       memory["flat_within_1.2x"] = bool(memory["ratio"] <= 1.2)
@@ -579,8 +701,12 @@ def run_benchmark(cfg: BenchConfig, log=print) -> dict:
 
   peak = {f: max(m["gflops"] for m in ms) for f, ms in matmul.items()}
   machine_peak = max(peak.values())
-  results["matmul"] = {"n": cfg.matmul_n, "runs": matmul, "peak_gflops": peak,
-                       "machine_peak_gflops": machine_peak}
+  results["matmul"] = {
+    "n": cfg.matmul_n,
+    "runs": matmul,
+    "peak_gflops": peak,
+    "machine_peak_gflops": machine_peak,
+  }
   for r in records:
     uf = flops[r["site"]]["useful_flops"]
     r["hybrids_per_s"] = r["hybrids"] / r["seconds"]
@@ -604,9 +730,12 @@ def _targets(records, cfg) -> dict | None:
   t = {(r["contender"], r["site"]): r["seconds"] for r in records}
   speedups = {s: t[("torch", s)] / t[("cfmod_jax", s)] for s in cfg.sites}
   geo = float(np.exp(np.mean(np.log(list(speedups.values())))))
-  out = {"speedup_vs_torch": speedups, "geomean_speedup_vs_torch": geo,
-         "geomean_at_least_3x": bool(geo >= 3.0),
-         "no_site_slower_than_torch": bool(min(speedups.values()) >= 1.0)}
+  out = {
+    "speedup_vs_torch": speedups,
+    "geomean_speedup_vs_torch": geo,
+    "geomean_at_least_3x": bool(geo >= 3.0),
+    "no_site_slower_than_torch": bool(min(speedups.values()) >= 1.0),
+  }
   if "naive_jax" in cfg.contenders:
     sp = {s: t[("naive_jax", s)] / t[("cfmod_jax", s)] for s in cfg.sites}
     out["speedup_vs_naive_jax"] = sp
@@ -616,6 +745,7 @@ def _targets(records, cfg) -> dict | None:
 
 def _versions() -> dict:
   import importlib.metadata as md
+
   out = {}
   for p in ("jax", "jaxlib", "flax", "torch", "numpy"):
     try:
@@ -632,24 +762,34 @@ def markdown_table(results: dict) -> str:
   recs = {(r["contender"], r["site"]): r for r in results["records"]}
   mm = results["matmul"]
   lines = [
-      f"DCGAN-64 (width {cfg['width']}), EIMs of every channel, N = {cfg['n_pairs']} pairs; "
-      f"{results['cpu_model']}, {results['cpu_count']} cores; load average "
-      f"{results['loadavg_before'][0]:.2f} → {results['loadavg_after'][0]:.2f}; float32 matmul "
-      f"peak: jax {mm['peak_gflops'].get('jax', float('nan')):.0f}, torch "
-      f"{mm['peak_gflops'].get('torch', float('nan')):.0f} GFLOP/s.", ""]
+    f"DCGAN-64 (width {cfg['width']}), EIMs of every channel, N = {cfg['n_pairs']} pairs; "
+    f"{results['cpu_model']}, {results['cpu_count']} cores; load average "
+    f"{results['loadavg_before'][0]:.2f} → {results['loadavg_after'][0]:.2f}; float32 matmul "
+    f"peak: jax {mm['peak_gflops'].get('jax', float('nan')):.0f}, torch "
+    f"{mm['peak_gflops'].get('torch', float('nan')):.0f} GFLOP/s.",
+    "",
+  ]
   tg = results.get("targets")
   if tg:
     has_naive = "speedup_vs_naive_jax" in tg
-    lines += ["| site | channels | hybrids | cfmod_jax s | torch (hooks) s | "
-              + ("naive JAX s | " if has_naive else "")
-              + "speed-up vs torch | " + ("speed-up vs naive | " if has_naive else "")
-              + "cfmod_jax time / compute floor |",
-              "|---|---:|---:|---:|---:|" + ("---:|" if has_naive else "") + "---:|"
-              + ("---:|" if has_naive else "") + "---:|"]
+    lines += [
+      "| site | channels | hybrids | cfmod_jax s | torch (hooks) s | "
+      + ("naive JAX s | " if has_naive else "")
+      + "speed-up vs torch | "
+      + ("speed-up vs naive | " if has_naive else "")
+      + "cfmod_jax time / compute floor |",
+      "|---|---:|---:|---:|---:|"
+      + ("---:|" if has_naive else "")
+      + "---:|"
+      + ("---:|" if has_naive else "")
+      + "---:|",
+    ]
     for s in cfg["sites"]:
       a = recs[("cfmod_jax", s)]
-      row = (f"| {s} | {a['channels']} | {a['hybrids']} | {a['seconds']:.2f} | "
-             f"{recs[('torch', s)]['seconds']:.1f} | ")
+      row = (
+        f"| {s} | {a['channels']} | {a['hybrids']} | {a['seconds']:.2f} | "
+        f"{recs[('torch', s)]['seconds']:.1f} | "
+      )
       if has_naive:
         row += f"{recs[('naive_jax', s)]['seconds']:.1f} | "
       row += f"{tg['speedup_vs_torch'][s]:.1f}× | "
@@ -661,43 +801,60 @@ def markdown_table(results: dict) -> str:
     if has_naive:
       geo += f", vs naive JAX: {tg['geomean_speedup_vs_naive_jax']:.1f}×"
     lines += ["", geo + "."]
-  lines += ["", "| site | contender | seconds | CPU s | compile s | hybrids/s | useful GFLOP/s | "
-            "% of peak | peak RSS MiB (workload) | max abs diff vs cfmod_jax |",
-            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+  lines += [
+    "",
+    "| site | contender | seconds | CPU s | compile s | hybrids/s | useful GFLOP/s | "
+    "% of peak | peak RSS MiB (workload) | max abs diff vs cfmod_jax |",
+    "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+  ]
   for s in cfg["sites"]:
     for c in cfg["contenders"]:
       r = recs[(c, s)]
       comp = "—" if r["compile_seconds"] is None else f"{r['compile_seconds']:.1f}"
-      diff = ("—" if r.get("max_abs_diff_vs_cfmod_jax") is None or c == "cfmod_jax"
-              else f"{r['max_abs_diff_vs_cfmod_jax']:.1e}")
-      lines.append(f"| {s} | {c} | {r['seconds']:.2f} | {r['cpu_seconds']:.1f} | {comp} | "
-                   f"{r['hybrids_per_s']:.0f} | "
-                   f"{r['useful_gflops']:.1f} | {100 * r['fraction_of_peak']:.0f}% | "
-                   f"{r['peak_rss_mib']:.0f} ({r['workload_rss_mib']:.0f}) | {diff} |")
-  lines += ["", "Seconds exclude compilation (each contender warms up first; JAX compile times "
-            "in their own column; CPU s: user + system time of the timed run over all "
-            "threads, at most cores × seconds — less when the run could not use every core, "
-            "e.g. because other processes held one). Useful FLOPs = "
-            "N·(2·F_prefix + (C + 1)·F_suffix), with F_prefix / F_suffix the per-image FLOPs of the prefix (latent → site) and suffix "
-            "(site → image) from XLA's cost analysis; % of peak = useful GFLOP/s ÷ the best "
-            "float32 matmul GFLOP/s of this run (jax or torch); compute floor = useful FLOPs ÷ "
-            "that peak. cfmod_jax's linear path skips most of the first layer after the site, so "
-            "it can beat the floor (< 1). Peak RSS: high-water mark of a fresh process per row "
-            "(VmHWM); in brackets, the part added by the workload (incl. XLA compilation)."]
+      diff = (
+        "—"
+        if r.get("max_abs_diff_vs_cfmod_jax") is None or c == "cfmod_jax"
+        else f"{r['max_abs_diff_vs_cfmod_jax']:.1e}"
+      )
+      lines.append(
+        f"| {s} | {c} | {r['seconds']:.2f} | {r['cpu_seconds']:.1f} | {comp} | "
+        f"{r['hybrids_per_s']:.0f} | "
+        f"{r['useful_gflops']:.1f} | {100 * r['fraction_of_peak']:.0f}% | "
+        f"{r['peak_rss_mib']:.0f} ({r['workload_rss_mib']:.0f}) | {diff} |"
+      )
+  lines += [
+    "",
+    "Seconds exclude compilation (each contender warms up first; JAX compile times "
+    "in their own column; CPU s: user + system time of the timed run over all "
+    "threads, at most cores × seconds — less when the run could not use every core, "
+    "e.g. because other processes held one). Useful FLOPs = "
+    "N·(2·F_prefix + (C + 1)·F_suffix), with F_prefix / F_suffix the per-image FLOPs of the prefix (latent → site) and suffix "
+    "(site → image) from XLA's cost analysis; % of peak = useful GFLOP/s ÷ the best "
+    "float32 matmul GFLOP/s of this run (jax or torch); compute floor = useful FLOPs ÷ "
+    "that peak. cfmod_jax's linear path skips most of the first layer after the site, so "
+    "it can beat the floor (< 1). Peak RSS: high-water mark of a fresh process per row "
+    "(VmHWM); in brackets, the part added by the workload (incl. XLA compilation).",
+  ]
   mem = results.get("memory_check")
   if mem:
     runs = mem["runs"]
-    lines += ["", f"Memory flatness (cfmod_jax, {mem['site']}): peak RSS "
-              + ", ".join(f"N={m['n_pairs']}: {m['peak_rss_mib']:.0f} MiB "
-                          f"(workload {m['workload_rss_mib']:.0f})" for m in runs)
-              + f" → ratio {mem['ratio']:.2f} "
-              + ("(within 1.2×)." if mem["flat_within_1.2x"] else "(NOT within 1.2×).")]
+    lines += [
+      "",
+      f"Memory flatness (cfmod_jax, {mem['site']}): peak RSS "
+      + ", ".join(
+        f"N={m['n_pairs']}: {m['peak_rss_mib']:.0f} MiB (workload {m['workload_rss_mib']:.0f})"
+        for m in runs
+      )
+      + f" → ratio {mem['ratio']:.2f} "
+      + ("(within 1.2×)." if mem["flat_within_1.2x"] else "(NOT within 1.2×)."),
+    ]
   return "\n".join(lines) + "\n"
 
 
 def plot(results: dict, path: str) -> None:
   """Two panels: seconds per site (log scale) and useful GFLOP/s vs the matmul peaks."""
   import matplotlib
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
@@ -721,8 +878,9 @@ def plot(results: dict, path: str) -> None:
   axes[1].set_title("useful throughput vs float32 matmul peak")
   for f, style in (("jax", "--"), ("torch", ":")):
     if f in results["matmul"]["peak_gflops"]:
-      axes[1].axhline(results["matmul"]["peak_gflops"][f], color="k", ls=style,
-                      label=f"{f} matmul peak")
+      axes[1].axhline(
+        results["matmul"]["peak_gflops"][f], color="k", ls=style, label=f"{f} matmul peak"
+      )
   handles, labels = axes[1].get_legend_handles_labels()
   fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
   fig.tight_layout(rect=(0, 0.07, 1, 1))

@@ -11,7 +11,7 @@ No reuse of the prefix across channels, no batching over channels, no linearity.
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -33,9 +33,17 @@ def channel_sum_fn(gen: Generator, site: str) -> Callable:
   return jax.jit(fn)
 
 
-def naive_eims(gen: Generator, site: str, z1, z2, *, pair_chunk: int = 128,
-               channels=None, progress: Callable[[int], None] | None = None,
-               timings: dict | None = None) -> np.ndarray:
+def naive_eims(
+  gen: Generator,
+  site: str,
+  z1,
+  z2,
+  *,
+  pair_chunk: int = 128,
+  channels=None,
+  progress: Callable[[int], None] | None = None,
+  timings: dict | None = None,
+) -> np.ndarray:
   """EIMs ``[C', H, W] float32`` by one jitted forward pass per channel (and pair chunk).
 
   ``timings``, if given, receives ``compile_s``: time spent getting the per-channel
@@ -46,16 +54,17 @@ def naive_eims(gen: Generator, site: str, z1, z2, *, pair_chunk: int = 128,
   n = z1.shape[0]
   c_all = gen.site_shape(site)[-1]
   chans = list(range(c_all)) if channels is None else list(channels)
-  prefix = gen.jitted(("naive_prefix", site), lambda: jax.jit(
-      lambda v, z: gen.prefix(v, z, site)))
+  prefix = gen.jitted(("naive_prefix", site), lambda: jax.jit(lambda v, z: gen.prefix(v, z, site)))
   generate = gen.jitted("naive_generate", lambda: jax.jit(gen.generate))
   acc = np.zeros((len(chans), *gen.image_shape[:2]), np.float32)
   for lo in range(0, n, pair_chunk):
-    a, b = jnp.asarray(z1[lo:lo + pair_chunk]), jnp.asarray(z2[lo:lo + pair_chunk])
+    a, b = jnp.asarray(z1[lo : lo + pair_chunk]), jnp.asarray(z2[lo : lo + pair_chunk])
     a2, x1 = prefix(gen.variables, b), generate(gen.variables, a)
     t0 = time.perf_counter()  # compiled once per site and batch size, cached on `gen`
-    fn = gen.jitted(("naive_channel_sum", site, a.shape[0]), lambda: channel_sum_fn(
-        gen, site).lower(gen.variables, a, a2, x1, jnp.int32(0)).compile())
+    fn = gen.jitted(
+      ("naive_channel_sum", site, a.shape[0]),
+      lambda: channel_sum_fn(gen, site).lower(gen.variables, a, a2, x1, jnp.int32(0)).compile(),  # noqa: B023 (called at once)
+    )
     if timings is not None:
       timings["compile_s"] = timings.get("compile_s", 0.0) + time.perf_counter() - t0
     for j, c in enumerate(chans):

@@ -22,7 +22,8 @@ package (`cfmod_jax.bench`) imports torch.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -40,12 +41,17 @@ class TorchDCGAN(nn.Module):
     self.latent_dim, self.width = latent_dim, width
     self.project = nn.Linear(latent_dim, 16 * 8 * w, bias=False)
     chans = [8 * w, 4 * w, 2 * w, w]
-    self.stages = nn.ModuleList([nn.Sequential(Reshape(8 * w), nn.BatchNorm2d(8 * w, eps=BN_EPS),
-                                               nn.ReLU())])
+    self.stages = nn.ModuleList(
+      [nn.Sequential(Reshape(8 * w), nn.BatchNorm2d(8 * w, eps=BN_EPS), nn.ReLU())]
+    )
     for cin, cout in zip(chans[:-1], chans[1:]):
-      self.stages.append(nn.Sequential(
+      self.stages.append(
+        nn.Sequential(
           nn.ConvTranspose2d(cin, cout, 4, 2, 1, bias=False),
-          nn.BatchNorm2d(cout, eps=BN_EPS), nn.ReLU()))
+          nn.BatchNorm2d(cout, eps=BN_EPS),
+          nn.ReLU(),
+        )
+      )
     self.stages.append(nn.Sequential(nn.ConvTranspose2d(w, 3, 4, 2, 1, bias=True), nn.Tanh()))
     self.site_names = tuple(f"block{i + 1}" for i in range(4))
 
@@ -63,7 +69,7 @@ class TorchDCGAN(nn.Module):
   def prefix(self, z: torch.Tensor, site: str) -> torch.Tensor:
     """Activations at ``site``, ``[N, C, H, W]``."""
     x = self.project(z)
-    for stage in self.stages[:self.site_names.index(site) + 1]:
+    for stage in self.stages[: self.site_names.index(site) + 1]:
       x = stage(x)
     return x
 
@@ -136,9 +142,16 @@ class _ChannelSwap:
     return output
 
 
-def hook_eims(model: TorchDCGAN, site: str, z1: np.ndarray, z2: np.ndarray, *,
-              pair_chunk: int = 128, channels: Sequence[int] | None = None,
-              progress: Callable[[int], None] | None = None) -> np.ndarray:
+def hook_eims(
+  model: TorchDCGAN,
+  site: str,
+  z1: np.ndarray,
+  z2: np.ndarray,
+  *,
+  pair_chunk: int = 128,
+  channels: Sequence[int] | None = None,
+  progress: Callable[[int], None] | None = None,
+) -> np.ndarray:
   """Elementary influence maps with a forward hook, one channel at a time.
 
   For each chunk of pairs: z2's activations at the site and G(z1) are computed
@@ -166,7 +179,7 @@ def hook_eims(model: TorchDCGAN, site: str, z1: np.ndarray, z2: np.ndarray, *,
       chans = list(range(c_all)) if channels is None else list(channels)
       acc = torch.zeros(len(chans), 64, 64)
       for lo in range(0, n, pair_chunk):
-        a, b = z1t[lo:lo + pair_chunk], z2t[lo:lo + pair_chunk]
+        a, b = z1t[lo : lo + pair_chunk], z2t[lo : lo + pair_chunk]
         swap.channel = None
         swap.donor = model.prefix(b, site)
         x1 = model(a)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -12,16 +13,20 @@ import numpy as np
 
 from cfmod_jax._validate import check_seed
 from cfmod_jax.generator import Generator
-from cfmod_jax.models.biggan import (BigGANDeep, biggan_generator, load_biggan,
-                                     sample_latents_for_classes)
 from cfmod_jax.models.began import BEGANDiscriminator, BEGANGenerator
+from cfmod_jax.models.biggan import (
+  BigGANDeep,
+  biggan_generator,
+  load_biggan,
+  sample_latents_for_classes,
+)
 from cfmod_jax.models.dcgan import DCGANGenerator
 from cfmod_jax.models.vae import BetaVAE, VAEDecoder, decoder_variables
 
 ARCHITECTURES = {
-    "dcgan": DCGANGenerator,
-    "vae": VAEDecoder,
-    "began": BEGANGenerator,
+  "dcgan": DCGANGenerator,
+  "vae": VAEDecoder,
+  "began": BEGANGenerator,
 }
 BUILTIN_ARCHITECTURES = tuple(ARCHITECTURES)
 
@@ -30,6 +35,7 @@ BUILTIN_ARCHITECTURES = tuple(ARCHITECTURES)
 class _Registered:
   """A user architecture: ``build_fn(**kwargs)`` returns the Linen module;
   ``to_generator(module, variables, name=...)`` makes the `Generator`."""
+
   build_fn: Callable[..., nn.Module]
   to_generator: Callable[..., Generator] | None = None
 
@@ -43,9 +49,13 @@ def architectures() -> list[str]:
   return sorted({*ARCHITECTURES, *_REGISTRY})
 
 
-def register_architecture(name: str, build_fn: Callable[..., nn.Module], *,
-                          to_generator: Callable[..., Generator] | None = None,
-                          replace: bool = False) -> None:
+def register_architecture(
+  name: str,
+  build_fn: Callable[..., nn.Module],
+  *,
+  to_generator: Callable[..., Generator] | None = None,
+  replace: bool = False,
+) -> None:
   """Makes the architecture ``name`` known to `build_module`, `init_generator`
   and `cfmod_jax.load_generator` (checkpoints whose ``checkpoint.json`` has
   ``"arch": name``).
@@ -64,29 +74,38 @@ def register_architecture(name: str, build_fn: Callable[..., nn.Module], *,
       shipped name, or a ``build_fn`` / ``to_generator`` that is not callable.
   """
   if not isinstance(name, str) or not name or ":" in name or name != name.strip():
-    raise ValueError(f"name must be a non-empty string without ':' or surrounding spaces, "
-                     f"got {name!r}")
+    raise ValueError(
+      f"name must be a non-empty string without ':' or surrounding spaces, got {name!r}"
+    )
   if name in ARCHITECTURES:
-    raise ValueError(f"name={name!r} is a shipped architecture and cannot be replaced; "
-                     f"registered so far: {architectures()}")
+    raise ValueError(
+      f"name={name!r} is a shipped architecture and cannot be replaced; "
+      f"registered so far: {architectures()}"
+    )
   if name in _REGISTRY and not replace:
-    raise ValueError(f"name={name!r} is already registered (by "
-                     f"{_describe(_REGISTRY[name].build_fn)}); pass replace=True to replace "
-                     f"it, or choose another name; registered so far: {architectures()}")
+    raise ValueError(
+      f"name={name!r} is already registered (by "
+      f"{_describe(_REGISTRY[name].build_fn)}); pass replace=True to replace "
+      f"it, or choose another name; registered so far: {architectures()}"
+    )
   if not callable(build_fn):
-    raise ValueError(f"build_fn must be callable (kwargs -> flax.linen.Module), got "
-                     f"{type(build_fn).__name__}")
+    raise ValueError(
+      f"build_fn must be callable (kwargs -> flax.linen.Module), got {type(build_fn).__name__}"
+    )
   if to_generator is not None and not callable(to_generator):
-    raise ValueError(f"to_generator must be callable ((module, variables, name=...) -> "
-                     f"Generator) or None, got {type(to_generator).__name__}")
+    raise ValueError(
+      f"to_generator must be callable ((module, variables, name=...) -> "
+      f"Generator) or None, got {type(to_generator).__name__}"
+    )
   _REGISTRY[name] = _Registered(build_fn, to_generator)
 
 
 def unregister_architecture(name: str) -> None:
   """Removes an architecture added with `register_architecture` (tests, notebooks)."""
   if name not in _REGISTRY:
-    raise ValueError(f"name={name!r} is not a registered architecture; registered: "
-                     f"{sorted(_REGISTRY)}")
+    raise ValueError(
+      f"name={name!r} is not a registered architecture; registered: {sorted(_REGISTRY)}"
+    )
   del _REGISTRY[name]
 
 
@@ -96,12 +115,15 @@ def _describe(fn) -> str:
 
 def _check_arch(arch) -> None:
   if not isinstance(arch, str) or (arch not in ARCHITECTURES and arch not in _REGISTRY):
-    raise ValueError(f"arch={arch!r} is unknown; expected one of {architectures()} "
-                     "(add your own with cfmod_jax.register_architecture(name, build_fn))")
+    raise ValueError(
+      f"arch={arch!r} is unknown; expected one of {architectures()} "
+      "(add your own with cfmod_jax.register_architecture(name, build_fn))"
+    )
 
 
-def make_generator(arch: str, module: nn.Module, variables: Any, *, name: str,
-                   **metadata) -> Generator:
+def make_generator(
+  arch: str, module: nn.Module, variables: Any, *, name: str, **metadata
+) -> Generator:
   """The `Generator` of a module of architecture ``arch`` built by `build_module`
   (a `StagedGenerator`, or a registered architecture's ``to_generator``).
   ``metadata``: `Generator`'s ``dataset``/``code_version``, set as attributes."""
@@ -111,8 +133,9 @@ def make_generator(arch: str, module: nn.Module, variables: Any, *, name: str,
     return Generator(module, variables, name=name, **metadata)
   gen = reg.to_generator(module, variables, name=name)
   if not isinstance(gen, Generator):
-    raise ValueError(f"to_generator of arch={arch!r} must return a cfmod_jax.Generator, got "
-                     f"{type(gen).__name__}")
+    raise ValueError(
+      f"to_generator of arch={arch!r} must return a cfmod_jax.Generator, got {type(gen).__name__}"
+    )
   for key, value in metadata.items():
     if value is not None:
       setattr(gen, key, value)
@@ -125,8 +148,10 @@ def _check_kwargs(arch: str, cls, kwargs) -> dict:
   fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in ("parent", "name")}
   unknown = sorted(set(kwargs) - set(fields))
   if unknown:
-    raise ValueError(f"unknown argument(s) {', '.join(unknown)} for arch={arch!r}; valid: "
-                     f"{', '.join(sorted(fields))}")
+    raise ValueError(
+      f"unknown argument(s) {', '.join(unknown)} for arch={arch!r}; valid: "
+      f"{', '.join(sorted(fields))}"
+    )
   out = {}
   for k, v in kwargs.items():
     default = fields[k].default
@@ -157,8 +182,10 @@ def build_module(arch: str, **kwargs):
     except TypeError as e:  # e.g. an unexpected keyword argument
       raise ValueError(f"cannot build arch={arch!r} with kwargs {kwargs}: {e}") from e
     if not isinstance(module, nn.Module):
-      raise ValueError(f"the build_fn of arch={arch!r} must return a flax.linen Module, got "
-                       f"{type(module).__name__}")
+      raise ValueError(
+        f"the build_fn of arch={arch!r} must return a flax.linen Module, got "
+        f"{type(module).__name__}"
+      )
     return module
   cls = ARCHITECTURES[arch]
   return cls(**_check_kwargs(arch, cls, kwargs))
@@ -171,15 +198,31 @@ def init_generator(arch: str, seed: int = 0, **kwargs) -> Generator:
   module = build_module(arch, **kwargs)
   shape = getattr(module, "latent_shape", None)
   if shape is None:
-    raise ValueError(f"init_generator needs the module of arch={arch!r} to have a "
-                     "latent_shape attribute (the shape of one latent code)")
+    raise ValueError(
+      f"init_generator needs the module of arch={arch!r} to have a "
+      "latent_shape attribute (the shape of one latent code)"
+    )
   z = jnp.zeros((1, *shape), jnp.float32)
   variables = jax.jit(module.init)(jax.random.key(seed), z)
   return make_generator(arch, module, variables, name=f"{arch}-random")
 
 
-__all__ = ["ARCHITECTURES", "architectures", "make_generator", "register_architecture",
-           "unregister_architecture", "BEGANDiscriminator", "BEGANGenerator", "BetaVAE", "BigGANDeep",
-           "biggan_generator", "load_biggan", "sample_latents_for_classes",
-           "DCGANGenerator", "VAEDecoder", "build_module", "decoder_variables",
-           "init_generator"]
+__all__ = [
+  "ARCHITECTURES",
+  "architectures",
+  "make_generator",
+  "register_architecture",
+  "unregister_architecture",
+  "BEGANDiscriminator",
+  "BEGANGenerator",
+  "BetaVAE",
+  "BigGANDeep",
+  "biggan_generator",
+  "load_biggan",
+  "sample_latents_for_classes",
+  "DCGANGenerator",
+  "VAEDecoder",
+  "build_module",
+  "decoder_variables",
+  "init_generator",
+]

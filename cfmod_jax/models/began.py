@@ -34,6 +34,7 @@ class ConvPair(SplitStage):
   ``pre`` = upsampling + first convolution (linear in the input). With
   ``batch_norm`` the convolutions have no bias (BatchNorm's shift replaces it).
   """
+
   features: int
   upsample: bool
   batch_norm: bool = False
@@ -78,7 +79,6 @@ class BEGANProject(nn.Module):
 
 
 class BEGANToRGB(SplitStage):
-
   def setup(self):
     self.conv = Conv(3, (3, 3))
 
@@ -94,6 +94,7 @@ class BEGANToRGB(SplitStage):
 
 class BEGANGenerator(VectorLatentGenerator):
   """BEGAN decoder-style generator at 64×64 (``batch_norm``: see the module doc)."""
+
   latent_dim: int = 64
   width: int = 64
   batch_norm: bool = False
@@ -115,12 +116,18 @@ class BEGANGenerator(VectorLatentGenerator):
 
   def setup(self):
     n, bn = self.width, self.batch_norm
-    self.stages = [BEGANProject(n, bn), ConvPair(n, True, bn), ConvPair(n, True, bn),
-                   ConvPair(n, True, bn), BEGANToRGB()]
+    self.stages = [
+      BEGANProject(n, bn),
+      ConvPair(n, True, bn),
+      ConvPair(n, True, bn),
+      ConvPair(n, True, bn),
+      BEGANToRGB(),
+    ]
 
 
 class BEGANEncoder(nn.Module):
   """Encoder half of BEGAN's discriminator autoencoder: image → [N, latent_dim]."""
+
   latent_dim: int = 64
   width: int = 64
 
@@ -140,6 +147,7 @@ class BEGANEncoder(nn.Module):
 
 class BEGANDiscriminator(nn.Module):
   """BEGAN's discriminator: an autoencoder; its decoder mirrors the generator."""
+
   latent_dim: int = 64
   width: int = 64
 

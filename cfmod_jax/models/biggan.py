@@ -43,7 +43,8 @@ import dataclasses
 import json
 import math
 import os
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -65,6 +66,7 @@ class BigGANConfig:
   ``ch·out_mult`` channels. ``class_embed_dim`` is informational: as in the
   PyTorch port, the class embedding has ``z_dim`` features.
   """
+
   output_dim: int = 256
   z_dim: int = 128
   class_embed_dim: int = 128
@@ -76,36 +78,48 @@ class BigGANConfig:
   n_stats: int = 51
 
   def __post_init__(self):
-    object.__setattr__(self, "layers", tuple(
-        (bool(u), int(i), int(o)) for u, i, o in self.layers))
+    object.__setattr__(self, "layers", tuple((bool(u), int(i), int(o)) for u, i, o in self.layers))
     problems = []
     if not self.layers:
       problems.append("layers is empty")
     else:
       if self.layers[0][1] != 16:
-        problems.append("layers[0] must take 16·channel_width channels (the 4×4×16ch "
-                        f"projection), got in_mult={self.layers[0][1]}")
+        problems.append(
+          "layers[0] must take 16·channel_width channels (the 4×4×16ch "
+          f"projection), got in_mult={self.layers[0][1]}"
+        )
       if self.layers[-1][2] != 1:
-        problems.append(f"the last layer must output channel_width channels, got "
-                        f"out_mult={self.layers[-1][2]}")
+        problems.append(
+          f"the last layer must output channel_width channels, got out_mult={self.layers[-1][2]}"
+        )
       for i, (_, cin, cout) in enumerate(self.layers):
         if i and cin != self.layers[i - 1][2]:
-          problems.append(f"layers[{i}] takes in_mult={cin} but layers[{i - 1}] gives "
-                          f"{self.layers[i - 1][2]}")
-        if cout not in (cin, cin // 2) or cin * self.channel_width < 4 or \
-            (cin * self.channel_width) % 4:
-          problems.append(f"layers[{i}]={(cin, cout)}: out_mult must equal in_mult or "
-                          "in_mult/2 and ch·in_mult must be a positive multiple of 4")
+          problems.append(
+            f"layers[{i}] takes in_mult={cin} but layers[{i - 1}] gives {self.layers[i - 1][2]}"
+          )
+        if (
+          cout not in (cin, cin // 2)
+          or cin * self.channel_width < 4
+          or (cin * self.channel_width) % 4
+        ):
+          problems.append(
+            f"layers[{i}]={(cin, cout)}: out_mult must equal in_mult or "
+            "in_mult/2 and ch·in_mult must be a positive multiple of 4"
+          )
       if not 0 <= self.attention_layer_position < len(self.layers):
-        problems.append(f"attention_layer_position={self.attention_layer_position} is not "
-                        f"in [0, {len(self.layers)})")
+        problems.append(
+          f"attention_layer_position={self.attention_layer_position} is not "
+          f"in [0, {len(self.layers)})"
+        )
       elif (self.channel_width * self.layers[self.attention_layer_position][1]) % 8:
         problems.append("the self-attention input must have a multiple of 8 channels")
       elif self.resolutions[self.attention_layer_position] % 2:
         problems.append("the self-attention input must have an even resolution")
       if self.resolution != self.output_dim:
-        problems.append(f"output_dim={self.output_dim} but the layers produce "
-                        f"{self.resolution}×{self.resolution} images")
+        problems.append(
+          f"output_dim={self.output_dim} but the layers produce "
+          f"{self.resolution}×{self.resolution} images"
+        )
     if self.n_stats < 2:
       problems.append(f"n_stats must be ≥ 2, got {self.n_stats}")
     if min(self.z_dim, self.channel_width, self.num_classes) < 1:
@@ -137,7 +151,7 @@ class BigGANConfig:
     return d
 
   @classmethod
-  def from_dict(cls, d: Mapping[str, Any]) -> "BigGANConfig":
+  def from_dict(cls, d: Mapping[str, Any]) -> BigGANConfig:
     """From a dict such as the package's ``config.json`` (unknown keys rejected)."""
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(d) - names)
@@ -154,19 +168,29 @@ def _deep_layers(n_blocks_at: Sequence[tuple[int, int]]):
   return tuple(layers)
 
 
-_BASE = dict(z_dim=128, class_embed_dim=128, channel_width=128, num_classes=1000,
-             attention_layer_position=8, eps=1e-4, n_stats=51)
+_BASE = dict(
+  z_dim=128,
+  class_embed_dim=128,
+  channel_width=128,
+  num_classes=1000,
+  attention_layer_position=8,
+  eps=1e-4,
+  n_stats=51,
+)
 CONFIGS: dict[str, BigGANConfig] = {
-    "biggan-deep-128": BigGANConfig(
-        output_dim=128, layers=_deep_layers([(16, 16), (16, 8), (8, 4), (4, 2), (2, 1)]),
-        **_BASE),
-    "biggan-deep-256": BigGANConfig(
-        output_dim=256,
-        layers=_deep_layers([(16, 16), (16, 8), (8, 8), (8, 4), (4, 2), (2, 1)]), **_BASE),
-    "biggan-deep-512": BigGANConfig(
-        output_dim=512,
-        layers=_deep_layers([(16, 16), (16, 8), (8, 8), (8, 4), (4, 2), (2, 1), (1, 1)]),
-        **_BASE),
+  "biggan-deep-128": BigGANConfig(
+    output_dim=128, layers=_deep_layers([(16, 16), (16, 8), (8, 4), (4, 2), (2, 1)]), **_BASE
+  ),
+  "biggan-deep-256": BigGANConfig(
+    output_dim=256,
+    layers=_deep_layers([(16, 16), (16, 8), (8, 8), (8, 4), (4, 2), (2, 1)]),
+    **_BASE,
+  ),
+  "biggan-deep-512": BigGANConfig(
+    output_dim=512,
+    layers=_deep_layers([(16, 16), (16, 8), (8, 8), (8, 4), (4, 2), (2, 1), (1, 1)]),
+    **_BASE,
+  ),
 }
 
 
@@ -209,16 +233,19 @@ def class_vectors(classes, num_classes: int) -> np.ndarray:
       raise ValueError("classes is empty: need at least one class")
     bad = arr[(arr < 0) | (arr >= num_classes)]
     if bad.size:
-      raise ValueError(f"class indices must lie in [0, {num_classes}), got "
-                       f"{sorted(set(bad.tolist()))[:10]}")
+      raise ValueError(
+        f"class indices must lie in [0, {num_classes}), got {sorted(set(bad.tolist()))[:10]}"
+      )
     return np.eye(num_classes, dtype=np.float32)[arr]
   if arr.ndim == 2 and arr.shape[1] == num_classes and np.issubdtype(arr.dtype, np.number):
     arr = arr.astype(np.float32)
     if arr.shape[0] == 0 or not np.all(np.isfinite(arr)) or arr.min() < 0:
       raise ValueError("class vectors must be finite, non-negative and non-empty")
     return arr
-  raise ValueError(f"classes must be integer indices [N] or class vectors [N, {num_classes}],"
-                   f" got shape {arr.shape} dtype {arr.dtype}")
+  raise ValueError(
+    f"classes must be integer indices [N] or class vectors [N, {num_classes}],"
+    f" got shape {arr.shape} dtype {arr.dtype}"
+  )
 
 
 # ---- latents -------------------------------------------------------------------------
@@ -245,8 +272,9 @@ def split_latents(latents, z_dim: int) -> tuple[jax.Array, jax.Array]:
   return latents[:, :z_dim], latents[:, z_dim:]
 
 
-def sample_latents_for_classes(key: jax.Array, classes, truncation: float = 0.4,
-                               config: str | BigGANConfig = "biggan-deep-256") -> jax.Array:
+def sample_latents_for_classes(
+  key: jax.Array, classes, truncation: float = 0.4, config: str | BigGANConfig = "biggan-deep-256"
+) -> jax.Array:
   """Latents ``[N, z_dim + num_classes]`` with truncated noise for given classes.
 
   Args:
@@ -271,13 +299,16 @@ def _interpolated_stats(means, variances, truncation: float, n_stats: int):
   start = int(start)
   if coef == 0.0:
     return means[start], variances[start]
-  return (means[start] * coef + means[start + 1] * (1 - coef),
-          variances[start] * coef + variances[start + 1] * (1 - coef))
+  return (
+    means[start] * coef + means[start + 1] * (1 - coef),
+    variances[start] * coef + variances[start + 1] * (1 - coef),
+  )
 
 
 class ConditionalBatchNorm(nn.Module):
   """BatchNorm with standing statistics per truncation and a (z, class)-dependent
   gain ``1 + cond @ scale`` and bias ``cond @ offset``. Inference only."""
+
   features: int
   n_stats: int
   eps: float
@@ -285,20 +316,19 @@ class ConditionalBatchNorm(nn.Module):
 
   @nn.compact
   def __call__(self, x, cond):
-    means = self.variable("batch_stats", "running_means", jnp.zeros,
-                          (self.n_stats, self.features))
-    variances = self.variable("batch_stats", "running_vars", jnp.ones,
-                              (self.n_stats, self.features))
-    mean, var = _interpolated_stats(means.value, variances.value, self.truncation,
-                                    self.n_stats)
+    means = self.variable("batch_stats", "running_means", jnp.zeros, (self.n_stats, self.features))
+    variances = self.variable(
+      "batch_stats", "running_vars", jnp.ones, (self.n_stats, self.features)
+    )
+    mean, var = _interpolated_stats(means.value, variances.value, self.truncation, self.n_stats)
     gain = 1.0 + nn.Dense(self.features, use_bias=False, name="scale")(cond)
     bias = nn.Dense(self.features, use_bias=False, name="offset")(cond)
-    return ((x - mean) / jnp.sqrt(var + self.eps) * gain[:, None, None, :]
-            + bias[:, None, None, :])
+    return (x - mean) / jnp.sqrt(var + self.eps) * gain[:, None, None, :] + bias[:, None, None, :]
 
 
 class BatchNorm(nn.Module):
   """Unconditional BatchNorm with standing statistics per truncation."""
+
   features: int
   n_stats: int
   eps: float
@@ -306,12 +336,11 @@ class BatchNorm(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    means = self.variable("batch_stats", "running_means", jnp.zeros,
-                          (self.n_stats, self.features))
-    variances = self.variable("batch_stats", "running_vars", jnp.ones,
-                              (self.n_stats, self.features))
-    mean, var = _interpolated_stats(means.value, variances.value, self.truncation,
-                                    self.n_stats)
+    means = self.variable("batch_stats", "running_means", jnp.zeros, (self.n_stats, self.features))
+    variances = self.variable(
+      "batch_stats", "running_vars", jnp.ones, (self.n_stats, self.features)
+    )
+    mean, var = _interpolated_stats(means.value, variances.value, self.truncation, self.n_stats)
     scale = self.param("scale", nn.initializers.ones, (self.features,))
     bias = self.param("bias", nn.initializers.zeros, (self.features,))
     return (x - mean) * (scale / jnp.sqrt(var + self.eps)) + bias
@@ -319,8 +348,9 @@ class BatchNorm(nn.Module):
 
 def _conv(features, kernel, use_bias=True, name=None):
   pad = kernel // 2
-  return nn.Conv(features, (kernel, kernel), padding=((pad, pad), (pad, pad)),
-                 use_bias=use_bias, name=name)
+  return nn.Conv(
+    features, (kernel, kernel), padding=((pad, pad), (pad, pad)), use_bias=use_bias, name=name
+  )
 
 
 class SelfAttention(nn.Module):
@@ -344,6 +374,7 @@ class GenBlock(nn.Module):
   """BigGAN-deep residual block: bottleneck ``in/4`` channels, 4 × (cond BN, ReLU,
   conv 1×1 | 3×3 | 3×3 | 1×1), ×2 nearest upsampling before the first 3×3; the
   skip path keeps the first ``out`` channels (when ``out < in``) and upsamples."""
+
   in_features: int
   out_features: int
   upsample: bool
@@ -354,8 +385,9 @@ class GenBlock(nn.Module):
   @nn.compact
   def __call__(self, x, cond):
     mid = self.in_features // 4
-    bn = lambda f, i: ConditionalBatchNorm(f, self.n_stats, self.eps, self.truncation,
-                                           name=f"bn_{i}")
+    bn = lambda f, i: ConditionalBatchNorm(
+      f, self.n_stats, self.eps, self.truncation, name=f"bn_{i}"
+    )
     h = _conv(mid, 1, name="conv_0")(nn.relu(bn(self.in_features, 0)(x, cond)))
     h = nn.relu(bn(mid, 1)(h, cond))
     if self.upsample:
@@ -373,6 +405,7 @@ class GenBlock(nn.Module):
 
 class BlockStage(nn.Module):
   """One stage: (self-attention, if it sits here) then a residual block."""
+
   in_features: int
   out_features: int
   upsample: bool
@@ -385,23 +418,33 @@ class BlockStage(nn.Module):
   def __call__(self, x, cond):
     if self.attention:
       x = SelfAttention(name="attention")(x)
-    return GenBlock(self.in_features, self.out_features, self.upsample, self.n_stats,
-                    self.eps, self.truncation, name="block")(x, cond)
+    return GenBlock(
+      self.in_features,
+      self.out_features,
+      self.upsample,
+      self.n_stats,
+      self.eps,
+      self.truncation,
+      name="block",
+    )(x, cond)
 
 
 class ProjectStage(nn.Module):
   """cond ``[N, 2 z_dim]`` → ``[N, 4, 4, features]`` (dense; TF's HWC order)."""
+
   features: int
 
   @nn.compact
   def __call__(self, cond):
     return nn.Dense(4 * 4 * self.features, name="dense")(cond).reshape(
-        cond.shape[0], 4, 4, self.features)
+      cond.shape[0], 4, 4, self.features
+    )
 
 
 class OutputStage(nn.Module):
   """BN → ReLU → conv3×3 to RGB → tanh. (The port's conv has ``ch`` outputs of
   which it keeps 3; the converter keeps only those 3 filters.)"""
+
   features: int
   n_stats: int
   eps: float
@@ -409,8 +452,7 @@ class OutputStage(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    x = nn.relu(BatchNorm(self.features, self.n_stats, self.eps, self.truncation,
-                          name="bn")(x))
+    x = nn.relu(BatchNorm(self.features, self.n_stats, self.eps, self.truncation, name="bn")(x))
     return jnp.tanh(_conv(3, 3, name="conv_to_rgb")(x))
 
 
@@ -427,6 +469,7 @@ class BigGANDeep(StagedGenerator):
   ``__call__(latents [N, z_dim + num_classes], …) → [N, R, R, 3] float32`` in [-1, 1].
   Sites: ``gen_z, block0 … block{L-1}`` (see the module docstring).
   """
+
   config: BigGANConfig = CONFIGS["biggan-deep-256"]
   truncation: float = 0.4
 
@@ -444,8 +487,11 @@ class BigGANDeep(StagedGenerator):
     self.embeddings = nn.Dense(cfg.z_dim, use_bias=False)
     self.gen_z = ProjectStage(16 * ch)
     self.blocks = [
-        BlockStage(ch * cin, ch * cout, up, i == cfg.attention_layer_position, cfg.n_stats,
-                   cfg.eps, t) for i, (up, cin, cout) in enumerate(cfg.layers)]
+      BlockStage(
+        ch * cin, ch * cout, up, i == cfg.attention_layer_position, cfg.n_stats, cfg.eps, t
+      )
+      for i, (up, cin, cout) in enumerate(cfg.layers)
+    ]
     self.output = OutputStage(ch, cfg.n_stats, cfg.eps, t)
 
   @property
@@ -487,11 +533,15 @@ def _class_sampler_from(classes, num_classes):
   return lambda key, n: jax.random.choice(key, pool, (n,))
 
 
-def biggan_generator(variables, config: str | BigGANConfig = "biggan-deep-256",
-                     truncation: float = 0.4, *,
-                     class_sampler: Callable[[jax.Array, int], jax.Array] | None = None,
-                     classes: Sequence[int] | None = None,
-                     name: str | None = None) -> Generator:
+def biggan_generator(
+  variables,
+  config: str | BigGANConfig = "biggan-deep-256",
+  truncation: float = 0.4,
+  *,
+  class_sampler: Callable[[jax.Array, int], jax.Array] | None = None,
+  classes: Sequence[int] | None = None,
+  name: str | None = None,
+) -> Generator:
   """A `Generator` for BigGAN-deep variables (e.g. from `load_biggan`).
 
   Args:
@@ -519,12 +569,14 @@ def biggan_generator(variables, config: str | BigGANConfig = "biggan-deep-256",
     y = class_sampler(ky, n)
     if y.ndim == 1:
       y = jax.nn.one_hot(y, cfg.num_classes, dtype=jnp.float32)
-    return jnp.concatenate([truncated_noise(kz, n, cfg.z_dim, t),
-                            jnp.asarray(y, jnp.float32)], axis=1)
+    return jnp.concatenate(
+      [truncated_noise(kz, n, cfg.z_dim, t), jnp.asarray(y, jnp.float32)], axis=1
+    )
 
   module = BigGANDeep(cfg, t)
-  return Generator(module, variables, name=name or f"biggan-deep-{cfg.resolution}-t{t:g}",
-                   latent_sampler=sampler)
+  return Generator(
+    module, variables, name=name or f"biggan-deep-{cfg.resolution}-t{t:g}", latent_sampler=sampler
+  )
 
 
 VARIABLES_FILE = "variables.msgpack"
@@ -534,6 +586,7 @@ CONFIG_FILE = "config.json"
 def save_biggan(path: str, variables, config: str | BigGANConfig) -> None:
   """Writes ``path/variables.msgpack`` (flax.serialization) and ``path/config.json``."""
   from flax import serialization
+
   cfg = get_config(config)
   os.makedirs(path, exist_ok=True)
   state = jax.tree.map(np.asarray, variables)
@@ -549,24 +602,42 @@ def load_biggan(path: str, truncation: float = 0.4, **kwargs) -> Generator:
   ``kwargs`` go to `biggan_generator` (``class_sampler``, ``classes``, ``name``).
   """
   from flax import serialization
+
   with open(os.path.join(path, CONFIG_FILE), encoding="utf-8") as f:
     cfg = BigGANConfig.from_dict(json.load(f))
   with open(os.path.join(path, VARIABLES_FILE), "rb") as f:
     state = serialization.msgpack_restore(f.read())
-  template = jax.eval_shape(BigGANDeep(cfg).init, jax.random.key(0),
-                            jax.ShapeDtypeStruct((1, cfg.latent_dim), jnp.float32))
-  want = {jax.tree_util.keystr(k): v.shape for k, v in
-          jax.tree_util.tree_leaves_with_path(template)}
-  got = {jax.tree_util.keystr(k): np.shape(v) for k, v in
-         jax.tree_util.tree_leaves_with_path(state)}
+  template = jax.eval_shape(
+    BigGANDeep(cfg).init, jax.random.key(0), jax.ShapeDtypeStruct((1, cfg.latent_dim), jnp.float32)
+  )
+  want = {
+    jax.tree_util.keystr(k): v.shape for k, v in jax.tree_util.tree_leaves_with_path(template)
+  }
+  got = {
+    jax.tree_util.keystr(k): np.shape(v) for k, v in jax.tree_util.tree_leaves_with_path(state)
+  }
   if want != got:
     diff = sorted(k for k in set(want) | set(got) if want.get(k) != got.get(k))
-    raise ValueError(f"{path} does not hold BigGAN variables for its config; differing "
-                     f"entries: {diff[:10]}")
+    raise ValueError(
+      f"{path} does not hold BigGAN variables for its config; differing entries: {diff[:10]}"
+    )
   variables = jax.tree.map(jnp.asarray, state)
   return biggan_generator(variables, cfg, truncation, **kwargs)
 
 
-__all__ = ["BigGANConfig", "BigGANDeep", "CONFIGS", "biggan_generator", "check_truncation",
-           "class_vectors", "get_config", "init_variables", "load_biggan", "make_latents",
-           "sample_latents_for_classes", "save_biggan", "split_latents", "truncated_noise"]
+__all__ = [
+  "BigGANConfig",
+  "BigGANDeep",
+  "CONFIGS",
+  "biggan_generator",
+  "check_truncation",
+  "class_vectors",
+  "get_config",
+  "init_variables",
+  "load_biggan",
+  "make_latents",
+  "sample_latents_for_classes",
+  "save_biggan",
+  "split_latents",
+  "truncated_noise",
+]

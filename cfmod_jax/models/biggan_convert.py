@@ -22,27 +22,32 @@ PyTorch is needed only to read ``.bin``/``.pt`` files (`load_torch_state_dict`);
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
 from cfmod_jax.models.biggan import BigGANConfig, get_config, save_biggan
 
-
 # ---- the expected state dict ----------------------------------------------------------------
 
 
 def _sn(prefix: str, shape: tuple[int, ...], bias: bool) -> dict[str, tuple[int, ...]]:
-  out = {f"{prefix}.weight_orig": shape, f"{prefix}.weight_u": (shape[0],),
-         f"{prefix}.weight_v": (int(np.prod(shape[1:])),)}
+  out = {
+    f"{prefix}.weight_orig": shape,
+    f"{prefix}.weight_u": (shape[0],),
+    f"{prefix}.weight_v": (int(np.prod(shape[1:])),),
+  }
   if bias:
     out[f"{prefix}.bias"] = (shape[0],)
   return out
 
 
 def _cbn(prefix: str, features: int, cond_dim: int, n_stats: int):
-  out = {f"{prefix}.running_means": (n_stats, features),
-         f"{prefix}.running_vars": (n_stats, features)}
+  out = {
+    f"{prefix}.running_means": (n_stats, features),
+    f"{prefix}.running_vars": (n_stats, features),
+  }
   out.update(_sn(f"{prefix}.scale", (features, cond_dim), False))
   out.update(_sn(f"{prefix}.offset", (features, cond_dim), False))
   return out
@@ -65,16 +70,26 @@ def expected_state_dict_shapes(config) -> dict[str, tuple[int, ...]]:
     if i == cfg.attention_layer_position:
       p = f"generator.layers.{t - 1}"
       shapes[f"{p}.gamma"] = (1,)
-      for name, o, c in [("theta", cin // 8, cin), ("phi", cin // 8, cin),
-                         ("g", cin // 2, cin), ("o_conv", cin, cin // 2)]:
+      for name, o, c in [
+        ("theta", cin // 8, cin),
+        ("phi", cin // 8, cin),
+        ("g", cin // 2, cin),
+        ("o_conv", cin, cin // 2),
+      ]:
         shapes.update(_sn(f"{p}.snconv1x1_{name}", (o, c, 1, 1), False))
     p = f"generator.layers.{t}"
     dims = [(cin, mid, 1), (mid, mid, 3), (mid, mid, 3), (mid, cout, 1)]
     for k, (fin, fout, ks) in enumerate(dims):
       shapes.update(_cbn(f"{p}.bn_{k}", fin, cond, ns))
       shapes.update(_sn(f"{p}.conv_{k}", (fout, fin, ks, ks), True))
-  shapes.update({"generator.bn.weight": (ch,), "generator.bn.bias": (ch,),
-                 "generator.bn.running_means": (ns, ch), "generator.bn.running_vars": (ns, ch)})
+  shapes.update(
+    {
+      "generator.bn.weight": (ch,),
+      "generator.bn.bias": (ch,),
+      "generator.bn.running_means": (ns, ch),
+      "generator.bn.running_vars": (ns, ch),
+    }
+  )
   shapes.update(_sn("generator.conv_to_rgb", (ch, ch, 3, 3), True))
   return shapes
 
@@ -84,11 +99,17 @@ def check_state_dict(state_dict: Mapping[str, Any], config) -> None:
   want = expected_state_dict_shapes(config)
   missing = [k for k in want if k not in state_dict]
   unexpected = [k for k in state_dict if k not in want]
-  misshaped = [f"{k}: expected {want[k]}, got {tuple(np.shape(state_dict[k]))}"
-               for k in want if k in state_dict and tuple(np.shape(state_dict[k])) != want[k]]
+  misshaped = [
+    f"{k}: expected {want[k]}, got {tuple(np.shape(state_dict[k]))}"
+    for k in want
+    if k in state_dict and tuple(np.shape(state_dict[k])) != want[k]
+  ]
   problems = []
-  for label, items in [("missing keys", missing), ("unexpected keys", unexpected),
-                       ("mis-shaped entries", misshaped)]:
+  for label, items in [
+    ("missing keys", missing),
+    ("unexpected keys", unexpected),
+    ("mis-shaped entries", misshaped),
+  ]:
     if items:
       more = f" (and {len(items) - 10} more)" if len(items) > 10 else ""
       problems.append(f"{len(items)} {label}: {', '.join(items[:10])}{more}")
@@ -105,8 +126,9 @@ def _normalize(x: np.ndarray, eps: float) -> np.ndarray:
   return x / max(float(np.linalg.norm(x)), eps)
 
 
-def spectral_normalized(sd: Mapping[str, np.ndarray], prefix: str, eps: float,
-                        power_iterations: int = 0) -> np.ndarray:
+def spectral_normalized(
+  sd: Mapping[str, np.ndarray], prefix: str, eps: float, power_iterations: int = 0
+) -> np.ndarray:
   """``W_orig / σ`` as ``torch.nn.utils.spectral_norm`` computes it (float32).
 
   With ``power_iterations = 0`` (eval mode) ``σ = u · (W_mat v)`` from the stored
@@ -121,13 +143,13 @@ def spectral_normalized(sd: Mapping[str, np.ndarray], prefix: str, eps: float,
     u = _normalize(mat @ v, eps)
   sigma = float(u @ (mat @ v))
   if not np.isfinite(sigma) or sigma == 0.0:
-    raise ValueError(f"{prefix}: spectral norm estimate σ = {sigma}; weight_u/weight_v "
-                     "are not usable")
+    raise ValueError(
+      f"{prefix}: spectral norm estimate σ = {sigma}; weight_u/weight_v are not usable"
+    )
   return (w / sigma).astype(np.float32)
 
 
-def convert_state_dict(state_dict: Mapping[str, Any], config, *,
-                       power_iterations: int = 0) -> dict:
+def convert_state_dict(state_dict: Mapping[str, Any], config, *, power_iterations: int = 0) -> dict:
   """BigGAN-deep variables ``{'params', 'batch_stats'}`` from a PyTorch state dict.
 
   Args:
@@ -139,8 +161,10 @@ def convert_state_dict(state_dict: Mapping[str, Any], config, *,
   """
   cfg = get_config(config)
   check_state_dict(state_dict, config)
-  sd = {k: np.asarray(v.detach().cpu().numpy() if hasattr(v, "detach") else v)
-        for k, v in state_dict.items()}
+  sd = {
+    k: np.asarray(v.detach().cpu().numpy() if hasattr(v, "detach") else v)
+    for k, v in state_dict.items()
+  }
   f32 = lambda k: np.asarray(sd[k], np.float32)
   sn = lambda p: spectral_normalized(sd, p, cfg.eps, power_iterations)
 
@@ -158,31 +182,36 @@ def convert_state_dict(state_dict: Mapping[str, Any], config, *,
     return out
 
   def stats(p):
-    return {"running_means": f32(f"{p}.running_means"),
-            "running_vars": f32(f"{p}.running_vars")}
+    return {"running_means": f32(f"{p}.running_means"), "running_vars": f32(f"{p}.running_vars")}
 
-  params = {"embeddings": {"kernel": f32("embeddings.weight").T},
-            "gen_z": {"dense": dense("generator.gen_z", bias=True)}}
+  params = {
+    "embeddings": {"kernel": f32("embeddings.weight").T},
+    "gen_z": {"dense": dense("generator.gen_z", bias=True)},
+  }
   batch_stats = {}
   for i, t in enumerate(_torch_block_indices(cfg)):
     p = f"generator.layers.{t}"
     block_p, block_s = {}, {}
     for k in range(4):
-      block_p[f"bn_{k}"] = {"scale": dense(f"{p}.bn_{k}.scale"),
-                            "offset": dense(f"{p}.bn_{k}.offset")}
+      block_p[f"bn_{k}"] = {
+        "scale": dense(f"{p}.bn_{k}.scale"),
+        "offset": dense(f"{p}.bn_{k}.offset"),
+      }
       block_s[f"bn_{k}"] = stats(f"{p}.bn_{k}")
       block_p[f"conv_{k}"] = conv(f"{p}.conv_{k}")
     stage = {"block": block_p}
     if i == cfg.attention_layer_position:
       a = f"generator.layers.{t - 1}"
-      stage["attention"] = {name: conv(f"{a}.snconv1x1_{name}", bias=False)
-                            for name in ("theta", "phi", "g", "o_conv")}
+      stage["attention"] = {
+        name: conv(f"{a}.snconv1x1_{name}", bias=False) for name in ("theta", "phi", "g", "o_conv")
+      }
       stage["attention"]["gamma"] = f32(f"{a}.gamma")
     params[f"blocks_{i}"] = stage
     batch_stats[f"blocks_{i}"] = {"block": block_s}
-  params["output"] = {"bn": {"scale": f32("generator.bn.weight"),
-                             "bias": f32("generator.bn.bias")},
-                      "conv_to_rgb": conv("generator.conv_to_rgb", keep=3)}
+  params["output"] = {
+    "bn": {"scale": f32("generator.bn.weight"), "bias": f32("generator.bn.bias")},
+    "conv_to_rgb": conv("generator.conv_to_rgb", keep=3),
+  }
   batch_stats["output"] = {"bn": stats("generator.bn")}
   return {"params": params, "batch_stats": batch_stats}
 
@@ -195,8 +224,9 @@ def load_torch_state_dict(path: str) -> dict[str, np.ndarray]:
   try:
     import torch  # pylint: disable=import-outside-toplevel
   except ImportError as e:
-    raise ImportError("reading PyTorch checkpoints needs torch: pip install "
-                      "'cfmod_jax[torch]'") from e
+    raise ImportError(
+      "reading PyTorch checkpoints needs torch: pip install 'cfmod_jax[torch]'"
+    ) from e
   sd = torch.load(path, map_location="cpu", weights_only=True)
   if not isinstance(sd, Mapping):
     raise ValueError(f"{path} does not hold a state dict (got {type(sd).__name__})")
@@ -207,11 +237,18 @@ def convert_file(state_dict_path: str, config, out: str, *, power_iterations: in
   """Converts a PyTorch state dict file and writes ``out/{variables.msgpack,
   config.json}`` (load with `cfmod_jax.models.biggan.load_biggan`). Returns the
   variables."""
-  variables = convert_state_dict(load_torch_state_dict(state_dict_path), config,
-                                 power_iterations=power_iterations)
+  variables = convert_state_dict(
+    load_torch_state_dict(state_dict_path), config, power_iterations=power_iterations
+  )
   save_biggan(out, variables, config)
   return variables
 
 
-__all__ = ["check_state_dict", "convert_file", "convert_state_dict",
-           "expected_state_dict_shapes", "load_torch_state_dict", "spectral_normalized"]
+__all__ = [
+  "check_state_dict",
+  "convert_file",
+  "convert_state_dict",
+  "expected_state_dict_shapes",
+  "load_torch_state_dict",
+  "spectral_normalized",
+]

@@ -27,13 +27,15 @@ class ProjectStage(SplitStage):
 
   ``batch_norm=False`` (the β-VAE decoder) gives the dense layer a bias instead.
   """
+
   features: int
   batch_norm: bool = True
   kernel_init: nn.initializers.Initializer = _INIT
 
   def setup(self):
-    self.dense = nn.Dense(4 * 4 * self.features, use_bias=not self.batch_norm,
-                          kernel_init=self.kernel_init)
+    self.dense = nn.Dense(
+      4 * 4 * self.features, use_bias=not self.batch_norm, kernel_init=self.kernel_init
+    )
     if self.batch_norm:
       self.bn = nn.BatchNorm(momentum=_BN_MOMENTUM)
 
@@ -51,6 +53,7 @@ class UpStage(SplitStage):
 
   Without BatchNorm (``batch_norm=False`` or ``rgb``) the convolution has a bias.
   """
+
   features: int
   rgb: bool = False
   batch_norm: bool = True
@@ -61,8 +64,9 @@ class UpStage(SplitStage):
     return self.batch_norm and not self.rgb
 
   def setup(self):
-    self.conv = ConvTranspose(self.features, (4, 4), (2, 2), use_bias=not self._bn,
-                              kernel_init=self.kernel_init)
+    self.conv = ConvTranspose(
+      self.features, (4, 4), (2, 2), use_bias=not self._bn, kernel_init=self.kernel_init
+    )
     if self._bn:
       self.bn = nn.BatchNorm(momentum=_BN_MOMENTUM)
 
@@ -82,6 +86,7 @@ class UpStage(SplitStage):
 
 class DCGANGenerator(VectorLatentGenerator):
   """DCGAN-64 generator. ``width`` is the channel count of the last hidden layer."""
+
   latent_dim: int = 100
   width: int = 64
 
@@ -89,5 +94,10 @@ class DCGANGenerator(VectorLatentGenerator):
 
   def setup(self):
     w = self.width
-    self.stages = [ProjectStage(8 * w), UpStage(4 * w), UpStage(2 * w), UpStage(w),
-                   UpStage(3, rgb=True)]
+    self.stages = [
+      ProjectStage(8 * w),
+      UpStage(4 * w),
+      UpStage(2 * w),
+      UpStage(w),
+      UpStage(3, rgb=True),
+    ]

@@ -25,8 +25,13 @@ class VAEDecoder(VectorLatentGenerator):
   def setup(self):
     w, init = self.width, nn.initializers.lecun_normal()
     up = lambda f, **kw: UpStage(f, batch_norm=False, kernel_init=init, **kw)
-    self.stages = [ProjectStage(8 * w, batch_norm=False, kernel_init=init), up(4 * w),
-                   up(2 * w), up(w), up(3, rgb=True)]
+    self.stages = [
+      ProjectStage(8 * w, batch_norm=False, kernel_init=init),
+      up(4 * w),
+      up(2 * w),
+      up(w),
+      up(3, rgb=True),
+    ]
 
 
 class VAEEncoder(nn.Module):
@@ -45,6 +50,7 @@ class VAEEncoder(nn.Module):
 
 class BetaVAE(nn.Module):
   """Returns ``(reconstruction, mean, logvar)``; needs an rng named 'sample'."""
+
   latent_dim: int = 32
   width: int = 32
 

@@ -35,7 +35,7 @@ score) with given clustering settings, e.g. to validate your own settings::
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
@@ -44,10 +44,24 @@ import numpy as np
 
 from cfmod_jax.generator import Generator, StagedGenerator
 
-__all__ = ["PlantedSpec", "PlantedTruth", "VARIANTS", "variant", "tiled_regions",
-           "strip_regions", "region_masks", "planted_generator", "planted_eim_groups",
-           "score", "SITE", "OLD_SETTINGS", "NEW_SETTINGS", "run_case", "run_suite",
-           "suite_markdown"]
+__all__ = [
+  "PlantedSpec",
+  "PlantedTruth",
+  "VARIANTS",
+  "variant",
+  "tiled_regions",
+  "strip_regions",
+  "region_masks",
+  "planted_generator",
+  "planted_eim_groups",
+  "score",
+  "SITE",
+  "OLD_SETTINGS",
+  "NEW_SETTINGS",
+  "run_case",
+  "run_suite",
+  "suite_markdown",
+]
 
 #: Name of the single intervention site of a planted generator.
 SITE = "features"
@@ -72,6 +86,7 @@ class PlantedSpec:
     hidden: width of each group's path.
     noise_strength: amplitude of a noise channel's texture (relative to a path).
   """
+
   group_sizes: tuple[int, ...]
   regions: tuple[Rect, ...]
   n_noise: int = 0
@@ -87,20 +102,24 @@ class PlantedSpec:
     if len(sizes) < 1 or any(not isinstance(s, (int, np.integer)) or s < 1 for s in sizes):
       raise ValueError(f"group_sizes must be positive integers, got {self.group_sizes!r}")
     if len(self.regions) != len(sizes):
-      raise ValueError(f"regions must give one rectangle per group ({len(sizes)}), got "
-                       f"{len(self.regions)}")
+      raise ValueError(
+        f"regions must give one rectangle per group ({len(sizes)}), got {len(self.regions)}"
+      )
     for r in self.regions:
       y0, x0, y1, x1 = r
       if not (0 <= y0 < y1 <= 1 and 0 <= x0 < x1 <= 1):
-        raise ValueError(f"regions: each must be (y0, x0, y1, x1) with 0 <= y0 < y1 <= 1 "
-                         f"and 0 <= x0 < x1 <= 1, got {r!r}")
+        raise ValueError(
+          f"regions: each must be (y0, x0, y1, x1) with 0 <= y0 < y1 <= 1 "
+          f"and 0 <= x0 < x1 <= 1, got {r!r}"
+        )
     if self.n_noise < 0:
       raise ValueError(f"n_noise must be >= 0, got {self.n_noise}")
     if not 0 <= self.variation < 1:
       raise ValueError(f"variation must be in [0, 1), got {self.variation}")
     if self.image_size % self.site_size:
-      raise ValueError(f"image_size={self.image_size} must be a multiple of "
-                       f"site_size={self.site_size}")
+      raise ValueError(
+        f"image_size={self.image_size} must be a multiple of site_size={self.site_size}"
+      )
 
   @property
   def n_channels(self) -> int:
@@ -115,6 +134,7 @@ class PlantedSpec:
 class PlantedTruth:
   """Ground truth of a planted generator: ``labels`` int64 [C] (group index, -1 for a
   noise channel), ``k`` groups, ``masks`` float32 [K, H, W] region masks."""
+
   labels: np.ndarray
   k: int
   masks: np.ndarray
@@ -150,25 +170,34 @@ def region_masks(regions: Sequence[Rect], size: int) -> np.ndarray:
   ((i + 0.5) / size, (j + 0.5) / size) is."""
   c = (np.arange(size) + 0.5) / size
   yy, xx = np.meshgrid(c, c, indexing="ij")
-  return np.stack([((yy >= y0) & (yy < y1) & (xx >= x0) & (xx < x1)).astype(np.float32)
-                   for (y0, x0, y1, x1) in regions])
+  return np.stack(
+    [
+      ((yy >= y0) & (yy < y1) & (xx >= x0) & (xx < x1)).astype(np.float32)
+      for (y0, x0, y1, x1) in regions
+    ]
+  )
 
 
 class _LatentStage(nn.Module):
   """z -> tanh(dense(z)) reshaped to [N, S, S, C]."""
+
   site_size: int
   channels: int
 
   @nn.compact
   def __call__(self, z, train: bool = False):
     s = self.site_size
-    h = nn.Dense(s * s * self.channels, kernel_init=nn.initializers.normal(1.0 / np.sqrt(
-        z.shape[-1])), bias_init=nn.initializers.normal(0.5))(z)
+    h = nn.Dense(
+      s * s * self.channels,
+      kernel_init=nn.initializers.normal(1.0 / np.sqrt(z.shape[-1])),
+      bias_init=nn.initializers.normal(0.5),
+    )(z)
     return jnp.tanh(h).reshape(z.shape[0], s, s, self.channels)
 
 
 class _PathsStage(nn.Module):
   """Site [N, S, S, C] -> image [N, H, W, 3]: the group paths and noise textures."""
+
   spec: PlantedSpec
 
   @nn.compact
@@ -179,10 +208,11 @@ class _PathsStage(nn.Module):
     up = spec.image_size // spec.site_size
     s, hw, c = spec.site_size, spec.image_size, spec.n_channels
     # Placeholders at init; planted_generator fills the collection.
-    const = lambda name, shape, dtype=jnp.float32: self.variable(
-        "planted", name, lambda: jnp.zeros(shape, dtype)).value
+    const = lambda name, shape, dtype=jnp.float32: (
+      self.variable("planted", name, lambda: jnp.zeros(shape, dtype)).value
+    )
     member = const("member", (k, gsize), jnp.int32)  # channel index (padded with C)
-    valid = const("valid", (k, gsize))               # 1 for a real member
+    valid = const("valid", (k, gsize))  # 1 for a real member
     gains = const("gains", (s, s, c))
     masks = const("masks", (k, hw, hw))
     noise_idx = const("noise_idx", (spec.n_noise,), jnp.int32)
@@ -192,7 +222,7 @@ class _PathsStage(nn.Module):
     w2 = self.param("w2", nn.initializers.normal(1.0), (k, hid, 3))
     hg = h * gains[None]
     hpad = jnp.concatenate([hg, jnp.zeros_like(hg[..., :1])], axis=-1)
-    x = hpad[..., member] * valid                     # [N, S, S, K, Gmax]
+    x = hpad[..., member] * valid  # [N, S, S, K, Gmax]
     w1n = w1 / jnp.sqrt(jnp.sum(valid, axis=1))[:, None, None]
     a = jax.nn.relu(jnp.einsum("nyxkg,kgd->nyxkd", x, w1n) + b1)
     y = jnp.tanh(jnp.einsum("nyxkd,kde->nyxke", a, w2 / np.sqrt(hid)))
@@ -206,6 +236,7 @@ class _PathsStage(nn.Module):
 
 class PlantedGenerator(StagedGenerator):
   """Two stages: z -> site ``features`` [N, S, S, C] -> image [N, H, W, 3]."""
+
   spec: PlantedSpec
 
   site_names = (SITE,)
@@ -215,8 +246,7 @@ class PlantedGenerator(StagedGenerator):
     return (self.spec.latent_dim,)
 
   def setup(self):
-    self.stages = [_LatentStage(self.spec.site_size, self.spec.n_channels),
-                   _PathsStage(self.spec)]
+    self.stages = [_LatentStage(self.spec.site_size, self.spec.n_channels), _PathsStage(self.spec)]
 
 
 def _smooth_texture(rng: np.random.Generator, size: int, cells: int = 4) -> np.ndarray:
@@ -224,6 +254,7 @@ def _smooth_texture(rng: np.random.Generator, size: int, cells: int = 4) -> np.n
   coarse = rng.normal(size=(cells, cells, 3))
   t = np.repeat(np.repeat(coarse, size // cells, 0), size // cells, 1)
   from scipy.ndimage import gaussian_filter
+
   t = gaussian_filter(t, sigma=(size / cells / 2, size / cells / 2, 0), mode="wrap")
   return (t / (np.abs(t).max() + 1e-9)).astype(np.float32)
 
@@ -236,36 +267,48 @@ def planted_generator(spec: PlantedSpec, seed: int = 0) -> tuple[Generator, Plan
   """
   rng = np.random.default_rng(seed)
   c, k = spec.n_channels, spec.k
-  labels = np.concatenate([np.full(n, j) for j, n in enumerate(spec.group_sizes)]
-                          + [np.full(spec.n_noise, -1)]).astype(np.int64)
+  labels = np.concatenate(
+    [np.full(n, j) for j, n in enumerate(spec.group_sizes)] + [np.full(spec.n_noise, -1)]
+  ).astype(np.int64)
   labels = labels[rng.permutation(c)]
   gmax = max(spec.group_sizes)
   member = np.full((k, gmax), c, np.int32)
   valid = np.zeros((k, gmax), np.float32)
   for j in range(k):
     idx = np.flatnonzero(labels == j)
-    member[j, :idx.size] = idx
-    valid[j, :idx.size] = 1.0
+    member[j, : idx.size] = idx
+    valid[j, : idx.size] = 1.0
   s = spec.site_size
-  gains = (1 - spec.variation + spec.variation * rng.uniform(size=(s, s, c))).astype(
-      np.float32)
+  gains = (1 - spec.variation + spec.variation * rng.uniform(size=(s, s, c))).astype(np.float32)
   masks = region_masks(spec.regions, spec.image_size)
   noise_idx = np.flatnonzero(labels == -1).astype(np.int32)
-  textures = np.stack([_smooth_texture(rng, spec.image_size) for _ in noise_idx]) \
-      if spec.n_noise else np.zeros((0, spec.image_size, spec.image_size, 3), np.float32)
+  textures = (
+    np.stack([_smooth_texture(rng, spec.image_size) for _ in noise_idx])
+    if spec.n_noise
+    else np.zeros((0, spec.image_size, spec.image_size, 3), np.float32)
+  )
   module = PlantedGenerator(spec)
   z = jnp.zeros((1, spec.latent_dim), jnp.float32)
   params = jax.jit(module.init)(jax.random.key(int(rng.integers(2**31))), z)["params"]
-  planted = {"member": member, "valid": valid, "gains": gains, "masks": masks,
-             "noise_idx": noise_idx, "textures": textures}
-  variables = {"params": params,
-               "planted": {"stages_1": {n: jnp.asarray(v) for n, v in planted.items()}}}
+  planted = {
+    "member": member,
+    "valid": valid,
+    "gains": gains,
+    "masks": masks,
+    "noise_idx": noise_idx,
+    "textures": textures,
+  }
+  variables = {
+    "params": params,
+    "planted": {"stages_1": {n: jnp.asarray(v) for n, v in planted.items()}},
+  }
   gen = Generator(module, variables, name=f"planted-{seed}")
   return gen, PlantedTruth(labels=labels, k=k, masks=masks)
 
 
-def planted_eim_groups(gen: Generator, n_pairs: int = 64, n_groups: int = 8,
-                       seed: int = 0) -> np.ndarray:
+def planted_eim_groups(
+  gen: Generator, n_pairs: int = 64, n_groups: int = 8, seed: int = 0
+) -> np.ndarray:
   """EIMs of the planted site on ``n_pairs`` prior pairs drawn from ``seed``, split
   into ``n_groups`` groups: float32 [G, C, H, W] (their mean is the EIM)."""
   from cfmod_jax.interventions import elementary_influence_map_sums
@@ -288,22 +331,23 @@ def score(labels, truth: PlantedTruth) -> float:
 
 # Named variants (C = 48 or 52 channels, 32x32 images).
 VARIANTS: dict[str, PlantedSpec] = {
-    # Four equal groups, disjoint quadrants.
-    "quadrants": PlantedSpec((12, 12, 12, 12), tiled_regions(2, 2)),
-    # Unequal sizes; the smallest group is 4 / 48 = 8 % of the channels.
-    "unequal": PlantedSpec((22, 14, 8, 4), tiled_regions(2, 2)),
-    # Quadrants grown so that side-by-side neighbours share 25 % of their area.
-    "overlap": PlantedSpec((12, 12, 12, 12), tiled_regions(2, 2, overlap=0.25)),
-    # Strips of 40 %, 40 % and 20 % of the image.
-    "large": PlantedSpec((20, 16, 12), strip_regions((0.4, 0.4, 0.2))),
-    # Quadrants plus 8 channels that write whole-image textures.
-    "noise": PlantedSpec((12, 12, 12, 12), tiled_regions(2, 2), n_noise=8),
-    # Quadrants; each channel's input gain varies over the site cells (0.4 .. 1).
-    "variation": PlantedSpec((12, 12, 12, 12), tiled_regions(2, 2), variation=0.6),
-    # Everything at once: six unequal groups (smallest 4 / 52), 2 x 3 tiles with 15 %
-    # overlap, within-group variation and 4 noise channels.
-    "mixed": PlantedSpec((12, 10, 8, 6, 6, 4), tiled_regions(2, 3, overlap=0.15),
-                         n_noise=4, variation=0.4),
+  # Four equal groups, disjoint quadrants.
+  "quadrants": PlantedSpec((12, 12, 12, 12), tiled_regions(2, 2)),
+  # Unequal sizes; the smallest group is 4 / 48 = 8 % of the channels.
+  "unequal": PlantedSpec((22, 14, 8, 4), tiled_regions(2, 2)),
+  # Quadrants grown so that side-by-side neighbours share 25 % of their area.
+  "overlap": PlantedSpec((12, 12, 12, 12), tiled_regions(2, 2, overlap=0.25)),
+  # Strips of 40 %, 40 % and 20 % of the image.
+  "large": PlantedSpec((20, 16, 12), strip_regions((0.4, 0.4, 0.2))),
+  # Quadrants plus 8 channels that write whole-image textures.
+  "noise": PlantedSpec((12, 12, 12, 12), tiled_regions(2, 2), n_noise=8),
+  # Quadrants; each channel's input gain varies over the site cells (0.4 .. 1).
+  "variation": PlantedSpec((12, 12, 12, 12), tiled_regions(2, 2), variation=0.6),
+  # Everything at once: six unequal groups (smallest 4 / 52), 2 x 3 tiles with 15 %
+  # overlap, within-group variation and 4 noise channels.
+  "mixed": PlantedSpec(
+    (12, 10, 8, 6, 6, 4), tiled_regions(2, 3, overlap=0.15), n_noise=4, variation=0.4
+  ),
 }
 
 
@@ -319,15 +363,31 @@ def variant(name: str) -> PlantedSpec:
 # --------------------------------------------------------------------------------------
 
 #: Old defaults of cfmod_jax.clustering (before issue 14), for comparison.
-OLD_SETTINGS = {"sigma": None, "percentile": 80.0, "rule": "stability", "tol": 0.02,
-                "n_restarts": 1, "nmf_init": "random", "fit_restarts": 4}
+OLD_SETTINGS = {
+  "sigma": None,
+  "percentile": 80.0,
+  "rule": "stability",
+  "tol": 0.02,
+  "n_restarts": 1,
+  "nmf_init": "random",
+  "fit_restarts": 4,
+}
 #: Current library defaults (what ``choose_k`` / ``cluster_channels`` do by default).
 NEW_SETTINGS: dict = {}
 
 
-def run_case(spec: PlantedSpec, seed: int, method: str, *, k_values=range(2, 9),
-             n_pairs: int = 64, n_groups: int = 8, n_boot: int = 8,
-             settings: dict | None = None, eim_groups=None) -> dict:
+def run_case(
+  spec: PlantedSpec,
+  seed: int,
+  method: str,
+  *,
+  k_values=range(2, 9),
+  n_pairs: int = 64,
+  n_groups: int = 8,
+  n_boot: int = 8,
+  settings: dict | None = None,
+  eim_groups=None,
+) -> dict:
   """``k=auto`` on one planted generator: choose K, cluster, score.
 
   ``seed`` draws the generator (:func:`planted_generator`), its latent pairs
@@ -342,22 +402,40 @@ def run_case(spec: PlantedSpec, seed: int, method: str, *, k_values=range(2, 9),
 
   settings = dict(settings or {})
   gen, truth = planted_generator(spec, seed)
-  groups = planted_eim_groups(gen, n_pairs, n_groups, seed) if eim_groups is None \
-      else np.asarray(eim_groups)
+  groups = (
+    planted_eim_groups(gen, n_pairs, n_groups, seed)
+    if eim_groups is None
+    else np.asarray(eim_groups)
+  )
   fit_restarts = settings.pop("fit_restarts", 4)
   rule_kw = {k: settings.pop(k) for k in ("rule", "tol") if k in settings}
-  k, curve = clustering.choose_k(groups, list(k_values), n_boot=n_boot, seed=seed,
-                                 method=method, **rule_kw, **settings)
+  k, curve = clustering.choose_k(
+    groups, list(k_values), n_boot=n_boot, seed=seed, method=method, **rule_kw, **settings
+  )
   settings.pop("n_restarts", None)
-  clus = clustering.cluster_channels(groups.mean(axis=0), k, method, seed=seed,
-                                     n_restarts=fit_restarts, **settings)
-  return {"k_true": truth.k, "k": int(k), "ari": score(clus.labels, truth),
-          "curve": {int(kk): [float(v[0]), float(v[1])] for kk, v in curve.items()}}
+  clus = clustering.cluster_channels(
+    groups.mean(axis=0), k, method, seed=seed, n_restarts=fit_restarts, **settings
+  )
+  return {
+    "k_true": truth.k,
+    "k": int(k),
+    "ari": score(clus.labels, truth),
+    "curve": {int(kk): [float(v[0]), float(v[1])] for kk, v in curve.items()},
+  }
 
 
-def run_suite(variants: Sequence[str], methods: Sequence[str], seeds: Sequence[int],
-              settings: dict[str, dict], *, k_values=range(2, 9), n_pairs: int = 64,
-              n_groups: int = 8, n_boot: int = 8, log=None) -> list[dict]:
+def run_suite(
+  variants: Sequence[str],
+  methods: Sequence[str],
+  seeds: Sequence[int],
+  settings: dict[str, dict],
+  *,
+  k_values=range(2, 9),
+  n_pairs: int = 64,
+  n_groups: int = 8,
+  n_boot: int = 8,
+  log=None,
+) -> list[dict]:
   """:func:`run_case` for every variant x seed x method x named settings.
 
   The EIMs of each (variant, seed) are computed once and shared by the methods and
@@ -372,14 +450,22 @@ def run_suite(variants: Sequence[str], methods: Sequence[str], seeds: Sequence[i
       groups = planted_eim_groups(gen, n_pairs, n_groups, seed)
       for set_name, st in settings.items():
         for method in methods:
-          r = run_case(spec, seed, method, k_values=k_values, n_boot=n_boot, settings=st,
-                       eim_groups=groups)
-          r.update(variant=name, seed=int(seed), method=method, settings=set_name,
-                   correct=bool(r["k"] == r["k_true"] and r["ari"] >= 0.95))
+          r = run_case(
+            spec, seed, method, k_values=k_values, n_boot=n_boot, settings=st, eim_groups=groups
+          )
+          r.update(
+            variant=name,
+            seed=int(seed),
+            method=method,
+            settings=set_name,
+            correct=bool(r["k"] == r["k_true"] and r["ari"] >= 0.95),
+          )
           rows.append(r)
           if log is not None:
-            log(f"{name} seed={seed} {set_name} {method}: K={r['k']} "
-                f"(true {r['k_true']}) ARI={r['ari']:.3f}")
+            log(
+              f"{name} seed={seed} {set_name} {method}: K={r['k']} "
+              f"(true {r['k_true']}) ARI={r['ari']:.3f}"
+            )
   return rows
 
 
@@ -393,22 +479,29 @@ def suite_markdown(rows: Sequence[dict], settings: dict[str, dict]) -> str:
     if not sub:
       continue
     st = ", ".join(f"{k}={v}" for k, v in settings[set_name].items()) or "library defaults"
-    lines += [f"### Settings `{set_name}` ({st})", "",
-              "| variant | method | K true | K chosen per seed | ARI per seed | correct |",
-              "|---|---|---|---|---|---|"]
+    lines += [
+      f"### Settings `{set_name}` ({st})",
+      "",
+      "| variant | method | K true | K chosen per seed | ARI per seed | correct |",
+      "|---|---|---|---|---|---|",
+    ]
     total = correct = 0
     for name in dict.fromkeys(r["variant"] for r in sub):
       for method in dict.fromkeys(r["method"] for r in sub):
-        cell = sorted((r for r in sub if r["variant"] == name and r["method"] == method),
-                      key=lambda r: r["seed"])
+        cell = sorted(
+          (r for r in sub if r["variant"] == name and r["method"] == method),
+          key=lambda r: r["seed"],
+        )
         if not cell:
           continue
         n_ok = sum(r["correct"] for r in cell)
         total += len(cell)
         correct += n_ok
-        lines.append(f"| {name} | {method} | {cell[0]['k_true']} | "
-                     f"{' '.join(str(r['k']) for r in cell)} | "
-                     f"{' '.join('%.2f' % r['ari'] for r in cell)} | "
-                     f"{n_ok}/{len(cell)} |")
+        lines.append(
+          f"| {name} | {method} | {cell[0]['k_true']} | "
+          f"{' '.join(str(r['k']) for r in cell)} | "
+          f"{' '.join(format(r['ari'], '.2f') for r in cell)} | "
+          f"{n_ok}/{len(cell)} |"
+        )
     lines += ["", f"All: {correct}/{total} cases with K right and ARI >= 0.95.", ""]
   return "\n".join(lines)

@@ -14,9 +14,26 @@ model files for each objective:
 `cfmod_jax.load_generator` (or `cfmod_jax.quality.load_featnet`) reads.
 """
 
-from cfmod_jax.train.common import (RunResult, Trainer, base_config, get_trainer, load_run,
-                                    make_mesh, train_and_evaluate, validate_config)
+from cfmod_jax.train.common import (
+  RunResult,
+  Trainer,
+  base_config,
+  get_trainer,
+  load_run,
+  make_mesh,
+  train_and_evaluate,
+  validate_config,
+)
 from cfmod_jax.train.export import export_run
 
-__all__ = ["RunResult", "Trainer", "base_config", "export_run", "get_trainer", "load_run",
-           "make_mesh", "train_and_evaluate", "validate_config"]
+__all__ = [
+  "RunResult",
+  "Trainer",
+  "base_config",
+  "export_run",
+  "get_trainer",
+  "load_run",
+  "make_mesh",
+  "train_and_evaluate",
+  "validate_config",
+]

@@ -46,24 +46,33 @@ class BEGANState:
 
 
 def generator(config) -> BEGANGenerator:
-  return BEGANGenerator(latent_dim=config.generator.latent_dim, width=config.generator.width,
-                        batch_norm=config.generator.get("batch_norm", False),
-                        skip=config.generator.get("skip", False))
+  return BEGANGenerator(
+    latent_dim=config.generator.latent_dim,
+    width=config.generator.width,
+    batch_norm=config.generator.get("batch_norm", False),
+    skip=config.generator.get("skip", False),
+  )
 
 
 def discriminator(config) -> BEGANDiscriminator:
-  return BEGANDiscriminator(latent_dim=config.discriminator.latent_dim,
-                            width=config.discriminator.width)
+  return BEGANDiscriminator(
+    latent_dim=config.discriminator.latent_dim, width=config.discriminator.width
+  )
 
 
 def validate(config) -> None:
-  for field in ("generator.latent_dim", "generator.width", "discriminator.latent_dim",
-                "discriminator.width"):
+  for field in (
+    "generator.latent_dim",
+    "generator.width",
+    "discriminator.latent_dim",
+    "discriminator.width",
+  ):
     common.check_int(config, field, 1)
   for flag in ("batch_norm", "skip"):
     if not isinstance(config.generator.get(flag, False), bool):
-      raise ValueError(f"config.generator.{flag} must be True or False, got "
-                       f"{config.generator[flag]!r}")
+      raise ValueError(
+        f"config.generator.{flag} must be True or False, got {config.generator[flag]!r}"
+      )
   common.check_float(config, "gamma", 0.0, 1.0, low_open=True)
   common.check_float(config, "lambda_k", 0.0)
   common.check_float(config, "k_init", 0.0, 1.0)
@@ -76,10 +85,15 @@ def create_state(config, key) -> BEGANState:
   g_params = g_vars["params"]
   d_params = discriminator(config).init(kd, jnp.zeros((1, 64, 64, 3), jnp.float32))["params"]
   tx = common.adam(config)
-  return BEGANState(step=jnp.zeros((), jnp.int32), k=jnp.asarray(config.k_init, jnp.float32),
-                    g_params=g_params, g_batch_stats=g_vars.get("batch_stats", {}),
-                    d_params=d_params, g_opt_state=tx.init(g_params),
-                    d_opt_state=tx.init(d_params))
+  return BEGANState(
+    step=jnp.zeros((), jnp.int32),
+    k=jnp.asarray(config.k_init, jnp.float32),
+    g_params=g_params,
+    g_batch_stats=g_vars.get("batch_stats", {}),
+    d_params=d_params,
+    g_opt_state=tx.init(g_params),
+    d_opt_state=tx.init(d_params),
+  )
 
 
 def reconstruction_loss(disc, d_params, images):
@@ -90,7 +104,8 @@ def reconstruction_loss(disc, d_params, images):
 def scale_gradient(tree, scale):
   """Identity in the forward pass; multiplies the gradient by ``scale``."""
   return jax.tree.map(
-      lambda x: jax.lax.stop_gradient(x) + scale * (x - jax.lax.stop_gradient(x)), tree)
+    lambda x: jax.lax.stop_gradient(x) + scale * (x - jax.lax.stop_gradient(x)), tree
+  )
 
 
 def train_step(config, state: BEGANState, batch, key):
@@ -101,26 +116,40 @@ def train_step(config, state: BEGANState, batch, key):
   def total_loss(g_params, d_params):
     # One pass of D over the fakes serves both losses: the gradient of
     # L(G(z)) reaches θ_G unchanged (L_G) and θ_D scaled by −k_t (L_D).
-    fake, g_updates = gen.apply({"params": g_params, "batch_stats": state.g_batch_stats}, z,
-                                train=True, mutable=["batch_stats"])
+    fake, g_updates = gen.apply(
+      {"params": g_params, "batch_stats": state.g_batch_stats},
+      z,
+      train=True,
+      mutable=["batch_stats"],
+    )
     loss_real = reconstruction_loss(disc, d_params, real)
     loss_fake = reconstruction_loss(disc, scale_gradient(d_params, -state.k), fake)
     d_loss = loss_real - state.k * loss_fake
     return loss_real + loss_fake, (d_loss, loss_real, loss_fake, g_updates.get("batch_stats", {}))
 
   (g_grads, d_grads), (d_loss, loss_real, loss_fake, g_batch_stats) = jax.grad(
-      total_loss, argnums=(0, 1), has_aux=True)(state.g_params, state.d_params)
+    total_loss, argnums=(0, 1), has_aux=True
+  )(state.g_params, state.d_params)
   g_upd, g_opt_state = tx.update(g_grads, state.g_opt_state, state.g_params)
   d_upd, d_opt_state = tx.update(d_grads, state.d_opt_state, state.d_params)
   balance = config.gamma * loss_real - loss_fake
   k = jnp.clip(state.k + config.lambda_k * balance, 0.0, 1.0)
-  new_state = BEGANState(step=state.step + 1, k=k,
-                         g_params=optax.apply_updates(state.g_params, g_upd),
-                         g_batch_stats=g_batch_stats,
-                         d_params=optax.apply_updates(state.d_params, d_upd),
-                         g_opt_state=g_opt_state, d_opt_state=d_opt_state)
-  metrics = {"d_loss": d_loss, "g_loss": loss_fake, "loss_real": loss_real, "k": state.k,
-             "m_global": loss_real + jnp.abs(balance)}
+  new_state = BEGANState(
+    step=state.step + 1,
+    k=k,
+    g_params=optax.apply_updates(state.g_params, g_upd),
+    g_batch_stats=g_batch_stats,
+    d_params=optax.apply_updates(state.d_params, d_upd),
+    g_opt_state=g_opt_state,
+    d_opt_state=d_opt_state,
+  )
+  metrics = {
+    "d_loss": d_loss,
+    "g_loss": loss_fake,
+    "loss_real": loss_real,
+    "k": state.k,
+    "m_global": loss_real + jnp.abs(balance),
+  }
   return new_state, metrics
 
 
@@ -143,7 +172,13 @@ def sample(config, state: BEGANState, latents):
 
 
 TRAINER = common.Trainer(
-    name="began", validate=validate, create_state=create_state, train_step=train_step,
-    make_batch=common.training_images, export_spec=export_spec,
-    export_variables=export_variables, sample=sample,
-    latent_dim=lambda config: config.generator.latent_dim)
+  name="began",
+  validate=validate,
+  create_state=create_state,
+  train_step=train_step,
+  make_batch=common.training_images,
+  export_spec=export_spec,
+  export_variables=export_variables,
+  sample=sample,
+  latent_dim=lambda config: config.generator.latent_dim,
+)

@@ -37,7 +37,8 @@ import functools
 import json
 import os
 import time
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import flax
 import jax
@@ -55,8 +56,15 @@ DATA_AXIS = "data"
 CHECKPOINT_FORMAT = "cfmod_jax.train/1"
 
 # Config fields that only steer the loop; they do not change the compiled step.
-LOOP_FIELDS = ("num_steps", "log_every", "sample_every", "checkpoint_every",
-               "keep_checkpoints", "num_samples", "quality_samples")
+LOOP_FIELDS = (
+  "num_steps",
+  "log_every",
+  "sample_every",
+  "checkpoint_every",
+  "keep_checkpoints",
+  "num_samples",
+  "quality_samples",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,6 +86,7 @@ class Trainer:
       or None for models that do not generate (the feature network).
     latent_dim: ``config -> int`` (only used when ``sample`` is set).
   """
+
   name: str
   validate: Callable[[ml_collections.ConfigDict], None]
   create_state: Callable[..., Any]
@@ -92,6 +101,7 @@ class Trainer:
 # ---- trainers registry --------------------------------------------------------------
 def _registry() -> dict[str, Trainer]:
   from cfmod_jax.train import began, dcgan, featnet, vae  # pylint: disable=g-import-not-at-top
+
   return {t.name: t for t in (dcgan.TRAINER, vae.TRAINER, began.TRAINER, featnet.TRAINER)}
 
 
@@ -99,8 +109,9 @@ def get_trainer(model: str) -> Trainer:
   """The trainer of ``config.model``; a ValueError lists the valid names."""
   trainers = _registry()
   if model not in trainers:
-    raise ValueError(f"config.model={model!r} is unknown; valid models: "
-                     f"{', '.join(sorted(trainers))}")
+    raise ValueError(
+      f"config.model={model!r} is unknown; valid models: {', '.join(sorted(trainers))}"
+    )
   return trainers[model]
 
 
@@ -124,11 +135,23 @@ def base_config(model: str) -> ml_collections.ConfigDict:
     num_samples: images in a sample grid.
     quality_samples: images per set of the Fréchet distance at export.
   """
-  return ml_collections.ConfigDict({
-      "model": model, "dataset": "synthfaces", "data_dir": "", "seed": 0, "data_seed": 0, "batch_size": 64, "num_steps": 1000,
-      "log_every": 50, "sample_every": 500, "checkpoint_every": 500, "keep_checkpoints": 2,
-      "num_samples": 64, "quality_samples": 2000,
-  })
+  return ml_collections.ConfigDict(
+    {
+      "model": model,
+      "dataset": "synthfaces",
+      "data_dir": "",
+      "seed": 0,
+      "data_seed": 0,
+      "batch_size": 64,
+      "num_steps": 1000,
+      "log_every": 50,
+      "sample_every": 500,
+      "checkpoint_every": 500,
+      "keep_checkpoints": 2,
+      "num_samples": 64,
+      "quality_samples": 2000,
+    }
+  )
 
 
 # ---- config validation ----------------------------------------------------------------
@@ -142,19 +165,30 @@ def check_int(config, field: str, minimum: int = 1) -> None:
     raise ValueError(f"config.{field} must be an integer >= {minimum}, got {value!r}")
 
 
-def check_float(config, field: str, low: float, high: float = float("inf"), *,
-                low_open: bool = False, high_open: bool = False) -> None:
+def check_float(
+  config,
+  field: str,
+  low: float,
+  high: float = float("inf"),
+  *,
+  low_open: bool = False,
+  high_open: bool = False,
+) -> None:
   """Checks that ``config.<field>`` is a finite number in the given interval."""
   value = config
   for part in field.split("."):
     if part not in value:
       raise ValueError(f"config.{field} is missing")
     value = value[part]
-  ok = (isinstance(value, (int, float, np.floating, np.integer))
-        and not isinstance(value, bool) and bool(np.isfinite(value)))
+  ok = (
+    isinstance(value, (int, float, np.floating, np.integer))
+    and not isinstance(value, bool)
+    and bool(np.isfinite(value))
+  )
   if ok:
     ok = (value > low if low_open else value >= low) and (
-        value < high if high_open else value <= high)
+      value < high if high_open else value <= high
+    )
   if not ok:
     lo = "(" if low_open else "["
     hi = ")" if high_open else "]"
@@ -183,8 +217,15 @@ def validate_config(config: ml_collections.ConfigDict) -> Trainer:
   if "model" not in config:
     raise ValueError("config.model is missing")
   trainer = get_trainer(config.model)
-  for field in ("num_steps", "batch_size", "log_every", "checkpoint_every",
-                "keep_checkpoints", "num_samples", "quality_samples"):
+  for field in (
+    "num_steps",
+    "batch_size",
+    "log_every",
+    "checkpoint_every",
+    "keep_checkpoints",
+    "num_samples",
+    "quality_samples",
+  ):
     check_int(config, field, 1)
   for field in ("seed", "data_seed", "sample_every"):
     check_int(config, field, 0)
@@ -199,12 +240,16 @@ def check_dataset(config) -> None:
   if dataset not in DATASETS:
     raise ValueError(f"config.dataset must be one of {sorted(DATASETS)}, got {dataset!r}")
   if dataset != "synthfaces" and config.model == "featnet":
-    raise ValueError("config.model='featnet' learns the synthetic faces' factors; it needs "
-                     "config.dataset='synthfaces'")
+    raise ValueError(
+      "config.model='featnet' learns the synthetic faces' factors; it needs "
+      "config.dataset='synthfaces'"
+    )
   if dataset == "celeba":
     if not config.get("data_dir"):
-      raise ValueError("config.dataset='celeba' needs config.data_dir: the tfds data_dir "
-                       "holding the prepared celeb_a dataset")
+      raise ValueError(
+        "config.dataset='celeba' needs config.data_dir: the tfds data_dir "
+        "holding the prepared celeb_a dataset"
+      )
     _celeba_source(config.data_dir)
 
 
@@ -237,6 +282,7 @@ def training_images(config, step: int) -> dict[str, np.ndarray]:
   (data_seed, step), so resumed runs see the same data."""
   if config.get("dataset", "synthfaces") == "celeba":
     from cfmod_jax.data import celeba  # pylint: disable=g-import-not-at-top
+
     source = _celeba_source(config.data_dir)
     return {"images": celeba.celeba_batch(source, step, config.batch_size, config.data_seed)}
   return {"images": synthfaces.generate(config.batch_size, seed=(config.data_seed, step)).images}
@@ -248,6 +294,7 @@ DATASETS = ("synthfaces", "celeba")
 @functools.lru_cache(maxsize=2)
 def _celeba_source(data_dir: str):
   from cfmod_jax.data import celeba  # pylint: disable=g-import-not-at-top
+
   return celeba.load_source(data_dir, celeba.TRAIN_SPLIT)
 
 
@@ -298,8 +345,9 @@ def _compiled(trainer_name: str, cfg_key, mesh: Mesh):
   def init(key):
     return trainer.create_state(config, key)
 
-  step_fn = jax.jit(step, in_shardings=(repl, data), out_shardings=(repl, repl),
-                    donate_argnums=(0,))
+  step_fn = jax.jit(
+    step, in_shardings=(repl, data), out_shardings=(repl, repl), donate_argnums=(0,)
+  )
   init_fn = jax.jit(init, out_shardings=repl)
   return step_fn, init_fn
 
@@ -319,15 +367,15 @@ def checkpoint_meta(trainer: Trainer, config, state_dict, step: int, wall_time_s
   """The JSON item stored beside the state in every trainer checkpoint."""
   arch, kwargs = trainer.export_spec(config)
   return {
-      "format": CHECKPOINT_FORMAT,
-      "model": trainer.name,
-      "step": int(step),
-      "arch": arch,
-      "kwargs": kwargs,
-      "config": config.to_dict(),
-      "wall_time_s": float(wall_time_s),
-      "jax_version": jax.__version__,
-      "manifest": checkpoints.array_manifest(state_dict),
+    "format": CHECKPOINT_FORMAT,
+    "model": trainer.name,
+    "step": int(step),
+    "arch": arch,
+    "kwargs": kwargs,
+    "config": config.to_dict(),
+    "wall_time_s": float(wall_time_s),
+    "jax_version": jax.__version__,
+    "manifest": checkpoints.array_manifest(state_dict),
   }
 
 
@@ -339,14 +387,17 @@ def abstract_state(trainer: Trainer, config, mesh: Mesh | None = None):
 
 
 def open_manager(workdir_or_dir: str, keep: int | None = None, read_only: bool = False):
-  options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only,
-                                         read_only=read_only)
-  return ocp.CheckpointManager(os.path.abspath(workdir_or_dir), options=options,
-                               item_names=("state", "meta"))
+  options = ocp.CheckpointManagerOptions(
+    max_to_keep=keep, create=not read_only, read_only=read_only
+  )
+  return ocp.CheckpointManager(
+    os.path.abspath(workdir_or_dir), options=options, item_names=("state", "meta")
+  )
 
 
-def restore_checkpoint(manager: ocp.CheckpointManager, step: int, trainer: Trainer, config,
-                       mesh: Mesh | None = None):
+def restore_checkpoint(
+  manager: ocp.CheckpointManager, step: int, trainer: Trainer, config, mesh: Mesh | None = None
+):
   """``(state, meta)`` of checkpoint ``step``, verified against its manifest.
 
   Raises:
@@ -358,22 +409,27 @@ def restore_checkpoint(manager: ocp.CheckpointManager, step: int, trainer: Train
     meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
   except Exception as e:  # orbax raises many types; say what is wrong.
     raise checkpoints.CheckpointError(
-        f"checkpoint {path} has no readable metadata (truncated or corrupted?): {e}") from e
+      f"checkpoint {path} has no readable metadata (truncated or corrupted?): {e}"
+    ) from e
   if not isinstance(meta, dict) or meta.get("format") != CHECKPOINT_FORMAT:
-    raise checkpoints.CheckpointError(f"checkpoint {path} is not a cfmod_jax trainer "
-                                      f"checkpoint (format {CHECKPOINT_FORMAT})")
+    raise checkpoints.CheckpointError(
+      f"checkpoint {path} is not a cfmod_jax trainer checkpoint (format {CHECKPOINT_FORMAT})"
+    )
   target = abstract_state(trainer, config, mesh)
   target_dict = flax.serialization.to_state_dict(target)
-  checkpoints.check_structure(meta["manifest"], target_dict, where=path,
-                              arch=f"{trainer.name} trainer state")
+  checkpoints.check_structure(
+    meta["manifest"], target_dict, where=path, arch=f"{trainer.name} trainer state"
+  )
   try:
-    restored = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(target_dict)))["state"]
+    restored = manager.restore(
+      step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target_dict))
+    )["state"]
   except Exception as e:
     detail = str(e).split(" See full TensorStore details")[0][:400]
     raise checkpoints.CheckpointError(
-        f"could not read the arrays of checkpoint {path} (truncated or corrupted?): "
-        f"{type(e).__name__}: {detail}") from e
+      f"could not read the arrays of checkpoint {path} (truncated or corrupted?): "
+      f"{type(e).__name__}: {detail}"
+    ) from e
   checkpoints.verify_manifest(meta["manifest"], restored, where=path)
   return flax.serialization.from_state_dict(target, restored), meta
 
@@ -442,6 +498,7 @@ class RunResult:
   """What `train_and_evaluate` returns: the final state, its step, the
   run's cumulative wall time (over all resumptions) and the step it resumed
   from (None for a fresh run)."""
+
   state: Any
   step: int
   wall_time_s: float
@@ -450,6 +507,7 @@ class RunResult:
 
 def save_samples(trainer: Trainer, config, state, path: str) -> str | None:
   from cfmod_jax import viz  # pylint: disable=g-import-not-at-top
+
   if trainer.sample is None:
     return None
   z = sample_latents(config.seed, config.num_samples, trainer.latent_dim(config))
@@ -457,8 +515,9 @@ def save_samples(trainer: Trainer, config, state, path: str) -> str | None:
   return viz.save_image_grid(path, np.asarray(images), ncols=8)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
-                       devices=None) -> RunResult:
+def train_and_evaluate(
+  config: ml_collections.ConfigDict, workdir: str, *, devices=None
+) -> RunResult:
   """Trains ``config.model`` in ``workdir``, resuming from its latest checkpoint.
 
   Args:
@@ -472,8 +531,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   trainer = validate_config(config)
   devices = jax.devices() if devices is None else list(devices)
   if config.batch_size % len(devices):
-    raise ValueError(f"config.batch_size={config.batch_size} must be a multiple of the "
-                     f"number of devices ({len(devices)})")
+    raise ValueError(
+      f"config.batch_size={config.batch_size} must be a multiple of the "
+      f"number of devices ({len(devices)})"
+    )
   mesh = make_mesh(devices)
   os.makedirs(workdir, exist_ok=True)
 
@@ -484,18 +545,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   if start is not None:
     state, meta = restore_checkpoint(manager, start, trainer, config, mesh)
     wall_before = meta["wall_time_s"]
-    changed = sorted(k for k in set(meta["config"]) | set(config.to_dict())
-                     if k not in LOOP_FIELDS and meta["config"].get(k) != config.to_dict().get(k))
+    changed = sorted(
+      k
+      for k in set(meta["config"]) | set(config.to_dict())
+      if k not in LOOP_FIELDS and meta["config"].get(k) != config.to_dict().get(k)
+    )
     if changed:
-      logging.warning("[%s] resuming with a config that differs from the checkpoint's in: %s",
-                      trainer.name, ", ".join(changed))
+      logging.warning(
+        "[%s] resuming with a config that differs from the checkpoint's in: %s",
+        trainer.name,
+        ", ".join(changed),
+      )
     logging.info("[%s] resumed from step %d (%s)", trainer.name, start, checkpoint_dir(workdir))
   else:
     state = init_fn(init_key(config.seed))
   # Written only once the checkpoint (if any) has been restored with this config, so a
   # rejected resume leaves the run's config.json as it was.
-  fileio.atomic_write_text(os.path.join(workdir, "config.json"),
-                           config.to_json_best_effort(indent=2, sort_keys=True))
+  fileio.atomic_write_text(
+    os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2, sort_keys=True)
+  )
   first = 0 if start is None else start
   log = MetricsLog(os.path.join(workdir, "metrics.jsonl"), first)
 
@@ -517,18 +585,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       t_window, step_window = now, done
       log.write(done, {**metrics, "steps_per_s": rate, "wall_time_s": wall()})
       eta = format_duration((config.num_steps - done) / max(rate, 1e-9))
-      logging.info("[%s] step %d/%d (%.0f%%) %.2f steps/s, ETA %s | %s", trainer.name, done,
-                   config.num_steps, 100 * done / config.num_steps, rate, eta,
-                   " ".join(f"{k}={float(v):.4g}" for k, v in sorted(metrics.items())))
+      logging.info(
+        "[%s] step %d/%d (%.0f%%) %.2f steps/s, ETA %s | %s",
+        trainer.name,
+        done,
+        config.num_steps,
+        100 * done / config.num_steps,
+        rate,
+        eta,
+        " ".join(f"{k}={float(v):.4g}" for k, v in sorted(metrics.items())),
+      )
     if config.sample_every and (done % config.sample_every == 0 or last):
-      save_samples(trainer, config, state,
-                   os.path.join(workdir, "samples", f"step_{done:06d}.png"))
+      save_samples(trainer, config, state, os.path.join(workdir, "samples", f"step_{done:06d}.png"))
     if done % config.checkpoint_every == 0 or last:
       state_dict = jax.device_get(flax.serialization.to_state_dict(state))
       meta = checkpoint_meta(trainer, config, state_dict, done, wall())
-      manager.save(done, args=ocp.args.Composite(
+      manager.save(
+        done,
+        args=ocp.args.Composite(
           state=ocp.args.StandardSave(flax.serialization.to_state_dict(state)),
-          meta=ocp.args.JsonSave(meta)), force=True)
+          meta=ocp.args.JsonSave(meta),
+        ),
+        force=True,
+      )
   manager.wait_until_finished()
   manager.close()
   step = int(jax.device_get(state.step))
@@ -546,7 +625,8 @@ def load_run(workdir: str, step: int | None = None, devices=None):
       meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
     except Exception as e:
       raise checkpoints.CheckpointError(
-          f"checkpoint {workdir} step {step} has no readable metadata: {e}") from e
+        f"checkpoint {workdir} step {step} has no readable metadata: {e}"
+      ) from e
     config = ml_collections.ConfigDict(meta["config"])
     trainer = get_trainer(meta["model"])
     mesh = make_mesh(jax.devices()[:1] if devices is None else devices)

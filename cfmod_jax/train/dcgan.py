@@ -32,6 +32,7 @@ _BN_MOMENTUM = 0.9
 
 class DCGANDiscriminator(nn.Module):
   """``[N, 64, 64, 3] -> [N]`` logits (real > 0)."""
+
   width: int = 64
 
   @nn.compact
@@ -77,10 +78,15 @@ def create_state(config, key) -> GANState:
   g_vars = generator(config).init(kg, z)
   d_vars = discriminator(config).init(kd, jnp.zeros((1, 64, 64, 3), jnp.float32))
   tx = common.adam(config)
-  return GANState(step=jnp.zeros((), jnp.int32), g_params=g_vars["params"],
-                  g_batch_stats=g_vars["batch_stats"], d_params=d_vars["params"],
-                  d_batch_stats=d_vars["batch_stats"], g_opt_state=tx.init(g_vars["params"]),
-                  d_opt_state=tx.init(d_vars["params"]))
+  return GANState(
+    step=jnp.zeros((), jnp.int32),
+    g_params=g_vars["params"],
+    g_batch_stats=g_vars["batch_stats"],
+    d_params=d_vars["params"],
+    d_batch_stats=d_vars["batch_stats"],
+    g_opt_state=tx.init(g_vars["params"]),
+    d_opt_state=tx.init(d_vars["params"]),
+  )
 
 
 def train_step(config, state: GANState, batch, key):
@@ -89,28 +95,41 @@ def train_step(config, state: GANState, batch, key):
   z = jax.random.normal(key, (real.shape[0], config.generator.latent_dim), jnp.float32)
 
   def g_forward(g_params):
-    return gen.apply({"params": g_params, "batch_stats": state.g_batch_stats}, z, train=True,
-                     mutable=["batch_stats"])
+    return gen.apply(
+      {"params": g_params, "batch_stats": state.g_batch_stats},
+      z,
+      train=True,
+      mutable=["batch_stats"],
+    )
 
   fake, g_vjp, g_updates = jax.vjp(g_forward, state.g_params, has_aux=True)
 
   def d_loss_fn(d_params):
-    logits_real, upd = disc.apply({"params": d_params, "batch_stats": state.d_batch_stats},
-                                  real, train=True, mutable=["batch_stats"])
-    logits_fake, upd = disc.apply({"params": d_params, "batch_stats": upd["batch_stats"]},
-                                  jax.lax.stop_gradient(fake), train=True,
-                                  mutable=["batch_stats"])
+    logits_real, upd = disc.apply(
+      {"params": d_params, "batch_stats": state.d_batch_stats},
+      real,
+      train=True,
+      mutable=["batch_stats"],
+    )
+    logits_fake, upd = disc.apply(
+      {"params": d_params, "batch_stats": upd["batch_stats"]},
+      jax.lax.stop_gradient(fake),
+      train=True,
+      mutable=["batch_stats"],
+    )
     loss = jnp.mean(jax.nn.softplus(-logits_real)) + jnp.mean(jax.nn.softplus(logits_fake))
     return loss, (upd["batch_stats"], logits_real, logits_fake)
 
   (d_loss, (d_stats, logits_real, logits_fake)), d_grads = jax.value_and_grad(
-      d_loss_fn, has_aux=True)(state.d_params)
+    d_loss_fn, has_aux=True
+  )(state.d_params)
   d_upd, d_opt_state = tx.update(d_grads, state.d_opt_state, state.d_params)
   d_params = optax.apply_updates(state.d_params, d_upd)
 
   def g_loss_fn(images):  # non-saturating: -log D(G(z)) with the updated D
-    logits, _ = disc.apply({"params": d_params, "batch_stats": d_stats}, images, train=True,
-                           mutable=["batch_stats"])
+    logits, _ = disc.apply(
+      {"params": d_params, "batch_stats": d_stats}, images, train=True, mutable=["batch_stats"]
+    )
     return jnp.mean(jax.nn.softplus(-logits))
 
   g_loss, d_images = jax.value_and_grad(g_loss_fn)(fake)
@@ -118,12 +137,21 @@ def train_step(config, state: GANState, batch, key):
   g_upd, g_opt_state = tx.update(g_grads, state.g_opt_state, state.g_params)
   g_params = optax.apply_updates(state.g_params, g_upd)
 
-  new_state = GANState(step=state.step + 1, g_params=g_params,
-                       g_batch_stats=g_updates["batch_stats"], d_params=d_params,
-                       d_batch_stats=d_stats, g_opt_state=g_opt_state, d_opt_state=d_opt_state)
-  metrics = {"d_loss": d_loss, "g_loss": g_loss,
-             "d_real": jnp.mean(jax.nn.sigmoid(logits_real)),
-             "d_fake": jnp.mean(jax.nn.sigmoid(logits_fake))}
+  new_state = GANState(
+    step=state.step + 1,
+    g_params=g_params,
+    g_batch_stats=g_updates["batch_stats"],
+    d_params=d_params,
+    d_batch_stats=d_stats,
+    g_opt_state=g_opt_state,
+    d_opt_state=d_opt_state,
+  )
+  metrics = {
+    "d_loss": d_loss,
+    "g_loss": g_loss,
+    "d_real": jnp.mean(jax.nn.sigmoid(logits_real)),
+    "d_fake": jnp.mean(jax.nn.sigmoid(logits_fake)),
+  }
   return new_state, metrics
 
 
@@ -140,7 +168,13 @@ def sample(config, state: GANState, latents):
 
 
 TRAINER = common.Trainer(
-    name="dcgan", validate=validate, create_state=create_state, train_step=train_step,
-    make_batch=common.training_images, export_spec=export_spec,
-    export_variables=export_variables, sample=sample,
-    latent_dim=lambda config: config.generator.latent_dim)
+  name="dcgan",
+  validate=validate,
+  create_state=create_state,
+  train_step=train_step,
+  make_batch=common.training_images,
+  export_spec=export_spec,
+  export_variables=export_variables,
+  sample=sample,
+  latent_dim=lambda config: config.generator.latent_dim,
+)

@@ -43,8 +43,9 @@ def make_batch(config, step: int):
 
 def create_state(config, key) -> FeatNetState:
   params = model(config).init(key, jnp.zeros((1, 64, 64, 3), jnp.float32))["params"]
-  return FeatNetState(step=jnp.zeros((), jnp.int32), params=params,
-                      opt_state=common.adam(config).init(params))
+  return FeatNetState(
+    step=jnp.zeros((), jnp.int32), params=params, opt_state=common.adam(config).init(params)
+  )
 
 
 def losses(config, params, batch):
@@ -57,8 +58,12 @@ def losses(config, params, batch):
     metrics[f"acc_{name}"] = jnp.mean(jnp.argmax(logits[name], -1) == batch[name])
   sq = jnp.mean(jnp.sum(jnp.square(regression - batch["continuous"]), axis=-1))
   loss = ce_total + config.regression_weight * sq
-  metrics.update(loss=loss, cross_entropy=ce_total, squared_error=sq,
-                 rmse=jnp.sqrt(jnp.mean(jnp.square(regression - batch["continuous"]))))
+  metrics.update(
+    loss=loss,
+    cross_entropy=ce_total,
+    squared_error=sq,
+    rmse=jnp.sqrt(jnp.mean(jnp.square(regression - batch["continuous"]))),
+  )
   return loss, metrics
 
 
@@ -66,8 +71,9 @@ def train_step(config, state: FeatNetState, batch, key):
   del key  # deterministic
   grads, metrics = jax.grad(lambda p: losses(config, p, batch), has_aux=True)(state.params)
   updates, opt_state = common.adam(config).update(grads, state.opt_state, state.params)
-  return FeatNetState(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                      opt_state=opt_state), metrics
+  return FeatNetState(
+    step=state.step + 1, params=optax.apply_updates(state.params, updates), opt_state=opt_state
+  ), metrics
 
 
 def export_spec(config):
@@ -79,5 +85,11 @@ def export_variables(state: FeatNetState):
 
 
 TRAINER = common.Trainer(
-    name="featnet", validate=validate, create_state=create_state, train_step=train_step,
-    make_batch=make_batch, export_spec=export_spec, export_variables=export_variables)
+  name="featnet",
+  validate=validate,
+  create_state=create_state,
+  train_step=train_step,
+  make_batch=make_batch,
+  export_spec=export_spec,
+  export_variables=export_variables,
+)

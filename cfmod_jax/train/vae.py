@@ -49,23 +49,29 @@ def validate(config) -> None:
   common.check_float(config, "beta", 0.0)
   common.check_float(config, "obs_sigma", 0.0, low_open=True)
   if config.likelihood not in LIKELIHOODS:
-    raise ValueError(f"config.likelihood={config.likelihood!r} is unknown; expected one of "
-                     f"{', '.join(LIKELIHOODS)}")
+    raise ValueError(
+      f"config.likelihood={config.likelihood!r} is unknown; expected one of "
+      f"{', '.join(LIKELIHOODS)}"
+    )
   common.check_adam(config)
 
 
 def create_state(config, key) -> VAEState:
   k_init, k_sample = jax.random.split(key)
-  variables = model(config).init({"params": k_init, "sample": k_sample},
-                                 jnp.zeros((1, 64, 64, 3), jnp.float32))
-  return VAEState(step=jnp.zeros((), jnp.int32), params=variables["params"],
-                  opt_state=common.adam(config).init(variables["params"]))
+  variables = model(config).init(
+    {"params": k_init, "sample": k_sample}, jnp.zeros((1, 64, 64, 3), jnp.float32)
+  )
+  return VAEState(
+    step=jnp.zeros((), jnp.int32),
+    params=variables["params"],
+    opt_state=common.adam(config).init(variables["params"]),
+  )
 
 
 def negative_log_likelihood(config, x, recon):
   """Per-image NLL ``[N]`` of images ``x`` given decoder means ``recon``."""
   if config.likelihood == "gaussian":
-    return jnp.sum(jnp.square(x - recon), axis=(1, 2, 3)) / (2.0 * config.obs_sigma ** 2)
+    return jnp.sum(jnp.square(x - recon), axis=(1, 2, 3)) / (2.0 * config.obs_sigma**2)
   t = (x + 1.0) / 2.0
   p = jnp.clip((recon + 1.0) / 2.0, 1e-6, 1.0 - 1e-6)
   return -jnp.sum(t * jnp.log(p) + (1.0 - t) * jnp.log1p(-p), axis=(1, 2, 3))
@@ -85,8 +91,12 @@ def train_step(config, state: VAEState, batch, key):
     nll = negative_log_likelihood(config, x, recon)
     kl = kl_divergence(mean, logvar)
     loss = jnp.mean(nll + config.beta * kl)
-    return loss, {"loss": loss, "nll": jnp.mean(nll), "kl": jnp.mean(kl),
-                  "mse": jnp.mean(jnp.square(x - recon))}
+    return loss, {
+      "loss": loss,
+      "nll": jnp.mean(nll),
+      "kl": jnp.mean(kl),
+      "mse": jnp.mean(jnp.square(x - recon)),
+    }
 
   grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -108,7 +118,13 @@ def sample(config, state: VAEState, latents):
 
 
 TRAINER = common.Trainer(
-    name="vae", validate=validate, create_state=create_state, train_step=train_step,
-    make_batch=common.training_images, export_spec=export_spec,
-    export_variables=export_variables, sample=sample,
-    latent_dim=lambda config: config.generator.latent_dim)
+  name="vae",
+  validate=validate,
+  create_state=create_state,
+  train_step=train_step,
+  make_batch=common.training_images,
+  export_spec=export_spec,
+  export_variables=export_variables,
+  sample=sample,
+  latent_dim=lambda config: config.generator.latent_dim,
+)

@@ -30,6 +30,7 @@ def upsample(x):
 # ---- a Linen generator ------------------------------------------------------------------
 class ResUpBlock(nn.Module):
   """upsample → relu → conv1 → relu → conv2, plus a 1×1 shortcut of the upsampled input."""
+
   features: int
 
   def setup(self):
@@ -44,6 +45,7 @@ class ResUpBlock(nn.Module):
 
 class OwnLinenGenerator(nn.Module):
   """z [N, latent_dim] → 4×4 → three residual up-blocks → image 32×32×3 in [-1, 1]."""
+
   latent_dim: int = 32
   width: int = 16
 
@@ -82,8 +84,13 @@ class OwnNNXGenerator(nnx.Module):
     w = width
     self.width = w
     self.project = nnx.Linear(latent_dim, 4 * 4 * 2 * w, rngs=rngs)
-    self.blocks = nnx.List([NNXUpBlock(2 * w, 2 * w, rngs=rngs), NNXUpBlock(2 * w, w, rngs=rngs),
-                            NNXUpBlock(w, w, rngs=rngs)])
+    self.blocks = nnx.List(
+      [
+        NNXUpBlock(2 * w, 2 * w, rngs=rngs),
+        NNXUpBlock(2 * w, w, rngs=rngs),
+        NNXUpBlock(w, w, rngs=rngs),
+      ]
+    )
     self.dropout = nnx.Dropout(0.1, rngs=rngs)
     self.to_rgb = nnx.Conv(w, 3, (3, 3), rngs=rngs)
 
@@ -98,17 +105,27 @@ def main():
   latent_dim = 32
   module = OwnLinenGenerator(latent_dim=latent_dim)
   variables = module.init(jax.random.key(0), jnp.zeros((1, latent_dim)))
-  linen_gen = wrap_linen(module, variables, sites=["block2/conv1", "block3"],
-                         latent_shape=(latent_dim,), name="own-linen")
-  nnx_gen = wrap_nnx(OwnNNXGenerator(latent_dim, rngs=nnx.Rngs(0)),
-                     sites={"block2.conv1": "blocks/1/conv1", "block3": "blocks/2"},
-                     latent_shape=(latent_dim,), name="own-nnx")
+  linen_gen = wrap_linen(
+    module,
+    variables,
+    sites=["block2/conv1", "block3"],
+    latent_shape=(latent_dim,),
+    name="own-linen",
+  )
+  nnx_gen = wrap_nnx(
+    OwnNNXGenerator(latent_dim, rngs=nnx.Rngs(0)),
+    sites={"block2.conv1": "blocks/1/conv1", "block3": "blocks/2"},
+    latent_shape=(latent_dim,),
+    name="own-nnx",
+  )
   for gen in (linen_gen, nnx_gen):
     print(gen)
     for site in gen.sites:
       eims = cf.elementary_influence_maps(gen, site, n_pairs=8)
-      print(f"  {site}: activations {gen.site_shape(site)}, EIMs {eims.shape}, "
-            f"max {float(np.max(eims)):.4f}")
+      print(
+        f"  {site}: activations {gen.site_shape(site)}, EIMs {eims.shape}, "
+        f"max {float(np.max(eims)):.4f}"
+      )
 
 
 if __name__ == "__main__":

@@ -43,8 +43,7 @@ SITES = {"block1": "block1", "block2": "block2", "block2.conv1": "block2/conv1"}
 
 
 def _wrap(module, variables, name):
-  return cf.wrap_linen(module, variables, sites=SITES, latent_shape=(module.latent_dim,),
-                       name=name)
+  return cf.wrap_linen(module, variables, sites=SITES, latent_shape=(module.latent_dim,), name=name)
 
 
 def make_generator(latent_dim: int = 32, width: int = 16, seed: int = 0) -> cf.Generator:
@@ -54,22 +53,24 @@ def make_generator(latent_dim: int = 32, width: int = 16, seed: int = 0) -> cf.G
   module = OwnLinenGenerator(latent_dim=latent_dim, width=width)
   variables = module.init(jax.random.key(seed), jnp.zeros((1, latent_dim)))
   gen = _wrap(module, variables, name=f"own-linen-w{width}")
-  gen.dataset = None          # e.g. "synthfaces" if trained on the synthetic faces
+  gen.dataset = None  # e.g. "synthfaces" if trained on the synthetic faces
   return gen
 
 
 def register() -> None:
   """Makes ``"arch": "own-linen"`` checkpoints loadable (idempotent)."""
   if ARCH not in cf.models.architectures():
-    cf.register_architecture(ARCH, OwnLinenGenerator,
-                             to_generator=lambda m, v, name: _wrap(m, v, name))
+    cf.register_architecture(
+      ARCH, OwnLinenGenerator, to_generator=lambda m, v, name: _wrap(m, v, name)
+    )
 
 
 def save(gen: cf.Generator, path: str, dataset: str | None = None) -> str:
   """Writes ``gen``'s variables as an exported folder of arch ``own-linen``."""
   kwargs = {"latent_dim": gen.module.latent_dim, "width": gen.module.width}
-  return checkpoints.save_variables(path, gen.variables, kind="generator", arch=ARCH,
-                                    kwargs=kwargs, extra={"dataset": dataset})
+  return checkpoints.save_variables(
+    path, gen.variables, kind="generator", arch=ARCH, kwargs=kwargs, extra={"dataset": dataset}
+  )
 
 
 if __name__ == "__main__":

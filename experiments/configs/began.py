@@ -46,11 +46,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.checkpoint_every = 250
   config.sample_every = 250
   config.generator = ml_collections.ConfigDict(
-      {"latent_dim": 64, "width": 16, "batch_norm": True, "skip": False})
+    {"latent_dim": 64, "width": 16, "batch_norm": True, "skip": False}
+  )
   config.discriminator = ml_collections.ConfigDict({"latent_dim": 64, "width": 16})
   config.gamma = 1.0
   config.lambda_k = 0.01
   config.k_init = 0.0
-  config.optimizer = ml_collections.ConfigDict(
-      {"learning_rate": 2e-4, "b1": 0.5, "b2": 0.999})
+  config.optimizer = ml_collections.ConfigDict({"learning_rate": 2e-4, "b1": 0.5, "b2": 0.999})
   return config

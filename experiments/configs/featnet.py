@@ -12,6 +12,5 @@ def get_config() -> ml_collections.ConfigDict:
   config.sample_every = 0  # nothing to sample
   config.featnet = ml_collections.ConfigDict({"width": 16, "feature_dim": 64})
   config.regression_weight = 1.0
-  config.optimizer = ml_collections.ConfigDict(
-      {"learning_rate": 1e-3, "b1": 0.9, "b2": 0.999})
+  config.optimizer = ml_collections.ConfigDict({"learning_rate": 1e-3, "b1": 0.9, "b2": 0.999})
   return config

@@ -22,6 +22,5 @@ def get_config() -> ml_collections.ConfigDict:
   config.beta = 2.0
   config.likelihood = "gaussian"
   config.obs_sigma = 0.2
-  config.optimizer = ml_collections.ConfigDict(
-      {"learning_rate": 1e-3, "b1": 0.9, "b2": 0.999})
+  config.optimizer = ml_collections.ConfigDict({"learning_rate": 1e-3, "b1": 0.9, "b2": 0.999})
   return config

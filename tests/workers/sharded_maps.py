@@ -12,9 +12,11 @@ import jax
 def main(argv):
   out = argv[1]
   if len(argv) > 2:
-    jax.distributed.initialize(coordinator_address=argv[2], num_processes=int(argv[3]),
-                               process_id=int(argv[4]))
+    jax.distributed.initialize(
+      coordinator_address=argv[2], num_processes=int(argv[3]), process_id=int(argv[4])
+    )
   import numpy as np  # pylint: disable=g-import-not-at-top
+
   import cfmod_jax as cf  # pylint: disable=g-import-not-at-top
 
   gen = cf.init_generator("dcgan", seed=3, width=8, latent_dim=16)
@@ -24,11 +26,17 @@ def main(argv):
   rng = np.random.default_rng(0)
   masks = (rng.random((3, c)) < 0.5).astype(np.float32)
   maps = cf.influence_maps(gen, "block3", masks, z1, z2, pair_chunk=2, mask_chunk=2)
-  eims = cf.elementary_influence_maps(gen, "block2", n_pairs=11, key=jax.random.key(9),
-                                      n_groups=2, pair_chunk=2, mask_chunk=4)
+  eims = cf.elementary_influence_maps(
+    gen, "block2", n_pairs=11, key=jax.random.key(9), n_groups=2, pair_chunk=2, mask_chunk=4
+  )
   if jax.process_index() == 0:
-    np.savez(out, maps=np.asarray(maps), eims=np.asarray(eims),
-             devices=jax.device_count(), processes=jax.process_count())
+    np.savez(
+      out,
+      maps=np.asarray(maps),
+      eims=np.asarray(eims),
+      devices=jax.device_count(),
+      processes=jax.process_count(),
+    )
 
 
 if __name__ == "__main__":
