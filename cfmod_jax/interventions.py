@@ -40,7 +40,7 @@ def _is_tracer(x) -> bool:
   return isinstance(x, jax.core.Tracer)
 
 
-def check_masks(gen: Generator, site: str, masks) -> tuple[jax.Array, bool]:
+def _check_masks(gen: Generator, site: str, masks) -> tuple[jax.Array, bool]:
   """Validates masks ``[M, C]`` or ``[C]`` in [0, 1]; returns ``([M, C], was_1d)``.
 
   Concrete masks (numpy, lists, jax arrays outside a trace) are checked by value:
@@ -90,7 +90,7 @@ def check_masks(gen: Generator, site: str, masks) -> tuple[jax.Array, bool]:
   return (masks[None] if len(shape) == 1 else masks), len(shape) == 1
 
 
-def check_pairs(gen: Generator, z1, z2) -> tuple[jax.Array, jax.Array]:
+def _check_pairs(gen: Generator, z1, z2) -> tuple[jax.Array, jax.Array]:
   check_generator(gen, "gen")
   z1 = check_latents(gen, z1, "z1")
   z2 = check_latents(gen, z2, "z2")
@@ -205,7 +205,7 @@ def _local_eim_sums(gen: Generator, site: str, pair_chunk: int, channel_chunk: i
   return local
 
 
-def pair_mesh() -> Mesh:
+def _pair_mesh() -> Mesh:
   """A 1-D mesh named 'pairs' over every device (all hosts)."""
   return Mesh(np.asarray(jax.devices()), ("pairs",))
 
@@ -255,7 +255,7 @@ def _replicated_variables(gen: Generator, mesh: Mesh, rep):
 
 def _run_sharded(gen: Generator, key, local_factory, extra, z1, z2, groups, pair_chunk):
   """Pads the pairs to a multiple of (devices × pair_chunk), shards and sums."""
-  mesh = pair_mesh()
+  mesh = _pair_mesh()
   n, n_dev = z1.shape[0], mesh.size
   pair_chunk = min(pair_chunk, -(-n // n_dev))
   n_pad = -n % (n_dev * pair_chunk)
@@ -299,6 +299,79 @@ def _largest_divisor_at_most(n: int, k: int) -> int:
 
 
 # ---- public API ----------------------------------------------------------------------
+def masks_from_labels(labels, k: int | None = None) -> np.ndarray:
+  """One-hot channel masks of a partition of a site's channels into modules.
+
+  Args:
+    labels: int ``[C]``, the module ``0…K-1`` of each channel.
+    k: number of modules K (default ``labels.max() + 1``); modules without a
+      channel get an all-zero mask.
+  Returns:
+    ``[K, C] float32``: ``masks[j, c] = 1.0`` iff ``labels[c] == j`` (the masks that
+    swap one module), exactly ``(labels[None, :] == arange(K)[:, None])``.
+  """
+  labels = np.asarray(labels)
+  if labels.ndim != 1 or labels.size == 0 or not np.issubdtype(labels.dtype, np.integer):
+    raise ValueError(
+      f"labels must be a non-empty 1-D integer array, got shape {labels.shape} {labels.dtype}"
+    )
+  if k is None:
+    k = int(labels.max()) + 1
+  k = check_positive_int(k, "k")
+  return (labels[None, :] == np.arange(k)[:, None]).astype(np.float32)
+
+
+def hybrid_grid(gen: Generator, site: str, masks, z1, z2) -> jax.Array:
+  """Hybrids of every (original, donor) combination, per mask.
+
+  Args:
+    gen: a `Generator`.
+    site: one of ``gen.sites``.
+    masks: ``[M, C]`` (or ``[C]``) in [0, 1]; 1 takes the channel from the donor.
+    z1: ``[R, *latent_shape]`` originals (the grid's rows).
+    z2: ``[D, *latent_shape]`` donors (the grid's columns).
+  Returns:
+    ``[M, R, D, H, W, 3] float32`` in [-1, 1] (``[R, D, H, W, 3]`` for a 1-D mask):
+    cell ``[m, r, d]`` is ``hybrids(gen, site, masks[m], z1[r], z2[d])``; computed
+    as one `hybrids` call on the R·D pairs ``(repeat(z1, D), tile(z2, R))``. Lay it
+    out with `grid_panel`.
+  """
+  check_generator(gen, "gen")
+  gen.site_index(site)
+  one = np.ndim(masks) == 1
+  masks, _ = _check_masks(gen, site, masks)
+  z1, z2 = np.asarray(z1), np.asarray(z2)
+  if z1.ndim < 1 or z2.ndim < 1 or z1.shape[0] == 0 or z2.shape[0] == 0:
+    raise ValueError(
+      f"z1 and z2 must be non-empty [N, *latent_shape], got {z1.shape} and {z2.shape}"
+    )
+  r, d = z1.shape[0], z2.shape[0]
+  z1r = np.repeat(z1, d, axis=0)
+  z2t = np.tile(z2, (r,) + (1,) * (z2.ndim - 1))
+  out = hybrids(gen, site, masks, z1r, z2t)
+  out = out.reshape(out.shape[0], r, d, *out.shape[2:])
+  return out[0] if one else out
+
+
+def grid_panel(originals, donors, cells) -> np.ndarray:
+  """Lays out a hybrid grid (the paper's figure for one module).
+
+  Args:
+    originals: ``[R, H, W, 3]`` images of the originals (down the left).
+    donors: ``[D, H, W, 3]`` images of the donors (across the top).
+    cells: ``[R, D, H, W, 3]`` hybrids, e.g. one mask of `hybrid_grid`.
+  All in [-1, 1]. Returns an RGB image in [0, 1] (blank top-left corner).
+  """
+  from cfmod_jax import viz  # pylint: disable=g-import-not-at-top
+
+  originals, donors, cells = (viz.to_unit(np.asarray(a)) for a in (originals, donors, cells))
+  r, d = cells.shape[:2]
+  blank = np.ones((1, *cells.shape[2:]), np.float32)
+  rows = [np.concatenate([blank, donors])]
+  rows += [np.concatenate([originals[i : i + 1], cells[i]]) for i in range(r)]
+  return viz.tile(np.concatenate(rows), d + 1, pad=3)
+
+
 def hybrids(
   gen: Generator, site: str, masks, z1, z2, *, mask_chunk: int = DEFAULT_MASK_CHUNK
 ) -> jax.Array:
@@ -312,15 +385,15 @@ def hybrids(
     mask_chunk: masks evaluated together in one vectorised call.
   Works inside `jax.jit` (masks and codes may be traced). Traced masks cannot be
   range-checked: a mask row with a value outside [0, 1] or a NaN gives all-NaN
-  hybrids for that row (see `check_masks`); concrete masks raise a ValueError.
+  hybrids for that row (see `_check_masks`); concrete masks raise a ValueError.
   Returns:
     ``[M, N, H, W, 3] float32`` in [-1, 1] (``[N, H, W, 3]`` for a 1-D mask): z1's
     activations at ``site`` with the masked channels taken from z2, then the suffix.
   """
   check_generator(gen, "gen")
   gen.site_index(site)
-  masks, one = check_masks(gen, site, masks)
-  z1, z2 = check_pairs(gen, z1, z2)
+  masks, one = _check_masks(gen, site, masks)
+  z1, z2 = _check_pairs(gen, z1, z2)
   mask_chunk = _check_positive_int(mask_chunk, "mask_chunk")
   m = masks.shape[0]
   masks, mask_chunk = _pad_masks(masks, mask_chunk)
@@ -351,8 +424,8 @@ def influence_map_sums(
   """
   check_generator(gen, "gen")
   gen.site_index(site)
-  masks, _ = check_masks(gen, site, masks)
-  z1, z2 = check_pairs(gen, z1, z2)
+  masks, _ = _check_masks(gen, site, masks)
+  z1, z2 = _check_pairs(gen, z1, z2)
   pair_chunk = _check_positive_int(pair_chunk, "pair_chunk")
   mask_chunk = _check_positive_int(mask_chunk, "mask_chunk")
   groups = _check_groups(groups, z1.shape[0])
@@ -421,7 +494,7 @@ def elementary_influence_map_sums(
   """
   check_generator(gen, "gen")
   gen.site_index(site)
-  z1, z2 = check_pairs(gen, z1, z2)
+  z1, z2 = _check_pairs(gen, z1, z2)
   pair_chunk = _check_positive_int(pair_chunk, "pair_chunk")
   mask_chunk = _check_positive_int(mask_chunk, "mask_chunk")
   method = _check_method(method)
@@ -495,3 +568,22 @@ def elementary_influence_maps(
   )
   maps = sums / (3.0 * jnp.asarray(counts, jnp.float32)[:, None, None, None])
   return maps if n_groups > 1 else maps[0]
+
+
+# Old public names of internals, kept importable for other modules (to be removed).
+check_masks = _check_masks
+check_pairs = _check_pairs
+pair_mesh = _pair_mesh
+
+__all__ = [
+  "DEFAULT_MASK_CHUNK",
+  "DEFAULT_PAIR_CHUNK",
+  "elementary_influence_map_sums",
+  "elementary_influence_maps",
+  "grid_panel",
+  "hybrid_grid",
+  "hybrids",
+  "influence_map_sums",
+  "influence_maps",
+  "masks_from_labels",
+]

@@ -36,7 +36,12 @@ import numpy as np
 
 from cfmod_jax import clustering, viz
 from cfmod_jax.generator import Generator
-from cfmod_jax.interventions import check_masks, elementary_influence_maps, hybrids
+from cfmod_jax.interventions import (
+  elementary_influence_maps,
+  grid_panel,
+  hybrid_grid,
+  masks_from_labels,
+)
 
 
 # ---- class-conditional sampling ------------------------------------------------------------
@@ -100,43 +105,19 @@ def class_conditional(gen: Generator, classes: Sequence[int]) -> Generator:
 def cross_class_hybrids(gen: Generator, site: str, masks, z_a, z_b) -> jax.Array:
   """Every combination of an original (class A) and a donor (class B), per mask.
 
-  Args:
-    gen: a `Generator` (any; class-conditional in the intended use).
-    site: one of ``gen.sites``.
-    masks: ``[M, C]`` (or ``[C]``) in [0, 1]; 1 takes the channel from the donor.
-    z_a: ``[R, *latent_shape]`` originals (class A).
-    z_b: ``[D, *latent_shape]`` donors (class B).
-  Returns:
-    ``[M, R, D, H, W, 3] float32`` in [-1, 1] (``[R, D, H, W, 3]`` for a 1-D mask):
-    cell ``[m, r, d]`` is the hybrid of original r with mask m's channels from donor d;
-    stages after the site are conditioned on the original's latent.
+  `interventions.hybrid_grid` with originals ``z_a [R, …]`` (class A) and donors
+  ``z_b [D, …]`` (class B): ``[M, R, D, H, W, 3] float32`` in [-1, 1] (``[R, D, H,
+  W, 3]`` for a 1-D mask); cell ``[m, r, d]`` is original r with mask m's channels
+  from donor d; stages after the site are conditioned on the original's latent.
   """
-  gen.site_index(site)
-  one = np.ndim(masks) == 1
-  masks, _ = check_masks(gen, site, masks)
-  z_a, z_b = np.asarray(z_a), np.asarray(z_b)
-  if z_a.ndim < 1 or z_b.ndim < 1 or z_a.shape[0] == 0 or z_b.shape[0] == 0:
-    raise ValueError(
-      f"z_a and z_b must be non-empty [N, *latent_shape], got {z_a.shape} and {z_b.shape}"
-    )
-  r, d = z_a.shape[0], z_b.shape[0]
-  z1 = np.repeat(z_a, d, axis=0)
-  z2 = np.tile(z_b, (r,) + (1,) * (z_b.ndim - 1))
-  out = hybrids(gen, site, masks, z1, z2)
-  out = out.reshape(out.shape[0], r, d, *out.shape[2:])
-  return out[0] if one else out
+  return hybrid_grid(gen, site, masks, z_a, z_b)
 
 
 def transfer_panel(originals, donors, cells) -> np.ndarray:
-  """One module's panel: originals ``[R, H, W, 3]`` down the left, donors
-  ``[D, H, W, 3]`` across the top, hybrids ``[R, D, H, W, 3]`` in the grid (all in
-  [-1, 1]). Returns an RGB image in [0, 1]."""
-  originals, donors, cells = (viz.to_unit(np.asarray(a)) for a in (originals, donors, cells))
-  r, d = cells.shape[:2]
-  blank = np.ones((1, *cells.shape[2:]), np.float32)
-  rows = [np.concatenate([blank, donors])]
-  rows += [np.concatenate([originals[i : i + 1], cells[i]]) for i in range(r)]
-  return viz.tile(np.concatenate(rows), d + 1, pad=3)
+  """One module's panel (`interventions.grid_panel`): originals ``[R, H, W, 3]``
+  down the left, donors ``[D, H, W, 3]`` across the top, hybrids ``[R, D, H, W, 3]``
+  in the grid (all in [-1, 1]). Returns an RGB image in [0, 1]."""
+  return grid_panel(originals, donors, cells)
 
 
 # ---- the experiment --------------------------------------------------------------------------
@@ -217,7 +198,7 @@ def style_transfer(
   both = class_conditional(gen, sorted({class_a, class_b}))
   eims = np.asarray(elementary_influence_maps(both, site, n_pairs, k_eim))
   clus = clustering.cluster_channels(eims, k, method, seed=seed, sigma=sigma, percentile=percentile)
-  masks = (clus.labels[None] == np.arange(k)[:, None]).astype(np.float32)
+  masks = masks_from_labels(clus.labels, k)
   z_a = np.asarray(class_latents(gen, k_a, class_a, n_rows))
   z_b = np.asarray(class_latents(gen, k_b, class_b, n_cols))
   originals, donors = np.asarray(gen(z_a)), np.asarray(gen(z_b))

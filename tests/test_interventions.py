@@ -283,3 +283,45 @@ def test_replaced_variables_are_used():
   after = cf.elementary_influence_maps(gen, "block3", n_pairs=4)
   np.testing.assert_array_equal(after, cf.elementary_influence_maps(other, "block3", n_pairs=4))
   assert float(np.abs(after - before).max()) > 0
+
+
+def test_masks_from_labels_equals_plain_loop():
+  from cfmod_jax.interventions import masks_from_labels
+
+  labels = np.array([2, 0, 0, 1, 2, 2, 0])
+  ref = np.zeros((4, labels.size), np.float32)
+  for c, j in enumerate(labels):
+    ref[j, c] = 1.0
+  out = masks_from_labels(labels, 4)
+  assert out.dtype == np.float32 and out.shape == (4, 7)
+  np.testing.assert_array_equal(out, ref)
+  np.testing.assert_array_equal(masks_from_labels(labels), ref[:3])  # k = max + 1
+  with pytest.raises(ValueError, match="labels must be"):
+    masks_from_labels(np.array([0.5, 1.0]))
+
+
+def test_hybrid_grid_and_panel_equal_plain_loop(small_dcgan, pairs):
+  from cfmod_jax import viz
+  from cfmod_jax.interventions import grid_panel, hybrid_grid
+
+  z1, z2 = pairs
+  site = "block2"
+  c = small_dcgan.site_shape(site)[-1]
+  masks = np.stack([np.arange(c) % 2, np.arange(c) < c // 3]).astype(np.float32)
+  rows, cols = np.asarray(z1[:3]), np.asarray(z2[:2])
+  grid = np.asarray(hybrid_grid(small_dcgan, site, masks, rows, cols))
+  assert grid.shape == (2, 3, 2, 64, 64, 3)
+  for m in range(2):
+    for r in range(3):
+      for d in range(2):
+        want = _reference_hybrid(small_dcgan, site, masks[m], rows[r], cols[d])
+        np.testing.assert_allclose(grid[m, r, d], want, atol=ATOL)
+  one = np.asarray(hybrid_grid(small_dcgan, site, masks[1], rows, cols))
+  np.testing.assert_allclose(one, grid[1], atol=ATOL)
+  # Panel: blank corner, donors across the top, originals down the left.
+  originals, donors = np.asarray(small_dcgan(rows)), np.asarray(small_dcgan(cols))
+  panel = grid_panel(originals, donors, grid[1])
+  cells = [np.ones((64, 64, 3), np.float32), *viz.to_unit(donors)]
+  for r in range(3):
+    cells += [viz.to_unit(originals[r]), *viz.to_unit(grid[1, r])]
+  np.testing.assert_array_equal(panel, viz.tile(np.stack(cells), 3, pad=3))
