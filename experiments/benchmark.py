@@ -4,19 +4,22 @@
   python -m experiments.benchmark --quick --out /tmp/bench   # tiny, for tests
 
 Writes ``benchmark.json``, ``benchmark.md`` and ``benchmark.png`` to ``--out``; see
-`cfmod_jax.bench.harness` for what is measured and how. Needs the ``torch`` extra.
+`benchmarks.harness` for what is measured and how. Needs the ``torch`` extra.
 """
 
 from absl import app, flags, logging
 
-from cfmod_jax.bench import harness
-from experiments import _cli  # first: one line on Ctrl-C while jax imports
+from experiments import _cli  # isort: skip  (first: one line on Ctrl-C while jax imports)
+from benchmarks import config as bench_config
+from benchmarks import harness, report
+
+__all__ = ["config_from_flags", "main"]
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("n_pairs", 64, "Latent pairs per EIM.", lower_bound=1)
-flags.DEFINE_list("sites", list(harness.SITES), "Sites to benchmark.")
+flags.DEFINE_list("sites", list(bench_config.SITES), "Sites to benchmark.")
 flags.DEFINE_integer("width", 64, "DCGAN width (64: the paper's DCGAN-64).", lower_bound=1)
-flags.DEFINE_list("contenders", list(harness.CONTENDERS), "Contenders to run.")
+flags.DEFINE_list("contenders", list(bench_config.CONTENDERS), "Contenders to run.")
 flags.DEFINE_integer(
   "pair_chunk", 64, "Pairs per forward pass (torch and naive JAX).", lower_bound=1
 )
@@ -40,8 +43,9 @@ flags.DEFINE_bool(
 )
 
 
-def config_from_flags() -> harness.BenchConfig:
-  cfg = harness.BenchConfig(
+def config_from_flags() -> bench_config.BenchConfig:
+  """The `BenchConfig` of the flags (``--quick`` applied)."""
+  cfg = bench_config.BenchConfig(
     n_pairs=FLAGS.n_pairs,
     sites=tuple(FLAGS.sites),
     width=FLAGS.width,
@@ -54,8 +58,8 @@ def config_from_flags() -> harness.BenchConfig:
     torch_threads=FLAGS.torch_threads,
   )
   if FLAGS.quick:  # block1 and block4 unless --sites is given
-    cfg = harness.quick_config(
-      cfg, sites=FLAGS.sites if FLAGS["sites"].present else harness.QUICK_SITES
+    cfg = bench_config.quick_config(
+      cfg, sites=FLAGS.sites if FLAGS["sites"].present else bench_config.QUICK_SITES
     )
   return cfg
 
@@ -73,11 +77,11 @@ def _memory_n_pairs() -> tuple[int, ...]:
   return values
 
 
-def main(argv):
+def main(argv: list[str]) -> None:
   del argv
   cfg = config_from_flags()
   try:
-    harness._check_config(cfg)  # pylint: disable=protected-access
+    bench_config.check_config(cfg)
   except ValueError as exc:
     raise _cli.name_flag(
       exc,
@@ -86,9 +90,9 @@ def main(argv):
     ) from None
   _cli.check_output_dir("out")
   results = harness.run_benchmark(cfg, log=logging.info)
-  paths = harness.write_outputs(results, FLAGS.out)
+  paths = report.write_outputs(results, FLAGS.out)
   logging.info("wrote %s", ", ".join(paths.values()))
-  print(harness.markdown_table(results))
+  print(report.markdown_table(results))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""One string names any generator (cfmod_jax.specs): random initialisations,
+"""One string names any generator (experiments/_specs.py): random initialisations,
 shipped names, checkpoint folders (exported, registered user architectures,
 BigGAN conversions), and user factories given as ``module:factory`` or
 ``file.py:factory`` — and a user generator in a file outside the package runs
@@ -17,8 +17,10 @@ import numpy as np
 import pytest
 
 import cfmod_jax as cf
-from cfmod_jax import checkpoints, models, specs
+from cfmod_jax import checkpoints, models
 from cfmod_jax.models import biggan as bg
+from cfmod_jax.specs import uses_synthfaces_parts
+from experiments import _specs as specs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -100,8 +102,8 @@ def test_random_spec_and_args():
 def test_shipped_name_has_dataset():
   gen = specs.generator_from_spec("vae-synthfaces")
   assert gen.name == "vae-synthfaces" and gen.dataset == "synthfaces"
-  assert specs.uses_synthfaces_parts(gen)
-  assert not specs.uses_synthfaces_parts(cf.init_generator("dcgan", width=4, latent_dim=8))
+  assert uses_synthfaces_parts(gen)
+  assert not uses_synthfaces_parts(cf.init_generator("dcgan", width=4, latent_dim=8))
 
 
 def test_module_and_file_factories(user_file, monkeypatch):
@@ -214,7 +216,7 @@ def test_register_architecture_staged(user_file, tmp_path):
       extra={"dataset": "synthfaces"},
     )
     loaded = specs.generator_from_spec(folder)
-    assert loaded.dataset == "synthfaces" and specs.uses_synthfaces_parts(loaded)
+    assert loaded.dataset == "synthfaces" and uses_synthfaces_parts(loaded)
     z = gen.sample_latents(jax.random.key(0), 2)
     np.testing.assert_array_equal(np.asarray(loaded(z)), np.asarray(gen(z)))
   finally:
@@ -231,7 +233,7 @@ def test_register_wrapped_architecture_example(tmp_path):
     folder = ex.save(gen, str(tmp_path / "own"), dataset="celeba")
     loaded = cf.load_generator(folder)
     assert isinstance(loaded, cf.LinenGenerator) and loaded.sites == gen.sites
-    assert loaded.dataset == "celeba" and not specs.uses_synthfaces_parts(loaded)
+    assert loaded.dataset == "celeba" and not uses_synthfaces_parts(loaded)
     z = gen.sample_latents(jax.random.key(0), 2)
     np.testing.assert_array_equal(np.asarray(loaded(z)), np.asarray(gen(z)))
   finally:

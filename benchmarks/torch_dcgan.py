@@ -16,8 +16,8 @@ Flax variable tree:
 
 `hook_eims` is the baseline the benchmark compares with: a forward hook on the
 site's stage replaces channel c by z2's activations, one channel at a time,
-batched over pairs — as GAN-Dissection / nnsight-style code does. Only this
-package (`cfmod_jax.bench`) imports torch.
+batched over pairs — as GAN-Dissection / nnsight-style code does. Of the
+benchmark's modules only this one (and the worker's matmul peak) imports torch.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ BN_EPS = 1e-5  # flax.linen.BatchNorm's default
 class TorchDCGAN(nn.Module):
   """DCGAN-64 generator in PyTorch; ``stages[i]`` outputs site ``block{i+1}``."""
 
-  def __init__(self, latent_dim: int = 100, width: int = 64):
+  def __init__(self, latent_dim: int = 100, width: int = 64) -> None:
     super().__init__()
     w = width
     self.latent_dim, self.width = latent_dim, width
@@ -77,11 +77,11 @@ class TorchDCGAN(nn.Module):
 class Reshape(nn.Module):
   """``[N, 16·C]`` → ``[N, C, 4, 4]``."""
 
-  def __init__(self, channels: int):
+  def __init__(self, channels: int) -> None:
     super().__init__()
     self.channels = channels
 
-  def forward(self, x):
+  def forward(self, x: torch.Tensor) -> torch.Tensor:
     return x.view(x.shape[0], self.channels, 4, 4)
 
 
@@ -89,14 +89,14 @@ def _t(a) -> torch.Tensor:
   return torch.from_numpy(np.array(a, dtype=np.float32))
 
 
-def convert_conv_transpose_kernel(kernel) -> torch.Tensor:
+def convert_conv_transpose_kernel(kernel: Any) -> torch.Tensor:
   """Flax ``[kh, kw, in, out]`` ('SAME', unflipped) → torch ``[in, out, kh, kw]``
   (flipped) for ``ConvTranspose2d(k, s=2, p=1)``."""
   k = np.asarray(kernel, np.float32)[::-1, ::-1]
   return _t(k.transpose(2, 3, 0, 1))
 
 
-def convert_dense_kernel(kernel, channels: int) -> torch.Tensor:
+def convert_dense_kernel(kernel: Any, channels: int) -> torch.Tensor:
   """Flax ``[z, 16·C]`` with output order (h, w, c) → torch ``[16·C, z]`` in (c, h, w)."""
   k = np.asarray(kernel, np.float32)
   z = k.shape[0]
@@ -197,3 +197,15 @@ def images(model: TorchDCGAN, z: np.ndarray) -> np.ndarray:
   """``G(z)`` as NHWC ``[N, 64, 64, 3]`` numpy (for comparison with Flax)."""
   with torch.inference_mode():
     return model(_t(z)).permute(0, 2, 3, 1).numpy()
+
+
+__all__ = [
+  "BN_EPS",
+  "Reshape",
+  "TorchDCGAN",
+  "convert_conv_transpose_kernel",
+  "convert_dense_kernel",
+  "from_flax",
+  "hook_eims",
+  "images",
+]

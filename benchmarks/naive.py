@@ -11,7 +11,7 @@ No reuse of the prefix across channels, no batching over channels, no linearity.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -36,11 +36,11 @@ def channel_sum_fn(gen: Generator, site: str) -> Callable:
 def naive_eims(
   gen: Generator,
   site: str,
-  z1,
-  z2,
+  z1: np.ndarray,
+  z2: np.ndarray,
   *,
   pair_chunk: int = 128,
-  channels=None,
+  channels: Sequence[int] | None = None,
   progress: Callable[[int], None] | None = None,
   timings: dict | None = None,
 ) -> np.ndarray:
@@ -72,3 +72,6 @@ def naive_eims(
       if progress is not None:
         progress(1)
   return acc / (3.0 * n)
+
+
+__all__ = ["channel_sum_fn", "naive_eims"]
