@@ -16,3 +16,5 @@ repository root: ``python -m experiments.benchmark``). Modules:
 PyTorch (``pip install -e '.[torch]'``) is imported only by `torch_dcgan` (and
 the worker's matmul peak), never by cfmod_jax. See ``docs/benchmark/``.
 """
+
+__all__: list[str] = []  # import the submodules (torch_dcgan needs torch)

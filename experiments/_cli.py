@@ -32,6 +32,23 @@ from typing import NoReturn
 
 from absl import app, flags
 
+__all__ = [
+  "INTERRUPT_EXIT",
+  "USAGE_EXIT",
+  "blame",
+  "check_input_file",
+  "check_output_dir",
+  "fail",
+  "flag_error",
+  "flag_value",
+  "name_flag",
+  "one_line",
+  "parse_flags",
+  "prog",
+  "run",
+  "set_interrupt_message",
+]
+
 FLAGS = flags.FLAGS
 USAGE_EXIT = 2
 INTERRUPT_EXIT = 130

@@ -38,11 +38,39 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 from absl import flags, logging
 
 from experiments import _cli
+
+__all__ = [
+  "ACCEPTED",
+  "CLEAR",
+  "DEEP",
+  "OUTCOMES",
+  "RESULT",
+  "CliCase",
+  "Outcome",
+  "abbreviate",
+  "api_cases",
+  "cache_cases",
+  "checkpoint_cases",
+  "classify_cli",
+  "cli_cases",
+  "counts",
+  "main",
+  "markdown",
+  "names_all",
+  "run_all",
+  "run_cli",
+  "short",
+  "tiny_generator",
+  "try_error",
+  "try_result",
+  "watch_opens",
+]
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("markdown", "docs/reliability.md", "Markdown table to write.")
@@ -126,7 +154,7 @@ def try_result(group: str, case: str, fn: Callable[[], str | None]) -> Outcome:
 
 
 @functools.cache
-def tiny_generator():
+def tiny_generator() -> Any:
   """The width-4 random DCGAN that every in-process case uses (built once)."""
   import cfmod_jax  # pylint: disable=g-import-not-at-top
 
@@ -300,7 +328,7 @@ def api_cases() -> list[Outcome]:
 
 
 @contextlib.contextmanager
-def watch_opens(paths: Sequence[str]):
+def watch_opens(paths: Sequence[str]) -> Iterator[list[str]]:
   """Records every `open` (audit event) of one of ``paths`` in the yielded list."""
   seen: list[str] = []
   targets = {os.path.realpath(p) for p in paths}
@@ -940,7 +968,7 @@ def markdown(results: Sequence[Outcome], seconds: float, command: str) -> str:
   return "\n".join(lines) + "\n\n" + NOTES
 
 
-def main(argv):
+def main(argv: list[str]) -> None:
   del argv
   t0 = time.perf_counter()
   try:

@@ -4,7 +4,8 @@
       --config biggan-deep-256 --out path/to/flax_ckpt
 
 ``--config`` is a name (biggan-deep-128/256/512) or the port's config.json. The
-output folder holds variables.msgpack and config.json; load it with
+output folder is in cfmod_jax's exported format (variables.msgpack +
+checkpoint.json, which holds the config); load it with
 ``cfmod_jax.models.biggan.load_biggan(path, truncation)``. Needs torch.
 """
 
@@ -15,6 +16,8 @@ from absl import flags, logging
 from cfmod_jax.models import biggan, biggan_convert
 from experiments import _cli  # first: one line on Ctrl-C while jax imports
 
+__all__ = ["main"]
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string(
   "state_dict", None, "PyTorch state dict (.bin/.pt) of pytorch-pretrained-biggan."
@@ -24,7 +27,9 @@ flags.DEFINE_string(
   "biggan-deep-256",
   f"One of {sorted(biggan.CONFIGS)} or a path to the port's config.json.",
 )
-flags.DEFINE_string("out", None, "Output folder (variables.msgpack + config.json).")
+flags.DEFINE_string(
+  "out", None, "Output folder (variables.msgpack + checkpoint.json, cfmod_jax.checkpoints)."
+)
 flags.DEFINE_integer(
   "power_iterations",
   0,
@@ -34,7 +39,7 @@ flags.DEFINE_integer(
 flags.mark_flags_as_required(["state_dict", "out"])
 
 
-def main(argv):
+def main(argv: list[str]) -> None:
   del argv
   _cli.check_input_file("state_dict")
   config = FLAGS.config

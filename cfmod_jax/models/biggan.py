@@ -51,6 +51,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cfmod_jax._validate import check_positive_int, check_seed
 from cfmod_jax.generator import Generator, StagedGenerator
 from cfmod_jax.ops import upsample_nearest
 
@@ -77,7 +78,7 @@ class BigGANConfig:
   eps: float = 1e-4
   n_stats: int = 51
 
-  def __post_init__(self):
+  def __post_init__(self) -> None:
     object.__setattr__(self, "layers", tuple((bool(u), int(i), int(o)) for u, i, o in self.layers))
     problems = []
     if not self.layers:
@@ -122,8 +123,11 @@ class BigGANConfig:
         )
     if self.n_stats < 2:
       problems.append(f"n_stats must be ≥ 2, got {self.n_stats}")
-    if min(self.z_dim, self.channel_width, self.num_classes) < 1:
-      problems.append("z_dim, channel_width and num_classes must be positive")
+    for name in ("z_dim", "channel_width", "num_classes"):
+      try:
+        check_positive_int(getattr(self, name), name)
+      except ValueError as e:
+        problems.append(str(e))
     if problems:
       raise ValueError("invalid BigGAN config: " + "; ".join(problems))
 
@@ -145,7 +149,7 @@ class BigGANConfig:
   def latent_dim(self) -> int:
     return self.z_dim + self.num_classes
 
-  def to_dict(self) -> dict:
+  def to_dict(self) -> dict[str, Any]:
     d = dataclasses.asdict(self)
     d["layers"] = [list(layer) for layer in self.layers]
     return d
@@ -210,7 +214,7 @@ def get_config(config: str | BigGANConfig | Mapping[str, Any]) -> BigGANConfig:
 # ---- validation ------------------------------------------------------------------------
 
 
-def check_truncation(truncation) -> float:
+def check_truncation(truncation: Any) -> float:
   """The truncation as a float; ValueError unless it lies in (0, 1]."""
   try:
     t = float(truncation)
@@ -221,7 +225,7 @@ def check_truncation(truncation) -> float:
   return t
 
 
-def class_vectors(classes, num_classes: int) -> np.ndarray:
+def class_vectors(classes: Any, num_classes: int) -> np.ndarray:
   """Class vectors ``[N, num_classes] float32``.
 
   ``classes`` is either ``[N]`` integer class indices (→ one-hot) or ``[N,
@@ -258,7 +262,7 @@ def truncated_noise(key: jax.Array, n: int, z_dim: int, truncation: float) -> ja
   return t * jax.random.truncated_normal(key, -2.0, 2.0, (n, z_dim), jnp.float32)
 
 
-def make_latents(z, classes, num_classes: int) -> jax.Array:
+def make_latents(z: Any, classes: Any, num_classes: int) -> jax.Array:
   """``concat(z, class_vectors(classes))`` → ``[N, z_dim + num_classes] float32``."""
   y = class_vectors(classes, num_classes)
   z = jnp.asarray(z, jnp.float32)
@@ -267,13 +271,16 @@ def make_latents(z, classes, num_classes: int) -> jax.Array:
   return jnp.concatenate([z, jnp.asarray(y)], axis=1)
 
 
-def split_latents(latents, z_dim: int) -> tuple[jax.Array, jax.Array]:
+def split_latents(latents: jax.Array, z_dim: int) -> tuple[jax.Array, jax.Array]:
   """``[N, z_dim + num_classes] → (z [N, z_dim], class vectors [N, num_classes])``."""
   return latents[:, :z_dim], latents[:, z_dim:]
 
 
 def sample_latents_for_classes(
-  key: jax.Array, classes, truncation: float = 0.4, config: str | BigGANConfig = "biggan-deep-256"
+  key: jax.Array,
+  classes: Any,
+  truncation: float = 0.4,
+  config: str | BigGANConfig = "biggan-deep-256",
 ) -> jax.Array:
   """Latents ``[N, z_dim + num_classes]`` with truncated noise for given classes.
 
@@ -315,7 +322,7 @@ class ConditionalBatchNorm(nn.Module):
   truncation: float
 
   @nn.compact
-  def __call__(self, x, cond):
+  def __call__(self, x: jax.Array, cond: jax.Array) -> jax.Array:
     means = self.variable("batch_stats", "running_means", jnp.zeros, (self.n_stats, self.features))
     variances = self.variable(
       "batch_stats", "running_vars", jnp.ones, (self.n_stats, self.features)
@@ -335,7 +342,7 @@ class BatchNorm(nn.Module):
   truncation: float
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x: jax.Array) -> jax.Array:
     means = self.variable("batch_stats", "running_means", jnp.zeros, (self.n_stats, self.features))
     variances = self.variable(
       "batch_stats", "running_vars", jnp.ones, (self.n_stats, self.features)
@@ -357,7 +364,7 @@ class SelfAttention(nn.Module):
   """SAGAN self-attention: keys and values max-pooled 2×2; ``x + gamma · o``."""
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x: jax.Array) -> jax.Array:
     n, h, w, c = x.shape
     pool = lambda t: nn.max_pool(t, (2, 2), strides=(2, 2))
     theta = _conv(c // 8, 1, False, "theta")(x).reshape(n, h * w, c // 8)
@@ -383,7 +390,7 @@ class GenBlock(nn.Module):
   truncation: float
 
   @nn.compact
-  def __call__(self, x, cond):
+  def __call__(self, x: jax.Array, cond: jax.Array) -> jax.Array:
     mid = self.in_features // 4
     bn = lambda f, i: ConditionalBatchNorm(
       f, self.n_stats, self.eps, self.truncation, name=f"bn_{i}"
@@ -415,7 +422,7 @@ class BlockStage(nn.Module):
   truncation: float
 
   @nn.compact
-  def __call__(self, x, cond):
+  def __call__(self, x: jax.Array, cond: jax.Array) -> jax.Array:
     if self.attention:
       x = SelfAttention(name="attention")(x)
     return GenBlock(
@@ -435,7 +442,7 @@ class ProjectStage(nn.Module):
   features: int
 
   @nn.compact
-  def __call__(self, cond):
+  def __call__(self, cond: jax.Array) -> jax.Array:
     return nn.Dense(4 * 4 * self.features, name="dense")(cond).reshape(
       cond.shape[0], 4, 4, self.features
     )
@@ -451,7 +458,7 @@ class OutputStage(nn.Module):
   truncation: float
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x: jax.Array) -> jax.Array:
     x = nn.relu(BatchNorm(self.features, self.n_stats, self.eps, self.truncation, name="bn")(x))
     return jnp.tanh(_conv(3, 3, name="conv_to_rgb")(x))
 
@@ -474,14 +481,14 @@ class BigGANDeep(StagedGenerator):
   truncation: float = 0.4
 
   @property
-  def latent_shape(self):
+  def latent_shape(self) -> tuple[int, ...]:
     return (self.config.latent_dim,)
 
   @property
-  def site_names(self):
+  def site_names(self) -> tuple[str, ...]:
     return ("gen_z",) + tuple(f"block{i}" for i in range(len(self.config.layers)))
 
-  def setup(self):
+  def setup(self) -> None:
     check_truncation(self.truncation)
     cfg, ch, t = self.config, self.config.channel_width, float(self.truncation)
     self.embeddings = nn.Dense(cfg.z_dim, use_bias=False)
@@ -495,15 +502,15 @@ class BigGANDeep(StagedGenerator):
     self.output = OutputStage(ch, cfg.n_stats, cfg.eps, t)
 
   @property
-  def stages(self):
+  def stages(self) -> list[nn.Module]:
     return [self.gen_z, *self.blocks, self.output]
 
-  def condition(self, latent):
+  def condition(self, latent: jax.Array) -> jax.Array:
     """``cond = concat(z, y @ E)`` ``[N, 2 z_dim]`` from latents ``[N, z_dim + K]``."""
     z, y = split_latents(latent, self.config.z_dim)
     return jnp.concatenate([z, self.embeddings(y)], axis=1)
 
-  def call_stage(self, index: int, x, latent, train: bool):
+  def call_stage(self, index: int, x: jax.Array, latent: jax.Array, train: bool) -> jax.Array:
     if train:
       raise NotImplementedError("BigGANDeep is inference-only (standing BatchNorm stats)")
     if index == len(self.config.layers) + 1:
@@ -517,8 +524,9 @@ class BigGANDeep(StagedGenerator):
 # ---- building, saving, loading -----------------------------------------------------------
 
 
-def init_variables(config: str | BigGANConfig, seed: int = 0):
+def init_variables(config: str | BigGANConfig, seed: int = 0) -> dict[str, Any]:
   """Randomly initialised variables (for tests; real use converts pretrained weights)."""
+  seed = check_seed(seed, "seed")
   module = BigGANDeep(get_config(config))
   z = jnp.zeros((1, *module.latent_shape), jnp.float32)
   return jax.jit(module.init)(jax.random.key(seed), z)
@@ -534,7 +542,7 @@ def _class_sampler_from(classes, num_classes):
 
 
 def biggan_generator(
-  variables,
+  variables: Any,
   config: str | BigGANConfig = "biggan-deep-256",
   truncation: float = 0.4,
   *,
@@ -579,37 +587,77 @@ def biggan_generator(
   )
 
 
+ARCH = "biggan-deep"  # the ``arch`` of a BigGAN folder's checkpoint.json
+# Folders written before BigGAN used the exported format (config.json + variables.msgpack,
+# no checkpoint.json) still load (`load_biggan`); new ones are written by `save_biggan`.
 VARIABLES_FILE = "variables.msgpack"
 CONFIG_FILE = "config.json"
 
 
-def save_biggan(path: str, variables, config: str | BigGANConfig) -> None:
-  """Writes ``path/variables.msgpack`` (flax.serialization) and ``path/config.json``."""
-  from flax import serialization
+def save_biggan(path: str, variables: Any, config: str | BigGANConfig | Mapping[str, Any]) -> str:
+  """Writes BigGAN-deep ``variables`` to the folder ``path`` in cfmod_jax's exported
+  format (`cfmod_jax.checkpoints.save_variables`: ``variables.msgpack`` +
+  ``checkpoint.json`` with a sha256 manifest), the config in the checkpoint's
+  ``kwargs`` (``{"config": BigGANConfig.to_dict()}``, arch ``biggan-deep``,
+  dataset ``imagenet``). Returns ``path``."""
+  from cfmod_jax import checkpoints  # pylint: disable=g-import-not-at-top
 
   cfg = get_config(config)
-  os.makedirs(path, exist_ok=True)
-  state = jax.tree.map(np.asarray, variables)
-  with open(os.path.join(path, VARIABLES_FILE), "wb") as f:
-    f.write(serialization.msgpack_serialize(state))
-  with open(os.path.join(path, CONFIG_FILE), "w", encoding="utf-8") as f:
-    json.dump(cfg.to_dict(), f, indent=2)
+  return checkpoints.save_variables(
+    path,
+    jax.tree.map(np.asarray, variables),
+    kind="generator",
+    arch=ARCH,
+    kwargs={"config": cfg.to_dict()},
+    extra={"dataset": "imagenet"},
+  )
 
 
-def load_biggan(path: str, truncation: float = 0.4, **kwargs) -> Generator:
-  """A `Generator` from a folder written by `save_biggan` (or the converter).
+def _meta_path(path: str) -> str:
+  from cfmod_jax import checkpoints  # pylint: disable=g-import-not-at-top
 
-  ``kwargs`` go to `biggan_generator` (``class_sampler``, ``classes``, ``name``).
-  """
+  return os.path.join(path, checkpoints.META_FILE)
+
+
+def _is_legacy_folder(path: str) -> bool:
+  return (
+    os.path.isfile(os.path.join(path, CONFIG_FILE))
+    and os.path.isfile(os.path.join(path, VARIABLES_FILE))
+    and not os.path.isfile(_meta_path(path))
+  )
+
+
+def is_biggan_folder(path: str) -> bool:
+  """Whether ``path`` is a BigGAN folder: written by `save_biggan` (its
+  ``checkpoint.json`` declares arch ``biggan-deep``) or by an older converter
+  (``config.json`` + ``variables.msgpack``, no ``checkpoint.json``)."""
+  if _is_legacy_folder(path):
+    return True
+  if not os.path.isfile(_meta_path(path)):
+    return False
+  try:
+    with open(_meta_path(path), encoding="utf-8") as f:
+      meta = json.load(f)
+  except (OSError, ValueError):
+    return False
+  return isinstance(meta, dict) and meta.get("arch") == ARCH
+
+
+def _abstract_variables(cfg: BigGANConfig) -> Any:
+  return jax.eval_shape(
+    BigGANDeep(cfg).init, jax.random.key(0), jax.ShapeDtypeStruct((1, cfg.latent_dim), jnp.float32)
+  )
+
+
+def _load_legacy(path: str) -> tuple[BigGANConfig, Any]:
+  """Config and variables of a folder written before `save_biggan` used the exported format."""
   from flax import serialization
 
   with open(os.path.join(path, CONFIG_FILE), encoding="utf-8") as f:
     cfg = BigGANConfig.from_dict(json.load(f))
   with open(os.path.join(path, VARIABLES_FILE), "rb") as f:
     state = serialization.msgpack_restore(f.read())
-  template = jax.eval_shape(
-    BigGANDeep(cfg).init, jax.random.key(0), jax.ShapeDtypeStruct((1, cfg.latent_dim), jnp.float32)
-  )
+  template = _abstract_variables(cfg)
   want = {
     jax.tree_util.keystr(k): v.shape for k, v in jax.tree_util.tree_leaves_with_path(template)
   }
@@ -621,7 +669,39 @@ def load_biggan(path: str, truncation: float = 0.4, **kwargs) -> Generator:
     raise ValueError(
       f"{path} does not hold BigGAN variables for its config; differing entries: {diff[:10]}"
     )
-  variables = jax.tree.map(jnp.asarray, state)
+  return cfg, jax.tree.map(jnp.asarray, state)
+
+
+def load_biggan_variables(path: str) -> tuple[BigGANConfig, Any]:
+  """``(config, variables)`` of a BigGAN folder (`is_biggan_folder`, either format).
+
+  Raises:
+    CheckpointError (a ValueError): a folder that is not a BigGAN checkpoint, a
+      truncated or corrupted file, variables that do not fit the config.
+  """
+  from cfmod_jax import checkpoints  # pylint: disable=g-import-not-at-top
+
+  if _is_legacy_folder(path):
+    return _load_legacy(path)
+  meta = checkpoints.read_meta(path)
+  kwargs = meta.get("kwargs")
+  if meta.get("arch") != ARCH or not isinstance(kwargs, dict) or "config" not in kwargs:
+    raise checkpoints.CheckpointError(
+      f"{path} is not a BigGAN checkpoint (its {checkpoints.META_FILE} declares arch "
+      f"{meta.get('arch')!r}; expected {ARCH!r} with kwargs {{'config': ...}})"
+    )
+  cfg = BigGANConfig.from_dict(kwargs["config"])
+  variables, _ = checkpoints.load_variables(path, _abstract_variables(cfg), kind="generator")
+  return cfg, variables
+
+
+def load_biggan(path: str, truncation: float = 0.4, **kwargs: Any) -> Generator:
+  """A `Generator` from a folder written by `save_biggan` (``experiments.convert_biggan``),
+  or by an older converter (``config.json`` + ``variables.msgpack``).
+
+  ``kwargs`` go to `biggan_generator` (``class_sampler``, ``classes``, ``name``).
+  """
+  cfg, variables = load_biggan_variables(path)
   return biggan_generator(variables, cfg, truncation, **kwargs)
 
 
@@ -634,7 +714,9 @@ __all__ = [
   "class_vectors",
   "get_config",
   "init_variables",
+  "is_biggan_folder",
   "load_biggan",
+  "load_biggan_variables",
   "make_latents",
   "sample_latents_for_classes",
   "save_biggan",

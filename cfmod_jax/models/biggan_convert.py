@@ -58,7 +58,7 @@ def _torch_block_indices(cfg: BigGANConfig) -> list[int]:
   return [i + (i >= cfg.attention_layer_position) for i in range(len(cfg.layers))]
 
 
-def expected_state_dict_shapes(config) -> dict[str, tuple[int, ...]]:
+def expected_state_dict_shapes(config: Any) -> dict[str, tuple[int, ...]]:
   """Names and shapes of the PyTorch state dict of a BigGAN-deep ``config``."""
   cfg = get_config(config)
   ch, cond, ns = cfg.channel_width, 2 * cfg.z_dim, cfg.n_stats
@@ -94,7 +94,7 @@ def expected_state_dict_shapes(config) -> dict[str, tuple[int, ...]]:
   return shapes
 
 
-def check_state_dict(state_dict: Mapping[str, Any], config) -> None:
+def check_state_dict(state_dict: Mapping[str, Any], config: Any) -> None:
   """ValueError naming every missing, unexpected or mis-shaped entry."""
   want = expected_state_dict_shapes(config)
   missing = [k for k in want if k not in state_dict]
@@ -149,7 +149,9 @@ def spectral_normalized(
   return (w / sigma).astype(np.float32)
 
 
-def convert_state_dict(state_dict: Mapping[str, Any], config, *, power_iterations: int = 0) -> dict:
+def convert_state_dict(
+  state_dict: Mapping[str, Any], config: Any, *, power_iterations: int = 0
+) -> dict[str, Any]:
   """BigGAN-deep variables ``{'params', 'batch_stats'}`` from a PyTorch state dict.
 
   Args:
@@ -233,9 +235,13 @@ def load_torch_state_dict(path: str) -> dict[str, np.ndarray]:
   return {k: v.detach().cpu().float().numpy() for k, v in sd.items()}
 
 
-def convert_file(state_dict_path: str, config, out: str, *, power_iterations: int = 0) -> dict:
-  """Converts a PyTorch state dict file and writes ``out/{variables.msgpack,
-  config.json}`` (load with `cfmod_jax.models.biggan.load_biggan`). Returns the
+def convert_file(
+  state_dict_path: str, config: Any, out: str, *, power_iterations: int = 0
+) -> dict[str, Any]:
+  """Converts a PyTorch state dict file and writes the folder ``out`` with
+  `cfmod_jax.models.biggan.save_biggan` (cfmod_jax's exported format:
+  ``variables.msgpack`` + ``checkpoint.json``; load with
+  `cfmod_jax.models.biggan.load_biggan` or `cfmod_jax.load_generator`). Returns the
   variables."""
   variables = convert_state_dict(
     load_torch_state_dict(state_dict_path), config, power_iterations=power_iterations

@@ -21,8 +21,17 @@ from flax import nnx
 import cfmod_jax as cf
 from cfmod_jax.wrap import wrap_linen, wrap_nnx
 
+__all__ = [
+  "NNXUpBlock",
+  "OwnLinenGenerator",
+  "OwnNNXGenerator",
+  "ResUpBlock",
+  "main",
+  "upsample",
+]
 
-def upsample(x):
+
+def upsample(x: jax.Array) -> jax.Array:
   """×2 nearest-neighbour upsampling of ``[N, H, W, C]``."""
   return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
 
@@ -33,12 +42,12 @@ class ResUpBlock(nn.Module):
 
   features: int
 
-  def setup(self):
+  def setup(self) -> None:
     self.conv1 = nn.Conv(self.features, (3, 3))
     self.conv2 = nn.Conv(self.features, (3, 3))
     self.shortcut = nn.Conv(self.features, (1, 1))
 
-  def __call__(self, x):
+  def __call__(self, x: jax.Array) -> jax.Array:
     x = upsample(x)
     return self.conv2(nn.relu(self.conv1(nn.relu(x)))) + self.shortcut(x)
 
@@ -49,7 +58,7 @@ class OwnLinenGenerator(nn.Module):
   latent_dim: int = 32
   width: int = 16
 
-  def setup(self):
+  def setup(self) -> None:
     w = self.width
     self.project = nn.Dense(4 * 4 * 2 * w)
     self.block1 = ResUpBlock(2 * w)
@@ -57,7 +66,7 @@ class OwnLinenGenerator(nn.Module):
     self.block3 = ResUpBlock(w)
     self.to_rgb = nn.Conv(3, (3, 3))
 
-  def __call__(self, z):
+  def __call__(self, z: jax.Array) -> jax.Array:
     x = self.project(z).reshape(z.shape[0], 4, 4, 2 * self.width)
     x = self.block3(self.block2(self.block1(x)))
     return jnp.tanh(self.to_rgb(nn.relu(x)))
@@ -67,12 +76,12 @@ class OwnLinenGenerator(nn.Module):
 class NNXUpBlock(nnx.Module):
   """upsample → conv1 → BatchNorm → relu → conv2 → relu."""
 
-  def __init__(self, c_in: int, c_out: int, *, rngs: nnx.Rngs):
+  def __init__(self, c_in: int, c_out: int, *, rngs: nnx.Rngs) -> None:
     self.conv1 = nnx.Conv(c_in, c_out, (3, 3), rngs=rngs)
     self.norm = nnx.BatchNorm(c_out, rngs=rngs)
     self.conv2 = nnx.Conv(c_out, c_out, (3, 3), rngs=rngs)
 
-  def __call__(self, x):
+  def __call__(self, x: jax.Array) -> jax.Array:
     x = self.norm(self.conv1(upsample(x)))
     return nnx.relu(self.conv2(nnx.relu(x)))
 
@@ -80,7 +89,7 @@ class NNXUpBlock(nnx.Module):
 class OwnNNXGenerator(nnx.Module):
   """z [N, latent_dim] → 4×4 → three up-blocks → dropout → image 32×32×3 in [-1, 1]."""
 
-  def __init__(self, latent_dim: int = 32, width: int = 16, *, rngs: nnx.Rngs):
+  def __init__(self, latent_dim: int = 32, width: int = 16, *, rngs: nnx.Rngs) -> None:
     w = width
     self.width = w
     self.project = nnx.Linear(latent_dim, 4 * 4 * 2 * w, rngs=rngs)
@@ -94,14 +103,14 @@ class OwnNNXGenerator(nnx.Module):
     self.dropout = nnx.Dropout(0.1, rngs=rngs)
     self.to_rgb = nnx.Conv(w, 3, (3, 3), rngs=rngs)
 
-  def __call__(self, z):
+  def __call__(self, z: jax.Array) -> jax.Array:
     x = self.project(z).reshape(z.shape[0], 4, 4, 2 * self.width)
     for block in self.blocks:
       x = block(x)
     return jnp.tanh(self.to_rgb(self.dropout(x)))
 
 
-def main():
+def main() -> None:
   latent_dim = 32
   module = OwnLinenGenerator(latent_dim=latent_dim)
   variables = module.init(jax.random.key(0), jnp.zeros((1, latent_dim)))

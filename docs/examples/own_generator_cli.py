@@ -38,6 +38,8 @@ from cfmod_jax import checkpoints
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from own_generator import OwnLinenGenerator  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+__all__ = ["ARCH", "SITES", "make_generator", "register", "save"]
+
 ARCH = "own-linen"
 SITES = {"block1": "block1", "block2": "block2", "block2.conv1": "block2/conv1"}
 
