@@ -3,13 +3,13 @@
 ``load_generator(name_or_path)`` returns a `cfmod_jax.Generator` from
 
 * a shipped name — ``"dcgan-synthfaces"``, ``"vae-synthfaces"``,
-  ``"began-synthfaces"`` (folders under ``cfmod_jax/checkpoints/``);
+  ``"began-synthfaces"`` (folders under ``cfmod_jax/weights/``);
 * an exported folder (written by `save_variables`, e.g. by
   ``python -m experiments.train ... --export DIR``);
 * a trainer run: its workdir, its ``checkpoints/`` folder or one step folder
   ``checkpoints/<step>`` (orbax, written by `cfmod_jax.train`).
 
-**Exported format** (one folder): ``variables.msgpack`` — the module's inference
+**Exported format** (`cfmod_jax.exported`, one folder): ``variables.msgpack`` — the module's inference
 variables (``params`` and, for DCGAN, ``batch_stats``; no optimizer state) as
 one `flax.serialization.msgpack_serialize` file — and ``checkpoint.json`` — the
 architecture (``arch``, ``kwargs``), training ``step`` and ``config``, the
@@ -43,316 +43,37 @@ Both files are written atomically (`cfmod_jax.fileio`), the data file first.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import flax
 import jax
 import jax.numpy as jnp
-import numpy as np
-from flax import traverse_util
 
-from cfmod_jax.fileio import atomic_write_bytes, atomic_write_text
+from cfmod_jax.exported import (  # the format, re-exported as part of this module's API
+  DATA_FILE,
+  EXPORT_FORMAT,
+  META_FILE,
+  ArchitectureMismatchError,
+  CheckpointError,
+  _check_folder,
+  _kwargs_str,
+  array_manifest,
+  array_manifest_shapes,
+  check_structure,
+  load_variables,
+  read_meta,
+  save_variables,
+  sha256,
+  verify_manifest,
+)
 from cfmod_jax.generator import Generator
 
-PACKAGE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "checkpoints")
+# The shipped networks: package data, one exported folder per name.
+WEIGHTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights")
 SHIPPED_GENERATORS = ("dcgan-synthfaces", "vae-synthfaces", "began-synthfaces")
 SHIPPED_FEATNET = "featnet-synthfaces"
-EXPORT_FORMAT = "cfmod_jax.variables/1"
-DATA_FILE = "variables.msgpack"
-META_FILE = "checkpoint.json"
-
-
-class CheckpointError(ValueError):
-  """A checkpoint is missing, truncated, corrupted or not of the expected kind."""
-
-
-class ArchitectureMismatchError(CheckpointError):
-  """A checkpoint's arrays do not fit the architecture it declares."""
-
-
-# ---- manifests ------------------------------------------------------------------------------
-def _flat(tree: Mapping[str, Any]) -> dict[str, Any]:
-  return {
-    k: v
-    for k, v in traverse_util.flatten_dict(dict(tree), sep="/").items()
-    if not (isinstance(v, Mapping) and not v)
-  }
-
-
-def sha256(array) -> str:
-  """sha256 of an array's C-order bytes."""
-  return hashlib.sha256(np.ascontiguousarray(np.asarray(array)).tobytes()).hexdigest()
-
-
-def array_manifest(tree: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-  """``{'a/b/kernel': {'shape': [...], 'dtype': 'float32', 'sha256': '…'}}`` of a
-  nested dict of arrays (host copies are made as needed)."""
-  return {
-    k: {"shape": list(np.shape(v)), "dtype": str(np.asarray(v).dtype), "sha256": sha256(v)}
-    for k, v in sorted(_flat(tree).items())
-  }
-
-
-def _describe(mismatch: dict[str, list[str]]) -> str:
-  parts = []
-  for what, names in mismatch.items():
-    if names:
-      shown = ", ".join(names[:12]) + (f", … ({len(names)} in all)" if len(names) > 12 else "")
-      parts.append(f"{what}: {shown}")
-  return "; ".join(parts)
-
-
-def check_structure(
-  manifest: Mapping[str, Mapping[str, Any]], expected: Mapping[str, Any], *, where: str, arch: str
-) -> None:
-  """Raises `ArchitectureMismatchError` unless ``manifest`` has exactly the
-  array names and shapes of ``expected`` (a nested dict of arrays or
-  ShapeDtypeStructs)."""
-  want = {k: tuple(v.shape) for k, v in _flat(expected).items()}
-  have = {k: tuple(v["shape"]) for k, v in manifest.items()}
-  mismatch = {
-    "missing": sorted(set(want) - set(have)),
-    "unexpected": sorted(set(have) - set(want)),
-    "wrong shape": [
-      f"{k} (stored {have[k]}, expected {want[k]})"
-      for k in sorted(set(want) & set(have))
-      if want[k] != have[k]
-    ],
-  }
-  if any(mismatch.values()):
-    raise ArchitectureMismatchError(
-      f"{where}: the stored arrays do not match the declared architecture {arch}: "
-      f"{_describe(mismatch)}"
-    )
-
-
-def verify_manifest(
-  manifest: Mapping[str, Mapping[str, Any]], tree: Mapping[str, Any], *, where: str
-) -> None:
-  """Raises `CheckpointError` unless every array of ``tree`` has the manifest's
-  shape, dtype and sha256 (and no array is missing or extra)."""
-  flat = _flat(tree)
-  bad = []
-  for k in sorted(set(manifest) | set(flat)):
-    if k not in flat or k not in manifest:
-      bad.append(f"{k} ({'missing' if k not in flat else 'not in the manifest'})")
-      continue
-    arr, entry = np.asarray(flat[k]), manifest[k]
-    if list(arr.shape) != list(entry["shape"]) or str(arr.dtype) != entry["dtype"]:
-      bad.append(
-        f"{k} (read {arr.dtype}{list(arr.shape)}, manifest {entry['dtype']}{entry['shape']})"
-      )
-    elif sha256(arr) != entry["sha256"]:
-      bad.append(f"{k} (sha256 differs)")
-  if bad:
-    raise CheckpointError(
-      f"{where} is corrupted: {len(bad)} array(s) differ from the "
-      f"checkpoint's sha256 manifest: {', '.join(bad[:12])}"
-    )
-
-
-# ---- exported folders ----------------------------------------------------------------------------
-def _to_storage(tree, storage_dtype: str):
-  def cast(x):
-    x = np.asarray(x)
-    if np.issubdtype(x.dtype, np.floating):
-      y = x.astype(storage_dtype)
-      if not np.all(np.isfinite(y)) and np.all(np.isfinite(x)):
-        raise ValueError(f"values overflow {storage_dtype}; store as float32")
-      return y
-    return x
-
-  return jax.tree.map(cast, tree)
-
-
-def save_variables(
-  path: str,
-  variables: Mapping[str, Any],
-  *,
-  kind: str,
-  arch: str,
-  kwargs: Mapping[str, Any],
-  step: int | None = None,
-  config: Mapping[str, Any] | None = None,
-  storage_dtype: str = "float32",
-  extra: Mapping[str, Any] | None = None,
-) -> str:
-  """Writes ``variables`` (a nested dict of arrays) as an exported folder.
-
-  Args:
-    path: the folder (created; its two files are overwritten).
-    variables: e.g. ``{'params': ..., 'batch_stats': ...}``.
-    kind: ``'generator'`` or ``'featnet'``.
-    arch, kwargs: the module (`cfmod_jax.models.build_module(arch, **kwargs)`
-      for generators, `cfmod_jax.quality.FeatNet(**kwargs)` for 'featnet').
-    step, config: training step and config (a dict), for the record.
-    storage_dtype: 'float32' or 'float16' (floating arrays only).
-    extra: more JSON fields (e.g. ``quality``).
-  Returns:
-    ``path``.
-  """
-  if storage_dtype not in ("float32", "float16"):
-    raise ValueError(f"storage_dtype must be 'float32' or 'float16', got {storage_dtype!r}")
-  stored = _to_storage(jax.device_get(dict(variables)), storage_dtype)
-  data = flax.serialization.msgpack_serialize(stored)
-  os.makedirs(path, exist_ok=True)
-  atomic_write_bytes(os.path.join(path, DATA_FILE), data)
-  meta = {
-    "format": EXPORT_FORMAT,
-    "kind": kind,
-    "arch": arch,
-    "kwargs": dict(kwargs),
-    "step": step,
-    "config": config,
-    "storage_dtype": storage_dtype,
-    "file": DATA_FILE,
-    "file_bytes": len(data),
-    "file_sha256": hashlib.sha256(data).hexdigest(),
-    "manifest": array_manifest(stored),
-    **(dict(extra) if extra else {}),
-  }
-  # The JSON is written last: a folder killed mid-save has no checkpoint.json
-  # declaring the new data (the sha256 check rejects a stale JSON's pairing).
-  atomic_write_text(os.path.join(path, META_FILE), json.dumps(meta, indent=1, sort_keys=True))
-  return path
-
-
-def read_meta(path: str) -> dict[str, Any]:
-  """The ``checkpoint.json`` of an exported folder."""
-  _check_folder(path)
-  meta_path = os.path.join(path, META_FILE)
-  if not os.path.isfile(meta_path):
-    raise CheckpointError(f"{path} has no {META_FILE}: not an exported cfmod_jax checkpoint")
-  try:
-    with open(meta_path) as f:
-      meta = json.load(f)
-  except (OSError, ValueError) as e:
-    raise CheckpointError(f"{meta_path} is unreadable (truncated or corrupted?): {e}") from e
-  if not isinstance(meta, dict) or meta.get("format") != EXPORT_FORMAT:
-    raise CheckpointError(f"{meta_path} is not of format {EXPORT_FORMAT!r}")
-  return meta
-
-
-def load_variables(
-  path: str, expected: Mapping[str, Any] | None = None, *, kind: str | None = None
-) -> tuple[dict[str, Any], dict[str, Any]]:
-  """``(variables, meta)`` of an exported folder, verified and cast to float32.
-
-  Args:
-    path: the folder.
-    expected: the variables' expected structure (arrays or ShapeDtypeStructs);
-      when given, names and shapes must match (else `ArchitectureMismatchError`).
-    kind: when given, the folder's ``kind`` must equal it.
-  """
-  meta = read_meta(path)
-  if kind is not None and meta.get("kind") != kind:
-    raise CheckpointError(f"{path} holds a {meta.get('kind')!r} checkpoint, not a {kind!r}")
-  data_path = _data_path(path, meta.get("file", DATA_FILE))
-  size, digest, manifest = _meta_fields(path, meta)
-  if not os.path.isfile(data_path):
-    raise CheckpointError(f"{path}: its data file {os.path.basename(data_path)} is missing")
-  if os.path.getsize(data_path) != size:  # checked before reading anything
-    raise CheckpointError(
-      f"{data_path} is truncated or corrupted: it has {os.path.getsize(data_path)} bytes, "
-      f"the checkpoint declares {size}"
-    )
-  with open(data_path, "rb") as f:
-    data = f.read(size + 1)
-  if len(data) != size:
-    raise CheckpointError(
-      f"{data_path} is truncated or corrupted: it has {len(data)} bytes, the checkpoint "
-      f"declares {size}"
-    )
-  if hashlib.sha256(data).hexdigest() != digest:
-    raise CheckpointError(
-      f"{data_path} is corrupted: its sha256 differs from the one in {META_FILE}"
-    )
-  try:
-    stored = flax.serialization.msgpack_restore(data)
-  except Exception as e:  # msgpack raises several types
-    raise CheckpointError(f"{data_path} cannot be decoded: {e}") from e
-  verify_manifest(manifest, stored, where=data_path)
-  if expected is not None:
-    check_structure(
-      manifest, expected, where=path, arch=f"{meta['arch']}({_kwargs_str(meta['kwargs'])})"
-    )
-  variables = jax.tree.map(
-    lambda x: (
-      jnp.asarray(x, jnp.float32) if np.issubdtype(x.dtype, np.floating) else jnp.asarray(x)
-    ),
-    stored,
-  )
-  return variables, meta
-
-
-def _check_folder(path) -> None:
-  if os.path.exists(path) and not os.path.isdir(path):
-    raise CheckpointError(
-      f"name_or_path={os.fspath(path)!r} is a file; a checkpoint is a "
-      f"folder (holding {META_FILE}, or a trainer workdir)"
-    )
-
-
-def _data_path(folder: str, name: Any) -> str:
-  """The data file ``name`` of a manifest, refused unless it lies inside
-  ``folder``: a relative path without ``..`` whose real path (symlinks
-  resolved) is under the folder's real path. Nothing is opened before this."""
-  if (
-    not isinstance(name, str)
-    or not name
-    or os.path.isabs(name)
-    or "\0" in name
-    or ".." in name.replace("\\", "/").split("/")
-  ):
-    raise CheckpointError(
-      f"{os.path.join(folder, META_FILE)}: its 'file' field must be a "
-      f"file name inside the checkpoint folder, got {name!r}"
-    )
-  root = os.path.realpath(folder)
-  real = os.path.realpath(os.path.join(folder, name))
-  if os.path.commonpath([root, real]) != root or real == root:
-    raise CheckpointError(
-      f"{os.path.join(folder, META_FILE)}: its 'file' field {name!r} "
-      f"resolves to {real}, outside the checkpoint folder {root}"
-    )
-  return real
-
-
-def _meta_fields(path: str, meta: Mapping[str, Any]) -> tuple[int, str, dict]:
-  """``(file_bytes, file_sha256, manifest)`` of a checkpoint.json, type-checked."""
-  where = os.path.join(path, META_FILE)
-  size, digest, manifest = (meta.get(k) for k in ("file_bytes", "file_sha256", "manifest"))
-  missing = [
-    k
-    for k, v in (("file_bytes", size), ("file_sha256", digest), ("manifest", manifest))
-    if v is None
-  ]
-  if missing:
-    raise CheckpointError(
-      f"{where} lacks the field(s) {', '.join(missing)}: it is incomplete "
-      "or was not written by cfmod_jax.checkpoints.save_variables"
-    )
-  if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-    raise CheckpointError(f"{where}: file_bytes must be a non-negative integer, got {size!r}")
-  if not isinstance(digest, str) or len(digest) != 64:
-    raise CheckpointError(
-      f"{where}: file_sha256 must be a 64-character hex string, got {digest!r:.80}"
-    )
-  if not isinstance(manifest, dict) or not all(
-    isinstance(e, dict) and {"shape", "dtype", "sha256"} <= set(e) for e in manifest.values()
-  ):
-    raise CheckpointError(
-      f"{where}: manifest must map array names to {{shape, dtype, sha256}} entries"
-    )
-  return size, digest, manifest
-
-
-def _kwargs_str(kwargs: Mapping[str, Any]) -> str:
-  return ", ".join(f"{k}={v!r}" for k, v in sorted(kwargs.items()))
 
 
 # ---- generators ------------------------------------------------------------------------------------
@@ -366,7 +87,12 @@ def _expected_variables(module) -> dict[str, Any] | None:
 
 
 def generator_from_variables(
-  arch: str, kwargs: Mapping[str, Any], variables, *, name: str, dataset: str | None = None
+  arch: str,
+  kwargs: Mapping[str, Any],
+  variables: Mapping[str, Any],
+  *,
+  name: str,
+  dataset: str | None = None,
 ) -> Generator:
   """A `Generator` of architecture ``arch(**kwargs)`` with checked ``variables``."""
   from cfmod_jax import models  # pylint: disable=g-import-not-at-top
@@ -392,12 +118,7 @@ def dataset_of(meta: Mapping[str, Any]) -> str | None:
   return dataset
 
 
-def array_manifest_shapes(tree) -> dict[str, dict[str, Any]]:
-  """Like `array_manifest` with shapes only (no hashing)."""
-  return {k: {"shape": list(np.shape(v))} for k, v in _flat(tree).items()}
-
-
-def resolve(name_or_path: str, valid_names=SHIPPED_GENERATORS) -> str:
+def resolve(name_or_path: str, valid_names: Sequence[str] = SHIPPED_GENERATORS) -> str:
   """The folder of a shipped name, or ``name_or_path`` if it exists."""
   if not isinstance(name_or_path, (str, os.PathLike)):
     raise CheckpointError(
@@ -406,7 +127,7 @@ def resolve(name_or_path: str, valid_names=SHIPPED_GENERATORS) -> str:
     )
   name_or_path = os.fspath(name_or_path)
   if name_or_path in valid_names:
-    return os.path.join(PACKAGE_DIR, name_or_path)
+    return os.path.join(WEIGHTS_DIR, name_or_path)
   if os.path.exists(name_or_path):
     return name_or_path
   raise CheckpointError(
@@ -480,7 +201,7 @@ def is_biggan_folder(path: str) -> bool:
 
 
 def load_biggan_folder(
-  path: str, *, name: str | None = None, truncation: float = 0.4, **kwargs
+  path: str, *, name: str | None = None, truncation: float = 0.4, **kwargs: Any
 ) -> Generator:
   """A BigGAN-deep `Generator` from a converter folder (`is_biggan_folder`),
   ``dataset='imagenet'``; ``truncation`` and ``kwargs`` (``classes``,
@@ -503,7 +224,9 @@ def load_biggan_folder(
 
 
 def _generator_from_run(path: str, label: str) -> Generator:
-  from cfmod_jax.train import common  # pylint: disable=g-import-not-at-top
+  # Function-level: reading a run needs orbax and the trainers (`cfmod_jax.train`,
+  # which does not import this module), not needed for exported folders.
+  from cfmod_jax.train import state_io  # pylint: disable=g-import-not-at-top
 
   path = os.path.abspath(path)
   step = None
@@ -517,7 +240,7 @@ def _generator_from_run(path: str, label: str) -> Generator:
       f"{path} is neither an exported checkpoint (no {META_FILE}) nor a "
       "trainer workdir or checkpoint folder"
     )
-  trainer, config, state, meta = common.load_run(path, step)
+  trainer, config, state, meta = state_io.load_run(path, step)
   if trainer.sample is None:
     raise CheckpointError(f"{path} is a {trainer.name!r} run, not a generator")
   arch, kwargs = trainer.export_spec(config)
@@ -532,11 +255,26 @@ def _generator_from_run(path: str, label: str) -> Generator:
 
 
 __all__ = [
+  "DATA_FILE",
+  "EXPORT_FORMAT",
+  "META_FILE",
+  "SHIPPED_FEATNET",
+  "SHIPPED_GENERATORS",
+  "WEIGHTS_DIR",
   "ArchitectureMismatchError",
   "CheckpointError",
-  "SHIPPED_GENERATORS",
   "array_manifest",
+  "array_manifest_shapes",
+  "check_structure",
+  "dataset_of",
+  "generator_from_variables",
+  "is_biggan_folder",
+  "load_biggan_folder",
   "load_generator",
   "load_variables",
+  "read_meta",
+  "resolve",
   "save_variables",
+  "sha256",
+  "verify_manifest",
 ]

@@ -38,10 +38,11 @@ import os
 import socket
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 MANIFEST_FILE = "run.json"
 MANIFEST_FORMAT = "cfmod_jax.run/1"
@@ -123,7 +124,12 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> str:
 
 
 def atomic_write_json(
-  path: str | os.PathLike, obj: Any, *, indent: int | None = 2, sort_keys: bool = True, default=None
+  path: str | os.PathLike,
+  obj: Any,
+  *,
+  indent: int | None = 2,
+  sort_keys: bool = True,
+  default: Callable[[Any], Any] | None = None,
 ) -> str:
   """Writes ``obj`` as JSON (plus a final newline) to ``path`` atomically.
 
@@ -135,7 +141,7 @@ def atomic_write_json(
   return atomic_write_text(path, text)
 
 
-def atomic_savez(path: str | os.PathLike, *, compress: bool = True, **arrays) -> str:
+def atomic_savez(path: str | os.PathLike, *, compress: bool = True, **arrays: ArrayLike) -> str:
   """``np.savez_compressed(path, **arrays)`` (``np.savez`` if ``compress`` is
   False), written atomically. ``path`` is used exactly as given (numpy's habit
   of appending ``.npz`` does not apply). Returns ``path``."""
@@ -169,7 +175,7 @@ class RunLock:
   it may not exclude writers on other hosts.
   """
 
-  def __init__(self, out_dir: str | os.PathLike):
+  def __init__(self, out_dir: str | os.PathLike) -> None:
     self.out_dir = os.fspath(out_dir)
     self.path = os.path.join(self.out_dir, LOCK_FILE)
     self._fd: int | None = None

@@ -3,7 +3,7 @@
 The Fréchet Inception Distance (Heusel et al. 2017) compares two image sets
 through Gaussians fitted to their features in a fixed network. ImageNet's
 Inception is not shipped (and knows nothing of cartoon faces), so the project
-trains its own small network, `FeatNet`, to predict the synthetic faces'
+trains its own small network, `cfmod_jax.models.FeatNet`, to predict the synthetic faces'
 ground-truth factors (`cfmod_jax.data.synthfaces.FACTOR_SPECS`): categorical
 factors (hair colour, hair style, eye colour, mouth shape, gradient direction)
 with softmax cross-entropy, continuous ones (colours, sizes, positions) by
@@ -35,74 +35,29 @@ import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from numpy.typing import ArrayLike
 
 from cfmod_jax import checkpoints
 from cfmod_jax.data import synthfaces
+from cfmod_jax.generator import Generator
+from cfmod_jax.models.featnet import (  # the network and its targets, part of this API
+  CATEGORICAL,
+  CONTINUOUS,
+  NUM_CONTINUOUS,
+  FeatNet,
+  decode_regression,
+  factor_targets,
+)
 
-CATEGORICAL = tuple(
-  (name, spec[1]) for name, spec in synthfaces.FACTOR_SPECS.items() if spec[0] == "categorical"
-)
-CONTINUOUS = tuple(
-  (name, spec[1], spec[2], int(np.prod(spec[3], dtype=int)))
-  for name, spec in synthfaces.FACTOR_SPECS.items()
-  if spec[0] == "uniform"
-)
-NUM_CONTINUOUS = sum(dims for *_, dims in CONTINUOUS)
 # Held-out real sets: seeds no training batch (data_seed, step) ever uses.
 HELDOUT_SEEDS = ((2020, 7, 1), (2020, 7, 2))
 
 
-class FeatNet(nn.Module):
-  """Factor predictor for 64×64 faces.
-
-  ``[N, 64, 64, 3]`` in [-1, 1] → ``(features [N, feature_dim], logits, regression)``
-  where ``logits`` maps each categorical factor to ``[N, n_values]`` and
-  ``regression`` is ``[N, NUM_CONTINUOUS]`` (continuous factors rescaled to [-1, 1],
-  in `CONTINUOUS` order). Four 4×4 stride-2 convolutions (w, 2w, 4w, 8w; swish),
-  a dense layer to the features (swish), linear heads.
-  """
-
-  width: int = 16
-  feature_dim: int = 64
-
-  @nn.compact
-  def __call__(self, x):
-    for mult in (1, 2, 4, 8):
-      x = nn.swish(nn.Conv(self.width * mult, (4, 4), (2, 2))(x))
-    features = nn.swish(nn.Dense(self.feature_dim, name="features")(x.reshape(x.shape[0], -1)))
-    logits = {name: nn.Dense(n, name=f"head_{name}")(features) for name, n in CATEGORICAL}
-    regression = nn.Dense(NUM_CONTINUOUS, name="head_continuous")(features)
-    return features, logits, regression
-
-
-def factor_targets(factors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-  """Training targets: ``{name: int32 [N]}`` per categorical factor and
-  ``{'continuous': float32 [N, NUM_CONTINUOUS]}`` rescaled to [-1, 1]."""
-  out = {name: np.asarray(factors[name], np.int32) for name, _ in CATEGORICAL}
-  cols = []
-  for name, lo, hi, dims in CONTINUOUS:
-    v = np.asarray(factors[name], np.float32).reshape(-1, dims)
-    cols.append((v - (lo + hi) / 2) / ((hi - lo) / 2))
-  out["continuous"] = np.concatenate(cols, axis=1).astype(np.float32)
-  return out
-
-
-def decode_regression(regression: np.ndarray) -> dict[str, np.ndarray]:
-  """Continuous predictions ``[N, NUM_CONTINUOUS]`` back to factor units."""
-  out, i = {}, 0
-  for name, lo, hi, dims in CONTINUOUS:
-    v = regression[:, i : i + dims] * ((hi - lo) / 2) + (lo + hi) / 2
-    out[name] = v if dims > 1 else v[:, 0]
-    i += dims
-  return out
-
-
 # ---- Fréchet distance ----------------------------------------------------------------------
-def gaussian_stats(features) -> tuple[np.ndarray, np.ndarray]:
+def gaussian_stats(features: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
   """Mean ``[D]`` and covariance ``[D, D]`` (float64, unbiased) of ``[N, D]`` features."""
   f = np.asarray(features, np.float64)
   if f.ndim != 2 or f.shape[0] < 2:
@@ -115,7 +70,9 @@ def _sqrt_psd(m: np.ndarray) -> np.ndarray:
   return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
 
 
-def frechet_distance_from_stats(mu1, sigma1, mu2, sigma2) -> float:
+def frechet_distance_from_stats(
+  mu1: ArrayLike, sigma1: ArrayLike, mu2: ArrayLike, sigma2: ArrayLike
+) -> float:
   """Fréchet distance between ``N(mu1, sigma1)`` and ``N(mu2, sigma2)`` (≥ 0)."""
   mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
   sigma1, sigma2 = np.asarray(sigma1, np.float64), np.asarray(sigma2, np.float64)
@@ -132,7 +89,7 @@ def _sym(m):
   return (m + m.T) / 2
 
 
-def frechet_distance(features_a, features_b) -> float:
+def frechet_distance(features_a: ArrayLike, features_b: ArrayLike) -> float:
   """Fréchet distance between the Gaussians fitted to two feature sets ``[N, D]``."""
   return frechet_distance_from_stats(*gaussian_stats(features_a), *gaussian_stats(features_b))
 
@@ -151,7 +108,7 @@ class FeatureNet:
 
   def __init__(
     self, module: FeatNet, variables: Any, *, name: str = "featnet", batch_size: int = 250
-  ):
+  ) -> None:
     self.module, self.variables, self.name, self.batch_size = module, variables, name, batch_size
     self._apply = jax.jit(module.apply)
     self._pure_fns: dict[str, Callable] = {}
@@ -168,10 +125,10 @@ class FeatureNet:
       outs.append(jax.device_get(self._apply(self.variables, images[i : i + self.batch_size])))
     return jax.tree.map(lambda *xs: np.concatenate(xs), *outs)
 
-  def features(self, images) -> np.ndarray:
+  def features(self, images: ArrayLike) -> np.ndarray:
     return self._run(images)[0]
 
-  def predict(self, images) -> dict[str, np.ndarray]:
+  def predict(self, images: ArrayLike) -> dict[str, np.ndarray]:
     _, logits, regression = self._run(images)
     out = {name: np.argmax(logits[name], axis=-1) for name, _ in CATEGORICAL}
     out.update(decode_regression(regression))
@@ -204,7 +161,7 @@ class FeatureNet:
       self._pure_fns["features"] = lambda images: module.apply(variables, images)[0]
     return self._pure_fns["features"]
 
-  def predict_proba(self, images) -> dict[str, np.ndarray]:
+  def predict_proba(self, images: ArrayLike) -> dict[str, np.ndarray]:
     """`predict_fn` on host images, in batches of ``batch_size``: categorical
     probabilities and continuous predictions (numpy)."""
     images = np.asarray(images, np.float32)
@@ -297,7 +254,9 @@ def _real_stats(featnet: FeatureNet, n: int, real_images: RealImages = None):
   return [gaussian_stats(featnet.features(_real_set(real_images, n, which))) for which in (0, 1)]
 
 
-def real_stats(featnet: FeatureNet, n: int, real_images: RealImages = None):
+def real_stats(
+  featnet: FeatureNet, n: int, real_images: RealImages = None
+) -> tuple[np.ndarray, np.ndarray]:
   """``[(mu, sigma)] * 2`` of the two disjoint held-out real sets of ``n`` images.
 
   Cached per ``(featnet, n, real_images)`` when ``real_images`` is hashable (None,
@@ -319,7 +278,9 @@ def real_floor(featnet: FeatureNet, n: int, real_images: RealImages = None) -> f
   return frechet_distance_from_stats(m1, s1, m2, s2)
 
 
-def generated_images(generator, n: int, seed: int = 0, batch_size: int = 250) -> np.ndarray:
+def generated_images(
+  generator: Generator, n: int, seed: int = 0, batch_size: int = 250
+) -> np.ndarray:
   """``n`` images ``[n, 64, 64, 3]`` of a `cfmod_jax.Generator` from prior latents."""
   z = generator.sample_latents(jax.random.key(seed), n)
   return np.concatenate(
@@ -328,7 +289,7 @@ def generated_images(generator, n: int, seed: int = 0, batch_size: int = 250) ->
 
 
 def sample_quality(
-  generator,
+  generator: Generator,
   featnet: FeatureNet | None = None,
   n: int = 2000,
   seed: int = 0,
@@ -357,7 +318,13 @@ def sample_quality(
 
 
 __all__ = [
+  "CATEGORICAL",
+  "CONTINUOUS",
+  "HELDOUT_SEEDS",
+  "NUM_CONTINUOUS",
   "FeatNet",
+  "decode_regression",
+  "factor_targets",
   "FeatureNet",
   "Quality",
   "frechet_distance",

@@ -326,7 +326,7 @@ class LinenGenerator(_Wrapped):
     method: Callable | str | None = None,
     name: str | None = None,
     latent_sampler: Callable[[jax.Array, int], jax.Array] | None = None,
-  ):
+  ) -> None:
     if not isinstance(module, nn.Module):
       raise ValueError(f"module must be a flax.linen.Module, got {type(module).__name__}")
     self._apply_kwargs = dict(apply_kwargs or {})
@@ -462,7 +462,7 @@ class NNXGenerator(_Wrapped):
     eval_mode: bool = True,
     name: str | None = None,
     latent_sampler: Callable[[jax.Array, int], jax.Array] | None = None,
-  ):
+  ) -> None:
     if not isinstance(model, nnx.Module):
       raise ValueError(f"model must be a flax.nnx.Module, got {type(model).__name__}")
     name = name or type(model).__name__

@@ -7,8 +7,11 @@ import os
 
 from absl import app, flags, logging
 
-from cfmod_jax import analysis, distributed, specs
-from experiments import _cli  # first: one line on Ctrl-C while jax imports
+from cfmod_jax import analysis, specs
+from experiments import (
+  _cli,  # first: one line on Ctrl-C while jax imports
+  _distributed,
+)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string(
@@ -66,7 +69,7 @@ flags.DEFINE_string("cache_dir", "", "Cache of finished EIM blocks (default: <ou
 
 def main(argv):
   del argv
-  distributed.initialize()
+  _distributed.initialize_from_flags()
   k = None if FLAGS.k == "auto" else _int("k", FLAGS.k)
   cfg = analysis.AnalysisConfig(
     sites=tuple(FLAGS.sites) or None,

@@ -2,7 +2,7 @@
 
   python -m experiments.train --config experiments/configs/dcgan.py --workdir runs/dcgan
   python -m experiments.train --config experiments/configs/dcgan.py --workdir runs/dcgan \\
-      --config.num_steps=500 --export cfmod_jax/checkpoints/dcgan-synthfaces
+      --config.num_steps=500 --export cfmod_jax/weights/dcgan-synthfaces
 
 A run in a workdir that has checkpoints resumes from the latest one.
 """
@@ -10,14 +10,17 @@ A run in a workdir that has checkpoints resumes from the latest one.
 import ast
 import os
 import sys
+from collections.abc import Sequence
 
 import flax
 import jax
+import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from cfmod_jax import checkpoints, train
-from cfmod_jax.train import common
+from cfmod_jax.train import state_io
+from cfmod_jax.train.export import export_run
 from experiments import _cli  # first: one line on Ctrl-C while jax imports
 
 FLAGS = flags.FLAGS
@@ -46,7 +49,7 @@ flags.DEFINE_string("machine", None, "Machine description for the model card (de
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def check_resume(config, workdir: str) -> None:
+def check_resume(config: ml_collections.ConfigDict, workdir: str) -> None:
   """ValueError if ``workdir`` holds checkpoints of a run that ``config`` cannot
   resume (another model, or train-state shapes that differ, e.g. another width).
 
@@ -54,10 +57,10 @@ def check_resume(config, workdir: str) -> None:
   config.json; this reads the latest checkpoint's metadata (not its arrays) first.
   """
   trainer = train.validate_config(config)
-  directory = common.checkpoint_dir(workdir)
+  directory = state_io.checkpoint_dir(workdir)
   if not os.path.isdir(directory):
     return
-  manager = common.open_manager(directory, read_only=True)
+  manager = state_io.open_manager(directory, read_only=True)
   try:
     step = manager.latest_step()
     if step is None:
@@ -76,7 +79,7 @@ def check_resume(config, workdir: str) -> None:
         f"config.model={config.model!r}, but {where} holds a "
         f"{meta.get('model')!r} run; use another --workdir"
       )
-    target = flax.serialization.to_state_dict(common.abstract_state(trainer, config))
+    target = flax.serialization.to_state_dict(state_io.abstract_state(trainer, config))
     try:
       checkpoints.check_structure(
         meta["manifest"], target, where=where, arch=f"{trainer.name} trainer state of this config"
@@ -90,7 +93,7 @@ def check_resume(config, workdir: str) -> None:
     manager.close()
 
 
-def main(argv):
+def main(argv: Sequence[str]) -> None:
   del argv
   config_file = config_flags.get_config_filename(FLAGS["config"])
   if not os.path.isfile(config_file.split(":")[0]):
@@ -122,7 +125,7 @@ def main(argv):
     _cli.check_output_dir("export")
   _cli.set_interrupt_message(
     f"interrupted; finished checkpoints are kept in "
-    f"{common.checkpoint_dir(FLAGS.workdir)}, rerun the same command "
+    f"{state_io.checkpoint_dir(FLAGS.workdir)}, rerun the same command "
     "to resume"
   )
   result = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
@@ -131,7 +134,7 @@ def main(argv):
     command = " ".join(["python -m experiments.train", *sys.argv[1:]])
     with open(config_flags.get_config_filename(FLAGS["config"])) as f:
       notes = ast.get_docstring(ast.parse(f.read()))
-    meta = train.export_run(
+    meta = export_run(
       FLAGS.workdir,
       FLAGS.export,
       storage_dtype=FLAGS.storage_dtype,

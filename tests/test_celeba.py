@@ -276,17 +276,18 @@ def test_export_of_a_celeba_run(fake_data_dir, tmp_path):
 
   import cfmod_jax
   from cfmod_jax import train
+  from cfmod_jax.train.export import export_run
 
   workdir, out = str(tmp_path / "run"), str(tmp_path / "dcgan-celeba")
   train.train_and_evaluate(_tiny_celeba_config(fake_data_dir), workdir)
   # Too few held-out examples, or the training split: clear errors, nothing written.
   with pytest.raises(ValueError, match=r"has 8 examples.*quality_samples must be <= 4, half"):
-    train.export_run(workdir, str(tmp_path / "bad"), quality_samples=5)
+    export_run(workdir, str(tmp_path / "bad"), quality_samples=5)
   with pytest.raises(ValueError, match="heldout_split='train' is the split the trainers read"):
-    train.export_run(workdir, str(tmp_path / "bad"), heldout_split="train")
+    export_run(workdir, str(tmp_path / "bad"), heldout_split="train")
   assert not os.path.exists(tmp_path / "bad")
 
-  meta = train.export_run(workdir, out)
+  meta = export_run(workdir, out)
   with open(os.path.join(out, "checkpoint.json")) as f:
     saved = json.load(f)
   q = saved["quality"]

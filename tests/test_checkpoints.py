@@ -23,7 +23,7 @@ MIN_DIVERSITY = {"dcgan-synthfaces": 0.3, "vae-synthfaces": 0.15, "began-synthfa
 def test_shipped_generator_loads_and_generates(name):
   gen = checkpoints.load_generator(name)
   assert gen.name == name and gen.dataset == "synthfaces"
-  folder = os.path.join(checkpoints.PACKAGE_DIR, name)
+  folder = os.path.join(checkpoints.WEIGHTS_DIR, name)
   total = sum(
     os.path.getsize(os.path.join(folder, f))
     for f in os.listdir(folder)
@@ -54,7 +54,7 @@ def test_unknown_name_lists_valid_names():
 @pytest.fixture
 def dcgan_copy(tmp_path):
   path = tmp_path / "dcgan"
-  shutil.copytree(os.path.join(checkpoints.PACKAGE_DIR, "dcgan-synthfaces"), path)
+  shutil.copytree(os.path.join(checkpoints.WEIGHTS_DIR, "dcgan-synthfaces"), path)
   return path
 
 
@@ -142,7 +142,7 @@ def test_missing_and_unexpected_parameters_are_named(tmp_path):
 
 def test_featnet_folder_is_not_a_generator():
   with pytest.raises(checkpoints.CheckpointError, match="not a generator"):
-    checkpoints.load_generator(os.path.join(checkpoints.PACKAGE_DIR, "featnet-synthfaces"))
+    checkpoints.load_generator(os.path.join(checkpoints.WEIGHTS_DIR, "featnet-synthfaces"))
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
@@ -170,13 +170,14 @@ def test_save_load_roundtrip(tmp_path, dtype):
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_corrupted_trainer_checkpoint_is_reported(tmp_path):
   from cfmod_jax import train
+  from cfmod_jax.train.export import export_run
 
   train.train_and_evaluate(vae_config(num_steps=1, checkpoint_every=1), str(tmp_path))
   gen = checkpoints.load_generator(str(tmp_path))  # intact: loads, trained on synthfaces
   assert gen.dataset == "synthfaces"
   # Its export records the dataset in checkpoint.json, and the loaded copy has it.
   out = str(tmp_path.parent / f"{tmp_path.name}-export")
-  train.export_run(str(tmp_path), out, quality_samples=8)
+  export_run(str(tmp_path), out, quality_samples=8)
   assert checkpoints.read_meta(out)["dataset"] == "synthfaces"
   assert checkpoints.load_generator(out).dataset == "synthfaces"
   state_dir = tmp_path / "checkpoints" / "1" / "state"
@@ -241,7 +242,7 @@ def test_manifest_file_outside_the_folder_is_refused(dcgan_copy, tmp_path, how, 
 def test_manifest_without_file_fields_is_reported(dcgan_copy):
   for field in ("file_bytes", "file_sha256", "manifest"):
     shutil.copy(
-      os.path.join(checkpoints.PACKAGE_DIR, "dcgan-synthfaces", checkpoints.META_FILE),
+      os.path.join(checkpoints.WEIGHTS_DIR, "dcgan-synthfaces", checkpoints.META_FILE),
       dcgan_copy / checkpoints.META_FILE,
     )
     _set_meta(dcgan_copy, **{field: None})
@@ -306,7 +307,7 @@ def test_dataset_metadata_of_exported_folders(tmp_path):
     assert checkpoints.load_generator(folder).dataset == want, (extra, config)
   for name in (*checkpoints.SHIPPED_GENERATORS, checkpoints.SHIPPED_FEATNET):
     assert (
-      checkpoints.read_meta(os.path.join(checkpoints.PACKAGE_DIR, name))["dataset"] == "synthfaces"
+      checkpoints.read_meta(os.path.join(checkpoints.WEIGHTS_DIR, name))["dataset"] == "synthfaces"
     )
   with pytest.raises(ValueError, match="dataset must be a non-empty string or None"):
     type(gen)(gen.module, gen.variables, dataset="")

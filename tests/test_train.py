@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from cfmod_jax import checkpoints, train
-from cfmod_jax.train import common
+from cfmod_jax.train import data, loop, state_io
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -52,7 +52,7 @@ def test_trainer_runs_with_finite_losses(model, tmp_path):
   config = tiny_config(model, num_steps=3, checkpoint_every=3, sample_every=3)
   result = train.train_and_evaluate(config, str(tmp_path))
   assert result.step == 3 and result.resumed_from is None
-  records = common.read_metrics(str(tmp_path))
+  records = loop.read_metrics(str(tmp_path))
   assert [r["step"] for r in records] == [1, 2, 3]
   for r in records:
     assert all(math.isfinite(v) for v in r.values()), r
@@ -73,7 +73,7 @@ def test_vae_loss_goes_down(tmp_path):
   # a plateau for ~80 steps before it falls, hence 150 (tiny, fast) steps.
   config = vae_config(num_steps=150, checkpoint_every=150)
   train.train_and_evaluate(config, str(tmp_path))
-  losses = [r["loss"] for r in common.read_metrics(str(tmp_path))]
+  losses = [r["loss"] for r in loop.read_metrics(str(tmp_path))]
   assert len(losses) == 150 and all(math.isfinite(x) for x in losses)
   assert np.mean(losses[-10:]) < 0.8 * np.mean(losses[:10])
 
@@ -81,7 +81,7 @@ def test_vae_loss_goes_down(tmp_path):
 def test_checkpoint_restore_is_bitwise(tmp_path):
   config = tiny_config("dcgan", num_steps=2, checkpoint_every=2)
   result = train.train_and_evaluate(config, str(tmp_path))
-  trainer, restored_config, state, meta = common.load_run(str(tmp_path))
+  trainer, restored_config, state, meta = state_io.load_run(str(tmp_path))
   assert trainer.name == "dcgan" and meta["step"] == 2 and int(state.step) == 2
   assert restored_config.to_dict() == config.to_dict()
   assert_states_equal(result.state, state)
@@ -113,11 +113,11 @@ def test_interrupted_run_resumes_to_the_same_state(tmp_path):
   # An interruption after step 8 but before its checkpoint: only 3 and 6 remain,
   # while metrics.jsonl holds lines up to step 8.
   shutil.rmtree(os.path.join(part, "checkpoints", "8"))
-  assert [r["step"] for r in common.read_metrics(part)][-1] == 8
+  assert [r["step"] for r in loop.read_metrics(part)][-1] == 8
   resumed = train.train_and_evaluate(full, part)
   assert resumed.resumed_from == 6 and resumed.step == 10
   assert_states_equal(reference.state, resumed.state)
-  ref_log, log = common.read_metrics(str(tmp_path / "full")), common.read_metrics(part)
+  ref_log, log = loop.read_metrics(str(tmp_path / "full")), loop.read_metrics(part)
   assert [r["step"] for r in log] == list(range(1, 11))
   for a, b in zip(ref_log, log):
     assert a["d_loss"] == b["d_loss"] and a["g_loss"] == b["g_loss"]
@@ -164,7 +164,7 @@ def no_compile(monkeypatch):
   def fail(*args, **kwargs):
     raise AssertionError("compiled before the config was validated")
 
-  monkeypatch.setattr(common, "compiled_functions", fail)
+  monkeypatch.setattr(loop, "compiled_functions", fail)
 
 
 @pytest.mark.parametrize(
@@ -304,7 +304,7 @@ def test_trains_on_mocked_celeba_and_resumes_identically(tmp_path):
     # The trainers' batches come from CelebA, not from the synthetic faces.
     cfg = tiny_config("dcgan", **common_fields)
     np.testing.assert_array_equal(
-      common.training_images(cfg, 3)["images"], celeba.celeba_batch(source, 3, 4, seed=0)
+      data.training_images(cfg, 3)["images"], celeba.celeba_batch(source, 3, 4, seed=0)
     )
     reference = train.train_and_evaluate(
       tiny_config("dcgan", num_steps=4, **common_fields), str(tmp_path / "full")

@@ -49,7 +49,7 @@ import tensorflow_datasets as tfds
 CROP_SIZE = 140
 IMAGE_SIZE = 64
 DATASET = "celeb_a"
-TRAIN_SPLIT = "train"  # what the trainers read (`cfmod_jax.train.common.training_images`)
+TRAIN_SPLIT = "train"  # what the trainers read (`cfmod_jax.train.data.training_images`)
 HELDOUT_SPLIT = "test"  # held-out real images of the sample-quality number (`heldout_images`)
 
 

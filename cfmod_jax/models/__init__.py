@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cfmod_jax._validate import check_seed
+from cfmod_jax._validate import check_positive_int, check_seed
 from cfmod_jax.generator import Generator
 from cfmod_jax.models.began import BEGANDiscriminator, BEGANGenerator
 from cfmod_jax.models.biggan import (
@@ -20,7 +20,8 @@ from cfmod_jax.models.biggan import (
   load_biggan,
   sample_latents_for_classes,
 )
-from cfmod_jax.models.dcgan import DCGANGenerator
+from cfmod_jax.models.dcgan import DCGANDiscriminator, DCGANGenerator
+from cfmod_jax.models.featnet import FeatNet
 from cfmod_jax.models.vae import BetaVAE, VAEDecoder, decoder_variables
 
 ARCHITECTURES = {
@@ -160,9 +161,10 @@ def _check_kwargs(arch: str, cls, kwargs) -> dict:
         raise ValueError(f"{k} must be True or False for arch={arch!r}, got {v!r}")
       v = bool(v)
     elif isinstance(default, int):
-      if not isinstance(v, (int, np.integer)) or isinstance(v, (bool, np.bool_)) or v < 1:
-        raise ValueError(f"{k} must be a positive integer for arch={arch!r}, got {v!r}")
-      v = int(v)
+      try:
+        v = check_positive_int(v, k)
+      except ValueError:
+        raise ValueError(f"{k} must be a positive integer for arch={arch!r}, got {v!r}") from None
     out[k] = v
   return out
 
@@ -220,7 +222,9 @@ __all__ = [
   "biggan_generator",
   "load_biggan",
   "sample_latents_for_classes",
+  "DCGANDiscriminator",
   "DCGANGenerator",
+  "FeatNet",
   "VAEDecoder",
   "build_module",
   "decoder_variables",

@@ -1,4 +1,5 @@
-"""DCGAN generator (Radford et al. 2016) at 64×64, written as stages.
+"""DCGAN generator (Radford et al. 2016) at 64×64, written as stages, and its
+discriminator (`DCGANDiscriminator`, trained by `cfmod_jax.train.dcgan`).
 
 z [N, latent_dim] → block1 4×4×8w → block2 8×8×4w → block3 16×16×2w →
 block4 32×32×w → image 64×64×3 (tanh). BatchNorm + ReLU after every hidden
@@ -12,6 +13,7 @@ elementary influence maps).
 from __future__ import annotations
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from cfmod_jax.generator import SplitStage, VectorLatentGenerator, stage_names
@@ -101,3 +103,28 @@ class DCGANGenerator(VectorLatentGenerator):
       UpStage(w),
       UpStage(3, rgb=True),
     ]
+
+
+class DCGANDiscriminator(nn.Module):
+  """``[N, 64, 64, 3] -> [N]`` logits (real > 0).
+
+  4×4 stride-2 convolutions 64×64×3 → 32×32×d → 16×16×2d → 8×8×4d → 4×4×8d
+  (LeakyReLU 0.2, BatchNorm on all but the first), then a 4×4 'VALID'
+  convolution to one logit; d = ``width``.
+  """
+
+  width: int = 64
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    d = self.width
+    x = nn.leaky_relu(nn.Conv(d, (4, 4), (2, 2), padding="SAME")(x), 0.2)
+    for mult in (2, 4, 8):
+      x = nn.Conv(d * mult, (4, 4), (2, 2), padding="SAME", use_bias=False)(x)
+      x = nn.BatchNorm(use_running_average=not train, momentum=_BN_MOMENTUM)(x)
+      x = nn.leaky_relu(x, 0.2)
+    x = nn.Conv(1, (4, 4), padding="VALID")(x)  # 4×4 -> 1×1
+    return x.reshape(x.shape[0])
+
+
+__all__ = ["DCGANDiscriminator", "DCGANGenerator"]

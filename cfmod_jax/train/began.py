@@ -25,13 +25,19 @@ draws from.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import flax
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import optax
 
 from cfmod_jax.models import BEGANDiscriminator, BEGANGenerator
-from cfmod_jax.train import common
+from cfmod_jax.train.config import Trainer, adam, check_adam, check_float, check_int
+from cfmod_jax.train.data import training_images
 
 
 @flax.struct.dataclass
@@ -45,7 +51,7 @@ class BEGANState:
   d_opt_state: optax.OptState
 
 
-def generator(config) -> BEGANGenerator:
+def generator(config: ml_collections.ConfigDict) -> BEGANGenerator:
   return BEGANGenerator(
     latent_dim=config.generator.latent_dim,
     width=config.generator.width,
@@ -54,37 +60,37 @@ def generator(config) -> BEGANGenerator:
   )
 
 
-def discriminator(config) -> BEGANDiscriminator:
+def discriminator(config: ml_collections.ConfigDict) -> BEGANDiscriminator:
   return BEGANDiscriminator(
     latent_dim=config.discriminator.latent_dim, width=config.discriminator.width
   )
 
 
-def validate(config) -> None:
+def validate(config: ml_collections.ConfigDict) -> None:
   for field in (
     "generator.latent_dim",
     "generator.width",
     "discriminator.latent_dim",
     "discriminator.width",
   ):
-    common.check_int(config, field, 1)
+    check_int(config, field, 1)
   for flag in ("batch_norm", "skip"):
     if not isinstance(config.generator.get(flag, False), bool):
       raise ValueError(
         f"config.generator.{flag} must be True or False, got {config.generator[flag]!r}"
       )
-  common.check_float(config, "gamma", 0.0, 1.0, low_open=True)
-  common.check_float(config, "lambda_k", 0.0)
-  common.check_float(config, "k_init", 0.0, 1.0)
-  common.check_adam(config)
+  check_float(config, "gamma", 0.0, 1.0, low_open=True)
+  check_float(config, "lambda_k", 0.0)
+  check_float(config, "k_init", 0.0, 1.0)
+  check_adam(config)
 
 
-def create_state(config, key) -> BEGANState:
+def create_state(config: ml_collections.ConfigDict, key: jax.Array) -> BEGANState:
   kg, kd = jax.random.split(key)
   g_vars = generator(config).init(kg, jnp.zeros((1, config.generator.latent_dim), jnp.float32))
   g_params = g_vars["params"]
   d_params = discriminator(config).init(kd, jnp.zeros((1, 64, 64, 3), jnp.float32))["params"]
-  tx = common.adam(config)
+  tx = adam(config)
   return BEGANState(
     step=jnp.zeros((), jnp.int32),
     k=jnp.asarray(config.k_init, jnp.float32),
@@ -96,20 +102,25 @@ def create_state(config, key) -> BEGANState:
   )
 
 
-def reconstruction_loss(disc, d_params, images):
+def reconstruction_loss(disc: nn.Module, d_params: Any, images: jax.Array) -> jax.Array:
   """``mean |images − D(images)|`` over the batch and pixels (a scalar)."""
   return jnp.mean(jnp.abs(images - disc.apply({"params": d_params}, images)))
 
 
-def scale_gradient(tree, scale):
+def scale_gradient(tree: Any, scale: float | jax.Array) -> Any:
   """Identity in the forward pass; multiplies the gradient by ``scale``."""
   return jax.tree.map(
     lambda x: jax.lax.stop_gradient(x) + scale * (x - jax.lax.stop_gradient(x)), tree
   )
 
 
-def train_step(config, state: BEGANState, batch, key):
-  gen, disc, tx = generator(config), discriminator(config), common.adam(config)
+def train_step(
+  config: ml_collections.ConfigDict,
+  state: BEGANState,
+  batch: Mapping[str, jax.Array],
+  key: jax.Array,
+) -> tuple[BEGANState, dict[str, jax.Array]]:
+  gen, disc, tx = generator(config), discriminator(config), adam(config)
   real = batch["images"]
   z = jax.random.normal(key, (real.shape[0], config.generator.latent_dim), jnp.float32)
 
@@ -153,7 +164,7 @@ def train_step(config, state: BEGANState, batch, key):
   return new_state, metrics
 
 
-def export_spec(config):
+def export_spec(config: ml_collections.ConfigDict) -> tuple[str, dict[str, Any]]:
   kwargs = {"latent_dim": config.generator.latent_dim, "width": config.generator.width}
   for flag in ("batch_norm", "skip"):
     if config.generator.get(flag, False):
@@ -161,22 +172,22 @@ def export_spec(config):
   return "began", kwargs
 
 
-def export_variables(state: BEGANState):
+def export_variables(state: BEGANState) -> dict[str, Any]:
   if state.g_batch_stats:
     return {"params": state.g_params, "batch_stats": state.g_batch_stats}
   return {"params": state.g_params}
 
 
-def sample(config, state: BEGANState, latents):
+def sample(config: ml_collections.ConfigDict, state: BEGANState, latents: jax.Array) -> jax.Array:
   return generator(config).apply(export_variables(state), latents)
 
 
-TRAINER = common.Trainer(
+TRAINER = Trainer(
   name="began",
   validate=validate,
   create_state=create_state,
   train_step=train_step,
-  make_batch=common.training_images,
+  make_batch=training_images,
   export_spec=export_spec,
   export_variables=export_variables,
   sample=sample,

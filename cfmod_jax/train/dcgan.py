@@ -1,6 +1,6 @@
 """DCGAN training (Radford et al. 2016) with the non-saturating GAN loss.
 
-Discriminator (`DCGANDiscriminator`): 4×4 stride-2 convolutions
+Discriminator (`cfmod_jax.models.DCGANDiscriminator`): 4×4 stride-2 convolutions
 64×64×3 → 32×32×d → 16×16×2d → 8×8×4d → 4×4×8d (LeakyReLU 0.2, BatchNorm on all
 but the first), then a 4×4 'VALID' convolution to one logit. Generator:
 `cfmod_jax.models.DCGANGenerator`.
@@ -18,33 +18,18 @@ Adam(2e-4, β1 = 0.5) for both by default (``config.optimizer``).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import flax
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import optax
 
-from cfmod_jax.models import DCGANGenerator
-from cfmod_jax.train import common
-
-_BN_MOMENTUM = 0.9
-
-
-class DCGANDiscriminator(nn.Module):
-  """``[N, 64, 64, 3] -> [N]`` logits (real > 0)."""
-
-  width: int = 64
-
-  @nn.compact
-  def __call__(self, x, train: bool = False):
-    d = self.width
-    x = nn.leaky_relu(nn.Conv(d, (4, 4), (2, 2), padding="SAME")(x), 0.2)
-    for mult in (2, 4, 8):
-      x = nn.Conv(d * mult, (4, 4), (2, 2), padding="SAME", use_bias=False)(x)
-      x = nn.BatchNorm(use_running_average=not train, momentum=_BN_MOMENTUM)(x)
-      x = nn.leaky_relu(x, 0.2)
-    x = nn.Conv(1, (4, 4), padding="VALID")(x)  # 4×4 -> 1×1
-    return x.reshape(x.shape[0])
+from cfmod_jax.models import DCGANDiscriminator, DCGANGenerator
+from cfmod_jax.train.config import Trainer, adam, check_adam, check_int
+from cfmod_jax.train.data import training_images
 
 
 @flax.struct.dataclass
@@ -58,26 +43,26 @@ class GANState:
   d_opt_state: optax.OptState
 
 
-def generator(config) -> DCGANGenerator:
+def generator(config: ml_collections.ConfigDict) -> DCGANGenerator:
   return DCGANGenerator(latent_dim=config.generator.latent_dim, width=config.generator.width)
 
 
-def discriminator(config) -> DCGANDiscriminator:
+def discriminator(config: ml_collections.ConfigDict) -> DCGANDiscriminator:
   return DCGANDiscriminator(width=config.discriminator.width)
 
 
-def validate(config) -> None:
+def validate(config: ml_collections.ConfigDict) -> None:
   for field in ("generator.latent_dim", "generator.width", "discriminator.width"):
-    common.check_int(config, field, 1)
-  common.check_adam(config)
+    check_int(config, field, 1)
+  check_adam(config)
 
 
-def create_state(config, key) -> GANState:
+def create_state(config: ml_collections.ConfigDict, key: jax.Array) -> GANState:
   kg, kd = jax.random.split(key)
   z = jnp.zeros((1, config.generator.latent_dim), jnp.float32)
   g_vars = generator(config).init(kg, z)
   d_vars = discriminator(config).init(kd, jnp.zeros((1, 64, 64, 3), jnp.float32))
-  tx = common.adam(config)
+  tx = adam(config)
   return GANState(
     step=jnp.zeros((), jnp.int32),
     g_params=g_vars["params"],
@@ -89,8 +74,10 @@ def create_state(config, key) -> GANState:
   )
 
 
-def train_step(config, state: GANState, batch, key):
-  gen, disc, tx = generator(config), discriminator(config), common.adam(config)
+def train_step(
+  config: ml_collections.ConfigDict, state: GANState, batch: Mapping[str, jax.Array], key: jax.Array
+) -> tuple[GANState, dict[str, jax.Array]]:
+  gen, disc, tx = generator(config), discriminator(config), adam(config)
   real = batch["images"]
   z = jax.random.normal(key, (real.shape[0], config.generator.latent_dim), jnp.float32)
 
@@ -155,24 +142,24 @@ def train_step(config, state: GANState, batch, key):
   return new_state, metrics
 
 
-def export_spec(config):
+def export_spec(config: ml_collections.ConfigDict) -> tuple[str, dict[str, Any]]:
   return "dcgan", {"latent_dim": config.generator.latent_dim, "width": config.generator.width}
 
 
-def export_variables(state: GANState):
+def export_variables(state: GANState) -> dict[str, Any]:
   return {"params": state.g_params, "batch_stats": state.g_batch_stats}
 
 
-def sample(config, state: GANState, latents):
+def sample(config: ml_collections.ConfigDict, state: GANState, latents: jax.Array) -> jax.Array:
   return generator(config).apply(export_variables(state), latents)
 
 
-TRAINER = common.Trainer(
+TRAINER = Trainer(
   name="dcgan",
   validate=validate,
   create_state=create_state,
   train_step=train_step,
-  make_batch=common.training_images,
+  make_batch=training_images,
   export_spec=export_spec,
   export_variables=export_variables,
   sample=sample,

@@ -29,13 +29,14 @@ import numpy as np
 
 from cfmod_jax import checkpoints, fileio, quality, viz
 from cfmod_jax.data import synthfaces
-from cfmod_jax.train import common
+from cfmod_jax.train.rng import sample_latents
+from cfmod_jax.train.state_io import load_run
 
 _DESCRIPTIONS = {
   "dcgan": "DCGAN generator (`cfmod_jax.models.DCGANGenerator`), non-saturating GAN loss",
   "vae": "β-VAE decoder (`cfmod_jax.models.VAEDecoder`) of a `BetaVAE`",
   "began": "BEGAN generator (`cfmod_jax.models.BEGANGenerator`), autoencoder discriminator",
-  "featnet": "factor-predicting feature network (`cfmod_jax.quality.FeatNet`)",
+  "featnet": "factor-predicting feature network (`cfmod_jax.models.FeatNet`)",
 }
 
 
@@ -112,7 +113,7 @@ def export_run(
   held-out real images come from split ``heldout_split`` (default 'test'),
   which must hold ``2 * quality_samples`` examples.
   """
-  trainer, config, state, meta = common.load_run(workdir)
+  trainer, config, state, meta = load_run(workdir)
   dataset = config.get("dataset", "synthfaces")
   arch, kwargs = trainer.export_spec(config)
   kind = "featnet" if trainer.sample is None else "generator"
@@ -142,9 +143,7 @@ def export_run(
   )
   if kind == "generator":
     gen = checkpoints.load_generator(out_dir)
-    images = np.asarray(
-      gen(common.sample_latents(config.seed, config.num_samples, gen.latent_shape[0]))
-    )
+    images = np.asarray(gen(sample_latents(config.seed, config.num_samples, gen.latent_shape[0])))
     viz.save_image_grid(os.path.join(out_dir, "samples.png"), images, ncols=8)
     q = quality.sample_quality(gen, quality.load_featnet(featnet), n=n, real_images=real_images)
     if real_images is None:

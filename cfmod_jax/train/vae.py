@@ -21,13 +21,18 @@ The generator is the decoder (`cfmod_jax.models.VAEDecoder`); samples are
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import flax
 import jax
 import jax.numpy as jnp
+import ml_collections
 import optax
 
 from cfmod_jax.models import BetaVAE, VAEDecoder, decoder_variables
-from cfmod_jax.train import common
+from cfmod_jax.train.config import Trainer, adam, check_adam, check_float, check_int
+from cfmod_jax.train.data import training_images
 
 LIKELIHOODS = ("gaussian", "bernoulli")
 
@@ -39,24 +44,24 @@ class VAEState:
   opt_state: optax.OptState
 
 
-def model(config) -> BetaVAE:
+def model(config: ml_collections.ConfigDict) -> BetaVAE:
   return BetaVAE(latent_dim=config.generator.latent_dim, width=config.generator.width)
 
 
-def validate(config) -> None:
-  common.check_int(config, "generator.latent_dim", 1)
-  common.check_int(config, "generator.width", 1)
-  common.check_float(config, "beta", 0.0)
-  common.check_float(config, "obs_sigma", 0.0, low_open=True)
+def validate(config: ml_collections.ConfigDict) -> None:
+  check_int(config, "generator.latent_dim", 1)
+  check_int(config, "generator.width", 1)
+  check_float(config, "beta", 0.0)
+  check_float(config, "obs_sigma", 0.0, low_open=True)
   if config.likelihood not in LIKELIHOODS:
     raise ValueError(
       f"config.likelihood={config.likelihood!r} is unknown; expected one of "
       f"{', '.join(LIKELIHOODS)}"
     )
-  common.check_adam(config)
+  check_adam(config)
 
 
-def create_state(config, key) -> VAEState:
+def create_state(config: ml_collections.ConfigDict, key: jax.Array) -> VAEState:
   k_init, k_sample = jax.random.split(key)
   variables = model(config).init(
     {"params": k_init, "sample": k_sample}, jnp.zeros((1, 64, 64, 3), jnp.float32)
@@ -64,11 +69,13 @@ def create_state(config, key) -> VAEState:
   return VAEState(
     step=jnp.zeros((), jnp.int32),
     params=variables["params"],
-    opt_state=common.adam(config).init(variables["params"]),
+    opt_state=adam(config).init(variables["params"]),
   )
 
 
-def negative_log_likelihood(config, x, recon):
+def negative_log_likelihood(
+  config: ml_collections.ConfigDict, x: jax.Array, recon: jax.Array
+) -> jax.Array:
   """Per-image NLL ``[N]`` of images ``x`` given decoder means ``recon``."""
   if config.likelihood == "gaussian":
     return jnp.sum(jnp.square(x - recon), axis=(1, 2, 3)) / (2.0 * config.obs_sigma**2)
@@ -77,14 +84,16 @@ def negative_log_likelihood(config, x, recon):
   return -jnp.sum(t * jnp.log(p) + (1.0 - t) * jnp.log1p(-p), axis=(1, 2, 3))
 
 
-def kl_divergence(mean, logvar):
+def kl_divergence(mean: jax.Array, logvar: jax.Array) -> jax.Array:
   """``KL(N(mean, exp(logvar)) ‖ N(0, I))`` per example, ``[N]``."""
   return 0.5 * jnp.sum(jnp.exp(logvar) + jnp.square(mean) - 1.0 - logvar, axis=-1)
 
 
-def train_step(config, state: VAEState, batch, key):
+def train_step(
+  config: ml_collections.ConfigDict, state: VAEState, batch: Mapping[str, jax.Array], key: jax.Array
+) -> tuple[VAEState, dict[str, jax.Array]]:
   x = batch["images"]
-  vae, tx = model(config), common.adam(config)
+  vae, tx = model(config), adam(config)
 
   def loss_fn(params):
     recon, mean, logvar = vae.apply({"params": params}, x, train=True, rngs={"sample": key})
@@ -104,25 +113,25 @@ def train_step(config, state: VAEState, batch, key):
   return VAEState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 
-def export_spec(config):
+def export_spec(config: ml_collections.ConfigDict) -> tuple[str, dict[str, Any]]:
   return "vae", {"latent_dim": config.generator.latent_dim, "width": config.generator.width}
 
 
-def export_variables(state: VAEState):
+def export_variables(state: VAEState) -> dict[str, Any]:
   return decoder_variables({"params": state.params})
 
 
-def sample(config, state: VAEState, latents):
+def sample(config: ml_collections.ConfigDict, state: VAEState, latents: jax.Array) -> jax.Array:
   decoder = VAEDecoder(latent_dim=config.generator.latent_dim, width=config.generator.width)
   return decoder.apply(export_variables(state), latents)
 
 
-TRAINER = common.Trainer(
+TRAINER = Trainer(
   name="vae",
   validate=validate,
   create_state=create_state,
   train_step=train_step,
-  make_batch=common.training_images,
+  make_batch=training_images,
   export_spec=export_spec,
   export_variables=export_variables,
   sample=sample,

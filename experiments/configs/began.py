@@ -36,7 +36,7 @@ larger ``--config.num_steps`` resumes and trains on.
 
 import ml_collections
 
-from cfmod_jax.train.common import base_config
+from cfmod_jax.train.config import base_config
 
 
 def get_config() -> ml_collections.ConfigDict:

@@ -6,7 +6,7 @@ and its float32 generator fits the 5 MB checkpoint budget.
 
 import ml_collections
 
-from cfmod_jax.train.common import base_config
+from cfmod_jax.train.config import base_config
 
 
 def get_config() -> ml_collections.ConfigDict:

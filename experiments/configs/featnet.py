@@ -2,7 +2,7 @@
 
 import ml_collections
 
-from cfmod_jax.train.common import base_config
+from cfmod_jax.train.config import base_config
 
 
 def get_config() -> ml_collections.ConfigDict:

@@ -9,7 +9,7 @@ from the prior were muddy (prior holes).
 
 import ml_collections
 
-from cfmod_jax.train.common import base_config
+from cfmod_jax.train.config import base_config
 
 
 def get_config() -> ml_collections.ConfigDict:
