@@ -51,6 +51,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cfmod_jax import exported
 from cfmod_jax._validate import check_positive_int, check_seed
 from cfmod_jax.generator import Generator, StagedGenerator
 from cfmod_jax.ops import upsample_nearest
@@ -596,14 +597,12 @@ CONFIG_FILE = "config.json"
 
 def save_biggan(path: str, variables: Any, config: str | BigGANConfig | Mapping[str, Any]) -> str:
   """Writes BigGAN-deep ``variables`` to the folder ``path`` in cfmod_jax's exported
-  format (`cfmod_jax.checkpoints.save_variables`: ``variables.msgpack`` +
-  ``checkpoint.json`` with a sha256 manifest), the config in the checkpoint's
-  ``kwargs`` (``{"config": BigGANConfig.to_dict()}``, arch ``biggan-deep``,
-  dataset ``imagenet``). Returns ``path``."""
-  from cfmod_jax import checkpoints  # pylint: disable=g-import-not-at-top
-
+  format (`cfmod_jax.exported.save_variables`, also `cfmod_jax.checkpoints`'):
+  ``variables.msgpack`` + ``checkpoint.json`` with a sha256 manifest, the config in
+  the checkpoint's ``kwargs`` (``{"config": BigGANConfig.to_dict()}``), arch
+  ``biggan-deep``, dataset ``imagenet``. Returns ``path``."""
   cfg = get_config(config)
-  return checkpoints.save_variables(
+  return exported.save_variables(
     path,
     jax.tree.map(np.asarray, variables),
     kind="generator",
@@ -614,9 +613,7 @@ def save_biggan(path: str, variables: Any, config: str | BigGANConfig | Mapping[
 
 
 def _meta_path(path: str) -> str:
-  from cfmod_jax import checkpoints  # pylint: disable=g-import-not-at-top
-
-  return os.path.join(path, checkpoints.META_FILE)
+  return os.path.join(path, exported.META_FILE)
 
 
 def _is_legacy_folder(path: str) -> bool:
@@ -679,19 +676,17 @@ def load_biggan_variables(path: str) -> tuple[BigGANConfig, Any]:
     CheckpointError (a ValueError): a folder that is not a BigGAN checkpoint, a
       truncated or corrupted file, variables that do not fit the config.
   """
-  from cfmod_jax import checkpoints  # pylint: disable=g-import-not-at-top
-
   if _is_legacy_folder(path):
     return _load_legacy(path)
-  meta = checkpoints.read_meta(path)
+  meta = exported.read_meta(path)
   kwargs = meta.get("kwargs")
   if meta.get("arch") != ARCH or not isinstance(kwargs, dict) or "config" not in kwargs:
-    raise checkpoints.CheckpointError(
-      f"{path} is not a BigGAN checkpoint (its {checkpoints.META_FILE} declares arch "
+    raise exported.CheckpointError(
+      f"{path} is not a BigGAN checkpoint (its {exported.META_FILE} declares arch "
       f"{meta.get('arch')!r}; expected {ARCH!r} with kwargs {{'config': ...}})"
     )
   cfg = BigGANConfig.from_dict(kwargs["config"])
-  variables, _ = checkpoints.load_variables(path, _abstract_variables(cfg), kind="generator")
+  variables, _ = exported.load_variables(path, _abstract_variables(cfg), kind="generator")
   return cfg, variables
 
 
