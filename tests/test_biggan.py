@@ -307,6 +307,10 @@ def test_converted_folder_is_a_cfmod_checkpoint(ckpt, small_biggan, tmp_path):
   with pytest.raises(checkpoints.CheckpointError, match="sha256"):
     bg.load_biggan(str(bad))
   assert not bg.is_biggan_folder(str(tmp_path))
+  with pytest.raises(checkpoints.CheckpointError, match="is not a BigGAN folder"):
+    bg.load_biggan(str(tmp_path))
+  with pytest.raises(checkpoints.CheckpointError, match="no such folder"):
+    bg.load_biggan(str(tmp_path / "nowhere"))
 
 
 def test_converter_errors(ckpt):

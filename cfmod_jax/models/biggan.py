@@ -678,6 +678,15 @@ def load_biggan_variables(path: str) -> tuple[BigGANConfig, Any]:
   """
   if _is_legacy_folder(path):
     return _load_legacy(path)
+  if not os.path.isdir(path):
+    raise exported.CheckpointError(
+      f"{path}: no such folder (expected one written by experiments.convert_biggan)"
+    )
+  if not os.path.isfile(_meta_path(path)):
+    raise exported.CheckpointError(
+      f"{path} is not a BigGAN folder: it has neither {exported.META_FILE} (written by "
+      f"experiments.convert_biggan) nor {CONFIG_FILE} + {VARIABLES_FILE} (older converters)"
+    )
   meta = exported.read_meta(path)
   kwargs = meta.get("kwargs")
   if meta.get("arch") != ARCH or not isinstance(kwargs, dict) or "config" not in kwargs:
