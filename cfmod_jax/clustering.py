@@ -43,13 +43,23 @@ synthetic-faces DCGAN):
 from __future__ import annotations
 
 import dataclasses
-import os
 import warnings
 from collections.abc import Iterable, Mapping
 
 import numpy as np
 from scipy.ndimage import gaussian_filter
 from scipy.optimize import linear_sum_assignment
+
+from cfmod_jax._validate import (
+  check_choice,
+  check_eim_groups,
+  check_eims,
+  check_k,
+  check_positive_float,
+  check_positive_int,
+  check_prep_percentile,
+  check_sigma,
+)
 
 __all__ = [
   "DEFAULT_PERCENTILE",
@@ -72,7 +82,6 @@ __all__ = [
   "stability_curve",
   "selection_curves",
   "choose_k",
-  "plot_stability_curve",
 ]
 
 #: Default per-map percentile threshold of :func:`preprocess_eims`.
@@ -99,107 +108,6 @@ DEFAULT_STABILITY_RESTARTS = 4
 #: Rules of :func:`choose_k`.
 RULES = ("silhouette", "stability")
 DEFAULT_RULE = "silhouette"
-
-
-# --------------------------------------------------------------------------------------
-# Input validation (shared with cfmod_jax.metrics)
-# --------------------------------------------------------------------------------------
-
-
-def _check_maps(x, name: str, ndim: int = 3, form: str = "[C, H, W]") -> np.ndarray:
-  """Return ``x`` as float64 after checking dimensionality, finiteness, sign."""
-  try:
-    arr = np.asarray(x, dtype=np.float64)
-  except (TypeError, ValueError) as exc:
-    raise ValueError(f"{name} must be a numeric array of shape {form}") from exc
-  if arr.ndim != ndim:
-    raise ValueError(f"{name} must be a {ndim}-D array of shape {form}, got shape {arr.shape}")
-  if arr.size == 0:
-    raise ValueError(f"{name} must be non-empty, got shape {arr.shape}")
-  if not np.all(np.isfinite(arr)):
-    raise ValueError(f"{name} must contain only finite values (found NaN or inf)")
-  if np.any(arr < 0):
-    raise ValueError(
-      f"{name} must be non-negative (influence maps are mean absolute "
-      f"differences), min value is {arr.min():g}"
-    )
-  return arr
-
-
-def _check_eims(eims) -> np.ndarray:
-  return _check_maps(eims, "eims", 3, "[C, H, W]")
-
-
-def _check_eim_groups(eim_groups) -> np.ndarray:
-  arr = _check_maps(eim_groups, "eim_groups", 4, "[G, C, H, W]")
-  if arr.shape[0] < 2:
-    raise ValueError(
-      "eim_groups must hold at least G=2 groups of latent pairs to resample "
-      f"(shape [G, C, H, W]), got G={arr.shape[0]}; compute the EIMs on several "
-      "disjoint groups of pairs"
-    )
-  return arr
-
-
-def _check_k(k, n_channels: int, name: str = "k") -> int:
-  if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)):
-    raise ValueError(f"{name} must be an integer number of modules, got {k!r}")
-  k = int(k)
-  if k < 1:
-    raise ValueError(f"{name}={k} must be >= 1")
-  if k > n_channels:
-    raise ValueError(f"{name}={k} larger than the number of channels C={n_channels}")
-  return k
-
-
-def _check_method(method) -> str:
-  if method not in METHODS:
-    raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-  return method
-
-
-def _check_nmf_init(nmf_init) -> str:
-  if nmf_init not in NMF_INITS:
-    raise ValueError(f"nmf_init must be one of {NMF_INITS}, got {nmf_init!r}")
-  return nmf_init
-
-
-def _check_percentile(percentile) -> float:
-  p = float(percentile)
-  if not (0.0 <= p < 100.0) or not np.isfinite(p):
-    raise ValueError(f"percentile must be in [0, 100), got {percentile!r}")
-  return p
-
-
-def _check_prep_percentile(percentile) -> float:
-  """Percentile of the preprocessing: None means no threshold (0)."""
-  return 0.0 if percentile is None else _check_percentile(percentile)
-
-
-def _check_sigma(sigma, shape_hw) -> float:
-  if sigma is None:
-    return default_sigma(shape_hw)
-  s = float(sigma)
-  if not np.isfinite(s) or s < 0:
-    raise ValueError(f"sigma must be >= 0 (pixels) or None, got {sigma!r}")
-  return s
-
-
-def _check_labels(labels, n_channels: int, k: int) -> np.ndarray:
-  lab = np.asarray(labels)
-  if lab.ndim != 1 or lab.shape[0] != n_channels:
-    raise ValueError(
-      f"labels must be a 1-D integer array of length C={n_channels}, got shape {lab.shape}"
-    )
-  if lab.size and not np.issubdtype(lab.dtype, np.integer):
-    if not np.all(np.equal(np.mod(lab, 1), 0)):
-      raise ValueError("labels must be integers in [0, k)")
-  lab = lab.astype(np.int64)
-  if lab.size and (lab.min() < 0 or lab.max() >= k):
-    raise ValueError(
-      f"labels must be integers in [0, k) with k={k}, got values in [{lab.min()}, {lab.max()}]"
-    )
-  return lab
 
 
 def _cosine_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -267,9 +175,9 @@ def preprocess_eims(eims, sigma=None, percentile: float | None = DEFAULT_PERCENT
     float32 [C, H*W]; each row has unit L2 norm, except all-zero rows (a channel with
     no influence at all), which stay zero.
   """
-  arr = _check_eims(eims)
-  s = _check_sigma(sigma, arr.shape[1:])
-  p = _check_prep_percentile(percentile)
+  arr = check_eims(eims)
+  s = check_sigma(sigma, default_sigma(arr.shape[1:]))
+  p = check_prep_percentile(percentile)
   return _preprocess(arr, s, p).astype(np.float32)
 
 
@@ -475,16 +383,16 @@ def cluster_channels(
   Returns:
     :class:`ModuleClustering`; deterministic given its arguments.
   """
-  arr = _check_eims(eims)
+  arr = check_eims(eims)
   c, hh, ww = arr.shape
-  k = _check_k(k, c)
-  method = _check_method(method)
-  s = _check_sigma(sigma, (hh, ww))
-  p = _check_prep_percentile(percentile)
-  n_restarts = _check_positive_int(n_restarts, "n_restarts")
-  max_iter = _check_positive_int(max_iter, "max_iter")
-  nmf_tol = _check_tol(nmf_tol)
-  nmf_init = _check_nmf_init(nmf_init)
+  k = check_k(k, c)
+  method = check_choice(method, METHODS, "method")
+  s = check_sigma(sigma, default_sigma((hh, ww)))
+  p = check_prep_percentile(percentile)
+  n_restarts = check_positive_int(n_restarts, "n_restarts")
+  max_iter = check_positive_int(max_iter, "max_iter")
+  nmf_tol = check_positive_float(nmf_tol, "nmf_tol")
+  nmf_init = check_choice(nmf_init, NMF_INITS, "nmf_init")
   pool = _auto_pool((hh, ww), s)
   x = _preprocess(arr, s, p, pool)
   labels, templates, weights, dead, converged = _cluster_preprocessed(
@@ -516,19 +424,6 @@ def cluster_channels(
     sigma=s,
     percentile=p,
   )
-
-
-def _check_tol(tol) -> float:
-  t = float(tol)
-  if not np.isfinite(t) or t <= 0:
-    raise ValueError(f"nmf_tol must be a positive number, got {tol!r}")
-  return t
-
-
-def _check_positive_int(v, name: str) -> int:
-  if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or v < 1:
-    raise ValueError(f"{name} must be a positive integer, got {v!r}")
-  return int(v)
 
 
 # --------------------------------------------------------------------------------------
@@ -617,21 +512,21 @@ def stability_curve(
 def _stability_args(
   eim_groups, k_values, n_boot, method, sigma, percentile, n_restarts, max_iter, nmf_tol, nmf_init
 ):
-  groups = _check_eim_groups(eim_groups)
+  groups = check_eim_groups(eim_groups)
   g, c, hh, ww = groups.shape
-  ks = sorted({_check_k(k, c, "k_values entry k") for k in _as_list(k_values)})
+  ks = sorted({check_k(k, c, "k_values entry k") for k in _as_list(k_values)})
   if not ks:
     raise ValueError("k_values must contain at least one k")
-  method = _check_method(method)
-  s = _check_sigma(sigma, (hh, ww))
-  p = _check_prep_percentile(percentile)
-  n_boot = _check_positive_int(n_boot, "n_boot")
+  method = check_choice(method, METHODS, "method")
+  s = check_sigma(sigma, default_sigma((hh, ww)))
+  p = check_prep_percentile(percentile)
+  n_boot = check_positive_int(n_boot, "n_boot")
   if n_boot < 2:
     raise ValueError(f"n_boot must be >= 2 to compare resamples, got {n_boot}")
-  n_restarts = _check_positive_int(n_restarts, "n_restarts")
-  max_iter = _check_positive_int(max_iter, "max_iter")
-  nmf_tol = _check_tol(nmf_tol)
-  nmf_init = _check_nmf_init(nmf_init)
+  n_restarts = check_positive_int(n_restarts, "n_restarts")
+  max_iter = check_positive_int(max_iter, "max_iter")
+  nmf_tol = check_positive_float(nmf_tol, "nmf_tol")
+  nmf_init = check_choice(nmf_init, NMF_INITS, "nmf_init")
   return groups, ks, (method, s, p, n_restarts, max_iter, nmf_tol, nmf_init)
 
 
@@ -784,62 +679,3 @@ def choose_k(
   if rule == "stability":
     return _choose_from_curve(curve, tol), curve
   return _choose_by_score(curves["silhouette"], tol), curve
-
-
-def plot_stability_curve(
-  curve: Mapping[int, tuple[float, float]],
-  path,
-  k_best: int | None = None,
-  title: str | None = None,
-  silhouette: Mapping[int, tuple[float, float]] | None = None,
-) -> str:
-  """Write the stability curve (mean +- std against k) as a PNG file; returns path.
-
-  Uses matplotlib's Agg canvas directly (no global backend change, no display).
-  ``k_best`` (optional) is marked with a vertical line; ``silhouette`` (optional, the
-  "silhouette" curve of :func:`selection_curves`) is drawn on a second y axis.
-  """
-  if not curve:
-    raise ValueError("curve must be a non-empty dict k -> (mean, std)")
-  from matplotlib.backends.backend_agg import FigureCanvasAgg
-  from matplotlib.figure import Figure
-
-  ks = sorted(int(k) for k in curve)
-  means = np.array([curve[k][0] for k in ks], dtype=float)
-  stds = np.array([curve[k][1] for k in ks], dtype=float)
-  fig = Figure(figsize=(4.5, 3.2), dpi=100)
-  FigureCanvasAgg(fig)
-  ax = fig.add_subplot(1, 1, 1)
-  ax.errorbar(ks, means, yerr=stds, marker="o", capsize=3, label="stability")
-  handles = []
-  if silhouette:
-    sk = sorted(int(k) for k in silhouette)
-    ax2 = ax.twinx()
-    handles.append(
-      ax2.errorbar(
-        sk,
-        [silhouette[k][0] for k in sk],
-        yerr=[silhouette[k][1] for k in sk],
-        marker="s",
-        capsize=3,
-        color="tab:green",
-        label="silhouette",
-      )
-    )
-    ax2.set_ylabel("cosine silhouette")
-  if k_best is not None:
-    ax.axvline(int(k_best), color="tab:red", linestyle="--", label=f"K={k_best}")
-  if k_best is not None or silhouette:
-    h, labels = ax.get_legend_handles_labels()
-    ax.legend(h + handles, labels + [x.get_label() for x in handles], loc="lower left")
-  ax.set_xticks(ks)
-  ax.set_xlabel("number of modules K")
-  ax.set_ylabel("template cosine similarity")
-  ax.set_title(title or "K selection across bootstrap resamples")
-  fig.tight_layout()
-  path = os.fspath(path)
-  parent = os.path.dirname(path)
-  if parent:
-    os.makedirs(parent, exist_ok=True)
-  fig.savefig(path, format="png")
-  return path

@@ -1,4 +1,5 @@
-"""Figures as PNG files: image grids, influence-map grids, hybrid panels.
+"""Figures as PNG files: image grids, influence-map grids, hybrid panels, the
+K-selection curve of the clustering (`plot_stability_curve`).
 
 Matplotlib is used through the object API with the Agg canvas (no display, no
 global backend change). Every file is written atomically (`cfmod_jax.fileio.atomic_path`:
@@ -10,7 +11,7 @@ so the same figure gives the same bytes on every run.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import matplotlib
 import matplotlib.cm
@@ -213,4 +214,65 @@ def save_rgb(path: str, image) -> str:
     matplotlib.image.imsave(
       tmp, np.clip(np.asarray(image), 0.0, 1.0), format="png", metadata=PNG_METADATA
     )
+  return path
+
+
+# ---- clustering ---------------------------------------------------------------------------
+def plot_stability_curve(
+  curve: Mapping[int, tuple[float, float]],
+  path: str | os.PathLike,
+  k_best: int | None = None,
+  title: str | None = None,
+  silhouette: Mapping[int, tuple[float, float]] | None = None,
+) -> str:
+  """Write the K-selection curve of `cfmod_jax.clustering` (template stability,
+  mean +- std against k) as a PNG file; returns path.
+
+  ``curve`` is the dict k -> (mean, std) of `clustering.stability_curve` or
+  `clustering.choose_k`; ``k_best`` (optional) is marked with a vertical line;
+  ``silhouette`` (optional, the "silhouette" curve of `clustering.selection_curves`)
+  is drawn on a second y axis. Unlike the other figures of this module the file is
+  written in place with matplotlib's default PNG metadata (wrap the call in
+  `fileio.atomic_path`, as the main job does, for an atomic write).
+  """
+  if not curve:
+    raise ValueError("curve must be a non-empty dict k -> (mean, std)")
+  ks = sorted(int(k) for k in curve)
+  means = np.array([curve[k][0] for k in ks], dtype=float)
+  stds = np.array([curve[k][1] for k in ks], dtype=float)
+  fig = Figure(figsize=(4.5, 3.2), dpi=100)
+  FigureCanvasAgg(fig)
+  ax = fig.add_subplot(1, 1, 1)
+  ax.errorbar(ks, means, yerr=stds, marker="o", capsize=3, label="stability")
+  handles = []
+  if silhouette:
+    sk = sorted(int(k) for k in silhouette)
+    ax2 = ax.twinx()
+    handles.append(
+      ax2.errorbar(
+        sk,
+        [silhouette[k][0] for k in sk],
+        yerr=[silhouette[k][1] for k in sk],
+        marker="s",
+        capsize=3,
+        color="tab:green",
+        label="silhouette",
+      )
+    )
+    ax2.set_ylabel("cosine silhouette")
+  if k_best is not None:
+    ax.axvline(int(k_best), color="tab:red", linestyle="--", label=f"K={k_best}")
+  if k_best is not None or silhouette:
+    h, labels = ax.get_legend_handles_labels()
+    ax.legend(h + handles, labels + [x.get_label() for x in handles], loc="lower left")
+  ax.set_xticks(ks)
+  ax.set_xlabel("number of modules K")
+  ax.set_ylabel("template cosine similarity")
+  ax.set_title(title or "K selection across bootstrap resamples")
+  fig.tight_layout()
+  path = os.fspath(path)
+  parent = os.path.dirname(path)
+  if parent:
+    os.makedirs(parent, exist_ok=True)
+  fig.savefig(path, format="png")
   return path

@@ -3,7 +3,8 @@
   python -m experiments.summarize out/dcgan out/vae out/began > docs/results.md
 
 Each argument is an output folder of ``experiments.analyze`` (with its
-metrics.json) or a metrics JSON file itself.
+metrics.json) or a metrics JSON file itself. The table is `cfmod_jax.report`'s
+(`report.markdown_rows`, `report.markdown_table`).
 """
 
 import json
@@ -11,10 +12,12 @@ import os
 
 from absl import app
 
+from cfmod_jax import report
 from experiments import _cli  # first: one line on Ctrl-C while jax imports
 
 
 def metrics_path(folder_or_file: str) -> str:
+  """The metrics JSON of an output folder (or the file itself)."""
   return (
     folder_or_file
     if os.path.isfile(folder_or_file)
@@ -24,58 +27,11 @@ def metrics_path(folder_or_file: str) -> str:
 
 def rows(folder_or_file: str) -> list[str]:
   """The table rows of one output folder or metrics file (one per site)."""
-  return list(_rows(metrics_path(folder_or_file)))
+  with open(metrics_path(folder_or_file), encoding="utf-8") as f:
+    return list(report.markdown_rows(json.load(f)))
 
 
-def _effect(e) -> str:
-  """``+0.102 [0.086, 0.122]`` for an effect dict, or – when absent."""
-  if not e or e.get("value") is None:
-    return "–"
-  lo, hi = e.get("ci95", [float("nan")] * 2)
-  return f"{e['value']:+.3f} [{lo:+.3f}, {hi:+.3f}]"
-
-
-def _gain(m, sign: float = 1.0) -> str:
-  """Value − null mean (the direction in which the metric is good)."""
-  if not m:
-    return "–"
-  return (
-    _effect(m.get("effect_vs_null"))
-    if "effect_vs_null" in m
-    else (f"{sign * (m['value'] - m['null_mean']):+.3f}")
-  )
-
-
-def _rows(path):
-  with open(path, encoding="utf-8") as f:
-    r = json.load(f)
-  for site, m in r["sites"].items():
-    best = " **(best)**" if r.get("best_site") == site else ""
-    ov, pa, ft = m["overlap"], m.get("part_agreement"), m.get("factor_transfer")
-    beyond = ("yes" if m.get("beyond_untrained") else "no") if "beyond_untrained" in m else "–"
-    ft_cells = (
-      f"{ft['exclusivity']:.3f} | {_effect(ft.get('effect_vs_null'))} | "
-      f"{_effect(ft.get('effect_vs_untrained'))}"
-      if ft
-      else "– | – | –"
-    )
-    yield (
-      f"| {r['generator']} | {site}{best} | {m['k']} | {m['stability'][0]:.3f} | "
-      f"{ov['value']:.3f} | {_gain(ov)} | {_effect(ov.get('effect_vs_untrained'))} | "
-      f"{_gain(pa)} | {_effect((pa or {}).get('effect_vs_untrained'))} | {ft_cells} | "
-      f"{beyond} |"
-    )
-
-
-HEADER = (
-  "| model | site | K | stability | overlap ↓ | overlap gain vs null [95% CI] | "
-  "gain vs untrained [95% CI] | part agreement − chance [95% CI] | "
-  "vs untrained [95% CI] | factor exclusivity | − null [95% CI] | "
-  "vs untrained [95% CI] | modules beyond untrained |"
-)
-
-
-def main(argv):
+def main(argv: list[str]) -> None:
   folders = argv[1:]
   if not folders:
     raise app.UsageError(
@@ -96,10 +52,7 @@ def main(argv):
         f"{metrics_path(folder)} is not a readable metrics file of "
         f"experiments.analyze ({type(e).__name__}: {e})"
       ) from None
-  print(HEADER)
-  print("|" + "---|" * (HEADER.count("|") - 1))
-  for row in tables:
-    print(row)
+  print(report.markdown_table(tables))
 
 
 if __name__ == "__main__":

@@ -17,12 +17,12 @@ from cfmod_jax.clustering import (  # noqa: E402
   choose_k,
   cluster_channels,
   default_sigma,
-  plot_stability_curve,
   preprocess_eims,
   selection_curves,
   stability_curve,
   template_similarity,
 )
+from cfmod_jax.viz import plot_stability_curve  # noqa: E402
 
 HW = 24
 CENTRES = [(0.25, 0.25), (0.25, 0.75), (0.72, 0.5)]
