@@ -40,6 +40,7 @@ import re
 import time
 import zipfile
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import jax
 import numpy as np
@@ -57,6 +58,29 @@ from cfmod_jax.interventions import (
   masks_from_labels,
 )
 from cfmod_jax.sweep import SweepConfig, broadcast_from_host0, eim_sweep, generator_fingerprint
+
+if TYPE_CHECKING:
+  from cfmod_jax import quality
+
+__all__ = [
+  "AnalysisConfig",
+  "OutputFolderError",
+  "analyze_site",
+  "check_config",
+  "claim_output_folder",
+  "eval_latents",
+  "factor_effects",
+  "factor_latents",
+  "groups_eval_for",
+  "part_maps_for",
+  "remove_stale_files",
+  "run",
+  "run_settings",
+  "savez_deterministic",
+  "site_files",
+  "uses_factors",
+  "uses_parts",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -216,7 +240,7 @@ def hybrid_panel(
   return grid_panel(gen(z1), gen(z2), hybrid_grid(gen, site, mask, z1, z2))
 
 
-def eval_latents(gen: Generator, site_seed: int, n: int):
+def eval_latents(gen: Generator, site_seed: int, n: int) -> tuple[jax.Array, jax.Array]:
   """The fresh pairs (z1, z2) on which module maps and metrics are evaluated."""
   k1, k2 = jax.random.split(jax.random.fold_in(jax.random.key(site_seed), 1 << 20))
   return gen.sample_latents(k1, n), gen.sample_latents(k2, n)
@@ -347,7 +371,7 @@ def _metric_entries(
   return out, effects
 
 
-def factor_latents(gen: Generator, site_seed: int, n: int):
+def factor_latents(gen: Generator, site_seed: int, n: int) -> tuple[jax.Array, jax.Array]:
   """The pairs (z1, z2) of the factor transfer (neither the EIMs' nor the metrics')."""
   k1, k2 = jax.random.split(jax.random.fold_in(jax.random.key(site_seed), 1 << 22))
   return gen.sample_latents(k1, n), gen.sample_latents(k2, n)
@@ -496,7 +520,7 @@ def analyze_site(
   parts: np.ndarray | None,
   site_seed: int,
   untrained: tuple[Generator, str] | None = None,
-  featnet=None,
+  featnet: quality.FeatureNet | None = None,
 ) -> dict:
   """Steps 1–7 for one site; ``untrained`` is (baseline generator, its fingerprint);
   with ``featnet`` (`quality.FeatureNet`) also the factor transfer."""
@@ -698,7 +722,7 @@ def analyze_site(
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # fixed member dates: the same arrays give the same bytes
 
 
-def savez_deterministic(path: str, **arrays) -> str:
+def savez_deterministic(path: str, **arrays: ArrayLike) -> str:
   """``np.savez_compressed(path, **arrays)`` written atomically and bitwise
   reproducibly (numpy stamps each member with the current time; here every member
   has one fixed date). `np.load` reads it like any ``.npz``. Returns ``path``."""

@@ -44,9 +44,11 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 from scipy.ndimage import gaussian_filter
 from scipy.optimize import linear_sum_assignment
 
@@ -124,7 +126,7 @@ def _cosine_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------------------
 
 
-def default_sigma(shape_hw) -> float:
+def default_sigma(shape_hw: Sequence[int]) -> float:
   """Default smoothing width in pixels for maps of spatial shape (H, W)."""
   h, w = shape_hw
   return DEFAULT_SIGMA_FRACTION * float(max(h, w))
@@ -160,7 +162,9 @@ def _preprocess(arr: np.ndarray, sigma: float, percentile: float, pool: int = 1)
   return np.divide(flat, norms, out=np.zeros_like(flat), where=norms > 0)
 
 
-def preprocess_eims(eims, sigma=None, percentile: float | None = DEFAULT_PERCENTILE) -> np.ndarray:
+def preprocess_eims(
+  eims: ArrayLike, sigma: float | None = None, percentile: float | None = DEFAULT_PERCENTILE
+) -> np.ndarray:
   """Smooth, threshold and normalise EIMs into the matrix that is clustered.
 
   Args:
@@ -350,11 +354,11 @@ def _cluster_preprocessed(
 
 
 def cluster_channels(
-  eims,
+  eims: ArrayLike,
   k: int,
   method: str = "nmf",
   seed: int = 0,
-  sigma=None,
+  sigma: float | None = None,
   percentile: float | None = DEFAULT_PERCENTILE,
   n_restarts: int = 4,
   max_iter: int = DEFAULT_NMF_MAX_ITER,
@@ -450,7 +454,7 @@ def _matched_cosine(a: np.ndarray, b: np.ndarray) -> float:
   return float(sim[rows, cols].mean())
 
 
-def template_similarity(templates_a, templates_b) -> float:
+def template_similarity(templates_a: ArrayLike, templates_b: ArrayLike) -> float:
   """Mean cosine similarity of two template sets after optimal one-to-one matching.
 
   Templates are matched by the Hungarian algorithm (maximum total cosine
@@ -468,12 +472,12 @@ def template_similarity(templates_a, templates_b) -> float:
 
 
 def stability_curve(
-  eim_groups,
+  eim_groups: ArrayLike,
   k_values: Iterable[int],
   n_boot: int = 20,
   seed: int = 0,
   method: str = "nmf",
-  sigma=None,
+  sigma: float | None = None,
   percentile: float | None = DEFAULT_PERCENTILE,
   n_restarts: int = DEFAULT_STABILITY_RESTARTS,
   max_iter: int = DEFAULT_NMF_MAX_ITER,
@@ -604,12 +608,12 @@ def _silhouette_curve(fits, ks) -> dict[int, tuple[float, float]]:
 
 
 def selection_curves(
-  eim_groups,
+  eim_groups: ArrayLike,
   k_values: Iterable[int],
   n_boot: int = 20,
   seed: int = 0,
   method: str = "nmf",
-  sigma=None,
+  sigma: float | None = None,
   percentile: float | None = DEFAULT_PERCENTILE,
   n_restarts: int = DEFAULT_STABILITY_RESTARTS,
   max_iter: int = DEFAULT_NMF_MAX_ITER,
@@ -632,11 +636,11 @@ def selection_curves(
 
 
 def choose_k(
-  eim_groups,
+  eim_groups: ArrayLike,
   k_values: Iterable[int],
   tol: float | None = None,
   rule: str = DEFAULT_RULE,
-  **kwargs,
+  **kwargs: Any,
 ) -> tuple[int, dict[int, tuple[float, float]]]:
   """Pick the number of modules from bootstrap resamples of the grouped EIMs.
 

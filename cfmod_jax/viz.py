@@ -20,8 +20,22 @@ import matplotlib.patches
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from numpy.typing import ArrayLike
 
 from cfmod_jax.fileio import atomic_path
+
+__all__ = [
+  "PNG_METADATA",
+  "colorize_maps",
+  "new_figure",
+  "plot_stability_curve",
+  "save_figure",
+  "save_image_grid",
+  "save_map_grid",
+  "save_rgb",
+  "tile",
+  "to_unit",
+]
 
 # PNG text chunks: none that change between runs or installs (matplotlib writes
 # its version as "Software" by default).
@@ -50,7 +64,7 @@ def _ensure_dir(path: str) -> None:
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
 
 
-def save_image_grid(path: str, images, ncols: int = 8) -> str:
+def save_image_grid(path: str, images: ArrayLike, ncols: int = 8) -> str:
   """Writes images ``[N, H, W, 3]`` in [-1, 1] as one PNG grid."""
   _ensure_dir(path)
   with atomic_path(path) as tmp:
@@ -58,7 +72,7 @@ def save_image_grid(path: str, images, ncols: int = 8) -> str:
   return path
 
 
-def colorize_maps(maps, normalize: str = "each", cmap: str = "inferno") -> np.ndarray:
+def colorize_maps(maps: ArrayLike, normalize: str = "each", cmap: str = "inferno") -> np.ndarray:
   """Maps ``[K, H, W] ≥ 0`` → RGB ``[K, H, W, 3]`` in [0, 1].
 
   ``normalize='each'`` scales every map to its own maximum (shows *where* a
@@ -77,7 +91,7 @@ def colorize_maps(maps, normalize: str = "each", cmap: str = "inferno") -> np.nd
 
 def save_map_grid(
   path: str,
-  maps,
+  maps: ArrayLike,
   ncols: int | None = None,
   normalize: str = "each",
   labels: Sequence[int] | None = None,
@@ -207,7 +221,7 @@ def new_figure(width: float, height: float) -> Figure:
   return Figure(figsize=(width, height))
 
 
-def save_rgb(path: str, image) -> str:
+def save_rgb(path: str, image: ArrayLike) -> str:
   """Writes an RGB image ``[H, W, 3]`` in [0, 1] as PNG."""
   _ensure_dir(path)
   with atomic_path(path) as tmp:

@@ -67,7 +67,7 @@ flags.DEFINE_string("out", "out/default", "Output folder.")
 flags.DEFINE_string("cache_dir", "", "Cache of finished EIM blocks (default: <out>/cache).")
 
 
-def main(argv):
+def main(argv: list[str]) -> None:
   del argv
   _distributed.initialize_from_flags()
   k = None if FLAGS.k == "auto" else _int("k", FLAGS.k)
@@ -135,7 +135,7 @@ _CONFIG_FLAGS = (
 )
 
 
-def _int(name, value):
+def _int(name: str, value: str) -> int:
   try:
     return int(value)
   except ValueError:

@@ -55,7 +55,7 @@ SETTINGS = {
 }
 
 
-def main(argv):
+def main(argv: list[str]) -> None:
   del argv
   for v in FLAGS.variants:
     with _cli.blame("variants"):

@@ -13,15 +13,24 @@ if _ROOT not in sys.path:  # the package is not installed in the venv
 from cfmod_jax.clustering import cluster_channels  # noqa: E402
 from cfmod_jax.metrics import (  # noqa: E402
   approx_module_maps,
+  beyond,
   bootstrap_ci,
+  bootstrap_group_weights,
+  effect_vs_null,
   in_support_share,
   module_overlap,
+  null_partitions,
   null_test,
   overlap_statistic,
+  paired_bootstrap,
   part_agreement,
   part_agreement_chance,
+  part_shares,
+  partition_statistics,
+  percentile_ci,
   random_partition_null,
   split_groups,
+  support_masks,
 )
 
 HW = 24
@@ -137,6 +146,46 @@ def test_bootstrap_ci():
   assert lo < lo3 < hi3 < hi
 
 
+def test_bootstrap_group_weights_are_the_documented_draws():
+  """Independent reference: draw G of G groups per replicate by hand, in order."""
+  counts = np.array([3, 1, 4, 2, 5])
+  w = bootstrap_group_weights(counts, 40, seed=7)
+  raw = bootstrap_group_weights(counts, 40, seed=7, normalize=False)
+  rng = np.random.default_rng(7)
+  for b in range(40):
+    idx = rng.integers(0, 5, 5)
+    ref = np.zeros(5)
+    for i in idx:
+      ref[i] += counts[i]
+    np.testing.assert_array_equal(raw[b], ref)
+    np.testing.assert_allclose(w[b], ref / ref.sum(), rtol=1e-15)
+  # plain multiplicities with unit counts (the draws of every bootstrap in the package)
+  ones = bootstrap_group_weights(np.ones(5), 40, 7, normalize=False)
+  rng = np.random.default_rng(7)
+  for b in range(40):
+    np.testing.assert_array_equal(ones[b], np.bincount(rng.integers(0, 5, 5), minlength=5))
+
+
+def test_percentile_ci():
+  v = np.random.default_rng(0).normal(size=1001)
+  assert percentile_ci(v) == [np.percentile(v, 2.5), np.percentile(v, 97.5)]
+  assert percentile_ci(v, alpha=0.5) == [np.percentile(v, 25), np.percentile(v, 75)]
+  v[::3] = np.nan  # NaN replicates are left out
+  assert percentile_ci(v) == [np.percentile(v[~np.isnan(v)], q) for q in (2.5, 97.5)]
+
+
+def test_bootstrap_ci_replicates_are_means_of_drawn_groups():
+  rng = np.random.default_rng(1)
+  groups = rng.random((6, 3, 4, 4))
+  stat = lambda e: float(e[0, 0, 0] + 2 * e[2].mean())  # noqa: E731
+  est, lo, hi = bootstrap_ci(groups, stat, n_boot=50, seed=3)
+  draws = np.random.default_rng(3)
+  reps = [stat(groups[draws.integers(0, 6, 6)].mean(0)) for _ in range(50)]
+  assert est == pytest.approx(stat(groups.mean(0)))
+  assert lo == pytest.approx(np.percentile(reps, 2.5), rel=1e-12)
+  assert hi == pytest.approx(np.percentile(reps, 97.5), rel=1e-12)
+
+
 def test_split_groups():
   rng = np.random.default_rng(0)
   g = rng.random((5, 3, 4, 4))
@@ -178,6 +227,42 @@ def test_null_keeps_module_sizes_and_is_deterministic():
   assert a.shape == (20,)
   assert len({tuple(s) for s in seen}) > 15  # partitions really vary
   np.testing.assert_array_equal(a, random_partition_null(eims, labels, stat, 20, 5))
+
+
+def test_null_partitions_are_the_documented_permutations():
+  labels = np.array([0, 0, 0, 1, 1, 2, 2, 2, 2])
+  nulls = null_partitions(labels, 12, seed=4)
+  rng = np.random.default_rng(4)
+  for p in nulls:
+    np.testing.assert_array_equal(p, rng.permutation(labels))
+    np.testing.assert_array_equal(np.bincount(p), [3, 2, 4])
+  assert len({tuple(p) for p in nulls}) > 8
+  assert null_partitions(labels, 0, 4).shape == (0, 9)
+  # random_partition_null evaluates exactly these partitions
+  seen = []
+  random_partition_null(np.ones((9, 2, 2)), labels, lambda e, lab: seen.append(lab) or 0.0, 12, 4)
+  np.testing.assert_array_equal(np.stack(seen), nulls)
+  with pytest.raises(ValueError, match=r"n must be a non-negative integer"):
+    null_partitions(labels, -1, 0)
+
+
+def test_effect_vs_null_and_beyond():
+  values = np.array([0.2, 0.5, 0.6, 0.7])  # the partition, then 3 null partitions
+  reps = np.array([[0.2, 0.5, 0.6, 0.7], [0.3, 0.6, 0.6, 0.6], [0.1, 0.4, 0.5, 0.6]])
+  entry, eff = effect_vs_null(values, reps, "less")
+  np.testing.assert_allclose(eff, [0.4, 0.3, 0.4])  # null mean − value, per replicate
+  assert entry["value"] == 0.2 and entry["null_mean"] == pytest.approx(0.6)
+  assert entry["null_std"] == pytest.approx(np.std([0.5, 0.6, 0.7]))
+  assert (entry["p_value"], entry["z"]) == null_test(0.2, values[1:], "less")
+  assert entry["ci95"] == [np.percentile(reps[:, 0], 2.5), np.percentile(reps[:, 0], 97.5)]
+  assert entry["effect_vs_null"]["value"] == pytest.approx(0.4)
+  assert entry["effect_vs_null"]["ci95"] == [np.percentile(eff, 2.5), np.percentile(eff, 97.5)]
+  up, eff_up = effect_vs_null(values, reps, "greater")
+  np.testing.assert_allclose(eff_up, -eff)
+  assert up["effect_vs_null"]["value"] == pytest.approx(-0.4)
+  assert beyond({"value": 0.4, "ci95": [0.3, 0.4]}, 0.01)
+  assert not beyond({"value": 0.4, "ci95": [0.005, 0.4]}, 0.01)
+  assert not beyond({"value": 0.0, "ci95": [-0.1, 0.1]}, 0.0)
 
 
 def test_null_calibrated_without_structure_for_fixed_labels():
@@ -293,6 +378,60 @@ def test_part_agreement_random_maps_near_chance():
     # part; with K = P the matched shares sum to 1, so the chance level is 1/K
     assert mean == pytest.approx(1 / 3, abs=0.01)
     assert 0.0 <= score <= 1.0
+
+
+def test_part_shares_independent_reference():
+  """Reference: the einsum of normalised maps and per-pixel normalised parts."""
+  rng = np.random.default_rng(5)
+  maps = rng.gamma(1.0, size=(2, 3, 6, 5))
+  maps[1, 1] = 0.0
+  parts = rng.uniform(size=(4, 6, 5))
+  parts[:, 0, 0] = 0.0  # a pixel in no part
+  got = part_shares(maps, parts)
+  assert got.shape == (2, 3, 4)
+  q = parts / np.where(parts.sum(0) > 0, parts.sum(0), 1.0)
+  for i in range(2):
+    mass = maps[i].reshape(3, -1).sum(1)
+    d = maps[i] / np.where(mass > 0, mass, 1.0)[:, None, None]
+    np.testing.assert_allclose(got[i], np.einsum("khw,phw->kp", d, q), rtol=1e-12, atol=1e-15)
+  np.testing.assert_array_equal(got[1, 1], 0.0)
+  np.testing.assert_array_equal(part_shares(maps[0], parts), got[0])
+  # covering parts: each non-zero map's shares sum to 1
+  full = rng.uniform(0.1, 1.0, size=(4, 6, 5))
+  np.testing.assert_allclose(part_shares(maps[0], full).sum(1), 1.0)
+  with pytest.raises(ValueError, match=r"part_maps must have spatial shape"):
+    part_shares(maps, parts[:, :4])
+
+
+def test_paired_bootstrap_is_partition_statistics_of_resampled_means():
+  """Reference: each replicate's count-weighted mean of the drawn groups' maps, scored
+  with the single-partition functions; two networks share the draws."""
+  rng = np.random.default_rng(6)
+  g, r, k, hw = 5, 3, 2, 6
+  counts = np.array([4, 4, 3, 4, 2])
+  nets = [rng.gamma(1.0, size=(g, r * k, hw, hw)) for _ in range(2)]
+  templates = rng.gamma(1.0, size=(r, k, hw, hw))
+  sup = support_masks(templates, 60.0)
+  parts = rng.uniform(size=(3, hw, hw))
+  reps = paired_bootstrap(nets, counts, [sup, sup], parts, n=7, seed=9, chunk=3)
+  draws = np.random.default_rng(9)
+  for b in range(7):
+    idx = draws.integers(0, g, g)
+    for net, rep in zip(nets, reps):
+      mean = (counts[idx, None, None, None] * net[idx]).sum(0) / counts[idx].sum()
+      maps = mean.reshape(r, k, hw, hw)
+      for j in range(r):
+        assert rep["overlap"][b, j] == pytest.approx(module_overlap(maps[j]), rel=1e-10)
+        assert rep["in_support"][b, j] == pytest.approx(
+          in_support_share(maps[j], templates[j], percentile=60.0)[1], rel=1e-10
+        )
+        assert rep["part_agreement"][b, j] == pytest.approx(
+          part_agreement(maps[j], parts), rel=1e-10
+        )
+  # statistics of the full data for comparison: partition_statistics of the pooled maps
+  pooled = (counts[:, None, None, None] * nets[0]).sum(0) / counts.sum()
+  stats = partition_statistics(pooled.reshape(r, k, hw, hw), sup, parts)
+  assert stats["overlap"][0] == pytest.approx(module_overlap(pooled[:k]))
 
 
 # ----------------------------------------------------------------------------- bad input

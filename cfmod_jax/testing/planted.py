@@ -35,16 +35,18 @@ score) with given clustering settings, e.g. to validate your own settings::
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from numpy.typing import ArrayLike
 
 from cfmod_jax.generator import Generator, StagedGenerator
 
 __all__ = [
+  "PlantedGenerator",
   "PlantedSpec",
   "PlantedTruth",
   "VARIANTS",
@@ -242,10 +244,10 @@ class PlantedGenerator(StagedGenerator):
   site_names = (SITE,)
 
   @property
-  def latent_shape(self):
+  def latent_shape(self) -> tuple[int, ...]:
     return (self.spec.latent_dim,)
 
-  def setup(self):
+  def setup(self) -> None:
     self.stages = [_LatentStage(self.spec.site_size, self.spec.n_channels), _PathsStage(self.spec)]
 
 
@@ -320,7 +322,7 @@ def planted_eim_groups(
   return (np.asarray(sums) / (3.0 * counts[:, None, None, None])).astype(np.float32)
 
 
-def score(labels, truth: PlantedTruth) -> float:
+def score(labels: ArrayLike, truth: PlantedTruth) -> float:
   """Adjusted Rand index of ``labels`` [C] against the truth, on grouped channels."""
   from sklearn.metrics import adjusted_rand_score
 
@@ -381,12 +383,12 @@ def run_case(
   seed: int,
   method: str,
   *,
-  k_values=range(2, 9),
+  k_values: Iterable[int] = range(2, 9),
   n_pairs: int = 64,
   n_groups: int = 8,
   n_boot: int = 8,
   settings: dict | None = None,
-  eim_groups=None,
+  eim_groups: ArrayLike | None = None,
 ) -> dict:
   """``k=auto`` on one planted generator: choose K, cluster, score.
 
@@ -430,11 +432,11 @@ def run_suite(
   seeds: Sequence[int],
   settings: dict[str, dict],
   *,
-  k_values=range(2, 9),
+  k_values: Iterable[int] = range(2, 9),
   n_pairs: int = 64,
   n_groups: int = 8,
   n_boot: int = 8,
-  log=None,
+  log: Callable[[str], None] | None = None,
 ) -> list[dict]:
   """:func:`run_case` for every variant x seed x method x named settings.
 
