@@ -10,12 +10,15 @@ For each site:
    rule); k-means on the same maps for comparison (adjusted Rand index).
 4. **Evaluation on fresh pairs** (so the partition was not fitted to them): one
    batched call computes the influence maps of the K modules *and* of ``n_null``
-   random partitions with the same module sizes, per group of pairs.
+   random partitions with the same module sizes (`metrics.null_partitions`), per
+   group of pairs.
 5. **Metrics** with bootstrap confidence intervals over groups of pairs and the
    random-partition null: overlap between module maps (mean pairwise cosine),
    share of each module's influence inside its own support, stability, and — for
    generators trained on the synthetic faces — agreement with the ground-truth
-   part regions (`metrics.part_agreement`) beside its chance level.
+   part regions (`metrics.part_agreement`) beside its chance level. All of it is
+   `cfmod_jax.metrics` (`partition_statistics`, `paired_bootstrap`,
+   `effect_vs_null`, `beyond`); this module only feeds it.
 6. **Untrained baseline** (``untrained_baseline``, default on): steps 1–5 again on
    the same architecture with random weights (`baselines.untrained_like`), with the
    same latent pairs, the same K and the same settings (its EIM sweep is cached
@@ -27,8 +30,13 @@ For each site:
    bootstrap 95% intervals: every resample draws the same groups of pairs for both
    networks. All compared quantities are scale-free (cosines, shares,
    distributions): an untrained DCGAN's influence maps are ~100× smaller.
-7. **Figures** (PNG) and ``report.html``; arrays in ``<site>/analysis.npz``;
-   numbers and per-site verdicts in ``metrics.json``.
+7. **Figures** (PNG, `cfmod_jax.viz`; hybrid panels by `interventions.hybrid_grid`
+   and `interventions.grid_panel`) and ``report.html`` (`cfmod_jax.report`); arrays
+   in ``<site>/analysis.npz``; numbers and per-site verdicts in ``metrics.json``.
+
+This module is the job's configuration (`AnalysisConfig`, `check_config`), its
+pipeline (`run`, `analyze_site`) and its output-folder rules (`claim_output_folder`,
+`site_files`, `savez_deterministic`).
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import cfmod_jax as cf
-from cfmod_jax import analysis, baselines, factors, quality, specs
+from cfmod_jax import analysis, baselines, factors, quality, report, specs
 from cfmod_jax.wrap import wrap_linen
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -73,7 +73,7 @@ def test_main_job_writes_factor_transfer(faces_run):
   assert len(hr["fd"]) == 2 and hr["n"] == 4 and hr["floor"] > 0 and hr["plain_fd"] > 0
   assert "factor_transfer" in result["sites"][SITE]["verdict"]
   # Files: the heatmap is among the report's figures; metrics.json holds the section.
-  assert f"{SITE}/factor_transfer.png" in analysis.report_files(result)
+  assert f"{SITE}/factor_transfer.png" in report.report_files(result)
   assert os.path.getsize(os.path.join(out, SITE, "factor_transfer.png")) > 0
   with open(os.path.join(out, "metrics.json")) as f:
     saved = json.load(f)["sites"][SITE]["factor_transfer"]
