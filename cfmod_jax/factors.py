@@ -60,20 +60,19 @@ from collections.abc import Callable, Mapping, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
+from jax.typing import ArrayLike
 
 from cfmod_jax import quality
+from cfmod_jax._validate import check_positive_int
 from cfmod_jax.generator import Generator
 from cfmod_jax.interventions import (
   DEFAULT_MASK_CHUNK,
   DEFAULT_PAIR_CHUNK,
   _check_groups,
-  _check_positive_int,
-  _pad_masks,
-  _run_sharded,
-  _suffix_of_mixes,
-  check_masks,
-  check_pairs,
+  _check_masks,
+  _check_pairs,
+  hybrid_map_reduce,
+  masks_from_labels,
 )
 
 CATEGORICAL, CONTINUOUS = "categorical", "continuous"
@@ -166,51 +165,35 @@ def _valid(names, categorical, ref):
   return jnp.stack(cols, axis=-1).astype(jnp.float32)
 
 
-def _local_transfer_sums(
-  gen: Generator,
-  site: str,
-  predict: Predictor,
-  names,
-  categorical,
-  pair_chunk: int,
-  mask_chunk: int,
-):
-  """Per-device ``(variables, masks [M, C], z1, z2, weights [n, G]) -> [G, M + 1, F]``:
-  rows ``:M`` the weighted number of pairs whose hybrid follows the donor, row M the
-  weighted number of valid pairs."""
+def _transfer_fns(gen: Generator, site: str, predict: Predictor, names, categorical):
+  """``(pair_fn, hybrid_fn)`` of `interventions.hybrid_map_reduce` for factor
+  transfer: per group, the weighted number of pairs whose hybrid follows the donor
+  ``[G, mc, F]`` and (per chunk of pairs) of valid pairs ``[G, F]``."""
 
-  def local(variables, masks, z1, z2, weights):
-    mask_chunks = masks.reshape(-1, mask_chunk, masks.shape[-1])
+  def pair_fn(chunk):
+    pc = chunk.z1.shape[0]
+    x12 = gen.suffix(
+      chunk.variables,
+      jnp.concatenate([chunk.a1, chunk.a2]),
+      jnp.concatenate([chunk.z1, chunk.z2]),
+      site,
+    )
+    p12 = predict(x12)
+    ref = {name: (p12[name][:pc], p12[name][pc:]) for name in names}
+    valid = _valid(names, categorical, ref)  # [pc, F]
+    return (ref, valid), jnp.einsum("pf,pg->gf", valid, chunk.weights)
 
-    def pair_step(acc, xs):
-      z1b, z2b, wb = xs
-      a1 = gen.prefix(variables, z1b, site)
-      a2 = gen.prefix(variables, z2b, site)
-      x12 = gen.suffix(variables, jnp.concatenate([a1, a2]), jnp.concatenate([z1b, z2b]), site)
-      p12 = predict(x12)
-      ref = {name: (p12[name][:pair_chunk], p12[name][pair_chunk:]) for name in names}
-      valid = _valid(names, categorical, ref)  # [pc, F]
+  def hybrid_fn(chunk, ctx, y):  # y [mc, pc, H, W, 3]
+    ref, valid = ctx
+    mc, pc = y.shape[:2]
+    tiled = {
+      name: tuple(jnp.tile(p, (mc,) + (1,) * (p.ndim - 1)) for p in pq) for name, pq in ref.items()
+    }
+    votes = _decisions(predict, names, categorical, tiled, y.reshape(-1, *y.shape[2:]))
+    votes = votes.reshape(mc, pc, -1) * valid[None]
+    return jnp.einsum("jpf,pg->gjf", votes, chunk.weights)
 
-      def per_chunk(ms):
-        y = _suffix_of_mixes(gen, variables, site, ms, a1, a2, z1b)  # [mc, pc, H, W, 3]
-        tiled = {
-          name: tuple(jnp.tile(p, (mask_chunk,) + (1,) * (p.ndim - 1)) for p in pq)
-          for name, pq in ref.items()
-        }
-        votes = _decisions(predict, names, categorical, tiled, y.reshape(-1, *y.shape[2:]))
-        votes = votes.reshape(mask_chunk, pair_chunk, -1) * valid[None]
-        return jnp.einsum("jpf,pg->gjf", votes, wb)
-
-      sums = lax.map(per_chunk, mask_chunks)  # [M/mc, G, mc, F]
-      sums = jnp.moveaxis(sums, 1, 0).reshape(acc.shape[0], -1, acc.shape[2])
-      valid_sums = jnp.einsum("pf,pg->gf", valid, wb)[:, None]
-      return acc + jnp.concatenate([sums, valid_sums], axis=1), None
-
-    acc0 = jnp.zeros((weights.shape[1], masks.shape[0] + 1, len(names)), jnp.float32)
-    xs = tuple(x.reshape(-1, pair_chunk, *x.shape[1:]) for x in (z1, z2, weights))
-    return lax.scan(pair_step, acc0, xs)[0]
-
-  return local
+  return pair_fn, hybrid_fn
 
 
 # ---- factor transfer ------------------------------------------------------------------------
@@ -237,7 +220,7 @@ class FactorTransfer:
     return transfer_shares(self.follows.sum(0), self.valid.sum(0))
 
 
-def transfer_shares(follows, valid) -> np.ndarray:
+def transfer_shares(follows: ArrayLike, valid: ArrayLike) -> np.ndarray:
   """``follows [M, F] / valid [F]`` as float64, NaN where ``valid`` is 0."""
   follows = np.asarray(follows, np.float64)
   valid = np.broadcast_to(np.asarray(valid, np.float64), follows.shape)
@@ -249,13 +232,13 @@ def transfer_shares(follows, valid) -> np.ndarray:
 def factor_transfer(
   gen: Generator,
   site: str,
-  masks,
-  z1,
-  z2,
+  masks: ArrayLike,
+  z1: ArrayLike,
+  z2: ArrayLike,
   predict: Predictor,
   kinds: Mapping[str, str],
   *,
-  groups=None,
+  groups: ArrayLike | None = None,
   pair_chunk: int = DEFAULT_PAIR_CHUNK,
   mask_chunk: int = DEFAULT_MASK_CHUNK,
 ) -> FactorTransfer:
@@ -279,32 +262,34 @@ def factor_transfer(
     `FactorTransfer` with per-group counts; ``.shares()`` is the ``[M, F]`` matrix.
   """
   gen.site_index(site)
-  masks, _ = check_masks(gen, site, masks)
-  z1, z2 = check_pairs(gen, z1, z2)
-  pair_chunk = _check_positive_int(pair_chunk, "pair_chunk")
-  mask_chunk = _check_positive_int(mask_chunk, "mask_chunk")
+  masks, _ = _check_masks(gen, site, masks)
+  z1, z2 = _check_pairs(gen, z1, z2)
+  pair_chunk = check_positive_int(pair_chunk, "pair_chunk")
+  mask_chunk = check_positive_int(mask_chunk, "mask_chunk")
   names, categorical = _check_kinds(kinds)
   groups = _check_groups(groups, z1.shape[0])
   _check_predictor(predict, names, categorical, gen.image_shape)
-  m = masks.shape[0]
-  masks, mask_chunk = _pad_masks(masks, mask_chunk)
-  sums, counts = _run_sharded(
+  pair_fn, hybrid_fn = _transfer_fns(gen, site, predict, names, categorical)
+  follows, valid, counts = hybrid_map_reduce(
     gen,
-    ("factor_transfer", site, mask_chunk, predict, names, categorical),
-    lambda pc: _local_transfer_sums(gen, site, predict, names, categorical, pc, mask_chunk),
+    site,
     masks,
     z1,
     z2,
-    groups,
-    pair_chunk,
+    hybrid_fn,
+    pair_fn=pair_fn,
+    groups=groups,
+    cache_key=("factor_transfer", predict, names, categorical),
+    pair_chunk=pair_chunk,
+    mask_chunk=mask_chunk,
   )
-  sums = np.rint(np.asarray(sums, np.float64)).astype(np.int64)
+  count = lambda a: np.rint(np.asarray(a, np.float64)).astype(np.int64)
   return FactorTransfer(
-    follows=sums[:, :m], valid=sums[:, -1], counts=counts.astype(np.int64), factors=names
+    follows=count(follows), valid=count(valid), counts=counts.astype(np.int64), factors=names
   )
 
 
-def factor_masks(labels, k: int, n_null: int = 16, seed: int = 0) -> np.ndarray:
+def factor_masks(labels: ArrayLike, k: int, n_null: int = 16, seed: int = 0) -> np.ndarray:
   """Masks for one `factor_transfer` call: modules, whole site, random partitions.
 
   Layout of the returned float32 ``[K + 1 + n_null·K, C]``: rows ``0…K−1`` the
@@ -316,12 +301,12 @@ def factor_masks(labels, k: int, n_null: int = 16, seed: int = 0) -> np.ndarray:
   labels = np.asarray(labels)
   if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer) or labels.size == 0:
     raise ValueError(f"labels must be a non-empty int array [C], got {labels.shape} {labels.dtype}")
-  k = _check_positive_int(k, "k")
+  k = check_positive_int(k, "k")
   if labels.min() < 0 or labels.max() >= k:
     raise ValueError(f"labels must lie in [0, k={k}), got range [{labels.min()}, {labels.max()}]")
   if isinstance(n_null, bool) or not isinstance(n_null, (int, np.integer)) or n_null < 0:
     raise ValueError(f"n_null must be a non-negative integer, got {n_null!r}")
-  onehot = lambda lab: (lab[None, :] == np.arange(k)[:, None]).astype(np.float32)
+  onehot = lambda lab: masks_from_labels(lab, k)
   rng = np.random.default_rng(seed)
   rows = [onehot(labels), np.ones((1, labels.size), np.float32)]
   rows += [onehot(rng.permutation(labels)) for _ in range(n_null)]
@@ -343,7 +328,7 @@ def _check_matrix(module_shares, whole=None):
   return s, w
 
 
-def exclusivity_per_factor(module_shares, whole) -> np.ndarray:
+def exclusivity_per_factor(module_shares: ArrayLike, whole: ArrayLike) -> np.ndarray:
   """``e_f = (max_k S[k, f] − mean of the other modules' S[·, f]) / whole[f]``.
 
   Args:
@@ -361,13 +346,13 @@ def exclusivity_per_factor(module_shares, whole) -> np.ndarray:
   return out
 
 
-def exclusivity(module_shares, whole) -> float:
+def exclusivity(module_shares: ArrayLike, whole: ArrayLike) -> float:
   """Mean over factors of `exclusivity_per_factor` (NaN factors left out; NaN if all)."""
   e = exclusivity_per_factor(module_shares, whole)
   return float(np.nanmean(e)) if np.any(np.isfinite(e)) else float("nan")
 
 
-def best_module_share(module_shares) -> float:
+def best_module_share(module_shares: ArrayLike) -> float:
   """Mean over factors of the best module's share (factors with a NaN share left out)."""
   s, _ = _check_matrix(module_shares)
   best = s.max(axis=0)
@@ -375,7 +360,11 @@ def best_module_share(module_shares) -> float:
 
 
 def bootstrap_groups(
-  follows, valid, statistic: Callable[[np.ndarray], float], n_boot: int = 1000, seed: int = 0
+  follows: ArrayLike,
+  valid: ArrayLike,
+  statistic: Callable[[np.ndarray], float],
+  n_boot: int = 1000,
+  seed: int = 0,
 ) -> tuple[float, float, float]:
   """Percentile 95% bootstrap over groups of pairs of a statistic of the shares.
 
@@ -393,7 +382,7 @@ def bootstrap_groups(
     raise ValueError(
       f"follows must be [G, M, F] and valid [G, F], got {follows.shape} and {valid.shape}"
     )
-  n_boot = _check_positive_int(n_boot, "n_boot")
+  n_boot = check_positive_int(n_boot, "n_boot")
   g = follows.shape[0]
   estimate = float(statistic(transfer_shares(follows.sum(0), valid.sum(0))))
   rng = np.random.default_rng(seed)
@@ -428,7 +417,7 @@ def factor_summary(
     random partitions, ``*_null_mean``, ``*_null_sd``, ``*_p`` = (1 + #null ≥
     observed) / (n_null + 1).
   """
-  k = _check_positive_int(k, "k")
+  k = check_positive_int(k, "k")
   if only is not None:
     unknown = [f for f in only if f not in transfer.factors]
     if unknown or not only:
@@ -474,7 +463,7 @@ def factor_summary(
 
 def plot_factor_matrix(
   path: str,
-  matrix,
+  matrix: ArrayLike,
   module_names: Sequence[str],
   factor_names: Sequence[str],
   *,
@@ -515,47 +504,36 @@ def plot_factor_matrix(
 
 
 # ---- hybrid realism --------------------------------------------------------------------------
-def _local_feature_sums(gen: Generator, site: str, features_fn, pair_chunk: int, mask_chunk: int):
-  """Per-device ``(variables, (masks [M, C], shift [D]), z1, z2, weights [n, G]) ->
-  [G, M, D + D²]``: weighted sums of ``f − shift`` and of its outer products over
-  the hybrids' features f."""
+def _feature_sums(features_fn):
+  """``hybrid_fn`` of `interventions.hybrid_map_reduce` (``params`` = shift ``[D]``):
+  per group, weighted sums of ``f − shift`` and of its outer products over the
+  hybrids' features f, ``[G, mc, D + D²]``."""
 
-  def local(variables, extra, z1, z2, weights):
-    masks, shift = extra
-    mask_chunks = masks.reshape(-1, mask_chunk, masks.shape[-1])
+  def hybrid_fn(chunk, ctx, y):
+    del ctx
+    mc, pc = y.shape[:2]
+    f = features_fn(y.reshape(-1, *y.shape[2:])) - chunk.params
+    f = f.reshape(mc, pc, -1)
+    s1 = jnp.einsum("jpd,pg->gjd", f, chunk.weights)
+    s2 = jnp.einsum("jpd,jpe,pg->gjde", f, f, chunk.weights)
+    return jnp.concatenate([s1, s2.reshape(*s2.shape[:2], -1)], axis=-1)
 
-    def pair_step(acc, xs):
-      z1b, z2b, wb = xs
-      a1 = gen.prefix(variables, z1b, site)
-      a2 = gen.prefix(variables, z2b, site)
+  return hybrid_fn
 
-      def per_chunk(ms):
-        y = _suffix_of_mixes(gen, variables, site, ms, a1, a2, z1b)
-        f = features_fn(y.reshape(-1, *y.shape[2:])) - shift
-        f = f.reshape(mask_chunk, pair_chunk, -1)
-        s1 = jnp.einsum("jpd,pg->gjd", f, wb)
-        s2 = jnp.einsum("jpd,jpe,pg->gjde", f, f, wb)
-        return jnp.concatenate([s1, s2.reshape(*s2.shape[:2], -1)], axis=-1)
 
-      sums = lax.map(per_chunk, mask_chunks)  # [M/mc, G, mc, D + D²]
-      return acc + jnp.moveaxis(sums, 1, 0).reshape(acc.shape), None
-
-    d = shift.shape[0]
-    acc0 = jnp.zeros((weights.shape[1], masks.shape[0], d + d * d), jnp.float32)
-    xs = tuple(x.reshape(-1, pair_chunk, *x.shape[1:]) for x in (z1, z2, weights))
-    return lax.scan(pair_step, acc0, xs)[0]
-
-  return local
+def _no_context(chunk):
+  del chunk
+  return (), ()
 
 
 def hybrid_feature_stats(
   gen: Generator,
   site: str,
-  masks,
-  z1,
-  z2,
-  features_fn,
-  shift,
+  masks: ArrayLike,
+  z1: ArrayLike,
+  z2: ArrayLike,
+  features_fn: Callable[[jax.Array], jax.Array],
+  shift: ArrayLike,
   *,
   pair_chunk: int = DEFAULT_PAIR_CHUNK,
   mask_chunk: int = DEFAULT_MASK_CHUNK,
@@ -568,13 +546,13 @@ def hybrid_feature_stats(
   features', e.g. the real set's, to avoid cancellation in the covariance).
   """
   gen.site_index(site)
-  masks, _ = check_masks(gen, site, masks)
-  z1, z2 = check_pairs(gen, z1, z2)
+  masks, _ = _check_masks(gen, site, masks)
+  z1, z2 = _check_pairs(gen, z1, z2)
   n = z1.shape[0]
   if n < 2:
     raise ValueError(f"need at least 2 pairs for a covariance, got N={n}")
-  pair_chunk = _check_positive_int(pair_chunk, "pair_chunk")
-  mask_chunk = _check_positive_int(mask_chunk, "mask_chunk")
+  pair_chunk = check_positive_int(pair_chunk, "pair_chunk")
+  mask_chunk = check_positive_int(mask_chunk, "mask_chunk")
   out = jax.eval_shape(features_fn, jax.ShapeDtypeStruct((3, *gen.image_shape), jnp.float32))
   shift = np.asarray(shift, np.float32)
   if len(out.shape) != 2 or out.shape[0] != 3 or shift.shape != (out.shape[1],):
@@ -583,16 +561,18 @@ def hybrid_feature_stats(
       f"[D]; got features {tuple(out.shape)} for N=3 and shift {shift.shape}"
     )
   m, d = masks.shape[0], shift.shape[0]
-  masks, mask_chunk = _pad_masks(masks, mask_chunk)
-  sums, _ = _run_sharded(
+  sums, _, _ = hybrid_map_reduce(
     gen,
-    ("hybrid_features", site, mask_chunk, features_fn),
-    lambda pc: _local_feature_sums(gen, site, features_fn, pc, mask_chunk),
-    (masks, jnp.asarray(shift)),
+    site,
+    masks,
     z1,
     z2,
-    _check_groups(None, n),
-    pair_chunk,
+    _feature_sums(features_fn),
+    pair_fn=_no_context,
+    params=jnp.asarray(shift),
+    cache_key=("hybrid_features", features_fn),
+    pair_chunk=pair_chunk,
+    mask_chunk=mask_chunk,
   )
   sums = np.asarray(sums, np.float64)[0, :m]
   mean_shifted = sums[:, :d] / n
@@ -616,13 +596,13 @@ class HybridRealism:
 def hybrid_realism(
   gen: Generator,
   site: str,
-  masks,
+  masks: ArrayLike,
   featnet: quality.FeatureNet | None = None,
   n: int = 500,
   seed: int = 0,
   *,
-  z1=None,
-  z2=None,
+  z1: ArrayLike | None = None,
+  z2: ArrayLike | None = None,
   real_images: quality.RealImages = None,
   pair_chunk: int = DEFAULT_PAIR_CHUNK,
   mask_chunk: int = DEFAULT_MASK_CHUNK,
@@ -646,13 +626,13 @@ def hybrid_realism(
     raise ValueError(f"n must be an integer >= 2, got {n!r}")
   n = int(n)
   gen.site_index(site)
-  masks, _ = check_masks(gen, site, masks)
+  masks, _ = _check_masks(gen, site, masks)
   if (z1 is None) != (z2 is None):
     raise ValueError("give both z1 and z2, or neither (then they are drawn with seed)")
   if z1 is None:
     k1, k2 = jax.random.split(jax.random.key(seed))
     z1, z2 = gen.sample_latents(k1, n), gen.sample_latents(k2, n)
-  z1, z2 = check_pairs(gen, z1, z2)
+  z1, z2 = _check_pairs(gen, z1, z2)
   if z1.shape[0] != n:
     raise ValueError(f"z1 and z2 must hold n={n} latent codes, got {z1.shape[0]}")
   featnet = featnet or quality.load_featnet()

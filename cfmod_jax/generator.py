@@ -20,7 +20,7 @@ those stages receive z1's latent (the counterfactual changes only the site).
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any
 
 import flax
@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
+from jax.typing import ArrayLike
 
 from cfmod_jax._validate import check_key
 
@@ -45,7 +46,7 @@ class StagedGenerator(nn.Module):
   activations at site ``start - 1``. ``start``/``stop`` are Python ints (static).
   """
 
-  def call_stage(self, index: int, x, latent, train: bool):
+  def call_stage(self, index: int, x: jax.Array, latent: jax.Array, train: bool) -> jax.Array:
     """Runs stage ``index`` on ``x``. Override to feed the latent to a stage."""
     del latent
     return self.stages[index](x, train=train)
@@ -58,8 +59,14 @@ class StagedGenerator(nn.Module):
     return type(self).call_stage is not StagedGenerator.call_stage
 
   def __call__(
-    self, latent, h=None, *, start: int = 0, stop: int | None = None, train: bool = False
-  ):
+    self,
+    latent: jax.Array,
+    h: jax.Array | None = None,
+    *,
+    start: int = 0,
+    stop: int | None = None,
+    train: bool = False,
+  ) -> jax.Array:
     stop = len(self.stages) if stop is None else stop
     x = latent if start == 0 else h
     for i in range(start, stop):
@@ -69,13 +76,13 @@ class StagedGenerator(nn.Module):
   # Optional linear split of a stage, ``stage(x) = stage.post(stage.pre(x))`` with
   # ``pre`` linear in x and ``stage.pre_delta(delta, start)`` giving each input
   # channel's contribution to ``pre`` alone. Used by the fast EIM path.
-  def stage_pre(self, index: int, x):
+  def stage_pre(self, index: int, x: jax.Array) -> jax.Array:
     return self.stages[index].pre(x)
 
-  def stage_pre_delta(self, index: int, delta, start):
+  def stage_pre_delta(self, index: int, delta: jax.Array, start: jax.Array | int) -> jax.Array:
     return self.stages[index].pre_delta(delta, start)
 
-  def stage_post_and_rest(self, index: int, y, latent):
+  def stage_post_and_rest(self, index: int, y: jax.Array, latent: jax.Array) -> jax.Array:
     x = self.stages[index].post(y, train=False)
     return self(latent, x, start=index + 1)
 
@@ -85,7 +92,7 @@ class VectorLatentGenerator(StagedGenerator):
   the subclass declares)."""
 
   @property
-  def latent_shape(self):
+  def latent_shape(self) -> tuple[int, ...]:
     return (self.latent_dim,)
 
 
@@ -96,7 +103,7 @@ class SplitStage(nn.Module):
   ``pre_delta(delta, start)`` (each input channel's contribution to ``pre``).
   """
 
-  def __call__(self, x, train: bool = False):
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     return self.post(self.pre(x), train)
 
 
@@ -254,12 +261,12 @@ class Generator:
     return tuple(jax.eval_shape(self.generate, self.variables, z).shape[1:])
 
   # ---- pure functions (trace-safe; site is static) ------------------------------
-  def prefix(self, variables, latents: jax.Array, site: str) -> jax.Array:
+  def prefix(self, variables: Any, latents: jax.Array, site: str) -> jax.Array:
     """Activations at ``site``: ``[N, *latent_shape] -> [N, H, W, C]``."""
     i = self.site_index(site)
     return self.module.apply(variables, latents, start=0, stop=i + 1)
 
-  def suffix(self, variables, h: jax.Array, latents: jax.Array, site: str) -> jax.Array:
+  def suffix(self, variables: Any, h: jax.Array, latents: jax.Array, site: str) -> jax.Array:
     """Images from activations ``h [N, H, W, C]`` at ``site``; ``latents`` are
     the codes that condition later stages (unused by unconditional models)."""
     i = self.site_index(site)
@@ -275,48 +282,64 @@ class Generator:
     stage = self.module.bind(self.variables).stages[i + 1]
     return all(callable(getattr(stage, m, None)) for m in ("pre", "pre_delta", "post"))
 
-  def suffix_pre(self, variables, h, site: str):
+  def suffix_pre(self, variables: Any, h: jax.Array, site: str) -> jax.Array:
     """Linear part of the first stage after ``site``."""
     i = self.site_index(site)
     return self.module.apply(variables, i + 1, h, method=StagedGenerator.stage_pre)
 
-  def suffix_pre_delta(self, variables, delta, start, site: str):
+  def suffix_pre_delta(
+    self, variables: Any, delta: jax.Array, start: jax.Array | int, site: str
+  ) -> jax.Array:
     """``[m, N, …]``: contribution to `suffix_pre` of each of the m channels of
     ``delta [N, H, W, m]`` (channels ``start…start+m−1`` of the site), alone."""
     i = self.site_index(site)
     return self.module.apply(variables, i + 1, delta, start, method=StagedGenerator.stage_pre_delta)
 
-  def suffix_post(self, variables, y, latents, site: str):
+  def suffix_post(self, variables: Any, y: jax.Array, latents: jax.Array, site: str) -> jax.Array:
     """The rest of the suffix after `suffix_pre`: images."""
     i = self.site_index(site)
     return self.module.apply(
       variables, i + 1, y, latents, method=StagedGenerator.stage_post_and_rest
     )
 
-  def generate(self, variables, latents: jax.Array) -> jax.Array:
+  def generate(self, variables: Any, latents: jax.Array) -> jax.Array:
     """Images ``[N, H, W, 3]`` in [-1, 1] (inference mode)."""
     return self.module.apply(variables, latents)
 
   # ---- conveniences (jit-compiled, bound to self.variables) ----------------------
-  def jitted(self, key, make: Callable[[], Callable]) -> Callable:
+  def jitted(self, key: Hashable, make: Callable[[], Callable]) -> Callable:
     """Per-generator cache of compiled functions (one compile per key)."""
     fn = self._jit_cache.get(key)
     if fn is None:
       fn = self._jit_cache[key] = make()
     return fn
 
-  def __call__(self, latents) -> jax.Array:
+  def replicated_variables(self, mesh: jax.sharding.Mesh) -> Any:
+    """``self.variables`` replicated on every device of ``mesh`` (all hosts).
+
+    Transferred once per mesh size and variables object and then cached with the
+    compiled functions (a sweep calls the sharded kernels once per block);
+    replacing ``self.variables`` transfers the new ones on the next call.
+    """
+    key = ("replicated", mesh.size)
+    cached = self._jit_cache.get(key)
+    if cached is None or cached[0] is not self.variables:
+      placed = jax.tree.map(lambda a: replicate(np.asarray(a), mesh), self.variables)
+      cached = self._jit_cache[key] = (self.variables, placed)
+    return cached[1]
+
+  def __call__(self, latents: ArrayLike) -> jax.Array:
     latents = check_latents(self, latents, "latents")
     fn = self.jitted("generate", lambda: jax.jit(self.generate))
     return fn(self.variables, latents)
 
-  def run_prefix(self, site: str, latents) -> jax.Array:
+  def run_prefix(self, site: str, latents: ArrayLike) -> jax.Array:
     self.site_index(site)
     latents = check_latents(self, latents, "latents")
     fn = self.jitted(("prefix", site), lambda: jax.jit(functools.partial(self.prefix, site=site)))
     return fn(self.variables, latents)
 
-  def run_suffix(self, site: str, h, latents) -> jax.Array:
+  def run_suffix(self, site: str, h: ArrayLike, latents: ArrayLike) -> jax.Array:
     self.site_index(site)
     latents = check_latents(self, latents, "latents")
     shape = self.site_shape(site)
@@ -339,7 +362,7 @@ class Generator:
     return jax.random.normal(key, (int(n), *self.latent_shape), jnp.float32)
 
 
-def check_latents(gen: Generator, z, name: str) -> jax.Array:
+def check_latents(gen: Generator, z: ArrayLike, name: str) -> jax.Array:
   """Validates latents ``[N, *latent_shape]`` (N ≥ 1, finite); returns an array."""
   if isinstance(z, jax.core.Tracer):
     if tuple(z.shape[1:]) != gen.latent_shape:
@@ -367,11 +390,23 @@ def stage_names(prefix: str, n: int) -> tuple[str, ...]:
   return tuple(f"{prefix}{i + 1}" for i in range(n))
 
 
+def replicate(x: ArrayLike, mesh: jax.sharding.Mesh) -> jax.Array:
+  """A host array (identical on every process) replicated on every device of
+  ``mesh`` (``jax.device_put`` with one process, assembled per device with several)."""
+  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  if jax.process_count() == 1:
+    return jax.device_put(x, sharding)
+  x = np.asarray(x)
+  return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
+
+
 __all__: Sequence[str] = (
+  "replicate",
   "StagedGenerator",
   "VectorLatentGenerator",
   "SplitStage",
   "Generator",
   "check_latents",
   "check_variables",
+  "stage_names",
 )

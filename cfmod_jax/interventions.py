@@ -6,12 +6,19 @@ H, W), and the suffix turns ``h`` into the **hybrid** image. The **influence
 map** of a mask is ``mean over pairs and colour channels of |hybrid - G(z1)|``.
 
 Masks are arrays passed to compiled functions, so one compilation serves every
-mask. Influence maps are accumulated in a stream: an outer `lax.scan` over chunks
-of pairs (the prefix runs once per chunk and is reused by every mask) and an
-inner `lax.map` over chunks of masks; memory is bounded by the chunk sizes, not
-by ``M × N``. The pairs are sharded over every device (all local devices, and
-all hosts after `jax.distributed.initialize`) with `jax.shard_map`; per-device
-sums are added with one `psum`.
+mask. One engine, `hybrid_map_reduce`, streams the hybrids: an outer `lax.scan`
+over chunks of pairs (the prefix runs once per chunk and is reused by every mask)
+and an inner `lax.map` over chunks of masks, whose hybrids go through the suffix
+as one flat batch and then to a caller-supplied reduction (|hybrid − G(z1)| for
+influence maps, a classifier for `cfmod_jax.robustness`, factor predictions for
+`cfmod_jax.factors`); memory is bounded by the chunk sizes, not by ``M × N``. The
+pairs are sharded over every device (all local devices, and all hosts after
+`jax.distributed.initialize`) with `jax.shard_map`; per-device sums are added
+with one `psum` (or per-pair outputs gathered). `hybrids` runs the same kernel
+unsharded on one chunk of all pairs, so that it also works inside `jax.jit`.
+
+`masks_from_labels` turns a partition into module masks; `hybrid_grid` and
+`grid_panel` make the paper's figure (originals × donors).
 
 Elementary influence maps use a faster path when the stage after the site is
 ``post(pre(x))`` with ``pre`` linear (`Generator.has_linear_split`): a
@@ -21,15 +28,19 @@ so each channel costs only its own contribution instead of a full layer.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Hashable
+from typing import Any, NamedTuple
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
+from jax.typing import ArrayLike
 
 from cfmod_jax._validate import check_generator, check_key, check_positive_int
-from cfmod_jax.generator import Generator, check_latents
+from cfmod_jax.generator import Generator, check_latents, replicate
 
 DEFAULT_PAIR_CHUNK = 32
 DEFAULT_MASK_CHUNK = 16
@@ -104,16 +115,26 @@ def _check_pairs(gen: Generator, z1, z2) -> tuple[jax.Array, jax.Array]:
 _check_positive_int = check_positive_int
 
 
-# ---- compiled kernels --------------------------------------------------------------
-def _hybrids_fn(gen: Generator, site: str, mask_chunk: int):
-  def fn(variables, masks, z1, z2):
-    a1 = gen.prefix(variables, z1, site)
-    a2 = gen.prefix(variables, z2, site)
-    per_chunk = lambda ms: _suffix_of_mixes(gen, variables, site, ms, a1, a2, z1)
-    out = lax.map(per_chunk, masks.reshape(-1, mask_chunk, masks.shape[-1]))
-    return out.reshape(-1, *out.shape[2:])
+# ---- the engine: one compiled stream of hybrids, reduced per chunk ----------------
+class PairChunk(NamedTuple):
+  """One chunk of pairs inside the compiled stream of `hybrid_map_reduce`.
 
-  return jax.jit(fn)
+  Attributes:
+    variables: the generator's variables.
+    params: the ``params`` pytree given to `hybrid_map_reduce` (e.g. a classifier's).
+    z1, z2: ``[pc, *latent_shape]`` the chunk's originals and donors.
+    a1, a2: ``[pc, *site_shape]`` their activations at the site.
+    weights: ``[pc, G]`` float32, one-hot group of each pair (all zero for the
+      padding pairs that make N a multiple of devices × pair_chunk).
+  """
+
+  variables: Any
+  params: Any
+  z1: jax.Array
+  z2: jax.Array
+  a1: jax.Array
+  a2: jax.Array
+  weights: jax.Array
 
 
 def _pad_masks(masks, mask_chunk: int):
@@ -141,31 +162,68 @@ def _suffix_of_mixes(gen: Generator, variables, site, ms, a1, a2, z1):
   return y.reshape(m, n, *y.shape[1:])
 
 
-def _local_mask_sums(gen: Generator, site: str, pair_chunk: int, mask_chunk: int):
-  """Per-device ``(variables, masks [M,C], z1, z2, weights [n, G]) -> [G, M, H, W]``:
-  per group g, the weighted sum over pairs of Σ_colour |hybrid − G(z1)|.
-  M must be a multiple of ``mask_chunk``."""
+def _local_hybrid_stream(
+  gen: Generator, site: str, pair_fn, hybrid_fn, pair_chunk: int, mask_chunk: int, per_pair: bool
+):
+  """Per-device kernel ``(variables, (masks [M, C], params), z1, z2, weights [n, G])``.
 
-  def local(variables, masks, z1, z2, weights):
+  An outer `lax.scan` over chunks of ``pair_chunk`` pairs (prefixes and ``pair_fn``
+  run once per chunk) and an inner `lax.map` over chunks of ``mask_chunk`` masks,
+  whose hybrids ``[mc, pc, H, W, 3]`` are one flat batch through the suffix and go
+  to ``hybrid_fn``. M must be a multiple of ``mask_chunk``. Returns
+  ``(hybrid_out, pair_out)``:
+
+  * sums (``per_pair=False``): ``hybrid_fn`` leaves ``[G, mc, …]`` (weighted by the
+    caller with ``chunk.weights``) accumulate to ``[G, M, …]``; ``pair_fn``'s second
+    output's leaves ``[G, …]`` to ``[G, …]``.
+  * per pair: ``hybrid_fn`` leaves ``[mc, pc, …]`` come back as ``[n, M, …]``;
+    ``pair_fn``'s leaves ``[pc, …]`` as ``[n, …]``.
+  """
+
+  def local(variables, extra, z1, z2, weights):
+    masks, params = extra
     mask_chunks = masks.reshape(-1, mask_chunk, masks.shape[-1])
 
-    def pair_step(acc, xs):
-      z1b, z2b, wb = xs
+    def chunk_outputs(z1b, z2b, wb):
       a1 = gen.prefix(variables, z1b, site)
       a2 = gen.prefix(variables, z2b, site)
-      x1 = gen.suffix(variables, a1, z1b, site)
+      chunk = PairChunk(variables, params, z1b, z2b, a1, a2, wb)
+      if pair_fn is None:
+        ctx, pair_out = gen.suffix(variables, a1, z1b, site), ()
+      else:
+        ctx, pair_out = pair_fn(chunk)
 
       def per_chunk(ms):
         y = _suffix_of_mixes(gen, variables, site, ms, a1, a2, z1b)
-        dist = jnp.abs(y - x1[None]).sum(axis=-1)  # [mc, pair_chunk, H, W]
-        return jnp.einsum("jphw,pg->gjhw", dist, wb)
+        return hybrid_fn(chunk, ctx, y)
 
-      sums = lax.map(per_chunk, mask_chunks)  # [M/mc, G, mc, H, W]
-      return acc + jnp.moveaxis(sums, 1, 0).reshape(acc.shape), None
+      return lax.map(per_chunk, mask_chunks), pair_out
 
-    h, w = gen.image_shape[:2]
-    acc0 = jnp.zeros((weights.shape[1], masks.shape[0], h, w), jnp.float32)
     xs = tuple(_pair_chunks(x, pair_chunk) for x in (z1, z2, weights))
+    if per_pair:
+
+      def pair_step(carry, xs):
+        outs, pair_out = chunk_outputs(*xs)  # leaves [M/mc, mc, pc, …]
+        outs = jax.tree.map(lambda o: jnp.moveaxis(o.reshape(-1, *o.shape[2:]), 1, 0), outs)
+        return carry, (outs, pair_out)
+
+      ys = lax.scan(pair_step, None, xs)[1]
+      return jax.tree.map(lambda o: o.reshape(-1, *o.shape[2:]), ys)
+
+    def pair_step(acc, xs):
+      sums, pair_out = chunk_outputs(*xs)  # leaves [M/mc, G, mc, …], [G, …]
+      acc_h, acc_p = acc
+      acc_h = jax.tree.map(lambda a, s: a + jnp.moveaxis(s, 1, 0).reshape(a.shape), acc_h, sums)
+      acc_p = jax.tree.map(lambda a, s: a + s, acc_p, pair_out)
+      return (acc_h, acc_p), None
+
+    first = tuple(x[0] for x in xs)
+    shapes = jax.eval_shape(chunk_outputs, *first)
+    m = masks.shape[0]
+    acc0 = (
+      jax.tree.map(lambda s: jnp.zeros((s.shape[1], m, *s.shape[3:]), s.dtype), shapes[0]),
+      jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes[1]),
+    )
     return lax.scan(pair_step, acc0, xs)[0]
 
   return local
@@ -173,7 +231,9 @@ def _local_mask_sums(gen: Generator, site: str, pair_chunk: int, mask_chunk: int
 
 def _local_eim_sums(gen: Generator, site: str, pair_chunk: int, channel_chunk: int):
   """Per-device fast EIM sums ``(variables, (), z1, z2, weights) -> [G, C, H, W]``
-  using the linear split of the stage after the site."""
+  using the linear split of the stage after the site: the hybrids of one-hot masks
+  without their full layer (each channel's contribution to the next stage's
+  pre-activation), fed to the same sharded pair stream."""
   c = gen.site_shape(site)[-1]
 
   def local(variables, _, z1, z2, weights):
@@ -190,8 +250,7 @@ def _local_eim_sums(gen: Generator, site: str, pair_chunk: int, channel_chunk: i
         pre = pre1[None] + gen.suffix_pre_delta(variables, d, start, site)  # [cc, pc, …]
         y = gen.suffix_post(variables, pre.reshape(-1, *pre.shape[2:]), z1t, site)
         y = y.reshape(channel_chunk, pair_chunk, *y.shape[1:])
-        dist = jnp.abs(y - x1[None]).sum(axis=-1)  # [cc, pc, H, W]
-        return jnp.einsum("jphw,pg->gjhw", dist, wb)
+        return _influence_sums(None, x1, y, wb)
 
       sums = lax.map(per_chunk, jnp.arange(0, c, channel_chunk))  # [C/cc, G, cc, H, W]
       sums = jnp.moveaxis(sums, 1, 0).reshape(acc.shape)
@@ -205,23 +264,37 @@ def _local_eim_sums(gen: Generator, site: str, pair_chunk: int, channel_chunk: i
   return local
 
 
+def _influence_sums(chunk, x1, y, wb=None):
+  """Influence reduction: per group, the weighted sum over pairs of
+  Σ_colour |hybrid − G(z1)|, ``[G, mc, H, W]``."""
+  wb = chunk.weights if wb is None else wb
+  dist = jnp.abs(y - x1[None]).sum(axis=-1)  # [mc, pc, H, W]
+  return jnp.einsum("jphw,pg->gjhw", dist, wb)
+
+
+def _identity(chunk, ctx, y):
+  del chunk, ctx
+  return y
+
+
 def _pair_mesh() -> Mesh:
   """A 1-D mesh named 'pairs' over every device (all hosts)."""
   return Mesh(np.asarray(jax.devices()), ("pairs",))
 
 
-def _sharded_sum(local, mesh: Mesh):
-  """jit(shard_map(local)) with pairs split over the mesh and a psum of the sums."""
+def _sharded(local, mesh: Mesh, per_pair: bool):
+  """jit(shard_map(local)) with pairs split over the mesh: per-device sums added
+  with one psum, or per-pair outputs left split over the devices."""
 
   def summed(variables, extra, z1, z2, weights):
     return lax.psum(local(variables, extra, z1, z2, weights), "pairs")
 
   return jax.jit(
     jax.shard_map(
-      summed,
+      local if per_pair else summed,
       mesh=mesh,
       in_specs=(P(), P(), P("pairs"), P("pairs"), P("pairs")),
-      out_specs=P(),
+      out_specs=P("pairs") if per_pair else P(),
       check_vma=False,
     )
   )
@@ -229,6 +302,8 @@ def _sharded_sum(local, mesh: Mesh):
 
 def _global(x, mesh: Mesh, spec: P):
   """Host array (identical on every process) → global array with ``spec``."""
+  if spec == P():
+    return replicate(x, mesh)
   sharding = NamedSharding(mesh, spec)
   if jax.process_count() == 1:
     return jax.device_put(x, sharding)
@@ -243,18 +318,23 @@ def _host(x) -> np.ndarray:
   return np.asarray(x.addressable_data(0))
 
 
-def _replicated_variables(gen: Generator, mesh: Mesh, rep):
-  """``gen.variables`` replicated over the mesh, transferred once per generator,
-  mesh size and variables object (a sweep calls the kernel once per block)."""
-  key = ("replicated", mesh.size)
-  cached = gen._jit_cache.get(key)  # pylint: disable=protected-access
-  if cached is None or cached[0] is not gen.variables:
-    cached = gen._jit_cache[key] = (gen.variables, rep(gen.variables))  # pylint: disable=protected-access
-  return cached[1]
+def _host_pairs(x) -> np.ndarray:
+  """A global array split over 'pairs' → numpy of all pairs, on every process."""
+  if jax.process_count() == 1:
+    return np.asarray(x)
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
-def _run_sharded(gen: Generator, key, local_factory, extra, z1, z2, groups, pair_chunk):
-  """Pads the pairs to a multiple of (devices × pair_chunk), shards and sums."""
+def _run_sharded(
+  gen: Generator, key, local_factory, extra, z1, z2, groups, pair_chunk, per_pair=False
+):
+  """Pads the pairs to a multiple of (devices × pair_chunk) by repeating the first
+  pair (weight 0), shards them over every device and runs the local kernel.
+
+  Returns ``(out, counts [G])``: ``out`` summed over devices (numpy pytree) or, with
+  ``per_pair``, the per-pair outputs of the N real pairs (leading axis N)."""
   mesh = _pair_mesh()
   n, n_dev = z1.shape[0], mesh.size
   pair_chunk = min(pair_chunk, -(-n // n_dev))
@@ -264,16 +344,23 @@ def _run_sharded(gen: Generator, key, local_factory, extra, z1, z2, groups, pair
   weights[np.arange(n), groups] = 1.0
   pad = lambda z: np.concatenate([z, np.repeat(z[:1], n_pad, axis=0)]) if n_pad else z
   z1, z2 = pad(np.asarray(z1)), pad(np.asarray(z2))
-  fn = gen.jitted((*key, pair_chunk, n_dev), lambda: _sharded_sum(local_factory(pair_chunk), mesh))
+  fn = gen.jitted(
+    (*key, pair_chunk, n_dev, *(("per_pair",) if per_pair else ())),
+    lambda: _sharded(local_factory(pair_chunk), mesh, per_pair),
+  )
   rep = lambda t: jax.tree.map(lambda a: _global(np.asarray(a), mesh, P()), t)
   out = fn(
-    _replicated_variables(gen, mesh, rep),
+    gen.replicated_variables(mesh),
     rep(extra),
     _global(z1, mesh, P("pairs")),
     _global(z2, mesh, P("pairs")),
     _global(weights, mesh, P("pairs")),
   )
-  return _host(out), np.bincount(groups, minlength=n_groups)
+  if per_pair:
+    out = jax.tree.map(lambda a: _host_pairs(a)[:n], out)
+  else:
+    out = jax.tree.map(_host, out)
+  return out, np.bincount(groups, minlength=n_groups)
 
 
 def _check_groups(groups, n):
@@ -299,7 +386,7 @@ def _largest_divisor_at_most(n: int, k: int) -> int:
 
 
 # ---- public API ----------------------------------------------------------------------
-def masks_from_labels(labels, k: int | None = None) -> np.ndarray:
+def masks_from_labels(labels: ArrayLike, k: int | None = None) -> np.ndarray:
   """One-hot channel masks of a partition of a site's channels into modules.
 
   Args:
@@ -321,7 +408,9 @@ def masks_from_labels(labels, k: int | None = None) -> np.ndarray:
   return (labels[None, :] == np.arange(k)[:, None]).astype(np.float32)
 
 
-def hybrid_grid(gen: Generator, site: str, masks, z1, z2) -> jax.Array:
+def hybrid_grid(
+  gen: Generator, site: str, masks: ArrayLike, z1: ArrayLike, z2: ArrayLike
+) -> jax.Array:
   """Hybrids of every (original, donor) combination, per mask.
 
   Args:
@@ -353,7 +442,7 @@ def hybrid_grid(gen: Generator, site: str, masks, z1, z2) -> jax.Array:
   return out[0] if one else out
 
 
-def grid_panel(originals, donors, cells) -> np.ndarray:
+def grid_panel(originals: ArrayLike, donors: ArrayLike, cells: ArrayLike) -> np.ndarray:
   """Lays out a hybrid grid (the paper's figure for one module).
 
   Args:
@@ -373,7 +462,13 @@ def grid_panel(originals, donors, cells) -> np.ndarray:
 
 
 def hybrids(
-  gen: Generator, site: str, masks, z1, z2, *, mask_chunk: int = DEFAULT_MASK_CHUNK
+  gen: Generator,
+  site: str,
+  masks: ArrayLike,
+  z1: ArrayLike,
+  z2: ArrayLike,
+  *,
+  mask_chunk: int = DEFAULT_MASK_CHUNK,
 ) -> jax.Array:
   """Counterfactual hybrids.
 
@@ -402,14 +497,129 @@ def hybrids(
   return out[0] if one else out
 
 
+def _hybrids_fn(gen: Generator, site: str, mask_chunk: int):
+  """The engine's kernel on one chunk of all N pairs, unsharded and traceable
+  (`hybrids` works inside `jax.jit`), per pair: ``[M, N, H, W, 3]``."""
+
+  def fn(variables, masks, z1, z2):
+    n = z1.shape[0]
+    local = _local_hybrid_stream(gen, site, _no_context, _identity, n, mask_chunk, True)
+    out, _ = local(variables, (masks, ()), z1, z2, jnp.ones((n, 1), jnp.float32))
+    return jnp.moveaxis(out, 0, 1)
+
+  return jax.jit(fn)
+
+
+def _no_context(chunk):
+  del chunk
+  return (), ()
+
+
+class HybridReduction(NamedTuple):
+  """Output of `hybrid_map_reduce` (host numpy arrays).
+
+  Attributes:
+    hybrid: what ``hybrid_fn`` returned, accumulated: leaves ``[G, M, …]`` (sums
+      per group of pairs) or, with ``per_pair=True``, ``[M, N, …]``.
+    pair: the second output of ``pair_fn``, accumulated: leaves ``[G, …]`` or
+      ``[N, …]`` (``()`` without ``pair_fn``).
+    counts: int ``[G]``, pairs per group.
+  """
+
+  hybrid: Any
+  pair: Any
+  counts: np.ndarray
+
+
+def hybrid_map_reduce(
+  gen: Generator,
+  site: str,
+  masks: ArrayLike,
+  z1: ArrayLike,
+  z2: ArrayLike,
+  hybrid_fn: Callable[[PairChunk, Any, jax.Array], Any],
+  *,
+  pair_fn: Callable[[PairChunk], tuple[Any, Any]] | None = None,
+  params: Any = (),
+  per_pair: bool = False,
+  groups: ArrayLike | None = None,
+  cache_key: Hashable | None = None,
+  pair_chunk: int = DEFAULT_PAIR_CHUNK,
+  mask_chunk: int = DEFAULT_MASK_CHUNK,
+) -> HybridReduction:
+  """Streams every hybrid (mask m, pair i) through a reduction, sharded over devices.
+
+  The engine behind `influence_maps`, `elementary_influence_maps` (one-hot masks),
+  `hybrids`, classifier robustness (`cfmod_jax.robustness`) and factor transfer
+  (`cfmod_jax.factors`). One compiled call: the pairs are split over every device
+  (`jax.shard_map`), each device runs a `lax.scan` over chunks of ``pair_chunk``
+  pairs (the prefix runs once per chunk, then ``pair_fn``) and, inside, a `lax.map`
+  over chunks of ``mask_chunk`` masks: the chunk's ``mask_chunk × pair_chunk``
+  hybrids go through the suffix as one flat batch and then to ``hybrid_fn``.
+  Memory is bounded by the chunk sizes, never by ``M × N``.
+
+  Args:
+    gen, site: the generator and one of its sites.
+    masks: ``[M, C]`` (or ``[C]``) in [0, 1]; 1 takes the channel from z2.
+    z1, z2: ``[N, *latent_shape]`` originals and donors (concrete arrays).
+    hybrid_fn: traceable ``(chunk, ctx, y) -> pytree``; ``y [mc, pc, H, W, 3]`` are
+      the hybrids of ``mc`` masks with the chunk's ``pc`` pairs (`PairChunk`),
+      ``ctx`` what ``pair_fn`` computed for the chunk. Summing (default): return
+      leaves ``[G, mc, …]`` weighted with ``chunk.weights [pc, G]`` (e.g.
+      ``einsum('jp…,pg->gj…', v, chunk.weights)``; padding pairs have weight 0).
+      With ``per_pair``: return leaves ``[mc, pc, …]``.
+    pair_fn: traceable ``chunk -> (ctx, pair_out)``, once per chunk of pairs;
+      ``pair_out`` leaves are ``[G, …]`` weighted sums (``[pc, …]`` with
+      ``per_pair``). Default: ``ctx = G(z1)`` of the chunk, ``pair_out = ()``.
+    params: a pytree passed to the kernel as an argument (``chunk.params``),
+      e.g. a classifier's parameters; replicated on every device.
+    per_pair: keep every pair's outputs instead of summing them.
+    groups: optional int ``[N]`` in ``0…G−1`` (default: one group).
+    cache_key: identifies (pair_fn, hybrid_fn) in the generator's compile cache;
+      default: the two function objects (keep them the same between calls).
+    pair_chunk, mask_chunk: pairs per scan step, masks per flat batch.
+  Returns:
+    a `HybridReduction`.
+  """
+  check_generator(gen, "gen")
+  gen.site_index(site)
+  masks, _ = _check_masks(gen, site, masks)
+  z1, z2 = _check_pairs(gen, z1, z2)
+  if not callable(hybrid_fn) or (pair_fn is not None and not callable(pair_fn)):
+    raise ValueError("hybrid_fn (and pair_fn, if given) must be functions")
+  pair_chunk = _check_positive_int(pair_chunk, "pair_chunk")
+  mask_chunk = _check_positive_int(mask_chunk, "mask_chunk")
+  groups = _check_groups(groups, z1.shape[0])
+  m = masks.shape[0]
+  masks, mask_chunk = _pad_masks(masks, mask_chunk)
+  per_pair = bool(per_pair)
+  key = (pair_fn, hybrid_fn) if cache_key is None else cache_key
+  (hyb, pair), counts = _run_sharded(
+    gen,
+    ("map_reduce", key, site, mask_chunk),
+    lambda pc: _local_hybrid_stream(gen, site, pair_fn, hybrid_fn, pc, mask_chunk, per_pair),
+    (masks, params),
+    z1,
+    z2,
+    groups,
+    pair_chunk,
+    per_pair,
+  )
+  if per_pair:  # [N, M_pad, …] → [M, N, …]
+    hyb = jax.tree.map(lambda a: np.moveaxis(a[:, :m], 1, 0), hyb)
+  else:
+    hyb = jax.tree.map(lambda a: a[:, :m], hyb)
+  return HybridReduction(hyb, pair, counts)
+
+
 def influence_map_sums(
   gen: Generator,
   site: str,
-  masks,
-  z1,
-  z2,
+  masks: ArrayLike,
+  z1: ArrayLike,
+  z2: ArrayLike,
   *,
-  groups=None,
+  groups: ArrayLike | None = None,
   pair_chunk: int = DEFAULT_PAIR_CHUNK,
   mask_chunk: int = DEFAULT_MASK_CHUNK,
 ) -> tuple[jax.Array, np.ndarray]:
@@ -431,11 +641,11 @@ def influence_map_sums(
   groups = _check_groups(groups, z1.shape[0])
   m = masks.shape[0]
   masks, mask_chunk = _pad_masks(masks, mask_chunk)
-  sums, counts = _run_sharded(
+  (sums, _), counts = _run_sharded(
     gen,
     ("influence", site, mask_chunk),
-    lambda pc: _local_mask_sums(gen, site, pc, mask_chunk),
-    masks,
+    lambda pc: _local_hybrid_stream(gen, site, None, _influence_sums, pc, mask_chunk, False),
+    (masks, ()),
     z1,
     z2,
     groups,
@@ -447,9 +657,9 @@ def influence_map_sums(
 def influence_maps(
   gen: Generator,
   site: str,
-  masks,
-  z1,
-  z2,
+  masks: ArrayLike,
+  z1: ArrayLike,
+  z2: ArrayLike,
   *,
   pair_chunk: int = DEFAULT_PAIR_CHUNK,
   mask_chunk: int = DEFAULT_MASK_CHUNK,
@@ -479,10 +689,10 @@ def _check_method(method):
 def elementary_influence_map_sums(
   gen: Generator,
   site: str,
-  z1,
-  z2,
+  z1: ArrayLike,
+  z2: ArrayLike,
   *,
-  groups=None,
+  groups: ArrayLike | None = None,
   pair_chunk: int = DEFAULT_PAIR_CHUNK,
   mask_chunk: int = DEFAULT_MASK_CHUNK,
   method: str = "auto",
@@ -532,7 +742,7 @@ def elementary_influence_maps(
   gen: Generator,
   site: str,
   n_pairs: int = 128,
-  key=None,
+  key: jax.Array | None = None,
   *,
   n_groups: int = 1,
   pair_chunk: int = DEFAULT_PAIR_CHUNK,
@@ -580,7 +790,10 @@ __all__ = [
   "DEFAULT_PAIR_CHUNK",
   "elementary_influence_map_sums",
   "elementary_influence_maps",
+  "HybridReduction",
+  "PairChunk",
   "grid_panel",
+  "hybrid_map_reduce",
   "hybrid_grid",
   "hybrids",
   "influence_map_sums",

@@ -18,14 +18,17 @@ channel mask ``m`` (a module, or all channels of the site as a control), and pai
 ``chance_keep_rate`` (mean of ``[c1 = argmax f(G(z2))]``) is what ``keep_rate`` tends to
 when the hybrid is just G(z2) (the full mask of an unconditional generator).
 
-Everything per pair is computed in one compiled function per (site, classifier):
-a `lax.map` over chunks of pairs (the prefix runs once per chunk) and, inside, a
-`lax.map` over chunks of masks; the classifier runs on whole batches of hybrids.
+Everything per pair is computed in one compiled call per (site, classifier) by
+`interventions.hybrid_map_reduce` (per pair): pairs sharded over every device, a
+scan over chunks of pairs (the prefix, G(z1), G(z2) and their predictions run once
+per chunk) and, inside, a map over chunks of masks whose hybrids go through the
+suffix and the classifier as one flat batch.
 
-`module_robustness` is the whole experiment (EIMs → modules → robustness per site
-and module, with the full-site control and, given part maps, each module's share of
+`module_robustness` runs it per module (EIMs → modules → robustness per site and
+module, with the full-site control and, given part maps, each module's share of
 influence per image part); `write_json` and `plot_robustness` write its results.
-Example: ``experiments/robustness.py`` (see docs/robustness.md).
+The hair-colour study on the synthetic faces (its tables and panels) is
+``experiments/robustness.py`` (see docs/robustness.md).
 """
 
 from __future__ import annotations
@@ -34,21 +37,27 @@ import dataclasses
 import json
 import os
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
+from jax.typing import ArrayLike
 
 from cfmod_jax import clustering, viz
+from cfmod_jax._validate import check_positive_int
 from cfmod_jax.generator import Generator
 from cfmod_jax.interventions import (
-  check_masks,
-  check_pairs,
+  _check_masks,
+  _check_pairs,
   elementary_influence_maps,
+  hybrid_map_reduce,
   influence_maps,
+  masks_from_labels,
 )
+
+if TYPE_CHECKING:
+  from cfmod_jax import quality
 
 DEFAULT_PAIR_CHUNK = 32
 DEFAULT_MASK_CHUNK = 4
@@ -72,7 +81,11 @@ class Classifier:
   name: str = "classifier"
 
 
-def as_classifier(classifier, name: str | None = None) -> Classifier:
+# A `Classifier`, or a plain function ``images [N, H, W, 3] -> logits [N, n_classes]``.
+ClassifierLike = Classifier | Callable[[jax.Array], jax.Array]
+
+
+def as_classifier(classifier: ClassifierLike, name: str | None = None) -> Classifier:
   """A `Classifier` from itself or from a plain function ``images -> logits``."""
   if isinstance(classifier, Classifier):
     return classifier if name is None else dataclasses.replace(classifier, name=name)
@@ -85,7 +98,7 @@ def as_classifier(classifier, name: str | None = None) -> Classifier:
   return Classifier(lambda _, x: fn(x), None, name or getattr(fn, "__name__", "classifier"))
 
 
-def factor_classifier(featnet, factor: str = "hair_color") -> Classifier:
+def factor_classifier(featnet: quality.FeatureNet, factor: str = "hair_color") -> Classifier:
   """The head of one categorical factor of a `quality.FeatureNet` as a classifier.
 
   ``featnet`` is e.g. ``quality.load_featnet()``; images are ``[N, 64, 64, 3]``.
@@ -152,48 +165,40 @@ class PairPredictions:
   hybrid_change: np.ndarray
 
 
-def _robustness_fn(gen: Generator, apply, site: str, pair_chunk: int, mask_chunk: int):
+def _robustness_fns(gen: Generator, apply, site: str):
+  """``(pair_fn, hybrid_fn)`` of `interventions.hybrid_map_reduce` (per pair,
+  ``params`` = the classifier's): classes and confidences of G(z1), G(z2) and
+  every hybrid, and the hybrid's mean |hybrid − G(z1)|."""
+
   def classify(params, images):
     logits = apply(params, images)
     return jnp.argmax(logits, axis=-1).astype(jnp.int32), jax.nn.softmax(logits, axis=-1)
 
-  def fn(gen_vars, params, masks, z1, z2):
-    def per_chunk(zs):
-      z1b, z2b = zs
-      a1 = gen.prefix(gen_vars, z1b, site)
-      a2 = gen.prefix(gen_vars, z2b, site)
-      x1 = gen.suffix(gen_vars, a1, z1b, site)
-      c1, p1 = classify(params, x1)
-      c2, _ = classify(params, gen.suffix(gen_vars, a2, z2b, site))
-      conf1 = jnp.take_along_axis(p1, c1[:, None], axis=-1)[:, 0]
+  def pair_fn(chunk):
+    x1 = gen.suffix(chunk.variables, chunk.a1, chunk.z1, site)
+    c1, p1 = classify(chunk.params, x1)
+    c2, _ = classify(chunk.params, gen.suffix(chunk.variables, chunk.a2, chunk.z2, site))
+    conf1 = jnp.take_along_axis(p1, c1[:, None], axis=-1)[:, 0]
+    return (x1, c1), (c1, c2, conf1)
 
-      def per_mask(m):
-        y = gen.suffix(gen_vars, (1.0 - m) * a1 + m * a2, z1b, site)
-        c, p = classify(params, y)
-        change = jnp.abs(y - x1).mean(axis=tuple(range(1, y.ndim)))
-        return c, jnp.take_along_axis(p, c1[:, None], axis=-1)[:, 0], change
+  def hybrid_fn(chunk, ctx, y):  # y [mc, pc, H, W, 3]
+    x1, c1 = ctx
+    mc, pc = y.shape[:2]
+    c, p = classify(chunk.params, y.reshape(mc * pc, *y.shape[2:]))
+    conf = jnp.take_along_axis(p, jnp.tile(c1, mc)[:, None], axis=-1)[:, 0]
+    change = jnp.abs(y - x1[None]).mean(axis=tuple(range(2, y.ndim)))
+    return c.reshape(mc, pc), conf.reshape(mc, pc), change
 
-      ch, ph, dh = lax.map(per_mask, masks, batch_size=mask_chunk)  # [M, pc] each
-      return c1, c2, conf1, ch, ph, dh
-
-    return lax.map(per_chunk, (z1, z2))
-
-  return jax.jit(fn)
-
-
-def _check_positive_int(value, name):
-  if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-    raise ValueError(f"{name} must be a positive integer, got {value!r}")
-  return int(value)
+  return pair_fn, hybrid_fn
 
 
 def pair_predictions(
   gen: Generator,
-  classifier,
+  classifier: ClassifierLike,
   site: str,
-  masks,
-  z1,
-  z2,
+  masks: ArrayLike,
+  z1: ArrayLike,
+  z2: ArrayLike,
   *,
   pair_chunk: int = DEFAULT_PAIR_CHUNK,
   mask_chunk: int = DEFAULT_MASK_CHUNK,
@@ -212,28 +217,27 @@ def pair_predictions(
   """
   clf = as_classifier(classifier)
   gen.site_index(site)
-  masks, _ = check_masks(gen, site, masks)
-  z1, z2 = check_pairs(gen, z1, z2)
-  pair_chunk = _check_positive_int(pair_chunk, "pair_chunk")
-  mask_chunk = _check_positive_int(mask_chunk, "mask_chunk")
+  masks, _ = _check_masks(gen, site, masks)
+  z1, z2 = _check_pairs(gen, z1, z2)
+  pair_chunk = check_positive_int(pair_chunk, "pair_chunk")
+  mask_chunk = check_positive_int(mask_chunk, "mask_chunk")
   check_classifier(clf, gen.image_shape)
-  n = z1.shape[0]
-  pair_chunk = min(pair_chunk, n)
-  n_pad = -n % pair_chunk
-  if n_pad:  # repeat the first pair; its copies are dropped below
-    z1 = jnp.concatenate([z1, jnp.repeat(z1[:1], n_pad, axis=0)])
-    z2 = jnp.concatenate([z2, jnp.repeat(z2[:1], n_pad, axis=0)])
-  chunks = lambda z: z.reshape(-1, pair_chunk, *z.shape[1:])
-  fn = gen.jitted(
-    ("robustness", site, clf.apply, pair_chunk, mask_chunk),
-    lambda: _robustness_fn(gen, clf.apply, site, pair_chunk, mask_chunk),
+  pair_fn, hybrid_fn = _robustness_fns(gen, clf.apply, site)
+  (ch, ph, dh), (c1, c2, conf1), _ = hybrid_map_reduce(
+    gen,
+    site,
+    masks,
+    z1,
+    z2,
+    hybrid_fn,
+    pair_fn=pair_fn,
+    params=clf.params,
+    per_pair=True,
+    cache_key=("robustness", clf.apply),
+    pair_chunk=pair_chunk,
+    mask_chunk=mask_chunk,
   )
-  c1, c2, conf1, ch, ph, dh = jax.device_get(
-    fn(gen.variables, clf.params, masks, chunks(z1), chunks(z2))
-  )
-  flat = lambda a: a.reshape(-1)[:n]
-  per_mask = lambda a: np.moveaxis(a, 1, 0).reshape(a.shape[1], -1)[:, :n]  # [M, N]
-  return PairPredictions(flat(c1), flat(c2), flat(conf1), per_mask(ch), per_mask(ph), per_mask(dh))
+  return PairPredictions(c1, c2, conf1, ch, ph, dh)
 
 
 # ---- summaries ---------------------------------------------------------------------------
@@ -294,11 +298,11 @@ def effects(
 
 def mask_robustness(
   gen: Generator,
-  classifier,
+  classifier: ClassifierLike,
   site: str,
-  masks,
-  z1,
-  z2,
+  masks: ArrayLike,
+  z1: ArrayLike,
+  z2: ArrayLike,
   *,
   names: Sequence[str] | None = None,
   pair_chunk: int = DEFAULT_PAIR_CHUNK,
@@ -331,8 +335,8 @@ class SiteResult:
     part_area: with part maps, ``{part: share of the image area}``.
     module_labels: with part maps, ``{module name: the part with the largest
       share / area ratio}``.
-    hair_module: with part maps that include 'hair', the module whose influence
-      has the largest share inside the hair region.
+    part_modules: with part maps, ``{part: the module whose influence map has the
+      largest share inside the part}`` (e.g. the hair module of a face generator).
   """
 
   site: str
@@ -341,7 +345,13 @@ class SiteResult:
   part_shares: dict[str, dict[str, float]] | None = None
   part_area: dict[str, float] | None = None
   module_labels: dict[str, str] | None = None
-  hair_module: str | None = None
+  part_modules: dict[str, str] | None = None
+
+  @property
+  def hair_module(self) -> str | None:
+    """``part_modules['hair']`` (None without a 'hair' part). Old name, kept for
+    compatibility; prefer ``part_modules``."""
+    return (self.part_modules or {}).get("hair")
 
 
 @dataclasses.dataclass
@@ -367,19 +377,6 @@ class RobustnessResult:
       s["labels"] = np.asarray(s["labels"]).tolist()
       s["module_sizes"] = np.bincount(np.asarray(s["labels"]), minlength=self.k).tolist()
     return d
-
-  def rows(self) -> list[dict]:
-    """One flat dict per (site, intervention) — convenient for tables."""
-    out = []
-    for s in self.sites.values():
-      for e in s.effects:
-        row = dataclasses.asdict(e)
-        if s.part_shares is not None and e.name in s.part_shares:
-          row["label"] = s.module_labels[e.name]
-          row["hair_share"] = s.part_shares[e.name].get("hair", float("nan"))
-          row["is_hair_module"] = e.name == s.hair_module
-        out.append(row)
-    return out
 
 
 def part_shares(maps: np.ndarray, part_maps: np.ndarray) -> np.ndarray:
@@ -410,7 +407,7 @@ def _check_sites(gen: Generator, sites):
 
 def module_robustness(
   gen: Generator,
-  classifier,
+  classifier: ClassifierLike,
   *,
   sites: Sequence[str] | None = None,
   k: int = 3,
@@ -432,16 +429,16 @@ def module_robustness(
   ``n_pairs`` evaluation pairs (drawn independently of the EIM pairs). With
   ``part_maps [P, H, W]`` (e.g. `synthfaces.part_prior()`) and ``part_names``, each
   module's influence map (on the first ≤ 64 evaluation pairs) is scored by its share
-  inside every part, and the hair module is identified.
+  inside every part, and each part's module (largest share) is identified.
 
   Returns:
     a `RobustnessResult`.
   """
   clf = as_classifier(classifier)
   sites = _check_sites(gen, sites)
-  n_pairs = _check_positive_int(n_pairs, "n_pairs")
-  eim_pairs = _check_positive_int(eim_pairs, "eim_pairs")
-  k = _check_positive_int(k, "k")
+  n_pairs = check_positive_int(n_pairs, "n_pairs")
+  eim_pairs = check_positive_int(eim_pairs, "eim_pairs")
+  k = check_positive_int(k, "k")
   if n_pairs < 2:
     raise ValueError("n_pairs must be ≥ 2")
   for s in sites:
@@ -471,9 +468,7 @@ def module_robustness(
       )
       lab = clustering.cluster_channels(eims, k, method, seed=seed).labels
       site_k = k
-    masks = np.concatenate(
-      [(lab[None] == np.arange(site_k)[:, None]).astype(np.float32), np.ones((1, c), np.float32)]
-    )
+    masks = np.concatenate([masks_from_labels(lab, site_k), np.ones((1, c), np.float32)])
     names = [f"module{j}" for j in range(site_k)] + ["all"]
     preds = pair_predictions(
       gen, clf, site, masks, z1, z2, pair_chunk=pair_chunk, mask_chunk=mask_chunk
@@ -493,8 +488,7 @@ def module_robustness(
       }
       res.part_area = {p: float(area[q]) for q, p in enumerate(part_names)}
       res.module_labels = {names[j]: part_names[int(np.argmax(ratio[j]))] for j in range(site_k)}
-      if "hair" in part_names:
-        res.hair_module = names[int(np.argmax(shares[:, list(part_names).index("hair")]))]
+      res.part_modules = {p: names[int(np.argmax(shares[:, q]))] for q, p in enumerate(part_names)}
     results[site] = res
   return RobustnessResult(
     generator=gen.name,
@@ -521,9 +515,13 @@ def write_json(result: RobustnessResult, path: str) -> str:
   return path
 
 
-def plot_robustness(result: RobustnessResult, path: str) -> str:
+def plot_robustness(
+  result: RobustnessResult, path: str, *, highlight_part: str | None = None
+) -> str:
   """Bar plot PNG: keep rate (top) and confidence shift (bottom) per site and
-  intervention, with standard-error bars and the chance keep rate as a line."""
+  intervention, with standard-error bars and the chance keep rate as a line. With
+  part maps, each module's bar is labelled with its part; ``highlight_part``
+  (e.g. ``'hair'``) marks that part's module with ``*``."""
   sites = list(result.sites)
   names = sorted(
     {e.name for s in result.sites.values() for e in s.effects}, key=lambda n: (n == "all", n)
@@ -548,7 +546,7 @@ def plot_robustness(result: RobustnessResult, path: str) -> str:
         ax_keep.text(
           pos[s_i],
           0.02,
-          r.module_labels[name] + ("*" if r.hair_module == name else ""),
+          r.module_labels[name] + ("*" if _is_part_module(r, highlight_part, name) else ""),
           rotation=90,
           ha="center",
           va="bottom",
@@ -579,7 +577,8 @@ def plot_robustness(result: RobustnessResult, path: str) -> str:
     ax_keep.text(
       1.01,
       0.0,
-      "bar text: region with the\nlargest share/area of the\nmodule's influence;\n* = hair module",
+      "bar text: region with the\nlargest share/area of the\nmodule's influence"
+      + (f";\n* = {highlight_part} module" if highlight_part else ""),
       transform=ax_keep.transAxes,
       fontsize=7,
       va="bottom",
@@ -587,24 +586,8 @@ def plot_robustness(result: RobustnessResult, path: str) -> str:
   return viz.save_figure(fig, path)
 
 
-def markdown_table(result: RobustnessResult) -> str:
-  """The results as a Markdown table (one row per site and intervention)."""
-  lines = [
-    "| site | swapped | channels | part label | hair share | keep rate | "
-    "confidence shift | donor rate | image change |",
-    "|---|---|---|---|---|---|---|---|---|",
-  ]
-  for row in result.rows():
-    hair = row.get("hair_share")
-    label = row.get("label", "—") + (" (hair module)" if row.get("is_hair_module") else "")
-    lines.append(
-      f"| {row['site']} | {row['name']} | {row['n_channels']} | {label} | "
-      f"{'—' if hair is None else f'{hair:.2f}'} | "
-      f"{row['keep_rate']:.3f} ± {row['keep_rate_se']:.3f} | "
-      f"{row['confidence_shift']:+.3f} ± {row['confidence_shift_se']:.3f} | "
-      f"{row['donor_rate']:.3f} | {row['image_change']:.3f} |"
-    )
-  return "\n".join(lines)
+def _is_part_module(r: SiteResult, part: str | None, name: str) -> bool:
+  return part is not None and (r.part_modules or {}).get(part) == name
 
 
 __all__ = [
@@ -617,7 +600,6 @@ __all__ = [
   "check_classifier",
   "effects",
   "factor_classifier",
-  "markdown_table",
   "mask_robustness",
   "module_robustness",
   "pair_predictions",

@@ -42,7 +42,7 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
-from cfmod_jax._validate import check_generator, check_seed
+from cfmod_jax._validate import check_generator, check_positive_int, check_seed
 from cfmod_jax.fileio import atomic_savez, atomic_write_json
 from cfmod_jax.generator import Generator
 from cfmod_jax.interventions import (
@@ -209,11 +209,9 @@ class SweepConfig:
   mask_chunk: int = DEFAULT_MASK_CHUNK
   method: str = "auto"
 
-  def check(self):
+  def check(self) -> None:
     for name in ("n_pairs", "block_pairs", "pair_chunk", "mask_chunk"):
-      value = getattr(self, name)
-      if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+      check_positive_int(getattr(self, name), name)
     check_seed(self.seed, "seed")
     if self.block_pairs > self.n_pairs:
       raise ValueError(f"block_pairs={self.block_pairs} exceeds n_pairs={self.n_pairs}")
@@ -249,7 +247,8 @@ def sweep_key(fingerprint: str, site: str, cfg: SweepConfig) -> str:
   return hashlib.sha256(payload.encode()).hexdigest()[:24]
 
 
-def block_latents(gen: Generator, seed: int, b: int, n: int):
+def block_latents(gen: Generator, seed: int, b: int, n: int) -> tuple[jax.Array, jax.Array]:
+  """The pairs ``(z1, z2)`` of block ``b`` (``n`` each) of a sweep with ``seed``."""
   k1, k2 = jax.random.split(jax.random.fold_in(jax.random.key(seed), b))
   return gen.sample_latents(k1, n), gen.sample_latents(k2, n)
 
@@ -415,3 +414,16 @@ def eim_sweep(
   return SweepResult(
     eims.astype(np.float32), groups.astype(np.float32), counts, key, len(todo), seconds
   )
+
+
+__all__ = [
+  "CacheBlockWarning",
+  "CodeFingerprintWarning",
+  "SweepConfig",
+  "SweepResult",
+  "block_latents",
+  "broadcast_from_host0",
+  "eim_sweep",
+  "generator_fingerprint",
+  "sweep_key",
+]

@@ -17,24 +17,24 @@ Pipeline (`style_transfer`):
 3. `cross_class_hybrids` renders, for every module, every (A sample, B donor)
    combination in one compiled call per site.
 4. `transfer_panel` lays out one panel per module: A samples down the left, B
-   donors across the top, hybrids in the grid (`module<k>.png`); ``eims.png`` and
-   ``module_maps.png`` (mean |hybrid − A| of each module over the grid) show where
-   modules act; ``transfer.json`` records the settings and module sizes.
+   donors across the top, hybrids in the grid; ``module_maps`` (mean |hybrid − A|
+   of each module over the grid) show where modules act.
 
-``experiments/style_transfer.py`` is the command-line program.
+``experiments/style_transfer.py`` is the command-line program; it writes the
+panels (``module<k>.png``), ``eims.png``, ``module_maps.png`` and ``transfer.json``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 from collections.abc import Sequence
 
 import jax
 import numpy as np
+from jax.typing import ArrayLike
 
-from cfmod_jax import clustering, viz
+from cfmod_jax import clustering
+from cfmod_jax._validate import check_positive_int
 from cfmod_jax.generator import Generator
 from cfmod_jax.interventions import (
   elementary_influence_maps,
@@ -61,7 +61,7 @@ def num_classes(gen: Generator) -> int:
   return _biggan_module(gen).config.num_classes
 
 
-def check_class(gen: Generator, index, name: str = "class") -> int:
+def check_class(gen: Generator, index: int, name: str = "class") -> int:
   """``index`` as an int; a clear ValueError unless it is a class of ``gen``."""
   n = num_classes(gen)
   if isinstance(index, (bool, np.bool_)) or not isinstance(index, (int, np.integer)):
@@ -102,7 +102,9 @@ def class_conditional(gen: Generator, classes: Sequence[int]) -> Generator:
 
 
 # ---- hybrids ---------------------------------------------------------------------------------
-def cross_class_hybrids(gen: Generator, site: str, masks, z_a, z_b) -> jax.Array:
+def cross_class_hybrids(
+  gen: Generator, site: str, masks: ArrayLike, z_a: ArrayLike, z_b: ArrayLike
+) -> jax.Array:
   """Every combination of an original (class A) and a donor (class B), per mask.
 
   `interventions.hybrid_grid` with originals ``z_a [R, …]`` (class A) and donors
@@ -113,7 +115,7 @@ def cross_class_hybrids(gen: Generator, site: str, masks, z_a, z_b) -> jax.Array
   return hybrid_grid(gen, site, masks, z_a, z_b)
 
 
-def transfer_panel(originals, donors, cells) -> np.ndarray:
+def transfer_panel(originals: ArrayLike, donors: ArrayLike, cells: ArrayLike) -> np.ndarray:
   """One module's panel (`interventions.grid_panel`): originals ``[R, H, W, 3]``
   down the left, donors ``[D, H, W, 3]`` across the top, hybrids ``[R, D, H, W, 3]``
   in the grid (all in [-1, 1]). Returns an RGB image in [0, 1]."""
@@ -133,7 +135,6 @@ class TransferResult:
     originals, donors: ``[R, H, W, 3]``, ``[D, H, W, 3]`` images in [-1, 1].
     hybrids: ``[K, R, D, H, W, 3]``: originals with module k from each donor.
     module_maps: ``[K, H, W]``: mean |hybrid − original| per module over the grid.
-    files: paths written (empty without ``out_dir``).
   """
 
   site: str
@@ -149,7 +150,6 @@ class TransferResult:
   donors: np.ndarray
   hybrids: np.ndarray
   module_maps: np.ndarray
-  files: list[str] = dataclasses.field(default_factory=list)
 
 
 def style_transfer(
@@ -166,7 +166,6 @@ def style_transfer(
   method: str = "nmf",
   sigma: float | None = None,
   percentile: float = clustering.DEFAULT_PERCENTILE,
-  out_dir: str | None = None,
 ) -> TransferResult:
   """Modules of a BigGAN block found on classes A and B, and their cross-class hybrids.
 
@@ -179,8 +178,6 @@ def style_transfer(
     n_pairs: latent pairs for the EIMs (drawn from classes A and B).
     seed: seeds the EIM pairs, the clustering and the panel samples.
     method, sigma, percentile: clustering, see `clustering.cluster_channels`.
-    out_dir: if given, writes ``module<k>.png``, ``eims.png``, ``module_maps.png``,
-      ``originals.png``, ``donors.png`` and ``transfer.json`` there.
   Returns:
     a `TransferResult`.
   """
@@ -189,8 +186,7 @@ def style_transfer(
   gen.site_index(site)
   c = gen.site_shape(site)[-1]
   for name, v in (("k", k), ("n_rows", n_rows), ("n_cols", n_cols), ("n_pairs", n_pairs)):
-    if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
-      raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    check_positive_int(v, name)
   if k > c:
     raise ValueError(f"k={k} exceeds the {c} channels of site {site!r}")
   key = jax.random.key(seed)
@@ -219,60 +215,7 @@ def style_transfer(
     cells,
     module_maps,
   )
-  if out_dir is not None:
-    result.files = write_transfer(result, gen.name, out_dir)
   return result
-
-
-def write_transfer(result: TransferResult, generator_name: str, out_dir: str) -> list[str]:
-  """Writes the panels, maps and ``transfer.json`` of a `TransferResult`."""
-  os.makedirs(out_dir, exist_ok=True)
-  files = []
-  for j in range(result.k):
-    panel = transfer_panel(result.originals, result.donors, result.hybrids[j])
-    files.append(viz.save_rgb(os.path.join(out_dir, f"module{j}.png"), panel))
-  files.append(
-    viz.save_map_grid(os.path.join(out_dir, "eims.png"), result.eims, labels=result.labels)
-  )
-  files.append(
-    viz.save_map_grid(
-      os.path.join(out_dir, "module_maps.png"),
-      result.module_maps,
-      ncols=result.k,
-      normalize="global",
-    )
-  )
-  files.append(
-    viz.save_image_grid(
-      os.path.join(out_dir, "originals.png"), result.originals, ncols=len(result.originals)
-    )
-  )
-  files.append(
-    viz.save_image_grid(
-      os.path.join(out_dir, "donors.png"), result.donors, ncols=len(result.donors)
-    )
-  )
-  meta = {
-    "generator": generator_name,
-    "site": result.site,
-    "class_a": result.class_a,
-    "class_b": result.class_b,
-    "k": result.k,
-    "method": result.method,
-    "channels": int(len(result.labels)),
-    "module_sizes": np.bincount(result.labels, minlength=result.k).tolist(),
-    "labels": np.asarray(result.labels).tolist(),
-    "module_mean_change": [float(m.mean()) for m in result.module_maps],
-    "n_rows": int(len(result.originals)),
-    "n_cols": int(len(result.donors)),
-    "layout": "module<k>.png: top row = class-B donors, left column = class-A "
-    "originals, cell = original with module k taken from the donor",
-  }
-  path = os.path.join(out_dir, "transfer.json")
-  with open(path, "w", encoding="utf-8") as f:
-    json.dump(meta, f, indent=2)
-  files.append(path)
-  return files
 
 
 __all__ = [
@@ -284,5 +227,4 @@ __all__ = [
   "num_classes",
   "style_transfer",
   "transfer_panel",
-  "write_transfer",
 ]

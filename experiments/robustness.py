@@ -12,6 +12,8 @@ with skin, eyes and mouth merged into "face"). Writes ``robustness.json``,
 ``robustness.png``, ``table.md`` and hybrid panels of ``--panel_site`` under ``--out``.
 """
 
+import dataclasses
+import json
 import os
 
 import jax
@@ -19,6 +21,7 @@ import numpy as np
 from absl import flags, logging
 
 from cfmod_jax import analysis, quality, viz
+from cfmod_jax import interventions as iv
 from cfmod_jax import robustness as rb
 from cfmod_jax.data import synthfaces
 from experiments import _cli  # first: one line on Ctrl-C while jax imports
@@ -42,15 +45,50 @@ flags.DEFINE_string(
 )
 
 
-def face_regions() -> tuple[np.ndarray, tuple[str, ...]]:
-  """Part prior maps [3, 64, 64]: background, hair, face (skin + eyes + mouth)."""
-  p = synthfaces.part_prior()
-  face = p[synthfaces.SKIN] + p[synthfaces.EYES] + p[synthfaces.MOUTH]
-  return np.stack([p[synthfaces.BACKGROUND], p[synthfaces.HAIR], face]), (
-    "background",
-    "hair",
-    "face",
-  )
+def rows(result: rb.RobustnessResult) -> list[dict]:
+  """One flat dict per (site, intervention); with part maps, also the module's
+  part label, its share inside the hair region and whether it is the hair module."""
+  out = []
+  for s in result.sites.values():
+    for e in s.effects:
+      row = dataclasses.asdict(e)
+      if s.part_shares is not None and e.name in s.part_shares:
+        row["label"] = s.module_labels[e.name]
+        row["hair_share"] = s.part_shares[e.name].get("hair", float("nan"))
+        row["is_hair_module"] = e.name == (s.part_modules or {}).get("hair")
+      out.append(row)
+  return out
+
+
+def markdown_table(result: rb.RobustnessResult) -> str:
+  """The results as a Markdown table (one row per site and intervention)."""
+  lines = [
+    "| site | swapped | channels | part label | hair share | keep rate | "
+    "confidence shift | donor rate | image change |",
+    "|---|---|---|---|---|---|---|---|---|",
+  ]
+  for row in rows(result):
+    hair = row.get("hair_share")
+    label = row.get("label", "—") + (" (hair module)" if row.get("is_hair_module") else "")
+    lines.append(
+      f"| {row['site']} | {row['name']} | {row['n_channels']} | {label} | "
+      f"{'—' if hair is None else f'{hair:.2f}'} | "
+      f"{row['keep_rate']:.3f} ± {row['keep_rate_se']:.3f} | "
+      f"{row['confidence_shift']:+.3f} ± {row['confidence_shift_se']:.3f} | "
+      f"{row['donor_rate']:.3f} | {row['image_change']:.3f} |"
+    )
+  return "\n".join(lines)
+
+
+def write_json(result: rb.RobustnessResult, path: str) -> str:
+  """``result.to_dict()`` with each site's ``hair_module`` added, as JSON."""
+  d = result.to_dict()
+  for name, site in d["sites"].items():
+    site["hair_module"] = result.sites[name].hair_module
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path, "w", encoding="utf-8") as f:
+    json.dump(d, f, indent=2)
+  return path
 
 
 def _panels(gen, result, site, out):
@@ -59,24 +97,25 @@ def _panels(gen, result, site, out):
     logging.warning("--panel_site=%s was not analysed; no panels", site)
     return
   labels = result.sites[site].labels
-  masks = analysis.module_masks(labels, result.k)
+  masks = iv.masks_from_labels(labels, result.k)
   ka, kb = jax.random.split(jax.random.key(result.seed + 1))
   z_rows, z_cols = gen.sample_latents(ka, 4), gen.sample_latents(kb, 5)
+  originals, donors = np.asarray(gen(z_rows)), np.asarray(gen(z_cols))
   for j, mask in enumerate(masks):
+    cells = iv.hybrid_grid(gen, site, mask, z_rows, z_cols)
     viz.save_rgb(
-      os.path.join(out, f"panel_{site}_module{j}.png"),
-      analysis.hybrid_panel(gen, site, mask, z_rows, z_cols, 4, 5),
+      os.path.join(out, f"panel_{site}_module{j}.png"), iv.grid_panel(originals, donors, cells)
     )
 
 
-def main(argv):
+def main(argv: list[str]) -> None:
   del argv
   with _cli.blame("generator"):
     gen = analysis.generator_from_spec(FLAGS.generator)
   with _cli.blame("factor"):
     clf = rb.factor_classifier(quality.load_featnet(), FLAGS.factor)
   _cli.check_output_dir("out")
-  parts, names = face_regions()
+  parts, names = synthfaces.face_regions()
   try:
     result = rb.module_robustness(
       gen,
@@ -94,15 +133,18 @@ def main(argv):
     raise _cli.name_flag(
       exc, ("sites", "k", "n_pairs", "eim_pairs", "method", "seed"), aliases={"site": "sites"}
     ) from None
-  rb.write_json(result, os.path.join(FLAGS.out, "robustness.json"))
-  rb.plot_robustness(result, os.path.join(FLAGS.out, "robustness.png"))
-  table = rb.markdown_table(result)
+  write_json(result, os.path.join(FLAGS.out, "robustness.json"))
+  rb.plot_robustness(result, os.path.join(FLAGS.out, "robustness.png"), highlight_part="hair")
+  table = markdown_table(result)
   with open(os.path.join(FLAGS.out, "table.md"), "w", encoding="utf-8") as f:
     f.write(table + "\n")
   if FLAGS.panel_site:
     _panels(gen, result, FLAGS.panel_site, FLAGS.out)
   print(table)
   logging.info("chance keep rate %.3f; wrote %s", result.chance_keep_rate, FLAGS.out)
+
+
+__all__ = ["main", "markdown_table", "rows", "write_json"]
 
 
 if __name__ == "__main__":

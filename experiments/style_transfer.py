@@ -9,9 +9,13 @@ samples; columns: class-B donors; cell: A with module k from B), ``eims.png``,
 ``module_maps.png`` and ``transfer.json`` under ``--out``.
 """
 
+import json
+import os
+
+import numpy as np
 from absl import flags, logging
 
-from cfmod_jax import transfer
+from cfmod_jax import transfer, viz
 from cfmod_jax.models.biggan import load_biggan
 from experiments import _cli  # first: one line on Ctrl-C while jax imports
 
@@ -33,7 +37,58 @@ flags.DEFINE_string("out", "out/transfer", "Output folder.")
 flags.mark_flag_as_required("biggan")
 
 
-def main(argv):
+def write_transfer(result: transfer.TransferResult, generator_name: str, out_dir: str) -> list[str]:
+  """Writes the panels, maps and ``transfer.json`` of a `TransferResult`."""
+  os.makedirs(out_dir, exist_ok=True)
+  files = []
+  for j in range(result.k):
+    panel = transfer.transfer_panel(result.originals, result.donors, result.hybrids[j])
+    files.append(viz.save_rgb(os.path.join(out_dir, f"module{j}.png"), panel))
+  files.append(
+    viz.save_map_grid(os.path.join(out_dir, "eims.png"), result.eims, labels=result.labels)
+  )
+  files.append(
+    viz.save_map_grid(
+      os.path.join(out_dir, "module_maps.png"),
+      result.module_maps,
+      ncols=result.k,
+      normalize="global",
+    )
+  )
+  files.append(
+    viz.save_image_grid(
+      os.path.join(out_dir, "originals.png"), result.originals, ncols=len(result.originals)
+    )
+  )
+  files.append(
+    viz.save_image_grid(
+      os.path.join(out_dir, "donors.png"), result.donors, ncols=len(result.donors)
+    )
+  )
+  meta = {
+    "generator": generator_name,
+    "site": result.site,
+    "class_a": result.class_a,
+    "class_b": result.class_b,
+    "k": result.k,
+    "method": result.method,
+    "channels": int(len(result.labels)),
+    "module_sizes": np.bincount(result.labels, minlength=result.k).tolist(),
+    "labels": np.asarray(result.labels).tolist(),
+    "module_mean_change": [float(m.mean()) for m in result.module_maps],
+    "n_rows": int(len(result.originals)),
+    "n_cols": int(len(result.donors)),
+    "layout": "module<k>.png: top row = class-B donors, left column = class-A "
+    "originals, cell = original with module k taken from the donor",
+  }
+  path = os.path.join(out_dir, "transfer.json")
+  with open(path, "w", encoding="utf-8") as f:
+    json.dump(meta, f, indent=2)
+  files.append(path)
+  return files
+
+
+def main(argv: list[str]) -> None:
   del argv
   with _cli.blame("truncation", (ValueError,)):
     if not 0 < FLAGS.truncation <= 1:
@@ -53,18 +108,21 @@ def main(argv):
       n_pairs=FLAGS.n_pairs,
       seed=FLAGS.seed,
       method=FLAGS.method,
-      out_dir=FLAGS.out,
     )
   except (ValueError, TypeError) as exc:  # the message names the argument = the flag
     raise _cli.name_flag(
       exc, ("class_a", "class_b", "site", "k", "n_rows", "n_cols", "n_pairs", "method", "seed")
     ) from None
+  files = write_transfer(result, gen.name, FLAGS.out)
   logging.info(
     "module sizes %s; wrote %d files to %s",
     [int((result.labels == j).sum()) for j in range(result.k)],
-    len(result.files),
+    len(files),
     FLAGS.out,
   )
+
+
+__all__ = ["main", "write_transfer"]
 
 
 if __name__ == "__main__":

@@ -248,3 +248,13 @@ def test_sample_grid(tmp_path):
   assert grid.shape[:2] == (4 * 66 - 2, 4 * 66 - 2)
   first = np.clip((sf.generate(1, seed=0).images[0] + 1) / 2, 0, 1)
   np.testing.assert_allclose(grid[:64, :64, :3], first, atol=1 / 255 + 1e-6)
+
+
+def test_face_regions_merge_parts():
+  regions, names = sf.face_regions(n=256)
+  prior = sf.part_prior(n=256)
+  assert names == ("background", "hair", "face") and regions.shape == (3, 64, 64)
+  np.testing.assert_array_equal(regions[0], prior[sf.BACKGROUND])
+  np.testing.assert_array_equal(regions[1], prior[sf.HAIR])
+  np.testing.assert_array_equal(regions[2], prior[sf.SKIN] + prior[sf.EYES] + prior[sf.MOUTH])
+  np.testing.assert_allclose(regions.sum(0), 1.0, atol=1e-5)

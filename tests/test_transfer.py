@@ -130,9 +130,10 @@ def test_cross_class_hybrids_exact_cases(gen):
 
 
 def test_style_transfer_writes_panels(gen, tmp_path):
-  res = transfer.style_transfer(
-    gen, CLASS_A, CLASS_B, "block0", k=2, n_rows=2, n_cols=3, n_pairs=6, out_dir=str(tmp_path)
-  )
+  from experiments.style_transfer import write_transfer
+
+  res = transfer.style_transfer(gen, CLASS_A, CLASS_B, "block0", k=2, n_rows=2, n_cols=3, n_pairs=6)
+  write_transfer(res, gen.name, str(tmp_path))
   c = gen.site_shape("block0")[-1]
   assert res.labels.shape == (c,) and set(res.labels) <= {0, 1}
   assert res.eims.shape == (c, 16, 16) and res.eims.min() >= 0

@@ -1,7 +1,7 @@
 """Datasets: procedural synthetic faces (default, embedded) and CelebA via tfds.
 
 Names are resolved lazily: using the synthetic faces does not import
-tensorflow_datasets, and ``python -m cfmod_jax.data.synthfaces`` runs cleanly.
+tensorflow_datasets.
 """
 
 import importlib
@@ -12,6 +12,7 @@ _EXPORTS = {
   "FACTOR_SPECS": ("synthfaces", "FACTOR_SPECS"),
   "PART_NAMES": ("synthfaces", "PART_NAMES"),
   "SynthFaces": ("synthfaces", "SynthFaces"),
+  "face_regions": ("synthfaces", "face_regions"),
   "generate": ("synthfaces", "generate"),
   "iterate_batches": ("synthfaces", "iterate_batches"),
   "part_masks": ("synthfaces", "part_masks"),

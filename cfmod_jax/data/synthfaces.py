@@ -45,13 +45,12 @@ rim; where three soft edges meet (hairline, face edge, background) a faint
 (<= 2.5% of the range) background leak can reach 2 px.  Pixels whose 3x3
 neighbourhood has a single label have exactly their part's colour.
 
-Run ``python -m cfmod_jax.data.synthfaces --out docs/synthfaces_grid.png`` to
-write an 8x8 sample grid.
+Run ``python -m experiments.synthfaces --out docs/synthfaces_grid.png`` to
+write an 8x8 sample grid (`save_sample_grid`).
 """
 
 from __future__ import annotations
 
-import argparse
 import functools
 from collections.abc import Iterator, Sequence
 from typing import NamedTuple
@@ -413,6 +412,17 @@ def part_prior(n: int = 10000, seed: int = 0) -> np.ndarray:
   return _part_prior(n, seed).copy()
 
 
+FACE_REGION_NAMES = ("background", "hair", "face")
+
+
+def face_regions(n: int = 10000, seed: int = 0) -> tuple[np.ndarray, tuple[str, ...]]:
+  """Coarser part maps: ``(float32 [3, 64, 64], FACE_REGION_NAMES)`` — background,
+  hair, face (skin + eyes + mouth) of `part_prior`; they sum to 1 over the 3."""
+  p = part_prior(n, seed)
+  face = p[SKIN] + p[EYES] + p[MOUTH]
+  return np.stack([p[BACKGROUND], p[HAIR], face]), FACE_REGION_NAMES
+
+
 # ------------------------------------------------------------------- grid
 
 
@@ -430,15 +440,36 @@ def save_sample_grid(path: str, n: int = 64, seed: int = 0, ncols: int = 8) -> N
   matplotlib.image.imsave(path, tile_images(generate(n, seed).images, ncols))
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument("--out", default="docs/synthfaces_grid.png")
-  p.add_argument("--n", type=int, default=64)
-  p.add_argument("--seed", type=int, default=0)
-  args = p.parse_args(argv)
-  save_sample_grid(args.out, args.n, args.seed)
-  print(f"wrote {args.out}")
-
-
-if __name__ == "__main__":
-  main()
+__all__ = [
+  "ALL_PARTS",
+  "BACKGROUND",
+  "EYES",
+  "EYE_PALETTE",
+  "FACE_REGION_NAMES",
+  "FACTOR_PARTS",
+  "FACTOR_SPECS",
+  "GRADIENT_DIRS",
+  "HAIR",
+  "HAIR_PALETTE",
+  "HAIR_STYLES",
+  "MOUTH",
+  "MOUTH_COLOR",
+  "MOUTH_SHAPES",
+  "PART_NAMES",
+  "SIZE",
+  "SKIN",
+  "SKIN_DARK",
+  "SKIN_LIGHT",
+  "SynthFaces",
+  "background",
+  "face_regions",
+  "generate",
+  "iterate_batches",
+  "part_colors",
+  "part_masks",
+  "part_prior",
+  "render",
+  "sample_factors",
+  "save_sample_grid",
+  "tile_images",
+]
