@@ -311,3 +311,42 @@ def test_dataset_metadata_of_exported_folders(tmp_path):
     )
   with pytest.raises(ValueError, match="dataset must be a non-empty string or None"):
     type(gen)(gen.module, gen.variables, dataset="")
+
+
+def _cfmod_imports(path):
+  """cfmod_jax modules imported by a file (module- and function-level)."""
+  import ast
+
+  names = set()
+  for node in ast.walk(ast.parse(open(path).read())):
+    if isinstance(node, ast.Import):
+      names |= {a.name for a in node.names}
+    elif isinstance(node, ast.ImportFrom) and node.module:
+      names.add(node.module)
+      names |= {f"{node.module}.{a.name}" for a in node.names}
+  return {n for n in names if n.startswith("cfmod_jax")}
+
+
+def test_checkpoint_io_layers():
+  """`exported` (the format) imports no model, generator or trainer; the trainers
+  (all of `cfmod_jax.train` but its export) import neither `checkpoints` nor
+  `quality`, so `checkpoints` can read trainer runs without an import cycle."""
+  pkg = os.path.dirname(checkpoints.__file__)
+  assert _cfmod_imports(os.path.join(pkg, "exported.py")) <= {
+    "cfmod_jax.fileio",
+    "cfmod_jax.fileio.atomic_write_bytes",
+    "cfmod_jax.fileio.atomic_write_text",
+  }
+  for name in sorted(os.listdir(os.path.join(pkg, "train"))):
+    if name.endswith(".py") and name != "export.py":
+      imported = _cfmod_imports(os.path.join(pkg, "train", name))
+      assert not {
+        n
+        for n in imported
+        if n.split(".")[:2] in (["cfmod_jax", "checkpoints"], ["cfmod_jax", "quality"])
+      }, name
+      assert not {n for n in imported if n.startswith("cfmod_jax.train.export")}, name
+  assert (
+    "from cfmod_jax import checkpoints"
+    not in open(os.path.join(pkg, "train", "__init__.py")).read()
+  )

@@ -326,3 +326,17 @@ def test_celeba_config_errors(tmp_path, no_compile):
     )
   with pytest.raises(ValueError, match="config.dataset must be one of"):
     train.train_and_evaluate(tiny_config("dcgan", dataset="mnist"), str(tmp_path / "c"))
+
+
+@pytest.mark.parametrize(
+  "field, value", [("seed", -1), ("data_seed", True), ("seed", 2**63), ("data_seed", 1.5)]
+)
+def test_seeds_are_checked_before_compiling(field, value, no_compile):
+  import ml_collections
+
+  fields = tiny_config("dcgan").to_dict()
+  fields[field] = value
+  with pytest.raises(ValueError, match=rf"config\.{field} must be a non-negative integer"):
+    train.validate_config(ml_collections.ConfigDict(fields))
+  fields[field] = 2**63 - 1  # the largest seed jax.random.key accepts
+  train.validate_config(ml_collections.ConfigDict(fields))
