@@ -48,7 +48,7 @@ import re
 import time
 import zipfile
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import jax
 import numpy as np
@@ -204,10 +204,6 @@ def check_config(gen: Generator, cfg: AnalysisConfig) -> list[str]:
   return sites
 
 
-# One implementation of the generator specs (kept here for older callers).
-generator_from_spec = specs.generator_from_spec
-
-
 def uses_parts(gen: Generator, cfg: AnalysisConfig) -> bool:
   """Whether the synthetic faces' part maps score the modules: ``parts='synthfaces'``,
   or ``'auto'`` and the generator was trained on them (``gen.dataset``)."""
@@ -233,21 +229,6 @@ def part_maps_for(gen: Generator, cfg: AnalysisConfig) -> np.ndarray | None:
 
 
 # ---- per-site pieces ------------------------------------------------------------------
-# Kept for older callers (experiments/robustness.py); the pipeline calls
-# `interventions.masks_from_labels`, `interventions.hybrid_grid` and `interventions.grid_panel`.
-module_masks = masks_from_labels
-
-
-def hybrid_panel(
-  gen: Generator, site: str, mask: np.ndarray, z1: ArrayLike, z2: ArrayLike, rows: int, cols: int
-) -> np.ndarray:
-  """The paper's figure for one module: originals ``z1[:rows]`` down the left, donors
-  ``z2[:cols]`` across the top, the hybrid in each cell (`interventions.hybrid_grid`
-  laid out by `interventions.grid_panel`). Returns an RGB image in [0, 1]."""
-  z1, z2 = z1[:rows], z2[:cols]
-  return grid_panel(gen(z1), gen(z2), hybrid_grid(gen, site, mask, z1, z2))
-
-
 def eval_latents(gen: Generator, site_seed: int, n: int) -> tuple[jax.Array, jax.Array]:
   """The fresh pairs (z1, z2) on which module maps and metrics are evaluated."""
   k1, k2 = jax.random.split(jax.random.fold_in(jax.random.key(site_seed), 1 << 20))
@@ -953,5 +934,27 @@ def run(
       lock.release()
 
 
-# ---- kept for older callers (tests/test_transfer.py); the report is `cfmod_jax.report` ----
+# ---- temporary aliases for older callers, to be removed -------------------------------------
+# report_files: tests/test_transfer.py (now `report.report_files`); module_masks and
+# hybrid_panel: experiments/robustness.py at HEAD (now `interventions.masks_from_labels`,
+# `interventions.hybrid_grid` + `interventions.grid_panel`); generator_from_spec:
+# experiments/robustness.py (now experiments/_specs.py, resolved lazily: it is not part of
+# the package).
 report_files = report.report_files
+module_masks = masks_from_labels
+
+
+def hybrid_panel(
+  gen: Generator, site: str, mask: np.ndarray, z1: ArrayLike, z2: ArrayLike, rows: int, cols: int
+) -> np.ndarray:
+  """The paper's figure for one module: originals ``z1[:rows]`` down the left, donors
+  ``z2[:cols]`` across the top, the hybrid in each cell (`interventions.hybrid_grid`
+  laid out by `interventions.grid_panel`). Returns an RGB image in [0, 1]."""
+  z1, z2 = z1[:rows], z2[:cols]
+  return grid_panel(gen(z1), gen(z2), hybrid_grid(gen, site, mask, z1, z2))
+
+
+def __getattr__(name: str) -> Any:
+  if name == "generator_from_spec":
+    return specs.generator_from_spec
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

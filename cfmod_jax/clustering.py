@@ -38,6 +38,10 @@ synthetic-faces DCGAN):
 * K: the smallest K whose mean bootstrap silhouette is within 0.05 of the best
   (``rule="silhouette"``); the old rule, the largest K whose template stability is
   within 0.02 of the best, remains available as ``rule="stability"``.
+
+This module holds the algorithms only: argument checks are shared with
+`cfmod_jax.metrics` in `cfmod_jax._validate`, and the stability curve is drawn by
+`cfmod_jax.viz.plot_stability_curve`.
 """
 
 from __future__ import annotations
@@ -110,15 +114,6 @@ DEFAULT_STABILITY_RESTARTS = 4
 #: Rules of :func:`choose_k`.
 RULES = ("silhouette", "stability")
 DEFAULT_RULE = "silhouette"
-
-
-def _cosine_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-  """Cosine similarities between rows of a [n, D] and b [m, D]; 0 for a zero row."""
-  na = np.linalg.norm(a, axis=1)
-  nb = np.linalg.norm(b, axis=1)
-  a_n = np.divide(a, na[:, None], out=np.zeros_like(a), where=na[:, None] > 0)
-  b_n = np.divide(b, nb[:, None], out=np.zeros_like(b), where=nb[:, None] > 0)
-  return np.clip(a_n @ b_n.T, -1.0, 1.0)
 
 
 # --------------------------------------------------------------------------------------
@@ -446,6 +441,15 @@ def _flat_templates(t, name: str) -> np.ndarray:
   if not np.all(np.isfinite(arr)):
     raise ValueError(f"{name} must contain only finite values")
   return arr
+
+
+def _cosine_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+  """Cosine similarities between rows of a [n, D] and b [m, D]; 0 for a zero row."""
+  na = np.linalg.norm(a, axis=1)
+  nb = np.linalg.norm(b, axis=1)
+  a_n = np.divide(a, na[:, None], out=np.zeros_like(a), where=na[:, None] > 0)
+  b_n = np.divide(b, nb[:, None], out=np.zeros_like(b), where=nb[:, None] > 0)
+  return np.clip(a_n @ b_n.T, -1.0, 1.0)
 
 
 def _matched_cosine(a: np.ndarray, b: np.ndarray) -> float:
