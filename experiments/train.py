@@ -146,5 +146,7 @@ def main(argv: Sequence[str]) -> None:
     logging.info("exported to %s: %s", FLAGS.export, meta["quality"])
 
 
+__all__ = ["check_resume", "main"]
+
 if __name__ == "__main__":
   _cli.run(main, hard_exit_on_interrupt=True)

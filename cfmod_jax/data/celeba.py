@@ -46,6 +46,8 @@ import jax.numpy as jnp
 import numpy as np
 import tensorflow_datasets as tfds
 
+from cfmod_jax._validate import check_positive_int
+
 CROP_SIZE = 140
 IMAGE_SIZE = 64
 DATASET = "celeb_a"
@@ -212,12 +214,8 @@ def heldout_images(
   """
   if which not in (0, 1):
     raise ValueError(f"which must be 0 or 1 (one of two disjoint held-out sets), got {which!r}")
-  if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-    raise ValueError(f"n must be an integer >= 1, got {n!r}")
-  if (
-    isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1
-  ):
-    raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+  check_positive_int(n, "n")
+  check_positive_int(batch_size, "batch_size")
   source = load_source(data_dir, split, name)
   size = len(source)
   if 2 * n > size:
@@ -237,3 +235,17 @@ def heldout_images(
 
 def _image(example: Any) -> np.ndarray:
   return np.asarray(example["image"], np.uint8)
+
+
+__all__ = [
+  "CROP_SIZE",
+  "DATASET",
+  "HELDOUT_SPLIT",
+  "IMAGE_SIZE",
+  "TRAIN_SPLIT",
+  "celeba_batch",
+  "celeba_batches",
+  "heldout_images",
+  "load_source",
+  "preprocess",
+]

@@ -123,7 +123,7 @@ def _check_arch(arch) -> None:
 
 
 def make_generator(
-  arch: str, module: nn.Module, variables: Any, *, name: str, **metadata
+  arch: str, module: nn.Module, variables: Any, *, name: str, **metadata: Any
 ) -> Generator:
   """The `Generator` of a module of architecture ``arch`` built by `build_module`
   (a `StagedGenerator`, or a registered architecture's ``to_generator``).
@@ -169,7 +169,7 @@ def _check_kwargs(arch: str, cls, kwargs) -> dict:
   return out
 
 
-def build_module(arch: str, **kwargs):
+def build_module(arch: str, **kwargs: Any) -> nn.Module:
   """The Linen generator module of architecture ``arch`` (dcgan, vae, began, or
   one added with `register_architecture`: then ``build_fn(**kwargs)``).
 
@@ -193,7 +193,7 @@ def build_module(arch: str, **kwargs):
   return cls(**_check_kwargs(arch, cls, kwargs))
 
 
-def init_generator(arch: str, seed: int = 0, **kwargs) -> Generator:
+def init_generator(arch: str, seed: int = 0, **kwargs: Any) -> Generator:
   """A randomly initialised `Generator` of architecture ``arch`` (see
   `build_module` for ``kwargs``); ``seed`` is a non-negative integer."""
   seed = check_seed(seed, "seed")

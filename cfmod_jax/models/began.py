@@ -20,6 +20,7 @@ synthetic faces; the shipped ``began-synthfaces`` uses BatchNorm only):
 from __future__ import annotations
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from cfmod_jax.generator import SplitStage, VectorLatentGenerator, stage_names
@@ -39,7 +40,7 @@ class ConvPair(SplitStage):
   upsample: bool
   batch_norm: bool = False
 
-  def setup(self):
+  def setup(self) -> None:
     self.conv1 = Conv(self.features, (3, 3), use_bias=not self.batch_norm)
     self.conv2 = Conv(self.features, (3, 3), use_bias=not self.batch_norm)
     if self.batch_norm:
@@ -54,13 +55,13 @@ class ConvPair(SplitStage):
   def _up(self, x):
     return upsample_nearest(x, 2) if self.upsample else x
 
-  def pre(self, x):
+  def pre(self, x: jax.Array) -> jax.Array:
     return self.conv1(self._up(x))
 
-  def pre_delta(self, delta, start):
+  def pre_delta(self, delta: jax.Array, start: jax.Array | int) -> jax.Array:
     return self.conv1.per_channel(self._up(delta), start)
 
-  def post(self, y, train: bool = False):
+  def post(self, y: jax.Array, train: bool = False) -> jax.Array:
     y = nn.elu(self._norm("bn1", y, train))
     return nn.elu(self._norm("bn2", self.conv2(y), train))
 
@@ -69,26 +70,26 @@ class BEGANProject(nn.Module):
   features: int
   batch_norm: bool = False
 
-  def setup(self):
+  def setup(self) -> None:
     self.dense = nn.Dense(8 * 8 * self.features)
     self.convs = ConvPair(self.features, upsample=False, batch_norm=self.batch_norm)
 
-  def __call__(self, z, train: bool = False):
+  def __call__(self, z: jax.Array, train: bool = False) -> jax.Array:
     x = self.dense(z).reshape(z.shape[0], 8, 8, self.features)
     return self.convs(x, train)
 
 
 class BEGANToRGB(SplitStage):
-  def setup(self):
+  def setup(self) -> None:
     self.conv = Conv(3, (3, 3))
 
-  def pre(self, x):
+  def pre(self, x: jax.Array) -> jax.Array:
     return self.conv(x)
 
-  def pre_delta(self, delta, start):
+  def pre_delta(self, delta: jax.Array, start: jax.Array | int) -> jax.Array:
     return self.conv.per_channel(delta, start)
 
-  def post(self, y, train: bool = False):
+  def post(self, y: jax.Array, train: bool = False) -> jax.Array:
     return jnp.tanh(y)
 
 
@@ -102,7 +103,7 @@ class BEGANGenerator(VectorLatentGenerator):
 
   site_names = stage_names("block", 4)
 
-  def call_stage(self, index: int, x, latent, train: bool):
+  def call_stage(self, index: int, x: jax.Array, latent: jax.Array, train: bool) -> jax.Array:
     if self.stage_reads_latent(index):
       # BEGAN's skip connections: the first layer's output h0 (the dense
       # projection of z, 8×8×n), upsampled to the block's input size, is
@@ -114,7 +115,7 @@ class BEGANGenerator(VectorLatentGenerator):
   def stage_reads_latent(self, index: int) -> bool:
     return self.skip and 1 <= index <= 3
 
-  def setup(self):
+  def setup(self) -> None:
     n, bn = self.width, self.batch_norm
     self.stages = [
       BEGANProject(n, bn),
@@ -132,7 +133,7 @@ class BEGANEncoder(nn.Module):
   width: int = 64
 
   @nn.compact
-  def __call__(self, x, train: bool = False):
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     del train
     n = self.width
     x = nn.elu(nn.Conv(n, (3, 3))(x))
@@ -151,9 +152,12 @@ class BEGANDiscriminator(nn.Module):
   latent_dim: int = 64
   width: int = 64
 
-  def setup(self):
+  def setup(self) -> None:
     self.encoder = BEGANEncoder(self.latent_dim, self.width)
     self.decoder = BEGANGenerator(self.latent_dim, self.width)
 
-  def __call__(self, x, train: bool = False):
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     return self.decoder(self.encoder(x, train), train=train)
+
+
+__all__ = ["BEGANDiscriminator", "BEGANEncoder", "BEGANGenerator"]

@@ -34,17 +34,17 @@ class ProjectStage(SplitStage):
   batch_norm: bool = True
   kernel_init: nn.initializers.Initializer = _INIT
 
-  def setup(self):
+  def setup(self) -> None:
     self.dense = nn.Dense(
       4 * 4 * self.features, use_bias=not self.batch_norm, kernel_init=self.kernel_init
     )
     if self.batch_norm:
       self.bn = nn.BatchNorm(momentum=_BN_MOMENTUM)
 
-  def pre(self, z):
+  def pre(self, z: jax.Array) -> jax.Array:
     return self.dense(z).reshape(z.shape[0], 4, 4, self.features)
 
-  def post(self, y, train: bool = False):
+  def post(self, y: jax.Array, train: bool = False) -> jax.Array:
     if self.batch_norm:
       y = self.bn(y, use_running_average=not train)
     return nn.relu(y)
@@ -65,20 +65,20 @@ class UpStage(SplitStage):
   def _bn(self) -> bool:
     return self.batch_norm and not self.rgb
 
-  def setup(self):
+  def setup(self) -> None:
     self.conv = ConvTranspose(
       self.features, (4, 4), (2, 2), use_bias=not self._bn, kernel_init=self.kernel_init
     )
     if self._bn:
       self.bn = nn.BatchNorm(momentum=_BN_MOMENTUM)
 
-  def pre(self, x):
+  def pre(self, x: jax.Array) -> jax.Array:
     return self.conv(x)
 
-  def pre_delta(self, delta, start):
+  def pre_delta(self, delta: jax.Array, start: jax.Array | int) -> jax.Array:
     return self.conv.per_channel(delta, start)
 
-  def post(self, y, train: bool = False):
+  def post(self, y: jax.Array, train: bool = False) -> jax.Array:
     if self.rgb:
       return jnp.tanh(y)
     if self._bn:
@@ -94,7 +94,7 @@ class DCGANGenerator(VectorLatentGenerator):
 
   site_names = stage_names("block", 4)
 
-  def setup(self):
+  def setup(self) -> None:
     w = self.width
     self.stages = [
       ProjectStage(8 * w),

@@ -8,6 +8,9 @@ output is the mean of the likelihood over images in [-1, 1].
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -22,7 +25,7 @@ class VAEDecoder(VectorLatentGenerator):
 
   site_names = stage_names("block", 4)
 
-  def setup(self):
+  def setup(self) -> None:
     w, init = self.width, nn.initializers.lecun_normal()
     up = lambda f, **kw: UpStage(f, batch_norm=False, kernel_init=init, **kw)
     self.stages = [
@@ -39,7 +42,7 @@ class VAEEncoder(nn.Module):
   width: int = 32
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
     for mult in (1, 2, 4, 8):
       x = nn.relu(nn.Conv(self.width * mult, (4, 4), strides=(2, 2))(x))
     x = x.reshape(x.shape[0], -1)
@@ -54,11 +57,11 @@ class BetaVAE(nn.Module):
   latent_dim: int = 32
   width: int = 32
 
-  def setup(self):
+  def setup(self) -> None:
     self.encoder = VAEEncoder(self.latent_dim, self.width)
     self.decoder = VAEDecoder(self.latent_dim, self.width)
 
-  def __call__(self, x, train: bool = False):
+  def __call__(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, jax.Array, jax.Array]:
     mean, logvar = self.encoder(x)
     if train:
       eps = jax.random.normal(self.make_rng("sample"), mean.shape, mean.dtype)
@@ -67,10 +70,13 @@ class BetaVAE(nn.Module):
       z = mean
     return self.decoder(z, train=train), mean, logvar
 
-  def decode(self, z):
+  def decode(self, z: jax.Array) -> jax.Array:
     return self.decoder(z)
 
 
-def decoder_variables(vae_variables):
+def decoder_variables(vae_variables: Mapping[str, Any]) -> dict[str, Any]:
   """Extracts the decoder's variables from a `BetaVAE`'s variables."""
   return {"params": vae_variables["params"]["decoder"]}
+
+
+__all__ = ["BetaVAE", "VAEDecoder", "VAEEncoder", "decoder_variables"]

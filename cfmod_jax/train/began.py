@@ -193,3 +193,19 @@ TRAINER = Trainer(
   sample=sample,
   latent_dim=lambda config: config.generator.latent_dim,
 )
+
+
+__all__ = [
+  "BEGANState",
+  "TRAINER",
+  "create_state",
+  "discriminator",
+  "export_spec",
+  "export_variables",
+  "generator",
+  "reconstruction_loss",
+  "sample",
+  "scale_gradient",
+  "train_step",
+  "validate",
+]

@@ -165,3 +165,17 @@ TRAINER = Trainer(
   sample=sample,
   latent_dim=lambda config: config.generator.latent_dim,
 )
+
+
+__all__ = [
+  "GANState",
+  "TRAINER",
+  "create_state",
+  "discriminator",
+  "export_spec",
+  "export_variables",
+  "generator",
+  "sample",
+  "train_step",
+  "validate",
+]

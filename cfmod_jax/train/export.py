@@ -309,3 +309,6 @@ def model_card(meta: dict[str, Any], model: str) -> str:
   if meta.get("notes"):
     lines += ["## Notes (from the config file)", "", meta["notes"].strip(), ""]
   return "\n".join(lines)
+
+
+__all__ = ["export_run", "featnet_accuracy", "machine_description", "model_card"]

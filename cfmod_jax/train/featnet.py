@@ -105,3 +105,17 @@ TRAINER = Trainer(
   export_spec=export_spec,
   export_variables=export_variables,
 )
+
+
+__all__ = [
+  "FeatNetState",
+  "TRAINER",
+  "create_state",
+  "export_spec",
+  "export_variables",
+  "losses",
+  "make_batch",
+  "model",
+  "train_step",
+  "validate",
+]

@@ -137,3 +137,19 @@ TRAINER = Trainer(
   sample=sample,
   latent_dim=lambda config: config.generator.latent_dim,
 )
+
+
+__all__ = [
+  "LIKELIHOODS",
+  "TRAINER",
+  "VAEState",
+  "create_state",
+  "export_spec",
+  "export_variables",
+  "kl_divergence",
+  "model",
+  "negative_log_likelihood",
+  "sample",
+  "train_step",
+  "validate",
+]

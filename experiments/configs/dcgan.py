@@ -19,3 +19,6 @@ def get_config() -> ml_collections.ConfigDict:
   config.discriminator = ml_collections.ConfigDict({"width": 32})
   config.optimizer = ml_collections.ConfigDict({"learning_rate": 2e-4, "b1": 0.5, "b2": 0.999})
   return config
+
+
+__all__ = ["get_config"]

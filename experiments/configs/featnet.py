@@ -14,3 +14,6 @@ def get_config() -> ml_collections.ConfigDict:
   config.regression_weight = 1.0
   config.optimizer = ml_collections.ConfigDict({"learning_rate": 1e-3, "b1": 0.9, "b2": 0.999})
   return config
+
+
+__all__ = ["get_config"]
