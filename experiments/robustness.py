@@ -20,29 +20,34 @@ import jax
 import numpy as np
 from absl import flags, logging
 
-from cfmod_jax import analysis, quality, viz
 from cfmod_jax import interventions as iv
+from cfmod_jax import quality, viz
 from cfmod_jax import robustness as rb
 from cfmod_jax.data import synthfaces
-from experiments import _cli  # first: one line on Ctrl-C while jax imports
+from experiments import _cli, _specs  # _cli first: one line on Ctrl-C while jax imports
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string(
-  "generator", "dcgan-synthfaces", "Shipped name, a checkpoint path, or random:<arch>[:<width>]."
-)
-flags.DEFINE_list("sites", [], "Sites (default: all).")
-flags.DEFINE_integer("k", 3, "Modules per site.")
-flags.DEFINE_integer("n_pairs", 512, "Evaluation pairs (z1, z2).")
-flags.DEFINE_integer("eim_pairs", 128, "Latent pairs for the EIMs.")
-flags.DEFINE_enum("method", "nmf", ["nmf", "kmeans"], "Clustering of channels.")
-flags.DEFINE_string("factor", "hair_color", "Categorical factor the classifier predicts.")
-flags.DEFINE_integer("seed", 0, "Random seed.", lower_bound=0)
-flags.DEFINE_string("out", "out/robustness", "Output folder.")
-flags.DEFINE_string(
-  "panel_site",
-  "block3",
-  "Site whose module hybrids are drawn as panels (panel_<site>_module<k>.png); empty: none.",
-)
+
+
+def _define_flags() -> None:
+  """The flags (defined only when run as a program, so that the library-like
+  functions here can be imported next to other experiments' flags)."""
+  flags.DEFINE_string(
+    "generator", "dcgan-synthfaces", "Shipped name, a checkpoint path, or random:<arch>[:<width>]."
+  )
+  flags.DEFINE_list("sites", [], "Sites (default: all).")
+  flags.DEFINE_integer("k", 3, "Modules per site.")
+  flags.DEFINE_integer("n_pairs", 512, "Evaluation pairs (z1, z2).")
+  flags.DEFINE_integer("eim_pairs", 128, "Latent pairs for the EIMs.")
+  flags.DEFINE_enum("method", "nmf", ["nmf", "kmeans"], "Clustering of channels.")
+  flags.DEFINE_string("factor", "hair_color", "Categorical factor the classifier predicts.")
+  flags.DEFINE_integer("seed", 0, "Random seed.", lower_bound=0)
+  flags.DEFINE_string("out", "out/robustness", "Output folder.")
+  flags.DEFINE_string(
+    "panel_site",
+    "block3",
+    "Site whose module hybrids are drawn as panels (panel_<site>_module<k>.png); empty: none.",
+  )
 
 
 def rows(result: rb.RobustnessResult) -> list[dict]:
@@ -111,7 +116,7 @@ def _panels(gen, result, site, out):
 def main(argv: list[str]) -> None:
   del argv
   with _cli.blame("generator"):
-    gen = analysis.generator_from_spec(FLAGS.generator)
+    gen = _specs.generator_from_spec(FLAGS.generator)
   with _cli.blame("factor"):
     clf = rb.factor_classifier(quality.load_featnet(), FLAGS.factor)
   _cli.check_output_dir("out")
@@ -148,4 +153,5 @@ __all__ = ["main", "markdown_table", "rows", "write_json"]
 
 
 if __name__ == "__main__":
+  _define_flags()
   _cli.run(main)

@@ -20,21 +20,26 @@ from cfmod_jax.models.biggan import load_biggan
 from experiments import _cli  # first: one line on Ctrl-C while jax imports
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string(
-  "biggan", None, "Folder of converted BigGAN-deep weights (variables.msgpack + config.json)."
-)
-flags.DEFINE_integer("class_a", 850, "Class of the originals (850: teddy bear).")
-flags.DEFINE_integer("class_b", 105, "Class of the donors (105: koala).")
-flags.DEFINE_string("site", "block5", "Block whose modules are swapped.")
-flags.DEFINE_integer("k", 3, "Number of modules.")
-flags.DEFINE_float("truncation", 0.4, "Truncation of the noise, in (0, 1].")
-flags.DEFINE_integer("n_rows", 4, "Class-A originals per panel.")
-flags.DEFINE_integer("n_cols", 4, "Class-B donors per panel.")
-flags.DEFINE_integer("n_pairs", 64, "Latent pairs (classes A and B) for the EIMs.")
-flags.DEFINE_enum("method", "nmf", ["nmf", "kmeans"], "Clustering of channels.")
-flags.DEFINE_integer("seed", 0, "Random seed.", lower_bound=0)
-flags.DEFINE_string("out", "out/transfer", "Output folder.")
-flags.mark_flag_as_required("biggan")
+
+
+def _define_flags() -> None:
+  """The flags (defined only when run as a program, so that the library-like
+  functions here can be imported next to other experiments' flags)."""
+  flags.DEFINE_string(
+    "biggan", None, "Folder of converted BigGAN-deep weights (variables.msgpack + config.json)."
+  )
+  flags.DEFINE_integer("class_a", 850, "Class of the originals (850: teddy bear).")
+  flags.DEFINE_integer("class_b", 105, "Class of the donors (105: koala).")
+  flags.DEFINE_string("site", "block5", "Block whose modules are swapped.")
+  flags.DEFINE_integer("k", 3, "Number of modules.")
+  flags.DEFINE_float("truncation", 0.4, "Truncation of the noise, in (0, 1].")
+  flags.DEFINE_integer("n_rows", 4, "Class-A originals per panel.")
+  flags.DEFINE_integer("n_cols", 4, "Class-B donors per panel.")
+  flags.DEFINE_integer("n_pairs", 64, "Latent pairs (classes A and B) for the EIMs.")
+  flags.DEFINE_enum("method", "nmf", ["nmf", "kmeans"], "Clustering of channels.")
+  flags.DEFINE_integer("seed", 0, "Random seed.", lower_bound=0)
+  flags.DEFINE_string("out", "out/transfer", "Output folder.")
+  flags.mark_flag_as_required("biggan")
 
 
 def write_transfer(result: transfer.TransferResult, generator_name: str, out_dir: str) -> list[str]:
@@ -126,4 +131,5 @@ __all__ = ["main", "write_transfer"]
 
 
 if __name__ == "__main__":
+  _define_flags()
   _cli.run(main)
