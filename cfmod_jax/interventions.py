@@ -112,9 +112,6 @@ def _check_pairs(gen: Generator, z1, z2) -> tuple[jax.Array, jax.Array]:
   return z1, z2
 
 
-_check_positive_int = check_positive_int
-
-
 # ---- the engine: one compiled stream of hybrids, reduced per chunk ----------------
 class PairChunk(NamedTuple):
   """One chunk of pairs inside the compiled stream of `hybrid_map_reduce`.
@@ -489,7 +486,7 @@ def hybrids(
   gen.site_index(site)
   masks, one = _check_masks(gen, site, masks)
   z1, z2 = _check_pairs(gen, z1, z2)
-  mask_chunk = _check_positive_int(mask_chunk, "mask_chunk")
+  mask_chunk = check_positive_int(mask_chunk, "mask_chunk")
   m = masks.shape[0]
   masks, mask_chunk = _pad_masks(masks, mask_chunk)
   fn = gen.jitted(("hybrids", site, mask_chunk), lambda: _hybrids_fn(gen, site, mask_chunk))
@@ -587,8 +584,8 @@ def hybrid_map_reduce(
   z1, z2 = _check_pairs(gen, z1, z2)
   if not callable(hybrid_fn) or (pair_fn is not None and not callable(pair_fn)):
     raise ValueError("hybrid_fn (and pair_fn, if given) must be functions")
-  pair_chunk = _check_positive_int(pair_chunk, "pair_chunk")
-  mask_chunk = _check_positive_int(mask_chunk, "mask_chunk")
+  pair_chunk = check_positive_int(pair_chunk, "pair_chunk")
+  mask_chunk = check_positive_int(mask_chunk, "mask_chunk")
   groups = _check_groups(groups, z1.shape[0])
   m = masks.shape[0]
   masks, mask_chunk = _pad_masks(masks, mask_chunk)
@@ -636,8 +633,8 @@ def influence_map_sums(
   gen.site_index(site)
   masks, _ = _check_masks(gen, site, masks)
   z1, z2 = _check_pairs(gen, z1, z2)
-  pair_chunk = _check_positive_int(pair_chunk, "pair_chunk")
-  mask_chunk = _check_positive_int(mask_chunk, "mask_chunk")
+  pair_chunk = check_positive_int(pair_chunk, "pair_chunk")
+  mask_chunk = check_positive_int(mask_chunk, "mask_chunk")
   groups = _check_groups(groups, z1.shape[0])
   m = masks.shape[0]
   masks, mask_chunk = _pad_masks(masks, mask_chunk)
@@ -705,8 +702,8 @@ def elementary_influence_map_sums(
   check_generator(gen, "gen")
   gen.site_index(site)
   z1, z2 = _check_pairs(gen, z1, z2)
-  pair_chunk = _check_positive_int(pair_chunk, "pair_chunk")
-  mask_chunk = _check_positive_int(mask_chunk, "mask_chunk")
+  pair_chunk = check_positive_int(pair_chunk, "pair_chunk")
+  mask_chunk = check_positive_int(mask_chunk, "mask_chunk")
   method = _check_method(method)
   linear = gen.has_linear_split(site)
   if method == "linear" and not linear:
@@ -764,8 +761,8 @@ def elementary_influence_maps(
   """
   check_generator(gen, "gen")
   gen.site_index(site)
-  n_pairs = _check_positive_int(n_pairs, "n_pairs")
-  n_groups = _check_positive_int(n_groups, "n_groups")
+  n_pairs = check_positive_int(n_pairs, "n_pairs")
+  n_groups = check_positive_int(n_groups, "n_groups")
   if n_groups > n_pairs:
     raise ValueError(f"n_groups={n_groups} exceeds n_pairs={n_pairs}")
   _check_method(method)
