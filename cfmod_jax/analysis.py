@@ -935,23 +935,9 @@ def run(
 
 
 # ---- temporary aliases for older callers, to be removed -------------------------------------
-# report_files: tests/test_transfer.py (now `report.report_files`); module_masks and
-# hybrid_panel: experiments/robustness.py at HEAD (now `interventions.masks_from_labels`,
-# `interventions.hybrid_grid` + `interventions.grid_panel`); generator_from_spec:
-# experiments/robustness.py (now experiments/_specs.py, resolved lazily: it is not part of
-# the package).
+# report_files: tests/test_transfer.py (now `report.report_files`); generator_from_spec:
+# now experiments/_specs.py, resolved lazily (it is not part of the package).
 report_files = report.report_files
-module_masks = masks_from_labels
-
-
-def hybrid_panel(
-  gen: Generator, site: str, mask: np.ndarray, z1: ArrayLike, z2: ArrayLike, rows: int, cols: int
-) -> np.ndarray:
-  """The paper's figure for one module: originals ``z1[:rows]`` down the left, donors
-  ``z2[:cols]`` across the top, the hybrid in each cell (`interventions.hybrid_grid`
-  laid out by `interventions.grid_panel`). Returns an RGB image in [0, 1]."""
-  z1, z2 = z1[:rows], z2[:cols]
-  return grid_panel(gen(z1), gen(z2), hybrid_grid(gen, site, mask, z1, z2))
 
 
 def __getattr__(name: str) -> Any:

@@ -161,6 +161,25 @@ def test_report_defines_every_column_and_gives_verdicts(tiny_run):
   assert "NMF templates" in page and "k-means centroids" not in page
 
 
+def test_markdown_table(tiny_run):
+  """experiments.summarize's table: one row per site, as many cells as the header."""
+  gen, _, result = tiny_run
+  rows = list(report.markdown_rows(result))
+  assert len(rows) == len(TINY.sites)
+  lines = report.markdown_table(rows).split("\n")
+  assert lines[0] == report.MARKDOWN_HEADER and set(lines[1]) == {"|", "-"}
+  n = report.MARKDOWN_HEADER.count("|")
+  assert lines[1].count("|") == n and lines[2:] == rows
+  for row, (site, m) in zip(rows, result["sites"].items()):
+    cells = [c.strip() for c in row.split("|")[1:-1]]
+    assert len(cells) == n - 1
+    assert cells[0] == gen.name and cells[1].startswith(site) and cells[2] == str(m["k"])
+    assert cells[4] == f"{m['overlap']['value']:.3f}"
+    e = m["overlap"]["effect_vs_null"]
+    assert cells[5] == f"{e['value']:+.3f} [{e['ci95'][0]:+.3f}, {e['ci95'][1]:+.3f}]"
+    assert ("(best)" in cells[1]) == (site == result["best_site"])
+
+
 def test_partition_statistics_match_metrics():
   rng = np.random.default_rng(0)
   maps = rng.gamma(1.0, size=(5, 3, 12, 10))
@@ -251,9 +270,6 @@ def test_hybrid_panel_layout():
   c = gen.site_shape("block4")[-1]
   cells = interventions.hybrid_grid(gen, "block4", np.ones(c), z1[:2], z2[:3])
   panel = interventions.grid_panel(gen(z1[:2]), gen(z2[:3]), cells)  # as the main job draws it
-  np.testing.assert_array_equal(
-    analysis.hybrid_panel(gen, "block4", np.ones(c), z1, z2, rows=2, cols=3), panel
-  )  # the old name, kept for experiments/robustness.py
   assert panel.shape == (3 * 67 - 3, 4 * 67 - 3, 3)
   # A full mask gives the donors: every cell of a column equals the donor on top.
   donor = panel[0:64, 67:131]
