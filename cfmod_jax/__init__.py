@@ -8,7 +8,6 @@ Public API (see README):
   load_generator                      shipped or trained checkpoints (checkpoints.py)
   register_architecture               checkpoints of your own architectures (models/)
   wrap_linen, wrap_nnx                sites inside unmodified Flax generators (wrap.py)
-  generator_from_spec                 a generator from one string (specs.py)
 """
 
 from cfmod_jax.checkpoints import load_generator

@@ -21,7 +21,6 @@ __all__ = [
   "check_choice",
   "check_eim_groups",
   "check_eims",
-  "check_generator",
   "check_k",
   "check_key",
   "check_labels",
@@ -74,19 +73,6 @@ def check_key(key: Any, name: str = "key") -> jax.Array:
     f"{hint} (or a legacy uint32[2] jax.random.PRNGKey); got "
     f"{type(key).__name__} of dtype {dtype} and shape {shape}"
   )
-
-
-def check_generator(gen: Any, name: str = "gen") -> Any:
-  """``gen`` if it is a `cfmod_jax.Generator`; else ValueError naming ``name``."""
-  from cfmod_jax.generator import Generator  # pylint: disable=g-import-not-at-top
-
-  if not isinstance(gen, Generator):
-    raise ValueError(
-      f"{name} must be a cfmod_jax.Generator (e.g. cfmod_jax.load_generator("
-      f"'dcgan-synthfaces'), cfmod_jax.init_generator('dcgan') or Generator(module, "
-      f"variables)), got {type(gen).__name__} {gen!r:.60}"
-    )
-  return gen
 
 
 # ---- influence maps, partitions and clustering settings (clustering, metrics) ----------

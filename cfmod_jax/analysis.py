@@ -48,7 +48,7 @@ import re
 import time
 import zipfile
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import jax
 import numpy as np
@@ -56,9 +56,10 @@ from absl import logging
 from numpy.typing import ArrayLike
 from sklearn.metrics import adjusted_rand_score
 
-from cfmod_jax import baselines, clustering, factors, fileio, metrics, report, specs, viz
-from cfmod_jax._validate import check_generator, check_seed
-from cfmod_jax.generator import Generator
+from cfmod_jax import baselines, clustering, factors, fileio, metrics, report, viz
+from cfmod_jax._validate import check_seed
+from cfmod_jax.data.synthfaces import uses_synthfaces_parts
+from cfmod_jax.generator import Generator, check_generator
 from cfmod_jax.interventions import (
   grid_panel,
   hybrid_grid,
@@ -207,7 +208,7 @@ def check_config(gen: Generator, cfg: AnalysisConfig) -> list[str]:
 def uses_parts(gen: Generator, cfg: AnalysisConfig) -> bool:
   """Whether the synthetic faces' part maps score the modules: ``parts='synthfaces'``,
   or ``'auto'`` and the generator was trained on them (``gen.dataset``)."""
-  return cfg.parts == "synthfaces" or (cfg.parts == "auto" and specs.uses_synthfaces_parts(gen))
+  return cfg.parts == "synthfaces" or (cfg.parts == "auto" and uses_synthfaces_parts(gen))
 
 
 def uses_factors(gen: Generator, cfg: AnalysisConfig) -> bool:
@@ -215,7 +216,7 @@ def uses_factors(gen: Generator, cfg: AnalysisConfig) -> bool:
   ``'auto'`` and the part maps apply (`uses_parts`) to a generator trained on the
   synthetic faces (``gen.dataset``; the feature network reads their factors)."""
   return cfg.factor_transfer == "synthfaces" or (
-    cfg.factor_transfer == "auto" and uses_parts(gen, cfg) and specs.uses_synthfaces_parts(gen)
+    cfg.factor_transfer == "auto" and uses_parts(gen, cfg) and uses_synthfaces_parts(gen)
   )
 
 
@@ -932,15 +933,3 @@ def run(
   finally:
     if lock is not None:
       lock.release()
-
-
-# ---- temporary aliases for older callers, to be removed -------------------------------------
-# report_files: tests/test_transfer.py (now `report.report_files`); generator_from_spec:
-# now experiments/_specs.py, resolved lazily (it is not part of the package).
-report_files = report.report_files
-
-
-def __getattr__(name: str) -> Any:
-  if name == "generator_from_spec":
-    return specs.generator_from_spec
-  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

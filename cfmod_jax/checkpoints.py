@@ -143,8 +143,9 @@ def load_generator(name_or_path: str) -> Generator:
     name_or_path: ``"dcgan-synthfaces"``, ``"vae-synthfaces"``,
       ``"began-synthfaces"``, or a path (exported folder; trainer workdir,
       its ``checkpoints/`` folder or a ``checkpoints/<step>`` folder).
-      A folder written by ``experiments.convert_biggan`` (``config.json`` +
-      ``variables.msgpack``) gives a BigGAN-deep generator (truncation 0.4).
+      A folder written by ``experiments.convert_biggan`` (arch ``biggan-deep``,
+      or an older ``config.json`` + ``variables.msgpack``) gives a BigGAN-deep
+      generator (truncation 0.4).
       Checkpoints of architectures added with
       `cfmod_jax.register_architecture` load once that name is registered.
   Returns:
@@ -163,6 +164,8 @@ def load_generator(name_or_path: str) -> Generator:
     if name_or_path in SHIPPED_GENERATORS
     else os.path.basename(os.path.normpath(path))
   )
+  if is_biggan_folder(path):
+    return load_biggan_folder(path, name=label)
   if os.path.isfile(os.path.join(path, META_FILE)):
     meta = read_meta(path)
     if meta.get("kind") != "generator":
@@ -183,21 +186,16 @@ def load_generator(name_or_path: str) -> Generator:
     return models.make_generator(
       meta["arch"], module, variables, name=label, dataset=dataset_of(meta)
     )
-  if is_biggan_folder(path):
-    return load_biggan_folder(path, name=label)
   return _generator_from_run(path, label)
 
 
 def is_biggan_folder(path: str) -> bool:
   """Whether ``path`` is a folder written by `cfmod_jax.models.biggan.save_biggan`
-  (``experiments.convert_biggan``): ``config.json`` + ``variables.msgpack``."""
+  (``experiments.convert_biggan``; arch ``biggan-deep`` in its ``checkpoint.json``),
+  or an older converter folder (``config.json`` + ``variables.msgpack``)."""
   from cfmod_jax.models import biggan  # pylint: disable=g-import-not-at-top
 
-  return (
-    os.path.isfile(os.path.join(path, biggan.CONFIG_FILE))
-    and os.path.isfile(os.path.join(path, biggan.VARIABLES_FILE))
-    and not os.path.isfile(os.path.join(path, META_FILE))
-  )
+  return biggan.is_biggan_folder(path)
 
 
 def load_biggan_folder(

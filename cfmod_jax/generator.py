@@ -400,7 +400,19 @@ def replicate(x: ArrayLike, mesh: jax.sharding.Mesh) -> jax.Array:
   return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
 
 
+def check_generator(gen: Any, name: str = "gen") -> Any:
+  """``gen`` if it is a `cfmod_jax.Generator`; else ValueError naming ``name``."""
+  if not isinstance(gen, Generator):
+    raise ValueError(
+      f"{name} must be a cfmod_jax.Generator (e.g. cfmod_jax.load_generator("
+      f"'dcgan-synthfaces'), cfmod_jax.init_generator('dcgan') or Generator(module, "
+      f"variables)), got {type(gen).__name__} {gen!r:.60}"
+    )
+  return gen
+
+
 __all__: Sequence[str] = (
+  "check_generator",
   "replicate",
   "StagedGenerator",
   "VectorLatentGenerator",

@@ -39,8 +39,8 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from jax.typing import ArrayLike
 
-from cfmod_jax._validate import check_generator, check_key, check_positive_int
-from cfmod_jax.generator import Generator, check_latents, replicate
+from cfmod_jax._validate import check_key, check_positive_int
+from cfmod_jax.generator import Generator, check_generator, check_latents, replicate
 
 DEFAULT_PAIR_CHUNK = 32
 DEFAULT_MASK_CHUNK = 16
@@ -776,11 +776,6 @@ def elementary_influence_maps(
   maps = sums / (3.0 * jnp.asarray(counts, jnp.float32)[:, None, None, None])
   return maps if n_groups > 1 else maps[0]
 
-
-# Old public names of internals, kept importable for other modules (to be removed).
-check_masks = _check_masks
-check_pairs = _check_pairs
-pair_mesh = _pair_mesh
 
 __all__ = [
   "DEFAULT_MASK_CHUNK",

@@ -347,12 +347,6 @@ class SiteResult:
   module_labels: dict[str, str] | None = None
   part_modules: dict[str, str] | None = None
 
-  @property
-  def hair_module(self) -> str | None:
-    """``part_modules['hair']`` (None without a 'hair' part). Old name, kept for
-    compatibility; prefer ``part_modules``."""
-    return (self.part_modules or {}).get("hair")
-
 
 @dataclasses.dataclass
 class RobustnessResult:

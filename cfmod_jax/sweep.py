@@ -42,9 +42,9 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
-from cfmod_jax._validate import check_generator, check_positive_int, check_seed
+from cfmod_jax._validate import check_positive_int, check_seed
 from cfmod_jax.fileio import atomic_savez, atomic_write_json
-from cfmod_jax.generator import Generator
+from cfmod_jax.generator import Generator, check_generator
 from cfmod_jax.interventions import (
   DEFAULT_MASK_CHUNK,
   DEFAULT_PAIR_CHUNK,

@@ -14,9 +14,9 @@ Pipeline (`style_transfer`):
    (uniformly), so `elementary_influence_maps` computes the EIMs of the site on
    samples of the two classes of interest (pairs may be A–A, A–B, B–A or B–B).
 2. `clustering.cluster_channels` groups the site's channels into K modules.
-3. `cross_class_hybrids` renders, for every module, every (A sample, B donor)
+3. `interventions.hybrid_grid` renders, for every module, every (A sample, B donor)
    combination in one compiled call per site.
-4. `transfer_panel` lays out one panel per module: A samples down the left, B
+4. `interventions.grid_panel` lays out one panel per module: A samples down the left, B
    donors across the top, hybrids in the grid; ``module_maps`` (mean |hybrid − A|
    of each module over the grid) show where modules act.
 
@@ -31,14 +31,12 @@ from collections.abc import Sequence
 
 import jax
 import numpy as np
-from jax.typing import ArrayLike
 
 from cfmod_jax import clustering
 from cfmod_jax._validate import check_positive_int
 from cfmod_jax.generator import Generator
 from cfmod_jax.interventions import (
   elementary_influence_maps,
-  grid_panel,
   hybrid_grid,
   masks_from_labels,
 )
@@ -99,27 +97,6 @@ def class_conditional(gen: Generator, classes: Sequence[int]) -> Generator:
   return biggan_generator(
     gen.variables, module.config, module.truncation, classes=classes, name=f"{gen.name}[{names}]"
   )
-
-
-# ---- hybrids ---------------------------------------------------------------------------------
-def cross_class_hybrids(
-  gen: Generator, site: str, masks: ArrayLike, z_a: ArrayLike, z_b: ArrayLike
-) -> jax.Array:
-  """Every combination of an original (class A) and a donor (class B), per mask.
-
-  `interventions.hybrid_grid` with originals ``z_a [R, …]`` (class A) and donors
-  ``z_b [D, …]`` (class B): ``[M, R, D, H, W, 3] float32`` in [-1, 1] (``[R, D, H,
-  W, 3]`` for a 1-D mask); cell ``[m, r, d]`` is original r with mask m's channels
-  from donor d; stages after the site are conditioned on the original's latent.
-  """
-  return hybrid_grid(gen, site, masks, z_a, z_b)
-
-
-def transfer_panel(originals: ArrayLike, donors: ArrayLike, cells: ArrayLike) -> np.ndarray:
-  """One module's panel (`interventions.grid_panel`): originals ``[R, H, W, 3]``
-  down the left, donors ``[D, H, W, 3]`` across the top, hybrids ``[R, D, H, W, 3]``
-  in the grid (all in [-1, 1]). Returns an RGB image in [0, 1]."""
-  return grid_panel(originals, donors, cells)
 
 
 # ---- the experiment --------------------------------------------------------------------------
@@ -198,7 +175,7 @@ def style_transfer(
   z_a = np.asarray(class_latents(gen, k_a, class_a, n_rows))
   z_b = np.asarray(class_latents(gen, k_b, class_b, n_cols))
   originals, donors = np.asarray(gen(z_a)), np.asarray(gen(z_b))
-  cells = np.asarray(cross_class_hybrids(gen, site, masks, z_a, z_b))  # [K, R, D, H, W, 3]
+  cells = np.asarray(hybrid_grid(gen, site, masks, z_a, z_b))  # [K, R, D, H, W, 3]
   module_maps = np.abs(cells - originals[None, :, None]).mean(axis=(1, 2, 5))
   result = TransferResult(
     site,
@@ -223,8 +200,6 @@ __all__ = [
   "check_class",
   "class_conditional",
   "class_latents",
-  "cross_class_hybrids",
   "num_classes",
   "style_transfer",
-  "transfer_panel",
 ]

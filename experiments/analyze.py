@@ -7,11 +7,12 @@ import os
 
 from absl import app, flags, logging
 
-from cfmod_jax import analysis, specs
+from cfmod_jax import analysis
 from experiments import (
   _cli,  # first: one line on Ctrl-C while jax imports
   _distributed,
 )
+from experiments import _specs as specs
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string(

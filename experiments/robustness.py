@@ -89,7 +89,7 @@ def write_json(result: rb.RobustnessResult, path: str) -> str:
   """``result.to_dict()`` with each site's ``hair_module`` added, as JSON."""
   d = result.to_dict()
   for name, site in d["sites"].items():
-    site["hair_module"] = result.sites[name].hair_module
+    site["hair_module"] = (result.sites[name].part_modules or {}).get("hair")
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   with open(path, "w", encoding="utf-8") as f:
     json.dump(d, f, indent=2)

@@ -190,7 +190,7 @@ def test_module_robustness_on_faces(small_dcgan, tmp_path):
     assert s.labels.shape == (small_dcgan.site_shape(site)[-1],)
     assert s.effects[-1].n_channels == s.labels.size
     assert s.effects[-1].keep_rate == pytest.approx(res.chance_keep_rate)
-    assert s.hair_module in ("module0", "module1")
+    assert (s.part_modules or {}).get("hair") in ("module0", "module1")
     for shares in s.part_shares.values():
       assert sum(shares.values()) == pytest.approx(1.0, abs=1e-6)
   from experiments.robustness import markdown_table
@@ -219,7 +219,7 @@ def test_module_robustness_every_site(halves):
   alls = [s.effects[-1] for s in res.sites.values()]
   assert alls[0].keep_rate == alls[1].keep_rate == pytest.approx(res.chance_keep_rate)
   for s in res.sites.values():
-    assert s.part_shares is None and s.hair_module is None
+    assert s.part_shares is None and (s.part_modules or {}).get("hair") is None
     assert s.labels.shape == (4,) and set(s.labels) <= {0, 1}
 
 

@@ -18,8 +18,8 @@ import pytest
 
 import cfmod_jax as cf
 from cfmod_jax import checkpoints, models
+from cfmod_jax.data.synthfaces import uses_synthfaces_parts
 from cfmod_jax.models import biggan as bg
-from cfmod_jax.specs import uses_synthfaces_parts
 from experiments import _specs as specs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

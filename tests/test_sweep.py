@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 
 import cfmod_jax as cf
-from cfmod_jax import specs, sweep
+from cfmod_jax import sweep
 from cfmod_jax.sweep import SweepConfig, eim_sweep, generator_fingerprint
+from experiments import _specs as specs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(ROOT, "tests", "workers", "sweep_worker.py")
@@ -331,7 +332,7 @@ def test_fingerprint_covers_the_code(tmp_path):
 
   # Deterministic across processes (another hash seed, another import order).
   code = (
-    "import sys; from cfmod_jax import specs, sweep; "
+    "import sys; from cfmod_jax import sweep; from experiments import _specs as specs; "
     "print(sweep.generator_fingerprint(specs.generator_from_spec(sys.argv[1])))"
   )
   out = subprocess.run(

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 import cfmod_jax as cf
-from cfmod_jax import transfer
+from cfmod_jax import report, transfer
+from cfmod_jax.interventions import hybrid_grid
 from cfmod_jax.models import biggan as bg
 
 ATOL = 1e-5
@@ -97,14 +98,14 @@ def test_class_sampler_and_latents(gen):
   assert np.all(np.argmax(za[:, TINY.z_dim :], 1) == CLASS_A)
 
 
-def test_cross_class_hybrids_exact_cases(gen):
+def test_hybrid_grid_exact_cases(gen):
   site = "block1"
   c = gen.site_shape(site)[-1]
   za = transfer.class_latents(gen, jax.random.key(1), CLASS_A, 3)
   zb = transfer.class_latents(gen, jax.random.key(2), CLASS_B, 2)
   module0 = (np.arange(c) % 3 == 0).astype(np.float32)
   masks = np.stack([np.zeros(c), np.ones(c), module0])
-  out = np.asarray(transfer.cross_class_hybrids(gen, site, masks, za, zb))
+  out = np.asarray(hybrid_grid(gen, site, masks, za, zb))
   assert out.shape == (3, 3, 2, 16, 16, 3)
   originals = np.asarray(gen(za))
   assert originals.std() > 0.05  # not a constant image
@@ -125,7 +126,7 @@ def test_cross_class_hybrids_exact_cases(gen):
   assert np.abs(out[1, 0, 0] - np.asarray(gen(zb))[0]).max() > 1e-3
   assert np.abs(out[2] - out[0]).max() > 1e-3  # the module does act
   # A 1-D mask gives [R, D, H, W, 3].
-  one_d = transfer.cross_class_hybrids(gen, site, module0, za, zb)
+  one_d = hybrid_grid(gen, site, module0, za, zb)
   np.testing.assert_allclose(one_d, out[2], atol=ATOL)
 
 
@@ -210,7 +211,7 @@ def test_bad_input(gen):
     transfer.style_transfer(not_biggan, 0, 1, "a")
   za = transfer.class_latents(gen, jax.random.key(0), CLASS_A, 2)
   with pytest.raises(ValueError, match=r"masks must have shape"):
-    transfer.cross_class_hybrids(gen, "block1", np.ones(5), za, za)
+    hybrid_grid(gen, "block1", np.ones(5), za, za)
 
 
 def test_main_job_runs_on_biggan(gen, tmp_path):
@@ -239,5 +240,5 @@ def test_main_job_runs_on_biggan(gen, tmp_path):
   with np.load(tmp_path / "block1" / "analysis.npz") as data:
     assert data["eims"].shape == (c, 16, 16) and float(data["eims"].max()) > 0
     assert data["module_maps"].shape == (2, 16, 16)
-  for rel in analysis.report_files(result):
+  for rel in report.report_files(result):
     assert (tmp_path / rel).is_file(), rel

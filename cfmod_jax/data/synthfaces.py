@@ -440,7 +440,15 @@ def save_sample_grid(path: str, n: int = 64, seed: int = 0, ncols: int = 8) -> N
   matplotlib.image.imsave(path, tile_images(generate(n, seed).images, ncols))
 
 
+def uses_synthfaces_parts(gen: object) -> bool:
+  """True iff ``gen`` was trained on the synthetic faces (``gen.dataset ==
+  'synthfaces'``, from its checkpoint), so that the faces' ground-truth part maps
+  can score its modules (used by `cfmod_jax.analysis`)."""
+  return getattr(gen, "dataset", None) == "synthfaces"
+
+
 __all__ = [
+  "uses_synthfaces_parts",
   "ALL_PARTS",
   "BACKGROUND",
   "EYES",
