@@ -4,8 +4,9 @@ For each site:
 
 1. **EIMs** over ``n_pairs`` latent pairs, in resumable blocks (`cfmod_jax.sweep`);
    the blocks are the groups for bootstrap resampling.
-2. **K**: given, or chosen by template stability across bootstrap resamples and
-   NMF restarts (`clustering.choose_k`); the curve is plotted.
+2. **K**: given, or chosen by `clustering.choose_k` (default rule: the smallest K
+   whose mean bootstrap cosine silhouette is within 0.05 of the best); the curves
+   are plotted.
 3. **Modules**: NMF of the preprocessed EIMs, channel → argmax of W (the paper's
    rule); k-means on the same maps for comparison (adjusted Rand index).
 4. **Evaluation on fresh pairs** (so the partition was not fitted to them): one
