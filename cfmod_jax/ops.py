@@ -91,7 +91,11 @@ def _has_subpixel_form(kernel_shape, strides) -> bool:
 
 
 def conv_transpose(
-  x: jax.Array, kernel: jax.Array, strides: Sequence[int], *, precision=None
+  x: jax.Array,
+  kernel: jax.Array,
+  strides: Sequence[int],
+  *,
+  precision: lax.PrecisionLike = None,
 ) -> jax.Array:
   """Transposed convolution with 'SAME' padding (Flax ConvTranspose semantics).
 
@@ -138,7 +142,9 @@ def _per_channel_conv(xp, kernel, out_hw):
   return jnp.einsum("bhwjt,tjo->jbhwo", patches, k)
 
 
-def conv_transpose_per_channel(x, kernel, strides):
+def conv_transpose_per_channel(
+  x: jax.Array, kernel: jax.Array, strides: Sequence[int]
+) -> jax.Array:
   """Per-input-channel transposed convolutions (no bias).
 
   Args:
@@ -160,7 +166,7 @@ def conv_transpose_per_channel(x, kernel, strides):
   return y.reshape(m, b, *y.shape[1:])
 
 
-def conv_same_per_channel(x, kernel):
+def conv_same_per_channel(x: jax.Array, kernel: jax.Array) -> jax.Array:
   """Per-input-channel stride-1 'SAME' convolutions (no bias): [m, B, H, W, C_out]."""
   kh, kw = kernel.shape[:2]
   pads = (((kh - 1) // 2, kh // 2), ((kw - 1) // 2, kw // 2))
@@ -189,14 +195,14 @@ class ConvTranspose(nn.Module):
   bias_init: nn.initializers.Initializer = nn.initializers.zeros_init()
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x: jax.Array) -> jax.Array:
     kernel = self.param("kernel", self.kernel_init, (*self.kernel_size, x.shape[-1], self.features))
     y = conv_transpose(x, kernel.astype(x.dtype), self.strides)
     if self.use_bias:
       y = y + self.param("bias", self.bias_init, (self.features,)).astype(x.dtype)
     return y
 
-  def per_channel(self, delta, start):
+  def per_channel(self, delta: jax.Array, start: jax.Array | int) -> jax.Array:
     """Contributions of input channels ``start … start+m−1`` taken one at a time.
 
     Args:
@@ -211,7 +217,7 @@ class ConvTranspose(nn.Module):
 class Conv(nn.Conv):
   """`flax.linen.Conv` ('SAME', stride 1) with a per-input-channel linear part."""
 
-  def per_channel(self, delta, start):
+  def per_channel(self, delta: jax.Array, start: jax.Array | int) -> jax.Array:
     """[B, H, W, m] values of channels start… → [m, B, H, W, features] (no bias)."""
     strides = self.strides if self.strides is not None else 1
     if strides not in (1, (1, 1)) or self.padding != "SAME":
@@ -225,3 +231,13 @@ def upsample_nearest(x: jax.Array, factor: int = 2) -> jax.Array:
   b, h, w, c = x.shape
   x = jnp.broadcast_to(x[:, :, None, :, None, :], (b, h, factor, w, factor, c))
   return x.reshape(b, h * factor, w * factor, c)
+
+
+__all__ = [
+  "Conv",
+  "ConvTranspose",
+  "conv_same_per_channel",
+  "conv_transpose",
+  "conv_transpose_per_channel",
+  "upsample_nearest",
+]
