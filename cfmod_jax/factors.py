@@ -62,7 +62,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from cfmod_jax import quality
+from cfmod_jax import metrics, quality
 from cfmod_jax._validate import check_positive_int
 from cfmod_jax.generator import Generator
 from cfmod_jax.interventions import (
@@ -306,10 +306,8 @@ def factor_masks(labels: ArrayLike, k: int, n_null: int = 16, seed: int = 0) -> 
     raise ValueError(f"labels must lie in [0, k={k}), got range [{labels.min()}, {labels.max()}]")
   if isinstance(n_null, bool) or not isinstance(n_null, (int, np.integer)) or n_null < 0:
     raise ValueError(f"n_null must be a non-negative integer, got {n_null!r}")
-  onehot = lambda lab: masks_from_labels(lab, k)
-  rng = np.random.default_rng(seed)
-  rows = [onehot(labels), np.ones((1, labels.size), np.float32)]
-  rows += [onehot(rng.permutation(labels)) for _ in range(n_null)]
+  rows = [masks_from_labels(labels, k), np.ones((1, labels.size), np.float32)]
+  rows += [masks_from_labels(lab, k) for lab in metrics.null_partitions(labels, n_null, seed)]
   return np.concatenate(rows)
 
 
@@ -385,15 +383,14 @@ def bootstrap_groups(
   n_boot = check_positive_int(n_boot, "n_boot")
   g = follows.shape[0]
   estimate = float(statistic(transfer_shares(follows.sum(0), valid.sum(0))))
-  rng = np.random.default_rng(seed)
-  reps = np.empty(n_boot)
-  for b in range(n_boot):
-    w = np.bincount(rng.integers(0, g, g), minlength=g).astype(np.float64)
-    reps[b] = statistic(transfer_shares(np.tensordot(w, follows, 1), w @ valid))
+  weights = metrics.bootstrap_group_weights(np.ones(g), n_boot, seed, normalize=False)
+  reps = np.array(
+    [statistic(transfer_shares(np.tensordot(w, follows, 1), w @ valid)) for w in weights]
+  )
   if not np.any(np.isfinite(reps)):
     return estimate, float("nan"), float("nan")
-  lo, hi = np.nanpercentile(reps, [2.5, 97.5])
-  return estimate, float(lo), float(hi)
+  lo, hi = metrics.percentile_ci(reps)
+  return estimate, lo, hi
 
 
 def factor_summary(

@@ -44,7 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from cfmod_jax import clustering, viz
+from cfmod_jax import clustering, metrics, viz
 from cfmod_jax._validate import check_positive_int
 from cfmod_jax.generator import Generator
 from cfmod_jax.interventions import (
@@ -373,23 +373,6 @@ class RobustnessResult:
     return d
 
 
-def part_shares(maps: np.ndarray, part_maps: np.ndarray) -> np.ndarray:
-  """``[K, P]``: share of each influence map ``[K, H, W]`` inside each part of
-  ``part_maps [P, H, W]`` (parts normalised per pixel, maps to unit mass)."""
-  maps = np.asarray(maps, np.float64)
-  parts = np.asarray(part_maps, np.float64)
-  if parts.shape[1:] != maps.shape[1:]:
-    raise ValueError(
-      f"part maps {parts.shape[1:]} and influence maps {maps.shape[1:]} "
-      "must have the same spatial shape"
-    )
-  total = parts.sum(0, keepdims=True)
-  q = np.divide(parts, total, out=np.zeros_like(parts), where=total > 0)
-  mass = maps.reshape(len(maps), -1).sum(1)
-  d = maps / np.where(mass > 0, mass, 1.0)[:, None, None]
-  return np.einsum("khw,phw->kp", d, q)
-
-
 def _check_sites(gen: Generator, sites):
   sites = list(sites) if sites else list(gen.sites)
   if not sites:
@@ -474,8 +457,8 @@ def module_robustness(
       maps = np.asarray(
         influence_maps(gen, site, masks[:site_k], z1[:m], z2[:m], pair_chunk=pair_chunk)
       )
-      shares = part_shares(maps, part_maps)
-      area = part_shares(np.ones((1, *maps.shape[1:])), part_maps)[0]
+      shares = metrics.part_shares(maps, part_maps)
+      area = metrics.part_shares(np.ones((1, *maps.shape[1:])), part_maps)[0]
       ratio = shares / np.where(area > 0, area, 1.0)
       res.part_shares = {
         names[j]: {p: float(shares[j, q]) for q, p in enumerate(part_names)} for j in range(site_k)
@@ -597,7 +580,6 @@ __all__ = [
   "mask_robustness",
   "module_robustness",
   "pair_predictions",
-  "part_shares",
   "plot_robustness",
   "write_json",
 ]
