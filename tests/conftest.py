@@ -24,3 +24,32 @@ def pairs(small_dcgan):
 @pytest.fixture
 def rng():
   return np.random.default_rng(0)
+
+
+# The fast inner loop (`pytest -m fast`, < 3 minutes on a 2-core CPU): the host-side
+# statistics, the engine's error paths, ops, data, checkpoints, factor transfer and
+# the planted-structure suite. The README's command runs every test, these included.
+FAST_FILES = frozenset(
+  {
+    "test_bad_inputs.py",
+    "test_checkpoints.py",
+    "test_clustering.py",
+    "test_distributed.py",
+    "test_factors.py",
+    "test_metrics.py",
+    "test_ops.py",
+    "test_planted.py",
+    "test_quality.py",
+    "test_reliability.py",
+    "test_robustness.py",
+    "test_style.py",
+    "test_synthfaces.py",
+  }
+)
+
+
+def pytest_collection_modifyitems(config, items):
+  del config
+  for item in items:
+    if item.path.name in FAST_FILES:
+      item.add_marker(pytest.mark.fast)

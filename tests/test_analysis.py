@@ -276,6 +276,11 @@ def test_hybrid_panel_layout():
   np.testing.assert_allclose(panel[67:131, 67:131], donor, atol=1e-5)
 
 
+@pytest.fixture(scope="module")
+def _bad_config_weights():
+  return cf.init_generator("dcgan", seed=1, width=4, latent_dim=8)
+
+
 @pytest.mark.parametrize(
   "cfg,pattern",
   [
@@ -288,8 +293,9 @@ def test_hybrid_panel_layout():
     (analysis.AnalysisConfig(k_values=(8, 9)), "none fits the C=4 channels"),
   ],
 )
-def test_bad_config_fails_before_work(tmp_path, cfg, pattern):
-  gen = cf.init_generator("dcgan", seed=1, width=4, latent_dim=8)
+def test_bad_config_fails_before_work(tmp_path, cfg, pattern, _bad_config_weights):
+  # A new Generator (empty compilation cache) around weights initialised once.
+  gen = cf.Generator(_bad_config_weights.module, _bad_config_weights.variables)
   with pytest.raises(ValueError, match=pattern):
     analysis.run(gen, cfg, str(tmp_path / "out"))
   assert not (tmp_path / "out").exists()
