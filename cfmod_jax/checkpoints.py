@@ -9,36 +9,12 @@
 * a trainer run: its workdir, its ``checkpoints/`` folder or one step folder
   ``checkpoints/<step>`` (orbax, written by `cfmod_jax.train`).
 
-**Exported format** (`cfmod_jax.exported`, one folder): ``variables.msgpack`` — the module's inference
-variables (``params`` and, for DCGAN, ``batch_stats``; no optimizer state) as
-one `flax.serialization.msgpack_serialize` file — and ``checkpoint.json`` — the
-architecture (``arch``, ``kwargs``), training ``step`` and ``config``, the
-storage dtype, the file's size and sha256, and a manifest (shape, dtype,
-sha256) of every array. Why not orbax here: an orbax checkpoint is a tree of
-many small files (OCDBT manifests, hashed chunk names, ``_METADATA``…) meant for
-sharded, asynchronous saves of large states; a shipped inference checkpoint is a
-few MB, is read whole, must survive being packaged as package data, and is
-simplest to audit as one file whose hash is in the JSON beside it. Trainer
-checkpoints (resumable, with optimizer state) stay orbax.
-
-Floating arrays may be stored as float16 (``storage_dtype``) to halve the size
-and are cast back to float32 when loaded; the manifest hashes the stored bytes.
-
-Integrity and errors (all `CheckpointError`, a ValueError):
-
-* missing / unreadable ``checkpoint.json``, or a data file whose size or sha256
-  differs from the JSON's (a truncated or corrupted copy) → says which and how;
-* arrays whose names or shapes do not match the declared architecture →
-  `ArchitectureMismatchError` naming the missing, unexpected and mis-shaped
-  parameters;
-* an unknown name → lists the valid names;
-* a path that is a file, a ``checkpoint.json`` lacking ``file_bytes``,
-  ``file_sha256`` or ``manifest`` → says which;
-* a ``file`` field that is absolute, contains ``..`` or resolves (symlinks
-  included) outside the checkpoint folder → refused before anything is opened:
-  loading only ever reads inside the folder.
-
-Both files are written atomically (`cfmod_jax.fileio`), the data file first.
+**Exported format**: one folder, ``variables.msgpack`` (inference variables) and
+``checkpoint.json`` (architecture, config, sha256 manifest of every array); the
+format, its integrity checks and their errors are described and implemented in
+`cfmod_jax.exported` (re-exported here: `save_variables`, `load_variables`,
+`read_meta`, `CheckpointError`, …). This module adds the names, the architecture
+registry, trainer runs and BigGAN folders on top of it.
 """
 
 from __future__ import annotations

@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -510,11 +510,19 @@ def stability_curve(
   Returns:
     dict k -> (mean, std) over the n_boot*(n_boot-1)/2 pairs, keys in sorted order.
   """
-  groups, ks, fit_args = _stability_args(
-    eim_groups, k_values, n_boot, method, sigma, percentile, n_restarts, max_iter, nmf_tol, nmf_init
-  )
-  fits = _bootstrap_fits(groups, ks, n_boot, seed, *fit_args)
-  return _template_stability(fits, ks)
+  return selection_curves(
+    eim_groups,
+    k_values,
+    n_boot,
+    seed,
+    method,
+    sigma,
+    percentile,
+    n_restarts,
+    max_iter,
+    nmf_tol,
+    nmf_init,
+  )["stability"]
 
 
 def _stability_args(
@@ -591,18 +599,14 @@ def _as_list(k_values) -> list:
     raise ValueError(f"k_values must be an iterable of integers, got {k_values!r}") from exc
 
 
-def _choose_from_curve(curve: Mapping[int, tuple[float, float]], tol: float) -> int:
-  """The "stability" rule: largest k whose mean is within ``tol`` of the best mean."""
+def _pick_within_tol(
+  curve: Mapping[int, tuple[float, float]], tol: float, pick: Callable[..., int]
+) -> int:
+  """``pick`` (max: the "stability" rule, min: the "silhouette" rule) of the k whose
+  mean is within ``tol`` of the best mean."""
   means = {int(k): float(v[0]) for k, v in curve.items()}
   best = max(means.values())
-  return max(k for k, m in means.items() if m >= best - tol)
-
-
-def _choose_by_score(curve: Mapping[int, tuple[float, float]], tol: float) -> int:
-  """The "silhouette" rule: smallest k whose mean is within ``tol`` of the best."""
-  means = {int(k): float(v[0]) for k, v in curve.items()}
-  best = max(means.values())
-  return min(k for k, m in means.items() if m >= best - tol)
+  return pick(k for k, m in means.items() if m >= best - tol)
 
 
 def _silhouette_curve(fits, ks) -> dict[int, tuple[float, float]]:
@@ -685,5 +689,5 @@ def choose_k(
   curves = selection_curves(eim_groups, k_values, **kwargs)
   curve = curves["stability"]
   if rule == "stability":
-    return _choose_from_curve(curve, tol), curve
-  return _choose_by_score(curves["silhouette"], tol), curve
+    return _pick_within_tol(curve, tol, max), curve
+  return _pick_within_tol(curves["silhouette"], tol, min), curve

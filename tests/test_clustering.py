@@ -269,17 +269,17 @@ def test_choose_k_kmeans_and_determinism():
 
 def test_choose_rule_is_largest_k_within_tolerance_of_best():
   curve = {1: (1.0, 0.0), 2: (0.995, 0.01), 3: (0.985, 0.01), 4: (0.7, 0.1)}
-  assert cl._choose_from_curve(curve, 0.02) == 3
-  assert cl._choose_from_curve(curve, 0.0) == 1
-  assert cl._choose_from_curve(curve, 0.5) == 4
+  assert cl._pick_within_tol(curve, 0.02, max) == 3
+  assert cl._pick_within_tol(curve, 0.0, max) == 1
+  assert cl._pick_within_tol(curve, 0.5, max) == 4
 
 
 def test_silhouette_rule_is_smallest_k_within_tolerance_of_best():
   curve = {2: (0.5, 0.0), 3: (0.8, 0.01), 4: (0.84, 0.01), 5: (0.86, 0.1)}
-  assert cl._choose_by_score(curve, 0.05) == 4
-  assert cl._choose_by_score(curve, 0.0) == 5
-  assert cl._choose_by_score(curve, 0.07) == 3
-  assert cl._choose_by_score(curve, 0.5) == 2
+  assert cl._pick_within_tol(curve, 0.05, min) == 4
+  assert cl._pick_within_tol(curve, 0.0, min) == 5
+  assert cl._pick_within_tol(curve, 0.07, min) == 3
+  assert cl._pick_within_tol(curve, 0.5, min) == 2
 
 
 def test_choose_k_old_rule_and_tolerance_defaults():
@@ -287,9 +287,9 @@ def test_choose_k_old_rule_and_tolerance_defaults():
   kw = dict(n_boot=3, seed=0, n_restarts=1)
   curves = selection_curves(groups, [2, 3, 4], **kw)
   k_stab, _ = choose_k(groups, [2, 3, 4], rule="stability", **kw)
-  assert k_stab == cl._choose_from_curve(curves["stability"], 0.02)
+  assert k_stab == cl._pick_within_tol(curves["stability"], 0.02, max)
   k_sil, _ = choose_k(groups, [2, 3, 4], **kw)
-  assert k_sil == cl._choose_by_score(curves["silhouette"], 0.05)
+  assert k_sil == cl._pick_within_tol(curves["silhouette"], 0.05, min)
 
 
 def test_nndsvda_start_is_deterministic_and_not_worse_than_random():
