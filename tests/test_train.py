@@ -1,6 +1,7 @@
 """Trainers: finite losses, a VAE that learns, bitwise checkpoints, exact
 resumption, data parallelism, and config errors before compilation."""
 
+import functools
 import importlib
 import math
 import os
@@ -16,6 +17,7 @@ import pytest
 
 from cfmod_jax import checkpoints, train
 from cfmod_jax.train import data, loop, state_io
+from cfmod_jax.train.rng import init_key
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -177,6 +179,7 @@ def no_compile(monkeypatch):
     ("vae", "beta", -1.0, "beta must be a number"),
     ("vae", "likelihood", "poisson", "likelihood='poisson' is unknown"),
     ("began", "gamma", 1.5, "gamma must be a number in"),
+    ("dcgan", "ema_decay", 1.0, r"ema_decay must be a number in \[0.0, 1.0\)"),
   ],
 )
 def test_bad_config_raises_before_compiling(model, field, value, match, tmp_path, no_compile):
@@ -340,3 +343,34 @@ def test_seeds_are_checked_before_compiling(field, value, no_compile):
     train.validate_config(ml_collections.ConfigDict(fields))
   fields[field] = 2**63 - 1  # the largest seed jax.random.key accepts
   train.validate_config(ml_collections.ConfigDict(fields))
+
+
+def test_dcgan_exports_the_moving_average_of_g(tmp_path):
+  """ema_decay = d: the exported G is d·ema + (1 − d)·new after every step,
+  recomputed here from the states of a 1-step and a 2-step run; d = 0 exports
+  the last step's G bitwise."""
+  trainer = train.get_trainer("dcgan")
+  states = {}
+  for steps in (1, 2):
+    config = tiny_config("dcgan", num_steps=steps, checkpoint_every=steps, ema_decay=0.9)
+    states[steps] = train.train_and_evaluate(config, str(tmp_path / f"d{steps}")).state
+  s1, s2 = jax.device_get(states[1]), jax.device_get(states[2])
+  init = jax.device_get(
+    jax.jit(functools.partial(trainer.create_state, config))(init_key(config.seed))
+  )
+  for ema_prev, g, ema in (
+    (init.ema_params, s1.g_params, s1.ema_params),
+    (s1.ema_params, s2.g_params, s2.ema_params),
+  ):
+    expected = jax.tree.map(lambda o, n: 0.9 * o + 0.1 * n, ema_prev, g)
+    for x, y in zip(jax.tree.leaves(expected), jax.tree.leaves(ema)):
+      np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7)
+  # the average differs from the last step's weights, and is what gets exported
+  assert not np.allclose(jax.tree.leaves(s2.ema_params)[0], jax.tree.leaves(s2.g_params)[0])
+  exported = trainer.export_variables(s2)
+  assert_states_equal(exported, {"params": s2.ema_params, "batch_stats": s2.ema_batch_stats})
+  config = tiny_config("dcgan", num_steps=2, checkpoint_every=2, ema_decay=0.0)
+  s0 = train.train_and_evaluate(config, str(tmp_path / "d0")).state
+  assert_states_equal(
+    trainer.export_variables(s0), {"params": s0.g_params, "batch_stats": s0.g_batch_stats}
+  )

@@ -14,6 +14,13 @@ One step (both networks in training mode, BatchNorm on batch statistics):
    *updated* D', back-propagated into G through the VJP of step 1.
 
 Adam(2e-4, β1 = 0.5) for both by default (``config.optimizer``).
+
+``config.ema_decay`` (in [0, 1)): the state also carries an exponential moving
+average of G's parameters and BatchNorm statistics,
+``ema ← decay · ema + (1 − decay) · new`` after every step; the exported and
+sampled generator is the average. GAN training oscillates (the discriminator
+wins for a while, the samples drift), and the average smooths this out.
+``ema_decay = 0`` exports the last step's G exactly (``0 · ema + 1 · new``).
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ import ml_collections
 import optax
 
 from cfmod_jax.models import DCGANDiscriminator, DCGANGenerator
-from cfmod_jax.train.config import Trainer, adam, check_adam, check_int
+from cfmod_jax.train.config import Trainer, adam, check_adam, check_float, check_int
 from cfmod_jax.train.data import training_images
 
 
@@ -41,6 +48,8 @@ class GANState:
   d_batch_stats: dict
   g_opt_state: optax.OptState
   d_opt_state: optax.OptState
+  ema_params: dict
+  ema_batch_stats: dict
 
 
 def generator(config: ml_collections.ConfigDict) -> DCGANGenerator:
@@ -55,6 +64,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   for field in ("generator.latent_dim", "generator.width", "discriminator.width"):
     check_int(config, field, 1)
   check_adam(config)
+  check_float(config, "ema_decay", 0.0, 1.0, high_open=True)
 
 
 def create_state(config: ml_collections.ConfigDict, key: jax.Array) -> GANState:
@@ -71,6 +81,8 @@ def create_state(config: ml_collections.ConfigDict, key: jax.Array) -> GANState:
     d_batch_stats=d_vars["batch_stats"],
     g_opt_state=tx.init(g_vars["params"]),
     d_opt_state=tx.init(d_vars["params"]),
+    ema_params=g_vars["params"],
+    ema_batch_stats=g_vars["batch_stats"],
   )
 
 
@@ -124,6 +136,11 @@ def train_step(
   g_upd, g_opt_state = tx.update(g_grads, state.g_opt_state, state.g_params)
   g_params = optax.apply_updates(state.g_params, g_upd)
 
+  decay = config.ema_decay
+
+  def ema(old, new):
+    return jax.tree.map(lambda o, n: decay * o + (1.0 - decay) * n, old, new)
+
   new_state = GANState(
     step=state.step + 1,
     g_params=g_params,
@@ -132,6 +149,8 @@ def train_step(
     d_batch_stats=d_stats,
     g_opt_state=g_opt_state,
     d_opt_state=d_opt_state,
+    ema_params=ema(state.ema_params, g_params),
+    ema_batch_stats=ema(state.ema_batch_stats, g_updates["batch_stats"]),
   )
   metrics = {
     "d_loss": d_loss,
@@ -147,7 +166,8 @@ def export_spec(config: ml_collections.ConfigDict) -> tuple[str, dict[str, Any]]
 
 
 def export_variables(state: GANState) -> dict[str, Any]:
-  return {"params": state.g_params, "batch_stats": state.g_batch_stats}
+  """G's variables as exported and sampled: the moving average (``config.ema_decay``)."""
+  return {"params": state.ema_params, "batch_stats": state.ema_batch_stats}
 
 
 def sample(config: ml_collections.ConfigDict, state: GANState, latents: jax.Array) -> jax.Array:

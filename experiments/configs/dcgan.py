@@ -18,6 +18,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.generator = ml_collections.ConfigDict({"latent_dim": 100, "width": 32})
   config.discriminator = ml_collections.ConfigDict({"width": 32})
   config.optimizer = ml_collections.ConfigDict({"learning_rate": 2e-4, "b1": 0.5, "b2": 0.999})
+  # Exported G = moving average of G's weights (smooths the GAN's oscillation).
+  config.ema_decay = 0.999
   return config
 
 
