@@ -45,6 +45,12 @@ flags.DEFINE_string(
   "featnet-synthfaces",
   "Feature network of the exported generator's Fréchet distance (shipped name or folder).",
 )
+flags.DEFINE_string(
+  "export_step",
+  "",
+  "Checkpoint to export: '' (the last), a step number, or 'best' (the lowest Fréchet "
+  "distance in <workdir>/quality_curve.json, see experiments.quality_curve).",
+)
 flags.DEFINE_string("machine", None, "Machine description for the model card (default: auto).")
 flags.mark_flags_as_required(["config", "workdir"])
 
@@ -120,6 +126,13 @@ def main(argv: Sequence[str]) -> None:
   if FLAGS.export and FLAGS.config.model != "featnet":  # the export measures quality with it
     with _cli.blame("featnet"):
       checkpoints.read_meta(checkpoints.resolve(FLAGS.featnet, (checkpoints.SHIPPED_FEATNET,)))
+  export_step = None
+  if FLAGS.export_step:
+    if FLAGS.export_step != "best" and not FLAGS.export_step.isdigit():
+      raise app.UsageError(
+        f"--export_step={FLAGS.export_step!r}: expected '', 'best' or a step number"
+      )
+    export_step = "best" if FLAGS.export_step == "best" else int(FLAGS.export_step)
   _cli.check_output_dir("workdir")
   if FLAGS.export:
     _cli.check_output_dir("export")
@@ -142,6 +155,7 @@ def main(argv: Sequence[str]) -> None:
       command=command,
       machine=FLAGS.machine,
       notes=notes,
+      step=export_step,
     )
     logging.info("exported to %s: %s", FLAGS.export, meta["quality"])
 

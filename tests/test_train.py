@@ -374,3 +374,37 @@ def test_dcgan_exports_the_moving_average_of_g(tmp_path):
   assert_states_equal(
     trainer.export_variables(s0), {"params": s0.g_params, "batch_stats": s0.g_batch_stats}
   )
+
+
+def test_quality_curve_resumes_and_best_step_is_exported(tmp_path, monkeypatch):
+  """Every checkpoint's FD lands in quality_curve.json (each as `load_generator`
+  sees it); a second call measures nothing; export_run(step='best') exports the
+  step of the lowest FD and puts the curve in the model card."""
+  from cfmod_jax import quality
+  from cfmod_jax.train import export
+
+  config = tiny_config("dcgan", num_steps=3, checkpoint_every=1, keep_checkpoints=5)
+  train.train_and_evaluate(config, str(tmp_path))
+  curve = export.quality_curve(str(tmp_path), n=16)
+  assert [e["step"] for e in curve] == [1, 2, 3]
+  net = quality.load_featnet()
+  step2 = checkpoints.load_generator(str(tmp_path / "checkpoints" / "2"))
+  assert curve[1]["fd"] == pytest.approx(quality.sample_quality(step2, net, n=16).fd, rel=1e-6)
+
+  def fail(*args, **kwargs):
+    raise AssertionError("measured again")
+
+  monkeypatch.setattr(quality, "sample_quality", fail)
+  assert export.quality_curve(str(tmp_path), n=16) == curve
+  monkeypatch.undo()
+  best = min(curve, key=lambda e: e["fd"])["step"]
+  assert export.best_step(str(tmp_path)) == best
+  meta = export.export_run(str(tmp_path), str(tmp_path / "out"), step="best", quality_samples=16)
+  assert meta["step"] == best and meta["quality_curve"] == curve
+  card = (tmp_path / "out" / "MODEL_CARD.md").read_text()
+  assert "## Quality during training" in card and f"**{curve[best - 1]['fd']:.1f}**" in card
+  assert (tmp_path / "out" / "quality_curve.png").stat().st_size > 1000
+  with pytest.raises(ValueError, match="step must be None, 'best' or a checkpoint step"):
+    export.export_run(str(tmp_path), str(tmp_path / "x"), step=-1)
+  with pytest.raises(ValueError, match=r"steps \[7\] have no checkpoint"):
+    export.quality_curve(str(tmp_path), n=16, steps=[7])

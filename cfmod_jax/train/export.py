@@ -9,6 +9,13 @@ exported folder of `cfmod_jax.checkpoints` (``variables.msgpack`` +
 held-out accuracy / RMSE of every factor and the real-vs-real floor. Finally it
 writes ``MODEL_CARD.md``.
 
+``quality_curve(workdir)`` measures the Fréchet distance of every checkpoint of
+a generator run and keeps it in ``<workdir>/quality_curve.json`` (resumable: a
+step already measured with the same settings is not measured again). When that
+file exists, the export copies the curve into ``checkpoint.json``, draws
+``quality_curve.png`` and puts the table in the model card; ``step='best'``
+exports the checkpoint with the lowest distance.
+
 Generators trained on CelebA (``config.dataset='celeba'``) are compared with two
 disjoint held-out sets of CelebA's 'test' split (`cfmod_jax.data.celeba.heldout_images`;
 training reads 'train') in the features of the same network, which was trained on
@@ -22,6 +29,7 @@ import functools
 import json
 import os
 import platform
+import time
 from typing import Any
 
 import jax
@@ -29,8 +37,9 @@ import numpy as np
 
 from cfmod_jax import checkpoints, fileio, quality, viz
 from cfmod_jax.data import synthfaces
+from cfmod_jax.train import state_io
 from cfmod_jax.train.rng import sample_latents
-from cfmod_jax.train.state_io import load_run
+from cfmod_jax.train.state_io import latest_checkpoint, load_run
 
 _DESCRIPTIONS = {
   "dcgan": "DCGAN generator (`cfmod_jax.models.DCGANGenerator`), non-saturating GAN loss",
@@ -105,15 +114,24 @@ def export_run(
   quality_samples: int | None = None,
   notes: str | None = None,
   heldout_split: str | None = None,
+  step: int | str | None = None,
 ) -> dict[str, Any]:
-  """Exports the latest checkpoint of ``workdir`` to ``out_dir``; returns its JSON.
+  """Exports a checkpoint of ``workdir`` to ``out_dir``; returns its JSON.
+
+  ``step``: None (the latest), a step number, or ``'best'`` (the lowest Fréchet
+  distance in the run's ``quality_curve.json``, see `quality_curve`).
 
   ``command``, ``machine`` and ``notes`` (e.g. the config file's docstring) are
   recorded in ``checkpoint.json`` and the model card. For a CelebA run the
   held-out real images come from split ``heldout_split`` (default 'test'),
   which must hold ``2 * quality_samples`` examples.
   """
-  trainer, config, state, meta = load_run(workdir)
+  if step == "best":
+    step = best_step(workdir)
+  elif step is not None and (isinstance(step, bool) or not isinstance(step, int) or step < 0):
+    raise ValueError(f"step must be None, 'best' or a checkpoint step >= 0, got {step!r}")
+  trainer, config, state, meta = load_run(workdir, step)
+  curve = read_quality_curve(workdir) if trainer.sample is not None else []
   dataset = config.get("dataset", "synthfaces")
   arch, kwargs = trainer.export_spec(config)
   kind = "featnet" if trainer.sample is None else "generator"
@@ -160,6 +178,9 @@ def export_run(
     }
     if heldout is not None:
       record["quality"]["real_set"] = heldout
+    if curve:
+      record["quality_curve"] = curve
+      plot_quality_curve(curve, os.path.join(out_dir, "quality_curve.png"), meta["step"])
   else:
     net = quality.load_featnet(out_dir)
     record["quality"] = {
@@ -173,6 +194,115 @@ def export_run(
     os.path.join(out_dir, "MODEL_CARD.md"), model_card(meta_out, trainer.name)
   )
   return meta_out
+
+
+QUALITY_CURVE_FILE = "quality_curve.json"
+
+
+def _curve_path(workdir: str) -> str:
+  return os.path.join(os.path.abspath(workdir), QUALITY_CURVE_FILE)
+
+
+def read_quality_curve(workdir: str) -> list[dict[str, Any]]:
+  """The entries of ``<workdir>/quality_curve.json`` sorted by step ([] if none):
+  ``{"step", "fd", "floor", "n", "featnet", "seconds"}``."""
+  path = _curve_path(workdir)
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    entries = json.load(f)["entries"]
+  return sorted(entries, key=lambda e: e["step"])
+
+
+def quality_curve(
+  workdir: str,
+  *,
+  n: int = 2000,
+  featnet: str = checkpoints.SHIPPED_FEATNET,
+  steps: list[int] | None = None,
+  log=None,
+) -> list[dict[str, Any]]:
+  """Fréchet distance (`cfmod_jax.quality.sample_quality`, ``n`` per set) of every
+  checkpoint of a generator run (or of ``steps``), each as exported: the
+  trainer's `export_variables` (for the DCGAN, the moving average of G).
+
+  Entries already in ``<workdir>/quality_curve.json`` with the same ``n`` and
+  ``featnet`` are kept; each new one is written as soon as it is measured.
+  Returns every entry, sorted by step.
+  """
+  if isinstance(n, bool) or not isinstance(n, int) or n < 2:
+    raise ValueError(f"n must be an integer >= 2, got {n!r}")
+  manager, _ = latest_checkpoint(workdir)
+  try:
+    available = sorted(manager.all_steps())
+  finally:
+    manager.close()
+  if not available:
+    raise checkpoints.CheckpointError(f"no checkpoint in {workdir}")
+  if steps is not None:
+    missing = sorted(set(steps) - set(available))
+    if missing:
+      raise ValueError(f"steps {missing} have no checkpoint in {workdir}; available: {available}")
+    available = sorted(set(steps))
+  entries = {e["step"]: e for e in read_quality_curve(workdir)}
+  net = None
+  for step in available:
+    old = entries.get(step)
+    if old is not None and old["n"] == n and old["featnet"] == featnet:
+      continue
+    if net is None:
+      net = quality.load_featnet(featnet)
+    t0 = time.perf_counter()
+    gen = checkpoints.load_generator(os.path.join(state_io.checkpoint_dir(workdir), str(step)))
+    q = quality.sample_quality(gen, net, n=n)
+    entries[step] = {
+      "step": step,
+      "fd": q.fd,
+      "floor": q.floor,
+      "n": n,
+      "featnet": featnet,
+      "seconds": time.perf_counter() - t0,
+    }
+    fileio.atomic_write_text(
+      _curve_path(workdir),
+      json.dumps({"entries": [entries[k] for k in sorted(entries)]}, indent=1),
+    )
+    if log is not None:
+      log(f"step {step}: FD {q.fd:.2f} (floor {q.floor:.2f})")
+  return [entries[k] for k in sorted(entries)]
+
+
+def best_step(workdir: str) -> int:
+  """The step with the lowest Fréchet distance in ``quality_curve.json``."""
+  curve = read_quality_curve(workdir)
+  if not curve:
+    raise ValueError(
+      f"step='best' needs {_curve_path(workdir)}: run "
+      f"`python -m experiments.quality_curve --workdir {workdir}` first"
+    )
+  return min(curve, key=lambda e: e["fd"])["step"]
+
+
+def plot_quality_curve(curve: list[dict[str, Any]], path: str, exported_step: int) -> None:
+  """Fréchet distance per step (log scale), the floor and the exported step."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  steps = [e["step"] for e in curve]
+  fig, ax = plt.subplots(figsize=(6, 3.2))
+  ax.plot(steps, [e["fd"] for e in curve], "o-", ms=3, label="generated vs real")
+  ax.plot(steps, [e["floor"] for e in curve], "k:", label="real vs real (floor)")
+  ax.axvline(exported_step, color="C3", ls="--", lw=1, label=f"exported (step {exported_step})")
+  ax.set_yscale("log")
+  ax.set_xlabel("training step")
+  ax.set_ylabel("Fréchet distance (featnet)")
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  with fileio.atomic_path(path) as tmp:
+    fig.savefig(tmp, format="png", dpi=100, metadata={"Software": None})
+  plt.close(fig)
 
 
 def _config_lines(cfg: dict, prefix: str = "") -> list[str]:
@@ -287,6 +417,29 @@ def model_card(meta: dict[str, Any], model: str) -> str:
       f"samples below, averaged over pixels): {q['diversity']:.3f} "
       f"({real_name}: {q['diversity_real']:.3f}).",
       "",
+    ]
+    curve = meta.get("quality_curve")
+    if curve:
+      lines += [
+        "",
+        "## Quality during training",
+        "",
+        f"Fréchet distance of every checkpoint (as exported; n = {curve[0]['n']} per set, "
+        "`python -m experiments.quality_curve`); this folder holds step "
+        f"{meta['step']}.",
+        "",
+        "| step | " + " | ".join(str(e["step"]) for e in curve) + " |",
+        "|---|" + "---:|" * len(curve),
+        "| FD | "
+        + " | ".join(
+          f"**{e['fd']:.1f}**" if e["step"] == meta["step"] else f"{e['fd']:.1f}" for e in curve
+        )
+        + " |",
+        "",
+        "![quality curve](quality_curve.png)",
+      ]
+    lines += [
+      "",
       "## Samples",
       "",
       "![samples](samples.png)",
@@ -311,4 +464,14 @@ def model_card(meta: dict[str, Any], model: str) -> str:
   return "\n".join(lines)
 
 
-__all__ = ["export_run", "featnet_accuracy", "machine_description", "model_card"]
+__all__ = [
+  "QUALITY_CURVE_FILE",
+  "best_step",
+  "export_run",
+  "featnet_accuracy",
+  "machine_description",
+  "model_card",
+  "plot_quality_curve",
+  "quality_curve",
+  "read_quality_curve",
+]
