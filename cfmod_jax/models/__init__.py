@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -193,11 +194,25 @@ def build_module(arch: str, **kwargs: Any) -> nn.Module:
   return cls(**_check_kwargs(arch, cls, kwargs))
 
 
+@functools.lru_cache(maxsize=32)
+def _compiled_init(arch: str, kwargs: tuple[tuple[str, Any], ...]):
+  """``(module, jitted init)`` of a built-in architecture: one compilation per
+  (arch, kwargs) in a process, shared by every seed."""
+  module = build_module(arch, **dict(kwargs))
+  return module, jax.jit(module.init)
+
+
 def init_generator(arch: str, seed: int = 0, **kwargs: Any) -> Generator:
   """A randomly initialised `Generator` of architecture ``arch`` (see
   `build_module` for ``kwargs``); ``seed`` is a non-negative integer."""
   seed = check_seed(seed, "seed")
-  module = build_module(arch, **kwargs)
+  _check_arch(arch)
+  if arch in ARCHITECTURES and arch not in _REGISTRY:
+    checked = _check_kwargs(arch, ARCHITECTURES[arch], kwargs)  # errors name the argument
+    module, init = _compiled_init(arch, tuple(sorted(checked.items())))
+  else:  # a registered build_fn may return a new module (or new code) on every call
+    module = build_module(arch, **kwargs)
+    init = jax.jit(module.init)
   shape = getattr(module, "latent_shape", None)
   if shape is None:
     raise ValueError(
@@ -205,7 +220,7 @@ def init_generator(arch: str, seed: int = 0, **kwargs: Any) -> Generator:
       "latent_shape attribute (the shape of one latent code)"
     )
   z = jnp.zeros((1, *shape), jnp.float32)
-  variables = jax.jit(module.init)(jax.random.key(seed), z)
+  variables = init(jax.random.key(seed), z)
   return make_generator(arch, module, variables, name=f"{arch}-random")
 
 
