@@ -24,6 +24,14 @@ Elementary influence maps use a faster path when the stage after the site is
 ``post(pre(x))`` with ``pre`` linear (`Generator.has_linear_split`): a
 single-channel hybrid's pre-activation is ``pre(h(z1)) + pre_c(h_c(z2) − h_c(z1))``,
 so each channel costs only its own contribution instead of a full layer.
+
+``precision=`` (every function here; `cfmod_jax.precision`) runs the suffix in
+``"float32"`` (default), ``"tf32"`` (TF32 matmuls on GPUs; a no-op on CPU) or
+``"bfloat16"`` (suffix parameters and activations in bf16; sums and outputs in
+float32). ``pair_chunk=None`` / ``mask_chunk=None`` (the defaults) choose the
+chunks from the device's memory (`cfmod_jax.memory.choose_chunks`): on CPU that
+is ``DEFAULT_PAIR_CHUNK``/``DEFAULT_MASK_CHUNK`` (32, 16) unless RAM is short;
+on GPU/TPU larger chunks that fit. Integers are used as given.
 """
 
 from __future__ import annotations
@@ -39,11 +47,13 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from jax.typing import ArrayLike
 
+from cfmod_jax import memory as _memory
+from cfmod_jax import precision as _precision
 from cfmod_jax._validate import check_key, check_positive_int
 from cfmod_jax.generator import Generator, check_generator, check_latents, replicate
 
-DEFAULT_PAIR_CHUNK = 32
-DEFAULT_MASK_CHUNK = 16
+DEFAULT_PAIR_CHUNK = _memory.CPU_PAIR_CHUNK  # 32: tuned on CPU; the auto choice there
+DEFAULT_MASK_CHUNK = _memory.CPU_MASK_CHUNK  # 16
 
 
 # ---- validation (host side, before any compilation) --------------------------------
@@ -147,20 +157,39 @@ def _pair_chunks(x, pair_chunk):
   return x.reshape(x.shape[0] // pair_chunk, pair_chunk, *x.shape[1:])
 
 
-def _suffix_of_mixes(gen: Generator, variables, site, ms, a1, a2, z1):
+def _suffix_runner(gen: Generator, variables, site: str, precision: str):
+  """``suffix(h, latents) -> images`` at ``precision``: ``gen.suffix`` itself for
+  float32/tf32; for bfloat16 the variables (cast once, where this is traced), the
+  activations and latents go in as bf16 and the images come out as float32."""
+  dt = _precision.compute_dtype(precision)
+  if dt is None:
+    return lambda h, z: gen.suffix(variables, h, z, site)
+  low = _precision.cast_floating(variables, dt)
+  return lambda h, z: gen.suffix(low, h.astype(dt), z.astype(dt), site).astype(jnp.float32)
+
+
+def _suffix_of_mixes(suffix, ms, a1, a2, z1):
   """Hybrids of a chunk of masks ``ms [m, C]`` with pairs ``a1, a2 [n, …]``:
   ``[m, n, H, W, 3]``, computed as one flat batch of m·n (an explicit reshape is
-  several times faster on CPU than vmapping the suffix over masks)."""
+  several times faster on CPU than vmapping the suffix over masks). ``suffix`` is
+  a `_suffix_runner`; the mixing is float32 whatever its precision."""
   m, n = ms.shape[0], a1.shape[0]
   w = ms.reshape(m, 1, *([1] * (a1.ndim - 2)), ms.shape[-1])
   h = ((1.0 - w) * a1[None] + w * a2[None]).reshape(m * n, *a1.shape[1:])
   zt = jnp.tile(z1, (m,) + (1,) * (z1.ndim - 1))
-  y = gen.suffix(variables, h, zt, site)
+  y = suffix(h, zt)
   return y.reshape(m, n, *y.shape[1:])
 
 
 def _local_hybrid_stream(
-  gen: Generator, site: str, pair_fn, hybrid_fn, pair_chunk: int, mask_chunk: int, per_pair: bool
+  gen: Generator,
+  site: str,
+  pair_fn,
+  hybrid_fn,
+  pair_chunk: int,
+  mask_chunk: int,
+  per_pair: bool,
+  precision: str = _precision.DEFAULT_PRECISION,
 ):
   """Per-device kernel ``(variables, (masks [M, C], params), z1, z2, weights [n, G])``.
 
@@ -175,23 +204,27 @@ def _local_hybrid_stream(
     output's leaves ``[G, …]`` to ``[G, …]``.
   * per pair: ``hybrid_fn`` leaves ``[mc, pc, …]`` come back as ``[n, M, …]``;
     ``pair_fn``'s leaves ``[pc, …]`` as ``[n, …]``.
+
+  ``precision`` applies to the suffix of the hybrids and of the default context
+  ``G(z1)``; ``hybrid_fn`` always gets float32 hybrids.
   """
 
   def local(variables, extra, z1, z2, weights):
     masks, params = extra
     mask_chunks = masks.reshape(-1, mask_chunk, masks.shape[-1])
+    suffix = _suffix_runner(gen, variables, site, precision)
 
     def chunk_outputs(z1b, z2b, wb):
       a1 = gen.prefix(variables, z1b, site)
       a2 = gen.prefix(variables, z2b, site)
       chunk = PairChunk(variables, params, z1b, z2b, a1, a2, wb)
       if pair_fn is None:
-        ctx, pair_out = gen.suffix(variables, a1, z1b, site), ()
+        ctx, pair_out = suffix(a1, z1b), ()
       else:
         ctx, pair_out = pair_fn(chunk)
 
       def per_chunk(ms):
-        y = _suffix_of_mixes(gen, variables, site, ms, a1, a2, z1b)
+        y = _suffix_of_mixes(suffix, ms, a1, a2, z1b)
         return hybrid_fn(chunk, ctx, y)
 
       return lax.map(per_chunk, mask_chunks), pair_out
@@ -223,29 +256,51 @@ def _local_hybrid_stream(
     )
     return lax.scan(pair_step, acc0, xs)[0]
 
-  return local
+  return _precision.traced_with(local, precision)
 
 
-def _local_eim_sums(gen: Generator, site: str, pair_chunk: int, channel_chunk: int):
+def _local_eim_sums(
+  gen: Generator,
+  site: str,
+  pair_chunk: int,
+  channel_chunk: int,
+  precision: str = _precision.DEFAULT_PRECISION,
+):
   """Per-device fast EIM sums ``(variables, (), z1, z2, weights) -> [G, C, H, W]``
   using the linear split of the stage after the site: the hybrids of one-hot masks
   without their full layer (each channel's contribution to the next stage's
-  pre-activation), fed to the same sharded pair stream."""
+  pre-activation), fed to the same sharded pair stream.
+
+  With ``precision='bfloat16'`` the stage's linear part, its per-channel
+  contributions and the rest of the suffix run in bf16 (prefix in float32); the
+  pre-activation ``pre(h(z1)) + contribution`` is summed in float32 and rounded
+  once, and the images are float32 again before ``|hybrid − G(z1)|``."""
   c = gen.site_shape(site)[-1]
+  dt = _precision.compute_dtype(precision)
 
   def local(variables, _, z1, z2, weights):
+    low = _precision.cast_floating(variables, dt)
+    out = (lambda y: y) if dt is None else (lambda y: y.astype(jnp.float32))
+
     def pair_step(acc, xs):
       z1b, z2b, wb = xs
       a1 = gen.prefix(variables, z1b, site)
       delta = gen.prefix(variables, z2b, site) - a1
-      pre1 = gen.suffix_pre(variables, a1, site)
-      x1 = gen.suffix_post(variables, pre1, z1b, site)
-      z1t = jnp.tile(z1b, (channel_chunk,) + (1,) * (z1b.ndim - 1))
+      z1s = z1b
+      if dt is not None:
+        a1, delta, z1s = a1.astype(dt), delta.astype(dt), z1b.astype(dt)
+      pre1 = gen.suffix_pre(low, a1, site)
+      x1 = out(gen.suffix_post(low, pre1, z1s, site))
+      z1t = jnp.tile(z1s, (channel_chunk,) + (1,) * (z1s.ndim - 1))
 
       def per_chunk(start):
         d = lax.dynamic_slice_in_dim(delta, start, channel_chunk, axis=-1)
-        pre = pre1[None] + gen.suffix_pre_delta(variables, d, start, site)  # [cc, pc, …]
-        y = gen.suffix_post(variables, pre.reshape(-1, *pre.shape[2:]), z1t, site)
+        if dt is None:
+          pre = pre1[None] + gen.suffix_pre_delta(low, d, start, site)  # [cc, pc, …]
+        else:  # the sum in float32, one rounding
+          contribution = gen.suffix_pre_delta(low, d, start, site).astype(jnp.float32)
+          pre = (pre1.astype(jnp.float32)[None] + contribution).astype(dt)
+        y = out(gen.suffix_post(low, pre.reshape(-1, *pre.shape[2:]), z1t, site))
         y = y.reshape(channel_chunk, pair_chunk, *y.shape[1:])
         return _influence_sums(None, x1, y, wb)
 
@@ -258,7 +313,7 @@ def _local_eim_sums(gen: Generator, site: str, pair_chunk: int, channel_chunk: i
     xs = tuple(_pair_chunks(x, pair_chunk) for x in (z1, z2, weights))
     return lax.scan(pair_step, acc0, xs)[0]
 
-  return local
+  return _precision.traced_with(local, precision)
 
 
 def _influence_sums(chunk, x1, y, wb=None):
@@ -382,6 +437,48 @@ def _largest_divisor_at_most(n: int, k: int) -> int:
   return max(d for d in range(1, min(n, k) + 1) if n % d == 0)
 
 
+def _check_chunk(value, name: str) -> int | None:
+  """None (chosen from memory) or a positive int; ValueError naming ``name``."""
+  return None if value is None else check_positive_int(value, name)
+
+
+def _chunks(
+  gen: Generator,
+  site: str,
+  pair_chunk: int | None,
+  mask_chunk: int | None,
+  n_pairs: int,
+  n_masks: int,
+  n_groups: int,
+  precision: str,
+  *,
+  n_devices: int | None = None,
+  sharded: bool = True,
+) -> tuple[int, int]:
+  """The chunks of a call: integers as given; None chosen by
+  `cfmod_jax.memory.choose_chunks` (on CPU the defaults 32 and 16 unless RAM is
+  short). For the sharded kernels every process uses process 0's choice (their
+  compiled programs must match)."""
+  if pair_chunk is not None and mask_chunk is not None:
+    return pair_chunk, mask_chunk
+  pc, mc = _memory.choose_chunks(
+    gen,
+    site,
+    n_pairs,
+    n_masks,
+    precision=precision,
+    n_groups=n_groups,
+    pair_chunk=pair_chunk,
+    mask_chunk=mask_chunk,
+    n_devices=n_devices,
+  )
+  if sharded and jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
+    pc, mc = (int(v) for v in multihost_utils.broadcast_one_to_all(np.array([pc, mc], np.int32)))
+  return pc, mc
+
+
 # ---- public API ----------------------------------------------------------------------
 def masks_from_labels(labels: ArrayLike, k: int | None = None) -> np.ndarray:
   """One-hot channel masks of a partition of a site's channels into modules.
@@ -465,7 +562,8 @@ def hybrids(
   z1: ArrayLike,
   z2: ArrayLike,
   *,
-  mask_chunk: int = DEFAULT_MASK_CHUNK,
+  mask_chunk: int | None = None,
+  precision: str = _precision.DEFAULT_PRECISION,
 ) -> jax.Array:
   """Counterfactual hybrids.
 
@@ -474,7 +572,10 @@ def hybrids(
     site: one of ``gen.sites``.
     masks: ``[M, C]`` (or ``[C]``) values in [0, 1]; 1 takes the channel from z2.
     z1, z2: ``[N, *latent_shape]`` latent codes (originals and donors).
-    mask_chunk: masks evaluated together in one vectorised call.
+    mask_chunk: masks evaluated together in one vectorised call (None: from the
+      device's memory, `cfmod_jax.memory.choose_chunks`).
+    precision: of the suffix, ``'float32'``, ``'tf32'`` or ``'bfloat16'``
+      (`cfmod_jax.precision`); the hybrids are float32 in every case.
   Works inside `jax.jit` (masks and codes may be traced). Traced masks cannot be
   range-checked: a mask row with a value outside [0, 1] or a NaN gives all-NaN
   hybrids for that row (see `_check_masks`); concrete masks raise a ValueError.
@@ -486,21 +587,27 @@ def hybrids(
   gen.site_index(site)
   masks, one = _check_masks(gen, site, masks)
   z1, z2 = _check_pairs(gen, z1, z2)
-  mask_chunk = check_positive_int(mask_chunk, "mask_chunk")
-  m = masks.shape[0]
+  mask_chunk = _check_chunk(mask_chunk, "mask_chunk")
+  precision = _precision.check_precision(precision)
+  m, n = masks.shape[0], z1.shape[0]
+  if mask_chunk is None:
+    _, mask_chunk = _chunks(gen, site, n, None, n, m, 1, precision, n_devices=1, sharded=False)
   masks, mask_chunk = _pad_masks(masks, mask_chunk)
-  fn = gen.jitted(("hybrids", site, mask_chunk), lambda: _hybrids_fn(gen, site, mask_chunk))
+  fn = gen.jitted(
+    ("hybrids", site, mask_chunk, *_precision.cache_key(precision)),
+    lambda: _hybrids_fn(gen, site, mask_chunk, precision),
+  )
   out = fn(gen.variables, masks, z1, z2)[:m]
   return out[0] if one else out
 
 
-def _hybrids_fn(gen: Generator, site: str, mask_chunk: int):
+def _hybrids_fn(gen: Generator, site: str, mask_chunk: int, precision: str):
   """The engine's kernel on one chunk of all N pairs, unsharded and traceable
   (`hybrids` works inside `jax.jit`), per pair: ``[M, N, H, W, 3]``."""
 
   def fn(variables, masks, z1, z2):
     n = z1.shape[0]
-    local = _local_hybrid_stream(gen, site, _no_context, _identity, n, mask_chunk, True)
+    local = _local_hybrid_stream(gen, site, _no_context, _identity, n, mask_chunk, True, precision)
     out, _ = local(variables, (masks, ()), z1, z2, jnp.ones((n, 1), jnp.float32))
     return jnp.moveaxis(out, 0, 1)
 
@@ -541,8 +648,9 @@ def hybrid_map_reduce(
   per_pair: bool = False,
   groups: ArrayLike | None = None,
   cache_key: Hashable | None = None,
-  pair_chunk: int = DEFAULT_PAIR_CHUNK,
-  mask_chunk: int = DEFAULT_MASK_CHUNK,
+  pair_chunk: int | None = None,
+  mask_chunk: int | None = None,
+  precision: str = _precision.DEFAULT_PRECISION,
 ) -> HybridReduction:
   """Streams every hybrid (mask m, pair i) through a reduction, sharded over devices.
 
@@ -574,7 +682,13 @@ def hybrid_map_reduce(
     groups: optional int ``[N]`` in ``0…G−1`` (default: one group).
     cache_key: identifies (pair_fn, hybrid_fn) in the generator's compile cache;
       default: the two function objects (keep them the same between calls).
-    pair_chunk, mask_chunk: pairs per scan step, masks per flat batch.
+    pair_chunk, mask_chunk: pairs per scan step, masks per flat batch; None
+      chooses them from the device's memory (`cfmod_jax.memory.choose_chunks`,
+      which estimates the generator's suffix only: pass integers if
+      ``hybrid_fn`` needs much more memory per hybrid than the generator).
+    precision: of the generator's suffix (hybrids and the default ``ctx``),
+      ``'float32'``, ``'tf32'`` or ``'bfloat16'`` (`cfmod_jax.precision`);
+      ``hybrid_fn`` receives float32 hybrids whatever the precision.
   Returns:
     a `HybridReduction`.
   """
@@ -584,17 +698,23 @@ def hybrid_map_reduce(
   z1, z2 = _check_pairs(gen, z1, z2)
   if not callable(hybrid_fn) or (pair_fn is not None and not callable(pair_fn)):
     raise ValueError("hybrid_fn (and pair_fn, if given) must be functions")
-  pair_chunk = check_positive_int(pair_chunk, "pair_chunk")
-  mask_chunk = check_positive_int(mask_chunk, "mask_chunk")
+  pair_chunk = _check_chunk(pair_chunk, "pair_chunk")
+  mask_chunk = _check_chunk(mask_chunk, "mask_chunk")
+  precision = _precision.check_precision(precision)
   groups = _check_groups(groups, z1.shape[0])
   m = masks.shape[0]
+  pair_chunk, mask_chunk = _chunks(
+    gen, site, pair_chunk, mask_chunk, z1.shape[0], m, int(groups.max()) + 1, precision
+  )
   masks, mask_chunk = _pad_masks(masks, mask_chunk)
   per_pair = bool(per_pair)
   key = (pair_fn, hybrid_fn) if cache_key is None else cache_key
   (hyb, pair), counts = _run_sharded(
     gen,
-    ("map_reduce", key, site, mask_chunk),
-    lambda pc: _local_hybrid_stream(gen, site, pair_fn, hybrid_fn, pc, mask_chunk, per_pair),
+    ("map_reduce", key, site, mask_chunk, *_precision.cache_key(precision)),
+    lambda pc: _local_hybrid_stream(
+      gen, site, pair_fn, hybrid_fn, pc, mask_chunk, per_pair, precision
+    ),
     (masks, params),
     z1,
     z2,
@@ -617,31 +737,39 @@ def influence_map_sums(
   z2: ArrayLike,
   *,
   groups: ArrayLike | None = None,
-  pair_chunk: int = DEFAULT_PAIR_CHUNK,
-  mask_chunk: int = DEFAULT_MASK_CHUNK,
+  pair_chunk: int | None = None,
+  mask_chunk: int | None = None,
+  precision: str = _precision.DEFAULT_PRECISION,
 ) -> tuple[jax.Array, np.ndarray]:
   """Unnormalised influence maps per group of pairs.
 
   Args:
     groups: optional int array ``[N]`` assigning each pair to a group ``0..G-1``
       (e.g. for bootstrap resampling); default: one group.
+    pair_chunk, mask_chunk, precision: as in `hybrid_map_reduce`.
   Returns:
     ``(sums [G, M, H, W], counts [G])`` where ``sums[g] / (3 · counts[g])`` is the
-    influence map of group g.
+    influence map of group g (float32 whatever the precision).
   """
   check_generator(gen, "gen")
   gen.site_index(site)
   masks, _ = _check_masks(gen, site, masks)
   z1, z2 = _check_pairs(gen, z1, z2)
-  pair_chunk = check_positive_int(pair_chunk, "pair_chunk")
-  mask_chunk = check_positive_int(mask_chunk, "mask_chunk")
+  pair_chunk = _check_chunk(pair_chunk, "pair_chunk")
+  mask_chunk = _check_chunk(mask_chunk, "mask_chunk")
+  precision = _precision.check_precision(precision)
   groups = _check_groups(groups, z1.shape[0])
   m = masks.shape[0]
+  pair_chunk, mask_chunk = _chunks(
+    gen, site, pair_chunk, mask_chunk, z1.shape[0], m, int(groups.max()) + 1, precision
+  )
   masks, mask_chunk = _pad_masks(masks, mask_chunk)
   (sums, _), counts = _run_sharded(
     gen,
-    ("influence", site, mask_chunk),
-    lambda pc: _local_hybrid_stream(gen, site, None, _influence_sums, pc, mask_chunk, False),
+    ("influence", site, mask_chunk, *_precision.cache_key(precision)),
+    lambda pc: _local_hybrid_stream(
+      gen, site, None, _influence_sums, pc, mask_chunk, False, precision
+    ),
     (masks, ()),
     z1,
     z2,
@@ -658,10 +786,14 @@ def influence_maps(
   z1: ArrayLike,
   z2: ArrayLike,
   *,
-  pair_chunk: int = DEFAULT_PAIR_CHUNK,
-  mask_chunk: int = DEFAULT_MASK_CHUNK,
+  pair_chunk: int | None = None,
+  mask_chunk: int | None = None,
+  precision: str = _precision.DEFAULT_PRECISION,
 ) -> jax.Array:
   """Influence maps of masks at a site.
+
+  ``pair_chunk``, ``mask_chunk`` (None: from the device's memory) and
+  ``precision`` as in `hybrid_map_reduce`.
 
   Returns:
     ``[M, H, W] float32 ≥ 0`` (``[H, W]`` for a 1-D mask): the mean over the N
@@ -671,7 +803,7 @@ def influence_maps(
   check_generator(gen, "gen")
   one = np.ndim(masks) == 1
   sums, counts = influence_map_sums(
-    gen, site, masks, z1, z2, pair_chunk=pair_chunk, mask_chunk=mask_chunk
+    gen, site, masks, z1, z2, pair_chunk=pair_chunk, mask_chunk=mask_chunk, precision=precision
   )
   maps = sums[0] / (3.0 * counts[0])
   return maps[0] if one else maps
@@ -690,32 +822,37 @@ def elementary_influence_map_sums(
   z2: ArrayLike,
   *,
   groups: ArrayLike | None = None,
-  pair_chunk: int = DEFAULT_PAIR_CHUNK,
-  mask_chunk: int = DEFAULT_MASK_CHUNK,
+  pair_chunk: int | None = None,
+  mask_chunk: int | None = None,
   method: str = "auto",
+  precision: str = _precision.DEFAULT_PRECISION,
 ) -> tuple[jax.Array, np.ndarray]:
   """Unnormalised EIMs of given pairs: ``(sums [G, C, H, W], counts [G])``.
 
   ``sums[g] / (3 · counts[g])`` are the EIMs of the pairs in group g. See
-  `elementary_influence_maps` for ``method``.
+  `elementary_influence_maps` for ``method``, ``precision`` and the chunks.
   """
   check_generator(gen, "gen")
   gen.site_index(site)
   z1, z2 = _check_pairs(gen, z1, z2)
-  pair_chunk = check_positive_int(pair_chunk, "pair_chunk")
-  mask_chunk = check_positive_int(mask_chunk, "mask_chunk")
+  pair_chunk = _check_chunk(pair_chunk, "pair_chunk")
+  mask_chunk = _check_chunk(mask_chunk, "mask_chunk")
   method = _check_method(method)
+  precision = _precision.check_precision(precision)
   linear = gen.has_linear_split(site)
   if method == "linear" and not linear:
     raise ValueError(f"method='linear' needs a linear split of the stage after site {site!r}")
   groups = _check_groups(groups, z1.shape[0])
   c = gen.site_shape(site)[-1]
+  pair_chunk, mask_chunk = _chunks(
+    gen, site, pair_chunk, mask_chunk, z1.shape[0], c, int(groups.max()) + 1, precision
+  )
   if linear and method != "masks":
     cc = _largest_divisor_at_most(c, mask_chunk)
     sums, counts = _run_sharded(
       gen,
-      ("eim", site, cc),
-      lambda pc: _local_eim_sums(gen, site, pc, cc),
+      ("eim", site, cc, *_precision.cache_key(precision)),
+      lambda pc: _local_eim_sums(gen, site, pc, cc, precision),
       (),
       z1,
       z2,
@@ -732,6 +869,7 @@ def elementary_influence_map_sums(
     groups=groups,
     pair_chunk=pair_chunk,
     mask_chunk=mask_chunk,
+    precision=precision,
   )
 
 
@@ -742,9 +880,10 @@ def elementary_influence_maps(
   key: jax.Array | None = None,
   *,
   n_groups: int = 1,
-  pair_chunk: int = DEFAULT_PAIR_CHUNK,
-  mask_chunk: int = DEFAULT_MASK_CHUNK,
+  pair_chunk: int | None = None,
+  mask_chunk: int | None = None,
   method: str = "auto",
+  precision: str = _precision.DEFAULT_PRECISION,
 ) -> jax.Array:
   """Elementary influence maps (EIMs): one influence map per channel of ``site``.
 
@@ -756,6 +895,14 @@ def elementary_influence_maps(
     method: ``'linear'`` uses the linear split of the stage after the site (each
       channel's contribution to the next layer alone); ``'masks'`` runs the
       general one-hot-mask path; ``'auto'`` picks 'linear' when available.
+    pair_chunk: pairs per scan step; mask_chunk: channels per flat batch (the
+      linear path uses its largest divisor of C). None (default): chosen from the
+      device's memory (`cfmod_jax.memory.choose_chunks`): 32 and 16 on CPU unless
+      RAM is short, larger chunks that fit on GPU/TPU.
+    precision: ``'float32'`` (default), ``'tf32'`` (TF32 matmuls/convolutions on
+      GPUs; bitwise float32 on CPU) or ``'bfloat16'`` (the suffix in bf16; sums
+      and outputs float32); see `cfmod_jax.precision` and docs/gpu_check.md for
+      the error of bf16.
   Returns:
     ``[C, H, W] float32`` (or ``[n_groups, C, H, W]`` when ``n_groups > 1``).
   """
@@ -766,12 +913,23 @@ def elementary_influence_maps(
   if n_groups > n_pairs:
     raise ValueError(f"n_groups={n_groups} exceeds n_pairs={n_pairs}")
   _check_method(method)
+  _precision.check_precision(precision)
+  _check_chunk(pair_chunk, "pair_chunk")
+  _check_chunk(mask_chunk, "mask_chunk")
   key = jax.random.key(0) if key is None else check_key(key, "key")
   k1, k2 = jax.random.split(key)
   z1, z2 = gen.sample_latents(k1, n_pairs), gen.sample_latents(k2, n_pairs)
   groups = (np.arange(n_pairs) * n_groups) // n_pairs
   sums, counts = elementary_influence_map_sums(
-    gen, site, z1, z2, groups=groups, pair_chunk=pair_chunk, mask_chunk=mask_chunk, method=method
+    gen,
+    site,
+    z1,
+    z2,
+    groups=groups,
+    pair_chunk=pair_chunk,
+    mask_chunk=mask_chunk,
+    method=method,
+    precision=precision,
   )
   maps = sums / (3.0 * jnp.asarray(counts, jnp.float32)[:, None, None, None])
   return maps if n_groups > 1 else maps[0]
