@@ -14,10 +14,11 @@ Flax variable tree:
   the flip give the same 2× output alignment as Flax's 'SAME' padding;
 * BatchNorm scale/bias/running mean/var with Flax's eps 1e-5 (eval mode).
 
-`hook_eims` is the baseline the benchmark compares with: a forward hook on the
+`hook_eims` is the benchmark's ``torch_hooks`` contender: a forward hook on the
 site's stage replaces channel c by z2's activations, one channel at a time,
-batched over pairs — as GAN-Dissection / nnsight-style code does. Of the
-benchmark's modules only this one (and the worker's matmul peak) imports torch.
+batched over pairs — as GAN-Dissection / nnsight-style code does. The stronger
+PyTorch contenders (cfmod_jax's own algorithms) are in `benchmarks.torch_fast`.
+Of the benchmark's modules only these two (and the worker's matmul peak) import torch.
 """
 
 from __future__ import annotations
