@@ -3,7 +3,12 @@
 For each site:
 
 1. **EIMs** over ``n_pairs`` latent pairs, in resumable blocks (`cfmod_jax.sweep`);
-   the blocks are the groups for bootstrap resampling.
+   the blocks are the groups for bootstrap resampling. With
+   ``eim_target_reliability`` (off by default) ``n_pairs`` is a maximum: the sweep
+   stops adding blocks once the split-half reliability of the EIMs reaches the
+   target (`sweep.eim_reliability`, at least two blocks), for the trained and the
+   untrained network alike; ``metrics.json`` then records per site the pairs used,
+   the reliability after each block and the sweep's time (``eim_sweep``).
 2. **K**: given, or chosen by `clustering.choose_k` (default rule: the smallest K
    whose mean bootstrap cosine silhouette is within 0.05 of the best); the curves
    are plotted.
@@ -67,17 +72,26 @@ from cfmod_jax.interventions import (
   influence_map_sums,
   masks_from_labels,
 )
-from cfmod_jax.sweep import SweepConfig, broadcast_from_host0, eim_sweep, generator_fingerprint
+from cfmod_jax.sweep import (
+  SweepConfig,
+  SweepResult,
+  broadcast_from_host0,
+  check_target_reliability,
+  eim_sweep,
+  generator_fingerprint,
+)
 
 if TYPE_CHECKING:
   from cfmod_jax import quality
 
 __all__ = [
   "AnalysisConfig",
+  "OPTIONAL_FIELDS",
   "OutputFolderError",
   "analyze_site",
   "check_config",
   "claim_output_folder",
+  "config_dict",
   "eval_latents",
   "factor_effects",
   "factor_latents",
@@ -122,6 +136,25 @@ class AnalysisConfig:
   factor_pairs: int = 128  # latent pairs for the factor transfer
   factor_null: int = 8  # random partitions for the factor-transfer null
   hybrid_fd_samples: int = 250  # hybrids per module for hybrid realism (0: off)
+  # Adaptive pairs: stop the EIM sweep once its split-half reliability reaches this
+  # (0 < t < 1); None (default): always n_pairs. Recorded in the settings only when set.
+  eim_target_reliability: float | None = None
+
+
+#: Fields of `AnalysisConfig` left out of the recorded config (``metrics.json``,
+#: ``run.json``) while at their default, so that outputs of runs that do not use
+#: them are byte-for-byte those of versions without them.
+OPTIONAL_FIELDS = {"eim_target_reliability": None}
+
+
+def config_dict(cfg: AnalysisConfig) -> dict:
+  """``cfg`` as the dict recorded in ``metrics.json`` and the run manifest: every
+  field except those of `OPTIONAL_FIELDS` that are at their default."""
+  out = dataclasses.asdict(cfg)
+  for name, default in OPTIONAL_FIELDS.items():
+    if out[name] == default:
+      del out[name]
+  return out
 
 
 def check_config(gen: Generator, cfg: AnalysisConfig) -> list[str]:
@@ -149,6 +182,7 @@ def check_config(gen: Generator, cfg: AnalysisConfig) -> list[str]:
     v = getattr(cfg, name)
     if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
       raise ValueError(f"{name} must be a positive integer, got {v!r}")
+  check_target_reliability(cfg.eim_target_reliability, "eim_target_reliability")
   if cfg.n_pairs < 2 * cfg.block_pairs:
     raise ValueError(
       f"n_pairs={cfg.n_pairs} must be at least 2 × block_pairs="
@@ -257,6 +291,7 @@ class _SiteFit:
   group_maps: np.ndarray  # [G, (1 + n_null)·K, H, W]
   all_maps: np.ndarray  # [(1 + n_null)·K, H, W]
   seconds_eims: float
+  sweep: SweepResult
 
 
 def _fit_site(
@@ -284,6 +319,7 @@ def _fit_site(
       seed=site_seed,
       pair_chunk=cfg.pair_chunk,
       mask_chunk=cfg.mask_chunk,
+      target_reliability=cfg.eim_target_reliability,
     ),
     cache_dir,
     fingerprint=fingerprint,
@@ -345,7 +381,25 @@ def _fit_site(
     group_maps,
     all_maps,
     t_eims,
+    sweep,
   ), counts
+
+
+def _sweep_entry(sweep: SweepResult, seconds: float, max_pairs: int) -> dict:
+  """What ``metrics.json`` records of an adaptive EIM sweep."""
+  trace = [
+    {"blocks": b + 1, "pairs": int(sweep.counts[: b + 1].sum()), "reliability": float(r)}
+    for b, r in enumerate(sweep.reliability)
+    if np.isfinite(r)
+  ]
+  return {
+    "pairs_used": sweep.pairs_used,
+    "max_pairs": max_pairs,
+    "blocks_used": sweep.blocks_used,
+    "stopped_early": sweep.stopped_early,
+    "reliability_trace": trace,
+    "seconds": seconds,
+  }
 
 
 def _metric_entries(
@@ -549,6 +603,12 @@ def analyze_site(
     "module_sizes": np.bincount(labels, minlength=k).tolist(),
     "nmf_vs_kmeans_ari": fit.ari,
   }
+  if cfg.eim_target_reliability is not None:
+    site_metrics["eim_sweep"] = _sweep_entry(fit.sweep, fit.seconds_eims, cfg.n_pairs)
+    if untrained is not None:
+      site_metrics["untrained_eim_sweep"] = _sweep_entry(
+        fits[1].sweep, fits[1].seconds_eims, cfg.n_pairs
+      )
   verdict = {}
   for name, entry in entries[0].items():
     beyond_null = metrics.beyond(entry["effect_vs_null"], cfg.min_effect)
@@ -763,7 +823,7 @@ def run_settings(
 ) -> dict:
   """What the results in an output folder depend on (recorded in its manifest)."""
   return {
-    "config": dataclasses.asdict(cfg),
+    "config": config_dict(cfg),
     "sites": list(sites),
     "generator": gen.name,
     "untrained_fingerprint": untrained_fingerprint,
@@ -872,7 +932,7 @@ def run(
   result = {
     "generator": gen.name,
     "fingerprint": fingerprint,
-    "config": dataclasses.asdict(cfg),
+    "config": config_dict(cfg),
     "devices": jax.device_count(),
     "platform": jax.default_backend(),
     "sites": {},

@@ -34,6 +34,14 @@ flags.DEFINE_string(
 flags.DEFINE_list("sites", [], "Sites to analyse (default: all).")
 flags.DEFINE_integer("n_pairs", 128, "Latent pairs for the elementary influence maps.")
 flags.DEFINE_integer("block_pairs", 16, "Pairs per resumable block / bootstrap group.")
+flags.DEFINE_float(
+  "eim_target_reliability",
+  None,
+  "Adaptive pairs (off by default): stop the EIM sweep of a site once the split-half "
+  "reliability of its EIMs (cfmod_jax.sweep.eim_reliability) reaches this value in (0, 1), "
+  "e.g. 0.95; --n_pairs is then the maximum. Pairs used and the reliability trace go to "
+  "metrics.json.",
+)
 flags.DEFINE_string(
   "k", "auto", "Number of modules, or 'auto' (silhouette rule of clustering.choose_k)."
 )
@@ -89,6 +97,7 @@ def main(argv: list[str]) -> None:
     factor_pairs=FLAGS.factor_pairs,
     factor_null=FLAGS.factor_null,
     hybrid_fd_samples=FLAGS.hybrid_fd_samples,
+    eim_target_reliability=FLAGS.eim_target_reliability,
   )
   with _cli.blame("generator_args"):
     generator_args = specs.parse_generator_args(FLAGS.generator_args)
@@ -122,6 +131,7 @@ _CONFIG_FLAGS = (
   "sites",
   "n_pairs",
   "block_pairs",
+  "eim_target_reliability",
   "k_values",
   "method",
   "eval_pairs",
