@@ -154,7 +154,7 @@ def _abstract(tree: Any, dtype: Any = None) -> Any:
 
 def _tree_bytes(tree: Any) -> int:
   return sum(
-    int(np.size(a)) * np.dtype(getattr(a, "dtype", np.float32)).itemsize
+    int(np.prod(np.shape(a), dtype=np.int64)) * np.dtype(getattr(a, "dtype", np.float32)).itemsize
     for a in jax.tree.leaves(tree)
   )
 
@@ -165,14 +165,14 @@ _COSTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 def chunk_cost(gen: Generator, site: str, precision: str = "float32") -> ChunkCost:
   """The `ChunkCost` of the hybrid stream at ``site`` (abstract tracing only, no
-  compilation; cached per generator, site and precision)."""
+  compilation; cached per generator, site and storage dtype: tf32 stores what
+  float32 stores)."""
   check_generator(gen, "gen")
   gen.site_index(site)
-  precision = check_precision(precision)
-  cache = _COSTS.setdefault(gen, {})
-  if (site, precision) in cache:
-    return cache[(site, precision)]
   dt = compute_dtype(precision) or jnp.dtype(jnp.float32)
+  cache = _COSTS.setdefault(gen, {})
+  if (site, dt.name) in cache:
+    return cache[(site, dt.name)]
   site_shape, image_shape = gen.site_shape(site), gen.image_shape
   f32 = 4
   site_bytes = int(np.prod(site_shape)) * f32
@@ -192,6 +192,11 @@ def chunk_cost(gen: Generator, site: str, precision: str = "float32") -> ChunkCo
   def peaks(fn, v, make_args):
     return [peak_live_bytes(fn, v, *make_args(b), uncounted=1) for b in _BATCHES]
 
+  if (site, "prefix") not in cache:  # the prefix is float32 whatever the precision
+    cache[(site, "prefix")] = peaks(
+      prefix, v_f32, lambda b: (jax.ShapeDtypeStruct((b, *gen.latent_shape), jnp.float32),)
+    )
+
   s1, s2 = peaks(
     suffix,
     v_suffix,
@@ -200,19 +205,17 @@ def chunk_cost(gen: Generator, site: str, precision: str = "float32") -> ChunkCo
       jax.ShapeDtypeStruct((b, *gen.latent_shape), dt),
     ),
   )
-  p1, p2 = peaks(
-    prefix, v_f32, lambda b: (jax.ShapeDtypeStruct((b, *gen.latent_shape), jnp.float32),)
-  )
+  p1, p2 = cache[(site, "prefix")]
   suffix_per, prefix_per = (max(b - a, 0) // (hi - lo) for a, b in ((s1, s2), (p1, p2)))
   var_bytes = _tree_bytes(gen.variables)
-  var_copy = _tree_bytes(v_suffix) if precision == "bfloat16" else 0
+  var_copy = _tree_bytes(v_suffix) if dt != jnp.float32 else 0
   cost = ChunkCost(
     per_hybrid=suffix_per + site_bytes + 2 * image_bytes,
     per_pair=2 * site_bytes + 2 * image_bytes + 2 * latent_bytes + prefix_per,
     fixed=var_bytes + var_copy + max(s1 - lo * suffix_per, 0) + max(p1 - lo * prefix_per, 0),
     per_output_map=int(np.prod(image_shape[:2])) * f32,
   )
-  cache[(site, precision)] = cost
+  cache[(site, dt.name)] = cost
   return cost
 
 
@@ -338,20 +341,53 @@ def choose_chunks(
   """
   n_pairs = check_positive_int(n_pairs, "n_pairs")
   n_masks = check_positive_int(n_masks, "n_masks")
-  n_groups = check_positive_int(n_groups, "n_groups")
-  if pair_chunk is not None:
-    pair_chunk = check_positive_int(pair_chunk, "pair_chunk")
-  if mask_chunk is not None:
-    mask_chunk = check_positive_int(mask_chunk, "mask_chunk")
   if pair_chunk is not None and mask_chunk is not None:
-    return pair_chunk, mask_chunk
-  n_devices = (
-    len(jax.devices()) if n_devices is None else check_positive_int(n_devices, "n_devices")
-  )
+    return check_positive_int(pair_chunk, "pair_chunk"), check_positive_int(
+      mask_chunk, "mask_chunk"
+    )
+  n_devices = len(jax.devices()) if n_devices is None else n_devices
   if budget_bytes is None or platform is None:
     auto_budget, auto_platform = memory_budget()
     budget_bytes = auto_budget if budget_bytes is None else budget_bytes
     platform = auto_platform if platform is None else platform
+  return choose_chunks_for_cost(
+    chunk_cost(gen, site, precision),
+    n_pairs,
+    n_masks,
+    budget_bytes=budget_bytes,
+    platform=platform,
+    n_groups=n_groups,
+    pair_chunk=pair_chunk,
+    mask_chunk=mask_chunk,
+    n_devices=n_devices,
+    max_hybrids=max_hybrids,
+  )
+
+
+def choose_chunks_for_cost(
+  cost: ChunkCost,
+  n_pairs: int,
+  n_masks: int,
+  *,
+  budget_bytes: int,
+  platform: str,
+  n_groups: int = 1,
+  pair_chunk: int | None = None,
+  mask_chunk: int | None = None,
+  n_devices: int = 1,
+  max_hybrids: int = MAX_HYBRIDS_PER_BATCH,
+) -> tuple[int, int]:
+  """`choose_chunks` for a known `ChunkCost` (e.g. to plan a machine you are not on):
+  the last candidate of `chunk_ladder` whose `working_set_bytes` fits ``budget_bytes``
+  (the first one if none fits)."""
+  n_pairs = check_positive_int(n_pairs, "n_pairs")
+  n_masks = check_positive_int(n_masks, "n_masks")
+  n_groups = check_positive_int(n_groups, "n_groups")
+  n_devices = check_positive_int(n_devices, "n_devices")
+  if pair_chunk is not None:
+    pair_chunk = check_positive_int(pair_chunk, "pair_chunk")
+  if mask_chunk is not None:
+    mask_chunk = check_positive_int(mask_chunk, "mask_chunk")
   per_device = -(-n_pairs // n_devices)
   if platform == "cpu":
     pair_cap, mask_cap, limit = min(CPU_PAIR_CHUNK, per_device), min(CPU_MASK_CHUNK, n_masks), None
@@ -361,7 +397,6 @@ def choose_chunks(
   ladder = chunk_ladder(
     pair_cap, mask_cap, pair_chunk=pair_chunk, mask_chunk=mask_chunk, max_hybrids=limit
   )
-  cost = chunk_cost(gen, site, precision)
   best = ladder[0]
   for pc, mc in ladder:
     if working_set_bytes(cost, pc, mc, n_masks, n_groups) > budget_bytes:
@@ -377,6 +412,53 @@ def format_bytes(n: float) -> str:
   return f"{n / 1024**i:.1f} {units[i]}" if i else f"{int(n)} B"
 
 
+def compiled_chunk_bytes(
+  gen: Generator, site: str, pair_chunk: int, mask_chunk: int, precision: str = "float32"
+) -> dict[str, int] | None:
+  """XLA's own account (``compiled.memory_analysis()``) of one chunk of the stream:
+  the influence-map kernel of `cfmod_jax.interventions` compiled for one chunk of
+  ``pair_chunk`` pairs and ``mask_chunk`` masks at ``site`` (nothing is run).
+
+  Returns ``{'temp', 'argument', 'output', 'total'}`` bytes, or None where the
+  backend gives no memory analysis. Compare ``total`` with
+  ``working_set_bytes(chunk_cost(...), pair_chunk, mask_chunk, mask_chunk)``.
+  """
+  from cfmod_jax import interventions  # pylint: disable=g-import-not-at-top  (imports us)
+
+  check_generator(gen, "gen")
+  c = gen.site_shape(site)[-1]
+  pair_chunk = check_positive_int(pair_chunk, "pair_chunk")
+  mask_chunk = check_positive_int(mask_chunk, "mask_chunk")
+  local = interventions._local_hybrid_stream(  # pylint: disable=protected-access
+    gen,
+    site,
+    None,
+    interventions._influence_sums,  # pylint: disable=protected-access
+    pair_chunk,
+    mask_chunk,
+    False,
+    check_precision(precision),
+  )
+  z = jax.ShapeDtypeStruct((pair_chunk, *gen.latent_shape), jnp.float32)
+  args = (
+    _abstract(gen.variables),
+    (jax.ShapeDtypeStruct((mask_chunk, c), jnp.float32), ()),
+    z,
+    z,
+    jax.ShapeDtypeStruct((pair_chunk, 1), jnp.float32),
+  )
+  analysis = jax.jit(local).lower(*args).compile().memory_analysis()
+  if analysis is None:
+    return None
+  out = {
+    "temp": int(analysis.temp_size_in_bytes),
+    "argument": int(analysis.argument_size_in_bytes),
+    "output": int(analysis.output_size_in_bytes),
+  }
+  out["total"] = sum(out.values())
+  return out
+
+
 __all__ = [
   "ACCUMULATOR_COPIES",
   "CPU_MASK_CHUNK",
@@ -387,8 +469,10 @@ __all__ = [
   "MAX_MASK_CHUNK",
   "MAX_PAIR_CHUNK",
   "choose_chunks",
+  "choose_chunks_for_cost",
   "chunk_cost",
   "chunk_ladder",
+  "compiled_chunk_bytes",
   "format_bytes",
   "memory_budget",
   "peak_live_bytes",

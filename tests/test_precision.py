@@ -35,8 +35,9 @@ def _generator() -> cf.Generator:
       flat[path] = np.ones(leaf.shape)
     else:
       flat[path] = np.zeros(leaf.shape)
+  # numpy leaves (jnp.asarray would compile one transfer per distinct shape)
   variables = traverse_util.unflatten_dict(
-    {k: jnp.asarray(v, jnp.float32) for k, v in flat.items()}, sep="/"
+    {k: v.astype(np.float32) for k, v in flat.items()}, sep="/"
   )
   return cf.Generator(module, variables)
 

@@ -1,0 +1,757 @@
+"""Speed and precision check on whatever backend is present (CPU, GPU, TPU): one JSON.
+
+  launch/gpu_check.sh --out out/gpu_check            # the full check
+  launch/gpu_check.sh --tiny --out /tmp/gpu_check    # everything, tiny (tests)
+
+Writes ``<out>/gpu_check.json`` (`SCHEMA`; docs/gpu_check.md describes every field):
+
+* ``device``: backend, device kind and count, jax/jaxlib versions, device memory
+  (``memory_stats()``; None on CPU) and host RAM, and the best matmul TFLOP/s of this
+  device in float32, tf32 and bfloat16 (reference peaks).
+* ``eim_benchmark`` (a): cfmod_jax's EIMs of the benchmark's workload
+  (`benchmarks.workload`: DCGAN-64 with calibrated random weights, the benchmark's
+  pairs) at every site, in each precision: hybrids/s, GFLOP/s of the plain
+  algorithm, the chunks chosen from memory, the error of tf32/bf16 against float32
+  (``max|Δ| / mean|EIM|`` and ``mean|Δ| / mean|EIM|``), and the working set that
+  `cfmod_jax.memory` estimates next to XLA's ``memory_analysis()`` of one chunk.
+* ``main_job`` (b): `cfmod_jax.analysis.run` (what ``experiments.analyze`` runs) on
+  the shipped DCGAN with a small config, timed.
+* ``biggan`` (c): BigGAN-deep-256 with random weights (`cfmod_jax.models.biggan`):
+  per site the FLOPs per image of the prefix and suffix (XLA cost analysis), the
+  estimated bytes per hybrid (float32, bf16); at a few sites a measured sweep of a
+  few channels × pairs (seconds per hybrid, GFLOP/s of the suffix) and the bf16
+  error where bf16 runs.
+* ``precision_study`` (d, optional): bf16 (and tf32 off CPU) against float32 on the
+  shipped generators at every site: EIM errors and the agreement of the modules
+  the main job would find (K chosen and NMF labels at the main job's defaults;
+  adjusted Rand index).
+
+Every measured time excludes compilation (one warm-up call first), except the
+main job's, which is end to end. `experiments.scale_table` turns the BigGAN numbers
+into docs/scale.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import functools
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from absl import flags, logging
+
+from experiments import _cli  # isort: skip  (first: one line on Ctrl-C while jax imports)
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import cfmod_jax as cf
+from cfmod_jax import fileio, memory
+from cfmod_jax import precision as prec
+from cfmod_jax.generator import Generator
+
+__all__ = [
+  "SCHEMA",
+  "CheckConfig",
+  "biggan_section",
+  "device_info",
+  "eim_benchmark",
+  "main_job",
+  "matmul_tflops",
+  "precision_study",
+  "random_biggan",
+  "xla_costs",
+  "run_check",
+  "tiny_biggan_config",
+  "tiny_config",
+]
+
+SCHEMA = 1
+SHIPPED = ("dcgan-synthfaces", "vae-synthfaces", "began-synthfaces")
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckConfig:
+  """What `run_check` runs (the flags of the CLI; `tiny_config` for tests)."""
+
+  precisions: Sequence[str] = prec.PRECISIONS
+  seed: int = 0
+  # (a) EIM benchmark
+  bench_width: int = 64
+  bench_pairs: int = 64
+  bench_sites: Sequence[str] = ("block1", "block2", "block3", "block4")
+  memory_analysis: bool = True
+  memory_analysis_sites: Sequence[str] | None = None  # None: every benchmark site
+  # (b) main job
+  main_job: bool = True
+  main_generator: str = "dcgan-synthfaces"  # or "bench": the benchmark's DCGAN
+  main_sites: Sequence[str] = ("block3", "block4")
+  main_pairs: int = 32
+  main_block_pairs: int = 16
+  main_eval_pairs: int = 16
+  # (c) BigGAN
+  biggan: bool = True
+  biggan_config: Any = "biggan-deep-256"
+  biggan_time_sites: Sequence[str] | None = ("gen_z", "block3", "block7", "block11")
+  biggan_cost_sites: Sequence[str] | None = None  # FLOPs and bytes; None: every site
+  biggan_channels: int = 2
+  biggan_pairs: int = 2
+  biggan_precisions: Sequence[str] | None = None  # None: float32 on CPU, all elsewhere
+  # (d) precision study (shipped generators)
+  study: bool = False
+  study_generators: Sequence[str] = SHIPPED
+  study_sites: Sequence[str] | None = None  # None: every site
+  study_pairs: int = 64
+  study_groups: int = 4
+  study_n_boot: int | None = None  # None: the main job's (AnalysisConfig().n_boot)
+  study_k_values: Sequence[int] | None = None  # None: the main job's k_values
+  matmul_n: int = 2048
+
+
+def tiny_biggan_config() -> Any:
+  """A BigGAN-deep of 4 blocks, width 4, 16×16 images, 10 classes (seconds on CPU)."""
+  from cfmod_jax.models import biggan  # pylint: disable=g-import-not-at-top
+
+  return biggan.BigGANConfig(
+    output_dim=16,
+    z_dim=8,
+    class_embed_dim=8,
+    channel_width=4,
+    num_classes=10,
+    layers=((True, 16, 8), (True, 8, 4), (False, 4, 2), (False, 2, 1)),
+    attention_layer_position=1,
+    n_stats=3,
+  )
+
+
+def tiny_config() -> CheckConfig:
+  """Everything, tiny: width-4 DCGAN at its first and last sites, N = 4, the main job
+  on it, a reduced BigGAN (costs at two sites, one timed), the precision study on one
+  shipped generator's last site."""
+  return CheckConfig(
+    bench_width=4,
+    bench_pairs=4,
+    bench_sites=("block1", "block4"),  # the benchmark's --quick sites
+    memory_analysis_sites=("block4",),
+    main_generator="bench",
+    main_sites=("block4",),
+    main_pairs=8,
+    main_block_pairs=4,
+    main_eval_pairs=4,
+    biggan_config=tiny_biggan_config(),
+    biggan_time_sites=("block2",),
+    biggan_cost_sites=("gen_z", "block2"),
+    biggan_channels=2,
+    biggan_pairs=2,
+    biggan_precisions=("float32", "bfloat16"),
+    study=True,
+    study_generators=("dcgan-synthfaces",),
+    study_sites=("block4",),
+    study_pairs=4,
+    study_groups=2,
+    study_n_boot=2,
+    study_k_values=(2, 3),
+    matmul_n=256,
+  )
+
+
+# ---- helpers -----------------------------------------------------------------------------
+
+
+def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
+  t = time.perf_counter()
+  out = jax.block_until_ready(fn())
+  return out, time.perf_counter() - t
+
+
+def _warm_timed(fn: Callable[[], Any]) -> tuple[Any, float, float]:
+  """``(output, seconds, first_seconds)``: a warm-up call (compiles), then a timed one."""
+  _, first = _timed(fn)
+  out, seconds = _timed(fn)
+  return out, seconds, first
+
+
+def _host_ram() -> dict[str, int | None]:
+  out: dict[str, int | None] = {"total": None, "available": None}
+  try:
+    with open("/proc/meminfo", encoding="ascii") as f:
+      for line in f:
+        key, value = line.split(":", 1)
+        if key in ("MemTotal", "MemAvailable"):
+          out["total" if key == "MemTotal" else "available"] = int(value.split()[0]) * 1024
+  except OSError:
+    pass
+  return out
+
+
+def matmul_tflops(n: int = 2048, repeats: int = 5) -> dict[str, float]:
+  """Best-of-``repeats`` TFLOP/s of an ``[n, n] @ [n, n]`` matmul on the default
+  device in float32, tf32 (float32 under ``default_matmul_precision('tensorfloat32')``)
+  and bfloat16 (f32 accumulation): this device's reachable peaks."""
+  out = {}
+  for name in prec.PRECISIONS:
+    dt = jnp.bfloat16 if name == "bfloat16" else jnp.float32
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32).astype(dt)
+    b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32).astype(dt)
+    with prec.matmul_scope(name):
+      f = functools.partial(jax.jit(jnp.matmul), a, b)
+      f().block_until_ready()
+      best = min(_timed(f)[1] for _ in range(repeats))
+    out[name] = 2.0 * n**3 / best / 1e12
+  return out
+
+
+def device_info(matmul_n: int = 2048) -> dict[str, Any]:
+  """Backend, devices, versions, memory and matmul peaks (see the module docstring)."""
+  import jaxlib  # pylint: disable=g-import-not-at-top
+
+  devices = jax.devices()
+  stats = None
+  try:
+    stats = devices[0].memory_stats()
+  except Exception:  # pylint: disable=broad-except
+    stats = None
+  budget, _ = memory.memory_budget()
+  return {
+    "platform": devices[0].platform,
+    "device_kind": devices[0].device_kind,
+    "n_devices": len(devices),
+    "n_local_devices": jax.local_device_count(),
+    "process_count": jax.process_count(),
+    "jax_version": jax.__version__,
+    "jaxlib_version": getattr(jaxlib, "__version__", None),
+    "python": platform.python_version(),
+    "host": platform.node(),
+    "cpu_count": os.cpu_count(),
+    "memory_bytes_limit": int(stats["bytes_limit"]) if stats and "bytes_limit" in stats else None,
+    "memory_bytes_in_use": int(stats["bytes_in_use"])
+    if stats and "bytes_in_use" in stats
+    else None,
+    "host_ram_bytes": _host_ram(),
+    "chunk_budget_bytes": budget,
+    "matmul_n": matmul_n,
+    "matmul_tflops": matmul_tflops(matmul_n),
+  }
+
+
+def _float32_first(precisions: Sequence[str]) -> list[str]:
+  """``precisions`` with float32 (the reference) first."""
+  return sorted(dict.fromkeys(precisions), key=lambda p: p != "float32")
+
+
+def _plain_flops(f_prefix: float, f_suffix: float, channels: int, n_pairs: int) -> float:
+  """The benchmark's plain-algorithm FLOPs: ``N · (2 · F_prefix + (C + 1) · F_suffix)``."""
+  return n_pairs * (2.0 * f_prefix + (channels + 1) * f_suffix)
+
+
+def xla_costs(gen: Generator, site: str, batch: int = 32) -> dict[str, float]:
+  """Per image, from XLA's cost analysis of the compiled prefix (latent → site) and
+  suffix (site → image) for a batch of ``batch`` (variables may be abstract):
+  ``prefix_flops``, ``suffix_flops`` and ``suffix_bytes`` (XLA's "bytes accessed" of
+  the suffix, a proxy of its memory traffic in float32)."""
+  z = jax.ShapeDtypeStruct((batch, *gen.latent_shape), jnp.float32)
+  h = jax.ShapeDtypeStruct((batch, *gen.site_shape(site)), jnp.float32)
+  v = memory._abstract(gen.variables)  # pylint: disable=protected-access
+
+  def cost(fn, *args):
+    out = jax.jit(fn).lower(v, *args).compile().cost_analysis()
+    return out[0] if isinstance(out, (list, tuple)) else out
+
+  pre = cost(lambda v, z: gen.prefix(v, z, site), z)
+  suf = cost(lambda v, h, z: gen.suffix(v, h, z, site), h, z)
+  return {
+    "prefix_flops": float(pre.get("flops", 0.0)) / batch,
+    "suffix_flops": float(suf.get("flops", 0.0)) / batch,
+    "suffix_bytes": float(suf.get("bytes accessed", 0.0)) / batch,
+  }
+
+
+# ---- (a) EIM benchmark -----------------------------------------------------------------------
+
+
+def eim_benchmark(cfg: CheckConfig, log: Callable[..., None] = logging.info) -> dict[str, Any]:
+  """Section (a): cfmod_jax's EIMs of the benchmark workload at every site, per precision."""
+  from benchmarks import workload  # pylint: disable=g-import-not-at-top
+
+  gen = workload.benchmark_generator(width=cfg.bench_width, seed=cfg.seed)
+  z1, z2 = workload.benchmark_pairs(gen, cfg.bench_pairs, cfg.seed)
+  records = []
+  for site in cfg.bench_sites:
+    c = gen.site_shape(site)[-1]
+    costs = xla_costs(gen, site, 32)
+    f_prefix, f_suffix = costs["prefix_flops"], costs["suffix_flops"]
+    gflop = _plain_flops(f_prefix, f_suffix, c, cfg.bench_pairs) / 1e9
+    ref = None
+    for p in _float32_first(cfg.precisions):
+      pc, mc = memory.choose_chunks(gen, site, cfg.bench_pairs, c, precision=p)
+      (sums, counts), seconds, first = _warm_timed(
+        functools.partial(cf.elementary_influence_map_sums, gen, site, z1, z2, precision=p)
+      )
+      eims = np.asarray(sums[0]) / (3.0 * counts[0])
+      if p == "float32":
+        ref, err = eims, None
+      else:
+        err = prec.relative_errors(eims, ref)
+      hybrids = cfg.bench_pairs * c
+      rec = {
+        "site": site,
+        "channels": c,
+        "precision": p,
+        "n_pairs": cfg.bench_pairs,
+        "hybrids": hybrids,
+        "seconds": seconds,
+        "first_call_seconds": first,
+        "hybrids_per_s": hybrids / seconds,
+        "prefix_flops_per_image": f_prefix,
+        "suffix_flops_per_image": f_suffix,
+        "plain_gflop": gflop,
+        "plain_gflops": gflop / seconds,
+        "pair_chunk": pc,
+        "mask_chunk": mc,
+        "rel_err_max": None if err is None else err["max"],
+        "rel_err_mean": None if err is None else err["mean"],
+        "mean_eim": float(eims.mean()),
+        "linear_path": gen.has_linear_split(site),
+      }
+      cost = memory.chunk_cost(gen, site, p)
+      rec["estimated_working_set_bytes"] = memory.working_set_bytes(cost, pc, mc, c)
+      rec["estimated_bytes_per_hybrid"] = cost.per_hybrid
+      analysed = cfg.memory_analysis_sites is None or site in cfg.memory_analysis_sites
+      if cfg.memory_analysis and analysed and p != "tf32":  # tf32 stores what float32 does
+        one = memory.compiled_chunk_bytes(gen, site, pc, mc, p)
+        rec["xla_chunk_bytes"] = None if one is None else one["total"]
+        rec["estimated_chunk_bytes"] = memory.working_set_bytes(cost, pc, mc, mc)
+      records.append(rec)
+      log(
+        "(a) %s %s: %d hybrids in %.3f s (%.0f hybrids/s, first call %.1f s), chunks %d×%d%s",
+        site,
+        p,
+        hybrids,
+        seconds,
+        rec["hybrids_per_s"],
+        first,
+        pc,
+        mc,
+        "" if err is None else f", max|Δ|/mean = {err['max']:.2e}",
+      )
+  return {
+    "width": cfg.bench_width,
+    "n_pairs": cfg.bench_pairs,
+    "seed": cfg.seed,
+    "flops_definition": "N * (2 * F_prefix + (C + 1) * F_suffix), XLA cost analysis, batch 32",
+    "records": records,
+  }
+
+
+# ---- (b) main job ------------------------------------------------------------------------------
+
+
+def main_job(cfg: CheckConfig, out_dir: str, log: Callable[..., None] = logging.info) -> dict:
+  """Section (b): `cfmod_jax.analysis.run` with a small config, end to end."""
+  from cfmod_jax import analysis  # pylint: disable=g-import-not-at-top
+
+  if cfg.main_generator == "bench":
+    from benchmarks import workload  # pylint: disable=g-import-not-at-top
+
+    gen = workload.benchmark_generator(width=cfg.bench_width, seed=cfg.seed)
+  else:
+    gen = cf.load_generator(cfg.main_generator)
+  acfg = analysis.AnalysisConfig(
+    sites=tuple(cfg.main_sites),
+    n_pairs=cfg.main_pairs,
+    block_pairs=cfg.main_block_pairs,
+    k=2,
+    eval_pairs=cfg.main_eval_pairs,
+    eval_groups=2,
+    n_null=4,
+    n_ci=50,
+    n_boot=2,
+    seed=cfg.seed,
+    untrained_baseline=False,
+    factor_transfer="none",
+    hybrid_fd_samples=0,
+    parts="none",
+  )
+  fields = {
+    f.name: getattr(acfg, f.name)
+    for f in dataclasses.fields(acfg)
+    if getattr(acfg, f.name) != f.default
+  }
+  log("(b) main job on %s: %s", gen.name, fields)
+  t = time.perf_counter()
+  analysis.run(gen, acfg, out_dir)
+  seconds = time.perf_counter() - t
+  log("(b) main job: %.1f s", seconds)
+  flags_ = " ".join(
+    f"--{k}={','.join(map(str, v)) if isinstance(v, (tuple, list)) else v}"
+    for k, v in fields.items()
+    if k in ("sites", "n_pairs", "block_pairs", "k", "eval_pairs", "eval_groups", "n_null")
+  )
+  return {
+    "generator": gen.name,
+    "config": {k: list(v) if isinstance(v, tuple) else v for k, v in fields.items()},
+    "cli_equivalent": (
+      f"python -m experiments.analyze --generator {cfg.main_generator} {flags_} "
+      "--untrained_baseline=false --factor_transfer=none --hybrid_fd_samples=0 --parts=none"
+    ),
+    "seconds": seconds,
+    "note": "end to end (compilation, clustering, figures and report included); "
+    "EIM chunks and precision as analysis.AnalysisConfig passes them",
+  }
+
+
+# ---- (c) BigGAN --------------------------------------------------------------------------------
+
+
+def random_biggan(config: Any, seed: int = 0, truncation: float = 0.4) -> Generator:
+  """A BigGAN-deep `Generator` with random weights drawn by numpy from the variables'
+  shapes (nothing compiled): kernels N(0, 1/fan_in), conditional-BN gains/biases
+  0.1 × that, BatchNorm at identity statistics, attention gamma 0.1."""
+  from flax import traverse_util  # pylint: disable=g-import-not-at-top
+
+  from cfmod_jax.models import biggan  # pylint: disable=g-import-not-at-top
+
+  cfg = biggan.get_config(config)
+  shapes = biggan._abstract_variables(cfg)  # pylint: disable=protected-access
+  rng = np.random.default_rng(seed)
+  flat = {}
+  for path, leaf in traverse_util.flatten_dict(shapes, sep="/").items():
+    name = path.rsplit("/", 1)[-1]
+    if name == "kernel":
+      fan_in = int(np.prod(leaf.shape[:-1]))
+      scale = (0.1 if "/bn_" in path else 1.0) / np.sqrt(fan_in)
+      flat[path] = (scale * rng.standard_normal(leaf.shape)).astype(np.float32)
+    elif name in ("running_vars", "scale"):
+      flat[path] = np.ones(leaf.shape, np.float32)
+    elif name == "gamma":
+      flat[path] = np.full(leaf.shape, 0.1, np.float32)
+    else:
+      flat[path] = np.zeros(leaf.shape, np.float32)
+  # numpy leaves: jnp.asarray would compile a transfer per distinct shape (jax 0.10).
+  variables = traverse_util.unflatten_dict(flat, sep="/")
+  return biggan.biggan_generator(variables, cfg, truncation, name=f"biggan-random-{cfg.resolution}")
+
+
+def _suffix_call(gen: Generator, site: str, precision: str, h: jax.Array, z: jax.Array):
+  """A compiled call of the bare suffix at ``precision`` on ``h``, ``z`` (the casts
+  to bf16 happen inside the compiled function, as in the engine)."""
+  dt = prec.compute_dtype(precision)
+
+  def suffix(variables, h, z):
+    if dt is not None:
+      variables, h, z = prec.cast_floating(variables, dt), h.astype(dt), z.astype(dt)
+    return gen.suffix(variables, h, z, site)
+
+  return functools.partial(jax.jit(prec.traced_with(suffix, precision)), gen.variables, h, z)
+
+
+def biggan_section(cfg: CheckConfig, log: Callable[..., None] = logging.info) -> dict[str, Any]:
+  """Section (c): per-site FLOPs and bytes of BigGAN-deep, and a measured sweep of
+  ``biggan_channels × biggan_pairs`` hybrids at the timed sites."""
+  from cfmod_jax.models import biggan  # pylint: disable=g-import-not-at-top
+
+  t = time.perf_counter()
+  gen = random_biggan(cfg.biggan_config, cfg.seed)
+  init_seconds = time.perf_counter() - t
+  bcfg = biggan.get_config(cfg.biggan_config)
+  name = cfg.biggan_config if isinstance(cfg.biggan_config, str) else "custom"
+  on_cpu = jax.devices()[0].platform == "cpu"
+  precisions = cfg.biggan_precisions or (("float32",) if on_cpu else prec.PRECISIONS)
+  time_sites = gen.sites if cfg.biggan_time_sites is None else tuple(cfg.biggan_time_sites)
+  for s in time_sites:
+    gen.site_index(s)
+  k1, k2 = jax.random.split(jax.random.key(cfg.seed + 7))
+  z1 = np.asarray(gen.sample_latents(k1, cfg.biggan_pairs))
+  z2 = np.asarray(gen.sample_latents(k2, cfg.biggan_pairs))
+  cost_sites = gen.sites if cfg.biggan_cost_sites is None else tuple(cfg.biggan_cost_sites)
+  sites = []
+  for site in gen.sites:
+    if site not in cost_sites and site not in time_sites:
+      continue
+    h, w, c = gen.site_shape(site)
+    xc = xla_costs(gen, site, 2)
+    f_prefix, f_suffix = xc["prefix_flops"], xc["suffix_flops"]
+    costs = {p: memory.chunk_cost(gen, site, p) for p in ("float32", "bfloat16")}
+    rec: dict[str, Any] = {
+      "site": site,
+      "shape": [h, w, c],
+      "channels": c,
+      "linear_split": gen.has_linear_split(site),
+      "prefix_flops_per_image": f_prefix,
+      "suffix_flops_per_image": f_suffix,
+      "suffix_bytes_accessed_per_image": xc["suffix_bytes"],
+      "bytes_per_hybrid": {p: v.per_hybrid for p, v in costs.items()},
+      "bytes_per_pair": {p: v.per_pair for p, v in costs.items()},
+      "fixed_bytes": {p: v.fixed for p, v in costs.items()},
+      "output_map_bytes": costs["float32"].per_output_map,
+      "timed": [],
+    }
+    if site in time_sites:
+      k = min(cfg.biggan_channels, c)
+      masks = np.eye(c, dtype=np.float32)[:k]
+      ref = None
+      for p in _float32_first(precisions):
+        (sums, counts), seconds, first = _warm_timed(
+          functools.partial(
+            cf.influence_map_sums,
+            gen,
+            site,
+            masks,
+            z1,
+            z2,
+            pair_chunk=len(z1),
+            mask_chunk=k,
+            precision=p,
+          )
+        )
+        maps = np.asarray(sums[0]) / (3.0 * counts[0])
+        if p == "float32":
+          ref = maps
+        err = prec.relative_errors(maps, ref) if ref is not None and p != "float32" else None
+        # The suffix alone on the same number of images (the per-hybrid cost).
+        hyb = k * len(z1)
+        hs = jnp.zeros((hyb, h, w, c), jnp.float32)
+        zs = jnp.asarray(np.repeat(z1, k, axis=0))
+        _, suffix_seconds, _ = _warm_timed(_suffix_call(gen, site, p, hs, zs))
+        timed = {
+          "precision": p,
+          "channels": k,
+          "n_pairs": len(z1),
+          "hybrids": hyb,
+          "seconds": seconds,
+          "first_call_seconds": first,
+          "seconds_per_hybrid": seconds / hyb,
+          "suffix_seconds": suffix_seconds,
+          "suffix_seconds_per_image": suffix_seconds / hyb,
+          "suffix_gflops": f_suffix * hyb / suffix_seconds / 1e9,
+          "engine_flops": _plain_flops(f_prefix, f_suffix, k, len(z1)),
+          "rel_err_max": None if err is None else err["max"],
+          "rel_err_mean": None if err is None else err["mean"],
+        }
+        timed["engine_gflops"] = timed["engine_flops"] / seconds / 1e9
+        rec["timed"].append(timed)
+        log(
+          "(c) %s %s: %d hybrids in %.3g s (%.3g s/hybrid; suffix alone %.3g s/image, "
+          "%.3g GFLOP/s)%s",
+          site,
+          p,
+          hyb,
+          seconds,
+          seconds / hyb,
+          suffix_seconds / hyb,
+          timed["suffix_gflops"],
+          "" if err is None else f", max|Δ|/mean = {err['max']:.2e}",
+        )
+    else:
+      log("(c) %s: suffix %.2f GFLOP/image", site, f_suffix / 1e9)
+    sites.append(rec)
+  return {
+    "config": name,
+    "config_dict": bcfg.to_dict(),
+    "resolution": bcfg.resolution,
+    "weights": "random (numpy, from the variables' shapes)",
+    "init_seconds": init_seconds,
+    "n_parameters": int(sum(np.size(a) for a in jax.tree.leaves(gen.variables["params"]))),
+    "variables_bytes": int(sum(np.asarray(a).nbytes for a in jax.tree.leaves(gen.variables))),
+    "precisions": _float32_first(precisions),
+    "sites": sites,
+  }
+
+
+# ---- (d) precision study ----------------------------------------------------------------------
+
+
+def precision_study(cfg: CheckConfig, log: Callable[..., None] = logging.info) -> list[dict]:
+  """Section (d): for each generator and site, reduced precision against float32:
+  EIM errors, and the modules the main job would find (K by `clustering.choose_k`,
+  labels by `clustering.cluster_channels`, both at `analysis.AnalysisConfig`'s
+  defaults) compared by the adjusted Rand index."""
+  from sklearn.metrics import adjusted_rand_score  # pylint: disable=g-import-not-at-top
+
+  from cfmod_jax import analysis, clustering  # pylint: disable=g-import-not-at-top
+
+  d = analysis.AnalysisConfig()
+  kw = dict(sigma=d.sigma, percentile=d.percentile)
+  on_cpu = jax.devices()[0].platform == "cpu"
+  others = [p for p in cfg.precisions if p != "float32" and not (on_cpu and p == "tf32")]
+  out = []
+  for name in cfg.study_generators:
+    gen = cf.load_generator(name)
+    sites = gen.sites if cfg.study_sites is None else tuple(cfg.study_sites)
+    for site in sites:
+      c = gen.site_shape(site)[-1]
+      key = jax.random.key(cfg.seed)
+      groups = {}
+      for p in ("float32", *others):
+        eims = cf.elementary_influence_maps(
+          gen, site, cfg.study_pairs, key, n_groups=cfg.study_groups, precision=p
+        )
+        groups[p] = np.asarray(eims)
+      ks = [k for k in (cfg.study_k_values or d.k_values) if k <= c]
+      n_boot = cfg.study_n_boot or d.n_boot
+      fits = {}
+      for p, g in groups.items():
+        k, _ = clustering.choose_k(g, ks, n_boot=n_boot, seed=d.seed, method=d.method, **kw)
+        fits[p] = (k, clustering.cluster_channels(g.mean(0), k, d.method, seed=d.seed, **kw))
+      k32, clus32 = fits["float32"]
+      for p in others:
+        err = prec.relative_errors(groups[p].mean(0), groups["float32"].mean(0))
+        k_p, clus_p = fits[p]
+        same_k = clustering.cluster_channels(groups[p].mean(0), k32, d.method, seed=d.seed, **kw)
+        rec = {
+          "generator": name,
+          "site": site,
+          "channels": c,
+          "precision": p,
+          "n_pairs": cfg.study_pairs,
+          "rel_err_max": err["max"],
+          "rel_err_mean": err["mean"],
+          "k_float32": int(k32),
+          "k_reduced": int(k_p),
+          "ari_main_job": float(adjusted_rand_score(clus32.labels, clus_p.labels)),
+          "ari_same_k": float(adjusted_rand_score(clus32.labels, same_k.labels)),
+        }
+        out.append(rec)
+        log(
+          "(d) %s %s %s: max|Δ|/mean %.2e, mean|Δ|/mean %.2e, K %d/%d, ARI %.3f (same K %.3f)",
+          name,
+          site,
+          p,
+          rec["rel_err_max"],
+          rec["rel_err_mean"],
+          k32,
+          k_p,
+          rec["ari_main_job"],
+          rec["ari_same_k"],
+        )
+  return out
+
+
+# ---- all ---------------------------------------------------------------------------------------
+
+
+def run_check(cfg: CheckConfig, out_dir: str, log: Callable[..., None] = logging.info) -> dict:
+  """Every section of ``cfg``; returns the JSON record (also written by `main`)."""
+  for p in cfg.precisions:
+    prec.check_precision(p)
+  if "float32" not in cfg.precisions:
+    raise ValueError("precisions must include 'float32' (the reference of the errors)")
+  t0 = time.perf_counter()
+  record: dict[str, Any] = {
+    "schema": SCHEMA,
+    "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    "command": " ".join(sys.argv),
+    "config": _config_json(cfg),
+  }
+  log("device: %s × %d (%s)", jax.devices()[0].device_kind, jax.device_count(), jax.__version__)
+  sections = {
+    "device": lambda: device_info(cfg.matmul_n),
+    "eim_benchmark": lambda: eim_benchmark(cfg, log),
+    "main_job": lambda: main_job(cfg, os.path.join(out_dir, "main_job"), log),
+    "biggan": lambda: biggan_section(cfg, log),
+    "precision_study": lambda: precision_study(cfg, log),
+  }
+  wanted = {"main_job": cfg.main_job, "biggan": cfg.biggan, "precision_study": cfg.study}
+  record["section_seconds"] = {}
+  for name, fn in sections.items():
+    if wanted.get(name, True):
+      t = time.perf_counter()
+      record[name] = fn()
+      record["section_seconds"][name] = time.perf_counter() - t
+      log("%s done in %.1f s", name, record["section_seconds"][name])
+  log("matmul TFLOP/s: %s", record["device"]["matmul_tflops"])
+  record["seconds_total"] = time.perf_counter() - t0
+  return record
+
+
+def _config_json(cfg: CheckConfig) -> dict[str, Any]:
+  out = {}
+  for f in dataclasses.fields(cfg):
+    v = getattr(cfg, f.name)
+    if hasattr(v, "to_dict"):
+      v = v.to_dict()
+    elif isinstance(v, tuple):
+      v = list(v)
+    out[f.name] = v
+  return out
+
+
+# ---- CLI ---------------------------------------------------------------------------------------
+
+FLAGS = flags.FLAGS
+
+
+def _define_flags() -> None:
+  d = CheckConfig()
+  flags.DEFINE_string("out", "out/gpu_check", "Output folder (gpu_check.json).")
+  flags.DEFINE_bool("tiny", False, "Everything in a tiny configuration (tests; < 1 min on CPU).")
+  flags.DEFINE_list("precisions", list(d.precisions), "Precisions (float32 is the reference).")
+  flags.DEFINE_integer("bench_width", d.bench_width, "DCGAN width of the EIM benchmark.")
+  flags.DEFINE_integer("bench_pairs", d.bench_pairs, "Pairs of the EIM benchmark.")
+  flags.DEFINE_bool("main_job", d.main_job, "Time the main job (b).")
+  flags.DEFINE_string("main_generator", d.main_generator, "Generator of the main job.")
+  flags.DEFINE_bool("biggan", d.biggan, "BigGAN-deep section (c).")
+  flags.DEFINE_string("biggan_config", d.biggan_config, "BigGAN config name.")
+  flags.DEFINE_list(
+    "biggan_time_sites", list(d.biggan_time_sites), "BigGAN sites to time ('all': every site)."
+  )
+  flags.DEFINE_integer("biggan_channels", d.biggan_channels, "Channels per timed BigGAN site.")
+  flags.DEFINE_integer("biggan_pairs", d.biggan_pairs, "Pairs per timed BigGAN site.")
+  flags.DEFINE_list(
+    "biggan_precisions", [], "Precisions of the BigGAN timing (default: float32 on CPU, all else)."
+  )
+  flags.DEFINE_bool("study", d.study, "Precision study on the shipped generators (d).")
+  flags.DEFINE_integer("study_pairs", d.study_pairs, "Pairs of the precision study.")
+  flags.DEFINE_integer("seed", d.seed, "Seed.", lower_bound=0)
+
+
+def config_from_flags() -> CheckConfig:
+  """The `CheckConfig` of the flags (``--tiny`` replaces the sizes)."""
+  if FLAGS.tiny:
+    return dataclasses.replace(tiny_config(), seed=FLAGS.seed)
+  sites = FLAGS.biggan_time_sites
+  for name in ("bench_width", "bench_pairs", "biggan_channels", "biggan_pairs", "study_pairs"):
+    if getattr(FLAGS, name) < 1:
+      raise _cli.flag_error(name, f"must be a positive integer, got {getattr(FLAGS, name)}")
+  return CheckConfig(
+    precisions=tuple(FLAGS.precisions),
+    seed=FLAGS.seed,
+    bench_width=FLAGS.bench_width,
+    bench_pairs=FLAGS.bench_pairs,
+    main_job=FLAGS.main_job,
+    main_generator=FLAGS.main_generator,
+    biggan=FLAGS.biggan,
+    biggan_config=FLAGS.biggan_config,
+    biggan_time_sites=None if sites == ["all"] else tuple(sites),
+    biggan_channels=FLAGS.biggan_channels,
+    biggan_pairs=FLAGS.biggan_pairs,
+    biggan_precisions=tuple(FLAGS.biggan_precisions) or None,
+    study=FLAGS.study,
+    study_pairs=FLAGS.study_pairs,
+  )
+
+
+def main(argv: list[str]) -> None:
+  del argv
+  cfg = config_from_flags()
+  for name in ("precisions", "biggan_precisions"):
+    for p in getattr(FLAGS, name):
+      with _cli.blame(name):
+        prec.check_precision(p)
+  if "float32" not in cfg.precisions:
+    raise _cli.flag_error("precisions", "must include float32 (the reference of the errors)")
+  out = _cli.check_output_dir("out")
+  record = run_check(cfg, out)
+  path = fileio.atomic_write_json(os.path.join(out, "gpu_check.json"), record)
+  logging.info("wrote %s (%.0f s)", path, record["seconds_total"])
+
+
+if __name__ == "__main__":
+  _define_flags()
+  _cli.run(main)
