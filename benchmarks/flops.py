@@ -133,7 +133,9 @@ def bytes_per_hybrid(gen: Generator, site: str) -> tuple[int, dict[str, int]]:
 def site_costs(gen: Generator, site: str, n_pairs: int, batch: int = 32) -> dict[str, float]:
   """Every per-site work figure of the benchmark (module docstring): the per-image
   FLOPs, ``plain_algorithm_flops``, ``minimal_flops`` and ``bytes_per_hybrid``
-  (None without a linear split), ``reduction_flops`` (left out of both)."""
+  (None without a linear split), ``reduction_flops`` (left out of both) and
+  ``prefix_share_of_minimal`` (the two prefixes per pair: most of the work at the
+  last sites)."""
   c = gen.site_shape(site)[-1]
   fp, fs = flops_per_image(gen, site, batch)
   out = {
@@ -149,12 +151,14 @@ def site_costs(gen: Generator, site: str, n_pairs: int, batch: int = 32) -> dict
     "minimal_flops": None,
     "bytes_per_hybrid": None,
     "traffic_elements": None,
+    "prefix_share_of_minimal": None,
   }
   hh, ww = gen.image_shape[:2]
   out["reduction_flops"] = 2.0 * 3 * hh * ww * c * n_pairs
   if gen.has_linear_split(site):
     fn, fr = split_flops_per_image(gen, site, batch)
     out.update(f_next=fn, f_rest=fr, minimal_flops=minimal_flops(fp, fn, fr, c, n_pairs))
+    out["prefix_share_of_minimal"] = 2.0 * fp * n_pairs / out["minimal_flops"]
     out["bytes_per_hybrid"], out["traffic_elements"] = bytes_per_hybrid(gen, site)
   return out
 

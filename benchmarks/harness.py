@@ -172,11 +172,16 @@ class _Worker:
       raise RuntimeError(f"worker {self.label}: {ev['error']}")
     return ev
 
-  def close(self):
+  def close(self, wait: bool = True):
+    """Closes the worker's stdin (it exits); waits for it unless ``wait`` is false."""
     try:
       self.proc.stdin.close()
     except OSError:
       pass
+    if wait:
+      self.wait()
+
+  def wait(self):
     try:
       self.proc.wait(timeout=60)
     except subprocess.TimeoutExpired:
@@ -379,9 +384,11 @@ def run_benchmark(cfg: BenchConfig, log: Callable[[str], Any] = print) -> dict[s
           records.append(
             _record(contender, site, costs[site], ready[contender], runs[contender], done)
           )
-      finally:
+      finally:  # all exit at once; the next measurement starts when they are gone
         for w in started.values():
-          w.close()
+          w.close(wait=False)
+        for w in started.values():
+          w.wait()
     measure_machine("end")
 
     memory = None

@@ -116,7 +116,8 @@ def markdown_table(results: dict[str, Any]) -> str:
     "Timing: per site, one long-lived process per contender, set up and warmed up "
     "one after the other (compilation, memory-format choice), then timed in rotation "
     f"({d['rotation']}); seconds exclude compilation and warm-up; JAX compile time "
-    "(XLA) and torch.compile time (first call minus second call of the warm-up chunk) "
+    "(XLA) and torch.compile time (first call minus second call of the warm-up chunks, "
+    "summed over both memory formats tried) "
     "in their own column. CPU s: user + system time of the median repeat's process over "
     "all threads. Details: the memory format torch_batched/linear kept "
     "(both are tried during warm-up) and their channels per batch.",

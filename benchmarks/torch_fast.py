@@ -6,8 +6,9 @@ does instead; this module is that code, on the same weights:
 
 * `FoldedDCGAN` — the eval-mode DCGAN-64 of a `TorchDCGAN` with every BatchNorm
   folded into the layer before it (``g = γ / √(var + eps)``: weights scaled by ``g``
-  per output channel, bias ``β − mean · g``), optionally in ``channels_last``
-  memory format (weights and activations);
+  per output channel, bias ``β − mean · g``), in one of the memory `LAYOUTS`
+  (contiguous NCHW, ``channels_last``, or 'mixed': torch_linear's contributions in
+  NCHW, the rest in ``channels_last``); activations run in place;
 * `batched_eims` (contender ``torch_batched``) — cfmod_jax's mask path: per chunk of
   pairs the prefix runs once for z1 and once for z2 and G(z1) once; the hybrids of
   a chunk of channels (one-hot masks, ``torch.where(mask, a2, a1)``) go through the
@@ -46,16 +47,29 @@ def _bn_fold(bn: torch.nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
   return g, bn.bias - bn.running_mean * g
 
 
+# Memory layouts: (stages in channels_last, linear-split contributions in channels_last).
+# 'mixed' computes torch_linear's grouped contributions in NCHW (whose output is then
+# already laid out per hybrid: no transposing copy) and every later stage in channels_last.
+LAYOUTS = {
+  "contiguous": (False, False),
+  "channels_last": (True, True),
+  "mixed": (True, False),
+}
+
+
 class FoldedDCGAN:
   """A `TorchDCGAN` with BatchNorm folded in, as plain tensors (eval mode only).
 
   ``stage k`` (0 … 4): k = 0 is ``relu(view(linear(z) + b0))``; k = 1 … 4 is
   ``act(conv_transpose(x, W_k) + b_k)`` (k=4: tanh, else ReLU). Site ``block{i+1}`` is
-  the output of stage i.
+  the output of stage i. ``layout``: a key of `LAYOUTS`.
   """
 
-  def __init__(self, model: TorchDCGAN, channels_last: bool = False) -> None:
-    self.channels_last = bool(channels_last)
+  def __init__(self, model: TorchDCGAN, layout: str = "contiguous") -> None:
+    if layout not in LAYOUTS:
+      raise ValueError(f"layout must be one of {tuple(LAYOUTS)}, got {layout!r}")
+    self.layout = layout
+    self.channels_last, self.contrib_channels_last = LAYOUTS[layout]
     self.width = model.width
     with torch.no_grad():
       g, shift = _bn_fold(model.stages[0][1])
@@ -71,17 +85,27 @@ class FoldedDCGAN:
           w, b = conv.weight, conv.bias
         self.weights.append(self._fmt(w.detach().clone()))
         self.biases.append(b.detach().clone().contiguous())
+    self.contrib_weights = [None] + [self.fmt_contrib(w) for w in self.weights[1:]]
     self.channels = (8 * self.width, 4 * self.width, 2 * self.width, self.width)
 
-  def _fmt(self, x: torch.Tensor) -> torch.Tensor:
-    if self.channels_last:
+  @staticmethod
+  def _as(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    if channels_last:
       return x.contiguous(memory_format=torch.channels_last)
     return x.contiguous()
 
+  def _fmt(self, x: torch.Tensor) -> torch.Tensor:
+    """``x`` in the stages' memory format."""
+    return self._as(x, self.channels_last)
+
+  def fmt_contrib(self, x: torch.Tensor) -> torch.Tensor:
+    """``x`` in the memory format of the linear-split contributions."""
+    return self._as(x, self.contrib_channels_last)
+
   @staticmethod
-  def act(k: int, y: torch.Tensor) -> torch.Tensor:
-    """The activation of stage ``k`` (tanh for the last, else ReLU)."""
-    return torch.tanh(y) if k == 4 else torch.relu(y)
+  def act_(k: int, y: torch.Tensor) -> torch.Tensor:
+    """The activation of stage ``k`` (tanh for the last, else ReLU), in place."""
+    return torch.tanh_(y) if k == 4 else torch.relu_(y)
 
   def pre(self, k: int, x: torch.Tensor) -> torch.Tensor:
     """The linear part of stage ``k ≥ 1`` with its (folded) bias."""
@@ -90,8 +114,8 @@ class FoldedDCGAN:
   def stage(self, k: int, x: torch.Tensor) -> torch.Tensor:
     if k == 0:
       y = F.linear(x, self.w0, self.b0).view(x.shape[0], 8 * self.width, 4, 4)
-      return self._fmt(torch.relu(y))
-    return self.act(k, self.pre(k, x))
+      return self._fmt(torch.relu_(y))
+    return self.act_(k, self.pre(k, x))  # in place on the fresh pre-activation
 
   def prefix(self, z: torch.Tensor, i: int) -> torch.Tensor:
     """Activations at site index ``i`` (block{i+1}), ``[N, C, H, W]``."""
@@ -108,8 +132,9 @@ class FoldedDCGAN:
     return x
 
   def rest(self, pre: torch.Tensor, i: int) -> torch.Tensor:
-    """Images from the pre-activation (with bias) of stage ``i + 1``."""
-    x = self.act(i + 1, pre)
+    """Images from the pre-activation (with bias) of stage ``i + 1`` (overwrites ``pre``:
+    the activation runs in place)."""
+    x = self.act_(i + 1, pre)
     for k in range(i + 2, 5):
       x = self.stage(k, x)
     return x
@@ -123,7 +148,7 @@ def batched_chunk_fn(model: FoldedDCGAN, i: int) -> Callable[..., torch.Tensor]:
     cc, pc = mask.shape[0], a1.shape[0]
     h = torch.where(mask[:, None, :, None, None], a2[None], a1[None])  # [cc, pc, C, H, W]
     y = model.suffix(h.reshape(cc * pc, *a1.shape[1:]), i)
-    return (y.reshape(cc, pc, *y.shape[1:]) - x1[None]).abs().sum(dim=(1, 2))
+    return y.reshape(cc, pc, *y.shape[1:]).sub_(x1[None]).abs_().sum(dim=(1, 2))
 
   return fn
 
@@ -137,9 +162,9 @@ def linear_chunk_fn(model: FoldedDCGAN, i: int) -> Callable[..., torch.Tensor]:
   def fn(pre1, d, w, x1):
     pc, cc = d.shape[0], d.shape[1]
     contrib = F.conv_transpose2d(d, w, stride=2, padding=1, groups=cc)  # [pc, cc·Co, 2H, 2W]
-    pre = pre1[:, None] + contrib.reshape(pc, cc, *pre1.shape[1:])
+    pre = contrib.reshape(pc, cc, *pre1.shape[1:]).add_(pre1[:, None])
     y = model.rest(pre.reshape(pc * cc, *pre1.shape[1:]), i)
-    return (y.reshape(pc, cc, *y.shape[1:]) - x1[:, None]).abs().sum(dim=(0, 2))
+    return y.reshape(pc, cc, *y.shape[1:]).sub_(x1[:, None]).abs_().sum(dim=(0, 2))
 
   return fn
 
@@ -207,22 +232,24 @@ def fast_eims(
         x1 = model.suffix(a1, i)
       else:
         pre1 = model.pre(i + 1, a1)
-        x1 = model.rest(pre1, i)
+        x1 = model.rest(pre1.clone(), i)
+        pre1 = model.fmt_contrib(pre1)
         delta = a2 - a1
-        w_next = model.weights[i + 1]
+        w_next = model.contrib_weights[i + 1]
       for s in starts:
         e = min(s + cc, c)
         if kind == "batched":
           mask = arange_c[None, :] == torch.arange(s, e)[:, None]
           acc[s:e] += fn(a1, a2, mask, x1)
         else:
-          d = model._fmt(delta[:, s:e])
-          acc[s:e] += fn(pre1, d, model._fmt(w_next[s:e]), x1)
+          d = model.fmt_contrib(delta[:, s:e])
+          acc[s:e] += fn(pre1, d, model.fmt_contrib(w_next[s:e]), x1)
   return (acc / (3.0 * n)).numpy()
 
 
 __all__ = [
   "KINDS",
+  "LAYOUTS",
   "FoldedDCGAN",
   "batched_chunk_fn",
   "fast_eims",

@@ -27,9 +27,11 @@ which includes the interpreter, the framework, its compiler and the warm-up;
 and warm-up: every contender is warmed up before its first timed run
 (cfmod_jax: the whole call; torch_hooks and naive JAX: channel 0 for every pair
 chunk; torch_batched/linear: their first channel chunk for every pair chunk, in
-both memory formats — the faster is kept). JAX compile time (lowering + XLA
+each memory layout — contiguous, channels_last and, for torch_linear, 'mixed' (see
+`benchmarks.torch_fast.LAYOUTS`) — the fastest is kept). JAX compile time (lowering + XLA
 compilation, from `jax.monitoring` events) and torch.compile time (first call
-minus a second call of the same chunk) are reported separately.
+minus a second call of the same chunks, summed over the memory formats tried) are
+reported separately.
 """
 
 from __future__ import annotations
@@ -142,18 +144,24 @@ def _matmul_gflops(framework: str, n: int = MATMUL_N, repeats: int = MATMUL_REPE
 
 def memory_bandwidth(mib: int, repeats: int = BANDWIDTH_REPEATS) -> dict[str, Any]:
   """Best-of-``repeats`` bandwidth of jitted ``x + 1.0`` on a float32 array of
-  ``mib`` MiB in JAX: bytes read + written (2 × the array) per second."""
+  ``mib`` MiB in JAX: bytes read + written (2 × the array) per second.
+
+  The input buffer is donated, so the output reuses it: a fresh output would be
+  page-faulted in on every call (measured ~15× slower on the 2-core CPU), which is
+  the allocator's cost, not the memory's.
+  """
   import jax
   import jax.numpy as jnp
 
   n = max(1, mib * 2**20 // 4)
-  x = jnp.zeros((n,), jnp.float32)
-  f = jax.jit(lambda x: x + 1.0)
-  f(x).block_until_ready()
+  f = jax.jit(lambda x: x + 1.0, donate_argnums=0)
+  x = f(jnp.zeros((n,), jnp.float32))
+  x.block_until_ready()
   times = []
   for _ in range(repeats):
     t = time.perf_counter()
-    f(x).block_until_ready()
+    x = f(x)
+    x.block_until_ready()
     times.append(time.perf_counter() - t)
   nbytes = 2.0 * 4 * n
   return {"bytes_per_run": nbytes, "seconds": times, "gb_per_s": nbytes / min(times) / 1e9}
@@ -232,7 +240,10 @@ class _TorchFast(_Runner):
 
   framework = "torch"
 
-  FORMATS = ("contiguous", "channels_last")
+  FORMATS = {
+    "batched": ("contiguous", "channels_last"),
+    "linear": ("contiguous", "channels_last", "mixed"),
+  }
 
   def __init__(self, model, site, z1, z2, kind, compiled, pair_chunk, channel_chunk, formats, cold):
     self.model, self.site, self.z1, self.z2 = model, site, z1, z2
@@ -243,9 +254,9 @@ class _TorchFast(_Runner):
 
       torch.compiler.config.force_disable_caches = True
     self.pair_chunk, self.channel_chunk = pair_chunk, channel_chunk
-    self.formats = tuple(formats)
-    if not self.formats or any(f not in self.FORMATS for f in self.formats):
-      raise ValueError(f"memory_formats must be a non-empty subset of {self.FORMATS}")
+    self.formats = self.FORMATS[kind] if formats is None else tuple(formats)
+    if not self.formats or any(f not in self.FORMATS[kind] for f in self.formats):
+      raise ValueError(f"memory_formats must be a non-empty subset of {self.FORMATS[kind]}")
     self.chosen = None
 
   def _eims(self, folded, fn, starts=None):
@@ -264,8 +275,8 @@ class _TorchFast(_Runner):
     )
 
   def warmup(self):
-    """Each memory format (both by default): a first call on the warm-up chunks
-    (torch.compile compiles here) and a second one, timed; the faster format is kept."""
+    """Each memory layout (`FORMATS`): a first call on the warm-up chunks
+    (torch.compile compiles here) and a second one, timed; the fastest is kept."""
     from benchmarks.torch_fast import FoldedDCGAN, make_chunk_fn
 
     i = SITES.index(self.site)
@@ -275,7 +286,7 @@ class _TorchFast(_Runner):
     trials, errors = {}, {}
     for fmt in self.formats:
       try:
-        folded = FoldedDCGAN(self.model, channels_last=fmt == "channels_last")
+        folded = FoldedDCGAN(self.model, layout=fmt)
         fn = make_chunk_fn(self.kind, folded, i, compiled=self.compiled)
         t0 = time.perf_counter()
         self._eims(folded, fn, starts)
@@ -290,7 +301,7 @@ class _TorchFast(_Runner):
       raise RuntimeError("; ".join(f"{k}: {v}" for k, v in errors.items()))
     fmt = min(trials, key=lambda k: trials[k]["second_call_s"])
     self.chosen = trials[fmt]
-    t = self.chosen
+    compile_s = sum(max(0.0, t["first_call_s"] - t["second_call_s"]) for t in trials.values())
     return {
       "memory_format": fmt,
       "format_trials_s": {
@@ -298,9 +309,7 @@ class _TorchFast(_Runner):
         for k, v in trials.items()
       },
       "format_errors": errors,
-      "compile_seconds": (
-        max(0.0, t["first_call_s"] - t["second_call_s"]) if self.compiled else None
-      ),
+      "compile_seconds": compile_s if self.compiled else None,
       "channel_chunk": cc,
       "pair_chunk": self.pair_chunk,
       "warmup_channel_chunks": starts,
@@ -322,7 +331,8 @@ def make_runner(task: dict[str, Any]) -> tuple[_Runner, int]:
   ``task``: ``contender``, ``site``, ``n_pairs``, ``width``, ``latent_dim``, ``seed``,
   ``pair_chunk``, ``channel_chunk``, and optionally ``variables_path``
   (`workload.save_generator`), ``pairs_path`` (npz with z1, z2), ``torch_threads``,
-  ``memory_formats`` (those torch_batched/linear try; default both), ``cold_compile``
+  ``memory_formats`` (the `benchmarks.torch_fast.LAYOUTS` torch_batched/linear try;
+  default: contiguous and channels_last, and for torch_linear 'mixed'), ``cold_compile``
   (the compiled contenders compile without inductor's caches; default False).
   The torch contenders start no JAX runtime when both paths are given.
   """
@@ -373,7 +383,7 @@ def make_runner(task: dict[str, Any]) -> tuple[_Runner, int]:
         contender.endswith("_compiled"),
         chunk,
         task.get("channel_chunk", 16),
-        task.get("memory_formats", _TorchFast.FORMATS),
+        task.get("memory_formats"),
         task.get("cold_compile", False),
       )
   return runner, channels

@@ -79,9 +79,9 @@ def test_torch_ports_reproduce_flax_images_and_activations(bench_gen):
   assert got.shape == want.shape == (6, 64, 64, 3)
   assert want.std() > 0.05  # images are not flat, so the comparison means something
   np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
-  # BatchNorm folded into the layers, in both memory formats: the same activations.
-  for channels_last in (False, True):
-    folded = torch_fast.FoldedDCGAN(model, channels_last=channels_last)
+  # BatchNorm folded into the layers, in every memory layout: the same activations.
+  for layout in torch_fast.LAYOUTS:
+    folded = torch_fast.FoldedDCGAN(model, layout=layout)
     with torch.inference_mode():
       for i, site in enumerate(config.SITES):
         a = folded.prefix(torch.from_numpy(z), i)
@@ -96,7 +96,7 @@ def test_torch_ports_reproduce_flax_images_and_activations(bench_gen):
   assert np.abs(torch_dcgan.images(model, z) - want).max() > 1e-2
 
 
-@pytest.mark.parametrize("site", ["block2", "block3"])
+@pytest.mark.parametrize("site", ["block1", "block2"])  # block4: the quick benchmark below
 def test_eager_contenders_equal_cfmod_jax(bench_gen, pairs_and_maps, site):
   z1, z2, maps = pairs_and_maps
   want = maps[site]
@@ -107,18 +107,18 @@ def test_eager_contenders_equal_cfmod_jax(bench_gen, pairs_and_maps, site):
   np.testing.assert_allclose(torch_dcgan.images(model, z1), np.asarray(bench_gen(z1)), atol=1e-4)
   c = want.shape[0]
   for kind in torch_fast.KINDS:
-    for channels_last in (False, True):
-      folded = torch_fast.FoldedDCGAN(model, channels_last=channels_last)
+    for layout in torch_fast.LAYOUTS:
+      folded = torch_fast.FoldedDCGAN(model, layout=layout)
       # 5 channels per chunk: the last chunk of a site is smaller; pairs in 4 + 2
       got = torch_fast.fast_eims(kind, folded, site, z1, z2, pair_chunk=4, channel_chunk=5)
-      np.testing.assert_allclose(got, want, atol=1e-6, rtol=0, err_msg=f"{kind} {channels_last}")
+      np.testing.assert_allclose(got, want, atol=1e-6, rtol=0, err_msg=f"{kind} {layout}")
       # Warm-up subsets compute only their chunks (the others stay zero).
       part = torch_fast.fast_eims(
         kind, folded, site, z1, z2, pair_chunk=4, channel_chunk=5, chunk_starts=[5]
       )
       np.testing.assert_allclose(part[5:10], want[5:10], atol=1e-6, rtol=0)
       assert not part[:5].any() and not part[10:c].any()
-  if site == "block2":  # one jitted full forward pass per channel
+  if site == "block1":  # one jitted full forward pass per channel
     timings = {}
     plain = naive.naive_eims(bench_gen, site, z1, z2, pair_chunk=3, timings=timings)
     np.testing.assert_allclose(plain, want, atol=1e-6, rtol=0)
@@ -184,7 +184,7 @@ def test_worker_protocol_and_a_contender_that_cannot_run(bench_gen, tmp_path, mo
   assert ready["memory_format"] == min(
     ready["format_trials_s"], key=lambda k: ready["format_trials_s"][k]["second_call_s"]
   )
-  assert set(ready["format_trials_s"]) == {"contiguous", "channels_last"}
+  assert set(ready["format_trials_s"]) == {"contiguous", "channels_last", "mixed"}
   assert all(e["seconds"] > 0 and e["cpu_seconds"] >= 0 for e in events[2:4])
   assert events[4]["max_abs_diff_between_repeats"] == 0.0
   z1, z2 = workload.benchmark_pairs(bench_gen, 6, seed=2)
@@ -216,9 +216,19 @@ def _median(xs):
 
 
 def test_quick_benchmark_outputs_follow_from_the_raw_numbers(tmp_path):
+  """``--quick`` at one site (every worker process costs seconds)."""
   out = tmp_path / "bench"
   subprocess.run(
-    [sys.executable, "-m", "experiments.benchmark", "--quick", "--out", str(out)],
+    [
+      sys.executable,
+      "-m",
+      "experiments.benchmark",
+      "--quick",
+      "--sites",
+      "block4",
+      "--out",
+      str(out),
+    ],
     cwd=ROOT,
     check=True,
     capture_output=True,
@@ -230,7 +240,7 @@ def test_quick_benchmark_outputs_follow_from_the_raw_numbers(tmp_path):
   res = json.loads((out / "benchmark.json").read_text())
   cfg = res["config"]
   sites, contenders, reps = cfg["sites"], cfg["contenders"], cfg["repeats"]
-  assert sites == list(config.QUICK_SITES) and contenders == list(config.QUICK_CONTENDERS)
+  assert sites == ["block4"] and contenders == list(config.QUICK_CONTENDERS)
   assert reps == 3 and res["failed"] == []
   recs = {(r["contender"], r["site"]): r for r in res["records"]}
   assert set(recs) == {(c, s) for c in contenders for s in sites}
@@ -286,12 +296,15 @@ def test_quick_benchmark_outputs_follow_from_the_raw_numbers(tmp_path):
     # suffix = post ∘ pre: XLA's counts of the two parts add up to the whole.
     assert co["f_next"] + co["f_rest"] == pytest.approx(co["f_suffix"], rel=1e-9)
     assert co["minimal_flops"] < co["plain_algorithm_flops"]
+    assert co["prefix_share_of_minimal"] == pytest.approx(
+      2 * 4 * co["f_prefix"] / co["minimal_flops"], rel=1e-12
+    )
     # the next ConvTranspose: 2·H·W·C_in·16·C_out (+ 64·64·3 bias adds on the RGB layer)
     hw = 4 * 2 ** config.SITES.index(s)
     c_out = c // 2 if s != "block4" else 3
     assert co["f_next"] == 2 * hw * hw * c * 16 * c_out + (64 * 64 * 3 if s == "block4" else 0)
     pre_next = (2 * hw) ** 2 * c_out
-    later = {"block1": 16 * 16 * 8 + 32 * 32 * 4 + 64 * 64 * 3, "block4": 0}[s]
+    later = {"block4": 0}[s]  # the next stage is the last (every site: the test below)
     assert co["traffic_elements"] == {"pre_next": pre_next, "later_outputs": later}
     assert co["bytes_per_hybrid"] == 2 * 4 * (pre_next + later)
     fl = res["floors"][s]
@@ -334,7 +347,9 @@ def test_quick_benchmark_outputs_follow_from_the_raw_numbers(tmp_path):
     if c in ("torch_batched", "torch_linear"):
       det = r["details"]
       trials = det["format_trials_s"]
-      assert set(trials) == {"contiguous", "channels_last"}
+      assert set(trials) == {"contiguous", "channels_last"} | (
+        {"mixed"} if c == "torch_linear" else set()
+      )
       assert det["memory_format"] == min(trials, key=lambda f: trials[f]["second_call_s"])
       assert det["channel_chunk"] == 3 and det["pair_chunk"] == 3
 
@@ -410,12 +425,14 @@ def test_plain_algorithm_flops_equal_a_hand_count():
   gen = cf.Generator(module, module.init(jax.random.key(0), jnp.zeros((1, 3))))
   # prefix: z [3] @ [3, 8]; suffix: h [8] @ [8, 12] — a multiply and an add per term.
   want = (2.0 * 3 * 8, 2.0 * 8 * 12)
-  assert flops.flops_per_image(gen, "hidden") == want
   assert flops.flops_per_image(gen, "hidden", batch=5) == want  # per image, any batch
   # N (2 F_prefix + (C + 1) F_suffix): 5 pairs, C = 8 channels at the site.
   assert flops.plain_algorithm_flops(*want, channels=8, n_pairs=5) == 5 * (2 * 48 + 9 * 192)
   assert not gen.has_linear_split("hidden")
-  costs = flops.site_costs(gen, "hidden", n_pairs=5)
+  costs = flops.site_costs(gen, "hidden", n_pairs=5)  # batch 32
+  assert (costs["f_prefix"], costs["f_suffix"]) == want
+  assert costs["channels"] == 2  # the site is [2, 2, 2]: C = 2 channels
+  assert costs["plain_algorithm_flops"] == 5 * (2 * 48 + 3 * 192)
   assert costs["minimal_flops"] is None and costs["bytes_per_hybrid"] is None
 
 
@@ -501,6 +518,21 @@ def test_minimal_flops_and_traffic_equal_a_hand_count():
     assert co["plain_algorithm_flops"] == n * (2 * h["f_prefix"] + (c + 1) * co["f_suffix"])
     assert co["bytes_per_hybrid"] == 2 * 4 * (h["pre_next"] + h["later"])
     assert co["hybrids"] == n * c and co["reduction_flops"] == 2 * 3 * 8 * 8 * n * c
+
+
+def test_dcgan_traffic_equals_a_hand_count(bench_gen):
+  w = WIDTH
+  # (pre-activation of the next stage, outputs of every stage after it), float32 elements
+  hand = {
+    "block1": (8 * 8 * 4 * w, 16 * 16 * 2 * w + 32 * 32 * w + 64 * 64 * 3),
+    "block2": (16 * 16 * 2 * w, 32 * 32 * w + 64 * 64 * 3),
+    "block3": (32 * 32 * w, 64 * 64 * 3),
+    "block4": (64 * 64 * 3, 0),
+  }
+  for site, (pre, later) in hand.items():
+    got, parts = flops.bytes_per_hybrid(bench_gen, site)
+    assert parts == {"pre_next": pre, "later_outputs": later}, site
+    assert got == 2 * 4 * (pre + later)  # written once, read once, 4 bytes each
 
 
 # ---- weights through cfmod_jax.checkpoints ---------------------------------------------------
