@@ -9,14 +9,21 @@ compared with the main job's clustering defaults (`analysis.AnalysisConfig`): th
 modules at the full run's K (chosen by `clustering.choose_k` on the full blocks) and
 with K chosen again on the adaptive blocks, by adjusted Rand index (ARI) against
 the full run's labels; plus the relative error of the EIMs. The adaptive blocks
-are a prefix of the full ones, so as a floor the table also gives the ARI between
-the labels of the even and of the odd blocks of the full run (two disjoint halves).
+are a prefix of the full ones (which inflates these ARIs), so for reference the
+table also gives the ARI between the labels of the even and of the odd blocks of the
+full run: two disjoint halves of the pairs, i.e. how reproducible the full run's
+labels are at all.
 
 Timing: the first sweep of a site fills ``--cache_dir`` (and compiles); then, all
 compiled, the full sweep and each adaptive sweep are timed in fresh temporary
 caches in this process (wall and CPU seconds, load average recorded), and each
 adaptive sweep is run once more on the shared cache: it must compute no block and
 give bitwise the same maps and stopping block.
+
+Reruns: with the same settings, a run of some ``--generators`` replaces their rows in
+the JSON and keeps the other generators' (e.g. after a new shipped DCGAN:
+``--generators dcgan-synthfaces``); ``--markdown_only`` rewrites the Markdown from
+the JSON. The Markdown's "## Reading" section is written by hand and kept.
 """
 
 from __future__ import annotations
@@ -48,6 +55,7 @@ flags.DEFINE_list("targets", ["0.9", "0.95", "0.98"], "Target reliabilities.")
 flags.DEFINE_integer("min_blocks", 2, "Fewest blocks of an adaptive sweep.", lower_bound=2)
 flags.DEFINE_string("cache_dir", "out/adaptive_pairs/cache", "Shared sweep cache.")
 flags.DEFINE_string("out", "docs/adaptive_pairs.md", "Markdown output; JSON beside it.")
+flags.DEFINE_bool("markdown_only", False, "Only rewrite the Markdown from the JSON beside it.")
 
 _MAIN = AnalysisConfig()  # the main job's defaults (seed, chunks, clustering settings)
 _QUANTILES = (0.0, 0.1, 0.25, 0.5)
@@ -187,9 +195,10 @@ def measure_site(gen, site: str, targets: list[float], cache_dir: str) -> dict:
 def markdown(result: dict) -> str:
   """The table of `main`'s result."""
   lines = [
-    "| generator | site | C | K full | target | pairs used | hybrids saved | time adaptive / "
-    "full (s) | ARI same K | K auto | ARI auto K | EIM rel. error | ARI even/odd halves |",
-    "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    "| generator | site | C | K full | target | pairs used | hybrids saved | CPU s adaptive / "
+    "full | wall s adaptive / full | ARI same K | K auto | ARI auto K | EIM rel. error | "
+    "ARI even/odd halves |",
+    "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
   ]
   for g in result["generators"]:
     for s in g["sites"]:
@@ -197,6 +206,7 @@ def markdown(result: dict) -> str:
         lines.append(
           f"| {g['generator']} | {s['site']} | {s['channels']} | {s['full']['k']} | "
           f"{r['target']:g} | {r['pairs_used']}/{s['full']['pairs']} | {r['hybrids_saved']} | "
+          f"{r['cpu_seconds']:.1f} / {s['full']['cpu_seconds']:.1f} | "
           f"{r['seconds']:.1f} / {s['full']['seconds']:.1f} | {r['ari_same_k']:.2f} | "
           f"{r['k_auto']} | {r['ari_auto']:.2f} | {r['eim_rel_error']:.3f} | "
           f"{s['even_vs_odd_ari']:.2f} |"
@@ -207,9 +217,10 @@ def markdown(result: dict) -> str:
 def _summary(result: dict) -> str:
   """Per target, over every measured site: pairs, hybrids and time used; worst ARIs."""
   lines = [
-    "| target | sites stopped early | pairs used / max | hybrids used / max | time adaptive / "
-    "full | min ARI same K | min ARI auto K | sites with another auto K | max EIM rel. error |",
-    "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    "| target | sites stopped early | pairs used / max | hybrids used / max | CPU s adaptive / "
+    "full | wall s adaptive / full | min ARI same K | min ARI auto K | sites with another "
+    "auto K | max EIM rel. error |",
+    "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
   ]
   sites = [s for g in result["generators"] for s in g["sites"]]
   for i, t in enumerate(result["targets"]):
@@ -219,8 +230,9 @@ def _summary(result: dict) -> str:
     lines.append(
       f"| {t:g} | {sum(r['stopped_early'] for r in rows)}/{len(rows)} | "
       f"{sum(r['pairs_used'] for r in rows)}/{sum(s['full']['pairs'] for s in sites)} | "
-      f"{hyb / hyb_max:.0%} | {sum(r['seconds'] for r in rows):.0f} s / "
-      f"{sum(s['full']['seconds'] for s in sites):.0f} s | "
+      f"{hyb / hyb_max:.0%} | {sum(r['cpu_seconds'] for r in rows):.0f} / "
+      f"{sum(s['full']['cpu_seconds'] for s in sites):.0f} | "
+      f"{sum(r['seconds'] for r in rows):.0f} / {sum(s['full']['seconds'] for s in sites):.0f} | "
       f"{min(r['ari_same_k'] for r in rows):.2f} | {min(r['ari_auto'] for r in rows):.2f} | "
       f"{sum(r['k_auto'] != s['full']['k'] for r, s in zip(rows, sites))} | "
       f"{max(r['eim_rel_error'] for r in rows):.3f} |"
@@ -246,9 +258,10 @@ def write_markdown(path: str, result: dict) -> None:
     "Spearman–Brown corrected reliability of the smoothed EIMs), evaluated after each "
     f"block from block {result['min_blocks']} on. Clustering: the main job's defaults "
     "(NMF, K by `clustering.choose_k` over k_values 2–6). ARIs compare with the labels of "
-    "the full run. Times are wall seconds of the sweep alone, all compiled, in one process "
-    "(compilation excluded, the same for both); per-site CPU seconds and load are in "
-    "the JSON.\n\n## Summary over all sites\n\n"
+    "the full run. Times are of the sweep alone, all compiled (compilation excluded, the "
+    "same for both), measured in one process one after the other: CPU seconds of the "
+    "process (the steadier measure on this shared machine) and wall seconds, which "
+    "follow the machine's load (per site in the JSON).\n\n## Summary over all sites\n\n"
     + _summary(result)
     + "\n## Per site\n\n"
     + markdown(result)
@@ -274,6 +287,10 @@ def main(argv: list[str]) -> None:
     "min_blocks": FLAGS.min_blocks,
   }
   json_path = os.path.splitext(FLAGS.out)[0] + ".json"
+  if FLAGS.markdown_only:
+    with _cli.blame("out"), open(json_path, encoding="utf-8") as f:
+      write_markdown(FLAGS.out, json.load(f))
+    return
   out = {"generators": []}
   if os.path.exists(json_path):  # a rerun of some generators keeps the others' rows
     with open(json_path, encoding="utf-8") as f:
