@@ -70,15 +70,15 @@ RECORD_FIELDS = (
 # and naive JAX: a full forward pass per hybrid). Fitted loosely to earlier runs on a
 # 2-core EPYC; the log compares the estimate with the real time at the end.
 ESTIMATE_FRACTION_OF_PEAK = {
-  "cfmod_jax": 0.5,
-  "torch_hooks": 0.15,
+  "cfmod_jax": 0.6,
+  "torch_hooks": 0.16,
   "torch_batched": 0.3,
-  "torch_linear": 0.25,
+  "torch_linear": 0.3,
   "torch_batched_compiled": 0.3,
-  "torch_linear_compiled": 0.25,
-  "naive_jax": 0.5,
+  "torch_linear_compiled": 0.3,
+  "naive_jax": 0.55,
 }
-ESTIMATE_COMPILE_S = 60.0  # per torch.compile'd worker (two memory formats)
+ESTIMATE_COMPILE_S = 20.0  # per memory layout a torch.compile'd worker tries
 ESTIMATE_START_S = 6.0  # per worker process: imports, weights
 
 

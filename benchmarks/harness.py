@@ -238,10 +238,11 @@ def estimate_seconds(
         warm = run + 3.0
       elif name in ("torch_hooks", "naive_jax"):
         warm = run / c
-      else:
-        warm = run * 4 * min(cfg.channel_chunk, c) / c
+      else:  # two calls of a chunk per memory layout tried (+ compilation)
+        layouts = 3 if name.startswith("torch_linear") else 2
+        warm = run * 2 * layouts * min(cfg.channel_chunk, c) / c
         if name in bench_config.COMPILED_CONTENDERS:
-          warm += bench_config.ESTIMATE_COMPILE_S
+          warm += layouts * bench_config.ESTIMATE_COMPILE_S
       per[f"{name}/{s}"] = bench_config.ESTIMATE_START_S + warm + cfg.repeats * run
   total = sum(per.values()) + 20.0  # matmul, bandwidth, FLOP counts
   if cfg.memory_check:

@@ -19,7 +19,17 @@ import pytest
 import torch
 
 import cfmod_jax as cf
-from benchmarks import config, flops, naive, torch_dcgan, torch_fast, worker, workload
+from benchmarks import (
+  config,
+  flops,
+  harness,
+  naive,
+  report,
+  torch_dcgan,
+  torch_fast,
+  worker,
+  workload,
+)
 from cfmod_jax import checkpoints
 from cfmod_jax.generator import SplitStage, VectorLatentGenerator
 from cfmod_jax.ops import ConvTranspose
@@ -389,6 +399,17 @@ def test_quick_benchmark_outputs_follow_from_the_raw_numbers(tmp_path):
     mem["runs"][-1]["peak_rss_mib"] / mem["runs"][0]["peak_rss_mib"]
   )
   assert mem["flat_within_1.2x"] == (mem["ratio"] <= 1.2)
+
+  # A contender that could not run (e.g. no C++ compiler for torch.compile) is listed,
+  # not timed: the targets and tables use the others.
+  res["records"] = [r for r in res["records"] if r["contender"] != "torch_linear"]
+  res["failed"] = [{"contender": "torch_linear", "site": "block4", "error": "InductorError: x"}]
+  tg2 = harness.targets(res["records"], sites)
+  best = min(("torch_hooks", "torch_batched"), key=lambda c: t[(c, "block4")])
+  assert tg2["best_torch"] == {"block4": best} and "torch_linear" not in tg2["speedup_vs"]
+  res["targets"], res["headline"] = tg2, harness.headline(tg2)
+  md = report.markdown_table(res)
+  assert "| block4 | torch_linear | failed: InductorError: x |" in md and res["headline"] in md
 
 
 def test_torch_is_imported_only_by_the_torch_contenders():
