@@ -13,8 +13,13 @@ import numpy as np
 from benchmarks.config import CONTENDERS, TORCH_CONTENDERS
 
 
+def _s(x: float) -> str:
+  """Seconds: two decimals, three below 0.1 s."""
+  return f"{x:.2f}" if x >= 0.1 else f"{x:.3f}"
+
+
 def _spread(r: dict[str, Any]) -> str:
-  return f"{r['seconds']:.2f} [{r['seconds_min']:.2f}–{r['seconds_max']:.2f}]"
+  return f"{_s(r['seconds'])} [{_s(r['seconds_min'])}–{_s(r['seconds_max'])}]"
 
 
 def _fmt(x: float | None, spec: str, none: str = "—") -> str:
@@ -101,7 +106,7 @@ def markdown_table(results: dict[str, Any]) -> str:
         else f"{r['max_abs_diff_vs_cfmod_jax']:.1e}"
       )
       lines.append(
-        f"| {s} | {c} | {_spread(r)} | {', '.join(f'{x:.2f}' for x in r['repeat_seconds'])} | "
+        f"| {s} | {c} | {_spread(r)} | {', '.join(_s(x) for x in r['repeat_seconds'])} | "
         f"{r['cpu_seconds']:.1f} | {_fmt(r['compile_seconds'], '.1f')} | "
         f"{r['warmup_seconds']:.1f} | {detail or '—'} | {r['hybrids_per_s']:.0f} | "
         f"{r['plain_algorithm_gflops']:.1f} | {_fmt(r['minimal_gflops'], '.1f')} | "
