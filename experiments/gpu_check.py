@@ -68,6 +68,7 @@ __all__ = [
   "random_biggan",
   "xla_costs",
   "run_check",
+  "summary_markdown",
   "tiny_biggan_config",
   "tiny_config",
 ]
@@ -83,6 +84,7 @@ class CheckConfig:
   precisions: Sequence[str] = prec.PRECISIONS
   seed: int = 0
   # (a) EIM benchmark
+  eim_benchmark: bool = True
   bench_width: int = 64
   bench_pairs: int = 64
   bench_sites: Sequence[str] = ("block1", "block2", "block3", "block4")
@@ -100,8 +102,8 @@ class CheckConfig:
   biggan_config: Any = "biggan-deep-256"
   biggan_time_sites: Sequence[str] | None = ("gen_z", "block3", "block7", "block11")
   biggan_cost_sites: Sequence[str] | None = None  # FLOPs and bytes; None: every site
-  biggan_channels: int = 2
-  biggan_pairs: int = 2
+  biggan_channels: int | None = None  # None: 2 on CPU, 32 on GPU/TPU
+  biggan_pairs: int | None = None  # None: 2 on CPU, 16 on GPU/TPU
   biggan_precisions: Sequence[str] | None = None  # None: float32 on CPU, all elsewhere
   # (d) precision study (shipped generators)
   study: bool = False
@@ -190,12 +192,14 @@ def _host_ram() -> dict[str, int | None]:
   return out
 
 
-def matmul_tflops(n: int = 2048, repeats: int = 5) -> dict[str, float]:
+def matmul_tflops(
+  n: int = 2048, repeats: int = 5, precisions: Sequence[str] = prec.PRECISIONS
+) -> dict[str, float]:
   """Best-of-``repeats`` TFLOP/s of an ``[n, n] @ [n, n]`` matmul on the default
   device in float32, tf32 (float32 under ``default_matmul_precision('tensorfloat32')``)
   and bfloat16 (f32 accumulation): this device's reachable peaks."""
   out = {}
-  for name in prec.PRECISIONS:
+  for name in precisions:
     dt = jnp.bfloat16 if name == "bfloat16" else jnp.float32
     a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32).astype(dt)
     b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32).astype(dt)
@@ -252,24 +256,29 @@ def _plain_flops(f_prefix: float, f_suffix: float, channels: int, n_pairs: int) 
 
 def xla_costs(gen: Generator, site: str, batch: int = 32) -> dict[str, float]:
   """Per image, from XLA's cost analysis of the compiled prefix (latent → site) and
-  suffix (site → image) for a batch of ``batch`` (variables may be abstract):
-  ``prefix_flops``, ``suffix_flops`` and ``suffix_bytes`` (XLA's "bytes accessed" of
-  the suffix, a proxy of its memory traffic in float32)."""
-  z = jax.ShapeDtypeStruct((batch, *gen.latent_shape), jnp.float32)
-  h = jax.ShapeDtypeStruct((batch, *gen.site_shape(site)), jnp.float32)
+  suffix (site → image) (variables may be abstract): ``prefix_flops``,
+  ``suffix_flops`` and ``suffix_bytes`` (XLA's "bytes accessed" of the suffix, a proxy
+  of its memory traffic in float32). Each is the slope between batches of ``batch``
+  and ``2·batch``, so that per-call work (reading the weights once, BatchNorm
+  statistics) is not charged to every image."""
   v = memory._abstract(gen.variables)  # pylint: disable=protected-access
 
-  def cost(fn, *args):
-    out = jax.jit(fn).lower(v, *args).compile().cost_analysis()
-    return out[0] if isinstance(out, (list, tuple)) else out
+  def cost(b):
+    z = jax.ShapeDtypeStruct((b, *gen.latent_shape), jnp.float32)
+    h = jax.ShapeDtypeStruct((b, *gen.site_shape(site)), jnp.float32)
 
-  pre = cost(lambda v, z: gen.prefix(v, z, site), z)
-  suf = cost(lambda v, h, z: gen.suffix(v, h, z, site), h, z)
-  return {
-    "prefix_flops": float(pre.get("flops", 0.0)) / batch,
-    "suffix_flops": float(suf.get("flops", 0.0)) / batch,
-    "suffix_bytes": float(suf.get("bytes accessed", 0.0)) / batch,
-  }
+    def one(fn, *args):
+      out = jax.jit(fn).lower(v, *args).compile().cost_analysis()
+      return out[0] if isinstance(out, (list, tuple)) else out
+
+    pre = one(lambda v, z: gen.prefix(v, z, site), z)
+    suf = one(lambda v, h, z: gen.suffix(v, h, z, site), h, z)
+    return np.array(
+      [pre.get("flops", 0.0), suf.get("flops", 0.0), suf.get("bytes accessed", 0.0)], float
+    )
+
+  per_image = (cost(2 * batch) - cost(batch)) / batch
+  return dict(zip(("prefix_flops", "suffix_flops", "suffix_bytes"), map(float, per_image)))
 
 
 # ---- (a) EIM benchmark -----------------------------------------------------------------------
@@ -396,7 +405,9 @@ def main_job(cfg: CheckConfig, out_dir: str, log: Callable[..., None] = logging.
   return {
     "generator": gen.name,
     "config": {k: list(v) if isinstance(v, tuple) else v for k, v in fields.items()},
-    "cli_equivalent": (
+    "cli_equivalent": None  # the benchmark's DCGAN is no --generator spec
+    if cfg.main_generator == "bench"
+    else (
       f"python -m experiments.analyze --generator {cfg.main_generator} {flags_} "
       "--untrained_baseline=false --factor_transfer=none --hybrid_fd_samples=0 --parts=none"
     ),
@@ -466,10 +477,15 @@ def biggan_section(cfg: CheckConfig, log: Callable[..., None] = logging.info) ->
   time_sites = gen.sites if cfg.biggan_time_sites is None else tuple(cfg.biggan_time_sites)
   for s in time_sites:
     gen.site_index(s)
+  n_channels = cfg.biggan_channels or (2 if on_cpu else 32)
+  n_pairs = cfg.biggan_pairs or (2 if on_cpu else 16)
   k1, k2 = jax.random.split(jax.random.key(cfg.seed + 7))
-  z1 = np.asarray(gen.sample_latents(k1, cfg.biggan_pairs))
-  z2 = np.asarray(gen.sample_latents(k2, cfg.biggan_pairs))
+  z1 = np.asarray(gen.sample_latents(k1, n_pairs))
+  z2 = np.asarray(gen.sample_latents(k2, n_pairs))
   cost_sites = gen.sites if cfg.biggan_cost_sites is None else tuple(cfg.biggan_cost_sites)
+  # The reference peak, measured now (a shared machine's load changes over a long run).
+  peak = matmul_tflops(cfg.matmul_n, precisions=precisions)
+  log("(c) matmul TFLOP/s before the timings: %s", peak)
   sites = []
   for site in gen.sites:
     if site not in cost_sites and site not in time_sites:
@@ -493,43 +509,38 @@ def biggan_section(cfg: CheckConfig, log: Callable[..., None] = logging.info) ->
       "timed": [],
     }
     if site in time_sites:
-      k = min(cfg.biggan_channels, c)
+      k = min(n_channels, c)
       masks = np.eye(c, dtype=np.float32)[:k]
       ref = None
       for p in _float32_first(precisions):
+        # Chunks from the device's memory (on CPU: all pairs × all masks, one chunk).
+        pc, mc = memory.choose_chunks(gen, site, len(z1), k, precision=p)
         (sums, counts), seconds, first = _warm_timed(
-          functools.partial(
-            cf.influence_map_sums,
-            gen,
-            site,
-            masks,
-            z1,
-            z2,
-            pair_chunk=len(z1),
-            mask_chunk=k,
-            precision=p,
-          )
+          functools.partial(cf.influence_map_sums, gen, site, masks, z1, z2, precision=p)
         )
         maps = np.asarray(sums[0]) / (3.0 * counts[0])
         if p == "float32":
           ref = maps
         err = prec.relative_errors(maps, ref) if ref is not None and p != "float32" else None
-        # The suffix alone on the same number of images (the per-hybrid cost).
-        hyb = k * len(z1)
-        hs = jnp.zeros((hyb, h, w, c), jnp.float32)
-        zs = jnp.asarray(np.repeat(z1, k, axis=0))
+        # The suffix alone on one flat batch of the chunk's size (the per-hybrid cost).
+        hyb, batch = k * len(z1), min(pc, len(z1)) * min(mc, k)
+        hs = jnp.zeros((batch, h, w, c), jnp.float32)
+        zs = jnp.asarray(np.resize(z1, (batch, z1.shape[1])))
         _, suffix_seconds, _ = _warm_timed(_suffix_call(gen, site, p, hs, zs))
         timed = {
           "precision": p,
           "channels": k,
           "n_pairs": len(z1),
           "hybrids": hyb,
+          "pair_chunk": pc,
+          "mask_chunk": mc,
+          "suffix_batch": batch,
           "seconds": seconds,
           "first_call_seconds": first,
           "seconds_per_hybrid": seconds / hyb,
           "suffix_seconds": suffix_seconds,
-          "suffix_seconds_per_image": suffix_seconds / hyb,
-          "suffix_gflops": f_suffix * hyb / suffix_seconds / 1e9,
+          "suffix_seconds_per_image": suffix_seconds / batch,
+          "suffix_gflops": f_suffix * batch / suffix_seconds / 1e9,
           "engine_flops": _plain_flops(f_prefix, f_suffix, k, len(z1)),
           "rel_err_max": None if err is None else err["max"],
           "rel_err_mean": None if err is None else err["mean"],
@@ -544,7 +555,7 @@ def biggan_section(cfg: CheckConfig, log: Callable[..., None] = logging.info) ->
           hyb,
           seconds,
           seconds / hyb,
-          suffix_seconds / hyb,
+          suffix_seconds / batch,
           timed["suffix_gflops"],
           "" if err is None else f", max|Δ|/mean = {err['max']:.2e}",
         )
@@ -560,6 +571,7 @@ def biggan_section(cfg: CheckConfig, log: Callable[..., None] = logging.info) ->
     "n_parameters": int(sum(np.size(a) for a in jax.tree.leaves(gen.variables["params"]))),
     "variables_bytes": int(sum(np.asarray(a).nbytes for a in jax.tree.leaves(gen.variables))),
     "precisions": _float32_first(precisions),
+    "matmul_tflops": peak,
     "sites": sites,
   }
 
@@ -600,6 +612,11 @@ def precision_study(cfg: CheckConfig, log: Callable[..., None] = logging.info) -
         k, _ = clustering.choose_k(g, ks, n_boot=n_boot, seed=d.seed, method=d.method, **kw)
         fits[p] = (k, clustering.cluster_channels(g.mean(0), k, d.method, seed=d.seed, **kw))
       k32, clus32 = fits["float32"]
+      # The EIMs' own sampling noise: first half of the groups against the second half.
+      half = cfg.study_groups // 2
+      noise = prec.relative_errors(
+        groups["float32"][:half].mean(0), groups["float32"][half:].mean(0)
+      )
       for p in others:
         err = prec.relative_errors(groups[p].mean(0), groups["float32"].mean(0))
         k_p, clus_p = fits[p]
@@ -612,6 +629,7 @@ def precision_study(cfg: CheckConfig, log: Callable[..., None] = logging.info) -
           "n_pairs": cfg.study_pairs,
           "rel_err_max": err["max"],
           "rel_err_mean": err["mean"],
+          "split_half_rel_err_mean": noise["mean"],
           "k_float32": int(k32),
           "k_reduced": int(k_p),
           "ari_main_job": float(adjusted_rand_score(clus32.labels, clus_p.labels)),
@@ -657,7 +675,12 @@ def run_check(cfg: CheckConfig, out_dir: str, log: Callable[..., None] = logging
     "biggan": lambda: biggan_section(cfg, log),
     "precision_study": lambda: precision_study(cfg, log),
   }
-  wanted = {"main_job": cfg.main_job, "biggan": cfg.biggan, "precision_study": cfg.study}
+  wanted = {
+    "eim_benchmark": cfg.eim_benchmark,
+    "main_job": cfg.main_job,
+    "biggan": cfg.biggan,
+    "precision_study": cfg.study,
+  }
   record["section_seconds"] = {}
   for name, fn in sections.items():
     if wanted.get(name, True):
@@ -668,6 +691,90 @@ def run_check(cfg: CheckConfig, out_dir: str, log: Callable[..., None] = logging
   log("matmul TFLOP/s: %s", record["device"]["matmul_tflops"])
   record["seconds_total"] = time.perf_counter() - t0
   return record
+
+
+def _e(x: float | None) -> str:
+  return "–" if x is None else f"{x:.2e}"
+
+
+def summary_markdown(record: dict[str, Any]) -> str:
+  """The JSON's numbers as Markdown tables (docs/gpu_check.md shows them for a CPU run):
+  ``python -m experiments.gpu_check --summarize <out>/gpu_check.json``."""
+  dev = record["device"]
+  mm = ", ".join(f"{k} {v * 1e3:.1f}" for k, v in dev["matmul_tflops"].items())
+  lines = [
+    f"Device: {dev['platform']} ({dev['device_kind']}) × {dev['n_devices']}, jax"
+    f" {dev['jax_version']}; matmul {dev['matmul_n']}² GFLOP/s: {mm}; {record['created']}.",
+    "",
+  ]
+  if "eim_benchmark" in record:
+    b = record["eim_benchmark"]
+    lines += [
+      f"**(a) EIMs of the benchmark workload** (DCGAN width {b['width']}, N = {b['n_pairs']}):",
+      "",
+      "| site | C | precision | hybrids/s | plain GFLOP/s | chunks | max/mean error |"
+      " est. working set | est. / XLA bytes of one chunk |",
+      "|---|---:|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in b["records"]:
+      xla = r.get("xla_chunk_bytes")
+      ratio = f"{r['estimated_chunk_bytes'] / xla:.2f}" if xla else "–"
+      lines.append(
+        f"| {r['site']} | {r['channels']} | {r['precision']} | {r['hybrids_per_s']:.0f} |"
+        f" {r['plain_gflops']:.1f} | {r['pair_chunk']}×{r['mask_chunk']} |"
+        f" {_e(r['rel_err_max'])} / {_e(r['rel_err_mean'])} |"
+        f" {memory.format_bytes(r['estimated_working_set_bytes'])} | {ratio} |"
+      )
+    lines.append("")
+  if "main_job" in record:
+    j = record["main_job"]
+    lines += [
+      f"**(b) Main job** ({j['generator']}): {j['seconds']:.1f} s end to end"
+      + (f" (`{j['cli_equivalent']}`)." if j["cli_equivalent"] else "."),
+      "",
+    ]
+  if "biggan" in record:
+    g = record["biggan"]
+    lines += [
+      f"**(c) {g['config']}** (random weights, {g['n_parameters'] / 1e6:.1f} M parameters):",
+      "",
+      "| site | C | suffix GFLOP/image | MiB/hybrid f32 / bf16 | precision | hybrids |"
+      " s/hybrid | suffix s/image | suffix GFLOP/s | max/mean error |",
+      "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|",
+    ]
+    for site in g["sites"]:
+      base = (
+        f"| {site['site']} | {site['channels']} | {site['suffix_flops_per_image'] / 1e9:.2f} |"
+        f" {site['bytes_per_hybrid']['float32'] / 2**20:.1f} /"
+        f" {site['bytes_per_hybrid']['bfloat16'] / 2**20:.1f} |"
+      )
+      if not site["timed"]:
+        lines.append(base + " | | | | | |")
+      for t in site["timed"]:
+        lines.append(
+          base + f" {t['precision']} | {t['hybrids']} | {t['seconds_per_hybrid']:.3g} |"
+          f" {t['suffix_seconds_per_image']:.3g} | {t['suffix_gflops']:.1f} |"
+          f" {_e(t['rel_err_max'])} / {_e(t['rel_err_mean'])} |"
+        )
+    lines.append("")
+  if record.get("precision_study"):
+    lines += [
+      "**(d) Reduced precision vs float32 on the shipped generators** (EIM error relative"
+      " to the mean EIM; modules at the main job's defaults):",
+      "",
+      "| generator | site | C | precision | N | max error | mean error |"
+      " f32 split-half (N/2 vs N/2) | K f32 / reduced | ARI (main job) | ARI (same K) |",
+      "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in record["precision_study"]:
+      lines.append(
+        f"| {r['generator']} | {r['site']} | {r['channels']} | {r['precision']} |"
+        f" {r['n_pairs']} | {_e(r['rel_err_max'])} | {_e(r['rel_err_mean'])} |"
+        f" {_e(r.get('split_half_rel_err_mean'))} | {r['k_float32']} / {r['k_reduced']} | {r['ari_main_job']:.3f} |"
+        f" {r['ari_same_k']:.3f} |"
+      )
+    lines.append("")
+  return "\n".join(lines)
 
 
 def _config_json(cfg: CheckConfig) -> dict[str, Any]:
@@ -692,6 +799,7 @@ def _define_flags() -> None:
   flags.DEFINE_string("out", "out/gpu_check", "Output folder (gpu_check.json).")
   flags.DEFINE_bool("tiny", False, "Everything in a tiny configuration (tests; < 1 min on CPU).")
   flags.DEFINE_list("precisions", list(d.precisions), "Precisions (float32 is the reference).")
+  flags.DEFINE_bool("eim_benchmark", d.eim_benchmark, "EIM benchmark section (a).")
   flags.DEFINE_integer("bench_width", d.bench_width, "DCGAN width of the EIM benchmark.")
   flags.DEFINE_integer("bench_pairs", d.bench_pairs, "Pairs of the EIM benchmark.")
   flags.DEFINE_bool("main_job", d.main_job, "Time the main job (b).")
@@ -701,14 +809,19 @@ def _define_flags() -> None:
   flags.DEFINE_list(
     "biggan_time_sites", list(d.biggan_time_sites), "BigGAN sites to time ('all': every site)."
   )
-  flags.DEFINE_integer("biggan_channels", d.biggan_channels, "Channels per timed BigGAN site.")
-  flags.DEFINE_integer("biggan_pairs", d.biggan_pairs, "Pairs per timed BigGAN site.")
+  flags.DEFINE_integer(
+    "biggan_channels", None, "Channels per timed BigGAN site (default: 2 on CPU, 32 else)."
+  )
+  flags.DEFINE_integer("biggan_pairs", None, "Pairs per timed BigGAN site (2 on CPU, 16 else).")
   flags.DEFINE_list(
     "biggan_precisions", [], "Precisions of the BigGAN timing (default: float32 on CPU, all else)."
   )
   flags.DEFINE_bool("study", d.study, "Precision study on the shipped generators (d).")
   flags.DEFINE_integer("study_pairs", d.study_pairs, "Pairs of the precision study.")
   flags.DEFINE_integer("seed", d.seed, "Seed.", lower_bound=0)
+  flags.DEFINE_string(
+    "summarize", "", "Print the Markdown tables of an existing gpu_check.json and exit."
+  )
 
 
 def config_from_flags() -> CheckConfig:
@@ -717,11 +830,12 @@ def config_from_flags() -> CheckConfig:
     return dataclasses.replace(tiny_config(), seed=FLAGS.seed)
   sites = FLAGS.biggan_time_sites
   for name in ("bench_width", "bench_pairs", "biggan_channels", "biggan_pairs", "study_pairs"):
-    if getattr(FLAGS, name) < 1:
+    if getattr(FLAGS, name) is not None and getattr(FLAGS, name) < 1:
       raise _cli.flag_error(name, f"must be a positive integer, got {getattr(FLAGS, name)}")
   return CheckConfig(
     precisions=tuple(FLAGS.precisions),
     seed=FLAGS.seed,
+    eim_benchmark=FLAGS.eim_benchmark,
     bench_width=FLAGS.bench_width,
     bench_pairs=FLAGS.bench_pairs,
     main_job=FLAGS.main_job,
@@ -739,6 +853,12 @@ def config_from_flags() -> CheckConfig:
 
 def main(argv: list[str]) -> None:
   del argv
+  if FLAGS.summarize:
+    import json  # pylint: disable=g-import-not-at-top
+
+    with open(_cli.check_input_file("summarize"), encoding="utf-8") as f:
+      print(summary_markdown(json.load(f)))
+    return
   cfg = config_from_flags()
   for name in ("precisions", "biggan_precisions"):
     for p in getattr(FLAGS, name):

@@ -21,7 +21,8 @@ the latent, so each hybrid is a full suffix):
               + the all-reduce of the site's [C, H, W] float32 sums
 
 with ``e`` the fraction of the matmul peak that the measured run reached on the
-suffix (median over the timed sites), ``e_bw`` = `BANDWIDTH_EFFICIENCY`.
+suffix (median over the timed sites), at most `MAX_EFFICIENCY`, and ``e_bw`` =
+`BANDWIDTH_EFFICIENCY`.
 """
 
 from __future__ import annotations
@@ -50,8 +51,14 @@ N_PAIRS = 128
 BANDWIDTH_EFFICIENCY = 0.6  # fraction of the HBM bandwidth sustained by convolution chains
 COMM_EFFICIENCY = 0.5  # fraction of the interconnect bandwidth a ring all-reduce sustains
 COMM_OVERHEAD = 0.05  # launch, synchronisation and pair padding on several devices (+5 %)
+MAX_EFFICIENCY = 0.5  # never assume more than half of an accelerator's dense peak
 REFERENCE_EFFICIENCY = 0.25  # a second, fixed efficiency shown next to the measured one
 BLOCK_PAIRS = 16  # the main job sweeps EIMs in blocks of 16 pairs: one all-reduce per block
+# The rest of the main job (analysis.AnalysisConfig defaults): per site the module and
+# null-partition maps, (1 + n_null) · K masks on eval_pairs fresh pairs (K at its largest
+# candidate), and the untrained baseline repeating everything (×2). Host-side clustering
+# (NMF, bootstrap) is not included.
+MAIN_K, MAIN_N_NULL, MAIN_EVAL_PAIRS, MAIN_BASELINE_FACTOR = 6, 24, 64, 2
 MEMORY_FRACTION = 0.5  # cfmod_jax.memory.DEFAULT_FRACTION of the allocator's limit
 GPU_ALLOCATOR_FRACTION = 0.75  # XLA's default bytes_limit on a GPU: 75 % of its memory
 
@@ -70,27 +77,27 @@ class Accelerator:
   note: str
 
 
-_H100 = dict(
+_H200 = dict(
   tflops={"float32": 66.9, "tf32": 494.7, "bfloat16": 989.4},
-  hbm_tb_s=3.35,
+  hbm_gb=141.0,
+  hbm_tb_s=4.8,
   link_gb_s=450.0,
   allocator_fraction=GPU_ALLOCATOR_FRACTION,
 )
 ACCELERATORS: tuple[Accelerator, ...] = (
   Accelerator(
-    "1 × H100/H200 SXM",
+    "1 × H200 SXM",
     1,
-    hbm_gb=80.0,
-    note="H100 SXM dense peaks (FP32 non-tensor 66.9, TF32 494.7, BF16 989.4 TFLOP/s; "
-    "H200: same compute, 141 GB at 4.8 TB/s); HBM 80 GB at 3.35 TB/s",
-    **_H100,
+    note="dense peaks of the H100/H200 SXM (FP32 non-tensor 66.9, TF32 494.7, BF16 989.4 "
+    "TFLOP/s); H200 HBM 141 GB at 4.8 TB/s (an H100 has the same compute, 80 GB at "
+    "3.35 TB/s: memory-bound sites take 1.4× longer)",
+    **_H200,
   ),
   Accelerator(
-    "8 × H100/H200 SXM (pairs sharded)",
+    "8 × H200 SXM (pairs sharded)",
     8,
-    hbm_gb=80.0,
     note="as above ×8; NVLink 4: 450 GB/s per GPU and direction",
-    **_H100,
+    **_H200,
   ),
   Accelerator(
     "TPU v5e-16 (16 chips)",
@@ -123,18 +130,24 @@ def site_work(site: dict[str, Any], n_pairs: int = N_PAIRS) -> dict[str, float]:
     2.0 * site["prefix_flops_per_image"] + (c + 1) * site["suffix_flops_per_image"]
   )
   suffix_bytes = site.get("suffix_bytes_accessed_per_image") or 0.0
+  m = (1 + MAIN_N_NULL) * MAIN_K
   return {
     "hybrids": float(n_pairs * c),
     "flops": flops,
     "bytes_float32": n_pairs * (c + 1) * suffix_bytes,
     "sums_bytes": float(c * site["output_map_bytes"]),
+    "module_flops": MAIN_EVAL_PAIRS
+    * (2.0 * site["prefix_flops_per_image"] + (m + 1) * site["suffix_flops_per_image"]),
+    "module_bytes_float32": MAIN_EVAL_PAIRS * (m + 1) * suffix_bytes,
   }
 
 
 def measured_efficiency(record: dict[str, Any]) -> dict[str, Any]:
   """What the measured run reached: per timed site (float32) the suffix's GFLOP/s and
-  its fraction of the float32 matmul peak measured in the same run; their median."""
-  peak = record["device"]["matmul_tflops"]["float32"] * 1e3  # GFLOP/s
+  its fraction of the float32 matmul peak measured in the same run (just before the
+  BigGAN timings when recorded there); their median, at most 1."""
+  peaks = record["biggan"].get("matmul_tflops") or record["device"]["matmul_tflops"]
+  peak = peaks["float32"] * 1e3  # GFLOP/s
   rows = []
   for site in record["biggan"]["sites"]:
     for t in site["timed"]:
@@ -156,7 +169,7 @@ def measured_efficiency(record: dict[str, Any]) -> dict[str, Any]:
   return {
     "peak_gflops": peak,
     "rows": rows,
-    "fraction": statistics.median(r["fraction_of_peak"] for r in rows),
+    "fraction": min(1.0, statistics.median(r["fraction_of_peak"] for r in rows)),
     "suffix_gflops": statistics.median(r["suffix_gflops"] for r in rows),
   }
 
@@ -185,7 +198,7 @@ def predict(
 
   sites = record["biggan"]["sites"]
   measured = measured_efficiency(record)
-  e = measured["fraction"] if efficiency is None else efficiency
+  e = min(measured["fraction"], MAX_EFFICIENCY) if efficiency is None else efficiency
   work = {s["site"]: site_work(s, n_pairs) for s in sites}
   totals = {
     "hybrids": sum(w["hybrids"] for w in work.values()),
@@ -200,13 +213,22 @@ def predict(
   for acc in accelerators:
     budget = int(MEMORY_FRACTION * acc.allocator_fraction * acc.hbm_gb * 1e9)
     for p in ("float32", "tf32", "bfloat16"):
-      seconds, compute_bound, comm, chunks = 0.0, 0, 0.0, {}
+      seconds, compute_bound, comm, chunks, modules = 0.0, 0, 0.0, {}, 0.0
       for s in sites:
         w = work[s["site"]]
         t_flops = w["flops"] / (acc.tflops[p] * 1e12 * e)
         traffic = w["bytes_float32"] * (0.5 if p == "bfloat16" else 1.0)
         t_bytes = traffic / (acc.hbm_tb_s * 1e12 * BANDWIDTH_EFFICIENCY)
         compute_bound += t_flops >= t_bytes
+        modules += (
+          max(
+            w["module_flops"] / (acc.tflops[p] * 1e12 * e),
+            w["module_bytes_float32"]
+            * (0.5 if p == "bfloat16" else 1.0)
+            / (acc.hbm_tb_s * 1e12 * BANDWIDTH_EFFICIENCY),
+          )
+          / acc.chips
+        )
         t = max(t_flops, t_bytes) / acc.chips
         if acc.chips > 1:
           ring = 2.0 * (acc.chips - 1) / acc.chips * w["sums_bytes"]
@@ -236,6 +258,7 @@ def predict(
           "precision": p,
           "sustained_tflops": acc.tflops[p] * e * acc.chips,
           "seconds": seconds,
+          "main_job_seconds": MAIN_BASELINE_FACTOR * (seconds + modules),
           "seconds_at_reference_efficiency": scale.get((acc.name, p)),
           "compute_bound_sites": compute_bound,
           "allreduce_seconds": comm,
@@ -277,16 +300,21 @@ def markdown(record: dict[str, Any], pred: dict[str, Any], source: str) -> str:
     "",
     f"Generated by `python -m experiments.scale_table --measured {source} --out docs/scale.md`"
     " from an `experiments.gpu_check` run; rerun it on a GPU's JSON to replace the",
-    "assumed efficiency by a measured one. **Nothing on this page was run on a GPU or TPU:**",
-    "the per-site costs are XLA's cost analysis of the model (FLOPs and bytes accessed, the",
-    "same on any backend), the times in §1 were measured on the CPU below, and every",
-    "accelerator time in §3 is a prediction from the stated assumptions.",
+    "assumed efficiency by a measured one.",
+    "**Nothing on this page was run on a GPU or TPU:**"
+    if dev["platform"] == "cpu"
+    else f"**Measured on {dev['device_kind']} × {dev['n_devices']}; the other rows are predicted:**",
+    "the per-site FLOPs are XLA's cost analysis of the model (the same on any backend),",
+    "the bytes per image are what XLA's compiler *on the measuring machine* reports as bytes",
+    "accessed (a proxy for an accelerator's memory traffic, where fusion differs), the times",
+    "in §1 were measured on that machine, and every accelerator time in §3 is a prediction",
+    "from the stated assumptions.",
     "",
     f"## 1. Measured on this machine ({dev['platform']})",
     "",
     f"* machine: {dev['device_kind']} ({dev.get('cpu_count')} cores), jax {dev['jax_version']};",
-    f"  best float32 matmul ({dev['matmul_n']}²): {m['peak_gflops']:.1f} GFLOP/s (the peak we",
-    "  compare against).",
+    f"  best float32 matmul ({dev['matmul_n']}²), measured just before the timings:"
+    f" {m['peak_gflops']:.1f} GFLOP/s (the peak we compare against).",
     f"* model: {big['config']} with random weights ({big['n_parameters'] / 1e6:.1f} M "
     f"parameters), {len(sites)} sites, {big['resolution']}×{big['resolution']} images;"
     f" measured with `gpu_check` ({record['created']}).",
@@ -305,9 +333,10 @@ def markdown(record: dict[str, Any], pred: dict[str, Any], source: str) -> str:
     "",
     "*s/hybrid (engine)*: `influence_map_sums` on the one-hot masks of the first channels,",
     "one chunk, divided by the hybrids (includes the two prefixes and the reference G(z1)",
-    "per pair). *suffix s/image*: the suffix alone on as many images. The fraction of",
-    f"peak, median **e = {e:.2f}**, is the efficiency assumed on every accelerator below",
-    "(convolutions reach a similar share of matmul peak on GPUs/TPUs; an assumption).",
+    "per pair). *suffix s/image*: the suffix alone on one chunk of images. The median",
+    f"fraction of peak is {m['fraction']:.2f}; the efficiency assumed on every accelerator",
+    f"below is **e = {e:.2f}** (that median, at most {MAX_EFFICIENCY}: tensor cores rarely",
+    "sustain more than half their dense peak on convolutions; an assumption).",
     "",
     f"## 2. Work of the full analysis (N = {pred['n_pairs']} pairs, every site, all channels)",
     "",
@@ -317,7 +346,7 @@ def markdown(record: dict[str, Any], pred: dict[str, Any], source: str) -> str:
     "Memory: bytes per hybrid estimated by `cfmod_jax.memory.chunk_cost` (peak live bytes",
     "of the suffix's jaxpr; an upper estimate: XLA's own `memory_analysis()` of a DCGAN",
     "chunk is 2–4× lower in float32, docs/gpu_check.md); chunks as `choose_chunks` picks",
-    f"them on one 80 GB GPU ({MEMORY_FRACTION:.0%} of its {GPU_ALLOCATOR_FRACTION:.0%}"
+    f"them on one H200 ({MEMORY_FRACTION:.0%} of its {GPU_ALLOCATOR_FRACTION:.0%}"
     " allocator limit) with all pairs on it.",
     "",
     "| site | shape | C | hybrids | suffix GFLOP/image | PFLOP (site) | suffix MB/image (XLA) |"
@@ -349,7 +378,7 @@ def markdown(record: dict[str, Any], pred: dict[str, Any], source: str) -> str:
     "t = Σ_sites max(FLOPs / (peak · e), bytes / (HBM bandwidth · e_bw)) / chips"
     " (+ all-reduce), with:",
     "",
-    f"* e = {e:.2f} (measured on the CPU, §1) for every precision and device;"
+    f"* e = {e:.2f} (§1) for every precision and device;"
     f" e_bw = {BANDWIDTH_EFFICIENCY} of the HBM bandwidth; bytes = XLA's bytes accessed of"
     " the suffix per hybrid (float32; halved for bf16, unchanged for tf32).",
     "* Several devices: pairs sharded (`jax.shard_map`), near-linear: the per-device work",
@@ -358,17 +387,24 @@ def markdown(record: dict[str, Any], pred: dict[str, Any], source: str) -> str:
     f" pairs (the main job's block) at {COMM_EFFICIENCY:.0%} of the interconnect bandwidth.",
     "* Chunks are chosen per device from its memory (`choose_chunks_for_cost`); every site",
     " fits (the largest working set is in the table above), so memory changes no time.",
+    "* *predicted time (EIMs)*: the EIM sweep of every site (the table of §2). *whole main",
+    f" job*: plus, per site, the module and null maps ((1 + {MAIN_N_NULL}) · {MAIN_K} masks on"
+    f" {MAIN_EVAL_PAIRS} fresh pairs, K at its largest candidate), all ×{MAIN_BASELINE_FACTOR}"
+    " for the untrained baseline (on by default); host-side clustering (NMF, bootstrap)"
+    " and figures are not included.",
     "",
     f"| configuration | precision | assumed sustained TFLOP/s (all chips, e = {e:.2f}) |"
-    f" predicted time | at e = {REFERENCE_EFFICIENCY} | compute-bound sites | all-reduce |",
-    "|---|---|---:|---:|---:|---:|---:|",
+    f" predicted time (EIMs) | at e = {REFERENCE_EFFICIENCY} | whole main job |"
+    " compute-bound sites | all-reduce |",
+    "|---|---|---:|---:|---:|---:|---:|---:|",
   ]
   for c in pred["configs"]:
     ref = c["seconds_at_reference_efficiency"]
     lines.append(
       f"| {c['accelerator']} | {c['precision']} | {c['sustained_tflops']:.0f} |"
       f" **{_duration(c['seconds'])}** | {'–' if ref is None else _duration(ref)} |"
-      f" {c['compute_bound_sites']}/{len(sites)} | {c['allreduce_seconds']:.2f} s |"
+      f" {_duration(c['main_job_seconds'])} | {c['compute_bound_sites']}/{len(sites)} |"
+      f" {c['allreduce_seconds']:.2f} s |"
     )
   lines += [
     "",

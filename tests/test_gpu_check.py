@@ -96,7 +96,7 @@ def test_main_job_ran(run):
   record, out, _ = run
   job = record["main_job"]
   assert job["seconds"] > 0 and job["config"]["n_pairs"] == 8
-  assert "experiments.analyze" in job["cli_equivalent"]
+  assert job["generator"] == "dcgan-w4-bench" and job["cli_equivalent"] is None
   assert os.path.isfile(out / "main_job" / "report.html")
 
 
@@ -117,9 +117,11 @@ def test_biggan_section(run):
   for p, t in timed.items():
     assert t["hybrids"] == t["channels"] * t["n_pairs"] == 4
     assert _close(t["seconds_per_hybrid"], t["seconds"] / t["hybrids"])
-    assert _close(t["suffix_seconds_per_image"], t["suffix_seconds"] / t["hybrids"])
+    assert (t["pair_chunk"], t["mask_chunk"]) == (2, 2)  # CPU: one chunk of all 4
+    assert t["suffix_batch"] == t["pair_chunk"] * t["mask_chunk"]
+    assert _close(t["suffix_seconds_per_image"], t["suffix_seconds"] / t["suffix_batch"])
     f = sites["block2"]["suffix_flops_per_image"]
-    assert _close(t["suffix_gflops"], f * t["hybrids"] / t["suffix_seconds"] / 1e9)
+    assert _close(t["suffix_gflops"], f * t["suffix_batch"] / t["suffix_seconds"] / 1e9)
     if p == "bfloat16":
       assert np.isfinite(t["rel_err_max"]) and 0 < t["rel_err_mean"] < 0.05
     else:
@@ -167,7 +169,7 @@ def test_scale_table_from_the_json(run, tmp_path):
     assert _close(slow[(one, "float32")]["seconds"], 2 * c["seconds"], 1e-6)
   text = scale_table.markdown(record, pred, "gpu_check.json")
   assert "Nothing on this page was run on a GPU or TPU" in text
-  assert text.count("| 1 × H100/H200 SXM |") == 3
+  assert text.count("| 1 × H200 SXM |") == 3
 
 
 def test_cli_rejects_a_bad_precision(tmp_path):
@@ -189,3 +191,11 @@ def test_cli_rejects_a_bad_precision(tmp_path):
   assert proc.returncode == 2
   assert "--precisions=float32,fp8: precision must be one of" in proc.stderr
   assert not os.path.exists(tmp_path / "gpu_check.json")
+
+
+def test_summary_markdown(run):
+  record, _, _ = run
+  text = gpu_check.summary_markdown(record)
+  assert text.count("| block1 | 32 |") == 3 and text.count("| block4 | 4 |") == 3
+  assert "| dcgan-synthfaces | block4 | 32 | bfloat16 | 4 |" in text
+  assert f"{record['main_job']['seconds']:.1f} s end to end" in text
