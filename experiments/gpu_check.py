@@ -117,19 +117,10 @@ class CheckConfig:
 
 
 def tiny_biggan_config() -> Any:
-  """A BigGAN-deep of 4 blocks, width 4, 16×16 images, 10 classes (seconds on CPU)."""
-  from cfmod_jax.models import biggan  # pylint: disable=g-import-not-at-top
+  """`cfmod_jax.testing.tiny_biggan_config` (seconds on CPU)."""
+  from cfmod_jax.testing import tiny_biggan_config as tiny  # pylint: disable=g-import-not-at-top
 
-  return biggan.BigGANConfig(
-    output_dim=16,
-    z_dim=8,
-    class_embed_dim=8,
-    channel_width=4,
-    num_classes=10,
-    layers=((True, 16, 8), (True, 8, 4), (False, 4, 2), (False, 2, 1)),
-    attention_layer_position=1,
-    n_stats=3,
-  )
+  return tiny()
 
 
 def tiny_config() -> CheckConfig:

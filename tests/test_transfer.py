@@ -17,20 +17,11 @@ import cfmod_jax as cf
 from cfmod_jax import report, transfer
 from cfmod_jax.interventions import hybrid_grid
 from cfmod_jax.models import biggan as bg
+from cfmod_jax.testing import tiny_biggan_config
 
 ATOL = 1e-5
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# 16×16 output: 4 → 8 → 16; self-attention before block1 (8×8, 32 channels); 10 classes.
-TINY = bg.BigGANConfig(
-  output_dim=16,
-  z_dim=8,
-  class_embed_dim=8,
-  channel_width=4,
-  num_classes=10,
-  layers=((True, 16, 8), (True, 8, 4), (False, 4, 2), (False, 2, 1)),
-  attention_layer_position=1,
-  n_stats=3,
-)
+TINY = tiny_biggan_config()  # 16×16, 4 blocks, width 4, 10 classes
 CLASS_A, CLASS_B = 3, 7
 
 
