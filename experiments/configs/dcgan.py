@@ -20,6 +20,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.optimizer = ml_collections.ConfigDict({"learning_rate": 2e-4, "b1": 0.5, "b2": 0.999})
   # Exported G = moving average of G's weights (smooths the GAN's oscillation).
   config.ema_decay = 0.999
+  # R1 penalty on D at real images (0 = off); see cfmod_jax.train.dcgan.
+  config.r1_gamma = 1.0
+  config.r1_batch = 8
   return config
 
 
