@@ -27,6 +27,7 @@ __all__ = [
   "check_maps",
   "check_percentile",
   "check_positive_float",
+  "check_chunk",
   "check_positive_int",
   "check_prep_percentile",
   "check_seed",
@@ -52,6 +53,18 @@ def check_positive_int(value: Any, name: str) -> int:
   """``value`` as an int if it is an integer ≥ 1 (not a bool); else ValueError."""
   if not isinstance(value, (int, np.integer)) or isinstance(value, (bool, np.bool_)) or value < 1:
     raise ValueError(f"{name} must be a positive integer, got {value!r}")
+  return int(value)
+
+
+def check_chunk(value: Any, name: str) -> int | None:
+  """``value`` if it is None (chosen from the device's memory, `cfmod_jax.memory`) or
+  an integer ≥ 1; else a ValueError naming ``name``."""
+  if value is None:
+    return None
+  if not isinstance(value, (int, np.integer)) or isinstance(value, (bool, np.bool_)) or value < 1:
+    raise ValueError(
+      f"{name} must be a positive integer or None (chosen from the device's memory), got {value!r}"
+    )
   return int(value)
 
 

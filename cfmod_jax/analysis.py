@@ -63,7 +63,7 @@ from numpy.typing import ArrayLike
 from sklearn.metrics import adjusted_rand_score
 
 from cfmod_jax import baselines, clustering, factors, fileio, metrics, report, viz
-from cfmod_jax._validate import check_seed
+from cfmod_jax._validate import check_chunk, check_seed
 from cfmod_jax.data.synthfaces import uses_synthfaces_parts
 from cfmod_jax.generator import Generator, check_generator
 from cfmod_jax.interventions import (
@@ -72,6 +72,7 @@ from cfmod_jax.interventions import (
   influence_map_sums,
   masks_from_labels,
 )
+from cfmod_jax.precision import check_precision
 from cfmod_jax.sweep import (
   SweepConfig,
   SweepResult,
@@ -128,8 +129,8 @@ class AnalysisConfig:
   hybrid_cols: int = 5
   parts: str = "auto"  # 'synthfaces', 'none', or 'auto' (gen.dataset)
   seed: int = 0
-  pair_chunk: int = 32
-  mask_chunk: int = 16
+  pair_chunk: int | None = 32  # None: chosen from the device's memory (cfmod_jax.memory)
+  mask_chunk: int | None = 16
   untrained_baseline: bool = True  # same pipeline on random weights of the same shape
   min_effect: float = metrics.DEFAULT_MIN_EFFECT  # smallest effect (0–1) called "beyond"
   factor_transfer: str = "auto"  # 'auto' (with the part maps), 'synthfaces', 'none'
@@ -139,12 +140,15 @@ class AnalysisConfig:
   # Adaptive pairs: stop the EIM sweep once its split-half reliability reaches this
   # (0 < t < 1); None (default): always n_pairs. Recorded in the settings only when set.
   eim_target_reliability: float | None = None
+  # Arithmetic of the EIM sweep (the dominant cost): 'float32', 'tf32' or 'bfloat16'
+  # (cfmod_jax.precision; for accelerators). Module maps, metrics and figures stay float32.
+  precision: str = "float32"
 
 
 #: Fields of `AnalysisConfig` left out of the recorded config (``metrics.json``,
 #: ``run.json``) while at their default, so that outputs of runs that do not use
 #: them are byte-for-byte those of versions without them.
-OPTIONAL_FIELDS = {"eim_target_reliability": None}
+OPTIONAL_FIELDS = {"eim_target_reliability": None, "precision": "float32"}
 
 
 def config_dict(cfg: AnalysisConfig) -> dict:
@@ -176,12 +180,13 @@ def check_config(gen: Generator, cfg: AnalysisConfig) -> list[str]:
     "n_ci",
     "hybrid_rows",
     "hybrid_cols",
-    "pair_chunk",
-    "mask_chunk",
   ):
     v = getattr(cfg, name)
     if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
       raise ValueError(f"{name} must be a positive integer, got {v!r}")
+  check_chunk(cfg.pair_chunk, "pair_chunk")
+  check_chunk(cfg.mask_chunk, "mask_chunk")
+  check_precision(cfg.precision)
   check_target_reliability(cfg.eim_target_reliability, "eim_target_reliability")
   if cfg.n_pairs < 2 * cfg.block_pairs:
     raise ValueError(
@@ -320,6 +325,7 @@ def _fit_site(
       pair_chunk=cfg.pair_chunk,
       mask_chunk=cfg.mask_chunk,
       target_reliability=cfg.eim_target_reliability,
+      precision=cfg.precision,
     ),
     cache_dir,
     fingerprint=fingerprint,

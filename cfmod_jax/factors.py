@@ -63,7 +63,7 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from cfmod_jax import metrics, quality
-from cfmod_jax._validate import check_positive_int
+from cfmod_jax._validate import check_chunk, check_positive_int
 from cfmod_jax.generator import Generator
 from cfmod_jax.interventions import (
   DEFAULT_MASK_CHUNK,
@@ -239,8 +239,8 @@ def factor_transfer(
   kinds: Mapping[str, str],
   *,
   groups: ArrayLike | None = None,
-  pair_chunk: int = DEFAULT_PAIR_CHUNK,
-  mask_chunk: int = DEFAULT_MASK_CHUNK,
+  pair_chunk: int | None = DEFAULT_PAIR_CHUNK,
+  mask_chunk: int | None = DEFAULT_MASK_CHUNK,
 ) -> FactorTransfer:
   """Counterfactual factor transfer of masks at a site (see the module docstring).
 
@@ -264,8 +264,8 @@ def factor_transfer(
   gen.site_index(site)
   masks, _ = _check_masks(gen, site, masks)
   z1, z2 = _check_pairs(gen, z1, z2)
-  pair_chunk = check_positive_int(pair_chunk, "pair_chunk")
-  mask_chunk = check_positive_int(mask_chunk, "mask_chunk")
+  pair_chunk = check_chunk(pair_chunk, "pair_chunk")
+  mask_chunk = check_chunk(mask_chunk, "mask_chunk")
   names, categorical = _check_kinds(kinds)
   groups = _check_groups(groups, z1.shape[0])
   _check_predictor(predict, names, categorical, gen.image_shape)
@@ -532,8 +532,8 @@ def hybrid_feature_stats(
   features_fn: Callable[[jax.Array], jax.Array],
   shift: ArrayLike,
   *,
-  pair_chunk: int = DEFAULT_PAIR_CHUNK,
-  mask_chunk: int = DEFAULT_MASK_CHUNK,
+  pair_chunk: int | None = DEFAULT_PAIR_CHUNK,
+  mask_chunk: int | None = DEFAULT_MASK_CHUNK,
 ) -> tuple[np.ndarray, np.ndarray]:
   """Mean ``[M, D]`` and unbiased covariance ``[M, D, D]`` (float64) of the features
   of each mask's N hybrids, streamed (no image array is kept).
@@ -548,8 +548,8 @@ def hybrid_feature_stats(
   n = z1.shape[0]
   if n < 2:
     raise ValueError(f"need at least 2 pairs for a covariance, got N={n}")
-  pair_chunk = check_positive_int(pair_chunk, "pair_chunk")
-  mask_chunk = check_positive_int(mask_chunk, "mask_chunk")
+  pair_chunk = check_chunk(pair_chunk, "pair_chunk")
+  mask_chunk = check_chunk(mask_chunk, "mask_chunk")
   out = jax.eval_shape(features_fn, jax.ShapeDtypeStruct((3, *gen.image_shape), jnp.float32))
   shift = np.asarray(shift, np.float32)
   if len(out.shape) != 2 or out.shape[0] != 3 or shift.shape != (out.shape[1],):
@@ -601,8 +601,8 @@ def hybrid_realism(
   z1: ArrayLike | None = None,
   z2: ArrayLike | None = None,
   real_images: quality.RealImages = None,
-  pair_chunk: int = DEFAULT_PAIR_CHUNK,
-  mask_chunk: int = DEFAULT_MASK_CHUNK,
+  pair_chunk: int | None = DEFAULT_PAIR_CHUNK,
+  mask_chunk: int | None = DEFAULT_MASK_CHUNK,
 ) -> HybridRealism:
   """Fréchet distance of module hybrids to held-out real faces (§ the paper's
   observation that hybrids of a good module stay realistic).

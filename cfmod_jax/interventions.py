@@ -49,7 +49,7 @@ from jax.typing import ArrayLike
 
 from cfmod_jax import memory as _memory
 from cfmod_jax import precision as _precision
-from cfmod_jax._validate import check_key, check_positive_int
+from cfmod_jax._validate import check_chunk, check_key, check_positive_int
 from cfmod_jax.generator import Generator, check_generator, check_latents, replicate
 
 DEFAULT_PAIR_CHUNK = _memory.CPU_PAIR_CHUNK  # 32: tuned on CPU; the auto choice there
@@ -437,11 +437,6 @@ def _largest_divisor_at_most(n: int, k: int) -> int:
   return max(d for d in range(1, min(n, k) + 1) if n % d == 0)
 
 
-def _check_chunk(value, name: str) -> int | None:
-  """None (chosen from memory) or a positive int; ValueError naming ``name``."""
-  return None if value is None else check_positive_int(value, name)
-
-
 def _chunks(
   gen: Generator,
   site: str,
@@ -587,7 +582,7 @@ def hybrids(
   gen.site_index(site)
   masks, one = _check_masks(gen, site, masks)
   z1, z2 = _check_pairs(gen, z1, z2)
-  mask_chunk = _check_chunk(mask_chunk, "mask_chunk")
+  mask_chunk = check_chunk(mask_chunk, "mask_chunk")
   precision = _precision.check_precision(precision)
   m, n = masks.shape[0], z1.shape[0]
   if mask_chunk is None:
@@ -698,8 +693,8 @@ def hybrid_map_reduce(
   z1, z2 = _check_pairs(gen, z1, z2)
   if not callable(hybrid_fn) or (pair_fn is not None and not callable(pair_fn)):
     raise ValueError("hybrid_fn (and pair_fn, if given) must be functions")
-  pair_chunk = _check_chunk(pair_chunk, "pair_chunk")
-  mask_chunk = _check_chunk(mask_chunk, "mask_chunk")
+  pair_chunk = check_chunk(pair_chunk, "pair_chunk")
+  mask_chunk = check_chunk(mask_chunk, "mask_chunk")
   precision = _precision.check_precision(precision)
   groups = _check_groups(groups, z1.shape[0])
   m = masks.shape[0]
@@ -755,8 +750,8 @@ def influence_map_sums(
   gen.site_index(site)
   masks, _ = _check_masks(gen, site, masks)
   z1, z2 = _check_pairs(gen, z1, z2)
-  pair_chunk = _check_chunk(pair_chunk, "pair_chunk")
-  mask_chunk = _check_chunk(mask_chunk, "mask_chunk")
+  pair_chunk = check_chunk(pair_chunk, "pair_chunk")
+  mask_chunk = check_chunk(mask_chunk, "mask_chunk")
   precision = _precision.check_precision(precision)
   groups = _check_groups(groups, z1.shape[0])
   m = masks.shape[0]
@@ -835,8 +830,8 @@ def elementary_influence_map_sums(
   check_generator(gen, "gen")
   gen.site_index(site)
   z1, z2 = _check_pairs(gen, z1, z2)
-  pair_chunk = _check_chunk(pair_chunk, "pair_chunk")
-  mask_chunk = _check_chunk(mask_chunk, "mask_chunk")
+  pair_chunk = check_chunk(pair_chunk, "pair_chunk")
+  mask_chunk = check_chunk(mask_chunk, "mask_chunk")
   method = _check_method(method)
   precision = _precision.check_precision(precision)
   linear = gen.has_linear_split(site)
@@ -914,8 +909,8 @@ def elementary_influence_maps(
     raise ValueError(f"n_groups={n_groups} exceeds n_pairs={n_pairs}")
   _check_method(method)
   _precision.check_precision(precision)
-  _check_chunk(pair_chunk, "pair_chunk")
-  _check_chunk(mask_chunk, "mask_chunk")
+  check_chunk(pair_chunk, "pair_chunk")
+  check_chunk(mask_chunk, "mask_chunk")
   key = jax.random.key(0) if key is None else check_key(key, "key")
   k1, k2 = jax.random.split(key)
   z1, z2 = gen.sample_latents(k1, n_pairs), gen.sample_latents(k2, n_pairs)

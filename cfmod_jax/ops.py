@@ -131,15 +131,25 @@ def _per_channel_conv(xp, kernel, out_hw):
     xp: [B, Hp, Wp, m] padded input; kernel: [th, tw, m, Co].
   Returns:
     [m, B, Ho, Wo, Co]: output j is ``conv(xp[..., j:j+1], kernel[:, :, j:j+1])``.
-  Computed as patches @ kernel batched over j, i.e. the cost of one full conv.
+
+  Written as a sum over the th·tw taps of broadcast products (shifted input ×
+  that tap's kernel row), not as a contraction: with one input channel each
+  output needs only th·tw multiply-adds, which no matrix unit can use, and the
+  elementwise form lets XLA fuse it with what consumes it (the add to the
+  stage's pre-activation, BatchNorm, the activation, depth-to-space), so the
+  [m, B, Ho, Wo, Co] tensor is written once. Measured on a 2-core CPU (DCGAN-64
+  EIMs, 64 pairs): 1.52 → 1.21 s at block3, 0.35 → 0.27 s at block4 against the
+  contraction ``patches @ kernel``.
   """
-  th, tw, m, cout = kernel.shape
+  th, tw, _, _ = kernel.shape
   ho, wo = out_hw
-  patches = jnp.stack(
-    [xp[:, u : u + ho, v : v + wo, :] for u in range(th) for v in range(tw)], axis=-1
-  )  # [B, Ho, Wo, m, th*tw]
-  k = kernel.reshape(th * tw, m, cout)
-  return jnp.einsum("bhwjt,tjo->jbhwo", patches, k)
+  xt = jnp.moveaxis(xp, -1, 0)  # [m, B, Hp, Wp]
+  out = None
+  for u in range(th):
+    for v in range(tw):
+      term = xt[:, :, u : u + ho, v : v + wo, None] * kernel[u, v][:, None, None, None, :]
+      out = term if out is None else out + term
+  return out
 
 
 def conv_transpose_per_channel(

@@ -55,7 +55,7 @@ from flax import nnx
 from numpy.typing import ArrayLike
 from scipy.ndimage import gaussian_filter
 
-from cfmod_jax._validate import check_positive_int, check_seed, check_sigma
+from cfmod_jax._validate import check_chunk, check_positive_int, check_seed, check_sigma
 from cfmod_jax.clustering import default_sigma
 from cfmod_jax.fileio import atomic_savez, atomic_write_json
 from cfmod_jax.generator import Generator, check_generator
@@ -64,6 +64,7 @@ from cfmod_jax.interventions import (
   DEFAULT_PAIR_CHUNK,
   elementary_influence_map_sums,
 )
+from cfmod_jax.precision import DEFAULT_PRECISION, check_precision
 
 _FORMAT_VERSION = 1
 
@@ -229,8 +230,11 @@ class SweepConfig:
   """Settings of an EIM sweep.
 
   ``n_pairs`` pairs in blocks of ``block_pairs`` (the last one may be smaller),
-  latents from ``seed``; ``pair_chunk``, ``mask_chunk`` and ``method`` as in
-  `interventions.elementary_influence_map_sums`.
+  latents from ``seed``; ``pair_chunk``, ``mask_chunk`` (None: chosen from the
+  device's memory), ``method`` and ``precision`` as in
+  `interventions.elementary_influence_map_sums`. A non-float32 ``precision``
+  enters the cache key (bf16 blocks are never mixed with float32 ones); float32
+  keeps the key of versions without the field.
 
   Adaptive pairs (opt-in): with ``target_reliability`` t (0 < t < 1) the sweep
   stops after the first block b ≥ ``min_blocks`` − 1 at which `eim_reliability` of
@@ -242,15 +246,19 @@ class SweepConfig:
   n_pairs: int = 128
   block_pairs: int = 32
   seed: int = 0
-  pair_chunk: int = DEFAULT_PAIR_CHUNK
-  mask_chunk: int = DEFAULT_MASK_CHUNK
+  pair_chunk: int | None = DEFAULT_PAIR_CHUNK
+  mask_chunk: int | None = DEFAULT_MASK_CHUNK
   method: str = "auto"
   target_reliability: float | None = None
   min_blocks: int = 2
+  precision: str = DEFAULT_PRECISION
 
   def check(self) -> None:
-    for name in ("n_pairs", "block_pairs", "pair_chunk", "mask_chunk"):
+    for name in ("n_pairs", "block_pairs"):
       check_positive_int(getattr(self, name), name)
+    for name in ("pair_chunk", "mask_chunk"):
+      check_chunk(getattr(self, name), name)
+    check_precision(self.precision)
     check_seed(self.seed, "seed")
     if self.block_pairs > self.n_pairs:
       raise ValueError(f"block_pairs={self.block_pairs} exceeds n_pairs={self.n_pairs}")
@@ -324,6 +332,8 @@ def _block_fields(cfg: SweepConfig) -> dict:
   fields = dataclasses.asdict(cfg)
   for name in ADAPTIVE_FIELDS:
     fields.pop(name)
+  if fields["precision"] == DEFAULT_PRECISION:  # keys of float32 sweeps as before the field
+    fields.pop("precision")
   return fields
 
 
@@ -618,7 +628,14 @@ def eim_sweep(
       tb = time.perf_counter()
       z1, z2 = block_latents(gen, cfg.seed, b, cfg.block_size(b))
       sums, _ = elementary_influence_map_sums(
-        gen, site, z1, z2, pair_chunk=cfg.pair_chunk, mask_chunk=cfg.mask_chunk, method=cfg.method
+        gen,
+        site,
+        z1,
+        z2,
+        pair_chunk=cfg.pair_chunk,
+        mask_chunk=cfg.mask_chunk,
+        method=cfg.method,
+        precision=cfg.precision,
       )
       if is_host0:
         loaded[b] = np.asarray(sums[0])

@@ -72,6 +72,23 @@ flags.DEFINE_integer("factor_null", 8, "Random partitions for the factor-transfe
 flags.DEFINE_integer(
   "hybrid_fd_samples", 250, "Hybrids per module for the hybrid-realism FD (0: off)."
 )
+flags.DEFINE_enum(
+  "precision",
+  "float32",
+  ["float32", "tf32", "bfloat16"],
+  "Arithmetic of the EIM sweep: float32, tf32 (TF32 matmuls on GPUs; float32 on CPU) or "
+  "bfloat16 (bf16 suffix, float32 sums; for accelerators, slower on CPU). Error against "
+  "float32: docs/gpu_check.md. Module maps, metrics and figures stay float32.",
+)
+flags.DEFINE_string(
+  "pair_chunk",
+  "32",
+  "Latent pairs per step of the EIM sweep, or 'auto' (from the device's memory: larger on "
+  "GPUs/TPUs).",
+)
+flags.DEFINE_string(
+  "mask_chunk", "16", "Channels per flat batch of hybrids, or 'auto' (from the device's memory)."
+)
 flags.DEFINE_string("out", "out/default", "Output folder.")
 flags.DEFINE_string("cache_dir", "", "Cache of finished EIM blocks (default: <out>/cache).")
 
@@ -98,6 +115,9 @@ def main(argv: list[str]) -> None:
     factor_null=FLAGS.factor_null,
     hybrid_fd_samples=FLAGS.hybrid_fd_samples,
     eim_target_reliability=FLAGS.eim_target_reliability,
+    precision=FLAGS.precision,
+    pair_chunk=_chunk("pair_chunk"),
+    mask_chunk=_chunk("mask_chunk"),
   )
   with _cli.blame("generator_args"):
     generator_args = specs.parse_generator_args(FLAGS.generator_args)
@@ -143,6 +163,9 @@ _CONFIG_FLAGS = (
   "factor_pairs",
   "factor_null",
   "hybrid_fd_samples",
+  "precision",
+  "pair_chunk",
+  "mask_chunk",
 )
 
 
@@ -151,6 +174,22 @@ def _int(name: str, value: str) -> int:
     return int(value)
   except ValueError:
     raise app.UsageError(f"--{name} must be an integer, got {value!r}") from None
+
+
+def _chunk(name: str) -> int | None:
+  """--pair_chunk / --mask_chunk: a positive integer, or 'auto' (None)."""
+  value = getattr(FLAGS, name).strip()
+  if value == "auto":
+    return None
+  try:
+    n = int(value)
+  except ValueError:
+    n = 0
+  if n < 1:
+    raise app.UsageError(
+      f"--{name} must be a positive integer or 'auto', got {getattr(FLAGS, name)!r}"
+    )
+  return n
 
 
 if __name__ == "__main__":

@@ -294,7 +294,7 @@ def test_main_job_off_is_unchanged_and_on_records_the_sweep(gen, tmp_path):
   assert (
     set(off["config"])
     == set(off_manifest["settings"]["config"])
-    == fields - {"eim_target_reliability"}
+    == fields - set(analysis.OPTIONAL_FIELDS)
   )
   assert not any("eim_sweep" in site for site in off["sites"].values())
   # On, with a target no site reaches: every block used, so every number is the off
@@ -336,6 +336,27 @@ def test_main_job_off_is_unchanged_and_on_records_the_sweep(gen, tmp_path):
       analysis.run(gen, cfg, on_dir, cache)
   with pytest.raises(analysis.OutputFolderError, match="eim_target_reliability"):
     analysis.run(gen, on, off_dir, cache)
+
+
+def test_main_job_precision_is_recorded_and_reaches_the_sweep(gen, tmp_path):
+  """precision='bfloat16': recorded in metrics.json and the manifest (absent at
+  float32), the sweep's EIMs differ from float32's by bf16 rounding only; a bad
+  value is refused before any work, naming the field."""
+  cache = str(tmp_path / "cache")
+  analysis.run(gen, TINY, str(tmp_path / "f32"), cache)
+  bf = dataclasses.replace(TINY, precision="bfloat16", pair_chunk=None, mask_chunk=None)
+  analysis.run(gen, bf, str(tmp_path / "bf16"), cache)
+  f32, _, f32_arrays = _outputs(str(tmp_path / "f32"))
+  got, manifest, arrays = _outputs(str(tmp_path / "bf16"))
+  assert "precision" not in f32["config"]
+  assert got["config"]["precision"] == manifest["settings"]["config"]["precision"] == "bfloat16"
+  assert got["config"]["pair_chunk"] is None
+  a, b = f32_arrays["eim_groups"], arrays["eim_groups"]
+  assert not np.array_equal(a, b)
+  assert np.abs(a - b).mean() / a.mean() < 0.05
+  with pytest.raises(ValueError, match="precision must be one of"):
+    analysis.run(gen, dataclasses.replace(TINY, precision="fp16"), str(tmp_path / "bad"))
+  assert not (tmp_path / "bad").exists()
 
 
 @pytest.mark.parametrize("value", [0.0, 1.0, -0.5, 2, float("inf"), "0.9", True])

@@ -120,6 +120,44 @@ def test_bad_sweep_config(tmp_path):
   assert not os.listdir(tmp_path)
 
 
+def test_sweep_precision_and_auto_chunks(tmp_path):
+  """precision reaches the EIMs and (unless float32) the cache key; a float32
+  config keeps the key of versions without the field (its hash recomputed here
+  from the old payload); None chunks are valid and give the same float32 EIMs."""
+  import dataclasses
+  import hashlib
+  import json
+
+  gen = cf.init_generator("dcgan", seed=3, width=4, latent_dim=8)
+  cfg = SweepConfig(n_pairs=8, block_pairs=4, seed=0, pair_chunk=4, mask_chunk=4)
+  old = dataclasses.asdict(cfg)
+  for name in ("target_reliability", "min_blocks", "precision"):
+    old.pop(name)
+  payload = json.dumps(
+    {"v": 1, "generator": generator_fingerprint(gen), "site": "block3", **old},
+    sort_keys=True,
+    default=int,
+  )
+  f32 = eim_sweep(gen, "block3", cfg, str(tmp_path))
+  assert f32.key == hashlib.sha256(payload.encode()).hexdigest()[:24]
+  bf16 = eim_sweep(gen, "block3", dataclasses.replace(cfg, precision="bfloat16"), str(tmp_path))
+  assert bf16.key != f32.key and bf16.computed_blocks == 2
+  assert not np.array_equal(bf16.eims, f32.eims)
+  rel = np.abs(bf16.eims - f32.eims).mean() / f32.eims.mean()
+  assert rel < 0.05, rel
+  auto = SweepConfig(n_pairs=8, block_pairs=4, seed=0, pair_chunk=None, mask_chunk=None)
+  res = eim_sweep(gen, "block3", auto, str(tmp_path / "auto"))
+  np.testing.assert_allclose(res.eims, f32.eims, rtol=1e-5, atol=1e-9)
+  for bad, match in (
+    (dict(precision="fp16"), "precision must be one of 'float32', 'tf32', 'bfloat16'"),
+    (dict(pair_chunk=0), r"pair_chunk must be a positive integer or None"),
+    (dict(mask_chunk=2.5), r"mask_chunk must be a positive integer or None"),
+  ):
+    with pytest.raises(ValueError, match=match):
+      eim_sweep(gen, "block3", dataclasses.replace(cfg, **bad), str(tmp_path / "bad"))
+  assert not os.path.exists(tmp_path / "bad")
+
+
 # ---- damaged cache blocks: recomputed with a warning naming the file ------------------------
 _DAMAGE_CFG = SweepConfig(n_pairs=4, block_pairs=2, seed=5, pair_chunk=2, mask_chunk=8)
 
