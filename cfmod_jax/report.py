@@ -557,6 +557,22 @@ def write_report(result: dict, out_dir: str) -> str:
     else ""
   )
   cfg = result["config"]
+  pairs_text = f"{cfg['n_pairs']} latent pairs"
+  if cfg.get("eim_target_reliability") is not None:
+    used = ", ".join(
+      f"{html.escape(site)} {m['eim_sweep']['pairs_used']}"
+      for site, m in result["sites"].items()
+      if "eim_sweep" in m
+    )
+    pairs_text = (
+      f"up to {cfg['n_pairs']} latent pairs (adaptive: a site's sweep stopped once the "
+      f"split-half reliability of its EIMs reached {cfg['eim_target_reliability']}; "
+      f"pairs used: {used})"
+    )
+  if cfg.get("precision", "float32") != "float32":
+    pairs_text += (
+      f", computed in {html.escape(str(cfg['precision']))} (module maps and metrics in float32)"
+    )
   base_text = (
     f"The untrained baseline is {html.escape(result['untrained_baseline']['generator'])}: "
     "the same architecture with freshly initialised weights, analysed with the same "
@@ -577,7 +593,7 @@ img{{max-width:640px}}figcaption{{font-size:90%}}
 <h1>Modularity of {html.escape(result['generator'])}</h1>
 <p>Modules are groups of channels at a site found by clustering their elementary influence
 maps (EIMs: which pixels change when one channel is taken from another image), over
-{cfg['n_pairs']} latent pairs. Metrics are measured on {cfg['eval_pairs']} fresh pairs in
+{pairs_text}. Metrics are measured on {cfg['eval_pairs']} fresh pairs in
 {cfg['eval_groups']} groups; intervals are percentile bootstrap 95% over these groups
 ({cfg['n_ci']} resamples); the null is {cfg['n_null']} random channel partitions with the
 same module sizes. {base_text} Ran in {result['seconds']:.0f} s on {result['devices']}

@@ -330,6 +330,11 @@ def test_main_job_off_is_unchanged_and_on_records_the_sweep(gen, tmp_path):
     assert entry["reliability_trace"][0]["reliability"] >= 0.05 and entry["seconds"] >= 0
   assert arrays["eim_groups"].shape[0] == 2
   np.testing.assert_array_equal(arrays["eim_groups"], off_arrays["eim_groups"][:2])
+  with open(os.path.join(on_dir, "report.html"), encoding="utf-8") as f:
+    page = f.read()
+  assert "up to 12 latent pairs (adaptive" in page and f"pairs used: {SITE} 4)" in page
+  with open(os.path.join(off_dir, "report.html"), encoding="utf-8") as f:
+    assert "\n12 latent pairs. Metrics" in f.read()
   # The setting is part of the run: another value into the same folder is refused.
   for cfg in (TINY, dataclasses.replace(TINY, eim_target_reliability=0.5)):
     with pytest.raises(analysis.OutputFolderError, match="eim_target_reliability"):
@@ -354,6 +359,8 @@ def test_main_job_precision_is_recorded_and_reaches_the_sweep(gen, tmp_path):
   a, b = f32_arrays["eim_groups"], arrays["eim_groups"]
   assert not np.array_equal(a, b)
   assert np.abs(a - b).mean() / a.mean() < 0.05
+  with open(os.path.join(str(tmp_path / "bf16"), "report.html"), encoding="utf-8") as f:
+    assert "computed in bfloat16 (module maps and metrics in float32)" in f.read()
   with pytest.raises(ValueError, match="precision must be one of"):
     analysis.run(gen, dataclasses.replace(TINY, precision="fp16"), str(tmp_path / "bad"))
   assert not (tmp_path / "bad").exists()
