@@ -188,18 +188,25 @@ def site_predictions(
 
 
 def measure(
-  width: int = 64, n_pairs: int = 64, measured: dict[str, float] | None = None
+  width: int = 64,
+  n_pairs: int = 64,
+  measured: dict[str, float] | None = None,
+  *,
+  batch: int = BATCH,
+  matmul_n: int = 2048,
 ) -> dict[str, Any]:
-  """Everything above, in one process; JSON-ready."""
+  """Everything above, in one process; JSON-ready. ``batch``: images per timed
+  layer call and hybrids per timed pass (smaller only to test this quickly)."""
   layers = dcgan_layers(width)
-  peak = matmul_gflops()
-  rates = layer_rates(layers)
-  delta_s = {i: delta_pass_seconds(rates[i]) for i in range(1, len(rates))}
-  image_s = image_pass_seconds()
+  peak = matmul_gflops(matmul_n)
+  rates = layer_rates(layers, batch)
+  pairs = max(1, batch // 16)
+  delta_s = {i: delta_pass_seconds(rates[i], pairs=pairs) for i in range(1, len(rates))}
+  image_s = image_pass_seconds(pairs=max(1, batch // 4))
   return {
     "width": width,
     "n_pairs": n_pairs,
-    "batch": BATCH,
+    "batch": batch,
     "peak_gflops": peak,
     "layers": [
       {k: l[k] for k in ("name", "flops", "batch", "gflops")} | {"of_peak": l["gflops"] / peak}

@@ -43,7 +43,7 @@ def test_prediction_at_peak_is_the_compute_floor():
 
 
 def test_measure_runs_small_and_writes_a_table():
-  result = limits.measure(width=4, n_pairs=2, measured={"block3": 1.0})
+  result = limits.measure(width=4, n_pairs=2, measured={"block3": 1.0}, batch=16, matmul_n=256)
   assert result["peak_gflops"] > 0 and len(result["layers"]) == 5
   assert all(l["gflops"] > 0 for l in result["layers"])
   site3 = next(s for s in result["sites"] if s["site"] == "block3")
