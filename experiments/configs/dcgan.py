@@ -1,7 +1,18 @@
 """DCGAN on the synthetic faces (the shipped ``dcgan-synthfaces``).
 
-Width 32 (half the paper's 64) so that it trains on a 2-core CPU in ~12 minutes
-and its float32 generator fits the 5 MB checkpoint budget.
+Width 32 (half the paper's 64) so that its float32 generator fits the 5 MB
+checkpoint budget. The shipped model was trained with (2-core CPU, ~3 steps/s):
+
+  python -m experiments.train --config experiments/configs/dcgan.py \
+      --workdir runs/dcgan_r1 --config.num_steps=14000 --config.checkpoint_every=1000 \
+      --config.keep_checkpoints=40 --config.sample_every=2000
+  python -m experiments.quality_curve --workdir runs/dcgan_r1
+
+and exported at the checkpoint with the lowest Fréchet distance (``--export_step
+best``). What made the difference: the moving average of G (``ema_decay``) smooths
+the oscillation, and the R1 penalty (``r1_gamma``) stops D from winning — without it
+D's outputs sat at 0.99/0.02 (real/fake) after a few thousand steps and the FD
+stalled at 60–65; with it they stay near 0.7/0.3 and the FD keeps falling.
 """
 
 import ml_collections
