@@ -80,8 +80,10 @@ def _best_seconds(fn: Callable, *args, repeats: int = 5) -> float:
 
 
 def matmul_gflops(n: int = 2048) -> float:
-  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-  return 2.0 * n**3 / _best_seconds(jax.jit(jnp.matmul), a, a) / 1e9
+  """The benchmark's float32 matmul peak (`benchmarks.worker`), here in-process."""
+  from benchmarks.worker import _matmul_gflops  # pylint: disable=protected-access
+
+  return _matmul_gflops("jax", n)
 
 
 def layer_rates(layers: list[dict[str, Any]], batch: int = BATCH) -> list[dict[str, Any]]:
@@ -106,7 +108,7 @@ def delta_pass_seconds(layer: dict[str, Any], pairs: int = 8, chunk: int = 16) -
   """Seconds per hybrid of the linear split at the site before ``layer``: each of
   ``chunk`` channels' contribution to ``layer`` (rank-1 deltas), added to the
   pre-activation of z1, then BatchNorm (scale/shift) and ReLU — one fused pass."""
-  h, ci, co = layer["hw"], layer["in"], layer["out"]
+  h, co = layer["hw"], layer["out"]
   key = jax.random.key(1)
   d = jax.random.normal(key, (pairs, h, h, chunk))
   k = 0.02 * jax.random.normal(key, (4, 4, chunk, co))
@@ -117,22 +119,20 @@ def delta_pass_seconds(layer: dict[str, Any], pairs: int = 8, chunk: int = 16) -
     y = pre1[None] + ops.conv_transpose_per_channel(d, k, (2, 2))
     return jax.nn.relu(y * scale + shift)
 
-  del ci
   return _best_seconds(jax.jit(body), d, k, pre1) / (pairs * chunk)
 
 
 def image_pass_seconds(hw: int = 64, pairs: int = 32, chunk: int = 16) -> float:
-  """Seconds per hybrid of tanh, ``|hybrid − G(z1)|`` summed over colours and
-  the weighted sum over pairs (as `cfmod_jax.interventions` reduces a chunk)."""
+  """Seconds per hybrid of tanh and the engine's own reduction of a chunk
+  (`interventions._influence_sums`: ``|hybrid − G(z1)|`` summed over colours and
+  the weighted sum over pairs)."""
+  from cfmod_jax.interventions import _influence_sums  # pylint: disable=protected-access
+
   key = jax.random.key(2)
-  y = jax.random.normal(key, (chunk * pairs, hw, hw, 3))
+  y = jax.random.normal(key, (chunk, pairs, hw, hw, 3))
   x1 = jax.random.normal(key, (pairs, hw, hw, 3))
   w = jnp.ones((pairs, 1))
-
-  def body(y, x1, w):
-    dist = jnp.abs(jnp.tanh(y).reshape(chunk, pairs, hw, hw, 3) - x1[None]).sum(-1)
-    return jnp.einsum("jphw,pg->gjhw", dist, w)
-
+  body = lambda y, x1, w: _influence_sums(None, x1, jnp.tanh(y), w)
   return _best_seconds(jax.jit(body), y, x1, w) / (pairs * chunk)
 
 
