@@ -182,6 +182,8 @@ def no_compile(monkeypatch):
     ("dcgan", "ema_decay", 1.0, r"ema_decay must be a number in \[0.0, 1.0\)"),
     ("dcgan", "r1_gamma", -1.0, "r1_gamma must be a number in"),
     ("dcgan", "r1_batch", 0, "r1_batch must be an integer >= 1"),
+    ("began", "mode_seeking", -0.1, "mode_seeking must be a number in"),
+    ("began", "ema_decay", 1.0, r"ema_decay must be a number in \[0.0, 1.0\)"),
   ],
 )
 def test_bad_config_raises_before_compiling(model, field, value, match, tmp_path, no_compile):
@@ -435,6 +437,103 @@ def test_dcgan_r1_penalty(tmp_path):
   assert not np.allclose(
     jax.tree.leaves(s1.d_params)[0], jax.tree.leaves(s0.d_params)[0], rtol=0, atol=1e-9
   )
+
+
+def test_began_mode_seeking_and_moving_average():
+  """mode_seeking = λ adds λ / (r + 1e-5) to G's loss, r = Mao et al.'s ratio of
+  image to latent L1 distances over the batch's (first half, second half) pairs:
+  the reported ratio equals a per-pair loop over G(z); G's update equals Adam on
+  the gradient of L(G(z)) + λ / (r + 1e-5) computed here; D's update is unchanged.
+  ema_decay = d exports d · init + (1 − d) · new; λ = 0, d = 0 is bitwise the
+  trainer without the fields."""
+  import jax.numpy as jnp
+  import ml_collections
+  import optax
+
+  from cfmod_jax.train import began
+  from cfmod_jax.train.config import adam
+
+  trainer = train.get_trainer("began")
+  base = tiny_config("began")
+  for name in ("mode_seeking", "ema_decay"):
+    if name in base:
+      del base[name]
+  batch = {k: jnp.asarray(v) for k, v in data.training_images(base, 0).items()}
+  key = jax.random.key(5)
+  state = jax.jit(functools.partial(trainer.create_state, base))(init_key(base.seed))
+
+  def step(**fields):
+    config = ml_collections.ConfigDict(base.to_dict())
+    for name, value in fields.items():
+      config[name] = value
+    trainer.validate(config)
+    return jax.jit(functools.partial(trainer.train_step, config))(state, batch, key)
+
+  s0, m0 = step()
+  assert_states_equal(s0, step(mode_seeking=0.0, ema_decay=0.0)[0])
+  for a, b in zip(
+    jax.tree.leaves(trainer.export_variables(s0)["params"]), jax.tree.leaves(s0.g_params)
+  ):
+    assert np.array_equal(np.asarray(a), np.asarray(b))
+
+  # the ratio, from a loop over pairs
+  n, latent = base.batch_size, base.generator.latent_dim
+  z = jax.random.normal(key, (n, latent), jnp.float32)
+  gen = began.generator(base)
+
+  def fake_of(g_params):
+    out, _ = gen.apply(
+      {"params": g_params, "batch_stats": state.g_batch_stats},
+      z,
+      train=True,
+      mutable=["batch_stats"],
+    )
+    return out
+
+  def loop_ratio(images):
+    h = n // 2
+    terms = [
+      jnp.mean(jnp.abs(images[i] - images[h + i])) / jnp.mean(jnp.abs(z[i] - z[h + i]))
+      for i in range(h)
+    ]
+    return sum(terms) / h
+
+  expected_ratio = float(loop_ratio(fake_of(state.g_params)))
+  assert expected_ratio > 0
+  np.testing.assert_allclose(float(m0["ms_ratio"]), expected_ratio, rtol=1e-5)
+
+  lam = 0.05
+  s1, m1 = step(mode_seeking=lam, ema_decay=0.5)
+  disc = began.discriminator(base)
+
+  def g_loss(g_params):
+    fake = fake_of(g_params)
+    return began.reconstruction_loss(disc, state.d_params, fake) + lam / (loop_ratio(fake) + 1e-5)
+
+  grads = jax.grad(g_loss)(state.g_params)
+  upd, _ = adam(base).update(grads, state.g_opt_state, state.g_params)
+  expected_g = optax.apply_updates(state.g_params, upd)
+  for a, b in zip(jax.tree.leaves(s1.g_params), jax.tree.leaves(expected_g)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
+  # the term changes G's step, not D's
+  assert not np.allclose(
+    jax.tree.leaves(s1.g_params)[0], jax.tree.leaves(s0.g_params)[0], rtol=0, atol=1e-9
+  )
+  for a, b in zip(jax.tree.leaves(s1.d_params), jax.tree.leaves(s0.d_params)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-8)
+  for name in ("g_loss", "loss_real", "ms_ratio"):
+    assert float(m1[name]) == pytest.approx(float(m0[name]), rel=1e-6)
+  # the moving average with decay 0.5, and that is what is exported
+  exported = trainer.export_variables(s1)
+  for name in ("params", "batch_stats"):
+    for a, old, new in zip(
+      jax.tree.leaves(exported[name]),
+      jax.tree.leaves(getattr(state, f"g_{name}")),
+      jax.tree.leaves(getattr(s1, f"g_{name}")),
+    ):
+      np.testing.assert_allclose(
+        np.asarray(a), 0.5 * np.asarray(old) + 0.5 * np.asarray(new), rtol=1e-6, atol=1e-8
+      )
 
 
 def test_quality_curve_resumes_and_best_step_is_exported(tmp_path, monkeypatch):

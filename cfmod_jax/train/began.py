@@ -18,6 +18,19 @@ BatchNorm layers, run in training mode (batch statistics) inside the step and
 with their running averages everywhere else (samples, export, analysis); the
 discriminator never has any (as in the paper).
 
+``config.mode_seeking`` (λ_ms ≥ 0, default 0 = off): adds Mao et al.'s (2019)
+mode-seeking term to G's loss, ``λ_ms / (r + 1e-5)`` with
+``r = mean_i mean|G(z_i) − G(z'_i)| / mean|z_i − z'_i|`` over the pairs formed by the
+first and second half of the batch's latents: small when two latents give nearly the
+same image, so it penalises the collapse onto one background colour that BEGAN's
+reconstruction energy does not see (any flat colour is as easy to reconstruct as
+another). It reaches G only; D's update is unchanged.
+
+``config.ema_decay`` (in [0, 1), default 0): the state carries an exponential moving
+average of G's parameters and BatchNorm statistics, ``ema ← decay · ema + (1 − decay)
+· new`` after every step; samples, exports and analysis use it. ``ema_decay = 0``
+exports the last step's G exactly.
+
 Latents are standard normal (the paper samples z uniformly in [-1, 1]) so that
 every shipped generator shares the prior `cfmod_jax.Generator.sample_latents`
 draws from.
@@ -49,6 +62,8 @@ class BEGANState:
   d_params: dict
   g_opt_state: optax.OptState
   d_opt_state: optax.OptState
+  ema_params: dict  # G's moving average (config.ema_decay); what is exported
+  ema_batch_stats: dict
 
 
 def generator(config: ml_collections.ConfigDict) -> BEGANGenerator:
@@ -82,6 +97,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
   check_float(config, "gamma", 0.0, 1.0, low_open=True)
   check_float(config, "lambda_k", 0.0)
   check_float(config, "k_init", 0.0, 1.0)
+  if "mode_seeking" in config:
+    check_float(config, "mode_seeking", 0.0, float("inf"))
+  if "ema_decay" in config:
+    check_float(config, "ema_decay", 0.0, 1.0, high_open=True)
   check_adam(config)
 
 
@@ -99,6 +118,8 @@ def create_state(config: ml_collections.ConfigDict, key: jax.Array) -> BEGANStat
     d_params=d_params,
     g_opt_state=tx.init(g_params),
     d_opt_state=tx.init(d_params),
+    ema_params=g_params,
+    ema_batch_stats=g_vars.get("batch_stats", {}),
   )
 
 
@@ -114,6 +135,17 @@ def scale_gradient(tree: Any, scale: float | jax.Array) -> Any:
   )
 
 
+def mode_seeking_ratio(images: jax.Array, z: jax.Array) -> jax.Array:
+  """Mao et al.'s ratio over the pairs (first half, second half) of a batch.
+
+  ``mean_i [mean|images_i − images_{h+i}| / mean|z_i − z_{h+i}|]``, h = N // 2.
+  """
+  h = images.shape[0] // 2
+  d_images = jnp.mean(jnp.abs(images[:h] - images[h : 2 * h]), axis=(1, 2, 3))
+  d_z = jnp.mean(jnp.abs(z[:h] - z[h : 2 * h]), axis=1)
+  return jnp.mean(d_images / d_z)
+
+
 def train_step(
   config: ml_collections.ConfigDict,
   state: BEGANState,
@@ -123,6 +155,7 @@ def train_step(
   gen, disc, tx = generator(config), discriminator(config), adam(config)
   real = batch["images"]
   z = jax.random.normal(key, (real.shape[0], config.generator.latent_dim), jnp.float32)
+  mode_seeking = float(config.get("mode_seeking", 0.0))
 
   def total_loss(g_params, d_params):
     # One pass of D over the fakes serves both losses: the gradient of
@@ -136,23 +169,35 @@ def train_step(
     loss_real = reconstruction_loss(disc, d_params, real)
     loss_fake = reconstruction_loss(disc, scale_gradient(d_params, -state.k), fake)
     d_loss = loss_real - state.k * loss_fake
-    return loss_real + loss_fake, (d_loss, loss_real, loss_fake, g_updates.get("batch_stats", {}))
+    ratio = mode_seeking_ratio(fake, z)
+    total = loss_real + loss_fake
+    if mode_seeking > 0.0:  # static config value; the term depends on θ_G only
+      total = total + mode_seeking / (ratio + 1e-5)
+    return total, (d_loss, loss_real, loss_fake, ratio, g_updates.get("batch_stats", {}))
 
-  (g_grads, d_grads), (d_loss, loss_real, loss_fake, g_batch_stats) = jax.grad(
+  (g_grads, d_grads), (d_loss, loss_real, loss_fake, ratio, g_batch_stats) = jax.grad(
     total_loss, argnums=(0, 1), has_aux=True
   )(state.g_params, state.d_params)
   g_upd, g_opt_state = tx.update(g_grads, state.g_opt_state, state.g_params)
   d_upd, d_opt_state = tx.update(d_grads, state.d_opt_state, state.d_params)
   balance = config.gamma * loss_real - loss_fake
   k = jnp.clip(state.k + config.lambda_k * balance, 0.0, 1.0)
+  g_params = optax.apply_updates(state.g_params, g_upd)
+  decay = float(config.get("ema_decay", 0.0))
+
+  def ema(old, new):
+    return jax.tree.map(lambda o, n: decay * o + (1.0 - decay) * n, old, new)
+
   new_state = BEGANState(
     step=state.step + 1,
     k=k,
-    g_params=optax.apply_updates(state.g_params, g_upd),
+    g_params=g_params,
     g_batch_stats=g_batch_stats,
     d_params=optax.apply_updates(state.d_params, d_upd),
     g_opt_state=g_opt_state,
     d_opt_state=d_opt_state,
+    ema_params=ema(state.ema_params, g_params),
+    ema_batch_stats=ema(state.ema_batch_stats, g_batch_stats),
   )
   metrics = {
     "d_loss": d_loss,
@@ -160,6 +205,7 @@ def train_step(
     "loss_real": loss_real,
     "k": state.k,
     "m_global": loss_real + jnp.abs(balance),
+    "ms_ratio": ratio,
   }
   return new_state, metrics
 
@@ -173,9 +219,10 @@ def export_spec(config: ml_collections.ConfigDict) -> tuple[str, dict[str, Any]]
 
 
 def export_variables(state: BEGANState) -> dict[str, Any]:
-  if state.g_batch_stats:
-    return {"params": state.g_params, "batch_stats": state.g_batch_stats}
-  return {"params": state.g_params}
+  """G's variables as exported and sampled: the moving average (``config.ema_decay``)."""
+  if state.ema_batch_stats:
+    return {"params": state.ema_params, "batch_stats": state.ema_batch_stats}
+  return {"params": state.ema_params}
 
 
 def sample(config: ml_collections.ConfigDict, state: BEGANState, latents: jax.Array) -> jax.Array:
@@ -203,6 +250,7 @@ __all__ = [
   "export_spec",
   "export_variables",
   "generator",
+  "mode_seeking_ratio",
   "reconstruction_loss",
   "sample",
   "scale_gradient",
