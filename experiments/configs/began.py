@@ -52,6 +52,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.gamma = 1.0
   config.lambda_k = 0.01
   config.k_init = 0.0
+  config.mode_seeking = 0.0
+  config.ema_decay = 0.0
   config.optimizer = ml_collections.ConfigDict({"learning_rate": 2e-4, "b1": 0.5, "b2": 0.999})
   return config
 
