@@ -32,6 +32,16 @@ skip connections (``generator.skip=True``; this command with it: spread 0.030,
 corner 0.008 after 5000 steps, although an exploratory 2250-step run had reached
 corner 0.25). The same command with a
 larger ``--config.num_steps`` resumes and trains on.
+
+2026-12-01, not shipped: Mao et al.'s mode-seeking term (``mode_seeking``, see
+`cfmod_jax.train.began`) with a moving average of G (``ema_decay`` 0.999), one core per
+run. λ_ms = 0.05: FD 352, 258, 243 at steps 2000–4000 (shipped model: 161.8 at 5000);
+the samples spread in brightness (step 4000: pixel spread 0.45, corner 0.45 — light or
+dark backgrounds) but every face and background turned brown: the term raises the L1
+distance between samples most cheaply through lightness, not hue. λ_ms = 0.01 showed the
+same brown light/dark split at step 2000 (FD 849, 518 at steps 1000, 2000); 0.02 reached
+FD 760 at step 1000; both were stopped early to give the CPU to the benchmark. Both
+fields stay off (0) here.
 """
 
 import ml_collections
