@@ -927,7 +927,7 @@ NOTES = """\
   written asynchronously at that moment is dropped (an orbax temporary folder, ignored
   on resume); if Ctrl-C lands while the trainer waits for a save, orbax logs its own
   error with a traceback before the one line (a fix belongs in
-  `cfmod_jax/train/common.py`: finish or abandon the save, then re-raise). Ctrl-C in
+  `cfmod_jax/train/loop.py`: finish or abandon the save, then re-raise). Ctrl-C in
   the first fraction of a second (Python's own start-up) still prints Python's
   traceback.
 * **Regenerate** with `python -m experiments.bad_inputs` (all cases; about 2 minutes of
