@@ -40,8 +40,12 @@ the samples spread in brightness (step 4000: pixel spread 0.45, corner 0.45 — 
 dark backgrounds) but every face and background turned brown: the term raises the L1
 distance between samples most cheaply through lightness, not hue. λ_ms = 0.01 showed the
 same brown light/dark split at step 2000 (FD 849, 518 at steps 1000, 2000); 0.02 reached
-FD 760 at step 1000; both were stopped early to give the CPU to the benchmark. Both
-fields stay off (0) here.
+FD 760 at step 1000; both were stopped early to give the CPU to the benchmark. λ_ms =
+0.005 (both cores, ~5 steps/s): FD 860, 547, 323, 209, 176, 173, 164, 181, 204, 182 at
+steps 1000–10000; the backgrounds now vary (step 6000: brown or light blue-grey, corner
+spread 0.31 against 0.006 for the shipped model, pixel spread 0.32) but the hue range
+stays narrow and the FD is no better than the shipped 161.8, so it was not shipped
+either. Both fields stay off (0) here.
 """
 
 import ml_collections
