@@ -380,13 +380,23 @@ def test_dcgan_exports_the_moving_average_of_g(tmp_path):
   )
 
 
+def one_step(trainer, base, state, batch, key, **fields):
+  """One jitted train step from ``state`` with ``base`` plus ``fields`` (validated)."""
+  import ml_collections
+
+  config = ml_collections.ConfigDict(base.to_dict())
+  for name, value in fields.items():
+    config[name] = value
+  trainer.validate(config)
+  return jax.jit(functools.partial(trainer.train_step, config))(state, batch, key)
+
+
 def test_dcgan_r1_penalty(tmp_path):
   """r1_gamma = γ adds γ/2 · mean over the first r1_batch real images of
   ‖∇ₓ Σ D(x)‖² to D's loss (D in training mode on that sub-batch): the reported
   ``r1`` equals that mean computed here from D's Jacobian, d_loss grows by exactly
   γ/2 · r1, the forward metrics are unchanged, and γ = 0 is bitwise the trainer
   without the fields."""
-  import ml_collections
 
   trainer = train.get_trainer("dcgan")
   base = tiny_config("dcgan")
@@ -396,11 +406,7 @@ def test_dcgan_r1_penalty(tmp_path):
   state = jax.jit(functools.partial(trainer.create_state, base))(init_key(base.seed))
 
   def step(**fields):
-    config = ml_collections.ConfigDict(base.to_dict())
-    for name, value in fields.items():
-      config[name] = value
-    trainer.validate(config)
-    return jax.jit(functools.partial(trainer.train_step, config))(state, batch, key)
+    return one_step(trainer, base, state, batch, key, **fields)
 
   s0, m0 = step()
   sz, mz = step(r1_gamma=0.0, r1_batch=2)
@@ -447,7 +453,6 @@ def test_began_mode_seeking_and_moving_average():
   ema_decay = d exports d · init + (1 − d) · new; λ = 0, d = 0 is bitwise the
   trainer without the fields."""
   import jax.numpy as jnp
-  import ml_collections
   import optax
 
   from cfmod_jax.train import began
@@ -463,11 +468,7 @@ def test_began_mode_seeking_and_moving_average():
   state = jax.jit(functools.partial(trainer.create_state, base))(init_key(base.seed))
 
   def step(**fields):
-    config = ml_collections.ConfigDict(base.to_dict())
-    for name, value in fields.items():
-      config[name] = value
-    trainer.validate(config)
-    return jax.jit(functools.partial(trainer.train_step, config))(state, batch, key)
+    return one_step(trainer, base, state, batch, key, **fields)
 
   s0, m0 = step()
   assert_states_equal(s0, step(mode_seeking=0.0, ema_decay=0.0)[0])

@@ -49,7 +49,7 @@ import ml_collections
 import optax
 
 from cfmod_jax.models import BEGANDiscriminator, BEGANGenerator
-from cfmod_jax.train.config import Trainer, adam, check_adam, check_float, check_int
+from cfmod_jax.train.config import Trainer, adam, check_adam, check_float, check_int, moving_average
 from cfmod_jax.train.data import training_images
 
 
@@ -185,9 +185,6 @@ def train_step(
   g_params = optax.apply_updates(state.g_params, g_upd)
   decay = float(config.get("ema_decay", 0.0))
 
-  def ema(old, new):
-    return jax.tree.map(lambda o, n: decay * o + (1.0 - decay) * n, old, new)
-
   new_state = BEGANState(
     step=state.step + 1,
     k=k,
@@ -196,8 +193,8 @@ def train_step(
     d_params=optax.apply_updates(state.d_params, d_upd),
     g_opt_state=g_opt_state,
     d_opt_state=d_opt_state,
-    ema_params=ema(state.ema_params, g_params),
-    ema_batch_stats=ema(state.ema_batch_stats, g_batch_stats),
+    ema_params=moving_average(state.ema_params, g_params, decay),
+    ema_batch_stats=moving_average(state.ema_batch_stats, g_batch_stats, decay),
   )
   metrics = {
     "d_loss": d_loss,

@@ -148,6 +148,11 @@ def adam(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
   return optax.adam(o.learning_rate, b1=o.b1, b2=o.b2)
 
 
+def moving_average(old: Any, new: Any, decay: float) -> Any:
+  """``decay · old + (1 − decay) · new`` leaf by leaf (decay 0: ``new`` exactly)."""
+  return jax.tree.map(lambda o, n: decay * o + (1.0 - decay) * n, old, new)
+
+
 def check_adam(config: ml_collections.ConfigDict) -> None:
   """ValueError unless ``config.optimizer`` holds a valid `adam` setting."""
   check_float(config, "optimizer.learning_rate", 0.0, low_open=True)

@@ -44,7 +44,7 @@ import ml_collections
 import optax
 
 from cfmod_jax.models import DCGANDiscriminator, DCGANGenerator
-from cfmod_jax.train.config import Trainer, adam, check_adam, check_float, check_int
+from cfmod_jax.train.config import Trainer, adam, check_adam, check_float, check_int, moving_average
 from cfmod_jax.train.data import training_images
 
 
@@ -163,9 +163,6 @@ def train_step(
 
   decay = config.ema_decay
 
-  def ema(old, new):
-    return jax.tree.map(lambda o, n: decay * o + (1.0 - decay) * n, old, new)
-
   new_state = GANState(
     step=state.step + 1,
     g_params=g_params,
@@ -174,8 +171,8 @@ def train_step(
     d_batch_stats=d_stats,
     g_opt_state=g_opt_state,
     d_opt_state=d_opt_state,
-    ema_params=ema(state.ema_params, g_params),
-    ema_batch_stats=ema(state.ema_batch_stats, g_updates["batch_stats"]),
+    ema_params=moving_average(state.ema_params, g_params, decay),
+    ema_batch_stats=moving_average(state.ema_batch_stats, g_updates["batch_stats"], decay),
   )
   metrics = {
     "d_loss": d_loss,
