@@ -184,6 +184,7 @@ def no_compile(monkeypatch):
     ("dcgan", "r1_batch", 0, "r1_batch must be an integer >= 1"),
     ("began", "mode_seeking", -0.1, "mode_seeking must be a number in"),
     ("began", "ema_decay", 1.0, r"ema_decay must be a number in \[0.0, 1.0\)"),
+    ("began", "feature_matching", -1.0, "feature_matching must be a number in"),
   ],
 )
 def test_bad_config_raises_before_compiling(model, field, value, match, tmp_path, no_compile):
@@ -569,3 +570,81 @@ def test_quality_curve_resumes_and_best_step_is_exported(tmp_path, monkeypatch):
     export.export_run(str(tmp_path), str(tmp_path / "x"), step=-1)
   with pytest.raises(ValueError, match=r"steps \[7\] have no checkpoint"):
     export.quality_curve(str(tmp_path), n=16, steps=[7])
+
+
+def test_began_feature_matching():
+  """feature_matching = λ adds λ · [mean_j (μ_j^real − μ_j^fake)² + mean_j (σ_j^real −
+  σ_j^fake)²] / mean_j var_j^real over D's encoder codes to G's loss: the reported term
+  equals a per-dimension loop over codes from the encoder applied on its own (its
+  sub-tree of D's parameters); G's update equals Adam on the gradient of L(G(z)) + λ ·
+  that term computed here; D's update and the other metrics are unchanged; λ = 0 is
+  bitwise the trainer without the field."""
+  import jax.numpy as jnp
+  import optax
+
+  from cfmod_jax.models.began import BEGANEncoder
+  from cfmod_jax.train import began
+  from cfmod_jax.train.config import adam
+
+  trainer = train.get_trainer("began")
+  base = tiny_config("began")
+  if "feature_matching" in base:
+    del base["feature_matching"]
+  batch = {k: jnp.asarray(v) for k, v in data.training_images(base, 0).items()}
+  key = jax.random.key(7)
+  state = jax.jit(functools.partial(trainer.create_state, base))(init_key(base.seed))
+
+  def step(**fields):
+    return one_step(trainer, base, state, batch, key, **fields)
+
+  assert_states_equal(step()[0], step(feature_matching=0.0)[0])
+  # from a state with Adam history, so that G's update depends on the gradient's
+  # size and not only on its sign (Adam's first step is ~lr · sign(g))
+  state = step()[0]
+  s0, m0 = step()
+  assert "feature_matching" not in m0
+
+  z = jax.random.normal(key, (base.batch_size, base.generator.latent_dim), jnp.float32)
+  gen, disc = began.generator(base), began.discriminator(base)
+  encoder = BEGANEncoder(base.discriminator.latent_dim, base.discriminator.width)
+  enc_vars = {"params": state.d_params["encoder"]}
+
+  def fake_of(g_params):
+    out, _ = gen.apply(
+      {"params": g_params, "batch_stats": state.g_batch_stats},
+      z,
+      train=True,
+      mutable=["batch_stats"],
+    )
+    return out
+
+  def reference_term(real_codes, fake_codes):  # jnp.var / jnp.std, not the trainer's moments
+    mean_sq = jnp.mean((jnp.mean(real_codes, 0) - jnp.mean(fake_codes, 0)) ** 2)
+    std_sq = jnp.mean((jnp.std(real_codes, 0) - jnp.std(fake_codes, 0)) ** 2)
+    return (mean_sq + std_sq) / jnp.mean(jnp.var(real_codes, 0))
+
+  real_codes = encoder.apply(enc_vars, batch["images"])
+  lam = 0.5
+  s1, m1 = step(feature_matching=lam)
+  expected = float(reference_term(real_codes, encoder.apply(enc_vars, fake_of(state.g_params))))
+  assert expected > 0
+  np.testing.assert_allclose(float(m1["feature_matching"]), expected, rtol=1e-4)
+
+  def g_loss(g_params):
+    fake = fake_of(g_params)
+    return began.reconstruction_loss(disc, state.d_params, fake) + lam * reference_term(
+      real_codes, encoder.apply(enc_vars, fake)
+    )
+
+  grads = jax.grad(g_loss)(state.g_params)
+  upd, _ = adam(base).update(grads, state.g_opt_state, state.g_params)
+  expected_g = optax.apply_updates(state.g_params, upd)
+  for a, b in zip(jax.tree.leaves(s1.g_params), jax.tree.leaves(expected_g)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+  assert not np.allclose(
+    jax.tree.leaves(s1.g_params)[0], jax.tree.leaves(s0.g_params)[0], rtol=0, atol=1e-9
+  )
+  for a, b in zip(jax.tree.leaves(s1.d_params), jax.tree.leaves(s0.d_params)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-8)
+  for name in ("d_loss", "g_loss", "loss_real", "k"):
+    assert float(m1[name]) == pytest.approx(float(m0[name]), rel=1e-6)

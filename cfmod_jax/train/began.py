@@ -26,6 +26,16 @@ same image, so it penalises the collapse onto one background colour that BEGAN's
 reconstruction energy does not see (any flat colour is as easy to reconstruct as
 another). It reaches G only; D's update is unchanged.
 
+``config.feature_matching`` (λ_fm ≥ 0, default 0 = off): adds to G's loss
+``λ_fm · [mean_j (μ_j^real − μ_j^fake)² + mean_j (σ_j^real − σ_j^fake)²] / mean_j var_j^real``,
+the batch mean μ and standard deviation σ of each dimension j of the discriminator's
+encoder code (`cfmod_jax.models.BEGANEncoder`) for the real and the generated batch:
+Salimans et al.'s (2016) feature matching with the second moment added and the scale
+of the code divided out. The code must describe the background colour for D to
+reconstruct real faces, so a generator whose samples share one background has a code
+spread smaller than the real one and pays for it. D's parameters are held fixed in this
+term (two extra encoder passes, no gradient to D): D's update is unchanged.
+
 ``config.ema_decay`` (in [0, 1), default 0): the state carries an exponential moving
 average of G's parameters and BatchNorm statistics, ``ema ← decay · ema + (1 − decay)
 · new`` after every step; samples, exports and analysis use it. ``ema_decay = 0``
@@ -99,6 +109,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   check_float(config, "k_init", 0.0, 1.0)
   if "mode_seeking" in config:
     check_float(config, "mode_seeking", 0.0, float("inf"))
+  if "feature_matching" in config:
+    check_float(config, "feature_matching", 0.0, float("inf"))
   if "ema_decay" in config:
     check_float(config, "ema_decay", 0.0, 1.0, high_open=True)
   check_adam(config)
@@ -146,6 +158,24 @@ def mode_seeking_ratio(images: jax.Array, z: jax.Array) -> jax.Array:
   return jnp.mean(d_images / d_z)
 
 
+def encode(disc: nn.Module, d_params: Any, images: jax.Array) -> jax.Array:
+  """The discriminator's encoder code of ``images``: [N, latent_dim]."""
+  return disc.apply({"params": d_params}, images, method=lambda m, x: m.encoder(x))
+
+
+def feature_matching_loss(real_codes: jax.Array, fake_codes: jax.Array) -> jax.Array:
+  """Squared differences of the per-dimension batch means and standard deviations
+  of two [N, J] code batches, averaged over J, divided by the real codes' mean variance."""
+
+  def moments(codes):
+    mean = jnp.mean(codes, axis=0)
+    return mean, jnp.sqrt(jnp.mean((codes - mean) ** 2, axis=0) + 1e-8)
+
+  (mean_r, std_r), (mean_f, std_f) = moments(real_codes), moments(fake_codes)
+  scale = jnp.mean(std_r**2) + 1e-8
+  return (jnp.mean((mean_r - mean_f) ** 2) + jnp.mean((std_r - std_f) ** 2)) / scale
+
+
 def train_step(
   config: ml_collections.ConfigDict,
   state: BEGANState,
@@ -156,6 +186,7 @@ def train_step(
   real = batch["images"]
   z = jax.random.normal(key, (real.shape[0], config.generator.latent_dim), jnp.float32)
   mode_seeking = float(config.get("mode_seeking", 0.0))
+  feature_matching = float(config.get("feature_matching", 0.0))
 
   def total_loss(g_params, d_params):
     # One pass of D over the fakes serves both losses: the gradient of
@@ -173,9 +204,15 @@ def train_step(
     total = loss_real + loss_fake
     if mode_seeking > 0.0:  # static config value; the term depends on θ_G only
       total = total + mode_seeking / (ratio + 1e-5)
-    return total, (d_loss, loss_real, loss_fake, ratio, g_updates.get("batch_stats", {}))
+    fm = jnp.zeros((), jnp.float32)
+    if feature_matching > 0.0:  # static; D's parameters held fixed in this term
+      frozen = jax.lax.stop_gradient(d_params)
+      fm = feature_matching_loss(encode(disc, frozen, real), encode(disc, frozen, fake))
+      total = total + feature_matching * fm
+    aux = (d_loss, loss_real, loss_fake, ratio, fm, g_updates.get("batch_stats", {}))
+    return total, aux
 
-  (g_grads, d_grads), (d_loss, loss_real, loss_fake, ratio, g_batch_stats) = jax.grad(
+  (g_grads, d_grads), (d_loss, loss_real, loss_fake, ratio, fm, g_batch_stats) = jax.grad(
     total_loss, argnums=(0, 1), has_aux=True
   )(state.g_params, state.d_params)
   g_upd, g_opt_state = tx.update(g_grads, state.g_opt_state, state.g_params)
@@ -204,6 +241,8 @@ def train_step(
     "m_global": loss_real + jnp.abs(balance),
     "ms_ratio": ratio,
   }
+  if feature_matching > 0.0:
+    metrics["feature_matching"] = fm
   return new_state, metrics
 
 
@@ -245,7 +284,9 @@ __all__ = [
   "create_state",
   "discriminator",
   "export_spec",
+  "encode",
   "export_variables",
+  "feature_matching_loss",
   "generator",
   "mode_seeking_ratio",
   "reconstruction_loss",

@@ -67,6 +67,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.lambda_k = 0.01
   config.k_init = 0.0
   config.mode_seeking = 0.0
+  config.feature_matching = 0.0
   config.ema_decay = 0.0
   config.optimizer = ml_collections.ConfigDict({"learning_rate": 2e-4, "b1": 0.5, "b2": 0.999})
   return config
