@@ -461,7 +461,7 @@ def test_began_mode_seeking_and_moving_average():
 
   trainer = train.get_trainer("began")
   base = tiny_config("began")
-  for name in ("mode_seeking", "ema_decay"):
+  for name in ("mode_seeking", "ema_decay", "feature_matching"):
     if name in base:
       del base[name]
   batch = {k: jnp.asarray(v) for k, v in data.training_images(base, 0).items()}
