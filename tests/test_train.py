@@ -446,6 +446,43 @@ def test_dcgan_r1_penalty(tmp_path):
   )
 
 
+def began_fake(base, state, z):
+  """``g_params ↦ G(z)`` in training mode with ``state``'s BatchNorm statistics."""
+  from cfmod_jax.train import began
+
+  gen = began.generator(base)
+
+  def fake_of(g_params):
+    out, _ = gen.apply(
+      {"params": g_params, "batch_stats": state.g_batch_stats},
+      z,
+      train=True,
+      mutable=["batch_stats"],
+    )
+    return out
+
+  return fake_of
+
+
+def assert_term_moves_g_only(base, state, s0, s1, g_loss, atol):
+  """``s1``'s G is one Adam step from ``state`` on ``jax.grad(g_loss)``; the extra term
+  moved G (``s1``'s G differs from ``s0``'s, the step without it) and not D."""
+  import optax
+
+  from cfmod_jax.train.config import adam
+
+  grads = jax.grad(g_loss)(state.g_params)
+  upd, _ = adam(base).update(grads, state.g_opt_state, state.g_params)
+  expected_g = optax.apply_updates(state.g_params, upd)
+  for a, b in zip(jax.tree.leaves(s1.g_params), jax.tree.leaves(expected_g)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=atol)
+  assert not np.allclose(
+    jax.tree.leaves(s1.g_params)[0], jax.tree.leaves(s0.g_params)[0], rtol=0, atol=1e-9
+  )
+  for a, b in zip(jax.tree.leaves(s1.d_params), jax.tree.leaves(s0.d_params)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-8)
+
+
 def test_began_mode_seeking_and_moving_average():
   """mode_seeking = λ adds λ / (r + 1e-5) to G's loss, r = Mao et al.'s ratio of
   image to latent L1 distances over the batch's (first half, second half) pairs:
@@ -454,10 +491,8 @@ def test_began_mode_seeking_and_moving_average():
   ema_decay = d exports d · init + (1 − d) · new; λ = 0, d = 0 is bitwise the
   trainer without the fields."""
   import jax.numpy as jnp
-  import optax
 
   from cfmod_jax.train import began
-  from cfmod_jax.train.config import adam
 
   trainer = train.get_trainer("began")
   base = tiny_config("began")
@@ -481,16 +516,7 @@ def test_began_mode_seeking_and_moving_average():
   # the ratio, from a loop over pairs
   n, latent = base.batch_size, base.generator.latent_dim
   z = jax.random.normal(key, (n, latent), jnp.float32)
-  gen = began.generator(base)
-
-  def fake_of(g_params):
-    out, _ = gen.apply(
-      {"params": g_params, "batch_stats": state.g_batch_stats},
-      z,
-      train=True,
-      mutable=["batch_stats"],
-    )
-    return out
+  fake_of = began_fake(base, state, z)
 
   def loop_ratio(images):
     h = n // 2
@@ -512,17 +538,7 @@ def test_began_mode_seeking_and_moving_average():
     fake = fake_of(g_params)
     return began.reconstruction_loss(disc, state.d_params, fake) + lam / (loop_ratio(fake) + 1e-5)
 
-  grads = jax.grad(g_loss)(state.g_params)
-  upd, _ = adam(base).update(grads, state.g_opt_state, state.g_params)
-  expected_g = optax.apply_updates(state.g_params, upd)
-  for a, b in zip(jax.tree.leaves(s1.g_params), jax.tree.leaves(expected_g)):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
-  # the term changes G's step, not D's
-  assert not np.allclose(
-    jax.tree.leaves(s1.g_params)[0], jax.tree.leaves(s0.g_params)[0], rtol=0, atol=1e-9
-  )
-  for a, b in zip(jax.tree.leaves(s1.d_params), jax.tree.leaves(s0.d_params)):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-8)
+  assert_term_moves_g_only(base, state, s0, s1, g_loss, atol=1e-7)
   for name in ("g_loss", "loss_real", "ms_ratio"):
     assert float(m1[name]) == pytest.approx(float(m0[name]), rel=1e-6)
   # the moving average with decay 0.5, and that is what is exported
@@ -575,16 +591,14 @@ def test_quality_curve_resumes_and_best_step_is_exported(tmp_path, monkeypatch):
 def test_began_feature_matching():
   """feature_matching = λ adds λ · [mean_j (μ_j^real − μ_j^fake)² + mean_j (σ_j^real −
   σ_j^fake)²] / mean_j var_j^real over D's encoder codes to G's loss: the reported term
-  equals a per-dimension loop over codes from the encoder applied on its own (its
-  sub-tree of D's parameters); G's update equals Adam on the gradient of L(G(z)) + λ ·
+  equals the same formula written with jnp.var / jnp.std on codes from the encoder
+  applied on its own (its sub-tree of D's parameters); G's update equals Adam on the gradient of L(G(z)) + λ ·
   that term computed here; D's update and the other metrics are unchanged; λ = 0 is
   bitwise the trainer without the field."""
   import jax.numpy as jnp
-  import optax
 
   from cfmod_jax.models.began import BEGANEncoder
   from cfmod_jax.train import began
-  from cfmod_jax.train.config import adam
 
   trainer = train.get_trainer("began")
   base = tiny_config("began")
@@ -605,18 +619,10 @@ def test_began_feature_matching():
   assert "feature_matching" not in m0
 
   z = jax.random.normal(key, (base.batch_size, base.generator.latent_dim), jnp.float32)
-  gen, disc = began.generator(base), began.discriminator(base)
+  disc = began.discriminator(base)
   encoder = BEGANEncoder(base.discriminator.latent_dim, base.discriminator.width)
   enc_vars = {"params": state.d_params["encoder"]}
-
-  def fake_of(g_params):
-    out, _ = gen.apply(
-      {"params": g_params, "batch_stats": state.g_batch_stats},
-      z,
-      train=True,
-      mutable=["batch_stats"],
-    )
-    return out
+  fake_of = began_fake(base, state, z)
 
   def reference_term(real_codes, fake_codes):  # jnp.var / jnp.std, not the trainer's moments
     mean_sq = jnp.mean((jnp.mean(real_codes, 0) - jnp.mean(fake_codes, 0)) ** 2)
@@ -636,15 +642,6 @@ def test_began_feature_matching():
       real_codes, encoder.apply(enc_vars, fake)
     )
 
-  grads = jax.grad(g_loss)(state.g_params)
-  upd, _ = adam(base).update(grads, state.g_opt_state, state.g_params)
-  expected_g = optax.apply_updates(state.g_params, upd)
-  for a, b in zip(jax.tree.leaves(s1.g_params), jax.tree.leaves(expected_g)):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
-  assert not np.allclose(
-    jax.tree.leaves(s1.g_params)[0], jax.tree.leaves(s0.g_params)[0], rtol=0, atol=1e-9
-  )
-  for a, b in zip(jax.tree.leaves(s1.d_params), jax.tree.leaves(s0.d_params)):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-8)
+  assert_term_moves_g_only(base, state, s0, s1, g_loss, atol=1e-6)
   for name in ("d_loss", "g_loss", "loss_real", "k"):
     assert float(m1[name]) == pytest.approx(float(m0[name]), rel=1e-6)

@@ -34,7 +34,7 @@ Salimans et al.'s (2016) feature matching with the second moment added and the s
 of the code divided out. The code must describe the background colour for D to
 reconstruct real faces, so a generator whose samples share one background has a code
 spread smaller than the real one and pays for it. D's parameters are held fixed in this
-term (two extra encoder passes, no gradient to D): D's update is unchanged.
+term (one extra encoder pass, over the fakes; no gradient to D): D's update is unchanged.
 
 ``config.ema_decay`` (in [0, 1), default 0): the state carries an exponential moving
 average of G's parameters and BatchNorm statistics, ``ema ← decay · ema + (1 − decay)
@@ -135,9 +135,24 @@ def create_state(config: ml_collections.ConfigDict, key: jax.Array) -> BEGANStat
   )
 
 
+def encode(disc: nn.Module, d_params: Any, images: jax.Array) -> jax.Array:
+  """The discriminator's encoder code of ``images``: [N, latent_dim]."""
+  return disc.apply({"params": d_params}, images, method=lambda m, x: m.encoder(x))
+
+
+def reconstruction_and_code(
+  disc: nn.Module, d_params: Any, images: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+  """``mean |images − D(images)|`` (a scalar) and D's encoder code of ``images``
+  ([N, latent_dim]), from one encoder pass."""
+  code = encode(disc, d_params, images)
+  recon = disc.apply({"params": d_params}, code, method=lambda m, c: m.decoder(c))
+  return jnp.mean(jnp.abs(images - recon)), code
+
+
 def reconstruction_loss(disc: nn.Module, d_params: Any, images: jax.Array) -> jax.Array:
   """``mean |images − D(images)|`` over the batch and pixels (a scalar)."""
-  return jnp.mean(jnp.abs(images - disc.apply({"params": d_params}, images)))
+  return reconstruction_and_code(disc, d_params, images)[0]
 
 
 def scale_gradient(tree: Any, scale: float | jax.Array) -> Any:
@@ -156,11 +171,6 @@ def mode_seeking_ratio(images: jax.Array, z: jax.Array) -> jax.Array:
   d_images = jnp.mean(jnp.abs(images[:h] - images[h : 2 * h]), axis=(1, 2, 3))
   d_z = jnp.mean(jnp.abs(z[:h] - z[h : 2 * h]), axis=1)
   return jnp.mean(d_images / d_z)
-
-
-def encode(disc: nn.Module, d_params: Any, images: jax.Array) -> jax.Array:
-  """The discriminator's encoder code of ``images``: [N, latent_dim]."""
-  return disc.apply({"params": d_params}, images, method=lambda m, x: m.encoder(x))
 
 
 def feature_matching_loss(real_codes: jax.Array, fake_codes: jax.Array) -> jax.Array:
@@ -197,7 +207,7 @@ def train_step(
       train=True,
       mutable=["batch_stats"],
     )
-    loss_real = reconstruction_loss(disc, d_params, real)
+    loss_real, real_code = reconstruction_and_code(disc, d_params, real)
     loss_fake = reconstruction_loss(disc, scale_gradient(d_params, -state.k), fake)
     d_loss = loss_real - state.k * loss_fake
     ratio = mode_seeking_ratio(fake, z)
@@ -207,7 +217,8 @@ def train_step(
     fm = jnp.zeros((), jnp.float32)
     if feature_matching > 0.0:  # static; D's parameters held fixed in this term
       frozen = jax.lax.stop_gradient(d_params)
-      fm = feature_matching_loss(encode(disc, frozen, real), encode(disc, frozen, fake))
+      fake_code = encode(disc, frozen, fake)  # the real code is L(x)'s, without its gradient
+      fm = feature_matching_loss(jax.lax.stop_gradient(real_code), fake_code)
       total = total + feature_matching * fm
     aux = (d_loss, loss_real, loss_fake, ratio, fm, g_updates.get("batch_stats", {}))
     return total, aux
@@ -289,6 +300,7 @@ __all__ = [
   "feature_matching_loss",
   "generator",
   "mode_seeking_ratio",
+  "reconstruction_and_code",
   "reconstruction_loss",
   "sample",
   "scale_gradient",
