@@ -62,7 +62,7 @@ from absl import logging
 from numpy.typing import ArrayLike
 from sklearn.metrics import adjusted_rand_score
 
-from cfmod_jax import baselines, clustering, factors, fileio, metrics, report, viz
+from cfmod_jax import baselines, clustering, fileio, metrics, report, viz
 from cfmod_jax._validate import check_chunk, check_seed
 from cfmod_jax.data.synthfaces import uses_synthfaces_parts
 from cfmod_jax.generator import Generator, check_generator
@@ -72,6 +72,7 @@ from cfmod_jax.interventions import (
   influence_map_sums,
   masks_from_labels,
 )
+from cfmod_jax.lab import factors
 from cfmod_jax.precision import check_precision
 from cfmod_jax.sweep import (
   SweepConfig,
@@ -83,7 +84,7 @@ from cfmod_jax.sweep import (
 )
 
 if TYPE_CHECKING:
-  from cfmod_jax import quality
+  from cfmod_jax.lab import quality
 
 __all__ = [
   "AnalysisConfig",
@@ -928,7 +929,7 @@ def run(
   parts = part_maps_for(gen, cfg)
   featnet = None
   if uses_factors(gen, cfg):
-    from cfmod_jax import quality  # pylint: disable=g-import-not-at-top
+    from cfmod_jax.lab import quality  # pylint: disable=g-import-not-at-top
 
     featnet = quality.load_featnet()
   cache_dir = cache_dir or os.path.join(out_dir, "cache")

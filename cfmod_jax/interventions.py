@@ -10,8 +10,8 @@ mask. One engine, `hybrid_map_reduce`, streams the hybrids: an outer `lax.scan`
 over chunks of pairs (the prefix runs once per chunk and is reused by every mask)
 and an inner `lax.map` over chunks of masks, whose hybrids go through the suffix
 as one flat batch and then to a caller-supplied reduction (|hybrid − G(z1)| for
-influence maps, a classifier for `cfmod_jax.robustness`, factor predictions for
-`cfmod_jax.factors`); memory is bounded by the chunk sizes, not by ``M × N``. The
+influence maps, a classifier for `cfmod_jax.lab.robustness`, factor predictions for
+`cfmod_jax.lab.factors`); memory is bounded by the chunk sizes, not by ``M × N``. The
 pairs are sharded over every device (all local devices, and all hosts after
 `jax.distributed.initialize`) with `jax.shard_map`; per-device sums are added
 with one `psum` (or per-pair outputs gathered). `hybrids` runs the same kernel
@@ -650,8 +650,8 @@ def hybrid_map_reduce(
   """Streams every hybrid (mask m, pair i) through a reduction, sharded over devices.
 
   The engine behind `influence_maps`, `elementary_influence_maps` (one-hot masks),
-  `hybrids`, classifier robustness (`cfmod_jax.robustness`) and factor transfer
-  (`cfmod_jax.factors`). One compiled call: the pairs are split over every device
+  `hybrids`, classifier robustness (`cfmod_jax.lab.robustness`) and factor transfer
+  (`cfmod_jax.lab.factors`). One compiled call: the pairs are split over every device
   (`jax.shard_map`), each device runs a `lax.scan` over chunks of ``pair_chunk``
   pairs (the prefix runs once per chunk, then ``pair_fn``) and, inside, a `lax.map`
   over chunks of ``mask_chunk`` masks: the chunk's ``mask_chunk × pair_chunk``

@@ -15,7 +15,7 @@ largest chunks whose estimated working set fits a budget:
   activations, the reference image and the prefix's peak. Fixed: the variables
   (and their bf16 copy) and three copies of the ``[G, M, H, W]`` float32 sums.
   XLA fuses elementwise chains, so this is an upper estimate of what it
-  allocates; `experiments.gpu_check` prints it next to XLA's own
+  allocates; `studies.gpu_check` prints it next to XLA's own
   ``compiled.memory_analysis()``.
 * **Budget** (`memory_budget`): ``fraction`` (default 0.5) of the smallest local
   device's ``memory_stats()['bytes_limit']`` on GPU/TPU; on CPU (``memory_stats()``

@@ -63,11 +63,12 @@ def _interrupted_while_starting(signum, frame):  # pylint: disable=unused-argume
 
 
 def _running_a_cli() -> bool:
-  """Whether the program is ``python -m experiments.<name>`` (not, e.g., pytest)."""
+  """Whether the program is ``python -m experiments.<name>`` or ``studies.<name>``
+  (not, e.g., pytest)."""
   main = sys.argv[0] if sys.argv else ""
-  return bool(main) and os.path.dirname(os.path.abspath(main)) == os.path.dirname(
-    os.path.abspath(__file__)
-  )
+  here = os.path.dirname(os.path.abspath(__file__))
+  programs = (here, os.path.join(os.path.dirname(here), "studies"))
+  return bool(main) and os.path.dirname(os.path.abspath(main)) in programs
 
 
 # Ctrl-C while the CLI imports jax etc. or parses its flags: one line, not a

@@ -21,9 +21,10 @@ import numpy as np
 from absl import flags, logging
 
 from cfmod_jax import interventions as iv
-from cfmod_jax import quality, viz
-from cfmod_jax import robustness as rb
+from cfmod_jax import viz
 from cfmod_jax.data import synthfaces
+from cfmod_jax.lab import quality
+from cfmod_jax.lab import robustness as rb
 from experiments import _cli, _specs  # _cli first: one line on Ctrl-C while jax imports
 
 FLAGS = flags.FLAGS

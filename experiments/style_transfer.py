@@ -15,7 +15,8 @@ import os
 import numpy as np
 from absl import flags, logging
 
-from cfmod_jax import interventions, transfer, viz
+from cfmod_jax import interventions, viz
+from cfmod_jax.lab import transfer
 from cfmod_jax.models.biggan import load_biggan
 from experiments import _cli  # first: one line on Ctrl-C while jax imports
 

@@ -9,4 +9,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -x .venv/bin/python ] || { python3 -m venv .venv && .venv/bin/pip install -q -e .; }
 export XLA_PYTHON_CLIENT_PREALLOCATE=${XLA_PYTHON_CLIENT_PREALLOCATE:-false}
-exec .venv/bin/python -m experiments.gpu_check "$@"
+exec .venv/bin/python -m studies.gpu_check "$@"

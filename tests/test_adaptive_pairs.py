@@ -142,6 +142,7 @@ def full(gen, tmp_path_factory):
     m: np.float32(np.quantile(_numpy_reliability(sums[:m], res.counts[:m], 64 / 32), 0.1))
     for m in range(2, BASE.n_blocks + 1)
   }
+
   # The target sits midway between the best value before the stopping block and the
   # value at it, so the sweep's own reliability (another summation, equal to the trace
   # within TRACE_TOL) falls on the same side on every machine.

@@ -198,7 +198,7 @@ def test_heldout_images_are_two_disjoint_preprocessed_test_sets(fake_data_dir):
 
 @pytest.fixture(scope="module")
 def featnet():
-  from cfmod_jax import quality
+  from cfmod_jax.lab import quality
 
   return quality.load_featnet()
 
@@ -206,7 +206,7 @@ def featnet():
 def test_sample_quality_with_explicit_real_sets(fake_data_dir, featnet):
   import jax
 
-  from cfmod_jax import quality
+  from cfmod_jax.lab import quality
   from cfmod_jax.models import init_generator
 
   gen = init_generator("dcgan", seed=0, width=4)

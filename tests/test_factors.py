@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import cfmod_jax as cf
-from cfmod_jax import factors, quality
+from cfmod_jax.lab import factors, quality
 
 # ---- a planted generator: channels {0, 1} paint the left half, {2, 3} the right half ----
 SITE = "mid"

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 import cfmod_jax as cf
-from cfmod_jax import analysis, baselines, factors, quality, report
+from cfmod_jax import analysis, baselines, report
+from cfmod_jax.lab import factors, quality
 from cfmod_jax.wrap import wrap_linen
 from experiments import _specs as specs
 

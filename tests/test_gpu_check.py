@@ -1,5 +1,5 @@
 """launch/gpu_check.sh --tiny end to end (one run, shared by the tests), the
-consistency of its JSON, and experiments.scale_table on it."""
+consistency of its JSON, and studies.scale_table on it."""
 
 import json
 import math
@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from experiments import gpu_check, scale_table
+from studies import gpu_check, scale_table
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -37,7 +37,7 @@ def _close(a, b, rtol=1e-9):
 def test_launcher_creates_the_venv_only_if_missing():
   with open(os.path.join(ROOT, "launch", "gpu_check.sh"), encoding="utf-8") as f:
     text = f.read()
-  assert "[ -x .venv/bin/python ] || {" in text and "-m experiments.gpu_check" in text
+  assert "[ -x .venv/bin/python ] || {" in text and "-m studies.gpu_check" in text
 
 
 def test_json_fields_and_device(run):
@@ -177,7 +177,7 @@ def test_cli_rejects_a_bad_precision(tmp_path):
     [
       sys.executable,
       "-m",
-      "experiments.gpu_check",
+      "studies.gpu_check",
       "--precisions=float32,fp8",
       "--out",
       str(tmp_path),

@@ -4,8 +4,9 @@ import jax
 import numpy as np
 import pytest
 
-from cfmod_jax import checkpoints, quality
+from cfmod_jax import checkpoints
 from cfmod_jax.data import synthfaces
+from cfmod_jax.lab import quality
 from cfmod_jax.models import init_generator
 
 

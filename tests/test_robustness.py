@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 import cfmod_jax as cf
-from cfmod_jax import quality
-from cfmod_jax import robustness as rb
 from cfmod_jax.data import synthfaces
+from cfmod_jax.lab import quality
+from cfmod_jax.lab import robustness as rb
 
 N_CLASSES = 3
 

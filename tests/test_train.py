@@ -558,7 +558,7 @@ def test_quality_curve_resumes_and_best_step_is_exported(tmp_path, monkeypatch):
   """Every checkpoint's FD lands in quality_curve.json (each as `load_generator`
   sees it); a second call measures nothing; export_run(step='best') exports the
   step of the lowest FD and puts the curve in the model card."""
-  from cfmod_jax import quality
+  from cfmod_jax.lab import quality
   from cfmod_jax.train import export
 
   config = tiny_config("dcgan", num_steps=3, checkpoint_every=1, keep_checkpoints=5)

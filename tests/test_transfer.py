@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 
 import cfmod_jax as cf
-from cfmod_jax import report, transfer
+from cfmod_jax import report
 from cfmod_jax.interventions import hybrid_grid
+from cfmod_jax.lab import transfer
 from cfmod_jax.models import biggan as bg
 from cfmod_jax.testing import tiny_biggan_config
 

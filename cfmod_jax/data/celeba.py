@@ -201,7 +201,7 @@ def heldout_images(
   image_size: int = IMAGE_SIZE,
   name: str = DATASET,
 ) -> np.ndarray:
-  """Held-out real set ``which`` (0 or 1) of ``n`` images for `cfmod_jax.quality`:
+  """Held-out real set ``which`` (0 or 1) of ``n`` images for `cfmod_jax.lab.quality`:
   float32 [n, image_size, image_size, 3] in [-1, 1], preprocessed like the
   training batches.
 

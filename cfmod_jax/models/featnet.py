@@ -1,11 +1,11 @@
-"""The feature network of `cfmod_jax.quality`: a factor predictor for 64×64 faces.
+"""The feature network of `cfmod_jax.lab.quality`: a factor predictor for 64×64 faces.
 
 `FeatNet` predicts the synthetic faces' ground-truth factors
 (`cfmod_jax.data.synthfaces.FACTOR_SPECS`): categorical factors (`CATEGORICAL`)
 through softmax heads, continuous ones (`CONTINUOUS`, rescaled to [-1, 1]) through
 one linear head; `factor_targets` and `decode_regression` convert between factor
 units and these targets. Trained by `cfmod_jax.train.featnet`; its penultimate
-layer is the feature space of `cfmod_jax.quality.sample_quality`.
+layer is the feature space of `cfmod_jax.lab.quality.sample_quality`.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ channel order) lives in the ``"planted"`` variable collection, the weights in
 
 Use :func:`planted_generator` for a generator and its ground truth, and
 :data:`VARIANTS` / :func:`variant` for the named test cases of
-``experiments/planted_suite.py``. Ground-truth labels are ``-1`` for noise
+``studies/planted_suite.py``. Ground-truth labels are ``-1`` for noise
 channels; :func:`score` compares a clustering with the truth on the grouped
 channels only. :func:`run_case` / :func:`run_suite` run ``k=auto`` (choose K, cluster,
 score) with given clustering settings, e.g. to validate your own settings::

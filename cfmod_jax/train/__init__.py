@@ -11,7 +11,7 @@ runs `train_and_evaluate`; the package's modules:
   state_io  orbax checkpoints of a run (save metadata, verified restore, `load_run`)
   loop      `train_and_evaluate` (determinism by step, resumption, logs)
   export    `cfmod_jax.train.export.export_run`: a run's final network as a folder
-            that `cfmod_jax.load_generator` (or `cfmod_jax.quality.load_featnet`)
+            that `cfmod_jax.load_generator` (or `cfmod_jax.lab.quality.load_featnet`)
             reads, with samples, quality and a model card
 
 and the model files, one objective each:

@@ -5,7 +5,7 @@ exported folder of `cfmod_jax.checkpoints` (``variables.msgpack`` +
 ``checkpoint.json``) and, for generators, reloads it with
 `cfmod_jax.load_generator` (so what is evaluated is exactly what ships), writes
 ``samples.png`` (the fixed latents of the training grids) and measures
-`cfmod_jax.quality.sample_quality`. For the feature network it reports the
+`cfmod_jax.lab.quality.sample_quality`. For the feature network it reports the
 held-out accuracy / RMSE of every factor and the real-vs-real floor. Finally it
 writes ``MODEL_CARD.md``.
 
@@ -35,8 +35,9 @@ from typing import Any
 import jax
 import numpy as np
 
-from cfmod_jax import checkpoints, fileio, quality, viz
+from cfmod_jax import checkpoints, fileio, viz
 from cfmod_jax.data import synthfaces
+from cfmod_jax.lab import quality
 from cfmod_jax.train import state_io
 from cfmod_jax.train.rng import sample_latents
 from cfmod_jax.train.state_io import latest_checkpoint, load_run
@@ -222,7 +223,7 @@ def quality_curve(
   steps: list[int] | None = None,
   log=None,
 ) -> list[dict[str, Any]]:
-  """Fréchet distance (`cfmod_jax.quality.sample_quality`, ``n`` per set) of every
+  """Fréchet distance (`cfmod_jax.lab.quality.sample_quality`, ``n`` per set) of every
   checkpoint of a generator run (or of ``steps``), each as exported: the
   trainer's `export_variables` (for the DCGAN, the moving average of G).
 
@@ -356,7 +357,7 @@ def model_card(meta: dict[str, Any], model: str) -> str:
     ]
   else:
     lines += [
-      "from cfmod_jax import quality",
+      "from cfmod_jax.lab import quality",
       f"net = quality.load_featnet({name!r})",
       f"net.features(images)  # [N, {meta['kwargs']['feature_dim']}]; "
       "net.predict(images)['hair_color']  # [N]",
@@ -390,12 +391,12 @@ def model_card(meta: dict[str, Any], model: str) -> str:
     if held is None:
       lines += [
         f"Fréchet distance in the features of `{q['featnet']}` "
-        f"(`cfmod_jax.quality.sample_quality`, n = {q['n']} per set):"
+        f"(`cfmod_jax.lab.quality.sample_quality`, n = {q['n']} per set):"
       ]
     else:
       lines += [
         f"Fréchet distance in the features of `{q['featnet']}` "
-        f"(`cfmod_jax.quality.sample_quality`, n = {q['n']} per set) between generated "
+        f"(`cfmod_jax.lab.quality.sample_quality`, n = {q['n']} per set) between generated "
         f"images and held-out `{held['dataset']}` images of split '{held['split']}' "
         f"(training read '{held['train_split']}'), preprocessed like the training "
         f"batches: examples 0…{q['n'] - 1} in storage order "

@@ -1,6 +1,6 @@
 """k=auto on generators with planted modules: does clustering find the planted K and groups?
 
-  python -m experiments.planted_suite --out docs/planted_suite.md
+  python -m studies.planted_suite --out docs/planted_suite.md
 
 For every variant of `cfmod_jax.testing.planted.VARIANTS`, seed and method (nmf,
 kmeans) and for the current library defaults ("new") and the defaults before issue 14
@@ -67,7 +67,7 @@ def main(argv: list[str]) -> None:
     if m not in ("nmf", "kmeans"):
       raise app.UsageError(f"--methods: {m!r} is not nmf or kmeans")
   settings = {s: SETTINGS[s] for s in FLAGS.settings}
-  cmd = "python -m experiments.planted_suite " + " ".join(
+  cmd = "python -m studies.planted_suite " + " ".join(
     f"--{f}={','.join(map(str, v)) if isinstance(v, list) else v}"
     for f in (
       "variants",

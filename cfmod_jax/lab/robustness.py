@@ -57,7 +57,7 @@ from cfmod_jax.interventions import (
 )
 
 if TYPE_CHECKING:
-  from cfmod_jax import quality
+  from cfmod_jax.lab import quality
 
 DEFAULT_PAIR_CHUNK = 32
 DEFAULT_MASK_CHUNK = 4
@@ -103,7 +103,7 @@ def factor_classifier(featnet: quality.FeatureNet, factor: str = "hair_color") -
 
   ``featnet`` is e.g. ``quality.load_featnet()``; images are ``[N, 64, 64, 3]``.
   """
-  from cfmod_jax import quality  # pylint: disable=g-import-not-at-top
+  from cfmod_jax.lab import quality  # pylint: disable=g-import-not-at-top
 
   names = [n for n, _ in quality.CATEGORICAL]
   if factor not in names:

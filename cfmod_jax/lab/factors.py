@@ -45,7 +45,7 @@ intervals over groups of pairs. `best_module_share` (the mean over factors of th
 best module's share) is reported beside it.
 
 **Hybrid realism.** `hybrid_realism`: the Fréchet distance (in the feature
-network's features, `cfmod_jax.quality`) of each mask's hybrids to held-out real
+network's features, `cfmod_jax.lab.quality`) of each mask's hybrids to held-out real
 faces, beside that of the plain samples G(z1) of the same latents and the
 real-vs-real floor, all at the same n. Features are accumulated in the compiled
 stream as sums of (shifted) features and their outer products, so only
@@ -62,7 +62,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from cfmod_jax import metrics, quality
+from cfmod_jax import metrics
 from cfmod_jax._validate import check_chunk, check_positive_int
 from cfmod_jax.generator import Generator
 from cfmod_jax.interventions import (
@@ -74,6 +74,7 @@ from cfmod_jax.interventions import (
   hybrid_map_reduce,
   masks_from_labels,
 )
+from cfmod_jax.lab import quality
 
 CATEGORICAL, CONTINUOUS = "categorical", "continuous"
 # Factor kinds of the shipped feature network's outputs (`FeatureNet.predict_fn`).

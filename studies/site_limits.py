@@ -1,6 +1,6 @@
 """What limits cfmod_jax at each benchmark site (docs/benchmark/limits.md).
 
-  python -m experiments.site_limits --benchmark docs/benchmark/benchmark.json --out docs/benchmark
+  python -m studies.site_limits --benchmark docs/benchmark/benchmark.json --out docs/benchmark
 
 Times every piece of the minimal EIM algorithm alone at the shape the sweep runs
 it (each generator layer, the linear split's deltas, the image pass) and predicts

@@ -1,6 +1,6 @@
 """Adaptive pairs: how many EIM pairs the stopping rule saves, and whether the answer holds.
 
-  nice -n 15 python -m experiments.adaptive_pairs   # writes docs/adaptive_pairs.{md,json}
+  nice -n 15 python -m studies.adaptive_pairs   # writes docs/adaptive_pairs.{md,json}
 
 For every generator and site: the full sweep (``--n_pairs`` in blocks of
 ``--block_pairs``, the main job's seeds and chunks) and, per ``--targets`` value,
@@ -314,7 +314,7 @@ def main(argv: list[str]) -> None:
   out.update(settings)
   flag_values = {f: getattr(FLAGS, f) for f in ("sites", "block_pairs", "targets", "min_blocks")}
   flag_values = {"generators": [g["generator"] for g in out["generators"]], **flag_values}
-  out["command"] = "python -m experiments.adaptive_pairs " + " ".join(
+  out["command"] = "python -m studies.adaptive_pairs " + " ".join(
     f"--{f}={','.join(map(str, v)) if isinstance(v, list) else v}"
     for f, v in {**flag_values, "n_pairs": FLAGS.n_pairs}.items()
     if v != []

@@ -102,7 +102,7 @@ class FeatureNet:
   of factor predictions (categorical: int ``[N]``; continuous: in factor units);
   ``predict_proba`` the same with class probabilities. ``predict_fn()`` and
   ``features_fn()`` are the pure (jit-able) functions behind them, for use inside
-  compiled code (`cfmod_jax.factors`).
+  compiled code (`cfmod_jax.lab.factors`).
   Images are ``[N, 64, 64, 3]`` in [-1, 1]; both run in batches of ``batch_size``.
   """
 

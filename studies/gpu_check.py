@@ -27,7 +27,7 @@ Writes ``<out>/gpu_check.json`` (`SCHEMA`; docs/gpu_check.md describes every fie
   adjusted Rand index).
 
 Every measured time excludes compilation (one warm-up call first), except the
-main job's, which is end to end. `experiments.scale_table` turns the BigGAN numbers
+main job's, which is end to end. `studies.scale_table` turns the BigGAN numbers
 into docs/scale.md.
 """
 
@@ -690,7 +690,7 @@ def _e(x: float | None) -> str:
 
 def summary_markdown(record: dict[str, Any]) -> str:
   """The JSON's numbers as Markdown tables (docs/gpu_check.md shows them for a CPU run):
-  ``python -m experiments.gpu_check --summarize <out>/gpu_check.json``."""
+  ``python -m studies.gpu_check --summarize <out>/gpu_check.json``."""
   dev = record["device"]
   mm = ", ".join(f"{k} {v * 1e3:.1f}" for k, v in dev["matmul_tflops"].items())
   lines = [
