@@ -7,6 +7,7 @@ of them run when docs/reliability.md is regenerated).
 """
 
 import concurrent.futures
+import dataclasses
 import glob
 import os
 import re
@@ -15,7 +16,11 @@ import subprocess
 import sys
 import time
 
+import pytest
+
+from cfmod_jax import analysis
 from experiments import bad_inputs as bi
+from experiments.configs import analyze as analyze_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "JAX_PLATFORMS": "cpu"}
@@ -23,6 +28,52 @@ ENV = {**os.environ, "JAX_PLATFORMS": "cpu"}
 
 def _non_log_lines(text):
   return [l for l in text.splitlines() if l.strip() and not bi._LOG_LINE.match(l)]  # pylint: disable=protected-access
+
+
+def test_analyze_config_is_analysis_config():
+  """experiments/configs/analyze.py has one field per AnalysisConfig field, and no
+  override gives AnalysisConfig's defaults."""
+  config = analyze_config.get_config()
+  assert sorted(config) == sorted(f.name for f in dataclasses.fields(analysis.AnalysisConfig))
+  assert analyze_config.analysis_config(config) == analysis.AnalysisConfig()
+
+
+@pytest.mark.parametrize(
+  "field,text,value",
+  [
+    ("k", "auto", None),
+    ("k", "3", 3),
+    ("k_values", "2,3", (2, 3)),
+    ("sites", "block3,block4", ("block3", "block4")),
+    ("sites", "all", None),
+    ("pair_chunk", "auto", None),
+    ("mask_chunk", "8", 8),
+    ("sigma", "1.5", 1.5),
+    ("eim_target_reliability", "0.9", 0.9),
+    ("eim_target_reliability", "off", None),
+  ],
+)
+def test_analyze_config_text_fields(field, text, value):
+  config = analyze_config.get_config()
+  config[field] = text
+  assert getattr(analyze_config.analysis_config(config), field) == value
+
+
+@pytest.mark.parametrize(
+  "field,text,form",
+  [
+    ("k", "abc", "an integer or 'auto'"),
+    ("k_values", "2,x", "a comma-separated list of integers"),
+    ("mask_chunk", "1.5", "an integer or 'auto'"),
+    ("eim_target_reliability", "high", "a number or 'off'"),
+  ],
+)
+def test_analyze_config_text_errors_name_the_field(field, text, form):
+  config = analyze_config.get_config()
+  config[field] = text
+  message = f"--config.{field}={text}: {field} must be {form}, got '{text}'"
+  with pytest.raises(ValueError, match=re.escape(message)):
+    analyze_config.analysis_config(config)
 
 
 def _analyze_cases(tmp):
