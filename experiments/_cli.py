@@ -133,6 +133,20 @@ def define_config_file(name: str, default: str, help_text: str) -> object:
     fail(_config_override_error(sys.argv[1:], exc) or f"--{name}: {one_line(exc)}")
 
 
+def _config_field_hint(name: str) -> str:
+  """For an unknown ``--name`` that is a field of a config flag's config (a setting
+  that moved into ``--config.*``): ``; it is --config.name``, else ''."""
+  for flag in FLAGS:
+    config = FLAGS[flag].value
+    if not (hasattr(config, "keys") and hasattr(config, "lock")):  # not a ConfigDict
+      continue
+    if name in config:
+      return f"; the setting is --{flag}.{name}=<value>"
+    if name.startswith("no") and isinstance(config.get(name[2:]), bool):
+      return f"; the setting is --{flag}.{name[2:]}=false"
+  return ""
+
+
 def parse_flags(argv: list[str]) -> list[str]:
   """absl's flag parsing, with one line (no usage text) per error."""
   try:
@@ -141,6 +155,8 @@ def parse_flags(argv: list[str]) -> list[str]:
     if exc.code == 1 and any(a.split("=")[0] in _HELP for a in argv[1:]):
       sys.exit(0)
     raise
+  except flags.UnrecognizedFlagError as exc:
+    fail(f"{exc}{_config_field_hint(exc.flagname)}")
   except flags.Error as exc:
     fail(exc)
   except SyntaxError as exc:  # a config file (ml_collections config_flags) that does not parse

@@ -98,7 +98,7 @@ def _analyze_cases(tmp):
     case([*tiny, "--config.seed=-1"], "--config.seed=-1"),
     case([*tiny, "--config.block_pairs=32"], "--config.n_pairs"),
     case([*tiny, "--config.bogus=1"], "--config.bogus"),
-    case([*tiny, "--n_pairs=8"], "n_pairs"),  # an old flag: now --config.n_pairs
+    case([*tiny, "--n_pairs=8"], "--config.n_pairs=<value>"),  # an old flag: says the new one
     case([*tiny, "--out", os.path.join(regular, "out")], "--out"),
     case([*tiny, "extra"], "extra"),
     bi.CliCase("", ["--help"], expect="help"),
