@@ -38,9 +38,11 @@ __all__ = [
   "blame",
   "check_input_file",
   "check_output_dir",
+  "define_config_file",
   "fail",
   "flag_error",
   "flag_value",
+  "name_config_field",
   "name_flag",
   "one_line",
   "parse_flags",
@@ -116,6 +118,35 @@ def _config_override_error(argv: Iterable[str], exc: Exception) -> str | None:
   return None
 
 
+def define_config_file(name: str, default: str, help_text: str) -> object:
+  """``config_flags.DEFINE_config_file`` (locked) with a default config file.
+
+  With a default, ml_collections reads the ``--<name>.<field>`` overrides of
+  ``sys.argv`` when the flag is defined (the CLI's import), not in `parse_flags`: an
+  override of a field the config does not have is one line here too.
+  """
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+
+  try:
+    return config_flags.DEFINE_config_file(name, default, help_text, lock_config=True)
+  except (AttributeError, KeyError, TypeError, ValueError) as exc:
+    fail(_config_override_error(sys.argv[1:], exc) or f"--{name}: {one_line(exc)}")
+
+
+def _config_field_hint(name: str) -> str:
+  """For an unknown ``--name`` that is a field of a config flag's config (a setting
+  that moved into ``--config.*``): ``; it is --config.name``, else ''."""
+  for flag in FLAGS:
+    config = FLAGS[flag].value
+    if not (hasattr(config, "keys") and hasattr(config, "lock")):  # not a ConfigDict
+      continue
+    if name in config:
+      return f"; the setting is --{flag}.{name}=<value>"
+    if name.startswith("no") and isinstance(config.get(name[2:]), bool):
+      return f"; the setting is --{flag}.{name[2:]}=false"
+  return ""
+
+
 def parse_flags(argv: list[str]) -> list[str]:
   """absl's flag parsing, with one line (no usage text) per error."""
   try:
@@ -124,6 +155,8 @@ def parse_flags(argv: list[str]) -> list[str]:
     if exc.code == 1 and any(a.split("=")[0] in _HELP for a in argv[1:]):
       sys.exit(0)
     raise
+  except flags.UnrecognizedFlagError as exc:
+    fail(f"{exc}{_config_field_hint(exc.flagname)}")
   except flags.Error as exc:
     fail(exc)
   except SyntaxError as exc:  # a config file (ml_collections config_flags) that does not parse
@@ -218,6 +251,16 @@ def blame(
     raise flag_error(name, exc) from None
 
 
+def _first_named(message: str, candidates: Mapping[str, str]) -> str | None:
+  """The value of the key of ``candidates`` that occurs first as a word in ``message``."""
+  best = None
+  for word, name in candidates.items():
+    m = re.search(rf"(?<![\w-]){re.escape(word)}(?!\w)", message)
+    if m and (best is None or m.start() < best[0]):
+      best = (m.start(), name)
+  return None if best is None else best[1]
+
+
 def name_flag(
   exc: object, names: Iterable[str], aliases: Mapping[str, str] | None = None
 ) -> app.UsageError:
@@ -228,16 +271,23 @@ def name_flag(
   message is kept as is.
   """
   message = one_line(exc)
-  candidates = {n: n for n in names}
-  candidates.update(aliases or {})
-  best = None
-  for word, flag in candidates.items():
-    m = re.search(rf"(?<![\w-]){re.escape(word)}(?!\w)", message)
-    if m and (best is None or m.start() < best[0]):
-      best = (m.start(), flag)
-  if best is None:
+  flag = _first_named(message, {**{n: n for n in names}, **(aliases or {})})
+  if flag is None:
     return app.UsageError(message)
-  return app.UsageError(f"--{best[1]}={flag_value(best[1])}: {message}")
+  return app.UsageError(f"--{flag}={flag_value(flag)}: {message}")
+
+
+def name_config_field(
+  exc: object, config: Mapping[str, object], aliases: Mapping[str, str] | None = None
+) -> app.UsageError:
+  """`name_flag` for the fields of an ``--config`` (ml_collections) flag: the first
+  field of ``config`` (or alias, mapping a word to a field) named in the message
+  becomes ``--config.<field>=<value>: message``."""
+  message = one_line(exc)
+  field = _first_named(message, {**{n: n for n in config}, **(aliases or {})})
+  if field is None:
+    return app.UsageError(message)
+  return app.UsageError(f"--config.{field}={config[field]}: {message}")
 
 
 def check_output_dir(name: str) -> str:

@@ -16,7 +16,8 @@
 
 This is command-line spec parsing, so it lives with the experiments (not in the
 installed package); `experiments.analyze`, `experiments.robustness` and the tests
-import it from here.
+import it from here. `generator_from_flags` is the same for a CLI's ``--generator`` and
+``--generator_args`` flags (help texts: `GENERATOR_HELP`, `GENERATOR_ARGS_HELP`).
 """
 
 from __future__ import annotations
@@ -39,6 +40,16 @@ FORMS = (
   "a checkpoint folder",
   "<module>:<factory>",
   "<path/to/file.py>:<factory>",
+)
+GENERATOR_HELP = (
+  "Shipped name (dcgan-synthfaces, vae-synthfaces, began-synthfaces), a checkpoint folder "
+  "(exported, trainer workdir, BigGAN conversion), random:<arch>[:<width>] for a random "
+  "initialisation, or your own factory returning a cfmod_jax.Generator: <module>:<factory> "
+  "(imported by name) or <path/to/file.py>:<factory>."
+)
+GENERATOR_ARGS_HELP = (
+  "JSON object of keyword arguments for the --generator factory (or random:<arch>'s "
+  "init_generator, a BigGAN folder's truncation/classes), e.g. '{\"width\": 16}'."
 )
 _MODULE_NAME = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 _IDENTIFIER = re.compile(r"^[A-Za-z_]\w*$")
@@ -133,6 +144,23 @@ def generator_from_spec(spec: str, args: Mapping[str, Any] | str | None = None) 
     f"generator={spec!r} is neither a shipped name nor an existing path, and "
     f"has no ':'; {_expected()}"
   )
+
+
+def generator_from_flags(spec_flag: str = "generator", args_flag: str = "generator_args"):
+  """`generator_from_spec` of the values of two absl flags; a user error is an
+  ``app.UsageError`` naming the flag to blame (``--generator_args`` when the message
+  starts with ``generator_args``, else ``--generator``)."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+
+  from experiments import _cli  # pylint: disable=g-import-not-at-top
+
+  with _cli.blame(args_flag):
+    args = parse_generator_args(flags.FLAGS[args_flag].value)
+  try:
+    return generator_from_spec(flags.FLAGS[spec_flag].value, args)
+  except (ValueError, TypeError, OSError) as exc:
+    to_blame = args_flag if _cli.one_line(exc).startswith("generator_args") else spec_flag
+    raise _cli.flag_error(to_blame, exc) from None
 
 
 def _random(spec: str, kwargs: dict[str, Any]) -> Generator:
@@ -234,4 +262,11 @@ def _from_factory(spec: str, kwargs: dict[str, Any]) -> Generator:
   return gen
 
 
-__all__ = ["FORMS", "generator_from_spec", "parse_generator_args"]
+__all__ = [
+  "FORMS",
+  "GENERATOR_ARGS_HELP",
+  "GENERATOR_HELP",
+  "generator_from_flags",
+  "generator_from_spec",
+  "parse_generator_args",
+]

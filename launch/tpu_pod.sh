@@ -4,7 +4,7 @@
 # host 0 clusters and writes the report. The repository must be on every worker at
 # the same path (e.g. cloned by the first command below), with a shared or
 # host-0-local --out.
-#   launch/tpu_pod.sh TPU_NAME ZONE --generator dcgan-synthfaces --n_pairs 65536 --out out/pod
+#   launch/tpu_pod.sh TPU_NAME ZONE --generator dcgan-synthfaces --config.n_pairs=65536 --out out/pod
 set -euo pipefail
 name=$1; zone=$2; shift 2
 repo=${CFMOD_REPO:-"~/cfmod_jax"}

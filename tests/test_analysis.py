@@ -311,7 +311,7 @@ def test_cli_bad_flag_message(tmp_path):
       "experiments.analyze",
       "--generator",
       "random:dcgan:4",
-      "--k",
+      "--config.k",
       "999",
       "--out",
       str(tmp_path / "o"),

@@ -1,11 +1,13 @@
 """Command-line interfaces: one line per user error, --help, Ctrl-C, rejected resumes.
 
 Each case is a subprocess (`python -m experiments.<cli>`, ~4 s of imports), so
-there are few of them; the full list is in `experiments.bad_inputs` (the quick
-ones run here, all of them when docs/reliability.md is regenerated).
+there are few of them: the misuses of experiments.analyze's flags and ``--config.*``
+fields are here, the other CLIs' quick ones come from `experiments.bad_inputs` (all
+of them run when docs/reliability.md is regenerated).
 """
 
 import concurrent.futures
+import dataclasses
 import glob
 import os
 import re
@@ -14,7 +16,11 @@ import subprocess
 import sys
 import time
 
+import pytest
+
+from cfmod_jax import analysis
 from experiments import bad_inputs as bi
+from experiments.configs import analyze as analyze_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "JAX_PLATFORMS": "cpu"}
@@ -24,8 +30,84 @@ def _non_log_lines(text):
   return [l for l in text.splitlines() if l.strip() and not bi._LOG_LINE.match(l)]  # pylint: disable=protected-access
 
 
+def test_analyze_config_is_analysis_config():
+  """experiments/configs/analyze.py has one field per AnalysisConfig field, and no
+  override gives AnalysisConfig's defaults."""
+  config = analyze_config.get_config()
+  assert sorted(config) == sorted(f.name for f in dataclasses.fields(analysis.AnalysisConfig))
+  assert analyze_config.analysis_config(config) == analysis.AnalysisConfig()
+
+
+@pytest.mark.parametrize(
+  "field,text,value",
+  [
+    ("k", "auto", None),
+    ("k", "3", 3),
+    ("k_values", "2,3", (2, 3)),
+    ("sites", "block3,block4", ("block3", "block4")),
+    ("sites", "all", None),
+    ("pair_chunk", "auto", None),
+    ("mask_chunk", "8", 8),
+    ("sigma", "1.5", 1.5),
+    ("eim_target_reliability", "0.9", 0.9),
+    ("eim_target_reliability", "off", None),
+  ],
+)
+def test_analyze_config_text_fields(field, text, value):
+  config = analyze_config.get_config()
+  config[field] = text
+  assert getattr(analyze_config.analysis_config(config), field) == value
+
+
+@pytest.mark.parametrize(
+  "field,text,form",
+  [
+    ("k", "abc", "an integer or 'auto'"),
+    ("k_values", "2,x", "a comma-separated list of integers"),
+    ("mask_chunk", "1.5", "an integer or 'auto'"),
+    ("eim_target_reliability", "high", "a number or 'off'"),
+  ],
+)
+def test_analyze_config_text_errors_name_the_field(field, text, form):
+  config = analyze_config.get_config()
+  config[field] = text
+  message = f"--config.{field}={text}: {field} must be {form}, got '{text}'"
+  with pytest.raises(ValueError, match=re.escape(message)):
+    analyze_config.analysis_config(config)
+
+
+def _analyze_cases(tmp):
+  """Misuses of experiments.analyze: each is one line naming the flag (or the
+  ``--config.<field>``) to fix; ``--help`` prints the help."""
+  regular = os.path.join(tmp, "regular_file")
+  with open(regular, "w", encoding="utf-8") as f:
+    f.write("x")
+  out = os.path.join(tmp, "cli_out")
+  tiny = ["--generator", "random:dcgan:4", "--config.sites=block4", "--config.n_pairs=32"]
+  tiny += ["--config.block_pairs=16", "--out", out]
+  case = lambda args, *names: bi.CliCase("", args, list(names))
+  return [
+    case(["--generator", "nope", "--out", out], "--generator"),
+    case([*tiny, "--config.n_pairs=0"], "--config.n_pairs=0"),
+    case([*tiny, "--config.n_pairs=abc"], "--config.n_pairs"),
+    case([*tiny, "--config.k=abc"], "--config.k=abc", "'auto'"),
+    case([*tiny, "--config.k=1"], "--config.k=1"),
+    case([*tiny, "--config.k_values=1,2"], "--config.k_values=1,2"),
+    case([*tiny, "--config.pair_chunk=abc"], "--config.pair_chunk=abc", "'auto'"),
+    case([*tiny, "--config.sites=block9"], "--config.sites=block9"),
+    case([*tiny, "--config.seed=-1"], "--config.seed=-1"),
+    case([*tiny, "--config.block_pairs=32"], "--config.n_pairs"),
+    case([*tiny, "--config.bogus=1"], "--config.bogus"),
+    case([*tiny, "--n_pairs=8"], "--config.n_pairs=<value>"),  # an old flag: says the new one
+    case([*tiny, "--out", os.path.join(regular, "out")], "--out"),
+    case([*tiny, "extra"], "extra"),
+    bi.CliCase("", ["--help"], expect="help"),
+  ]
+
+
 def test_quick_cli_cases_are_clear_errors(tmp_path):
-  cases = bi.cli_cases(str(tmp_path), quick=True)
+  cases = [(m, c) for m, c in bi.cli_cases(str(tmp_path), quick=True) if m != "analyze"]
+  cases += [("analyze", c) for c in _analyze_cases(str(tmp_path))]
   assert len(cases) >= 10
   with concurrent.futures.ThreadPoolExecutor(2) as pool:
     results = list(pool.map(lambda mc: bi.run_cli(mc[0], mc[1], 300, ROOT), cases))
@@ -59,20 +141,8 @@ def _wait_for(predicate, proc, timeout=240):
 
 def test_ctrl_c_prints_one_line_keeps_blocks_and_rerun_resumes(tmp_path):
   out = str(tmp_path / "out")
-  args = [
-    "--generator",
-    "random:dcgan:4",
-    "--sites",
-    "block4",
-    "--n_pairs",
-    "8192",
-    "--block_pairs",
-    "16",
-    "--k",
-    "2",
-    "--out",
-    out,
-  ]
+  args = ["--generator", "random:dcgan:4", "--config.sites=block4", "--config.n_pairs=8192"]
+  args += ["--config.block_pairs=16", "--config.k=2", "--out", out]
   blocks = lambda: glob.glob(os.path.join(out, "cache", "eims", "*", "block_*.npz"))
   proc = _popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
   _wait_for(lambda: len(blocks()) >= 2, proc)
