@@ -389,7 +389,7 @@ def main_job(cfg: CheckConfig, out_dir: str, log: Callable[..., None] = logging.
   seconds = time.perf_counter() - t
   log("(b) main job: %.1f s", seconds)
   flags_ = " ".join(
-    f"--{k}={','.join(map(str, v)) if isinstance(v, (tuple, list)) else v}"
+    f"--config.{k}={','.join(map(str, v)) if isinstance(v, (tuple, list)) else v}"
     for k, v in fields.items()
     if k in ("sites", "n_pairs", "block_pairs", "k", "eval_pairs", "eval_groups", "n_null")
   )
@@ -400,7 +400,8 @@ def main_job(cfg: CheckConfig, out_dir: str, log: Callable[..., None] = logging.
     if cfg.main_generator == "bench"
     else (
       f"python -m experiments.analyze --generator {cfg.main_generator} {flags_} "
-      "--untrained_baseline=false --factor_transfer=none --hybrid_fd_samples=0 --parts=none"
+      "--config.untrained_baseline=false --config.factor_transfer=none "
+        "--config.hybrid_fd_samples=0 --config.parts=none"
     ),
     "seconds": seconds,
     "note": "end to end (compilation, clustering, figures and report included); "

@@ -4,10 +4,11 @@ The factory form — no change to cfmod_jax, the file stays where it is:
 
     python -m experiments.analyze \\
         --generator docs/examples/own_generator_cli.py:make_generator \\
-        --generator_args '{"width": 8}' --sites block2 --n_pairs 8 --block_pairs 4 \\
-        --k 2 --eval_pairs 8 --eval_groups 2 --n_null 4 --nountrained_baseline --out out/own
+        --generator_args '{"width": 8}' --config.sites=block2 --config.n_pairs=8 \\
+        --config.block_pairs=4 --config.k=2 --config.eval_pairs=8 --config.eval_groups=2 \\
+        --config.n_null=4 --config.untrained_baseline=false --out out/own
 
-(``--nountrained_baseline``: the untrained baseline is not built automatically for
+(``--config.untrained_baseline=false``: the untrained baseline is not built automatically for
 wrapped plain Linen models yet; a `StagedGenerator` factory gets it.)
 
 (``my_pkg.my_module:make_generator`` works the same for an importable module.)
