@@ -401,7 +401,7 @@ def main_job(cfg: CheckConfig, out_dir: str, log: Callable[..., None] = logging.
     else (
       f"python -m experiments.analyze --generator {cfg.main_generator} {flags_} "
       "--config.untrained_baseline=false --config.factor_transfer=none "
-        "--config.hybrid_fd_samples=0 --config.parts=none"
+      "--config.hybrid_fd_samples=0 --config.parts=none"
     ),
     "seconds": seconds,
     "note": "end to end (compilation, clustering, figures and report included); "
