@@ -40,7 +40,7 @@ import numpy as np
 
 from cfmod_jax.torch_bridge.export import (
   Program,
-  _torch,
+  import_torch,
   check_eval_mode,
   check_module_paths,
   export_model,
@@ -117,7 +117,7 @@ def from_torch(
       with how to add one); output that is not images.
     TypeError: ``model`` is not a ``torch.nn.Module``.
   """
-  torch = _torch()
+  torch = import_torch()
   if not isinstance(model, torch.nn.Module):
     raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
   name = name or type(model).__name__
@@ -185,7 +185,7 @@ def load_torch_checkpoint(path: str, model: Any, *, trust_pickle: bool = False) 
   files from a source you trust, since unpickling can run arbitrary code.
   Returns ``model`` (for chaining: ``from_torch(load_torch_checkpoint(p, G()).eval(), …)``).
   """
-  torch = _torch()
+  torch = import_torch()
   if not isinstance(model, torch.nn.Module):
     raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
   try:

@@ -24,7 +24,7 @@ import numpy as np
 from cfmod_jax.torch_bridge import ops as _ops
 
 
-def _torch():
+def import_torch():
   try:
     import torch  # pylint: disable=import-outside-toplevel
   except ImportError as e:  # pragma: no cover - torch is in the test extras
@@ -35,7 +35,7 @@ def _torch():
 def to_numpy(t) -> np.ndarray:
   """A tensor as numpy, floating types as float32 and 64-bit integers as int32 (JAX's
   default precision)."""
-  torch = _torch()
+  torch = import_torch()
   t = t.detach().cpu()
   if t.is_floating_point():
     return t.to(torch.float32).numpy()
@@ -75,7 +75,7 @@ def _short(e: BaseException, limit: int = 1200) -> str:
 
 def export_model(model, example_inputs: tuple, name: str):
   """``torch.export.export`` with a dynamic batch size, lowered to core ATen ops."""
-  torch = _torch()
+  torch = import_torch()
   batch = torch.export.Dim("batch")
   dynamic = tuple({0: batch} for _ in example_inputs)
   try:
@@ -105,7 +105,7 @@ class Program:
   """
 
   def __init__(self, exported, name: str):
-    torch = _torch()
+    torch = import_torch()
     from torch.export.graph_signature import InputKind  # pylint: disable=import-outside-toplevel
 
     self.name = name
@@ -235,4 +235,4 @@ class Program:
     return env[target]
 
 
-__all__ = ["Program", "check_eval_mode", "check_module_paths", "export_model", "to_numpy"]
+__all__ = ["Program", "check_eval_mode", "import_torch", "check_module_paths", "export_model", "to_numpy"]
