@@ -40,10 +40,10 @@ import numpy as np
 
 from cfmod_jax.torch_bridge.export import (
   Program,
-  import_torch,
   check_eval_mode,
   check_module_paths,
   export_model,
+  import_torch,
 )
 from cfmod_jax.torch_bridge.generator import TorchGenerator
 from cfmod_jax.torch_bridge.ops import jax_dtype, register_op

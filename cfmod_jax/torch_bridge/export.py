@@ -235,4 +235,11 @@ class Program:
     return env[target]
 
 
-__all__ = ["Program", "check_eval_mode", "import_torch", "check_module_paths", "export_model", "to_numpy"]
+__all__ = [
+  "Program",
+  "check_eval_mode",
+  "import_torch",
+  "check_module_paths",
+  "export_model",
+  "to_numpy",
+]
