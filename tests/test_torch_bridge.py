@@ -134,7 +134,7 @@ def models():
   """name → (torch model, Generator, sites)."""
   out = {}
   m = _build(dcgan, 0, (torch.randn(64, 100, 1, 1),))
-  out["dcgan"] = (m, from_torch(m, (100, 1, 1), ["1", "5", "9"]), ("1", "5", "9"))
+  out["dcgan"] = (m, from_torch(m, (100, 1, 1), ["1", "4", "5", "9"]), ("1", "4", "5", "9"))
   m = _build(ResGen, 1, (torch.randn(64, 16),))
   sites = ("fc", "blocks.0.conv1", "blocks.1")
   out["resnet"] = (m, from_torch(m, (16,), list(sites)), sites)
@@ -203,50 +203,51 @@ def _maxdiff(a, b):
 
 
 def _masks(c, seed):
+  """``[C, C]``: a binary mask, a soft one, a one-hot one, then random soft ones (C rows:
+  the influence maps then share their compiled kernel with the C one-hot EIM masks)."""
   rng = np.random.default_rng(seed)
-  return np.stack([rng.integers(0, 2, c), rng.uniform(0, 1, c), np.eye(c)[c // 2]]).astype(
-    np.float32
-  )
+  rows = [rng.integers(0, 2, c), rng.uniform(0, 1, c), np.eye(c)[c // 2]]
+  rows += list(rng.uniform(0, 1, (c - 3, c)))
+  return np.stack(rows).astype(np.float32)
 
 
-CASES = [("dcgan", 0), ("dcgan", 1), ("dcgan", 2), ("resnet", 0), ("resnet", 1), ("resnet", 2)]
-CASES += [("conditional", 0), ("conditional", 1)]
+SITES = {
+  "dcgan": ("4", "9"),
+  "resnet": ("blocks.0.conv1", "blocks.1"),
+  "conditional": ("head", "tail.2"),
+}
+CASES = [(kind, site) for kind, sites in SITES.items() for site in sites]
 
 
-@pytest.mark.parametrize("kind,i", CASES, ids=[f"{k}-{i}" for k, i in CASES])
-def test_interventions_equal_torch_hooks(models, kind, i):
-  model, gen, sites = models[kind]
-  site = sites[i]
-  z1, z2 = (
-    gen.sample_latents(jax.random.key(10 + i), 3),
-    gen.sample_latents(jax.random.key(20 + i), 3),
-  )
+@pytest.mark.parametrize("kind,site", CASES, ids=[f"{k}-{s}" for k, s in CASES])
+def test_interventions_equal_torch_hooks(models, kind, site):
+  model, gen, _ = models[kind]
+  path = gen.site_paths[site]
+  key = jax.random.key(len(site))
+  k1, k2 = jax.random.split(key)
+  z1, z2 = gen.sample_latents(k1, 2), gen.sample_latents(k2, 2)  # the EIMs' pairs too
   t1, t2 = _inputs(gen, z1), _inputs(gen, z2)
   images = np.asarray(gen(z1))
   ref = model(*t1).detach().permute(0, 2, 3, 1).numpy()
   assert _maxdiff(images, ref) <= TOL
   assert np.abs(ref).max() <= 1.0 and ref.std() > 0.1  # images that use the range
   c = gen.site_shape(site)[-1]
-  masks = _masks(c, i)
-  want = torch_hybrids(model, gen.site_paths[site], masks, t1, t2)
+  masks = _masks(c, len(site))
+  want = torch_hybrids(model, path, masks[:3], t1, t2)
   assert np.max(np.abs(want - ref[None])) > 1e-2  # the masks change the images
-  assert _maxdiff(cf.hybrids(gen, site, masks, z1, z2), want) <= TOL
-  want_im = torch_influence_maps(model, gen.site_paths[site], masks, t1, t2)
-  assert _maxdiff(cf.influence_maps(gen, site, masks, z1, z2, pair_chunk=2), want_im) <= TOL
-  # EIMs: the generator draws the pairs; the reference recomputes them in torch
-  key = jax.random.key(5)
-  k1, k2 = jax.random.split(key)
-  e1, e2 = gen.sample_latents(k1, 2), gen.sample_latents(k2, 2)
-  eims = cf.elementary_influence_maps(gen, site, n_pairs=2, key=key)
-  want_eim = torch_influence_maps(
-    model, gen.site_paths[site], np.eye(c), _inputs(gen, e1), _inputs(gen, e2)
-  )
+  assert _maxdiff(cf.hybrids(gen, site, masks[:3], z1, z2, mask_chunk=3), want) <= TOL
+  chunks = {"pair_chunk": 2, "mask_chunk": 4}
+  want_im = torch_influence_maps(model, path, masks, t1, t2)
+  assert _maxdiff(cf.influence_maps(gen, site, masks, z1, z2, **chunks), want_im) <= TOL
+  want_eim = torch_influence_maps(model, path, np.eye(c), t1, t2)
+  assert np.max(want_eim) > 1e-3
+  eims = cf.elementary_influence_maps(gen, site, n_pairs=2, key=key, **chunks)
   assert _maxdiff(eims, want_eim) <= TOL
 
 
 def test_site_layout_and_names(models):
   model, gen, _ = models["dcgan"]
-  assert gen.sites == ("1", "5", "9")  # forward order
+  assert gen.sites == ("1", "4", "5", "9")  # forward order
   assert gen.site_shape("1") == (4, 4, 64) and gen.site_shape("9") == (32, 32, 8)
   assert gen.image_shape == (64, 64, 3)
   z = gen.sample_latents(jax.random.key(0), 2)
@@ -256,8 +257,13 @@ def test_site_layout_and_names(models):
   h.remove()
   # channels last: the torch module's NCHW output, transposed
   assert _maxdiff(gen.run_prefix("5", z), got["a"].permute(0, 2, 3, 1).numpy()) <= TOL
-  _, res, _ = models["resnet"]
-  assert res.site_shape("fc") == (128,)  # a linear layer's output stays [N, C]
+  # a linear layer's output stays [N, C]; its hybrids too equal the hooks'
+  res_model, res, _ = models["resnet"]
+  assert res.site_shape("fc") == (128,)
+  z1, z2 = res.sample_latents(jax.random.key(1), 2), res.sample_latents(jax.random.key(2), 2)
+  masks = _masks(128, 0)[:2]
+  want = torch_hybrids(res_model, "fc", masks, _inputs(res, z1), _inputs(res, z2))
+  assert _maxdiff(cf.hybrids(res, "fc", masks, z1, z2, mask_chunk=2), want) <= TOL
   # sites given as a mapping name → path
   named = from_torch(model, (100, 1, 1), {"late": "9", "early": "2"})
   assert named.sites == ("early", "late") and named.site_paths["late"] == "9"
