@@ -392,3 +392,27 @@ def test_checkpoint_weights_only_and_opt_in(tmp_path):
     load_torch_checkpoint(str(tmp_path / "full.pt"), dcgan())
   dst = load_torch_checkpoint(str(tmp_path / "full.pt"), dcgan(), trust_pickle=True)
   assert torch.equal(dst[0].weight, src[0].weight)
+
+
+class Buffers(nn.Module):
+  """A non-persistent buffer, a constant made in forward, a reshape on the batch size."""
+
+  def __init__(self):
+    super().__init__()
+    self.fc = nn.Linear(4, 48)
+    self.register_buffer("scale", torch.linspace(0.5, 2.0, 3).view(3, 1, 1), persistent=False)
+
+  def forward(self, z):
+    shift = torch.tensor([0.1, -0.2, 0.3]).view(1, 3, 1, 1)
+    return torch.tanh(self.fc(z).reshape(z.shape[0], 3, 4, 4) * self.scale + shift)
+
+
+def test_buffers_constants_and_any_batch_size():
+  model = Buffers().eval()
+  gen = from_torch(model, (4,), ["fc"])
+  assert list(gen.variables["buffers"]) == ["scale"] and len(gen.variables["constants"]) == 1
+  for n in (1, 5):  # exported with a symbolic batch size
+    z = gen.sample_latents(jax.random.key(n), n)
+    with torch.no_grad():
+      ref = model(*_inputs(gen, z)).permute(0, 2, 3, 1).numpy()
+    assert _maxdiff(gen(z), ref) <= TOL

@@ -16,6 +16,7 @@ reads them, and then on the given inputs).
 from __future__ import annotations
 
 import difflib
+import hashlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -110,6 +111,7 @@ class Program:
 
     self.name = name
     graph = exported.graph
+    self.graph_text = str(graph)  # the ATen graph (targets and arguments of every node)
     self.nodes = list(graph.nodes)
     self._kinds: dict[str, tuple[str, str]] = {}  # placeholder name → (collection, key)
     self.input_names: list[str] = []
@@ -141,6 +143,12 @@ class Program:
     self._check_ops()
     self.module_outputs, self.module_types = self._module_outputs()
     del torch
+
+  def __repr__(self):
+    # Part of `cfmod_jax.sweep.generator_fingerprint` (repr of ``gen.module``): a digest
+    # of the graph, so that another computation never reuses cached results.
+    digest = hashlib.sha256(self.graph_text.encode()).hexdigest()[:16]
+    return f"Program({self.name}, graph sha256 {digest}, {len(self.nodes)} nodes)"
 
   def _check_ops(self) -> None:
     for n in self.nodes:

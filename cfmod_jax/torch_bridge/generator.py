@@ -190,6 +190,15 @@ class TorchGenerator(Generator):
     self.site_index(site)
     return False
 
+  def init_variables(self, key: jax.Array) -> Any:
+    """Not available (yet): the bridge keeps no PyTorch model to re-initialise."""
+    del key
+    raise ValueError(
+      f"{self.name}: an imported PyTorch model has no re-initialisation here; build the "
+      "torch model again with another seed (torch.manual_seed), import it with "
+      "from_torch, and pass that (or use gen.with_variables(its variables))"
+    )
+
   def with_variables(self, variables: Any, *, name: str | None = None) -> TorchGenerator:
     """The same graph and sites with other variables of the same structure and shapes."""
     old, new = (jax.tree_util.tree_flatten_with_path(v) for v in (self.variables, variables))

@@ -122,10 +122,6 @@ def _binary(f):
   return op
 
 
-def _arr(x):
-  return x if isinstance(x, jax.Array) else x
-
-
 _ops("aten.add.Tensor", "aten.add.Scalar")(_binary(jnp.add))
 _ops("aten.sub.Tensor", "aten.sub.Scalar")(_binary(jnp.subtract))
 _ops("aten.rsub.Scalar", "aten.rsub.Tensor")(lambda a, b, *, alpha=1: b - a * alpha)
@@ -239,14 +235,9 @@ def _log_softmax(x, dim, half_to_float=False):
 
 
 # ---- shapes ------------------------------------------------------------------------------
-def _shape(x, size):
-  size = list(size)
-  return tuple(int(s) for s in size)
-
-
 @_ops("aten.view.default", "aten._unsafe_view.default", "aten.reshape.default")
 def _view(x, size):
-  return jnp.reshape(x, _shape(x, size))
+  return jnp.reshape(x, tuple(int(s) for s in size))
 
 
 _ops("aten.permute.default")(lambda x, dims: jnp.transpose(x, tuple(dims)))
