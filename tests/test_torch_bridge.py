@@ -151,7 +151,7 @@ def models():
 def _inputs(gen, latents):
   """The model's torch inputs from latents (via the generator's own split)."""
   return tuple(
-    torch.from_numpy(np.asarray(a)).to(torch.int64 if a.dtype == jnp.int32 else torch.float32)
+    torch.from_numpy(np.array(a)).to(torch.int64 if a.dtype == jnp.int32 else torch.float32)
     for a in gen.split_latents(jnp.asarray(latents))
   )
 
