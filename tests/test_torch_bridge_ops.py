@@ -185,6 +185,16 @@ CASES = [
   ("aten.where.ScalarSelf", (x4 > 0, 0.5, x4)),
   ("aten.where.ScalarOther", (x4 > 0, x4, -1.0)),
   ("aten.full_like.default", (x4, 0.25)),
+  # pooling: torch's sizes and divisors (ceil_mode, count_include_pad, divisor_override)
+  ("aten.avg_pool2d.default", (x4, [2, 2])),
+  ("aten.avg_pool2d.default", (x4, [3, 2], [2, 1], [1, 1])),
+  ("aten.avg_pool2d.default", (x4, [3, 3], [2, 2], [1, 1], True, True)),
+  ("aten.avg_pool2d.default", (x4, [3, 3], [2, 2], [1, 0], True, False)),
+  ("aten.avg_pool2d.default", (x4, [2, 3], [2, 2], [0, 1], False, True, 4)),
+  ("aten.avg_pool1d.default", (r(2, 3, 9), [3], [2], [1], True, False)),
+  ("aten.avg_pool1d.default", (r(2, 3, 5), [3], [3], [1], True, True)),  # a window dropped
+  ("aten._adaptive_avg_pool2d.default", (x4, [3, 4])),
+  ("aten._adaptive_avg_pool2d.default", (x4, [1, 1])),
   ("aten.zeros_like.default", (x4,)),
   ("aten.ones_like.default", (x4,)),
 ]

@@ -571,6 +571,70 @@ def _group_norm(x, weight, bias, n, c, hw, group, eps):
   return _affine(y, weight, bias), mean[..., 0], rstd[..., 0]
 
 
+# ---- pooling ------------------------------------------------------------------------------
+def _pool_sum(x, k, s, pads):
+  window = (1, 1, *k)
+  strides = (1, 1, *s)
+  cfg = ((0, 0), (0, 0), *pads)
+  return lax.reduce_window(x, jnp.zeros((), x.dtype), lax.add, window, strides, cfg)
+
+
+@_ops("aten.avg_pool2d.default", "aten.avg_pool1d.default", "aten.avg_pool3d.default")
+def _avg_pool(
+  x,
+  kernel_size,
+  stride=(),
+  padding=0,
+  ceil_mode=False,
+  count_include_pad=True,
+  divisor_override=None,
+):
+  """Average pooling with torch's output sizes (``ceil_mode``) and divisors: the window's
+  cells inside the zero-padded input (``count_include_pad``) or inside the input."""
+  nd = x.ndim - 2
+
+  def seq(v, default):
+    v = list(v) if isinstance(v, (list, tuple)) else [v]
+    v = v or list(default)
+    return v * nd if len(v) == 1 else v
+
+  k = seq(kernel_size, ())
+  s = seq(stride, k)
+  p = seq(padding, [0])
+  pads, sizes = [], []
+  for n, kk, ss, pp in zip(x.shape[2:], k, s, p):
+    span = n + 2 * pp - kk
+    out = (-(-span // ss) if ceil_mode else span // ss) + 1
+    if ceil_mode and (out - 1) * ss >= n + pp:  # the last window must start inside
+      out -= 1
+    pads.append((pp, (out - 1) * ss + kk - n - pp))
+    sizes.append(out)
+  total = _pool_sum(x, k, s, pads)
+  if divisor_override:
+    return total / divisor_override
+  ones = np.ones(x.shape[2:], np.float32)
+  if count_include_pad:  # the padded input counts, the extra cells of ceil_mode do not
+    ones = np.pad(ones, [(pp, pp) for pp in p], constant_values=1.0)
+    pads = [(0, hi - pp) for (_, hi), pp in zip(pads, p)]
+  count = _pool_sum(jnp.asarray(ones)[None, None], k, s, pads)
+  return total / count.astype(x.dtype)
+
+
+@_ops("aten._adaptive_avg_pool2d.default", "aten._adaptive_avg_pool3d.default")
+def _adaptive_avg_pool(x, output_size):
+  """Bins ``[floor(i·n/out), ceil((i+1)·n/out))`` along each spatial axis, averaged."""
+  nd = len(output_size)
+  for i, out in enumerate(output_size):
+    axis = x.ndim - nd + i
+    n = x.shape[axis]
+    parts = []
+    for j in range(out):
+      lo, hi = (j * n) // out, -(-((j + 1) * n) // out)
+      parts.append(jnp.mean(lax.slice_in_dim(x, lo, hi, axis=axis), axis=axis, keepdims=True))
+    x = jnp.concatenate(parts, axis=axis)
+  return x
+
+
 # ---- upsampling ----------------------------------------------------------------------------
 def _out_sizes(x, output_size, scale_factors, nd):
   spatial = x.shape[-nd:]
