@@ -9,12 +9,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import torch
+from torch import nn
 
-torch = pytest.importorskip("torch")
-nn = torch.nn
-
-import cfmod_jax as cf  # noqa: E402
-from cfmod_jax.torch_bridge import from_torch, load_torch_checkpoint  # noqa: E402
+import cfmod_jax as cf
+from cfmod_jax.torch_bridge import from_torch, load_torch_checkpoint
 
 TOL = 1e-5  # max |Δ| on images in [-1, 1] and on influence maps
 

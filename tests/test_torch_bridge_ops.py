@@ -1,14 +1,12 @@
 """Each ATen op of cfmod_jax.torch_bridge's table against PyTorch itself (random
 float32 inputs, the op called directly on both sides)."""
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
-
-import jax.numpy as jnp  # noqa: E402
-
-from cfmod_jax.torch_bridge import ops  # noqa: E402
+from cfmod_jax.torch_bridge import ops
 
 rng = np.random.default_rng(0)
 

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from cfmod_jax.torch_bridge import ops as _ops
+from cfmod_jax.torch_bridge import ops_nn  # noqa: F401  # registers the nn ops
 
 
 def import_torch():
