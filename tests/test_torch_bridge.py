@@ -5,6 +5,9 @@ independently of the bridge: a hook on the site module replaces its output by
 ``(1 − m) · a1 + m · a2`` (a2 captured from the donor's forward pass).
 """
 
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,7 +16,7 @@ import torch
 from torch import nn
 
 import cfmod_jax as cf
-from cfmod_jax.torch_bridge import from_torch, load_torch_checkpoint
+from cfmod_jax.torch_bridge import from_torch, load_torch_checkpoint, ops, register_op
 
 TOL = 1e-5  # max |Δ| on images in [-1, 1] and on influence maps
 
@@ -340,9 +343,25 @@ class Tiny(nn.Module):
     return (torch.cumsum(x, 1) if self.cumsum else x).view(-1, 3, 4, 4)
 
 
-def test_error_op_without_jax_implementation():
+def test_error_op_without_jax_implementation_then_register_it():
+  model = Tiny(cumsum=True).eval()
   with pytest.raises(ValueError, match=r"aten\.cumsum\.default.*register_op"):
-    from_torch(Tiny(cumsum=True).eval(), (4,), ["fc"])
+    from_torch(model, (4,), ["fc"])
+  try:  # what the message says to do
+    register_op("aten.cumsum.default", lambda x, dim, *, dtype=None: jnp.cumsum(x, dim))
+    gen = from_torch(model, (4,), ["fc"])
+    z = gen.sample_latents(jax.random.key(0), 2)
+    with torch.no_grad():
+      ref = model(*_inputs(gen, z)).permute(0, 2, 3, 1).numpy()
+    assert _maxdiff(gen(z), ref) <= 1e-4  # sums of 48 values of order 1
+  finally:
+    ops.OPS.pop("aten.cumsum.default", None)
+
+
+def test_import_cfmod_jax_does_not_import_torch():
+  code = "import sys, cfmod_jax, cfmod_jax.torch_bridge; print('torch' in sys.modules)"
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+  assert out.stdout.strip() == "False"
 
 
 def test_error_unknown_site_lists_close_names():
