@@ -12,7 +12,11 @@
   ``experiments.convert_biggan`` (``args``: ``truncation``, ``classes``);
 * ``<module>:<factory>`` or ``<path/to/file.py>:<factory>`` — your own code: the
   module is imported by name (``my_pkg.my_module``) or the file loaded from its
-  path, and ``factory(**args)`` must return a `cfmod_jax.Generator`.
+  path, and ``factory(**args)`` must return a `cfmod_jax.Generator` — or a PyTorch
+  ``nn.Module``, imported with `cfmod_jax.torch_bridge.from_torch` (put in eval mode;
+  sites: its activation modules, named by their PyTorch paths; latent shape read
+  from its first layer). ``<…>:<factory>@<checkpoint.pt>`` first loads a state dict
+  into that module with ``torch.load(weights_only=True)`` (no pickled code runs).
 
 This is command-line spec parsing, so it lives with the experiments (not in the
 installed package); `experiments.analyze`, `experiments.robustness` and the tests
@@ -44,8 +48,9 @@ FORMS = (
 GENERATOR_HELP = (
   "Shipped name (dcgan-synthfaces, vae-synthfaces, began-synthfaces), a checkpoint folder "
   "(exported, trainer workdir, BigGAN conversion), random:<arch>[:<width>] for a random "
-  "initialisation, or your own factory returning a cfmod_jax.Generator: <module>:<factory> "
-  "(imported by name) or <path/to/file.py>:<factory>."
+  "initialisation, or your own factory returning a cfmod_jax.Generator or a PyTorch "
+  "nn.Module: <module>:<factory> (imported by name) or <path/to/file.py>:<factory>, "
+  "optionally @<state_dict.pt> to load weights into the nn.Module first."
 )
 GENERATOR_ARGS_HELP = (
   "JSON object of keyword arguments for the --generator factory (or random:<arch>'s "
@@ -219,6 +224,7 @@ def _import_file(path: str):
 
 def _from_factory(spec: str, kwargs: dict[str, Any]) -> Generator:
   where, _, attr = spec.rpartition(":")
+  attr, _, checkpoint = attr.partition("@")
   if not where or not re.match(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$", attr):
     raise ValueError(
       f"generator={spec!r}: <factory> after the last ':' must be a name "
@@ -253,13 +259,45 @@ def _from_factory(spec: str, kwargs: dict[str, Any]) -> Generator:
     if kwargs:
       raise ValueError(f"generator_args {kwargs} do not fit {attr}(): {e}") from None
     raise
+  torch = sys.modules.get("torch")
+  if torch is not None and isinstance(gen, torch.nn.Module):
+    return _from_torch_module(spec, attr, gen, checkpoint)
+  if checkpoint:
+    raise ValueError(
+      f"generator={spec!r}: '@{checkpoint}' loads a state dict into a PyTorch nn.Module, "
+      f"but {attr}() returned a {type(gen).__name__}"
+    )
   if not isinstance(gen, Generator):
     raise ValueError(
       f"generator={spec!r}: {attr}() returned a {type(gen).__name__}, not a "
       "cfmod_jax.Generator (build one with cfmod_jax.Generator(module, "
-      "variables), cfmod_jax.wrap_linen or cfmod_jax.wrap_nnx)"
+      "variables), cfmod_jax.wrap_linen or cfmod_jax.wrap_nnx) nor a PyTorch nn.Module"
     )
   return gen
+
+
+def _from_torch_module(spec: str, attr: str, model: Any, checkpoint: str) -> Generator:
+  """A factory's PyTorch module as a Generator: weights from ``checkpoint`` (if any),
+  eval mode (the analysis runs models in inference mode), default sites and latent
+  shape (`cfmod_jax.torch_bridge.from_torch`)."""
+  from cfmod_jax import torch_bridge  # pylint: disable=g-import-not-at-top
+
+  name = attr
+  if checkpoint:
+    if not os.path.isfile(checkpoint):
+      raise ValueError(f"generator={spec!r}: checkpoint file {checkpoint!r} does not exist")
+    try:
+      torch_bridge.load_torch_checkpoint(checkpoint, model)
+    except (ValueError, RuntimeError) as e:
+      raise ValueError(f"generator={spec!r}: {e}") from None
+    name = os.path.splitext(os.path.basename(checkpoint))[0]
+  try:
+    return torch_bridge.from_torch(model.eval(), name=name)
+  except (TypeError, ValueError) as e:
+    raise ValueError(
+      f"generator={spec!r}: {e} (for other sites or latent shapes, return "
+      "cfmod_jax.torch_bridge.from_torch(model, latent_shape, sites) from the factory)"
+    ) from None
 
 
 __all__ = [

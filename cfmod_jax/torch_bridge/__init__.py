@@ -69,6 +69,58 @@ def _normalise_sites(sites) -> dict[str, str]:
   return dict(items)
 
 
+#: Module types whose outputs are the default sites: the non-linearities, as in the
+#: paper (a site is a layer's output after its activation).
+ACTIVATIONS = (
+  "ReLU",
+  "ReLU6",
+  "LeakyReLU",
+  "PReLU",
+  "ELU",
+  "SELU",
+  "CELU",
+  "GELU",
+  "SiLU",
+  "Mish",
+  "Softplus",
+  "Hardswish",
+)
+
+
+def default_sites(model: Any) -> list[str]:
+  """The submodule paths of ``model``'s activation modules (`ACTIVATIONS`), in the
+  order of ``model.named_modules()`` — the default sites of `from_torch`.
+
+  For the PyTorch DCGAN tutorial's generator these are ``main.2``, ``main.5``,
+  ``main.8`` and ``main.11``: the outputs of its four blocks, as in the paper.
+  """
+  return [p for p, m in model.named_modules() if p and type(m).__name__ in ACTIVATIONS]
+
+
+def infer_latent_shape(model: Any) -> tuple[int, ...]:
+  """The shape of one noise sample, read from ``model``'s first layer that has
+  parameters: ``(in_channels, 1, 1)`` for a (transposed) 2-D convolution, as in the
+  DCGAN tutorial; ``(in_features,)`` for a linear layer.
+
+  Raises:
+    ValueError: the first such layer is of another kind (pass ``latent_shape``).
+  """
+  torch = import_torch()
+  for path, m in model.named_modules():
+    if not list(m.parameters(recurse=False)):
+      continue
+    if isinstance(m, (torch.nn.ConvTranspose2d, torch.nn.Conv2d)):
+      return (int(m.in_channels), 1, 1)
+    if isinstance(m, torch.nn.Linear):
+      return (int(m.in_features),)
+    raise ValueError(
+      f"latent_shape cannot be read from {type(model).__name__}: its first layer with "
+      f"parameters, {path!r}, is a {type(m).__name__} (not a Conv2d, ConvTranspose2d or "
+      "Linear); pass latent_shape, e.g. (100, 1, 1)"
+    )
+  raise ValueError(f"{type(model).__name__} has no parameters: pass latent_shape")
+
+
 def _shape(latent_shape) -> tuple[int, ...]:
   shape = tuple(latent_shape) if isinstance(latent_shape, (tuple, list)) else None
   if not shape or not all(isinstance(d, (int, np.integer)) and d > 0 for d in shape):
@@ -81,8 +133,8 @@ def _shape(latent_shape) -> tuple[int, ...]:
 
 def from_torch(
   model: Any,
-  latent_shape: Sequence[int],
-  sites: Sequence[str] | Mapping[str, str],
+  latent_shape: Sequence[int] | None = None,
+  sites: Sequence[str] | Mapping[str, str] | None = None,
   *,
   conditions: Sequence[Any] = (),
   condition_sampler: Callable[[Any, int], Sequence[Any]] | None = None,
@@ -96,9 +148,11 @@ def from_torch(
       returns images ``[N, C, H, W]`` (in [-1, 1] for the influence maps to mean
       what they do for the shipped generators). It is not modified.
     latent_shape: shape of one sample of the first input (the noise), e.g.
-      ``(100, 1, 1)`` for the DCGAN tutorial's generator.
+      ``(100, 1, 1)`` for the DCGAN tutorial's generator (default: read from the
+      first layer, `infer_latent_shape`).
     sites: PyTorch submodule paths (``"main.5"``, ``"blocks.2.conv1"``) or a mapping
-      ``{site name: path}``. ``gen.sites`` lists them in forward order.
+      ``{site name: path}``. ``gen.sites`` lists them in forward order. Default: the
+      outputs of the activation modules (`default_sites`).
     conditions: example tensors of the further inputs, batch first (e.g.
       ``[torch.tensor([3])]`` for a class label); their per-sample shapes and dtypes
       are the model's.
@@ -121,7 +175,14 @@ def from_torch(
   if not isinstance(model, torch.nn.Module):
     raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
   name = name or type(model).__name__
-  shape = _shape(latent_shape)
+  shape = _shape(infer_latent_shape(model) if latent_shape is None else latent_shape)
+  if sites is None:
+    sites = default_sites(model)
+    if not sites:
+      raise ValueError(
+        f"{name} has no activation modules ({', '.join(ACTIVATIONS)}) to take as default "
+        "sites (functional activations are not submodules): pass sites, e.g. ['main.5']"
+      )
   sites = _normalise_sites(sites)
   check_eval_mode(model, name)
   check_module_paths(model, list(sites.values()), name)
@@ -173,6 +234,7 @@ def from_torch(
     name=name,
     latent_sampler=latent_sampler,
     condition_sampler=condition_sampler,
+    torch_model=model,
   )
 
 
@@ -214,7 +276,9 @@ def load_torch_checkpoint(path: str, model: Any, *, trust_pickle: bool = False) 
 __all__ = [
   "Program",
   "TorchGenerator",
+  "default_sites",
   "from_torch",
+  "infer_latent_shape",
   "load_torch_checkpoint",
   "register_op",
 ]

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cfmod_jax.generator import Generator
-from cfmod_jax.torch_bridge.export import Program
+from cfmod_jax.torch_bridge.export import Program, import_torch, to_numpy
 
 _TRACE_BATCH = 3  # batch of the shape-only passes that check the sites
 
@@ -64,11 +64,13 @@ class TorchGenerator(Generator):
     name: str,
     latent_sampler: Callable | None,
     condition_sampler: Callable | None,
+    torch_model: Any = None,
   ):
     # The attributes `Generator.__init__` sets (it validates a Flax module, which
     # this generator does not have).
     self.module = program
     self.program = program
+    self.torch_model = torch_model  # kept (never modified) for `init_variables`
     self.name = name
     self.noise_shape = tuple(noise_shape)
     self.condition_shapes = tuple(tuple(s) for s, _ in conditions)
@@ -191,16 +193,46 @@ class TorchGenerator(Generator):
     return False
 
   def init_variables(self, key: jax.Array) -> Any:
-    """Not available (yet): the bridge keeps no PyTorch model to re-initialise."""
-    del key
-    raise ValueError(
-      f"{self.name}: an imported PyTorch model has no re-initialisation here; build the "
-      "torch model again with another seed (torch.manual_seed), import it with "
-      "from_torch, and pass that (or use gen.with_variables(its variables))"
-    )
+    """Variables of the same model freshly initialised, as PyTorch initialises it.
 
-  def with_variables(self, variables: Any, *, name: str | None = None) -> TorchGenerator:
-    """The same graph and sites with other variables of the same structure and shapes."""
+    A deep copy of the imported model gets every submodule's ``reset_parameters()``
+    (BatchNorm's also resets its running statistics to mean 0, variance 1) under
+    ``torch.manual_seed(s)``, ``s = jax.random.randint(key, (), 0, 2**31 - 1)`` (PyTorch's global random
+    state is restored afterwards); the imported model is not touched. Used by
+    `cfmod_jax.baselines.untrained_like` for the main job's untrained baseline.
+    """
+    if self.torch_model is None:
+      raise ValueError(
+        f"{self.name}: this generator keeps no PyTorch model to re-initialise; "
+        "import the model with cfmod_jax.torch_bridge.from_torch"
+      )
+    torch = import_torch()
+    seed = int(np.asarray(jax.random.randint(key, (), 0, 2**31 - 1)))
+    fresh = copy.deepcopy(self.torch_model)
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+      torch.manual_seed(seed)
+      for module in fresh.modules():
+        reset = getattr(module, "reset_parameters", None)
+        if callable(reset):
+          reset()
+    tensors = dict(fresh.named_parameters()) | dict(fresh.named_buffers())
+    return {
+      coll: {
+        k: jnp.asarray(to_numpy(tensors[k]) if coll != "constants" and k in tensors else v)
+        for k, v in group.items()
+      }
+      for coll, group in self.variables.items()
+    }
+
+  def with_variables(
+    self,
+    variables: Any,
+    *,
+    name: str | None = None,
+    latent_sampler: Callable | None = None,
+  ) -> TorchGenerator:
+    """The same graph and sites with other variables of the same structure and shapes
+    (and, if given, ``latent_sampler(key, n) -> [n, *latent_shape]`` as its sampler)."""
     old, new = (jax.tree_util.tree_flatten_with_path(v) for v in (self.variables, variables))
     if old[1] != new[1]:
       raise ValueError(f"variables must have the tree structure of {self.name}'s variables")
@@ -213,6 +245,8 @@ class TorchGenerator(Generator):
     twin = copy.copy(self)
     twin.variables, twin._jit_cache, twin.trace_count = variables, {}, 0
     twin.name = name or self.name
+    if latent_sampler is not None:
+      twin._latent_sampler = latent_sampler
     return twin
 
 
