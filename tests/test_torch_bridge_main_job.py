@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from cfmod_jax import baselines
+from cfmod_jax.interventions import elementary_influence_map_sums as eim_sums
 from cfmod_jax.torch_bridge import default_sites, from_torch, infer_latent_shape
 from experiments import _specs
 
@@ -139,3 +140,34 @@ def test_analyze_cli_on_a_torch_factory(tmp_path):
     assert not np.allclose(data["module_maps"], data["untrained_module_maps"])
   with open(os.path.join(out, "report.html"), encoding="utf-8") as f:
     assert "main.8" in f.read()
+
+
+def test_linear_split_of_an_imported_dcgan_equals_the_mask_path():
+  """The site's only consumer is a transposed convolution: the fast EIM path (each
+  channel's contribution to that convolution alone) gives the one-hot-mask EIMs."""
+  gen = from_torch(_trained_looking(_example(ngf=4, seed=5), seed=6))
+  assert all(gen.has_linear_split(s) for s in gen.sites)
+  z1 = gen.sample_latents(jax.random.key(1), 6)
+  z2 = gen.sample_latents(jax.random.key(2), 6)
+  for site in ("main.5", "main.11"):
+    fast, _ = eim_sums(gen, site, z1, z2, method="linear", pair_chunk=4, mask_chunk=4)
+    slow, _ = eim_sums(gen, site, z1, z2, method="masks", pair_chunk=4)
+    assert float(np.abs(slow).max()) > 1e-3  # non-trivial maps
+    np.testing.assert_allclose(fast, slow, atol=1e-5, rtol=1e-4)
+  # A site read twice (a skip connection) or by a non-linear op has no linear split.
+  skip = _Skip().eval()
+  split = from_torch(skip, (4, 4, 4), sites=["body.0", "body.1"])
+  assert not split.has_linear_split("body.0")  # read by the skip addition too
+  assert not split.has_linear_split("body.1")  # read by a ReLU
+
+
+class _Skip(nn.Module):
+  def __init__(self):
+    super().__init__()
+    self.body = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1))
+    self.out = nn.Conv2d(4, 3, 1)
+
+  def forward(self, z):
+    a = self.body[0](z)
+    b = torch.relu(self.body[1](a))
+    return torch.tanh(self.out(a + b))

@@ -192,6 +192,15 @@ class Program:
       outs[path] = read[0] if len(read) == 1 else None
     return outs, types
 
+  def is_variable(self, node: Any) -> bool:
+    """Whether ``node`` is a parameter, buffer or constant of the model."""
+    return getattr(node, "name", None) in self._kinds
+
+  def variable(self, variables: Any, node: Any) -> Any:
+    """The value of the variable placeholder ``node`` in ``variables``."""
+    coll, key = self._kinds[node.name]
+    return variables[coll][key]
+
   # ---- interpretation -------------------------------------------------------------------
   def _needed(self, targets: Sequence[Any], known: Sequence[Any] = ()) -> list:
     """The call nodes that ``targets`` need, in graph order, given ``known`` nodes."""

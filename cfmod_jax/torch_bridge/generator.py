@@ -29,6 +29,8 @@ import numpy as np
 
 from cfmod_jax.generator import Generator
 from cfmod_jax.torch_bridge.export import Program, import_torch, to_numpy
+from cfmod_jax.torch_bridge.ops import op_key
+from cfmod_jax.torch_bridge.ops_nn import convolution
 
 _TRACE_BATCH = 3  # batch of the shape-only passes that check the sites
 
@@ -187,10 +189,62 @@ class TorchGenerator(Generator):
     out = self.program.run(variables, self.split_latents(latents), on_trace=self._count)
     return _to_channels_last(out)
 
+  # ---- the linear split (the fast EIM path) ----------------------------------------------
+  def _split_conv(self, site: str):
+    """The convolution that alone reads ``site``'s output (its only consumer), when its
+    weight and bias are the model's own and it has one group; else None."""
+    node = self._site_nodes[self.sites[self.site_index(site)]]
+    users = list(node.users)
+    if len(users) != 1:
+      return None
+    conv = users[0]
+    if conv.op != "call_function" or op_key(conv.target) != "aten.convolution.default":
+      return None
+    x, w, b, *_, groups = conv.args
+    params = [a for a in (w, b) if a is not None]
+    if x is not node or groups != 1 or not all(self.program.is_variable(a) for a in params):
+      return None
+    return conv
+
   def has_linear_split(self, site: str) -> bool:
-    """Always False (for now): EIMs use the one-hot-mask path."""
-    self.site_index(site)
-    return False
+    """True when the site's only consumer is a (transposed) convolution with one group:
+    then ``pre`` is that convolution, each channel's contribution to it is a
+    convolution of that channel alone (`suffix_pre_delta`), and ``post`` the rest."""
+    return self._split_conv(site) is not None
+
+  def suffix_pre(self, variables, h: jax.Array, site: str) -> jax.Array:
+    """The convolution after ``site`` (with its bias), ``[N, C_out, H', W']`` (NCHW)."""
+    conv = self._split_conv(site)
+    given = (self._site_nodes[self.sites[self.site_index(site)]], _to_channels_first(h))
+    return self.program.run(variables, (), stop=conv, given=given, on_trace=self._count)
+
+  def suffix_pre_delta(self, variables, delta: jax.Array, start, site: str) -> jax.Array:
+    """``[m, N, C_out, H', W']``: the convolution (without bias) of each of the m
+    channels of ``delta [N, H, W, m]`` (site channels ``start…start+m−1``) alone."""
+    conv = self._split_conv(site)
+    _, w, _, stride, padding, dilation, transposed, output_padding, _ = conv.args
+    weight = self.program.variable(variables, w)
+    m = delta.shape[-1]
+    # Input channels are axis 0 of a transposed convolution's weight, axis 1 otherwise.
+    axis = 0 if transposed else 1
+    weight = jax.lax.dynamic_slice_in_dim(weight, start, m, axis=axis)
+    x = _to_channels_first(delta)  # [N, m, H, W]
+
+    def one(xj, wj):  # one input channel: [N, H, W] and its weight slice
+      wj = jnp.expand_dims(wj, axis)
+      return convolution(
+        xj[:, None], wj, None, stride, padding, dilation, transposed, output_padding, 1
+      )
+
+    return jax.vmap(one, in_axes=(1, axis))(x, weight)
+
+  def suffix_post(self, variables, y: jax.Array, latents: jax.Array, site: str) -> jax.Array:
+    """Images from the convolution's output ``y`` (the rest of the suffix)."""
+    conv = self._split_conv(site)
+    out = self.program.run(
+      variables, self.split_latents(latents), given=(conv, y), on_trace=self._count
+    )
+    return _to_channels_last(out)
 
   def init_variables(self, key: jax.Array) -> Any:
     """Variables of the same model freshly initialised, as PyTorch initialises it.
