@@ -9,8 +9,7 @@ restarted with the same arguments loads the finished blocks and computes only th
 rest; blocks are added up in a fixed order, so the maps are bitwise identical to
 an uninterrupted run. A damaged block (empty, truncated, a flipped byte, wrong
 array names, shape, dtype or count, checksum mismatch) is recomputed with a
-`CacheBlockWarning` naming the file; it never stops a resume. Blocks written
-before checksums were added are still used when all other checks pass.
+`CacheBlockWarning` naming the file; it never stops a resume.
 
 ``<key>`` is a content hash of everything the numbers depend on: the generator's
 code, architecture and every weight (`generator_fingerprint`), the site, seed, pair counts, chunk sizes and
@@ -37,27 +36,22 @@ decision.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
-import inspect
 import json
 import os
-import re
-import sys
 import time
 import warnings
 
-import flax.linen as nn
 import jax
 import numpy as np
 from absl import logging
-from flax import nnx
 from numpy.typing import ArrayLike
 from scipy.ndimage import gaussian_filter
 
 from cfmod_jax._validate import check_chunk, check_positive_int, check_seed, check_sigma
 from cfmod_jax.clustering import default_sigma
 from cfmod_jax.fileio import atomic_savez, atomic_write_json
+from cfmod_jax.fingerprint import generator_fingerprint
 from cfmod_jax.generator import Generator, check_generator
 from cfmod_jax.interventions import (
   DEFAULT_MASK_CHUNK,
@@ -67,155 +61,6 @@ from cfmod_jax.interventions import (
 from cfmod_jax.precision import DEFAULT_PRECISION, check_precision
 
 _FORMAT_VERSION = 1
-
-
-# Libraries whose classes count by their version, not their source.
-_LIBRARIES = ("flax", "jax", "jaxlib", "numpy", "optax", "builtins", "abc", "typing", "functools")
-# Salt of fingerprints whose code cannot be read: results are then never reused by
-# another process (a warning says to set `Generator.code_version`).
-_PROCESS_SALT = os.urandom(16).hex()
-_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+|0x[0-9a-fA-F]{6,}")
-
-
-def _module_classes(gen: Generator) -> set[type]:
-  """Every class whose code runs in ``gen``'s forward pass: the Flax module classes
-  of its module tree (Linen: each module whose method is called while
-  ``gen.generate`` is traced, abstractly; NNX: every node of the model), with
-  their base classes, plus the class of ``gen`` itself."""
-  classes: set[type] = {type(gen)}
-  module = gen.module
-  if isinstance(module, nnx.GraphDef):
-    state = [s for s in (getattr(gen, "_rng_state", None), gen.variables) if s is not None]
-    model = nnx.merge(module, *state)
-    classes.update(type(m) for _, m in nnx.iter_modules(model))
-  else:
-    classes.add(type(module))
-
-    def record(next_fun, args, kwargs, context):
-      classes.add(type(context.module))
-      return next_fun(*args, **kwargs)
-
-    z = jax.ShapeDtypeStruct((1, *gen.latent_shape), jax.numpy.float32)
-    try:
-      # A new function object each time: `jax.eval_shape` shares jit's trace cache, so
-      # after ``jax.jit(gen.generate)`` ran on one latent (``gen(z[:1])``) the bound
-      # method itself would not be traced again and no module call would be seen.
-      with nn.intercept_methods(record):
-        jax.eval_shape(lambda v, x: gen.generate(v, x), gen.variables, z)
-    except Exception:  # pylint: disable=broad-except
-      pass  # not traceable from one latent: the classes of its fields still count
-    for value in _fields(module):
-      classes.add(type(value))
-  return {base for cls in classes for base in cls.__mro__}
-
-
-def _fields(module, depth: int = 0):
-  """Linen submodules held in ``module``'s dataclass fields (lists, dicts), recursively."""
-  if depth > 8:
-    return
-  values = (
-    [
-      getattr(module, f.name, None)
-      for f in dataclasses.fields(module)
-      if f.name not in ("parent", "name")
-    ]
-    if dataclasses.is_dataclass(module)
-    else []
-  )
-  while values:
-    value = values.pop()
-    if isinstance(value, (list, tuple)):
-      values.extend(value)
-    elif isinstance(value, dict):
-      values.extend(value.values())
-    elif isinstance(value, nn.Module):
-      yield value
-      yield from _fields(value, depth + 1)
-
-
-def _code_of(gen: Generator) -> tuple[list[str], list[str]]:
-  """``(code, unreadable)``: for each Python module defining a class of
-  `_module_classes` (or ``gen``'s latent sampler), ``'<module>:<sha256 of its
-  source>'``; library modules count as ``'<library>==<version>'``. ``unreadable``
-  names the classes whose source Python cannot read."""
-  objects = list(_module_classes(gen))
-  sampler = getattr(gen, "_latent_sampler", None)
-  while isinstance(sampler, functools.partial):
-    sampler = sampler.func
-  if sampler is not None:
-    objects.append(sampler)
-  code, unreadable = set(), []
-  for obj in objects:
-    modname = getattr(obj, "__module__", None) or "?"
-    top = modname.split(".")[0]
-    if top in _LIBRARIES or top in sys.stdlib_module_names:
-      version = getattr(sys.modules.get(top), "__version__", None)
-      if version:
-        code.add(f"{top}=={version}")
-      continue
-    try:
-      pymod = sys.modules.get(modname)
-      source = inspect.getsource(pymod) if pymod is not None else inspect.getsource(obj)
-    except (OSError, TypeError):
-      try:  # e.g. a module without a file whose class has a readable definition
-        source = inspect.getsource(obj)
-      except (OSError, TypeError):
-        unreadable.append(f"{modname}.{getattr(obj, '__qualname__', repr(obj))}")
-        continue
-    # The module's name is left out: the same file imported under another name
-    # (a path form `file.py:factory`) is the same code.
-    code.add(f"source:{hashlib.sha256(source.encode()).hexdigest()}")
-  return sorted(code), sorted(unreadable)
-
-
-def generator_fingerprint(gen: Generator) -> str:
-  """sha256 of everything a generator's images depend on: its code, settings and weights.
-
-  * **code**: the full source of every Python module that defines a Flax module
-    class of the generator (Linen: each module called in the forward pass, found
-    by tracing it abstractly; NNX: each node of the model; wrapped generators:
-    the wrapped model's), of their base classes, of ``type(gen)`` and of the
-    latent sampler; library classes (flax…) count by the library's version; plus
-    ``gen.code_version`` when set. Functions imported from *other* modules that
-    define no such class are not seen: set ``code_version`` if they change.
-    Where Python cannot read a source (classes made by ``exec`` or typed into
-    ``python -c``) and ``code_version`` is not set, a per-process salt is used and
-    a warning is given: results are then not reused by another process.
-  * **settings**: ``repr(gen.module)`` (the fields; memory addresses removed),
-    ``gen.sites`` and ``gen.latent_shape``.
-  * **weights**: every array of ``gen.variables`` (path, dtype, shape, bytes).
-
-  Deterministic across processes (nothing depends on ids or hash seeds).
-  """
-  h = hashlib.sha256()
-  h.update(b"cfmod_jax.fingerprint/2\0")
-  code, unreadable = _code_of(gen)
-  code_version = getattr(gen, "code_version", None)
-  if unreadable and code_version is None:
-    warnings.warn(
-      f"the source of {', '.join(unreadable[:5])} cannot be read, so cached results of "
-      f"{gen.name} are not reused by another process; set the generator's code_version "
-      "(e.g. gen.code_version = 'v2') to a string that changes with its code",
-      CodeFingerprintWarning,
-      stacklevel=2,
-    )
-    code.append(f"unreadable:{_PROCESS_SALT}")
-  for item in code:
-    h.update(item.encode() + b"\0")
-  h.update(f"code_version={code_version!r}\0".encode())
-  h.update(_ADDRESS.sub("", repr(gen.module)).encode() + b"\0")
-  h.update(f"sites={tuple(gen.sites)!r};latent_shape={tuple(gen.latent_shape)!r}\0".encode())
-  leaves = jax.tree_util.tree_flatten_with_path(gen.variables)[0]
-  for path, leaf in leaves:
-    arr = np.ascontiguousarray(np.asarray(leaf))
-    h.update(jax.tree_util.keystr(path).encode())
-    h.update(f"{arr.dtype}{arr.shape}".encode())
-    h.update(arr.tobytes())
-  return h.hexdigest()
-
-
-class CodeFingerprintWarning(UserWarning):
-  """A generator's code cannot be read: its results are not reused across processes."""
 
 
 #: Fields of `SweepConfig` that decide how many blocks are used, not what a block
@@ -232,9 +77,8 @@ class SweepConfig:
   ``n_pairs`` pairs in blocks of ``block_pairs`` (the last one may be smaller),
   latents from ``seed``; ``pair_chunk``, ``mask_chunk`` (None: chosen from the
   device's memory), ``method`` and ``precision`` as in
-  `interventions.elementary_influence_map_sums`. A non-float32 ``precision``
-  enters the cache key (bf16 blocks are never mixed with float32 ones); float32
-  keeps the key of versions without the field.
+  `interventions.elementary_influence_map_sums`. ``precision`` enters the cache
+  key (bf16 blocks are never mixed with float32 ones).
 
   Adaptive pairs (opt-in): with ``target_reliability`` t (0 < t < 1) the sweep
   stops after the first block b ≥ ``min_blocks`` − 1 at which `eim_reliability` of
@@ -253,7 +97,11 @@ class SweepConfig:
   min_blocks: int = 2
   precision: str = DEFAULT_PRECISION
 
+  def __post_init__(self):
+    self.check()
+
   def check(self) -> None:
+    """ValueError naming the first bad field (run on construction)."""
     for name in ("n_pairs", "block_pairs"):
       check_positive_int(getattr(self, name), name)
     for name in ("pair_chunk", "mask_chunk"):
@@ -332,8 +180,6 @@ def _block_fields(cfg: SweepConfig) -> dict:
   fields = dataclasses.asdict(cfg)
   for name in ADAPTIVE_FIELDS:
     fields.pop(name)
-  if fields["precision"] == DEFAULT_PRECISION:  # keys of float32 sweeps as before the field
-    fields.pop("precision")
   return fields
 
 
@@ -381,9 +227,8 @@ def _read_block(path: str, shape, count: int) -> np.ndarray:
   """A finished block's sums; ValueError saying what is wrong with the file.
 
   Checks: a readable .npz (zip CRC included), arrays ``sums`` (float32 of
-  ``shape``, finite) and ``count`` (== the block's pairs), and — for blocks
-  written since checksums were added — the stored sha256 of the content.
-  Blocks from before (no ``sha256``) are accepted when every other check passes.
+  ``shape``, finite), ``count`` (== the block's pairs) and ``sha256`` (the stored
+  sha256 of the content).
   """
   with open(path, "rb") as f:  # our own handle: numpy leaks its own on a bad zip
     size = os.fstat(f.fileno()).st_size
@@ -396,10 +241,10 @@ def _read_block(path: str, shape, count: int) -> np.ndarray:
         names = list(data.files)
     except Exception as e:  # zipfile.BadZipFile, OSError, EOFError, ValueError...
       raise ValueError(f"unreadable ({type(e).__name__}: {e})") from e
-  missing = {"sums", "count"} - set(arrays)
+  missing = {"sums", "count", "sha256"} - set(arrays)
   if missing:
     raise ValueError(f"missing array(s) {sorted(missing)} (has {sorted(names)})")
-  sums, stored_count, digest = arrays["sums"], arrays["count"], arrays.get("sha256")
+  sums, stored_count, digest = arrays["sums"], arrays["count"], arrays["sha256"]
   if sums.dtype != np.float32 or sums.shape != tuple(shape):
     raise ValueError(f"sums is {sums.dtype}{list(sums.shape)}, expected float32{list(shape)}")
   if (
@@ -408,7 +253,7 @@ def _read_block(path: str, shape, count: int) -> np.ndarray:
     or int(stored_count) != count
   ):
     raise ValueError(f"count is {stored_count!r}, expected {count}")
-  if digest is not None and (digest.shape != () or str(digest) != _block_digest(sums, count)):
+  if digest.shape != () or str(digest) != _block_digest(sums, count):
     raise ValueError("its sha256 does not match its content")
   if not np.all(np.isfinite(sums)) or np.any(sums < 0):
     raise ValueError("sums contain NaN, inf or negative values")
@@ -570,12 +415,13 @@ def eim_sweep(
   gen: Generator,
   site: str,
   cfg: SweepConfig,
-  cache_dir: str,
+  cache_dir: str | None = None,
   *,
   fingerprint: str | None = None,
   log_every_s: float = 10.0,
 ) -> SweepResult:
-  """EIMs of ``site`` over ``cfg.n_pairs`` pairs, resumable from ``cache_dir``.
+  """EIMs of ``site`` over ``cfg.n_pairs`` pairs, resumable from ``cache_dir``
+  (None: no cache, every block is computed).
 
   Blocks are taken in order 0, 1, …: loaded from the cache when finished, else
   computed (one compiled call of `interventions.elementary_influence_map_sums`
@@ -586,19 +432,18 @@ def eim_sweep(
   """
   check_generator(gen, "gen")
   gen.site_index(site)
-  if not isinstance(cfg, SweepConfig):
+  if not isinstance(cfg, SweepConfig):  # a SweepConfig checks its fields when made
     raise ValueError(f"cfg must be a SweepConfig, got {type(cfg).__name__}")
-  cfg.check()
   fingerprint = fingerprint or generator_fingerprint(gen)
   key = sweep_key(fingerprint, site, cfg)
-  folder = os.path.join(cache_dir, "eims", key)
+  folder = None if cache_dir is None else os.path.join(cache_dir, "eims", key)
   h, w, _ = gen.image_shape
   shape = (gen.site_shape(site)[-1], h, w)
   is_host0 = jax.process_index() == 0
   n_blocks = cfg.n_blocks
-  paths = [os.path.join(folder, f"block_{b:05d}.npz") for b in range(n_blocks)]
+  paths = [folder and os.path.join(folder, f"block_{b:05d}.npz") for b in range(n_blocks)]
   loaded: dict[int, np.ndarray] = {}
-  if is_host0:
+  if is_host0 and folder is not None:
     os.makedirs(folder, exist_ok=True)
     atomic_write_json(
       os.path.join(folder, "config.json"),
@@ -639,7 +484,8 @@ def eim_sweep(
       )
       if is_host0:
         loaded[b] = np.asarray(sums[0])
-        _save_block(paths[b], loaded[b], cfg.block_size(b))
+        if folder is not None:
+          _save_block(paths[b], loaded[b], cfg.block_size(b))
       else:
         jax.block_until_ready(sums)
       computed += 1
@@ -714,7 +560,6 @@ def eim_sweep(
 __all__ = [
   "ADAPTIVE_FIELDS",
   "CacheBlockWarning",
-  "CodeFingerprintWarning",
   "SweepConfig",
   "SweepResult",
   "RELIABILITY_QUANTILE",
@@ -724,7 +569,6 @@ __all__ = [
   "check_target_reliability",
   "eim_reliability",
   "eim_sweep",
-  "generator_fingerprint",
   "spearman_brown",
   "sweep_key",
 ]

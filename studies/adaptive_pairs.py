@@ -40,7 +40,7 @@ from absl import flags, logging
 from sklearn.metrics import adjusted_rand_score
 
 import cfmod_jax as cf
-from cfmod_jax import clustering, sweep
+from cfmod_jax import clustering, fingerprint, sweep
 from cfmod_jax.analysis import AnalysisConfig
 from experiments import _cli
 
@@ -302,7 +302,7 @@ def main(argv: list[str]) -> None:
     with _cli.blame("generators"):
       gen = cf.load_generator(name)
     sites = FLAGS.sites or list(gen.sites)
-    entry = {"generator": name, "fingerprint": sweep.generator_fingerprint(gen), "sites": []}
+    entry = {"generator": name, "fingerprint": fingerprint.generator_fingerprint(gen), "sites": []}
     tg = time.perf_counter()
     for site in sites:
       with _cli.blame("sites"):

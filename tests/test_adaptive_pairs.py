@@ -12,7 +12,7 @@ import pytest
 from scipy.ndimage import gaussian_filter
 
 import cfmod_jax as cf
-from cfmod_jax import analysis, sweep
+from cfmod_jax import analysis, fingerprint, sweep
 from cfmod_jax.sweep import SweepConfig, eim_sweep
 
 SITE = "block3"  # 8 channels in the width-4 DCGAN
@@ -294,9 +294,9 @@ def _drop_seconds(d):
 def test_fingerprint_does_not_depend_on_earlier_calls(gen):
   """The generator's code is found by tracing it; a compiled call on one latent
   before (which shares jax's trace cache) must not hide its modules."""
-  before = sweep.generator_fingerprint(gen)
+  before = fingerprint.generator_fingerprint(gen)
   gen(gen.sample_latents(jax.random.key(0), 1))
-  assert sweep.generator_fingerprint(gen) == before
+  assert fingerprint.generator_fingerprint(gen) == before
 
 
 def test_main_job_off_is_unchanged_and_on_records_the_sweep(gen, tmp_path):
@@ -305,11 +305,7 @@ def test_main_job_off_is_unchanged_and_on_records_the_sweep(gen, tmp_path):
   analysis.run(gen, TINY, off_dir, cache)
   off, off_manifest, off_arrays = _outputs(off_dir)
   fields = {f.name for f in dataclasses.fields(analysis.AnalysisConfig)}
-  assert (
-    set(off["config"])
-    == set(off_manifest["settings"]["config"])
-    == fields - set(analysis.OPTIONAL_FIELDS)
-  )
+  assert set(off["config"]) == set(off_manifest["settings"]["config"]) == fields
   assert not any("eim_sweep" in site for site in off["sites"].values())
   # On, with a target no site reaches: every block used, so every number is the off
   # run's; only the setting and the records of the sweep are added.
@@ -318,6 +314,8 @@ def test_main_job_off_is_unchanged_and_on_records_the_sweep(gen, tmp_path):
   full, full_manifest, full_arrays = _outputs(all_dir)
   assert full["config"].pop("eim_target_reliability") == 0.9999
   assert full_manifest["settings"]["config"].pop("eim_target_reliability") == 0.9999
+  assert off["config"].pop("eim_target_reliability") is None
+  assert off_manifest["settings"]["config"].pop("eim_target_reliability") is None
   assert full_manifest["settings"] == off_manifest["settings"]
   entry = full["sites"][SITE].pop("eim_sweep")
   assert entry["pairs_used"] == entry["max_pairs"] == 12 and not entry["stopped_early"]
