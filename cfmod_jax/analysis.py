@@ -6,7 +6,7 @@ For each site:
    the blocks are the groups for bootstrap resampling. With
    ``eim_target_reliability`` (off by default) ``n_pairs`` is a maximum: the sweep
    stops adding blocks once the split-half reliability of the EIMs reaches the
-   target (`sweep.eim_reliability`, at least two blocks), for the trained and the
+   target (`split_half.eim_reliability`, at least two blocks), for the trained and the
    untrained network alike; ``metrics.json`` then records per site the pairs used,
    the reliability after each block and the sweep's time (``eim_sweep``).
 2. **K**: given, or chosen by `clustering.choose_k` (default rule: the smallest K

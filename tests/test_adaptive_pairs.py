@@ -12,7 +12,7 @@ import pytest
 from scipy.ndimage import gaussian_filter
 
 import cfmod_jax as cf
-from cfmod_jax import analysis, fingerprint, sweep
+from cfmod_jax import analysis, fingerprint, split_half, sweep
 from cfmod_jax.sweep import SweepConfig, eim_sweep
 
 SITE = "block3"  # 8 channels in the width-4 DCGAN
@@ -65,32 +65,32 @@ def test_reliability_matches_numpy():
   sums = np.abs(sums).astype(np.float32)
   for sigma in (0.0, 1.5):
     want = _numpy_reliability(sums, counts, sigma)
-    got = sweep.channel_reliability(sums, counts, sigma=sigma)
+    got = split_half.channel_reliability(sums, counts, sigma=sigma)
     np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
     assert 0.05 < want.min() and want.max() < 0.999  # a non-trivial range
-    assert sweep.eim_reliability(sums, counts, sigma=sigma) == pytest.approx(
+    assert split_half.eim_reliability(sums, counts, sigma=sigma) == pytest.approx(
       np.percentile(want, 10), rel=1e-9
     )
   # sigma=None is the clustering's smoothing, max(H, W) / 32.
   np.testing.assert_allclose(
-    sweep.channel_reliability(sums, counts), _numpy_reliability(sums, counts, 24 / 32), rtol=1e-9
+    split_half.channel_reliability(sums, counts), _numpy_reliability(sums, counts, 24 / 32), rtol=1e-9
   )
   # Equal halves: the classical Spearman–Brown 2r / (1 + r).
   r = np.linspace(-0.5, 1.0, 13)
   np.testing.assert_allclose(
-    sweep.spearman_brown(r, 64, 64), np.where(r > 0, 2 * r / (1 + r), 0.0), rtol=1e-12
+    split_half.spearman_brown(r, 64, 64), np.where(r > 0, 2 * r / (1 + r), 0.0), rtol=1e-12
   )
   # A channel constant in both halves counts as reliable and is left out of the
   # common pattern; constant in one half only, it counts as 0.
   flat = sums.copy()
   flat[:, 0] = 0.0
-  rel = sweep.channel_reliability(flat, counts)
+  rel = split_half.channel_reliability(flat, counts)
   assert rel[0] == 1.0
   np.testing.assert_allclose(rel[1:], _numpy_reliability(sums[:, 1:], counts, 24 / 32), rtol=1e-9)
   flat[1::2, 1] = 0.0
-  assert sweep.channel_reliability(flat, counts)[1] == 0.0
+  assert split_half.channel_reliability(flat, counts)[1] == 0.0
   # One channel: no relative pattern to estimate.
-  assert sweep.channel_reliability(sums[:, :1], counts).tolist() == [1.0]
+  assert split_half.channel_reliability(sums[:, :1], counts).tolist() == [1.0]
 
 
 def _relative_patterns(maps):
@@ -113,7 +113,7 @@ def test_reliability_predicts_the_full_maps_agreement_with_the_truth():
   counts = np.array([5, 5, 5, 5, 5, 5, 5])  # halves of 20 and 15 pairs
   per_pair = truth[None] + noise_sd[None, :, None, None] * rng.normal(size=(35, 6, 64, 64))
   sums = np.stack([per_pair[5 * b : 5 * b + 5].sum(0) for b in range(7)])
-  got = sweep.channel_reliability(sums, counts, sigma=0)
+  got = split_half.channel_reliability(sums, counts, sigma=0)
   full, true = _relative_patterns(per_pair.mean(0)), _relative_patterns(truth)
   want = [np.corrcoef(full[c], true[c])[0, 1] ** 2 for c in range(6)]
   np.testing.assert_allclose(got, want, atol=0.03)
