@@ -20,7 +20,8 @@
    unless ``n_boot=0``.
 3. **Modules**: `clustering.cluster_channels` of the EIMs with that K.
 
-Every argument is checked here, before any work; the steps trust them.
+Every argument is checked before any work: here, by the block sweep's `sweep.SweepConfig`
+or by `interventions.elementary_influence_maps`; the steps trust them.
 """
 
 from __future__ import annotations
@@ -142,7 +143,6 @@ def find_modules(
   gen.site_index(site)
   c = gen.site_shape(site)[-1]
   seed = check_seed(seed, "seed")
-  pair_seed = seed if pair_seed is None else check_seed(pair_seed, "pair_seed")
   if method not in clustering.METHODS:
     raise ValueError(f"method must be one of {clustering.METHODS}, got {method!r}")
   if not _is_int(n_boot) or n_boot < 0 or n_boot == 1:
@@ -196,11 +196,11 @@ def find_modules(
     if block_pairs > n_pairs:
       raise ValueError(f"block_pairs={block_pairs} exceeds n_pairs={n_pairs}")
     n_groups = -(-n_pairs // block_pairs)
-  else:  # a SweepConfig checks its fields when made
+  else:  # a SweepConfig checks its fields when made (pair_seed as its seed)
     cfg = SweepConfig(
       n_pairs=n_pairs,
       block_pairs=block_pairs,
-      seed=pair_seed,
+      seed=seed if pair_seed is None else pair_seed,
       pair_chunk=pair_chunk,
       mask_chunk=mask_chunk,
       target_reliability=target_reliability,

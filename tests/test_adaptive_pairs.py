@@ -73,7 +73,9 @@ def test_reliability_matches_numpy():
     )
   # sigma=None is the clustering's smoothing, max(H, W) / 32.
   np.testing.assert_allclose(
-    split_half.channel_reliability(sums, counts), _numpy_reliability(sums, counts, 24 / 32), rtol=1e-9
+    split_half.channel_reliability(sums, counts),
+    _numpy_reliability(sums, counts, 24 / 32),
+    rtol=1e-9,
   )
   # Equal halves: the classical Spearman–Brown 2r / (1 + r).
   r = np.linspace(-0.5, 1.0, 13)

@@ -87,7 +87,7 @@ def test_pairs_from_a_key_and_given_groups(gen):
     (dict(n_boot=1), "n_boot"),
     (dict(k=2, n_boot=-1), "n_boot"),
     (dict(seed=-1), "seed"),
-    (dict(pair_seed=1.5), "pair_seed"),
+    (dict(pair_seed=1.5), "seed"),
     (dict(percentile=100), "percentile"),
     (dict(sigma=-1.0), "sigma"),
     (dict(rule="gap"), "rule"),

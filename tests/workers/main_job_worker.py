@@ -62,11 +62,12 @@ def install_kill_hook(phase: str) -> None:
 
     sweep._save_block = save_then_die
   elif phase == "clustering":
+    from cfmod_jax import clustering
 
     def die(*args, **kwargs):
       _die()
 
-    analysis.clustering.cluster_channels = die
+    clustering.cluster_channels = die
   elif phase == "figures":
     from cfmod_jax import fileio
 
