@@ -2,12 +2,13 @@
 
 `fit_site`: the modules of one network (`modules.find_modules`) and, on fresh
 evaluation pairs, the influence maps of the modules and of random partitions of the
-same sizes (one batched call). `metric_entries`: from the module maps and null maps of the trained network (and of the untrained
-baseline, on the same pairs): each metric's value, confidence interval and effect
-over the random-partition null (`metrics.effect_vs_null`), the untrained network's,
-the difference between the two, and the verdicts ``beyond_null``,
-``beyond_untrained`` and ``evidence``. All statistics are `cfmod_jax.metrics`; this
-module only arranges them into the ``metrics.json`` entries.
+same sizes (one batched call). `metric_entries`: from the module maps and null maps
+of the trained network (and of the untrained baseline, on the same pairs), each
+metric's value, confidence interval and effect over the random-partition null
+(`metrics.effect_vs_null`), the untrained network's, the difference between the two,
+and the verdicts ``beyond_null``, ``beyond_untrained`` and ``evidence``. All
+statistics are `cfmod_jax.metrics`; this module only arranges them into the
+``metrics.json`` entries.
 """
 
 from __future__ import annotations
@@ -82,15 +83,8 @@ def fit_site(
     cache_dir=cache_dir,
     fingerprint=fingerprint,
   )
-  eims, groups, k, curve, clus, labels = (
-    mods.eims,
-    mods.eim_groups,
-    mods.k,
-    mods.curve,
-    mods.clustering,
-    mods.labels,
-  )
-  logging.info("%s site %s: K=%d (stability %.3f)", gen.name, site, k, curve[k][0])
+  eims, k, labels = mods.eims, mods.k, mods.labels
+  logging.info("%s site %s: K=%d (stability %.3f)", gen.name, site, k, mods.curve[k][0])
   common = dict(sigma=cfg.sigma, percentile=cfg.percentile)
   other = clustering.cluster_channels(
     eims, k, "kmeans" if cfg.method == "nmf" else "nmf", seed=cfg.seed, **common
@@ -118,10 +112,10 @@ def fit_site(
   )
   return SiteFit(
     eims,
-    groups,
-    int(k),
-    curve,
-    clus,
+    mods.eim_groups,
+    k,
+    mods.curve,
+    mods.clustering,
     labels,
     float(adjusted_rand_score(labels, other.labels)),
     supports,

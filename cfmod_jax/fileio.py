@@ -261,7 +261,7 @@ def write_manifest(
     out_dir: the run's output folder (created).
     settings: everything the results depend on (a JSON-able dict; values that
       JSON cannot hold are written with `str`).
-    fingerprint: the generator's fingerprint (`cfmod_jax.sweep.generator_fingerprint`).
+    fingerprint: the generator's fingerprint (`cfmod_jax.fingerprint.generator_fingerprint`).
   The file holds ``{"format", "settings", "fingerprint", "written"}``.
   """
   if not isinstance(settings, Mapping):
