@@ -36,7 +36,7 @@ __all__ = [
 
 
 def site_files(k: int, untrained: bool, factor_figure: bool, stability: bool) -> list[str]:
-  """Names of the files a finished site folder holds (`analyze_site`)."""
+  """Names of the files a finished site folder holds (`write_site`)."""
   names = ["eims.png", "templates.png", "module_maps.png", "analysis.npz"]
   names += [f"hybrids_module{j}.png" for j in range(k)]
   names += ["untrained_module_maps.png"] * untrained + ["factor_transfer.png"] * factor_figure

@@ -358,8 +358,8 @@ def test_main_job_off_is_unchanged_and_on_records_the_sweep(gen, tmp_path):
 
 
 def test_main_job_precision_is_recorded_and_reaches_the_sweep(gen, tmp_path):
-  """precision='bfloat16': recorded in metrics.json and the manifest (absent at
-  float32), the sweep's EIMs differ from float32's by bf16 rounding only; a bad
+  """precision='bfloat16': recorded in metrics.json and the manifest (as float32
+  is), the sweep's EIMs differ from float32's by bf16 rounding only; a bad
   value is refused before any work, naming the field."""
   cache = str(tmp_path / "cache")
   analysis.run(gen, TINY, str(tmp_path / "f32"), cache)
@@ -367,7 +367,7 @@ def test_main_job_precision_is_recorded_and_reaches_the_sweep(gen, tmp_path):
   analysis.run(gen, bf, str(tmp_path / "bf16"), cache)
   f32, _, f32_arrays = _outputs(str(tmp_path / "f32"))
   got, manifest, arrays = _outputs(str(tmp_path / "bf16"))
-  assert "precision" not in f32["config"]
+  assert f32["config"]["precision"] == "float32"
   assert got["config"]["precision"] == manifest["settings"]["config"]["precision"] == "bfloat16"
   assert got["config"]["pair_chunk"] is None
   a, b = f32_arrays["eim_groups"], arrays["eim_groups"]

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import cfmod_jax as cf
-from cfmod_jax import fingerprint, sweep
+from cfmod_jax import fingerprint
 from cfmod_jax.fingerprint import generator_fingerprint
 from cfmod_jax.sweep import SweepConfig, eim_sweep
 from experiments import _specs as specs
@@ -380,14 +380,14 @@ def test_fingerprint_of_unreadable_code_uses_code_version(monkeypatch):
   gen = mod.make_generator()
   with pytest.warns(fingerprint.CodeFingerprintWarning, match=r"set the generator's code_version"):
     salted = generator_fingerprint(gen)
-  monkeypatch.setattr(sweep, "_PROCESS_SALT", "another process")
+  monkeypatch.setattr(fingerprint, "_PROCESS_SALT", "another process")
   with pytest.warns(fingerprint.CodeFingerprintWarning):
     assert generator_fingerprint(gen) != salted
   gen.code_version = "v1"
   with warnings.catch_warnings():
     warnings.simplefilter("error")
     v1 = generator_fingerprint(gen)
-    monkeypatch.setattr(sweep, "_PROCESS_SALT", "a third process")
+    monkeypatch.setattr(fingerprint, "_PROCESS_SALT", "a third process")
     assert generator_fingerprint(gen) == v1
     gen.code_version = "v2"
     assert generator_fingerprint(gen) != v1
