@@ -196,7 +196,7 @@ class Generator:
       ``"celeba"``, …; from a checkpoint's ``checkpoint.json``), or None
       (generators built in code, random initialisations).
     code_version: a version string of the generator's code, part of
-      `cfmod_jax.fingerprint.generator_fingerprint` (needed where Python cannot read the
+      `cfmod_jax.sweep.generator_fingerprint` (needed where Python cannot read the
       source of the generator's classes, e.g. classes made in ``exec``; bump it
       when such code changes so that cached results are not reused).
 
