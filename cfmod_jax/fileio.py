@@ -12,8 +12,8 @@ read and may be deleted.
 Helpers:
 
 * `atomic_write_bytes`, `atomic_write_text`, `atomic_write_json` — whole files.
-* `atomic_savez` — ``np.savez_compressed`` (or ``np.savez``) into a temporary
-  file, then rename.
+* `atomic_savez` — an ``.npz`` like ``np.savez_compressed`` (or ``np.savez``),
+  bitwise reproducible (fixed member dates), into a temporary file, then rename.
 * `atomic_path` — a context manager yielding a temporary path for writers that
   want a file name (matplotlib ``savefig``, PIL ``Image.save``); the path keeps
   the destination's extension so format detection still works::
@@ -38,6 +38,7 @@ import os
 import socket
 import tempfile
 import time
+import zipfile
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -141,15 +142,25 @@ def atomic_write_json(
   return atomic_write_text(path, text)
 
 
+_ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # fixed member dates: the same arrays give the same bytes
+
+
 def atomic_savez(path: str | os.PathLike, *, compress: bool = True, **arrays: ArrayLike) -> str:
   """``np.savez_compressed(path, **arrays)`` (``np.savez`` if ``compress`` is
-  False), written atomically. ``path`` is used exactly as given (numpy's habit
-  of appending ``.npz`` does not apply). Returns ``path``."""
-  save = np.savez_compressed if compress else np.savez
+  False), written atomically and bitwise reproducibly: numpy stamps each member
+  with the current time, here every member has one fixed date. `np.load` reads it
+  like any ``.npz``. ``path`` is used exactly as given (numpy's habit of appending
+  ``.npz`` does not apply). Returns ``path``."""
   path = os.fspath(path)
+  kind = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
   with atomic_path(path) as tmp:
-    with open(tmp, "wb") as f:
-      save(f, **arrays)
+    with zipfile.ZipFile(tmp, "w", compression=kind) as zf:
+      for name, value in arrays.items():
+        info = zipfile.ZipInfo(name + ".npy", date_time=_ZIP_DATE)
+        info.compress_type = kind
+        info.external_attr = 0o644 << 16
+        with zf.open(info, "w", force_zip64=True) as f:
+          np.lib.format.write_array(f, np.asanyarray(value), allow_pickle=False)
   return path
 
 
@@ -250,7 +261,7 @@ def write_manifest(
     out_dir: the run's output folder (created).
     settings: everything the results depend on (a JSON-able dict; values that
       JSON cannot hold are written with `str`).
-    fingerprint: the generator's fingerprint (`cfmod_jax.sweep.generator_fingerprint`).
+    fingerprint: the generator's fingerprint (`cfmod_jax.fingerprint.generator_fingerprint`).
   The file holds ``{"format", "settings", "fingerprint", "written"}``.
   """
   if not isinstance(settings, Mapping):

@@ -9,8 +9,7 @@ restarted with the same arguments loads the finished blocks and computes only th
 rest; blocks are added up in a fixed order, so the maps are bitwise identical to
 an uninterrupted run. A damaged block (empty, truncated, a flipped byte, wrong
 array names, shape, dtype or count, checksum mismatch) is recomputed with a
-`CacheBlockWarning` naming the file; it never stops a resume. Blocks written
-before checksums were added are still used when all other checks pass.
+`CacheBlockWarning` naming the file; it never stops a resume.
 
 ``<key>`` is a content hash of everything the numbers depend on: the generator's
 code, architecture and every weight (`generator_fingerprint`), the site, seed, pair counts, chunk sizes and
@@ -37,27 +36,19 @@ decision.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
-import inspect
 import json
 import os
-import re
-import sys
 import time
 import warnings
 
-import flax.linen as nn
 import jax
 import numpy as np
 from absl import logging
-from flax import nnx
-from numpy.typing import ArrayLike
-from scipy.ndimage import gaussian_filter
 
-from cfmod_jax._validate import check_chunk, check_positive_int, check_seed, check_sigma
-from cfmod_jax.clustering import default_sigma
+from cfmod_jax._validate import check_chunk, check_positive_int, check_seed
 from cfmod_jax.fileio import atomic_savez, atomic_write_json
+from cfmod_jax.fingerprint import generator_fingerprint
 from cfmod_jax.generator import Generator, check_generator
 from cfmod_jax.interventions import (
   DEFAULT_MASK_CHUNK,
@@ -65,164 +56,14 @@ from cfmod_jax.interventions import (
   elementary_influence_map_sums,
 )
 from cfmod_jax.precision import DEFAULT_PRECISION, check_precision
+from cfmod_jax.split_half import eim_reliability
 
 _FORMAT_VERSION = 1
-
-
-# Libraries whose classes count by their version, not their source.
-_LIBRARIES = ("flax", "jax", "jaxlib", "numpy", "optax", "builtins", "abc", "typing", "functools")
-# Salt of fingerprints whose code cannot be read: results are then never reused by
-# another process (a warning says to set `Generator.code_version`).
-_PROCESS_SALT = os.urandom(16).hex()
-_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+|0x[0-9a-fA-F]{6,}")
-
-
-def _module_classes(gen: Generator) -> set[type]:
-  """Every class whose code runs in ``gen``'s forward pass: the Flax module classes
-  of its module tree (Linen: each module whose method is called while
-  ``gen.generate`` is traced, abstractly; NNX: every node of the model), with
-  their base classes, plus the class of ``gen`` itself."""
-  classes: set[type] = {type(gen)}
-  module = gen.module
-  if isinstance(module, nnx.GraphDef):
-    state = [s for s in (getattr(gen, "_rng_state", None), gen.variables) if s is not None]
-    model = nnx.merge(module, *state)
-    classes.update(type(m) for _, m in nnx.iter_modules(model))
-  else:
-    classes.add(type(module))
-
-    def record(next_fun, args, kwargs, context):
-      classes.add(type(context.module))
-      return next_fun(*args, **kwargs)
-
-    z = jax.ShapeDtypeStruct((1, *gen.latent_shape), jax.numpy.float32)
-    try:
-      # A new function object each time: `jax.eval_shape` shares jit's trace cache, so
-      # after ``jax.jit(gen.generate)`` ran on one latent (``gen(z[:1])``) the bound
-      # method itself would not be traced again and no module call would be seen.
-      with nn.intercept_methods(record):
-        jax.eval_shape(lambda v, x: gen.generate(v, x), gen.variables, z)
-    except Exception:  # pylint: disable=broad-except
-      pass  # not traceable from one latent: the classes of its fields still count
-    for value in _fields(module):
-      classes.add(type(value))
-  return {base for cls in classes for base in cls.__mro__}
-
-
-def _fields(module, depth: int = 0):
-  """Linen submodules held in ``module``'s dataclass fields (lists, dicts), recursively."""
-  if depth > 8:
-    return
-  values = (
-    [
-      getattr(module, f.name, None)
-      for f in dataclasses.fields(module)
-      if f.name not in ("parent", "name")
-    ]
-    if dataclasses.is_dataclass(module)
-    else []
-  )
-  while values:
-    value = values.pop()
-    if isinstance(value, (list, tuple)):
-      values.extend(value)
-    elif isinstance(value, dict):
-      values.extend(value.values())
-    elif isinstance(value, nn.Module):
-      yield value
-      yield from _fields(value, depth + 1)
-
-
-def _code_of(gen: Generator) -> tuple[list[str], list[str]]:
-  """``(code, unreadable)``: for each Python module defining a class of
-  `_module_classes` (or ``gen``'s latent sampler), ``'<module>:<sha256 of its
-  source>'``; library modules count as ``'<library>==<version>'``. ``unreadable``
-  names the classes whose source Python cannot read."""
-  objects = list(_module_classes(gen))
-  sampler = getattr(gen, "_latent_sampler", None)
-  while isinstance(sampler, functools.partial):
-    sampler = sampler.func
-  if sampler is not None:
-    objects.append(sampler)
-  code, unreadable = set(), []
-  for obj in objects:
-    modname = getattr(obj, "__module__", None) or "?"
-    top = modname.split(".")[0]
-    if top in _LIBRARIES or top in sys.stdlib_module_names:
-      version = getattr(sys.modules.get(top), "__version__", None)
-      if version:
-        code.add(f"{top}=={version}")
-      continue
-    try:
-      pymod = sys.modules.get(modname)
-      source = inspect.getsource(pymod) if pymod is not None else inspect.getsource(obj)
-    except (OSError, TypeError):
-      try:  # e.g. a module without a file whose class has a readable definition
-        source = inspect.getsource(obj)
-      except (OSError, TypeError):
-        unreadable.append(f"{modname}.{getattr(obj, '__qualname__', repr(obj))}")
-        continue
-    # The module's name is left out: the same file imported under another name
-    # (a path form `file.py:factory`) is the same code.
-    code.add(f"source:{hashlib.sha256(source.encode()).hexdigest()}")
-  return sorted(code), sorted(unreadable)
-
-
-def generator_fingerprint(gen: Generator) -> str:
-  """sha256 of everything a generator's images depend on: its code, settings and weights.
-
-  * **code**: the full source of every Python module that defines a Flax module
-    class of the generator (Linen: each module called in the forward pass, found
-    by tracing it abstractly; NNX: each node of the model; wrapped generators:
-    the wrapped model's), of their base classes, of ``type(gen)`` and of the
-    latent sampler; library classes (flax…) count by the library's version; plus
-    ``gen.code_version`` when set. Functions imported from *other* modules that
-    define no such class are not seen: set ``code_version`` if they change.
-    Where Python cannot read a source (classes made by ``exec`` or typed into
-    ``python -c``) and ``code_version`` is not set, a per-process salt is used and
-    a warning is given: results are then not reused by another process.
-  * **settings**: ``repr(gen.module)`` (the fields; memory addresses removed),
-    ``gen.sites`` and ``gen.latent_shape``.
-  * **weights**: every array of ``gen.variables`` (path, dtype, shape, bytes).
-
-  Deterministic across processes (nothing depends on ids or hash seeds).
-  """
-  h = hashlib.sha256()
-  h.update(b"cfmod_jax.fingerprint/2\0")
-  code, unreadable = _code_of(gen)
-  code_version = getattr(gen, "code_version", None)
-  if unreadable and code_version is None:
-    warnings.warn(
-      f"the source of {', '.join(unreadable[:5])} cannot be read, so cached results of "
-      f"{gen.name} are not reused by another process; set the generator's code_version "
-      "(e.g. gen.code_version = 'v2') to a string that changes with its code",
-      CodeFingerprintWarning,
-      stacklevel=2,
-    )
-    code.append(f"unreadable:{_PROCESS_SALT}")
-  for item in code:
-    h.update(item.encode() + b"\0")
-  h.update(f"code_version={code_version!r}\0".encode())
-  h.update(_ADDRESS.sub("", repr(gen.module)).encode() + b"\0")
-  h.update(f"sites={tuple(gen.sites)!r};latent_shape={tuple(gen.latent_shape)!r}\0".encode())
-  leaves = jax.tree_util.tree_flatten_with_path(gen.variables)[0]
-  for path, leaf in leaves:
-    arr = np.ascontiguousarray(np.asarray(leaf))
-    h.update(jax.tree_util.keystr(path).encode())
-    h.update(f"{arr.dtype}{arr.shape}".encode())
-    h.update(arr.tobytes())
-  return h.hexdigest()
-
-
-class CodeFingerprintWarning(UserWarning):
-  """A generator's code cannot be read: its results are not reused across processes."""
 
 
 #: Fields of `SweepConfig` that decide how many blocks are used, not what a block
 #: holds: they are left out of the cache key, so adaptive and full sweeps share blocks.
 ADAPTIVE_FIELDS = ("target_reliability", "min_blocks")
-#: Channel quantile of `eim_reliability` (the share of channels allowed below the target).
-RELIABILITY_QUANTILE = 0.1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -232,9 +73,8 @@ class SweepConfig:
   ``n_pairs`` pairs in blocks of ``block_pairs`` (the last one may be smaller),
   latents from ``seed``; ``pair_chunk``, ``mask_chunk`` (None: chosen from the
   device's memory), ``method`` and ``precision`` as in
-  `interventions.elementary_influence_map_sums`. A non-float32 ``precision``
-  enters the cache key (bf16 blocks are never mixed with float32 ones); float32
-  keeps the key of versions without the field.
+  `interventions.elementary_influence_map_sums`. ``precision`` enters the cache
+  key (bf16 blocks are never mixed with float32 ones).
 
   Adaptive pairs (opt-in): with ``target_reliability`` t (0 < t < 1) the sweep
   stops after the first block b ≥ ``min_blocks`` − 1 at which `eim_reliability` of
@@ -253,7 +93,11 @@ class SweepConfig:
   min_blocks: int = 2
   precision: str = DEFAULT_PRECISION
 
+  def __post_init__(self):
+    self.check()
+
   def check(self) -> None:
+    """ValueError naming the first bad field (run on construction)."""
     for name in ("n_pairs", "block_pairs"):
       check_positive_int(getattr(self, name), name)
     for name in ("pair_chunk", "mask_chunk"):
@@ -332,8 +176,6 @@ def _block_fields(cfg: SweepConfig) -> dict:
   fields = dataclasses.asdict(cfg)
   for name in ADAPTIVE_FIELDS:
     fields.pop(name)
-  if fields["precision"] == DEFAULT_PRECISION:  # keys of float32 sweeps as before the field
-    fields.pop("precision")
   return fields
 
 
@@ -381,9 +223,8 @@ def _read_block(path: str, shape, count: int) -> np.ndarray:
   """A finished block's sums; ValueError saying what is wrong with the file.
 
   Checks: a readable .npz (zip CRC included), arrays ``sums`` (float32 of
-  ``shape``, finite) and ``count`` (== the block's pairs), and — for blocks
-  written since checksums were added — the stored sha256 of the content.
-  Blocks from before (no ``sha256``) are accepted when every other check passes.
+  ``shape``, finite), ``count`` (== the block's pairs) and ``sha256`` (the stored
+  sha256 of the content).
   """
   with open(path, "rb") as f:  # our own handle: numpy leaks its own on a bad zip
     size = os.fstat(f.fileno()).st_size
@@ -396,10 +237,10 @@ def _read_block(path: str, shape, count: int) -> np.ndarray:
         names = list(data.files)
     except Exception as e:  # zipfile.BadZipFile, OSError, EOFError, ValueError...
       raise ValueError(f"unreadable ({type(e).__name__}: {e})") from e
-  missing = {"sums", "count"} - set(arrays)
+  missing = {"sums", "count", "sha256"} - set(arrays)
   if missing:
     raise ValueError(f"missing array(s) {sorted(missing)} (has {sorted(names)})")
-  sums, stored_count, digest = arrays["sums"], arrays["count"], arrays.get("sha256")
+  sums, stored_count, digest = arrays["sums"], arrays["count"], arrays["sha256"]
   if sums.dtype != np.float32 or sums.shape != tuple(shape):
     raise ValueError(f"sums is {sums.dtype}{list(sums.shape)}, expected float32{list(shape)}")
   if (
@@ -408,7 +249,7 @@ def _read_block(path: str, shape, count: int) -> np.ndarray:
     or int(stored_count) != count
   ):
     raise ValueError(f"count is {stored_count!r}, expected {count}")
-  if digest is not None and (digest.shape != () or str(digest) != _block_digest(sums, count)):
+  if digest.shape != () or str(digest) != _block_digest(sums, count):
     raise ValueError("its sha256 does not match its content")
   if not np.all(np.isfinite(sums)) or np.any(sums < 0):
     raise ValueError("sums contain NaN, inf or negative values")
@@ -429,134 +270,6 @@ def _load_block(path: str, shape, count: int) -> np.ndarray | None:
     return None
 
 
-# ---- the stopping rule of adaptive sweeps ------------------------------------------------
-def spearman_brown(r: ArrayLike, n1: float, n2: float) -> np.ndarray:
-  """Reliability of the mean over ``n1 + n2`` pairs from the correlation ``r`` of
-  the means over two disjoint sets of ``n1`` and ``n2`` pairs.
-
-  Model: each half's map is the population map plus independent noise of variance
-  σ²/n (n pairs), so ``r = 1/√((1 + a/n1)(1 + a/n2))`` with ``a = σ²/s²`` (noise
-  over signal variance of one pair); solved for ``a``, the full set's reliability
-  (its correlation² with the population map, the signal share of its variance) is
-  ``N / (N + a)``, N = n1 + n2. With ``n1 == n2`` this is the Spearman–Brown
-  formula ``2r / (1 + r)``. ``r ≤ 0`` gives 0, ``r ≥ 1`` gives 1.
-  """
-  r = np.asarray(r, np.float64)
-  n1, n2 = float(n1), float(n2)
-  rc = np.clip(np.nan_to_num(r, nan=0.0), 1e-12, 1.0)  # r ≤ 0 is handled below
-  p, q, c = 1.0 / (n1 * n2), 1.0 / n1 + 1.0 / n2, 1.0 / rc**2 - 1.0  # p·a² + q·a = c
-  a = 2.0 * c / (q + np.sqrt(q * q + 4.0 * p * c))  # the root ≥ 0, without cancellation
-  out = (n1 + n2) / (n1 + n2 + a)
-  return np.where(r <= 0, 0.0, np.where(r >= 1, 1.0, out))
-
-
-def _check_blocks(block_sums: ArrayLike, counts: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
-  sums = np.asarray(block_sums)
-  if sums.ndim != 4 or sums.shape[0] < 2 or not np.issubdtype(sums.dtype, np.floating):
-    raise ValueError(
-      f"block_sums must be float [B, C, H, W] with B ≥ 2 blocks, got {sums.dtype}{sums.shape}"
-    )
-  cnt = np.asarray(counts)
-  if cnt.shape != (sums.shape[0],) or not np.issubdtype(cnt.dtype, np.integer) or np.any(cnt < 1):
-    raise ValueError(
-      f"counts must be positive integers of shape [{sums.shape[0]}] (pairs per block), "
-      f"got {cnt.dtype}{cnt.shape}"
-    )
-  return sums, cnt
-
-
-def channel_reliability(
-  block_sums: ArrayLike, counts: ArrayLike, sigma: float | None = None
-) -> np.ndarray:
-  """Split-half reliability of each channel's *relative* EIM pattern over the blocks given.
-
-  Args:
-    block_sums: float [B, C, H, W], B ≥ 2: per block, the EIM sums of its pairs
-      (any per-block scale common to all channels, e.g. ``eim_groups · counts``).
-    counts: int [B]: pairs per block.
-    sigma: Gaussian smoothing in pixels (over H, W only); None:
-      `clustering.default_sigma`, the smoothing the clustering applies; 0: none.
-
-  Returns:
-    float64 [C] in [0, 1]. The pairs are split into two halves, the even blocks
-    (0, 2, …) and the odd ones (1, 3, …). In each half every channel's EIM is
-    smoothed, centred over pixels and scaled to unit norm (as the clustering
-    scales it), and the mean of these maps over the channels (the pattern the
-    site's channels share) is subtracted. The Pearson correlation of a channel's
-    residual between the two halves is projected to the map of all the pairs with
-    `spearman_brown` (halves of unequal pair counts handled exactly). A channel
-    whose map, or residual, is zero in both halves counts as 1 (nothing to
-    estimate), in one half only as 0.
-  """
-  sums, cnt = _check_blocks(block_sums, counts)
-  _, c, h, w = sums.shape
-  s = check_sigma(sigma, default_sigma((h, w)))
-  halves = []
-  for part in (slice(0, None, 2), slice(1, None, 2)):
-    m = sums[part].astype(np.float64).sum(0) / float(cnt[part].sum())
-    if s > 0:
-      m = gaussian_filter(m, sigma=(0.0, s, s), mode="reflect")
-    m = m.reshape(c, -1)
-    halves.append(m - m.mean(axis=1, keepdims=True))
-  var = [(m * m).sum(1) for m in halves]
-  tiny = 1e-20 * max(v.max() for v in var)  # round-off of a constant map
-  residuals, zero = [], []
-  for m, v in zip(halves, var):
-    alive = v > tiny
-    units = m[alive] / np.sqrt(v[alive])[:, None]
-    common = units.mean(0) if alive.any() else np.zeros(m.shape[1])
-    norm = np.linalg.norm(common)
-    if norm > 0:  # the shared direction is projected out of every map
-      common = common / norm
-      m = m - (m @ common)[:, None] * common[None, :]
-    r2 = (m * m).sum(1)
-    residuals.append(m)
-    zero.append(~alive | (r2 <= 1e-20 * v))
-  (a, b), (zero_a, zero_b) = residuals, zero
-  one_zero = zero_a | zero_b
-  r = np.where(
-    one_zero,
-    0.0,
-    (a * b).sum(1) / np.sqrt(np.where(one_zero, 1.0, (a * a).sum(1) * (b * b).sum(1))),
-  )
-  rel = spearman_brown(r, cnt[0::2].sum(), cnt[1::2].sum())
-  return np.where(zero_a & zero_b, 1.0, rel)
-
-
-def eim_reliability(
-  block_sums: ArrayLike,
-  counts: ArrayLike,
-  sigma: float | None = None,
-  quantile: float = RELIABILITY_QUANTILE,
-) -> float:
-  """The stopping statistic of adaptive sweeps: the ``quantile`` (default 0.1)
-  over channels of `channel_reliability`, i.e. the reliability that 90 % of the
-  channels reach.
-
-  Why this statistic: the clustering (`clustering.preprocess_eims`) smooths each
-  map, scales it to unit norm and groups the channels by how their map *patterns*
-  differ; a channel's overall strength does not count, and neither does what all
-  the channels of the site share (e.g. every channel of a face generator acting
-  most on the face). So the statistic correlates, between two disjoint halves of
-  the pairs, each channel's smoothed map with the site's shared pattern projected
-  out: Pearson correlation ignores scale and offset like the clustering, and a
-  common pattern cannot make a noisy channel look reliable (with it left in, the
-  shipped DCGAN's block1 reaches 0.92 at 96 pairs; without, 0.83). Projecting out,
-  rather than subtracting the mean unit-norm map, keeps the estimate unbiased when
-  channels differ in noise (tests/test_adaptive_pairs.py checks it against the
-  truth on simulated maps). The Spearman–Brown projection turns the
-  half-split correlation into the reliability of the map made of all the pairs,
-  the one that is clustered. A low quantile rather than the mean or median: a
-  channel is mislabelled when *its* map is noisy, so the rule asks that nearly all
-  channels be reliable, while a few channels with almost no influence (pure noise
-  however many pairs) cannot hold the sweep at the maximum by themselves.
-  """
-  q = float(quantile)
-  if not 0 <= q <= 1:
-    raise ValueError(f"quantile must be in [0, 1], got {quantile!r}")
-  return float(np.quantile(channel_reliability(block_sums, counts, sigma), q))
-
-
 def broadcast_from_host0(x: np.ndarray) -> np.ndarray:
   """Process 0's value of ``x`` on every process (identity with one process)."""
   if jax.process_count() == 1:
@@ -570,12 +283,13 @@ def eim_sweep(
   gen: Generator,
   site: str,
   cfg: SweepConfig,
-  cache_dir: str,
+  cache_dir: str | None = None,
   *,
   fingerprint: str | None = None,
   log_every_s: float = 10.0,
 ) -> SweepResult:
-  """EIMs of ``site`` over ``cfg.n_pairs`` pairs, resumable from ``cache_dir``.
+  """EIMs of ``site`` over ``cfg.n_pairs`` pairs, resumable from ``cache_dir``
+  (None: no cache, every block is computed).
 
   Blocks are taken in order 0, 1, …: loaded from the cache when finished, else
   computed (one compiled call of `interventions.elementary_influence_map_sums`
@@ -586,19 +300,18 @@ def eim_sweep(
   """
   check_generator(gen, "gen")
   gen.site_index(site)
-  if not isinstance(cfg, SweepConfig):
+  if not isinstance(cfg, SweepConfig):  # a SweepConfig checks its fields when made
     raise ValueError(f"cfg must be a SweepConfig, got {type(cfg).__name__}")
-  cfg.check()
   fingerprint = fingerprint or generator_fingerprint(gen)
   key = sweep_key(fingerprint, site, cfg)
-  folder = os.path.join(cache_dir, "eims", key)
+  folder = None if cache_dir is None else os.path.join(cache_dir, "eims", key)
   h, w, _ = gen.image_shape
   shape = (gen.site_shape(site)[-1], h, w)
   is_host0 = jax.process_index() == 0
   n_blocks = cfg.n_blocks
-  paths = [os.path.join(folder, f"block_{b:05d}.npz") for b in range(n_blocks)]
+  paths = [folder and os.path.join(folder, f"block_{b:05d}.npz") for b in range(n_blocks)]
   loaded: dict[int, np.ndarray] = {}
-  if is_host0:
+  if is_host0 and folder is not None:
     os.makedirs(folder, exist_ok=True)
     atomic_write_json(
       os.path.join(folder, "config.json"),
@@ -639,7 +352,8 @@ def eim_sweep(
       )
       if is_host0:
         loaded[b] = np.asarray(sums[0])
-        _save_block(paths[b], loaded[b], cfg.block_size(b))
+        if folder is not None:
+          _save_block(paths[b], loaded[b], cfg.block_size(b))
       else:
         jax.block_until_ready(sums)
       computed += 1
@@ -714,17 +428,11 @@ def eim_sweep(
 __all__ = [
   "ADAPTIVE_FIELDS",
   "CacheBlockWarning",
-  "CodeFingerprintWarning",
   "SweepConfig",
   "SweepResult",
-  "RELIABILITY_QUANTILE",
   "block_latents",
   "broadcast_from_host0",
-  "channel_reliability",
   "check_target_reliability",
-  "eim_reliability",
   "eim_sweep",
-  "generator_fingerprint",
-  "spearman_brown",
   "sweep_key",
 ]

@@ -578,10 +578,10 @@ def precision_study(cfg: CheckConfig, log: Callable[..., None] = logging.info) -
   defaults) compared by the adjusted Rand index."""
   from sklearn.metrics import adjusted_rand_score  # pylint: disable=g-import-not-at-top
 
-  from cfmod_jax import analysis, clustering  # pylint: disable=g-import-not-at-top
+  from cfmod_jax import analysis  # pylint: disable=g-import-not-at-top
+  from cfmod_jax.modules import find_modules  # pylint: disable=g-import-not-at-top
 
   d = analysis.AnalysisConfig()
-  kw = dict(sigma=d.sigma, percentile=d.percentile)
   on_cpu = jax.devices()[0].platform == "cpu"
   others = [p for p in cfg.precisions if p != "float32" and not (on_cpu and p == "tf32")]
   out = []
@@ -591,19 +591,21 @@ def precision_study(cfg: CheckConfig, log: Callable[..., None] = logging.info) -
     for site in sites:
       c = gen.site_shape(site)[-1]
       key = jax.random.key(cfg.seed)
-      groups = {}
-      for p in ("float32", *others):
-        eims = cf.elementary_influence_maps(
-          gen, site, cfg.study_pairs, key, n_groups=cfg.study_groups, precision=p
-        )
-        groups[p] = np.asarray(eims)
       ks = [k for k in (cfg.study_k_values or d.k_values) if k <= c]
-      n_boot = cfg.study_n_boot or d.n_boot
+      kw = dict(
+        n_pairs=cfg.study_pairs,
+        block_pairs=cfg.study_pairs // cfg.study_groups,
+        method=d.method,
+        n_boot=cfg.study_n_boot or d.n_boot,
+        seed=d.seed,
+        sigma=d.sigma,
+        percentile=d.percentile,
+      )
       fits = {}
-      for p, g in groups.items():
-        k, _ = clustering.choose_k(g, ks, n_boot=n_boot, seed=d.seed, method=d.method, **kw)
-        fits[p] = (k, clustering.cluster_channels(g.mean(0), k, d.method, seed=d.seed, **kw))
-      k32, clus32 = fits["float32"]
+      for p in ("float32", *others):
+        fits[p] = find_modules(gen, site, key=key, k_values=ks, precision=p, **kw)
+      groups = {p: m.eim_groups for p, m in fits.items()}
+      k32, clus32 = fits["float32"].k, fits["float32"].clustering
       # The EIMs' own sampling noise: first half of the groups against the second half.
       half = cfg.study_groups // 2
       noise = prec.relative_errors(
@@ -611,8 +613,9 @@ def precision_study(cfg: CheckConfig, log: Callable[..., None] = logging.info) -
       )
       for p in others:
         err = prec.relative_errors(groups[p].mean(0), groups["float32"].mean(0))
-        k_p, clus_p = fits[p]
-        same_k = clustering.cluster_channels(groups[p].mean(0), k32, d.method, seed=d.seed, **kw)
+        k_p, clus_p = fits[p].k, fits[p].clustering
+        same_k = find_modules(gen, site, eim_groups=groups[p], k=k32, **{**kw, "n_boot": 0})
+        same_k = same_k.clustering
         rec = {
           "generator": name,
           "site": site,

@@ -12,7 +12,7 @@ import pytest
 from scipy.ndimage import gaussian_filter
 
 import cfmod_jax as cf
-from cfmod_jax import analysis, sweep
+from cfmod_jax import analysis, fingerprint, split_half, sweep
 from cfmod_jax.sweep import SweepConfig, eim_sweep
 
 SITE = "block3"  # 8 channels in the width-4 DCGAN
@@ -65,32 +65,34 @@ def test_reliability_matches_numpy():
   sums = np.abs(sums).astype(np.float32)
   for sigma in (0.0, 1.5):
     want = _numpy_reliability(sums, counts, sigma)
-    got = sweep.channel_reliability(sums, counts, sigma=sigma)
+    got = split_half.channel_reliability(sums, counts, sigma=sigma)
     np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
     assert 0.05 < want.min() and want.max() < 0.999  # a non-trivial range
-    assert sweep.eim_reliability(sums, counts, sigma=sigma) == pytest.approx(
+    assert split_half.eim_reliability(sums, counts, sigma=sigma) == pytest.approx(
       np.percentile(want, 10), rel=1e-9
     )
   # sigma=None is the clustering's smoothing, max(H, W) / 32.
   np.testing.assert_allclose(
-    sweep.channel_reliability(sums, counts), _numpy_reliability(sums, counts, 24 / 32), rtol=1e-9
+    split_half.channel_reliability(sums, counts),
+    _numpy_reliability(sums, counts, 24 / 32),
+    rtol=1e-9,
   )
   # Equal halves: the classical Spearman–Brown 2r / (1 + r).
   r = np.linspace(-0.5, 1.0, 13)
   np.testing.assert_allclose(
-    sweep.spearman_brown(r, 64, 64), np.where(r > 0, 2 * r / (1 + r), 0.0), rtol=1e-12
+    split_half.spearman_brown(r, 64, 64), np.where(r > 0, 2 * r / (1 + r), 0.0), rtol=1e-12
   )
   # A channel constant in both halves counts as reliable and is left out of the
   # common pattern; constant in one half only, it counts as 0.
   flat = sums.copy()
   flat[:, 0] = 0.0
-  rel = sweep.channel_reliability(flat, counts)
+  rel = split_half.channel_reliability(flat, counts)
   assert rel[0] == 1.0
   np.testing.assert_allclose(rel[1:], _numpy_reliability(sums[:, 1:], counts, 24 / 32), rtol=1e-9)
   flat[1::2, 1] = 0.0
-  assert sweep.channel_reliability(flat, counts)[1] == 0.0
+  assert split_half.channel_reliability(flat, counts)[1] == 0.0
   # One channel: no relative pattern to estimate.
-  assert sweep.channel_reliability(sums[:, :1], counts).tolist() == [1.0]
+  assert split_half.channel_reliability(sums[:, :1], counts).tolist() == [1.0]
 
 
 def _relative_patterns(maps):
@@ -113,7 +115,7 @@ def test_reliability_predicts_the_full_maps_agreement_with_the_truth():
   counts = np.array([5, 5, 5, 5, 5, 5, 5])  # halves of 20 and 15 pairs
   per_pair = truth[None] + noise_sd[None, :, None, None] * rng.normal(size=(35, 6, 64, 64))
   sums = np.stack([per_pair[5 * b : 5 * b + 5].sum(0) for b in range(7)])
-  got = sweep.channel_reliability(sums, counts, sigma=0)
+  got = split_half.channel_reliability(sums, counts, sigma=0)
   full, true = _relative_patterns(per_pair.mean(0)), _relative_patterns(truth)
   want = [np.corrcoef(full[c], true[c])[0, 1] ** 2 for c in range(6)]
   np.testing.assert_allclose(got, want, atol=0.03)
@@ -294,9 +296,9 @@ def _drop_seconds(d):
 def test_fingerprint_does_not_depend_on_earlier_calls(gen):
   """The generator's code is found by tracing it; a compiled call on one latent
   before (which shares jax's trace cache) must not hide its modules."""
-  before = sweep.generator_fingerprint(gen)
+  before = fingerprint.generator_fingerprint(gen)
   gen(gen.sample_latents(jax.random.key(0), 1))
-  assert sweep.generator_fingerprint(gen) == before
+  assert fingerprint.generator_fingerprint(gen) == before
 
 
 def test_main_job_off_is_unchanged_and_on_records_the_sweep(gen, tmp_path):
@@ -305,11 +307,7 @@ def test_main_job_off_is_unchanged_and_on_records_the_sweep(gen, tmp_path):
   analysis.run(gen, TINY, off_dir, cache)
   off, off_manifest, off_arrays = _outputs(off_dir)
   fields = {f.name for f in dataclasses.fields(analysis.AnalysisConfig)}
-  assert (
-    set(off["config"])
-    == set(off_manifest["settings"]["config"])
-    == fields - set(analysis.OPTIONAL_FIELDS)
-  )
+  assert set(off["config"]) == set(off_manifest["settings"]["config"]) == fields
   assert not any("eim_sweep" in site for site in off["sites"].values())
   # On, with a target no site reaches: every block used, so every number is the off
   # run's; only the setting and the records of the sweep are added.
@@ -318,6 +316,8 @@ def test_main_job_off_is_unchanged_and_on_records_the_sweep(gen, tmp_path):
   full, full_manifest, full_arrays = _outputs(all_dir)
   assert full["config"].pop("eim_target_reliability") == 0.9999
   assert full_manifest["settings"]["config"].pop("eim_target_reliability") == 0.9999
+  assert off["config"].pop("eim_target_reliability") is None
+  assert off_manifest["settings"]["config"].pop("eim_target_reliability") is None
   assert full_manifest["settings"] == off_manifest["settings"]
   entry = full["sites"][SITE].pop("eim_sweep")
   assert entry["pairs_used"] == entry["max_pairs"] == 12 and not entry["stopped_early"]
@@ -358,8 +358,8 @@ def test_main_job_off_is_unchanged_and_on_records_the_sweep(gen, tmp_path):
 
 
 def test_main_job_precision_is_recorded_and_reaches_the_sweep(gen, tmp_path):
-  """precision='bfloat16': recorded in metrics.json and the manifest (absent at
-  float32), the sweep's EIMs differ from float32's by bf16 rounding only; a bad
+  """precision='bfloat16': recorded in metrics.json and the manifest (as float32
+  is), the sweep's EIMs differ from float32's by bf16 rounding only; a bad
   value is refused before any work, naming the field."""
   cache = str(tmp_path / "cache")
   analysis.run(gen, TINY, str(tmp_path / "f32"), cache)
@@ -367,7 +367,7 @@ def test_main_job_precision_is_recorded_and_reaches_the_sweep(gen, tmp_path):
   analysis.run(gen, bf, str(tmp_path / "bf16"), cache)
   f32, _, f32_arrays = _outputs(str(tmp_path / "f32"))
   got, manifest, arrays = _outputs(str(tmp_path / "bf16"))
-  assert "precision" not in f32["config"]
+  assert f32["config"]["precision"] == "float32"
   assert got["config"]["precision"] == manifest["settings"]["config"]["precision"] == "bfloat16"
   assert got["config"]["pair_chunk"] is None
   a, b = f32_arrays["eim_groups"], arrays["eim_groups"]

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import cfmod_jax as cf
-from cfmod_jax import analysis, baselines, report
+from cfmod_jax import analysis, baselines, report, site_factors
 from cfmod_jax.lab import factors, quality
 from cfmod_jax.wrap import wrap_linen
 from experiments import _specs as specs
@@ -97,7 +97,9 @@ def test_factor_numbers_equal_direct_calls(faces_run):
     d = dict(data)
   masks = factors.factor_masks(d["labels"], k, n_null=n_null, seed=TINY.seed + 1)
   np.testing.assert_array_equal(d["factor_masks"], masks)
-  z1, z2 = analysis.factor_latents(gen, TINY.seed * 1000 + gen.site_index(SITE), TINY.factor_pairs)
+  z1, z2 = site_factors.factor_latents(
+    gen, TINY.seed * 1000 + gen.site_index(SITE), TINY.factor_pairs
+  )
   np.testing.assert_array_equal(d["factor_z1"], np.asarray(z1))
   np.testing.assert_array_equal(d["factor_z2"], np.asarray(z2))
   predict = quality.load_featnet().predict_fn()

@@ -14,11 +14,12 @@ import os
 import re
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
 
-from cfmod_jax import analysis, fileio
+from cfmod_jax import analysis, fileio, writer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(ROOT, "tests", "workers", "main_job_worker.py")
@@ -155,14 +156,14 @@ def test_different_run_is_refused_and_leaves_the_folder_unchanged(reference):
 def test_folder_without_manifest_is_refused(tmp_path):
   (tmp_path / "metrics.json").write_text("{}")
   with pytest.raises(analysis.OutputFolderError, match="without a run manifest"):
-    analysis.claim_output_folder(str(tmp_path), {"config": {"seed": 0}}, "abc")
+    writer.claim_output_folder(str(tmp_path), {"config": {"seed": 0}}, "abc")
   assert not (tmp_path / fileio.MANIFEST_FILE).exists()
   empty = tmp_path / "empty"
   empty.mkdir()
-  assert analysis.claim_output_folder(str(empty), {"config": {"seed": 0}}, "abc") is False
-  assert analysis.claim_output_folder(str(empty), {"config": {"seed": 0}}, "abc") is True
+  assert writer.claim_output_folder(str(empty), {"config": {"seed": 0}}, "abc") is False
+  assert writer.claim_output_folder(str(empty), {"config": {"seed": 0}}, "abc") is True
   with pytest.raises(analysis.OutputFolderError, match="generator fingerprint"):
-    analysis.claim_output_folder(str(empty), {"config": {"seed": 0}}, "abd")
+    writer.claim_output_folder(str(empty), {"config": {"seed": 0}}, "abd")
 
 
 def test_second_concurrent_run_gets_the_lock_error(reference):
@@ -178,17 +179,19 @@ def test_second_concurrent_run_gets_the_lock_error(reference):
 def test_stale_files_are_removed_only_when_output_like(tmp_path):
   for name in ("eims.png", "hybrids_module3.png", ".eims.png.x1.tmp.png", "notes.txt"):
     (tmp_path / name).write_bytes(b"x")
-  removed = analysis.remove_stale_files(str(tmp_path), analysis.site_files(2, False, False, False))
+  removed = writer.remove_stale_files(str(tmp_path), writer.site_files(2, False, False, False))
   assert removed == [".eims.png.x1.tmp.png", "hybrids_module3.png"]
   assert sorted(os.listdir(tmp_path)) == ["eims.png", "notes.txt"]
 
 
-def test_savez_deterministic_is_readable_and_reproducible(tmp_path):
+@pytest.mark.parametrize("compress", [True, False])
+def test_atomic_savez_is_readable_and_reproducible(tmp_path, compress):
   arrays = dict(a=np.arange(6.0).reshape(2, 3), b=np.array([1, 2], np.int32))
-  p1 = analysis.savez_deterministic(str(tmp_path / "x.npz"), **arrays)
+  p1 = fileio.atomic_savez(str(tmp_path / "x.npz"), compress=compress, **arrays)
   with open(p1, "rb") as f:
     first = f.read()
-  analysis.savez_deterministic(p1, **arrays)
+  time.sleep(2.1)  # zip member dates have a 2 s resolution: a clock-stamped file would differ
+  fileio.atomic_savez(p1, compress=compress, **arrays)
   with open(p1, "rb") as f:
     assert f.read() == first
   with np.load(p1) as z:

@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 
 import cfmod_jax as cf
-from cfmod_jax import sweep
-from cfmod_jax.sweep import SweepConfig, eim_sweep, generator_fingerprint
+from cfmod_jax import fingerprint
+from cfmod_jax.fingerprint import generator_fingerprint
+from cfmod_jax.sweep import SweepConfig, eim_sweep
 from experiments import _specs as specs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -121,9 +122,8 @@ def test_bad_sweep_config(tmp_path):
 
 
 def test_sweep_precision_and_auto_chunks(tmp_path):
-  """precision reaches the EIMs and (unless float32) the cache key; a float32
-  config keeps the key of versions without the field (its hash recomputed here
-  from the old payload); None chunks are valid and give the same float32 EIMs."""
+  """precision reaches the EIMs and the cache key (its hash recomputed here from
+  the payload); None chunks are valid and give the same float32 EIMs."""
   import dataclasses
   import hashlib
   import json
@@ -131,7 +131,7 @@ def test_sweep_precision_and_auto_chunks(tmp_path):
   gen = cf.init_generator("dcgan", seed=3, width=4, latent_dim=8)
   cfg = SweepConfig(n_pairs=8, block_pairs=4, seed=0, pair_chunk=4, mask_chunk=4)
   old = dataclasses.asdict(cfg)
-  for name in ("target_reliability", "min_blocks", "precision"):
+  for name in ("target_reliability", "min_blocks"):
     old.pop(name)
   payload = json.dumps(
     {"v": 1, "generator": generator_fingerprint(gen), "site": "block3", **old},
@@ -203,14 +203,17 @@ def _damages(shape):
   sums = np.ones(shape, np.float32)
   from cfmod_jax.sweep import _block_digest
 
+  h = np.array(_block_digest(sums, 2))
   return {
     "empty": _empty,
     "truncated": _truncate,
     "flipped_byte": _flip_byte,
-    "wrong_shape": _rewrite(sums=np.ones(shape[1:], np.float32), count=np.int64(2)),
-    "wrong_dtype": _rewrite(sums=sums.astype(np.float64), count=np.int64(2)),
-    "missing_array": _rewrite(other=sums, count=np.int64(2)),
-    "wrong_count": _rewrite(sums=sums, count=np.int64(3)),
+    "wrong_shape": _rewrite(sums=np.ones(shape[1:], np.float32), count=np.int64(2), sha256=h),
+    "wrong_dtype": _rewrite(sums=sums.astype(np.float64), count=np.int64(2), sha256=h),
+    "missing_array": _rewrite(other=sums, count=np.int64(2), sha256=h),
+    "wrong_count": _rewrite(sums=sums, count=np.int64(3), sha256=h),
+    # Only blocks with a checksum are accepted.
+    "no_checksum": _rewrite(sums=sums, count=np.int64(2)),
     # A valid zip whose content no longer matches its checksum (what a flipped
     # byte inside data that still decompresses looks like).
     "checksum_mismatch": _rewrite(
@@ -230,6 +233,7 @@ def _damages(shape):
     "missing_array",
     "wrong_count",
     "checksum_mismatch",
+    "no_checksum",
   ],
 )
 def test_damaged_block_is_recomputed_with_a_warning(undamaged, tmp_path, kind):
@@ -253,26 +257,6 @@ def test_damaged_block_is_recomputed_with_a_warning(undamaged, tmp_path, kind):
     warnings.simplefilter("error")
     again = eim_sweep(gen, "block3", _DAMAGE_CFG, str(tmp_path / "cache"))
   assert again.computed_blocks == 0
-
-
-def test_blocks_without_checksum_are_still_used(undamaged, tmp_path):
-  """Blocks written before checksums were added (sums + count only) stay valid."""
-  import shutil
-  import warnings
-
-  gen, cache, ref = undamaged
-  shutil.copytree(cache, tmp_path / "cache")
-  for b in range(2):
-    path = os.path.join(tmp_path, "cache", "eims", ref.key, f"block_{b:05d}.npz")
-    with np.load(path) as data:
-      sums, count = data["sums"], data["count"]
-    with open(path, "wb") as f:
-      np.savez(f, sums=sums, count=count)
-  with warnings.catch_warnings():
-    warnings.simplefilter("error")
-    res = eim_sweep(gen, "block3", _DAMAGE_CFG, str(tmp_path / "cache"))
-  assert res.computed_blocks == 0
-  np.testing.assert_array_equal(res.eims, ref.eims)
 
 
 def test_bad_seed_is_rejected_before_any_work(undamaged, tmp_path):
@@ -370,8 +354,8 @@ def test_fingerprint_covers_the_code(tmp_path):
 
   # Deterministic across processes (another hash seed, another import order).
   code = (
-    "import sys; from cfmod_jax import sweep; from experiments import _specs as specs; "
-    "print(sweep.generator_fingerprint(specs.generator_from_spec(sys.argv[1])))"
+    "import sys; from cfmod_jax import fingerprint; from experiments import _specs as specs; "
+    "print(fingerprint.generator_fingerprint(specs.generator_from_spec(sys.argv[1])))"
   )
   out = subprocess.run(
     [sys.executable, "-c", code, spec],
@@ -394,16 +378,16 @@ def test_fingerprint_of_unreadable_code_uses_code_version(monkeypatch):
   monkeypatch.setitem(sys.modules, mod.__name__, mod)
   exec(compile(_CODE.replace("ACT", "nn.relu"), "<exec>", "exec"), mod.__dict__)  # pylint: disable=exec-used
   gen = mod.make_generator()
-  with pytest.warns(sweep.CodeFingerprintWarning, match=r"set the generator's code_version"):
+  with pytest.warns(fingerprint.CodeFingerprintWarning, match=r"set the generator's code_version"):
     salted = generator_fingerprint(gen)
-  monkeypatch.setattr(sweep, "_PROCESS_SALT", "another process")
-  with pytest.warns(sweep.CodeFingerprintWarning):
+  monkeypatch.setattr(fingerprint, "_PROCESS_SALT", "another process")
+  with pytest.warns(fingerprint.CodeFingerprintWarning):
     assert generator_fingerprint(gen) != salted
   gen.code_version = "v1"
   with warnings.catch_warnings():
     warnings.simplefilter("error")
     v1 = generator_fingerprint(gen)
-    monkeypatch.setattr(sweep, "_PROCESS_SALT", "a third process")
+    monkeypatch.setattr(fingerprint, "_PROCESS_SALT", "a third process")
     assert generator_fingerprint(gen) == v1
     gen.code_version = "v2"
     assert generator_fingerprint(gen) != v1

@@ -44,17 +44,17 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from cfmod_jax import clustering, metrics, viz
+from cfmod_jax import metrics, viz
 from cfmod_jax._validate import check_positive_int
 from cfmod_jax.generator import Generator
 from cfmod_jax.interventions import (
   _check_masks,
   _check_pairs,
-  elementary_influence_maps,
   hybrid_map_reduce,
   influence_maps,
   masks_from_labels,
 )
+from cfmod_jax.modules import find_modules
 
 if TYPE_CHECKING:
   from cfmod_jax.lab import quality
@@ -400,7 +400,7 @@ def module_robustness(
 ) -> RobustnessResult:
   """Robustness of a classifier to swapping each module of each site.
 
-  Per site: EIMs over ``eim_pairs`` pairs → ``k`` modules (`clustering.cluster_channels`
+  Per site: EIMs over ``eim_pairs`` pairs → ``k`` modules (`modules.find_modules`
   with ``method``; or the given ``labels[site]``) → keep rate, confidence shift and
   donor rate of each module mask and of the full mask (``all``) over the same
   ``n_pairs`` evaluation pairs (drawn independently of the EIM pairs). With
@@ -438,12 +438,18 @@ def module_robustness(
         raise ValueError(f"labels[{site!r}] must have shape [{c}], got {lab.shape}")
       site_k = max(k, int(lab.max()) + 1)
     else:
-      eims = np.asarray(
-        elementary_influence_maps(
-          gen, site, eim_pairs, jax.random.fold_in(k_eim, i), pair_chunk=pair_chunk
-        )
-      )
-      lab = clustering.cluster_channels(eims, k, method, seed=seed).labels
+      lab = find_modules(
+        gen,
+        site,
+        n_pairs=eim_pairs,
+        block_pairs=eim_pairs,
+        key=jax.random.fold_in(k_eim, i),
+        k=k,
+        method=method,
+        n_boot=0,
+        seed=seed,
+        pair_chunk=pair_chunk,
+      ).labels
       site_k = k
     masks = np.concatenate([masks_from_labels(lab, site_k), np.ones((1, c), np.float32)])
     names = [f"module{j}" for j in range(site_k)] + ["all"]

@@ -11,9 +11,9 @@ stays A; only the site's activations of the module's channels come from B.
 Pipeline (`style_transfer`):
 
 1. `class_conditional` — the same BigGAN whose latent sampler draws classes A and B
-   (uniformly), so `elementary_influence_maps` computes the EIMs of the site on
-   samples of the two classes of interest (pairs may be A–A, A–B, B–A or B–B).
-2. `clustering.cluster_channels` groups the site's channels into K modules.
+   (uniformly), so `modules.find_modules` computes the EIMs of the site on
+   samples of the two classes of interest (pairs may be A–A, A–B, B–A or B–B)
+2. and groups the site's channels into K modules (`clustering.cluster_channels`).
 3. `interventions.hybrid_grid` renders, for every module, every (A sample, B donor)
    combination in one compiled call per site.
 4. `interventions.grid_panel` lays out one panel per module: A samples down the left, B
@@ -35,11 +35,8 @@ import numpy as np
 from cfmod_jax import clustering
 from cfmod_jax._validate import check_positive_int
 from cfmod_jax.generator import Generator
-from cfmod_jax.interventions import (
-  elementary_influence_maps,
-  hybrid_grid,
-  masks_from_labels,
-)
+from cfmod_jax.interventions import hybrid_grid, masks_from_labels
+from cfmod_jax.modules import find_modules
 
 
 # ---- class-conditional sampling ------------------------------------------------------------
@@ -169,8 +166,20 @@ def style_transfer(
   key = jax.random.key(seed)
   k_eim, k_a, k_b = jax.random.split(key, 3)
   both = class_conditional(gen, sorted({class_a, class_b}))
-  eims = np.asarray(elementary_influence_maps(both, site, n_pairs, k_eim))
-  clus = clustering.cluster_channels(eims, k, method, seed=seed, sigma=sigma, percentile=percentile)
+  mods = find_modules(
+    both,
+    site,
+    n_pairs=n_pairs,
+    block_pairs=n_pairs,
+    key=k_eim,
+    k=k,
+    method=method,
+    n_boot=0,
+    seed=seed,
+    sigma=sigma,
+    percentile=percentile,
+  )
+  eims, clus = mods.eims, mods.clustering
   masks = masks_from_labels(clus.labels, k)
   z_a = np.asarray(class_latents(gen, k_a, class_a, n_rows))
   z_b = np.asarray(class_latents(gen, k_b, class_b, n_cols))

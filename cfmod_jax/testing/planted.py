@@ -394,13 +394,14 @@ def run_case(
 
   ``seed`` draws the generator (:func:`planted_generator`), its latent pairs
   (:func:`planted_eim_groups`) and seeds the bootstrap / fits. ``settings`` are passed
-  to `cfmod_jax.clustering.choose_k` and `cluster_channels` (``fit_restarts`` is the
-  latter's ``n_restarts``; ``rule`` and ``tol`` only go to ``choose_k``). Pass
+  to `cfmod_jax.modules.find_modules` (``n_restarts`` is its ``boot_restarts``, the
+  starts of ``choose_k``'s fits; ``fit_restarts`` its ``n_restarts``, the final
+  fit's). Pass
   ``eim_groups`` to reuse EIMs computed earlier for the same spec and seed.
 
   Returns a dict: k_true, k (chosen), ari (grouped channels), curve.
   """
-  from cfmod_jax import clustering
+  from cfmod_jax.modules import find_modules
 
   settings = dict(settings or {})
   gen, truth = planted_generator(spec, seed)
@@ -409,15 +410,20 @@ def run_case(
     if eim_groups is None
     else np.asarray(eim_groups)
   )
-  fit_restarts = settings.pop("fit_restarts", 4)
-  rule_kw = {k: settings.pop(k) for k in ("rule", "tol") if k in settings}
-  k, curve = clustering.choose_k(
-    groups, list(k_values), n_boot=n_boot, seed=seed, method=method, **rule_kw, **settings
+  if "n_restarts" in settings:  # choose_k's starts per bootstrap fit
+    settings["boot_restarts"] = settings.pop("n_restarts")
+  settings["n_restarts"] = settings.pop("fit_restarts", 4)  # the final fit's starts
+  mods = find_modules(
+    gen,
+    SITE,
+    eim_groups=groups,
+    k_values=list(k_values),
+    n_boot=n_boot,
+    seed=seed,
+    method=method,
+    **settings,
   )
-  settings.pop("n_restarts", None)
-  clus = clustering.cluster_channels(
-    groups.mean(axis=0), k, method, seed=seed, n_restarts=fit_restarts, **settings
-  )
+  k, curve, clus = mods.k, mods.curve, mods.clustering
   return {
     "k_true": truth.k,
     "k": int(k),

@@ -62,11 +62,12 @@ def install_kill_hook(phase: str) -> None:
 
     sweep._save_block = save_then_die
   elif phase == "clustering":
+    from cfmod_jax import clustering
 
     def die(*args, **kwargs):
       _die()
 
-    analysis.clustering.cluster_channels = die
+    clustering.cluster_channels = die
   elif phase == "figures":
     from cfmod_jax import fileio
 
@@ -85,7 +86,9 @@ def install_kill_hook(phase: str) -> None:
   elif phase == "npz":
     import numpy as np
 
-    write, savez, seen = np.lib.format.write_array, analysis.savez_deterministic, []
+    from cfmod_jax import fileio
+
+    write, savez, seen = np.lib.format.write_array, fileio.atomic_savez, []
 
     def write_or_die(*args, **kwargs):
       seen.append(1)
@@ -97,7 +100,7 @@ def install_kill_hook(phase: str) -> None:
       np.lib.format.write_array = write_or_die
       savez(*args, **kwargs)
 
-    analysis.savez_deterministic = savez_and_die
+    fileio.atomic_savez = savez_and_die  # the writer's; the sweep's blocks are written by then
   else:
     raise ValueError(f"CFMOD_KILL_AT must be sweep, clustering, figures or npz, got {phase!r}")
 
