@@ -146,7 +146,7 @@ class Program:
     del torch
 
   def __repr__(self):
-    # Part of `cfmod_jax.sweep.generator_fingerprint` (repr of ``gen.module``): a digest
+    # Part of `cfmod_jax.fingerprint.generator_fingerprint` (repr of ``gen.module``): a digest
     # of the graph, so that another computation never reuses cached results.
     digest = hashlib.sha256(self.graph_text.encode()).hexdigest()[:16]
     return f"Program({self.name}, graph sha256 {digest}, {len(self.nodes)} nodes)"
