@@ -30,14 +30,21 @@ def _example(ngf=4, seed=0):
 
 @torch.no_grad()
 def _trained_looking(model, seed=1):
-  """Weights and BatchNorm statistics that are not PyTorch's initial ones."""
+  """Weights and BatchNorm statistics that are not PyTorch's initial ones: weights
+  moved by 30 % of their spread, statistics of a random batch, then perturbed."""
   g = torch.Generator().manual_seed(seed)
-  for p in model.parameters():
-    p.add_(0.3 * torch.randn(p.shape, generator=g))
+  for p in model.parameters():  # BatchNorm's weights are ones: move them by 0.3
+    spread = float(p.std()) if p.ndim > 1 else 1.0
+    p.add_(0.3 * spread * torch.randn(p.shape, generator=g))
   for m in model.modules():
     if isinstance(m, nn.BatchNorm2d):
-      m.running_mean.copy_(0.5 * torch.randn(m.num_features, generator=g))
-      m.running_var.copy_(0.5 + torch.rand(m.num_features, generator=g))
+      m.momentum = None  # cumulative average: the batch's statistics
+  model.train()
+  model(torch.randn(16, *infer_latent_shape(model), generator=g))
+  for m in model.modules():
+    if isinstance(m, nn.BatchNorm2d):
+      m.running_mean.add_(0.1 * m.running_var.sqrt() * torch.randn(m.num_features, generator=g))
+      m.running_var.mul_(0.8 + 0.4 * torch.rand(m.num_features, generator=g))
   return model.eval()
 
 
@@ -171,3 +178,52 @@ class _Skip(nn.Module):
     a = self.body[0](z)
     b = torch.relu(self.body[1](a))
     return torch.tanh(self.out(a + b))
+
+
+def _flax_variables_of(model, width):
+  """The tutorial generator's weights in our Flax DCGAN's layout (written from the two
+  layers' definitions: the 1×1 → 4×4 transposed convolution is a dense layer onto
+  (i, j, channel), the later ones take the kernel flipped in space as
+  [kh, kw, C_in, C_out]; the RGB layer's bias is 0, the tutorial's has none)."""
+  state = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+  w0 = state["main.0.weight"]  # [100, 8w, 4, 4]
+  params = {"stages_0": {"dense": {"kernel": w0.transpose(0, 2, 3, 1).reshape(100, -1)}}}
+  stats = {}
+  for s, (conv, bn) in enumerate([(0, 1), (3, 4), (6, 7), (9, 10), (12, None)]):
+    stage = params.setdefault(f"stages_{s}", {})
+    if s:
+      kernel = state[f"main.{conv}.weight"][:, :, ::-1, ::-1].transpose(2, 3, 0, 1)
+      stage["conv"] = {"kernel": np.ascontiguousarray(kernel)}
+    if bn is None:
+      stage["conv"]["bias"] = np.zeros(3, np.float32)
+      continue
+    stage["bn"] = {"scale": state[f"main.{bn}.weight"], "bias": state[f"main.{bn}.bias"]}
+    stats[f"stages_{s}"] = {
+      "bn": {"mean": state[f"main.{bn}.running_mean"], "var": state[f"main.{bn}.running_var"]}
+    }
+  del width
+  return {"params": params, "batch_stats": stats}
+
+
+def test_imported_tutorial_dcgan_equals_our_flax_dcgan():
+  import cfmod_jax as cf
+
+  width = 4
+  model = _trained_looking(_example(ngf=width, seed=9), seed=10)
+  imported = from_torch(model)
+  module = cf.init_generator("dcgan", width=width, latent_dim=100).module
+  ours = cf.Generator(module, jax.tree.map(jax.numpy.asarray, _flax_variables_of(model, width)))
+  z1 = imported.sample_latents(jax.random.key(3), 5)
+  z2 = imported.sample_latents(jax.random.key(4), 5)
+  flat1, flat2 = z1.reshape(5, 100), z2.reshape(5, 100)
+  np.testing.assert_allclose(ours(flat1), imported(z1), atol=1e-5)
+  rng = np.random.default_rng(0)
+  for site, path in zip(ours.sites, imported.sites):
+    c = ours.site_shape(site)[-1]
+    masks = (rng.random((3, c)) < 0.5).astype(np.float32)
+    a = cf.hybrids(ours, site, masks, flat1, flat2)
+    b = cf.hybrids(imported, path, masks, z1, z2)
+    assert float(np.abs(np.asarray(a) - np.asarray(b)).max()) <= 1e-5, site
+    ea, _ = eim_sums(ours, site, flat1, flat2)
+    eb, _ = eim_sums(imported, path, z1, z2)
+    np.testing.assert_allclose(ea, eb, atol=1e-5 * 5 * 3, err_msg=site)
