@@ -67,7 +67,6 @@ from cfmod_jax._validate import check_chunk, check_seed
 from cfmod_jax.data.synthfaces import uses_synthfaces_parts
 from cfmod_jax.generator import Generator, check_generator
 from cfmod_jax.interventions import (
-  grid_panel,
   hybrid_grid,
   influence_map_sums,
   masks_from_labels,
@@ -752,7 +751,7 @@ def analyze_site(
   z_cols = gen.sample_latents(kb, cfg.hybrid_cols)
   originals, donors = gen(z_rows), gen(z_cols)
   for j, mask in enumerate(masks_from_labels(labels, k)):
-    panel = grid_panel(originals, donors, hybrid_grid(gen, site, mask, z_rows, z_cols))
+    panel = viz.grid_panel(originals, donors, hybrid_grid(gen, site, mask, z_rows, z_cols))
     viz.save_rgb(os.path.join(sdir, f"hybrids_module{j}.png"), panel)
   savez_deterministic(
     os.path.join(sdir, "analysis.npz"),

@@ -33,11 +33,11 @@ from cfmod_jax.exported import (  # the format, re-exported as part of this modu
   META_FILE,
   ArchitectureMismatchError,
   CheckpointError,
-  _check_folder,
-  _kwargs_str,
   array_manifest,
   array_manifest_shapes,
+  check_folder,
   check_structure,
+  kwargs_str,
   load_variables,
   read_meta,
   save_variables,
@@ -77,7 +77,7 @@ def generator_from_variables(
   expected = _expected_variables(module)
   if expected is not None:
     check_structure(
-      array_manifest_shapes(variables), expected, where=name, arch=f"{arch}({_kwargs_str(kwargs)})"
+      array_manifest_shapes(variables), expected, where=name, arch=f"{arch}({kwargs_str(kwargs)})"
     )
   return models.make_generator(arch, module, variables, name=name, dataset=dataset)
 
@@ -134,7 +134,7 @@ def load_generator(name_or_path: str) -> Generator:
     ArchitectureMismatchError: arrays that do not fit the declared architecture.
   """
   path = resolve(name_or_path)
-  _check_folder(path)
+  check_folder(path)
   label = (
     os.fspath(name_or_path)
     if name_or_path in SHIPPED_GENERATORS

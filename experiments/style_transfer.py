@@ -15,7 +15,7 @@ import os
 import numpy as np
 from absl import flags, logging
 
-from cfmod_jax import interventions, viz
+from cfmod_jax import viz
 from cfmod_jax.lab import transfer
 from cfmod_jax.models.biggan import load_biggan
 from experiments import _cli  # first: one line on Ctrl-C while jax imports
@@ -48,7 +48,7 @@ def write_transfer(result: transfer.TransferResult, generator_name: str, out_dir
   os.makedirs(out_dir, exist_ok=True)
   files = []
   for j in range(result.k):
-    panel = interventions.grid_panel(result.originals, result.donors, result.hybrids[j])
+    panel = viz.grid_panel(result.originals, result.donors, result.hybrids[j])
     files.append(viz.save_rgb(os.path.join(out_dir, f"module{j}.png"), panel))
   files.append(
     viz.save_map_grid(os.path.join(out_dir, "eims.png"), result.eims, labels=result.labels)

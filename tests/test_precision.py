@@ -10,7 +10,7 @@ import pytest
 from flax import traverse_util
 
 import cfmod_jax as cf
-from cfmod_jax import interventions, memory
+from cfmod_jax import _engine, interventions, memory
 from cfmod_jax import precision as prec
 from cfmod_jax.models.dcgan import DCGANGenerator
 
@@ -105,10 +105,8 @@ def test_tf32_kernel_asks_for_tf32_matmuls(gen):
   masks = jnp.zeros((2, 16))
   for name in ("float32", "tf32"):
     kernels = [
-      interventions._local_eim_sums(gen, SITE, 4, 4, name),
-      interventions._local_hybrid_stream(
-        gen, SITE, None, interventions._influence_sums, 4, 2, False, name
-      ),
+      _engine.local_eim_sums(gen, SITE, 4, 4, name),
+      _engine.local_hybrid_stream(gen, SITE, None, _engine.influence_sums, 4, 2, False, name),
     ]
     for k, extra in zip(kernels, [(), (masks, ())], strict=True):
       text = str(jax.make_jaxpr(k)(gen.variables, extra, z, z, w))
@@ -154,7 +152,7 @@ def test_bfloat16_kernel_runs_the_suffix_in_bf16(gen):
   float32, every matmul/convolution of the suffix in bf16, the influence sums in
   float32."""
   z, w = jnp.zeros((4, 8)), jnp.ones((4, 1))
-  kernel = interventions._local_eim_sums(gen, SITE, 4, 4, "bfloat16")
+  kernel = _engine.local_eim_sums(gen, SITE, 4, 4, "bfloat16")
   text = str(jax.make_jaxpr(kernel)(gen.variables, (), z, z, w))
   dtypes = re.findall(r"\w+:(\w+)\[[^\]]*\] = (?:conv_general_dilated|dot_general)", text)
   assert dtypes[:4] == ["f32"] * 4 and dtypes[-1] == "f32"

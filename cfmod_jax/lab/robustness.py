@@ -48,8 +48,12 @@ from cfmod_jax import clustering, metrics, viz
 from cfmod_jax._validate import check_positive_int
 from cfmod_jax.generator import Generator
 from cfmod_jax.interventions import (
-  _check_masks,
-  _check_pairs,
+  check_masks as _check_masks,
+)
+from cfmod_jax.interventions import (
+  check_pairs as _check_pairs,
+)
+from cfmod_jax.interventions import (
   elementary_influence_maps,
   hybrid_map_reduce,
   influence_maps,
