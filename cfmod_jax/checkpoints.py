@@ -198,9 +198,10 @@ def load_biggan_folder(
 
 
 def _generator_from_run(path: str, label: str) -> Generator:
-  # Function-level: reading a run needs orbax and the trainers (`cfmod_jax.train`,
-  # which does not import this module), not needed for exported folders.
-  from cfmod_jax.train import state_io  # pylint: disable=g-import-not-at-top
+  # Function-level: reading a run needs orbax (`cfmod_jax.runs`), not needed for
+  # exported folders. No trainer code: the run's metadata names the exported
+  # architecture and where its variables lie in the state.
+  from cfmod_jax import runs  # pylint: disable=g-import-not-at-top
 
   path = os.path.abspath(path)
   step = None
@@ -214,17 +215,19 @@ def _generator_from_run(path: str, label: str) -> Generator:
       f"{path} is neither an exported checkpoint (no {META_FILE}) nor a "
       "trainer workdir or checkpoint folder"
     )
-  trainer, config, state, meta = state_io.load_run(path, step)
-  if trainer.sample is None:
-    raise CheckpointError(f"{path} is a {trainer.name!r} run, not a generator")
-  arch, kwargs = trainer.export_spec(config)
-  variables = jax.device_get(trainer.export_variables(state))
+  meta, state = runs.read_run(path, step)
+  export = meta.get("export")
+  if not isinstance(export, Mapping) or not isinstance(export.get("variables"), Mapping):
+    raise CheckpointError(f"{path}: its checkpoint metadata lacks the 'export' record")
+  if export.get("kind") != "generator":
+    raise CheckpointError(f"{path} is a {meta.get('model')!r} run, not a generator")
+  variables = jax.device_get(runs.select_variables(state, export["variables"]))
   return generator_from_variables(
-    arch,
-    kwargs,
+    meta["arch"],
+    meta["kwargs"],
     variables,
     name=f"{label}@{meta['step']}",
-    dataset=config.get("dataset", "synthfaces"),
+    dataset=meta["config"].get("dataset", "synthfaces"),
   )
 
 
