@@ -119,9 +119,8 @@ def load_generator(name_or_path: str) -> Generator:
     name_or_path: ``"dcgan-synthfaces"``, ``"vae-synthfaces"``,
       ``"began-synthfaces"``, or a path (exported folder; trainer workdir,
       its ``checkpoints/`` folder or a ``checkpoints/<step>`` folder).
-      A folder written by ``experiments.convert_biggan`` (arch ``biggan-deep``,
-      or an older ``config.json`` + ``variables.msgpack``) gives a BigGAN-deep
-      generator (truncation 0.4).
+      A folder written by ``experiments.convert_biggan`` (arch ``biggan-deep``)
+      gives a BigGAN-deep generator (truncation 0.4).
       Checkpoints of architectures added with
       `cfmod_jax.register_architecture` load once that name is registered.
   Returns:
@@ -167,8 +166,7 @@ def load_generator(name_or_path: str) -> Generator:
 
 def is_biggan_folder(path: str) -> bool:
   """Whether ``path`` is a folder written by `cfmod_jax.models.biggan.save_biggan`
-  (``experiments.convert_biggan``; arch ``biggan-deep`` in its ``checkpoint.json``),
-  or an older converter folder (``config.json`` + ``variables.msgpack``)."""
+  (``experiments.convert_biggan``; arch ``biggan-deep`` in its ``checkpoint.json``)."""
   from cfmod_jax.models import biggan  # pylint: disable=g-import-not-at-top
 
   return biggan.is_biggan_folder(path)

@@ -27,7 +27,9 @@ def _define_flags() -> None:
   """The flags (defined only when run as a program, so that the library-like
   functions here can be imported next to other experiments' flags)."""
   flags.DEFINE_string(
-    "biggan", None, "Folder of converted BigGAN-deep weights (variables.msgpack + config.json)."
+    "biggan",
+    None,
+    "Folder of converted BigGAN-deep weights (written by experiments.convert_biggan).",
   )
   flags.DEFINE_integer("class_a", 850, "Class of the originals (850: teddy bear).")
   flags.DEFINE_integer("class_b", 105, "Class of the donors (105: koala).")

@@ -292,7 +292,9 @@ def eim_benchmark(cfg: CheckConfig, log: Callable[..., None] = logging.info) -> 
     for p in _float32_first(cfg.precisions):
       pc, mc = memory.choose_chunks(gen, site, cfg.bench_pairs, c, precision=p)
       (sums, counts), seconds, first = _warm_timed(
-        functools.partial(cf.elementary_influence_map_sums, gen, site, z1, z2, precision=p)
+        functools.partial(
+          cf.interventions.elementary_influence_map_sums, gen, site, z1, z2, precision=p
+        )
       )
       eims = np.asarray(sums[0]) / (3.0 * counts[0])
       if p == "float32":
@@ -508,7 +510,9 @@ def biggan_section(cfg: CheckConfig, log: Callable[..., None] = logging.info) ->
         # Chunks from the device's memory (on CPU: all pairs × all masks, one chunk).
         pc, mc = memory.choose_chunks(gen, site, len(z1), k, precision=p)
         (sums, counts), seconds, first = _warm_timed(
-          functools.partial(cf.influence_map_sums, gen, site, masks, z1, z2, precision=p)
+          functools.partial(
+            cf.interventions.influence_map_sums, gen, site, masks, z1, z2, precision=p
+          )
         )
         maps = np.asarray(sums[0]) / (3.0 * counts[0])
         if p == "float32":

@@ -54,7 +54,7 @@ def pairs(gen):
 
 
 def _eims(gen, z1, z2, **kwargs):
-  sums, counts = cf.elementary_influence_map_sums(gen, SITE, z1, z2, **kwargs)
+  sums, counts = interventions.elementary_influence_map_sums(gen, SITE, z1, z2, **kwargs)
   assert sums.dtype == jnp.float32  # whatever the precision
   return np.asarray(sums[0]) / np.float32(3 * counts[0])
 
@@ -66,9 +66,9 @@ def _eims(gen, z1, z2, **kwargs):
   "call",
   [
     lambda g, z: cf.elementary_influence_maps(g, SITE, 4, precision="fp16"),
-    lambda g, z: cf.elementary_influence_map_sums(g, SITE, z, z, precision="bf16"),
+    lambda g, z: interventions.elementary_influence_map_sums(g, SITE, z, z, precision="bf16"),
     lambda g, z: cf.influence_maps(g, SITE, np.ones(16), z, z, precision=None),
-    lambda g, z: cf.influence_map_sums(g, SITE, np.ones(16), z, z, precision="FLOAT32"),
+    lambda g, z: interventions.influence_map_sums(g, SITE, np.ones(16), z, z, precision="FLOAT32"),
     lambda g, z: cf.hybrids(g, SITE, np.ones(16), z, z, precision=32),
     lambda g, z: interventions.hybrid_map_reduce(
       g, SITE, np.ones(16), z, z, lambda c, x, y: y, per_pair=True, precision="half"
