@@ -355,10 +355,10 @@ def chunks(
   n_devices: int | None = None,
   sharded: bool = True,
 ) -> tuple[int, int]:
-  """The chunk rule (module docstring): integers as given; None chosen by
-  `cfmod_jax.memory.choose_chunks` (on CPU the defaults 32 and 16 unless RAM is
-  short). For the sharded kernels every process uses process 0's choice (their
-  compiled programs must match)."""
+  """The engine's one chunk rule (documented in `cfmod_jax.interventions`): integers
+  as given; None chosen by `cfmod_jax.memory.choose_chunks` (on CPU 32 and 16 unless
+  RAM is short; on GPU/TPU the largest that fit). For the sharded kernels every
+  process uses process 0's choice (their compiled programs must match)."""
   if pair_chunk is not None and mask_chunk is not None:
     return pair_chunk, mask_chunk
   pc, mc = memory.choose_chunks(

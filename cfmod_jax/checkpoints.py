@@ -28,12 +28,9 @@ import jax
 import jax.numpy as jnp
 
 from cfmod_jax.exported import (  # the format, re-exported as part of this module's API
-  DATA_FILE,
-  EXPORT_FORMAT,
   META_FILE,
   ArchitectureMismatchError,
   CheckpointError,
-  array_manifest,
   array_manifest_shapes,
   check_folder,
   check_structure,
@@ -41,8 +38,6 @@ from cfmod_jax.exported import (  # the format, re-exported as part of this modu
   load_variables,
   read_meta,
   save_variables,
-  sha256,
-  verify_manifest,
 )
 from cfmod_jax.generator import Generator
 
@@ -230,26 +225,11 @@ def _generator_from_run(path: str, label: str) -> Generator:
 
 
 __all__ = [
-  "DATA_FILE",
-  "EXPORT_FORMAT",
-  "META_FILE",
-  "SHIPPED_FEATNET",
-  "SHIPPED_GENERATORS",
-  "WEIGHTS_DIR",
   "ArchitectureMismatchError",
   "CheckpointError",
-  "array_manifest",
-  "array_manifest_shapes",
-  "check_structure",
-  "dataset_of",
-  "generator_from_variables",
-  "is_biggan_folder",
-  "load_biggan_folder",
+  "SHIPPED_GENERATORS",
   "load_generator",
   "load_variables",
   "read_meta",
-  "resolve",
   "save_variables",
-  "sha256",
-  "verify_manifest",
 ]

@@ -67,26 +67,14 @@ from cfmod_jax._validate import (
 )
 
 __all__ = [
-  "DEFAULT_PERCENTILE",
-  "DEFAULT_SIGMA_FRACTION",
-  "DEFAULT_STABILITY_TOL",
-  "DEFAULT_NMF_MAX_ITER",
-  "DEFAULT_NMF_TOL",
-  "DEFAULT_NMF_INIT",
-  "DEFAULT_RULE",
-  "DEFAULT_SILHOUETTE_TOL",
-  "DEFAULT_STABILITY_RESTARTS",
-  "METHODS",
-  "NMF_INITS",
-  "RULES",
   "ModuleClustering",
+  "choose_k",
+  "cluster_channels",
   "default_sigma",
   "preprocess_eims",
-  "cluster_channels",
-  "template_similarity",
-  "stability_curve",
   "selection_curves",
-  "choose_k",
+  "stability_curve",
+  "template_similarity",
 ]
 
 #: Default per-map percentile threshold of :func:`preprocess_eims`.

@@ -356,17 +356,9 @@ def kwargs_str(kwargs: Mapping[str, Any]) -> str:
 
 
 __all__ = [
-  "DATA_FILE",
-  "EXPORT_FORMAT",
-  "META_FILE",
   "ArchitectureMismatchError",
   "CheckpointError",
-  "array_manifest",
-  "array_manifest_shapes",
-  "check_structure",
   "load_variables",
   "read_meta",
   "save_variables",
-  "sha256",
-  "verify_manifest",
 ]

@@ -476,8 +476,6 @@ def elementary_influence_maps(
 
 
 __all__ = [
-  "DEFAULT_MASK_CHUNK",
-  "DEFAULT_PAIR_CHUNK",
   "HybridReduction",
   "PairChunk",
   "elementary_influence_map_sums",

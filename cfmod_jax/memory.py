@@ -413,18 +413,10 @@ def format_bytes(n: float) -> str:
 
 
 __all__ = [
-  "ACCUMULATOR_COPIES",
-  "CPU_MASK_CHUNK",
-  "CPU_PAIR_CHUNK",
   "ChunkCost",
-  "DEFAULT_FRACTION",
-  "MAX_HYBRIDS_PER_BATCH",
-  "MAX_MASK_CHUNK",
-  "MAX_PAIR_CHUNK",
   "choose_chunks",
   "choose_chunks_for_cost",
   "chunk_cost",
-  "chunk_ladder",
   "format_bytes",
   "memory_budget",
   "peak_live_bytes",

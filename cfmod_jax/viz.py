@@ -25,7 +25,6 @@ from numpy.typing import ArrayLike
 from cfmod_jax.fileio import atomic_path
 
 __all__ = [
-  "PNG_METADATA",
   "colorize_maps",
   "grid_panel",
   "new_figure",

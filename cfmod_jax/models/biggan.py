@@ -669,20 +669,12 @@ def load_biggan(path: str, truncation: float = 0.4, **kwargs: Any) -> Generator:
 
 
 __all__ = [
+  "CONFIGS",
   "BigGANConfig",
   "BigGANDeep",
-  "CONFIGS",
   "biggan_generator",
-  "check_truncation",
-  "class_vectors",
   "get_config",
-  "init_variables",
-  "is_biggan_folder",
   "load_biggan",
-  "load_biggan_variables",
-  "make_latents",
   "sample_latents_for_classes",
   "save_biggan",
-  "split_latents",
-  "truncated_noise",
 ]
