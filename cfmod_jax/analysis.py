@@ -37,7 +37,7 @@ For each site:
    networks. All compared quantities are scale-free (cosines, shares,
    distributions): an untrained DCGAN's influence maps are ~100× smaller.
 7. **Figures** (PNG, `cfmod_jax.viz`; hybrid panels by `interventions.hybrid_grid`
-   and `interventions.grid_panel`) and ``report.html`` (`cfmod_jax.report`); arrays
+   and `viz.grid_panel`) and ``report.html`` (`cfmod_jax.report`); arrays
    in ``<site>/analysis.npz``; numbers and per-site verdicts in ``metrics.json``.
 
 This module is the job's configuration (`AnalysisConfig`, `check_config`), its

@@ -28,9 +28,12 @@ import jax
 import jax.numpy as jnp
 
 from cfmod_jax.exported import (  # the format, re-exported as part of this module's API
+  DATA_FILE,  # noqa: F401
+  EXPORT_FORMAT,  # noqa: F401
   META_FILE,
   ArchitectureMismatchError,
   CheckpointError,
+  array_manifest,  # noqa: F401
   array_manifest_shapes,
   check_folder,
   check_structure,
@@ -38,6 +41,8 @@ from cfmod_jax.exported import (  # the format, re-exported as part of this modu
   load_variables,
   read_meta,
   save_variables,
+  sha256,  # noqa: F401
+  verify_manifest,  # noqa: F401
 )
 from cfmod_jax.generator import Generator
 

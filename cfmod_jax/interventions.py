@@ -48,9 +48,10 @@ from jax.typing import ArrayLike
 from cfmod_jax import _engine
 from cfmod_jax import memory as _memory
 from cfmod_jax import precision as _precision
-from cfmod_jax._arguments import (
+from cfmod_jax._arguments import (  # check_masks, check_pairs, check_groups: also for cfmod_jax.lab
   Call,
   check_call,
+  check_groups,  # noqa: F401
   check_masks,
   check_method,
   check_pairs,
