@@ -83,12 +83,9 @@ def generator_from_variables(
 
 
 def dataset_of(meta: Mapping[str, Any]) -> str | None:
-  """The data set a checkpoint was trained on: its ``dataset`` field, else (exports
-  made before the field existed) the training config's ``dataset``, whose default
-  in `cfmod_jax.train` is ``'synthfaces'``; None when neither is recorded."""
+  """The data set a checkpoint was trained on: its ``dataset`` field (None when not
+  recorded)."""
   dataset = meta.get("dataset")
-  if dataset is None and isinstance(meta.get("config"), Mapping) and "model" in meta["config"]:
-    dataset = meta["config"].get("dataset", "synthfaces")
   if dataset is not None and (not isinstance(dataset, str) or not dataset):
     raise CheckpointError(f"{META_FILE}: dataset must be a non-empty string, got {dataset!r}")
   return dataset
