@@ -124,15 +124,15 @@ def delta_pass_seconds(layer: dict[str, Any], pairs: int = 8, chunk: int = 16) -
 
 def image_pass_seconds(hw: int = 64, pairs: int = 32, chunk: int = 16) -> float:
   """Seconds per hybrid of tanh and the engine's own reduction of a chunk
-  (`interventions._influence_sums`: ``|hybrid − G(z1)|`` summed over colours and
+  (`cfmod_jax._engine.influence_sums`: ``|hybrid − G(z1)|`` summed over colours and
   the weighted sum over pairs)."""
-  from cfmod_jax.interventions import _influence_sums  # pylint: disable=protected-access
+  from cfmod_jax._engine import influence_sums  # pylint: disable=g-import-not-at-top
 
   key = jax.random.key(2)
   y = jax.random.normal(key, (chunk, pairs, hw, hw, 3))
   x1 = jax.random.normal(key, (pairs, hw, hw, 3))
   w = jnp.ones((pairs, 1))
-  body = lambda y, x1, w: _influence_sums(None, x1, jnp.tanh(y), w)
+  body = lambda y, x1, w: influence_sums(None, x1, jnp.tanh(y), w)
   return _best_seconds(jax.jit(body), y, x1, w) / (pairs * chunk)
 
 

@@ -1,40 +1,47 @@
 """cfmod_jax: counterfactual modularity analysis of deep generative models.
 
-Public API (see README):
+The paper's pipeline in one import (see README), one name per concept:
   Generator, StagedGenerator          the generator protocol (generator.py)
+  init_generator, load_generator,
+  register_architecture               shipped architectures and checkpoints (models/, checkpoints.py)
+  wrap_linen, wrap_nnx                your own Flax generator (wrap.py)
   hybrids, influence_maps,
-  elementary_influence_maps           interventions (interventions.py)
-  init_generator, build_module        the shipped architectures (models/)
-  load_generator                      shipped or trained checkpoints (checkpoints.py)
-  register_architecture               checkpoints of your own architectures (models/)
-  wrap_linen, wrap_nnx                sites inside unmodified Flax generators (wrap.py)
+  elementary_influence_maps,
+  hybrid_map_reduce, masks_from_labels  interventions, the engine (interventions.py)
+  cluster_channels, choose_k          clustering of given EIMs into modules (clustering.py)
+  module_overlap                      the paper's modularity metric (metrics.py)
+Everything else stays importable from its module.
 """
 
 from cfmod_jax.checkpoints import load_generator
+from cfmod_jax.clustering import choose_k, cluster_channels
 from cfmod_jax.generator import Generator, StagedGenerator
 from cfmod_jax.interventions import (
-  elementary_influence_map_sums,
   elementary_influence_maps,
+  hybrid_map_reduce,
   hybrids,
-  influence_map_sums,
   influence_maps,
+  masks_from_labels,
 )
-from cfmod_jax.models import build_module, init_generator, register_architecture
-from cfmod_jax.wrap import LinenGenerator, NNXGenerator, wrap_linen, wrap_nnx
+from cfmod_jax.metrics import module_overlap
+from cfmod_jax.models import init_generator, register_architecture
+from cfmod_jax.wrap import wrap_linen, wrap_nnx
+
+# find_modules, AnalysisConfig, analyze: added with the main-job split
 
 __all__ = [
   "Generator",
-  "LinenGenerator",
-  "NNXGenerator",
   "StagedGenerator",
-  "build_module",
-  "elementary_influence_map_sums",
+  "choose_k",
+  "cluster_channels",
   "elementary_influence_maps",
+  "hybrid_map_reduce",
   "hybrids",
-  "influence_map_sums",
   "influence_maps",
   "init_generator",
   "load_generator",
+  "masks_from_labels",
+  "module_overlap",
   "register_architecture",
   "wrap_linen",
   "wrap_nnx",

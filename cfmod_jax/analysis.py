@@ -37,7 +37,7 @@ For each site:
    networks. All compared quantities are scale-free (cosines, shares,
    distributions): an untrained DCGAN's influence maps are ~100× smaller.
 7. **Figures** (PNG, `cfmod_jax.viz`; hybrid panels by `interventions.hybrid_grid`
-   and `interventions.grid_panel`) and ``report.html`` (`cfmod_jax.report`); arrays
+   and `viz.grid_panel`) and ``report.html`` (`cfmod_jax.report`); arrays
    in ``<site>/analysis.npz``; numbers and per-site verdicts in ``metrics.json``.
 
 This module is the job's configuration (`AnalysisConfig`, checked once by
@@ -60,13 +60,12 @@ import jax
 import numpy as np
 from absl import logging
 
-from cfmod_jax import baselines, evaluation, metrics, site_factors, writer
+from cfmod_jax import baselines, evaluation, metrics, site_factors, viz, writer
 from cfmod_jax._validate import check_chunk, check_seed
 from cfmod_jax.data.synthfaces import uses_synthfaces_parts
 from cfmod_jax.fingerprint import generator_fingerprint
 from cfmod_jax.generator import Generator, check_generator
 from cfmod_jax.interventions import (
-  grid_panel,
   hybrid_grid,
   masks_from_labels,
 )
@@ -353,7 +352,7 @@ def analyze_site(
     z_cols = gen.sample_latents(kb, cfg.hybrid_cols)
     originals, donors = gen(z_rows), gen(z_cols)
     for mask in masks_from_labels(labels, k):
-      panels.append(grid_panel(originals, donors, hybrid_grid(gen, site, mask, z_rows, z_cols)))
+      panels.append(viz.grid_panel(originals, donors, hybrid_grid(gen, site, mask, z_rows, z_cols)))
   seconds["total"] = time.perf_counter() - t0
   site_metrics["seconds"] = {
     key: seconds[key]

@@ -28,21 +28,21 @@ import jax
 import jax.numpy as jnp
 
 from cfmod_jax.exported import (  # the format, re-exported as part of this module's API
-  DATA_FILE,
-  EXPORT_FORMAT,
+  DATA_FILE,  # noqa: F401
+  EXPORT_FORMAT,  # noqa: F401
   META_FILE,
   ArchitectureMismatchError,
   CheckpointError,
-  _check_folder,
-  _kwargs_str,
-  array_manifest,
+  array_manifest,  # noqa: F401
   array_manifest_shapes,
+  check_folder,
   check_structure,
+  kwargs_str,
   load_variables,
   read_meta,
   save_variables,
-  sha256,
-  verify_manifest,
+  sha256,  # noqa: F401
+  verify_manifest,  # noqa: F401
 )
 from cfmod_jax.generator import Generator
 
@@ -77,18 +77,15 @@ def generator_from_variables(
   expected = _expected_variables(module)
   if expected is not None:
     check_structure(
-      array_manifest_shapes(variables), expected, where=name, arch=f"{arch}({_kwargs_str(kwargs)})"
+      array_manifest_shapes(variables), expected, where=name, arch=f"{arch}({kwargs_str(kwargs)})"
     )
   return models.make_generator(arch, module, variables, name=name, dataset=dataset)
 
 
 def dataset_of(meta: Mapping[str, Any]) -> str | None:
-  """The data set a checkpoint was trained on: its ``dataset`` field, else (exports
-  made before the field existed) the training config's ``dataset``, whose default
-  in `cfmod_jax.train` is ``'synthfaces'``; None when neither is recorded."""
+  """The data set a checkpoint was trained on: its ``dataset`` field (None when not
+  recorded)."""
   dataset = meta.get("dataset")
-  if dataset is None and isinstance(meta.get("config"), Mapping) and "model" in meta["config"]:
-    dataset = meta["config"].get("dataset", "synthfaces")
   if dataset is not None and (not isinstance(dataset, str) or not dataset):
     raise CheckpointError(f"{META_FILE}: dataset must be a non-empty string, got {dataset!r}")
   return dataset
@@ -119,9 +116,8 @@ def load_generator(name_or_path: str) -> Generator:
     name_or_path: ``"dcgan-synthfaces"``, ``"vae-synthfaces"``,
       ``"began-synthfaces"``, or a path (exported folder; trainer workdir,
       its ``checkpoints/`` folder or a ``checkpoints/<step>`` folder).
-      A folder written by ``experiments.convert_biggan`` (arch ``biggan-deep``,
-      or an older ``config.json`` + ``variables.msgpack``) gives a BigGAN-deep
-      generator (truncation 0.4).
+      A folder written by ``experiments.convert_biggan`` (arch ``biggan-deep``)
+      gives a BigGAN-deep generator (truncation 0.4).
       Checkpoints of architectures added with
       `cfmod_jax.register_architecture` load once that name is registered.
   Returns:
@@ -134,7 +130,7 @@ def load_generator(name_or_path: str) -> Generator:
     ArchitectureMismatchError: arrays that do not fit the declared architecture.
   """
   path = resolve(name_or_path)
-  _check_folder(path)
+  check_folder(path)
   label = (
     os.fspath(name_or_path)
     if name_or_path in SHIPPED_GENERATORS
@@ -167,8 +163,7 @@ def load_generator(name_or_path: str) -> Generator:
 
 def is_biggan_folder(path: str) -> bool:
   """Whether ``path`` is a folder written by `cfmod_jax.models.biggan.save_biggan`
-  (``experiments.convert_biggan``; arch ``biggan-deep`` in its ``checkpoint.json``),
-  or an older converter folder (``config.json`` + ``variables.msgpack``)."""
+  (``experiments.convert_biggan``; arch ``biggan-deep`` in its ``checkpoint.json``)."""
   from cfmod_jax.models import biggan  # pylint: disable=g-import-not-at-top
 
   return biggan.is_biggan_folder(path)
@@ -198,9 +193,10 @@ def load_biggan_folder(
 
 
 def _generator_from_run(path: str, label: str) -> Generator:
-  # Function-level: reading a run needs orbax and the trainers (`cfmod_jax.train`,
-  # which does not import this module), not needed for exported folders.
-  from cfmod_jax.train import state_io  # pylint: disable=g-import-not-at-top
+  # Function-level: reading a run needs orbax (`cfmod_jax.runs`), not needed for
+  # exported folders. No trainer code: the run's metadata names the exported
+  # architecture and where its variables lie in the state.
+  from cfmod_jax import runs  # pylint: disable=g-import-not-at-top
 
   path = os.path.abspath(path)
   step = None
@@ -214,41 +210,28 @@ def _generator_from_run(path: str, label: str) -> Generator:
       f"{path} is neither an exported checkpoint (no {META_FILE}) nor a "
       "trainer workdir or checkpoint folder"
     )
-  trainer, config, state, meta = state_io.load_run(path, step)
-  if trainer.sample is None:
-    raise CheckpointError(f"{path} is a {trainer.name!r} run, not a generator")
-  arch, kwargs = trainer.export_spec(config)
-  variables = jax.device_get(trainer.export_variables(state))
+  meta, state = runs.read_run(path, step)
+  export = meta.get("export")
+  if not isinstance(export, Mapping) or not isinstance(export.get("variables"), Mapping):
+    raise CheckpointError(f"{path}: its checkpoint metadata lacks the 'export' record")
+  if export.get("kind") != "generator":
+    raise CheckpointError(f"{path} is a {meta.get('model')!r} run, not a generator")
+  variables = jax.device_get(runs.select_variables(state, export["variables"]))
   return generator_from_variables(
-    arch,
-    kwargs,
+    meta["arch"],
+    meta["kwargs"],
     variables,
     name=f"{label}@{meta['step']}",
-    dataset=config.get("dataset", "synthfaces"),
+    dataset=meta["config"].get("dataset", "synthfaces"),
   )
 
 
 __all__ = [
-  "DATA_FILE",
-  "EXPORT_FORMAT",
-  "META_FILE",
-  "SHIPPED_FEATNET",
-  "SHIPPED_GENERATORS",
-  "WEIGHTS_DIR",
   "ArchitectureMismatchError",
   "CheckpointError",
-  "array_manifest",
-  "array_manifest_shapes",
-  "check_structure",
-  "dataset_of",
-  "generator_from_variables",
-  "is_biggan_folder",
-  "load_biggan_folder",
+  "SHIPPED_GENERATORS",
   "load_generator",
   "load_variables",
   "read_meta",
-  "resolve",
   "save_variables",
-  "sha256",
-  "verify_manifest",
 ]

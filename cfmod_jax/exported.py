@@ -221,7 +221,7 @@ def save_variables(
 
 def read_meta(path: str) -> dict[str, Any]:
   """The ``checkpoint.json`` of an exported folder."""
-  _check_folder(path)
+  check_folder(path)
   meta_path = os.path.join(path, META_FILE)
   if not os.path.isfile(meta_path):
     raise CheckpointError(f"{path} has no {META_FILE}: not an exported cfmod_jax checkpoint")
@@ -276,7 +276,7 @@ def load_variables(
   verify_manifest(manifest, stored, where=data_path)
   if expected is not None:
     check_structure(
-      manifest, expected, where=path, arch=f"{meta['arch']}({_kwargs_str(meta['kwargs'])})"
+      manifest, expected, where=path, arch=f"{meta['arch']}({kwargs_str(meta['kwargs'])})"
     )
   variables = jax.tree.map(
     lambda x: (
@@ -287,7 +287,8 @@ def load_variables(
   return variables, meta
 
 
-def _check_folder(path: str) -> None:
+def check_folder(path: str) -> None:
+  """A CheckpointError if ``path`` exists and is a file, not a folder."""
   if os.path.exists(path) and not os.path.isdir(path):
     raise CheckpointError(
       f"name_or_path={os.fspath(path)!r} is a file; a checkpoint is a "
@@ -349,22 +350,15 @@ def _meta_fields(path: str, meta: Mapping[str, Any]) -> tuple[int, str, dict]:
   return size, digest, manifest
 
 
-def _kwargs_str(kwargs: Mapping[str, Any]) -> str:
+def kwargs_str(kwargs: Mapping[str, Any]) -> str:
+  """``'a=1, b=2'``: an architecture's keyword arguments, sorted, for messages."""
   return ", ".join(f"{k}={v!r}" for k, v in sorted(kwargs.items()))
 
 
 __all__ = [
-  "DATA_FILE",
-  "EXPORT_FORMAT",
-  "META_FILE",
   "ArchitectureMismatchError",
   "CheckpointError",
-  "array_manifest",
-  "array_manifest_shapes",
-  "check_structure",
   "load_variables",
   "read_meta",
   "save_variables",
-  "sha256",
-  "verify_manifest",
 ]

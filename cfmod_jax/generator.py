@@ -20,7 +20,7 @@ those stages receive z1's latent (the counterfactual changes only the site).
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping
 from typing import Any
 
 import flax
@@ -411,14 +411,9 @@ def check_generator(gen: Any, name: str = "gen") -> Any:
   return gen
 
 
-__all__: Sequence[str] = (
-  "check_generator",
-  "replicate",
+__all__ = [
+  "Generator",
+  "SplitStage",
   "StagedGenerator",
   "VectorLatentGenerator",
-  "SplitStage",
-  "Generator",
-  "check_latents",
-  "check_variables",
-  "stage_names",
-)
+]

@@ -16,7 +16,7 @@ largest chunks whose estimated working set fits a budget:
   (and their bf16 copy) and three copies of the ``[G, M, H, W]`` float32 sums.
   XLA fuses elementwise chains, so this is an upper estimate of what it
   allocates; `studies.gpu_check` prints it next to XLA's own
-  ``compiled.memory_analysis()``.
+  ``compiled.memory_analysis()`` (`cfmod_jax.lab.memory.compiled_chunk_bytes`).
 * **Budget** (`memory_budget`): ``fraction`` (default 0.5) of the smallest local
   device's ``memory_stats()['bytes_limit']`` on GPU/TPU; on CPU (``memory_stats()``
   is None) of the host's *available* RAM, divided by the number of local CPU
@@ -45,9 +45,9 @@ from jax.extend import core as jex_core
 
 from cfmod_jax._validate import check_positive_int
 from cfmod_jax.generator import Generator, check_generator
-from cfmod_jax.precision import check_precision, compute_dtype
+from cfmod_jax.precision import compute_dtype
 
-CPU_PAIR_CHUNK = 32  # == interventions.DEFAULT_PAIR_CHUNK (tuned on CPU)
+CPU_PAIR_CHUNK = 32  # the chunk rule on CPU (interventions.DEFAULT_PAIR_CHUNK; tuned)
 CPU_MASK_CHUNK = 16  # == interventions.DEFAULT_MASK_CHUNK
 MAX_PAIR_CHUNK = 256
 MAX_MASK_CHUNK = 256
@@ -142,7 +142,7 @@ def peak_live_bytes(fn: Callable, *args: Any, uncounted: int = 0) -> int:
   return _jaxpr_peak(closed.jaxpr, counted)
 
 
-def _abstract(tree: Any, dtype: Any = None) -> Any:
+def abstract_tree(tree: Any, dtype: Any = None) -> Any:
   def leaf(a):
     dt = np.dtype(getattr(a, "dtype", np.float32))
     if dtype is not None and jnp.issubdtype(dt, jnp.floating):
@@ -178,8 +178,8 @@ def chunk_cost(gen: Generator, site: str, precision: str = "float32") -> ChunkCo
   site_bytes = int(np.prod(site_shape)) * f32
   image_bytes = int(np.prod(image_shape)) * f32
   latent_bytes = int(np.prod(gen.latent_shape)) * f32
-  v_f32 = _abstract(gen.variables)
-  v_suffix = _abstract(gen.variables, dt)
+  v_f32 = abstract_tree(gen.variables)
+  v_suffix = abstract_tree(gen.variables, dt)
 
   def suffix(v, h, z):
     return gen.suffix(v, h, z, site)
@@ -412,67 +412,11 @@ def format_bytes(n: float) -> str:
   return f"{n / 1024**i:.1f} {units[i]}" if i else f"{int(n)} B"
 
 
-def compiled_chunk_bytes(
-  gen: Generator, site: str, pair_chunk: int, mask_chunk: int, precision: str = "float32"
-) -> dict[str, int] | None:
-  """XLA's own account (``compiled.memory_analysis()``) of one chunk of the stream:
-  the influence-map kernel of `cfmod_jax.interventions` compiled for one chunk of
-  ``pair_chunk`` pairs and ``mask_chunk`` masks at ``site`` (nothing is run).
-
-  Returns ``{'temp', 'argument', 'output', 'total'}`` bytes, or None where the
-  backend gives no memory analysis. Compare ``total`` with
-  ``working_set_bytes(chunk_cost(...), pair_chunk, mask_chunk, mask_chunk)``.
-  """
-  from cfmod_jax import interventions  # pylint: disable=g-import-not-at-top  (imports us)
-
-  check_generator(gen, "gen")
-  c = gen.site_shape(site)[-1]
-  pair_chunk = check_positive_int(pair_chunk, "pair_chunk")
-  mask_chunk = check_positive_int(mask_chunk, "mask_chunk")
-  local = interventions._local_hybrid_stream(  # pylint: disable=protected-access
-    gen,
-    site,
-    None,
-    interventions._influence_sums,  # pylint: disable=protected-access
-    pair_chunk,
-    mask_chunk,
-    False,
-    check_precision(precision),
-  )
-  z = jax.ShapeDtypeStruct((pair_chunk, *gen.latent_shape), jnp.float32)
-  args = (
-    _abstract(gen.variables),
-    (jax.ShapeDtypeStruct((mask_chunk, c), jnp.float32), ()),
-    z,
-    z,
-    jax.ShapeDtypeStruct((pair_chunk, 1), jnp.float32),
-  )
-  analysis = jax.jit(local).lower(*args).compile().memory_analysis()
-  if analysis is None:
-    return None
-  out = {
-    "temp": int(analysis.temp_size_in_bytes),
-    "argument": int(analysis.argument_size_in_bytes),
-    "output": int(analysis.output_size_in_bytes),
-  }
-  out["total"] = sum(out.values())
-  return out
-
-
 __all__ = [
-  "ACCUMULATOR_COPIES",
-  "CPU_MASK_CHUNK",
-  "CPU_PAIR_CHUNK",
   "ChunkCost",
-  "DEFAULT_FRACTION",
-  "MAX_HYBRIDS_PER_BATCH",
-  "MAX_MASK_CHUNK",
-  "MAX_PAIR_CHUNK",
   "choose_chunks",
   "choose_chunks_for_cost",
   "chunk_cost",
-  "chunk_ladder",
-  "compiled_chunk_bytes",
   "format_bytes",
   "memory_budget",
   "peak_live_bytes",

@@ -56,29 +56,16 @@ from cfmod_jax._validate import (
 from cfmod_jax.clustering import DEFAULT_PERCENTILE
 
 __all__ = [
-  "DEFAULT_MIN_EFFECT",
-  "DIRECTION",
-  "PARTITION_METRICS",
   "approx_module_maps",
-  "beyond",
   "bootstrap_ci",
-  "bootstrap_group_weights",
   "effect_vs_null",
   "in_support_share",
   "module_overlap",
-  "null_partitions",
   "null_test",
-  "overlap_statistic",
-  "paired_bootstrap",
   "part_agreement",
-  "part_agreement_chance",
-  "part_shares",
   "partition_statistics",
-  "partition_templates",
-  "percentile_ci",
   "random_partition_null",
   "split_groups",
-  "support_masks",
 ]
 
 #: The statistics of `partition_statistics`, in the order of the main job's report.

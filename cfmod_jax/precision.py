@@ -123,13 +123,6 @@ def relative_errors(approx: ArrayLike, ref: ArrayLike) -> dict[str, float]:
 
 
 __all__ = [
-  "DEFAULT_PRECISION",
   "PRECISIONS",
-  "cache_key",
-  "cast_floating",
-  "check_precision",
-  "compute_dtype",
-  "matmul_scope",
   "relative_errors",
-  "traced_with",
 ]

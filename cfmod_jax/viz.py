@@ -25,8 +25,8 @@ from numpy.typing import ArrayLike
 from cfmod_jax.fileio import atomic_path
 
 __all__ = [
-  "PNG_METADATA",
   "colorize_maps",
+  "grid_panel",
   "new_figure",
   "plot_stability_curve",
   "save_figure",
@@ -62,6 +62,24 @@ def to_unit(images: np.ndarray) -> np.ndarray:
 
 def _ensure_dir(path: str) -> None:
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+
+
+def grid_panel(originals: ArrayLike, donors: ArrayLike, cells: ArrayLike) -> np.ndarray:
+  """Lays out a hybrid grid (the paper's figure for one module).
+
+  Args:
+    originals: ``[R, H, W, 3]`` images of the originals (down the left).
+    donors: ``[D, H, W, 3]`` images of the donors (across the top).
+    cells: ``[R, D, H, W, 3]`` hybrids, e.g. one mask of
+      `cfmod_jax.interventions.hybrid_grid`.
+  All in [-1, 1]. Returns an RGB image in [0, 1] (blank top-left corner).
+  """
+  originals, donors, cells = (to_unit(np.asarray(a)) for a in (originals, donors, cells))
+  r, d = cells.shape[:2]
+  blank = np.ones((1, *cells.shape[2:]), np.float32)
+  rows = [np.concatenate([blank, donors])]
+  rows += [np.concatenate([originals[i : i + 1], cells[i]]) for i in range(r)]
+  return tile(np.concatenate(rows), d + 1, pad=3)
 
 
 def save_image_grid(path: str, images: ArrayLike, ncols: int = 8) -> str:

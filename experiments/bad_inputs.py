@@ -272,13 +272,17 @@ def api_cases() -> list[Outcome]:
     try_error(
       g,
       "influence_map_sums: empty group (groups=[0, 2])",
-      lambda: cfmod_jax.influence_map_sums(gen, site, ok_mask, z1, z2, groups=np.array([0, 2])),
+      lambda: cfmod_jax.interventions.influence_map_sums(
+        gen, site, ok_mask, z1, z2, groups=np.array([0, 2])
+      ),
       ["groups"],
     ),
     try_error(
       g,
       "influence_map_sums: groups of the wrong length",
-      lambda: cfmod_jax.influence_map_sums(gen, site, ok_mask, z1, z2, groups=np.array([0])),
+      lambda: cfmod_jax.interventions.influence_map_sums(
+        gen, site, ok_mask, z1, z2, groups=np.array([0])
+      ),
       ["groups"],
     ),
     try_error(g, "sample_latents(key, True)", lambda: gen.sample_latents(key, True), ["n"]),

@@ -110,7 +110,7 @@ def _panels(gen, result, site, out):
   for j, mask in enumerate(masks):
     cells = iv.hybrid_grid(gen, site, mask, z_rows, z_cols)
     viz.save_rgb(
-      os.path.join(out, f"panel_{site}_module{j}.png"), iv.grid_panel(originals, donors, cells)
+      os.path.join(out, f"panel_{site}_module{j}.png"), viz.grid_panel(originals, donors, cells)
     )
 
 

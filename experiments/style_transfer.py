@@ -15,7 +15,7 @@ import os
 import numpy as np
 from absl import flags, logging
 
-from cfmod_jax import interventions, viz
+from cfmod_jax import viz
 from cfmod_jax.lab import transfer
 from cfmod_jax.models.biggan import load_biggan
 from experiments import _cli  # first: one line on Ctrl-C while jax imports
@@ -27,7 +27,9 @@ def _define_flags() -> None:
   """The flags (defined only when run as a program, so that the library-like
   functions here can be imported next to other experiments' flags)."""
   flags.DEFINE_string(
-    "biggan", None, "Folder of converted BigGAN-deep weights (variables.msgpack + config.json)."
+    "biggan",
+    None,
+    "Folder of converted BigGAN-deep weights (written by experiments.convert_biggan).",
   )
   flags.DEFINE_integer("class_a", 850, "Class of the originals (850: teddy bear).")
   flags.DEFINE_integer("class_b", 105, "Class of the donors (105: koala).")
@@ -48,7 +50,7 @@ def write_transfer(result: transfer.TransferResult, generator_name: str, out_dir
   os.makedirs(out_dir, exist_ok=True)
   files = []
   for j in range(result.k):
-    panel = interventions.grid_panel(result.originals, result.donors, result.hybrids[j])
+    panel = viz.grid_panel(result.originals, result.donors, result.hybrids[j])
     files.append(viz.save_rgb(os.path.join(out_dir, f"module{j}.png"), panel))
   files.append(
     viz.save_map_grid(os.path.join(out_dir, "eims.png"), result.eims, labels=result.labels)

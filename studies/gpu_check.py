@@ -55,6 +55,7 @@ import cfmod_jax as cf
 from cfmod_jax import fileio, memory
 from cfmod_jax import precision as prec
 from cfmod_jax.generator import Generator
+from cfmod_jax.lab import memory as lab_memory
 
 __all__ = [
   "SCHEMA",
@@ -252,7 +253,7 @@ def xla_costs(gen: Generator, site: str, batch: int = 32) -> dict[str, float]:
   of its memory traffic in float32). Each is the slope between batches of ``batch``
   and ``2·batch``, so that per-call work (reading the weights once, BatchNorm
   statistics) is not charged to every image."""
-  v = memory._abstract(gen.variables)  # pylint: disable=protected-access
+  v = memory.abstract_tree(gen.variables)
 
   def cost(b):
     z = jax.ShapeDtypeStruct((b, *gen.latent_shape), jnp.float32)
@@ -291,7 +292,9 @@ def eim_benchmark(cfg: CheckConfig, log: Callable[..., None] = logging.info) -> 
     for p in _float32_first(cfg.precisions):
       pc, mc = memory.choose_chunks(gen, site, cfg.bench_pairs, c, precision=p)
       (sums, counts), seconds, first = _warm_timed(
-        functools.partial(cf.elementary_influence_map_sums, gen, site, z1, z2, precision=p)
+        functools.partial(
+          cf.interventions.elementary_influence_map_sums, gen, site, z1, z2, precision=p
+        )
       )
       eims = np.asarray(sums[0]) / (3.0 * counts[0])
       if p == "float32":
@@ -324,7 +327,7 @@ def eim_benchmark(cfg: CheckConfig, log: Callable[..., None] = logging.info) -> 
       rec["estimated_bytes_per_hybrid"] = cost.per_hybrid
       analysed = cfg.memory_analysis_sites is None or site in cfg.memory_analysis_sites
       if cfg.memory_analysis and analysed and p != "tf32":  # tf32 stores what float32 does
-        one = memory.compiled_chunk_bytes(gen, site, pc, mc, p)
+        one = lab_memory.compiled_chunk_bytes(gen, site, pc, mc, p)
         rec["xla_chunk_bytes"] = None if one is None else one["total"]
         rec["estimated_chunk_bytes"] = memory.working_set_bytes(cost, pc, mc, mc)
       records.append(rec)
@@ -508,7 +511,9 @@ def biggan_section(cfg: CheckConfig, log: Callable[..., None] = logging.info) ->
         # Chunks from the device's memory (on CPU: all pairs × all masks, one chunk).
         pc, mc = memory.choose_chunks(gen, site, len(z1), k, precision=p)
         (sums, counts), seconds, first = _warm_timed(
-          functools.partial(cf.influence_map_sums, gen, site, masks, z1, z2, precision=p)
+          functools.partial(
+            cf.interventions.influence_map_sums, gen, site, masks, z1, z2, precision=p
+          )
         )
         maps = np.asarray(sums[0]) / (3.0 * counts[0])
         if p == "float32":

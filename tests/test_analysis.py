@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import cfmod_jax as cf
-from cfmod_jax import analysis, baselines, clustering, interventions, metrics, report
+from cfmod_jax import analysis, baselines, clustering, interventions, metrics, report, viz
 from cfmod_jax.data import synthfaces
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -269,7 +269,7 @@ def test_hybrid_panel_layout():
   z2 = gen.sample_latents(__import__("jax").random.key(2), 4)
   c = gen.site_shape("block4")[-1]
   cells = interventions.hybrid_grid(gen, "block4", np.ones(c), z1[:2], z2[:3])
-  panel = interventions.grid_panel(gen(z1[:2]), gen(z2[:3]), cells)  # as the main job draws it
+  panel = viz.grid_panel(gen(z1[:2]), gen(z2[:3]), cells)  # as the main job draws it
   assert panel.shape == (3 * 67 - 3, 4 * 67 - 3, 3)
   # A full mask gives the donors: every cell of a column equals the donor on top.
   donor = panel[0:64, 67:131]

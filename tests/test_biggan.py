@@ -276,27 +276,14 @@ def test_checkpoint_round_trip(ckpt, small_biggan):
 
 
 def test_converted_folder_is_a_cfmod_checkpoint(ckpt, small_biggan, tmp_path):
-  """The converter writes cfmod_jax's exported format (config in checkpoint.json);
-  a folder in the older format (config.json + variables.msgpack) still loads, to
-  the same generator."""
-  from flax import serialization
-
+  """The converter writes cfmod_jax's exported format (config in checkpoint.json)."""
   from cfmod_jax import checkpoints
 
   meta = checkpoints.read_meta(ckpt[1])
   assert meta["arch"] == bg.ARCH and meta["kind"] == "generator"
   assert bg.BigGANConfig.from_dict(meta["kwargs"]["config"]) == SMALL_CFG
   assert meta["dataset"] == "imagenet" and bg.is_biggan_folder(ckpt[1])
-  legacy = tmp_path / "legacy"
-  legacy.mkdir()
-  state = jax.tree.map(np.asarray, small_biggan.variables)
-  (legacy / bg.VARIABLES_FILE).write_bytes(serialization.msgpack_serialize(state))
-  (legacy / bg.CONFIG_FILE).write_text(json.dumps(SMALL_CFG.to_dict()))
-  assert bg.is_biggan_folder(str(legacy))
-  old = bg.load_biggan(str(legacy), truncation=0.4)
-  assert old.module == small_biggan.module
-  jax.tree.map(np.testing.assert_array_equal, old.variables, small_biggan.variables)
-  # The new format's sha256 manifest catches a damaged copy.
+  # The sha256 manifest catches a damaged copy.
   bad = tmp_path / "bad"
   bad.mkdir()
   for name in os.listdir(ckpt[1]):

@@ -283,14 +283,13 @@ def test_save_variables_writes_atomically(tmp_path, monkeypatch):
 
 # ---- dataset metadata ----------------------------------------------------------------------------
 def test_dataset_metadata_of_exported_folders(tmp_path):
-  """``dataset`` in checkpoint.json; exports made before the field existed fall back
-  to their training config's ``dataset`` (default 'synthfaces'); none → None."""
+  """``dataset`` in checkpoint.json (a training config's ``dataset`` is not read);
+  none → None."""
   gen = init_generator("dcgan", seed=0, width=4, latent_dim=8)
   assert gen.dataset is None
   cases = [
     ({"dataset": "celeba"}, None, "celeba"),
-    (None, {"model": "dcgan", "dataset": "celeba"}, "celeba"),
-    (None, {"model": "dcgan"}, "synthfaces"),
+    (None, {"model": "dcgan", "dataset": "celeba"}, None),
     ({"dataset": "my-photos"}, {"model": "dcgan"}, "my-photos"),
     (None, None, None),
   ]

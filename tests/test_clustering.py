@@ -11,7 +11,7 @@ _ROOT = str(Path(__file__).resolve().parents[1])
 if _ROOT not in sys.path:  # the package is not installed in the venv
   sys.path.insert(0, _ROOT)
 
-from cfmod_jax import clustering as cl  # noqa: E402
+from cfmod_jax import _fits  # noqa: E402
 from cfmod_jax.clustering import (  # noqa: E402
   ModuleClustering,
   choose_k,
@@ -269,17 +269,17 @@ def test_choose_k_kmeans_and_determinism():
 
 def test_choose_rule_is_largest_k_within_tolerance_of_best():
   curve = {1: (1.0, 0.0), 2: (0.995, 0.01), 3: (0.985, 0.01), 4: (0.7, 0.1)}
-  assert cl._pick_within_tol(curve, 0.02, max) == 3
-  assert cl._pick_within_tol(curve, 0.0, max) == 1
-  assert cl._pick_within_tol(curve, 0.5, max) == 4
+  assert _fits.pick_within_tol(curve, 0.02, max) == 3
+  assert _fits.pick_within_tol(curve, 0.0, max) == 1
+  assert _fits.pick_within_tol(curve, 0.5, max) == 4
 
 
 def test_silhouette_rule_is_smallest_k_within_tolerance_of_best():
   curve = {2: (0.5, 0.0), 3: (0.8, 0.01), 4: (0.84, 0.01), 5: (0.86, 0.1)}
-  assert cl._pick_within_tol(curve, 0.05, min) == 4
-  assert cl._pick_within_tol(curve, 0.0, min) == 5
-  assert cl._pick_within_tol(curve, 0.07, min) == 3
-  assert cl._pick_within_tol(curve, 0.5, min) == 2
+  assert _fits.pick_within_tol(curve, 0.05, min) == 4
+  assert _fits.pick_within_tol(curve, 0.0, min) == 5
+  assert _fits.pick_within_tol(curve, 0.07, min) == 3
+  assert _fits.pick_within_tol(curve, 0.5, min) == 2
 
 
 def test_choose_k_old_rule_and_tolerance_defaults():
@@ -287,23 +287,23 @@ def test_choose_k_old_rule_and_tolerance_defaults():
   kw = dict(n_boot=3, seed=0, n_restarts=1)
   curves = selection_curves(groups, [2, 3, 4], **kw)
   k_stab, _ = choose_k(groups, [2, 3, 4], rule="stability", **kw)
-  assert k_stab == cl._pick_within_tol(curves["stability"], 0.02, max)
+  assert k_stab == _fits.pick_within_tol(curves["stability"], 0.02, max)
   k_sil, _ = choose_k(groups, [2, 3, 4], **kw)
-  assert k_sil == cl._pick_within_tol(curves["silhouette"], 0.05, min)
+  assert k_sil == _fits.pick_within_tol(curves["silhouette"], 0.05, min)
 
 
 def test_nndsvda_start_is_deterministic_and_not_worse_than_random():
   eims, truth = _planted(5, sizes=(30, 20, 4))
   x = preprocess_eims(eims).astype(np.float64)
   # one start: NNDSVDa ignores the seed; a random start does not
-  w0, h0, _ = cl._fit_nmf(x, 3, 0, 1, 500, 1e-4)
-  w1, h1, _ = cl._fit_nmf(x, 3, 123, 1, 500, 1e-4)
+  w0, h0, _ = _fits.fit_nmf(x, 3, 0, 1, 500, 1e-4)
+  w1, h1, _ = _fits.fit_nmf(x, 3, 123, 1, 500, 1e-4)
   np.testing.assert_allclose(h0, h1, atol=1e-10)
   err = lambda w, h: np.linalg.norm(x - w @ h)
-  errs_random = [err(*cl._fit_nmf(x, 3, s, 1, 500, 1e-4, "random")[:2]) for s in range(4)]
+  errs_random = [err(*_fits.fit_nmf(x, 3, s, 1, 500, 1e-4, "random")[:2]) for s in range(4)]
   assert err(w0, h0) <= np.median(errs_random) + 1e-6
   # best of n starts is never worse than its first start
-  w4, h4, _ = cl._fit_nmf(x, 3, 0, 4, 500, 1e-4)
+  w4, h4, _ = _fits.fit_nmf(x, 3, 0, 4, 500, 1e-4)
   assert err(w4, h4) <= err(w0, h0) + 1e-9
   res = cluster_channels(eims, 3, seed=7)
   assert adjusted_rand_score(truth, res.labels) == 1.0

@@ -309,7 +309,8 @@ def test_masks_from_labels_equals_plain_loop():
 
 def test_hybrid_grid_and_panel_equal_plain_loop(small_dcgan, pairs):
   from cfmod_jax import viz
-  from cfmod_jax.interventions import grid_panel, hybrid_grid
+  from cfmod_jax.interventions import hybrid_grid
+  from cfmod_jax.viz import grid_panel
 
   z1, z2 = pairs
   site = "block2"

@@ -10,7 +10,7 @@ import pytest
 from flax import traverse_util
 
 import cfmod_jax as cf
-from cfmod_jax import interventions, memory
+from cfmod_jax import _engine, interventions, memory
 from cfmod_jax import precision as prec
 from cfmod_jax.models.dcgan import DCGANGenerator
 
@@ -54,7 +54,7 @@ def pairs(gen):
 
 
 def _eims(gen, z1, z2, **kwargs):
-  sums, counts = cf.elementary_influence_map_sums(gen, SITE, z1, z2, **kwargs)
+  sums, counts = interventions.elementary_influence_map_sums(gen, SITE, z1, z2, **kwargs)
   assert sums.dtype == jnp.float32  # whatever the precision
   return np.asarray(sums[0]) / np.float32(3 * counts[0])
 
@@ -66,9 +66,9 @@ def _eims(gen, z1, z2, **kwargs):
   "call",
   [
     lambda g, z: cf.elementary_influence_maps(g, SITE, 4, precision="fp16"),
-    lambda g, z: cf.elementary_influence_map_sums(g, SITE, z, z, precision="bf16"),
+    lambda g, z: interventions.elementary_influence_map_sums(g, SITE, z, z, precision="bf16"),
     lambda g, z: cf.influence_maps(g, SITE, np.ones(16), z, z, precision=None),
-    lambda g, z: cf.influence_map_sums(g, SITE, np.ones(16), z, z, precision="FLOAT32"),
+    lambda g, z: interventions.influence_map_sums(g, SITE, np.ones(16), z, z, precision="FLOAT32"),
     lambda g, z: cf.hybrids(g, SITE, np.ones(16), z, z, precision=32),
     lambda g, z: interventions.hybrid_map_reduce(
       g, SITE, np.ones(16), z, z, lambda c, x, y: y, per_pair=True, precision="half"
@@ -105,10 +105,8 @@ def test_tf32_kernel_asks_for_tf32_matmuls(gen):
   masks = jnp.zeros((2, 16))
   for name in ("float32", "tf32"):
     kernels = [
-      interventions._local_eim_sums(gen, SITE, 4, 4, name),
-      interventions._local_hybrid_stream(
-        gen, SITE, None, interventions._influence_sums, 4, 2, False, name
-      ),
+      _engine.local_eim_sums(gen, SITE, 4, 4, name),
+      _engine.local_hybrid_stream(gen, SITE, None, _engine.influence_sums, 4, 2, False, name),
     ]
     for k, extra in zip(kernels, [(), (masks, ())], strict=True):
       text = str(jax.make_jaxpr(k)(gen.variables, extra, z, z, w))
@@ -154,7 +152,7 @@ def test_bfloat16_kernel_runs_the_suffix_in_bf16(gen):
   float32, every matmul/convolution of the suffix in bf16, the influence sums in
   float32."""
   z, w = jnp.zeros((4, 8)), jnp.ones((4, 1))
-  kernel = interventions._local_eim_sums(gen, SITE, 4, 4, "bfloat16")
+  kernel = _engine.local_eim_sums(gen, SITE, 4, 4, "bfloat16")
   text = str(jax.make_jaxpr(kernel)(gen.variables, (), z, z, w))
   dtypes = re.findall(r"\w+:(\w+)\[[^\]]*\] = (?:conv_general_dilated|dot_general)", text)
   assert dtypes[:4] == ["f32"] * 4 and dtypes[-1] == "f32"

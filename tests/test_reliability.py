@@ -159,7 +159,7 @@ def test_init_generator_rejects_garbage(arch, kwargs, pattern):
 
 
 def test_wrong_variables_name_the_first_mismatch(gen):
-  other = cf.build_module("dcgan", width=8, latent_dim=8)
+  other = cf.models.build_module("dcgan", width=8, latent_dim=8)
   with pytest.raises(
     ValueError,
     match=r"variables do not fit the module DCGANGenerator.*"
@@ -189,7 +189,7 @@ def test_non_generator_is_named(gen, z):
     lambda: cf.hybrids("dcgan", "block2", m, *z),
     lambda: cf.influence_maps(None, "block2", m, *z),
     lambda: cf.elementary_influence_maps(gen.module, "block2", 2),
-    lambda: cf.elementary_influence_map_sums({}, "block2", *z),
+    lambda: cf.interventions.elementary_influence_map_sums({}, "block2", *z),
   ):
     with pytest.raises(ValueError, match="gen must be a cfmod_jax.Generator"):
       call()
@@ -226,4 +226,4 @@ def test_traced_out_of_range_masks_give_nan_not_extrapolation(gen, z):
 def test_empty_groups_are_rejected(gen, z):
   m = np.eye(gen.site_shape("block2")[-1])[:2]
   with pytest.raises(ValueError, match=r"group\(s\) \[1\] have none"):
-    cf.influence_map_sums(gen, "block2", m, *z, groups=np.array([0, 2]))
+    cf.interventions.influence_map_sums(gen, "block2", m, *z, groups=np.array([0, 2]))

@@ -187,7 +187,7 @@ def test_register_architecture_staged(user_file, tmp_path):
     match=rf"arch='{name}' is unknown; expected one of "
     r"\['began', 'dcgan', 'vae'\].*register_architecture",
   ):
-    cf.build_module(name)
+    cf.models.build_module(name)
   cf.register_architecture(name, user.TinyGen)
   try:
     assert name in models.architectures()
@@ -202,7 +202,7 @@ def test_register_architecture_staged(user_file, tmp_path):
     with pytest.raises(ValueError, match=r"build_fn must be callable"):
       cf.register_architecture(name + "x", 3)
     with pytest.raises(ValueError, match=r"cannot build arch=.* with kwargs \{'depth': 2\}"):
-      cf.build_module(name, depth=2)
+      cf.models.build_module(name, depth=2)
     gen = cf.init_generator(name, seed=1, width=4)
     assert isinstance(gen.module, user.TinyGen) and gen.module.width == 4
     assert specs.generator_from_spec(f"random:{name}:4").module == gen.module
@@ -232,7 +232,7 @@ def test_register_wrapped_architecture_example(tmp_path):
     gen = ex.make_generator(latent_dim=8, width=4)
     folder = ex.save(gen, str(tmp_path / "own"), dataset="celeba")
     loaded = cf.load_generator(folder)
-    assert isinstance(loaded, cf.LinenGenerator) and loaded.sites == gen.sites
+    assert isinstance(loaded, cf.wrap.LinenGenerator) and loaded.sites == gen.sites
     assert loaded.dataset == "celeba" and not uses_synthfaces_parts(loaded)
     z = gen.sample_latents(jax.random.key(0), 2)
     np.testing.assert_array_equal(np.asarray(loaded(z)), np.asarray(gen(z)))

@@ -68,11 +68,17 @@ from cfmod_jax.generator import Generator
 from cfmod_jax.interventions import (
   DEFAULT_MASK_CHUNK,
   DEFAULT_PAIR_CHUNK,
-  _check_groups,
-  _check_masks,
-  _check_pairs,
   hybrid_map_reduce,
   masks_from_labels,
+)
+from cfmod_jax.interventions import (
+  check_groups as _check_groups,
+)
+from cfmod_jax.interventions import (
+  check_masks as _check_masks,
+)
+from cfmod_jax.interventions import (
+  check_pairs as _check_pairs,
 )
 from cfmod_jax.lab import quality
 

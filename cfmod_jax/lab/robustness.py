@@ -48,8 +48,8 @@ from cfmod_jax import metrics, viz
 from cfmod_jax._validate import check_positive_int
 from cfmod_jax.generator import Generator
 from cfmod_jax.interventions import (
-  _check_masks,
-  _check_pairs,
+  check_masks,
+  check_pairs,
   hybrid_map_reduce,
   influence_maps,
   masks_from_labels,
@@ -217,8 +217,8 @@ def pair_predictions(
   """
   clf = as_classifier(classifier)
   gen.site_index(site)
-  masks, _ = _check_masks(gen, site, masks)
-  z1, z2 = _check_pairs(gen, z1, z2)
+  masks, _ = check_masks(gen, site, masks)
+  z1, z2 = check_pairs(gen, z1, z2)
   pair_chunk = check_positive_int(pair_chunk, "pair_chunk")
   mask_chunk = check_positive_int(mask_chunk, "mask_chunk")
   check_classifier(clf, gen.image_shape)

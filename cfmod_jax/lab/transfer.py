@@ -16,7 +16,7 @@ Pipeline (`style_transfer`):
 2. and groups the site's channels into K modules (`clustering.cluster_channels`).
 3. `interventions.hybrid_grid` renders, for every module, every (A sample, B donor)
    combination in one compiled call per site.
-4. `interventions.grid_panel` lays out one panel per module: A samples down the left, B
+4. `viz.grid_panel` lays out one panel per module: A samples down the left, B
    donors across the top, hybrids in the grid; ``module_maps`` (mean |hybrid − A|
    of each module over the grid) show where modules act.
 

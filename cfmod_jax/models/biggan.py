@@ -589,10 +589,6 @@ def biggan_generator(
 
 
 ARCH = "biggan-deep"  # the ``arch`` of a BigGAN folder's checkpoint.json
-# Folders written before BigGAN used the exported format (config.json + variables.msgpack,
-# no checkpoint.json) still load (`load_biggan`); new ones are written by `save_biggan`.
-VARIABLES_FILE = "variables.msgpack"
-CONFIG_FILE = "config.json"
 
 
 def save_biggan(path: str, variables: Any, config: str | BigGANConfig | Mapping[str, Any]) -> str:
@@ -616,20 +612,9 @@ def _meta_path(path: str) -> str:
   return os.path.join(path, exported.META_FILE)
 
 
-def _is_legacy_folder(path: str) -> bool:
-  return (
-    os.path.isfile(os.path.join(path, CONFIG_FILE))
-    and os.path.isfile(os.path.join(path, VARIABLES_FILE))
-    and not os.path.isfile(_meta_path(path))
-  )
-
-
 def is_biggan_folder(path: str) -> bool:
-  """Whether ``path`` is a BigGAN folder: written by `save_biggan` (its
-  ``checkpoint.json`` declares arch ``biggan-deep``) or by an older converter
-  (``config.json`` + ``variables.msgpack``, no ``checkpoint.json``)."""
-  if _is_legacy_folder(path):
-    return True
+  """Whether ``path`` is a BigGAN folder written by `save_biggan` (its
+  ``checkpoint.json`` declares arch ``biggan-deep``)."""
   if not os.path.isfile(_meta_path(path)):
     return False
   try:
@@ -646,46 +631,21 @@ def _abstract_variables(cfg: BigGANConfig) -> Any:
   )
 
 
-def _load_legacy(path: str) -> tuple[BigGANConfig, Any]:
-  """Config and variables of a folder written before `save_biggan` used the exported format."""
-  from flax import serialization
-
-  with open(os.path.join(path, CONFIG_FILE), encoding="utf-8") as f:
-    cfg = BigGANConfig.from_dict(json.load(f))
-  with open(os.path.join(path, VARIABLES_FILE), "rb") as f:
-    state = serialization.msgpack_restore(f.read())
-  template = _abstract_variables(cfg)
-  want = {
-    jax.tree_util.keystr(k): v.shape for k, v in jax.tree_util.tree_leaves_with_path(template)
-  }
-  got = {
-    jax.tree_util.keystr(k): np.shape(v) for k, v in jax.tree_util.tree_leaves_with_path(state)
-  }
-  if want != got:
-    diff = sorted(k for k in set(want) | set(got) if want.get(k) != got.get(k))
-    raise ValueError(
-      f"{path} does not hold BigGAN variables for its config; differing entries: {diff[:10]}"
-    )
-  return cfg, jax.tree.map(jnp.asarray, state)
-
-
 def load_biggan_variables(path: str) -> tuple[BigGANConfig, Any]:
-  """``(config, variables)`` of a BigGAN folder (`is_biggan_folder`, either format).
+  """``(config, variables)`` of a BigGAN folder (`is_biggan_folder`).
 
   Raises:
     CheckpointError (a ValueError): a folder that is not a BigGAN checkpoint, a
       truncated or corrupted file, variables that do not fit the config.
   """
-  if _is_legacy_folder(path):
-    return _load_legacy(path)
   if not os.path.isdir(path):
     raise exported.CheckpointError(
       f"{path}: no such folder (expected one written by experiments.convert_biggan)"
     )
   if not os.path.isfile(_meta_path(path)):
     raise exported.CheckpointError(
-      f"{path} is not a BigGAN folder: it has neither {exported.META_FILE} (written by "
-      f"experiments.convert_biggan) nor {CONFIG_FILE} + {VARIABLES_FILE} (older converters)"
+      f"{path} is not a BigGAN folder: it has no {exported.META_FILE} (written by "
+      f"experiments.convert_biggan)"
     )
   meta = exported.read_meta(path)
   kwargs = meta.get("kwargs")
@@ -700,8 +660,7 @@ def load_biggan_variables(path: str) -> tuple[BigGANConfig, Any]:
 
 
 def load_biggan(path: str, truncation: float = 0.4, **kwargs: Any) -> Generator:
-  """A `Generator` from a folder written by `save_biggan` (``experiments.convert_biggan``),
-  or by an older converter (``config.json`` + ``variables.msgpack``).
+  """A `Generator` from a folder written by `save_biggan` (``experiments.convert_biggan``).
 
   ``kwargs`` go to `biggan_generator` (``class_sampler``, ``classes``, ``name``).
   """
@@ -710,20 +669,12 @@ def load_biggan(path: str, truncation: float = 0.4, **kwargs: Any) -> Generator:
 
 
 __all__ = [
+  "CONFIGS",
   "BigGANConfig",
   "BigGANDeep",
-  "CONFIGS",
   "biggan_generator",
-  "check_truncation",
-  "class_vectors",
   "get_config",
-  "init_variables",
-  "is_biggan_folder",
   "load_biggan",
-  "load_biggan_variables",
-  "make_latents",
   "sample_latents_for_classes",
   "save_biggan",
-  "split_latents",
-  "truncated_noise",
 ]

@@ -9,15 +9,17 @@ add their own fields and check them with `check_int`, `check_float` and
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
+import flax
 import jax
 import ml_collections
 import numpy as np
 import optax
 
 from cfmod_jax._validate import check_seed
+from cfmod_jax.runs import select_variables
 
 # Config fields that only steer the loop; they do not change the compiled step.
 LOOP_FIELDS = (
@@ -45,7 +47,9 @@ class Trainer:
     make_batch: ``(config, step) -> dict[str, np.ndarray]`` (leading axis =
       ``config.batch_size``); a pure function of ``(config, step)``.
     export_spec: ``config -> (arch, kwargs)`` of the exported module.
-    export_variables: ``state -> variables`` of the exported module.
+    export_paths: ``{collection: 'a/b'}``, the path in the state dict of each
+      variable collection of the exported module (`cfmod_jax.runs.select_variables`;
+      recorded in every checkpoint, so that loading a run needs no trainer code).
     sample: ``(config, state, latents) -> images [N, 64, 64, 3]`` in [-1, 1],
       or None for models that do not generate (the feature network).
     latent_dim: ``config -> int`` (only used when ``sample`` is set).
@@ -57,9 +61,23 @@ class Trainer:
   train_step: Callable[..., tuple[Any, dict[str, jax.Array]]]
   make_batch: Callable[[ml_collections.ConfigDict, int], dict[str, np.ndarray]]
   export_spec: Callable[[ml_collections.ConfigDict], tuple[str, dict[str, Any]]]
-  export_variables: Callable[[Any], Any]
+  export_paths: Mapping[str, str]
   sample: Callable[..., jax.Array] | None = None
   latent_dim: Callable[[ml_collections.ConfigDict], int] | None = None
+
+  @property
+  def export_kind(self) -> str:
+    """``'generator'``, or ``'featnet'`` for a model that does not generate."""
+    return "featnet" if self.sample is None else "generator"
+
+  def export_variables(self, state: Any) -> dict[str, Any]:
+    """The exported module's variables of a train state (``export_paths``)."""
+    return state_variables(state, self.export_paths)
+
+
+def state_variables(state: Any, paths: Mapping[str, str]) -> dict[str, Any]:
+  """The variables at ``paths`` of a train state (`cfmod_jax.runs.select_variables`)."""
+  return select_variables(flax.serialization.to_state_dict(state), paths)
 
 
 def base_config(model: str) -> ml_collections.ConfigDict:
@@ -176,4 +194,5 @@ __all__ = [
   "check_config_seed",
   "check_float",
   "check_int",
+  "state_variables",
 ]

@@ -44,7 +44,15 @@ import ml_collections
 import optax
 
 from cfmod_jax.models import DCGANDiscriminator, DCGANGenerator
-from cfmod_jax.train.config import Trainer, adam, check_adam, check_float, check_int, moving_average
+from cfmod_jax.train.config import (
+  Trainer,
+  adam,
+  check_adam,
+  check_float,
+  check_int,
+  moving_average,
+  state_variables,
+)
 from cfmod_jax.train.data import training_images
 
 
@@ -188,9 +196,13 @@ def export_spec(config: ml_collections.ConfigDict) -> tuple[str, dict[str, Any]]
   return "dcgan", {"latent_dim": config.generator.latent_dim, "width": config.generator.width}
 
 
+# G's variables as exported and sampled: the moving average (``config.ema_decay``).
+EXPORT_PATHS = {"params": "ema_params", "batch_stats": "ema_batch_stats"}
+
+
 def export_variables(state: GANState) -> dict[str, Any]:
-  """G's variables as exported and sampled: the moving average (``config.ema_decay``)."""
-  return {"params": state.ema_params, "batch_stats": state.ema_batch_stats}
+  """G's variables as exported and sampled (`EXPORT_PATHS`)."""
+  return state_variables(state, EXPORT_PATHS)
 
 
 def sample(config: ml_collections.ConfigDict, state: GANState, latents: jax.Array) -> jax.Array:
@@ -204,7 +216,7 @@ TRAINER = Trainer(
   train_step=train_step,
   make_batch=training_images,
   export_spec=export_spec,
-  export_variables=export_variables,
+  export_paths=EXPORT_PATHS,
   sample=sample,
   latent_dim=lambda config: config.generator.latent_dim,
 )

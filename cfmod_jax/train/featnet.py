@@ -20,7 +20,14 @@ import optax
 
 from cfmod_jax.data import synthfaces
 from cfmod_jax.models.featnet import CATEGORICAL, FeatNet, factor_targets
-from cfmod_jax.train.config import Trainer, adam, check_adam, check_float, check_int
+from cfmod_jax.train.config import (
+  Trainer,
+  adam,
+  check_adam,
+  check_float,
+  check_int,
+  state_variables,
+)
 
 
 @flax.struct.dataclass
@@ -92,8 +99,11 @@ def export_spec(config: ml_collections.ConfigDict) -> tuple[str, dict[str, Any]]
   return "featnet", {"width": config.featnet.width, "feature_dim": config.featnet.feature_dim}
 
 
+EXPORT_PATHS = {"params": "params"}
+
+
 def export_variables(state: FeatNetState) -> dict[str, Any]:
-  return {"params": state.params}
+  return state_variables(state, EXPORT_PATHS)
 
 
 TRAINER = Trainer(
@@ -103,7 +113,7 @@ TRAINER = Trainer(
   train_step=train_step,
   make_batch=make_batch,
   export_spec=export_spec,
-  export_variables=export_variables,
+  export_paths=EXPORT_PATHS,
 )
 
 

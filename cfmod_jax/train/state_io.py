@@ -4,7 +4,8 @@ Each checkpoint holds the train state and a JSON item (`checkpoint_meta`) with
 the model, the generator's architecture, the config, the cumulative wall time
 and a sha256 manifest of every array (`cfmod_jax.exported.array_manifest`),
 verified on every restore (`restore_checkpoint`). `load_run` reads a run's
-checkpoint back (used by the export and by `cfmod_jax.load_generator`).
+checkpoint back as a train state (resume, export); the format and its reading
+without trainers (`cfmod_jax.load_generator`) are in `cfmod_jax.runs`.
 """
 
 from __future__ import annotations
@@ -21,17 +22,20 @@ import orbax.checkpoint as ocp
 from jax.sharding import Mesh
 
 from cfmod_jax.exported import CheckpointError, array_manifest, check_structure, verify_manifest
+from cfmod_jax.runs import (  # the run format, read without trainers; re-exported here
+  RUN_FORMAT,
+  checkpoint_dir,
+  latest_checkpoint,
+  open_manager,
+  read_meta,
+  restore_state,
+)
 from cfmod_jax.train.config import Trainer
 from cfmod_jax.train.mesh import make_mesh, replicated
 from cfmod_jax.train.registry import get_trainer
 from cfmod_jax.train.rng import init_key
 
-CHECKPOINT_FORMAT = "cfmod_jax.train/1"
-
-
-def checkpoint_dir(workdir: str) -> str:
-  """``<workdir>/checkpoints``, absolute: the orbax folder of a run."""
-  return os.path.join(os.path.abspath(workdir), "checkpoints")
+CHECKPOINT_FORMAT = RUN_FORMAT
 
 
 def checkpoint_meta(
@@ -50,6 +54,7 @@ def checkpoint_meta(
     "arch": arch,
     "kwargs": kwargs,
     "config": config.to_dict(),
+    "export": {"kind": trainer.export_kind, "variables": dict(trainer.export_paths)},
     "wall_time_s": float(wall_time_s),
     "jax_version": jax.__version__,
     "manifest": array_manifest(state_dict),
@@ -63,18 +68,6 @@ def abstract_state(
   state = jax.eval_shape(functools.partial(trainer.create_state, config), init_key(0))
   sharding = replicated(mesh) if mesh is not None else None
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), state)
-
-
-def open_manager(
-  workdir_or_dir: str, keep: int | None = None, read_only: bool = False
-) -> ocp.CheckpointManager:
-  """The orbax manager of a checkpoint folder (items ``state`` and ``meta``)."""
-  options = ocp.CheckpointManagerOptions(
-    max_to_keep=keep, create=not read_only, read_only=read_only
-  )
-  return ocp.CheckpointManager(
-    os.path.abspath(workdir_or_dir), options=options, item_names=("state", "meta")
-  )
 
 
 def restore_checkpoint(
@@ -91,41 +84,13 @@ def restore_checkpoint(
       state that does not match the manifest (shapes or sha256).
   """
   path = os.path.join(str(manager.directory), str(step))
-  try:
-    meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-  except Exception as e:  # orbax raises many types; say what is wrong.
-    raise CheckpointError(
-      f"checkpoint {path} has no readable metadata (truncated or corrupted?): {e}"
-    ) from e
-  if not isinstance(meta, dict) or meta.get("format") != CHECKPOINT_FORMAT:
-    raise CheckpointError(
-      f"checkpoint {path} is not a cfmod_jax trainer checkpoint (format {CHECKPOINT_FORMAT})"
-    )
+  meta = read_meta(manager, step)
   target = abstract_state(trainer, config, mesh)
   target_dict = flax.serialization.to_state_dict(target)
   check_structure(meta["manifest"], target_dict, where=path, arch=f"{trainer.name} trainer state")
-  try:
-    restored = manager.restore(
-      step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target_dict))
-    )["state"]
-  except Exception as e:
-    detail = str(e).split(" See full TensorStore details")[0][:400]
-    raise CheckpointError(
-      f"could not read the arrays of checkpoint {path} (truncated or corrupted?): "
-      f"{type(e).__name__}: {detail}"
-    ) from e
+  restored = restore_state(manager, step, target_dict)
   verify_manifest(meta["manifest"], restored, where=path)
   return flax.serialization.from_state_dict(target, restored), meta
-
-
-def latest_checkpoint(workdir: str) -> tuple[ocp.CheckpointManager, int | None]:
-  """``(manager, step)`` of the latest checkpoint in a run's workdir (or its
-  ``checkpoints/`` folder); step is None when there is none."""
-  directory = workdir
-  if os.path.isdir(os.path.join(workdir, "checkpoints")):
-    directory = os.path.join(workdir, "checkpoints")
-  manager = open_manager(directory, read_only=True)
-  return manager, manager.latest_step()
 
 
 def load_run(
@@ -137,12 +102,7 @@ def load_run(
     step = latest if step is None else step
     if step is None:
       raise CheckpointError(f"no checkpoint in {workdir}")
-    try:
-      meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-    except Exception as e:
-      raise CheckpointError(
-        f"checkpoint {workdir} step {step} has no readable metadata: {e}"
-      ) from e
+    meta = read_meta(manager, step)
     config = ml_collections.ConfigDict(meta["config"])
     trainer = get_trainer(meta["model"])
     mesh = make_mesh(jax.devices()[:1] if devices is None else devices)

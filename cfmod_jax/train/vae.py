@@ -30,8 +30,15 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from cfmod_jax.models import BetaVAE, VAEDecoder, decoder_variables
-from cfmod_jax.train.config import Trainer, adam, check_adam, check_float, check_int
+from cfmod_jax.models import BetaVAE, VAEDecoder
+from cfmod_jax.train.config import (
+  Trainer,
+  adam,
+  check_adam,
+  check_float,
+  check_int,
+  state_variables,
+)
 from cfmod_jax.train.data import training_images
 
 LIKELIHOODS = ("gaussian", "bernoulli")
@@ -117,8 +124,11 @@ def export_spec(config: ml_collections.ConfigDict) -> tuple[str, dict[str, Any]]
   return "vae", {"latent_dim": config.generator.latent_dim, "width": config.generator.width}
 
 
+EXPORT_PATHS = {"params": "params/decoder"}  # the decoder (`models.vae.decoder_variables`)
+
+
 def export_variables(state: VAEState) -> dict[str, Any]:
-  return decoder_variables({"params": state.params})
+  return state_variables(state, EXPORT_PATHS)
 
 
 def sample(config: ml_collections.ConfigDict, state: VAEState, latents: jax.Array) -> jax.Array:
@@ -133,7 +143,7 @@ TRAINER = Trainer(
   train_step=train_step,
   make_batch=training_images,
   export_spec=export_spec,
-  export_variables=export_variables,
+  export_paths=EXPORT_PATHS,
   sample=sample,
   latent_dim=lambda config: config.generator.latent_dim,
 )
