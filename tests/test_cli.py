@@ -1,7 +1,7 @@
 """Command-line interfaces: one line per user error, --help, Ctrl-C, rejected resumes.
 
 Each case is a subprocess (`python -m experiments.<cli>`, ~4 s of imports), so
-there are few of them; the full list is in `experiments.bad_inputs` (the quick
+there are few of them; the full list is in `studies.reliability_doc` (the quick
 ones run here, all of them when docs/reliability.md is regenerated).
 """
 
@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 
-from experiments import bad_inputs as bi
+from studies import reliability_doc as bi
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "JAX_PLATFORMS": "cpu"}
