@@ -9,6 +9,7 @@ import shutil
 import jax
 import numpy as np
 import pytest
+from _helpers import tiny_analysis_config
 from scipy.ndimage import gaussian_filter
 
 import cfmod_jax as cf
@@ -254,16 +255,10 @@ def test_bad_adaptive_config_names_the_field(gen, tmp_path, changes, pattern):
 
 
 # ---- the main job ------------------------------------------------------------------------
-TINY = analysis.AnalysisConfig(
+TINY = tiny_analysis_config(
   sites=(SITE,),
   n_pairs=12,
   block_pairs=2,
-  k=2,
-  n_boot=2,
-  eval_pairs=4,
-  eval_groups=2,
-  n_null=2,
-  n_ci=10,
   hybrid_rows=1,
   hybrid_cols=1,
   parts="none",

@@ -605,17 +605,3 @@ def test_config_errors_name_the_field(change, field):
   config.check_config(config.BenchConfig())  # the defaults are valid
   with pytest.raises(ValueError, match=rf"\b{field}\b"):
     config.check_config(config.BenchConfig(**change))
-
-
-def test_defaults_are_the_issue_12_configuration():
-  cfg = config.BenchConfig()
-  assert (cfg.n_pairs, cfg.width, tuple(cfg.sites), cfg.repeats) == (64, 64, config.SITES, 3)
-  assert tuple(cfg.contenders) == (
-    "cfmod_jax",
-    "torch_hooks",
-    "torch_batched",
-    "torch_linear",
-    "torch_batched_compiled",
-    "torch_linear_compiled",
-  )
-  assert "naive_jax" in config.CONTENDERS and cfg.memory_check
