@@ -16,6 +16,8 @@ import cfmod_jax as cf
 from cfmod_jax import analysis, sweep
 from cfmod_jax.sweep import SweepConfig, eim_sweep
 
+SLOW = "runs the main job end to end (adaptive pair counts, precision)"
+
 SITE = "block3"  # 8 channels in the width-4 DCGAN
 BASE = SweepConfig(n_pairs=12, block_pairs=2, seed=1, pair_chunk=2, mask_chunk=8)
 #: How far the sweep's reliability may sit from the plain loop's (float32 vs float64 sums).

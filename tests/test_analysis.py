@@ -20,6 +20,8 @@ import cfmod_jax as cf
 from cfmod_jax import analysis, baselines, clustering, interventions, metrics, report
 from cfmod_jax.data import synthfaces
 
+SLOW = "runs the main job end to end (two sites, K chosen, untrained baseline)"
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = tiny_analysis_config(
   sites=("block3", "block4"),

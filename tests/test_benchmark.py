@@ -34,6 +34,8 @@ from cfmod_jax import checkpoints
 from cfmod_jax.generator import SplitStage, VectorLatentGenerator
 from cfmod_jax.ops import ConvTranspose
 
+SLOW = "runs the PyTorch and JAX contenders of the EIM benchmark"
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WIDTH = 8
 

@@ -16,6 +16,8 @@ import time
 
 from studies import reliability_doc as bi
 
+SLOW = "starts the CLIs as subprocesses (~4 s of imports each)"
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "JAX_PLATFORMS": "cpu"}
 

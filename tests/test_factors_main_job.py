@@ -19,6 +19,8 @@ from cfmod_jax.lab import factors, quality
 from cfmod_jax.wrap import wrap_linen
 from experiments import _specs as specs
 
+SLOW = "runs the main job with factor transfer and hybrid realism"
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SITE = "block3"
 TINY = tiny_analysis_config(

@@ -18,6 +18,8 @@ from cfmod_jax import analysis, report
 from cfmod_jax.models import biggan as bg
 from cfmod_jax.testing import tiny_biggan_config
 
+SLOW = "runs the main job end to end on four kinds of generator"
+
 
 def _dcgan(tmp_path):
   return cf.init_generator("dcgan", seed=1, width=4, latent_dim=8), "block3", None

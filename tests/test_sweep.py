@@ -18,6 +18,8 @@ from cfmod_jax import sweep
 from cfmod_jax.sweep import SweepConfig, eim_sweep, generator_fingerprint
 from experiments import _specs as specs
 
+SLOW = "kills and resumes sweeps in subprocesses"
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(ROOT, "tests", "workers", "sweep_worker.py")
 

@@ -19,6 +19,8 @@ from cfmod_jax.lab import transfer
 from cfmod_jax.models import biggan as bg
 from cfmod_jax.testing import tiny_biggan_config
 
+SLOW = "compiles a tiny BigGAN-deep and runs the style-transfer CLI"
+
 ATOL = 1e-5
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = tiny_biggan_config()  # 16×16, 4 blocks, width 4, 10 classes

@@ -18,6 +18,8 @@ from flax import nnx
 import cfmod_jax as cf
 from cfmod_jax.wrap import LinenGenerator, NNXGenerator, wrap_linen, wrap_nnx
 
+SLOW = "compiles wrapped Linen/NNX generators against hand-written references"
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
