@@ -562,7 +562,7 @@ def try_case(case: Case, ctx: Context) -> Outcome:
 
 
 # ---- CLI cases ----------------------------------------------------------------------------
-_LOG_LINE = re.compile(r"^[IWEF]\d{4} \d\d:\d\d:\d\d")
+LOG_LINE = re.compile(r"^[IWEF]\d{4} \d\d:\d\d:\d\d")
 
 
 _TINY = (
@@ -591,7 +591,7 @@ class CliCase:
 
 
 def classify_cli(c: CliCase, rc: int, stdout: str, stderr: str) -> tuple[str, str]:
-  lines = [l for l in stderr.splitlines() if l.strip() and not _LOG_LINE.match(l)]
+  lines = [l for l in stderr.splitlines() if l.strip() and not LOG_LINE.match(l)]
   if "Traceback (most recent call last)" in stderr:
     tail = [l for l in lines if l.strip()][-1:] or ["?"]
     return DEEP, short(f"traceback (rc {rc}): {tail[0]}")
@@ -801,11 +801,11 @@ def cli_cases(tmp: str, quick: bool) -> list[tuple[str, CliCase]]:
   for module in ("analyze", "train", "benchmark", "robustness", "style_transfer", "convert_biggan"):
     cases.append((module, CliCase("", ["--help"], expect="help", quick=module == "analyze")))
   if not quick:
-    cases.append(("train", _rejected_resume_case(tmp)))
+    cases.append(("train", rejected_resume_case(tmp)))
   return [(m, c) for m, c in cases if not quick or c.quick]
 
 
-def _rejected_resume_case(tmp: str) -> CliCase:
+def rejected_resume_case(tmp: str) -> CliCase:
   """A one-step width-4 DCGAN run, then a resume with width 8: rejected, and the
   run's config.json unchanged."""
   workdir = os.path.join(tmp, "run")

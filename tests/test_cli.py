@@ -23,7 +23,7 @@ ENV = {**os.environ, "JAX_PLATFORMS": "cpu"}
 
 
 def _non_log_lines(text):
-  return [l for l in text.splitlines() if l.strip() and not bi._LOG_LINE.match(l)]  # pylint: disable=protected-access
+  return [l for l in text.splitlines() if l.strip() and not bi.LOG_LINE.match(l)]
 
 
 def test_quick_cli_cases_are_clear_errors(tmp_path):
@@ -104,7 +104,7 @@ def test_ctrl_c_prints_one_line_keeps_blocks_and_rerun_resumes(tmp_path):
 
 
 def test_train_rejects_a_config_that_cannot_resume_the_run_before_writing(tmp_path):
-  case = bi._rejected_resume_case(str(tmp_path))  # pylint: disable=protected-access
+  case = bi.rejected_resume_case(str(tmp_path))
   result = bi.run_cli("train", case, 300, ROOT)
   assert result.outcome == bi.CLEAR, result.detail
   assert "cannot resume" in result.detail
