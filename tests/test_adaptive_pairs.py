@@ -9,11 +9,14 @@ import shutil
 import jax
 import numpy as np
 import pytest
+from _helpers import tiny_analysis_config
 from scipy.ndimage import gaussian_filter
 
 import cfmod_jax as cf
 from cfmod_jax import analysis, fingerprint, split_half, sweep
 from cfmod_jax.sweep import SweepConfig, eim_sweep
+
+SLOW = "runs the main job end to end (adaptive pair counts, precision)"
 
 SITE = "block3"  # 8 channels in the width-4 DCGAN
 BASE = SweepConfig(n_pairs=12, block_pairs=2, seed=1, pair_chunk=2, mask_chunk=8)
@@ -256,16 +259,10 @@ def test_bad_adaptive_config_names_the_field(gen, tmp_path, changes, pattern):
 
 
 # ---- the main job ------------------------------------------------------------------------
-TINY = analysis.AnalysisConfig(
+TINY = tiny_analysis_config(
   sites=(SITE,),
   n_pairs=12,
   block_pairs=2,
-  k=2,
-  n_boot=2,
-  eval_pairs=4,
-  eval_groups=2,
-  n_null=2,
-  n_ci=10,
   hybrid_rows=1,
   hybrid_cols=1,
   parts="none",

@@ -14,27 +14,23 @@ import sys
 import jax
 import numpy as np
 import pytest
+from _helpers import tiny_analysis_config
 
 import cfmod_jax as cf
 from cfmod_jax import analysis, baselines, clustering, interventions, metrics, report, viz
 from cfmod_jax.data import synthfaces
 
+SLOW = "runs the main job end to end (two sites, K chosen, untrained baseline)"
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = analysis.AnalysisConfig(
+TINY = tiny_analysis_config(
   sites=("block3", "block4"),
-  n_pairs=8,
-  block_pairs=4,
+  k=None,
   k_values=(2, 3),
-  n_boot=2,
   eval_pairs=6,
-  eval_groups=2,
   n_null=3,
   n_ci=20,
-  hybrid_rows=2,
-  hybrid_cols=2,
   parts="synthfaces",
-  pair_chunk=4,
-  mask_chunk=4,
 )
 
 

@@ -34,6 +34,8 @@ from cfmod_jax import checkpoints
 from cfmod_jax.generator import SplitStage, VectorLatentGenerator
 from cfmod_jax.ops import ConvTranspose
 
+SLOW = "runs the PyTorch and JAX contenders of the EIM benchmark"
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WIDTH = 8
 
@@ -605,17 +607,3 @@ def test_config_errors_name_the_field(change, field):
   config.check_config(config.BenchConfig())  # the defaults are valid
   with pytest.raises(ValueError, match=rf"\b{field}\b"):
     config.check_config(config.BenchConfig(**change))
-
-
-def test_defaults_are_the_issue_12_configuration():
-  cfg = config.BenchConfig()
-  assert (cfg.n_pairs, cfg.width, tuple(cfg.sites), cfg.repeats) == (64, 64, config.SITES, 3)
-  assert tuple(cfg.contenders) == (
-    "cfmod_jax",
-    "torch_hooks",
-    "torch_batched",
-    "torch_linear",
-    "torch_batched_compiled",
-    "torch_linear_compiled",
-  )
-  assert "naive_jax" in config.CONTENDERS and cfg.memory_check

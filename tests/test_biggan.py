@@ -21,6 +21,8 @@ import cfmod_jax as cf
 from cfmod_jax.models import biggan as bg
 from cfmod_jax.models import biggan_convert as bc
 
+SLOW = "compiles BigGAN-deep and compares it with pytorch-pretrained-biggan"
+
 jax.config.update("jax_default_matmul_precision", "highest")
 
 PARITY_ATOL = 1e-4

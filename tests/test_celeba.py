@@ -14,6 +14,8 @@ import tensorflow_datasets as tfds
 
 from cfmod_jax.data import celeba
 
+SLOW = "trains and exports a CelebA run on fake data"
+
 N_TRAIN = 6
 N_TEST = 8
 BORDER = (255, 0, 255)  # colour outside the 140x140 centre crop

@@ -2,7 +2,7 @@
 
 Each case is a subprocess (`python -m experiments.<cli>`, ~4 s of imports), so
 there are few of them: the misuses of experiments.analyze's flags and ``--config.*``
-fields are here, the other CLIs' quick ones come from `experiments.bad_inputs` (all
+fields are here, the other CLIs' quick ones come from `studies.reliability_doc` (all
 of them run when docs/reliability.md is regenerated).
 """
 
@@ -19,15 +19,17 @@ import time
 import pytest
 
 from cfmod_jax import analysis
-from experiments import bad_inputs as bi
 from experiments.configs import analyze as analyze_config
+from studies import reliability_doc as bi
+
+SLOW = "starts the CLIs as subprocesses (~4 s of imports each)"
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "JAX_PLATFORMS": "cpu"}
 
 
 def _non_log_lines(text):
-  return [l for l in text.splitlines() if l.strip() and not bi._LOG_LINE.match(l)]  # pylint: disable=protected-access
+  return [l for l in text.splitlines() if l.strip() and not bi.LOG_LINE.match(l)]
 
 
 def test_analyze_config_is_analysis_config():
@@ -172,7 +174,7 @@ def test_ctrl_c_prints_one_line_keeps_blocks_and_rerun_resumes(tmp_path):
 
 
 def test_train_rejects_a_config_that_cannot_resume_the_run_before_writing(tmp_path):
-  case = bi._rejected_resume_case(str(tmp_path))  # pylint: disable=protected-access
+  case = bi.rejected_resume_case(str(tmp_path))
   result = bi.run_cli("train", case, 300, ROOT)
   assert result.outcome == bi.CLEAR, result.detail
   assert "cannot resume" in result.detail

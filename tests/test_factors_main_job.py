@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _helpers import tiny_analysis_config
 
 import cfmod_jax as cf
 from cfmod_jax import analysis, baselines, report, site_factors
@@ -18,25 +19,12 @@ from cfmod_jax.lab import factors, quality
 from cfmod_jax.wrap import wrap_linen
 from experiments import _specs as specs
 
+SLOW = "runs the main job with factor transfer and hybrid realism"
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SITE = "block3"
-TINY = analysis.AnalysisConfig(
-  sites=(SITE,),
-  n_pairs=8,
-  block_pairs=4,
-  k=2,
-  n_boot=2,
-  eval_pairs=4,
-  eval_groups=2,
-  n_null=2,
-  n_ci=20,
-  hybrid_rows=2,
-  hybrid_cols=2,
-  pair_chunk=4,
-  mask_chunk=4,
-  factor_pairs=8,
-  factor_null=2,
-  hybrid_fd_samples=4,
+TINY = tiny_analysis_config(
+  sites=(SITE,), n_ci=20, factor_pairs=8, factor_null=2, hybrid_fd_samples=4
 )
 
 
@@ -187,7 +175,7 @@ def _own_linen():
   )
 
 
-def test_untrained_baseline_of_a_wrapped_linen_generator(tmp_path):
+def test_untrained_baseline_of_a_wrapped_linen_generator():
   gen = _own_linen()
   base = baselines.untrained_like(gen)
   assert type(base) is type(gen) and base.sites == gen.sites and base.name == "own-linen-untrained"
@@ -198,29 +186,8 @@ def test_untrained_baseline_of_a_wrapped_linen_generator(tmp_path):
   leaves = jax.tree_util.tree_leaves(base.variables)
   assert all(np.array_equal(a, b) for a, b in zip(leaves, again))
   assert not all(np.array_equal(a, b) for a, b in zip(leaves, other))
-  # The main job with its default baseline; a 32×32 generator cannot force the featnet.
-  cfg = analysis.AnalysisConfig(
-    sites=("block2/conv1",),
-    n_pairs=8,
-    block_pairs=4,
-    k=2,
-    n_boot=2,
-    eval_pairs=4,
-    eval_groups=2,
-    n_null=2,
-    n_ci=10,
-    hybrid_rows=2,
-    hybrid_cols=2,
-    pair_chunk=4,
-    mask_chunk=4,
-  )
-  result = analysis.run(gen, cfg, str(tmp_path))
-  assert result["untrained_baseline"]["generator"] == "own-linen-untrained"
-  m = result["sites"]["block2/conv1"]
-  assert "untrained" in m["overlap"]
-  # No dataset metadata: no part or factor scores (gating by gen.dataset).
-  assert gen.dataset is None and "factor_transfer" not in m and "part_agreement" not in m
-  assert not os.path.exists(tmp_path / "block2/conv1" / "factor_transfer.png")
-  assert "Factor transfer" not in open(tmp_path / "report.html").read()
+  # No dataset metadata: factor transfer cannot be asked for (the main job on this
+  # generator runs in test_main_job_smoke.py).
+  cfg = tiny_analysis_config(sites=("block2/conv1",))
   with pytest.raises(ValueError, match="factor_transfer"):
     analysis.check_config(gen, dataclasses.replace(cfg, factor_transfer="synthfaces"))

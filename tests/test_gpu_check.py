@@ -12,6 +12,8 @@ import pytest
 
 from studies import gpu_check, scale_table
 
+SLOW = "runs launch/gpu_check.sh --tiny end to end"
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

@@ -9,6 +9,8 @@ import pytest
 
 import cfmod_jax as cf
 
+SLOW = "compiles the engine for many generators, sites and chunk sizes"
+
 # Values are images in [-1, 1]; XLA may round differently for different batch
 # layouts, so "exact" comparisons allow float32 rounding noise.
 ATOL = 1e-6

@@ -5,6 +5,8 @@ import pytest
 from benchmarks import flops, limits
 from benchmarks.workload import benchmark_generator
 
+SLOW = "measures the benchmark's sites and the matmul peak (minutes on 2 cores)"
+
 
 def test_layer_flops_match_xla_cost_analysis():
   """The hand-derived layer FLOPs add up to XLA's count of the generator's prefix

@@ -21,6 +21,8 @@ import pytest
 
 from cfmod_jax import analysis, fileio, writer
 
+SLOW = "kills and reruns the main job in subprocesses"
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(ROOT, "tests", "workers", "main_job_worker.py")
 

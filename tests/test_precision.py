@@ -14,6 +14,8 @@ from cfmod_jax import _engine, interventions, memory
 from cfmod_jax import precision as prec
 from cfmod_jax.models.dcgan import DCGANGenerator
 
+SLOW = "compiles the engine in every precision and chunk size"
+
 U = 2.0**-8  # bf16 keeps 8 significant bits: relative rounding error ≤ 2^-8 per stored value
 SITE = "block2"  # 3 stages after it: block3, block4, the RGB layer
 N = 8

@@ -72,11 +72,11 @@ def test_floor_is_below_an_untrained_generator(featnet):
   assert "floor" in str(trained)
 
 
-def test_featnet_errors():
+def test_featnet_errors(small_dcgan):
   with pytest.raises(checkpoints.CheckpointError, match="valid names: featnet-synthfaces"):
     quality.load_featnet("nope")
   with pytest.raises(ValueError, match="n must be an integer >= 2"):
-    quality.sample_quality(init_generator("dcgan", width=4), n=1)
+    quality.sample_quality(small_dcgan, n=1)
 
 
 def test_predict_fn_and_proba_agree_with_predict(featnet):

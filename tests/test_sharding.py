@@ -8,6 +8,8 @@ import sys
 import numpy as np
 import pytest
 
+SLOW = "runs the maps on forced CPU devices and on 2 processes"
+
 WORKER = os.path.join(os.path.dirname(__file__), "workers", "sharded_maps.py")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -22,6 +22,8 @@ from cfmod_jax.data.synthfaces import uses_synthfaces_parts
 from cfmod_jax.models import biggan as bg
 from experiments import _specs as specs
 
+SLOW = "loads every kind of generator spec; runs the analyze CLI on a user factory"
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # A user generator (a StagedGenerator in ~25 lines), written to a file outside the package.

@@ -19,6 +19,8 @@ from cfmod_jax.fingerprint import generator_fingerprint
 from cfmod_jax.sweep import SweepConfig, eim_sweep
 from experiments import _specs as specs
 
+SLOW = "kills and resumes sweeps in subprocesses"
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(ROOT, "tests", "workers", "sweep_worker.py")
 

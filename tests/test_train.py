@@ -19,6 +19,8 @@ from cfmod_jax import checkpoints, train
 from cfmod_jax.train import data, loop, state_io
 from cfmod_jax.train.rng import init_key
 
+SLOW = "trains every model a few steps, with checkpoints and resumption"
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

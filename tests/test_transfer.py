@@ -9,45 +9,22 @@ import sys
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
+from _helpers import random_biggan_variables
 
 import cfmod_jax as cf
-from cfmod_jax import report
 from cfmod_jax.interventions import hybrid_grid
 from cfmod_jax.lab import transfer
 from cfmod_jax.models import biggan as bg
 from cfmod_jax.testing import tiny_biggan_config
 
+SLOW = "compiles a tiny BigGAN-deep and runs the style-transfer CLI"
+
 ATOL = 1e-5
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = tiny_biggan_config()  # 16×16, 4 blocks, width 4, 10 classes
 CLASS_A, CLASS_B = 3, 7
-
-
-def _random_variables(cfg, seed=0):
-  """Random variables with the shapes of `BigGANDeep(cfg)` — much faster than
-  `bg.init_variables` (no Flax init): kernels ~ N(0, 1/fan_in), positive variances."""
-  template = jax.eval_shape(
-    bg.BigGANDeep(cfg).init,
-    jax.random.key(0),
-    jax.ShapeDtypeStruct((1, cfg.latent_dim), jnp.float32),
-  )
-  rng = np.random.default_rng(seed)
-
-  def fill(path, leaf):
-    name = jax.tree_util.keystr(path)
-    shape = leaf.shape
-    if "running_vars" in name:
-      return rng.uniform(0.5, 1.5, shape).astype(np.float32)
-    if "running_means" in name:
-      return (0.1 * rng.standard_normal(shape)).astype(np.float32)
-    fan_in = int(np.prod(shape[:-1])) if len(shape) > 1 else 1
-    scale = 0.1 if len(shape) == 1 else 1.0 / np.sqrt(fan_in)
-    return (scale * rng.standard_normal(shape)).astype(np.float32)
-
-  return jax.tree_util.tree_map_with_path(fill, template)
 
 
 class _Identity(nn.Module):
@@ -69,7 +46,7 @@ class _Unconditional(cf.StagedGenerator):
 @pytest.fixture(scope="module")
 def biggan_dir(tmp_path_factory):
   path = str(tmp_path_factory.mktemp("tiny_biggan"))
-  bg.save_biggan(path, _random_variables(TINY), TINY)
+  bg.save_biggan(path, random_biggan_variables(TINY), TINY)
   return path
 
 
@@ -204,33 +181,3 @@ def test_bad_input(gen):
   za = transfer.class_latents(gen, jax.random.key(0), CLASS_A, 2)
   with pytest.raises(ValueError, match=r"masks must have shape"):
     hybrid_grid(gen, "block1", np.ones(5), za, za)
-
-
-def test_main_job_runs_on_biggan(gen, tmp_path):
-  """EIMs, clustering, module maps, metrics and the report work on BigGAN too."""
-  from cfmod_jax import analysis
-
-  cfg = analysis.AnalysisConfig(
-    sites=("block1",),
-    n_pairs=8,
-    block_pairs=4,
-    k=2,
-    n_boot=2,
-    eval_pairs=4,
-    eval_groups=2,
-    n_null=2,
-    n_ci=10,
-    hybrid_rows=2,
-    hybrid_cols=2,
-    parts="none",
-    pair_chunk=4,
-    mask_chunk=4,
-  )
-  result = analysis.run(gen, cfg, str(tmp_path))
-  c = gen.site_shape("block1")[-1]
-  assert result["sites"]["block1"]["channels"] == c
-  with np.load(tmp_path / "block1" / "analysis.npz") as data:
-    assert data["eims"].shape == (c, 16, 16) and float(data["eims"].max()) > 0
-    assert data["module_maps"].shape == (2, 16, 16)
-  for rel in report.report_files(result):
-    assert (tmp_path / rel).is_file(), rel

@@ -16,8 +16,9 @@ import pytest
 from flax import nnx
 
 import cfmod_jax as cf
-from cfmod_jax import analysis
 from cfmod_jax.wrap import LinenGenerator, NNXGenerator, wrap_linen, wrap_nnx
+
+SLOW = "compiles wrapped Linen/NNX generators against hand-written references"
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -244,38 +245,6 @@ def test_own_nnx_generator_hybrids_match_reference(own_nnx):
   assert type(model.blocks[1].__dict__["conv1"]) is nnx.Conv
   train_out = model(z1)  # batch statistics, dropout: differs from the generator's output
   assert np.abs(np.asarray(train_out) - np.asarray(gen(z1))).max() > 1e-3
-
-
-def test_main_job_runs_on_a_wrapped_nnx_generator(own_nnx, tmp_path):
-  """`analysis.run` unchanged; the untrained baseline is the same class built with
-  another seed (NNX has no generic re-initialisation)."""
-  _, gen = own_nnx
-  baseline = wrap_nnx(
-    ex.OwnNNXGenerator(LATENT, width=4, rngs=nnx.Rngs(99)),
-    {"b2.conv1": "blocks/1/conv1", "b3": "blocks/2"},
-    latent_shape=(LATENT,),
-    name="own-nnx-untrained",
-  )
-  cfg = analysis.AnalysisConfig(
-    sites=("b2.conv1",),
-    n_pairs=8,
-    block_pairs=4,
-    k_values=(2,),
-    n_boot=2,
-    eval_pairs=4,
-    eval_groups=2,
-    n_null=2,
-    n_ci=10,
-    hybrid_rows=2,
-    hybrid_cols=2,
-    parts="none",
-    pair_chunk=4,
-    mask_chunk=4,
-  )
-  result = analysis.run(gen, cfg, str(tmp_path), baseline=baseline)
-  assert result["generator"] == "own-nnx" and list(result["sites"]) == ["b2.conv1"]
-  assert os.path.exists(tmp_path / "b2.conv1" / "analysis.npz")
-  assert os.path.exists(tmp_path / "report.html")
 
 
 def test_with_variables_gives_an_untrained_twin(own_linen, own_nnx):

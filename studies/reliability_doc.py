@@ -1,9 +1,11 @@
-"""Bad-input table: tries every known misuse of the API and the CLIs, classifies each outcome.
+"""The bad-input table: every known misuse of the API and the CLIs, as a table of cases.
 
-  python -m experiments.bad_inputs                      # writes docs/reliability.md + .json
-  python -m experiments.bad_inputs --quick --markdown /tmp/r.md --json /tmp/r.json
+  python -m studies.reliability_doc          # all cases; writes docs/reliability.md + .json
+  python -m studies.reliability_doc --quick --markdown /tmp/r.md --json /tmp/r.json
 
-Outcomes (decided by code, not by hand):
+The in-process cases (`API_CASES`, `CHECKPOINT_CASES`, `CACHE_CASES`) are parametrised
+tests in `tests/test_bad_inputs.py`, the quick CLI cases (`cli_cases`) run in
+`tests/test_cli.py`. Here each case is tried and its outcome classified by code:
 
 * **clear error** — a ``ValueError`` (or subclass) whose message names the
   argument; for a CLI: exit code 1 or 2, no traceback, and exactly one
@@ -23,6 +25,8 @@ The goal is 0 deep errors and 0 accepted. CLI cases run as subprocesses
 
 from __future__ import annotations
 
+from experiments import _cli  # isort: skip  (first: one line on Ctrl-C while jax imports)
+
 import concurrent.futures
 import contextlib
 import dataclasses
@@ -41,51 +45,18 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+import jax
+import numpy as np
 from absl import flags, logging
 
-from experiments import _cli
-
-__all__ = [
-  "ACCEPTED",
-  "CLEAR",
-  "DEEP",
-  "OUTCOMES",
-  "RESULT",
-  "CliCase",
-  "Outcome",
-  "abbreviate",
-  "api_cases",
-  "cache_cases",
-  "checkpoint_cases",
-  "classify_cli",
-  "cli_cases",
-  "counts",
-  "main",
-  "markdown",
-  "names_all",
-  "run_all",
-  "run_cli",
-  "short",
-  "tiny_generator",
-  "try_error",
-  "try_result",
-  "watch_opens",
-]
-
-FLAGS = flags.FLAGS
-flags.DEFINE_string("markdown", "docs/reliability.md", "Markdown table to write.")
-flags.DEFINE_string("json", "docs/reliability.json", "JSON of every case to write.")
-flags.DEFINE_bool(
-  "quick",
-  False,
-  "Fewer CLI subprocesses (one or two per CLI, no training run): the configuration of the test.",
-)
-flags.DEFINE_list("groups", ["api", "checkpoint", "cache", "cli"], "Groups of cases to run.")
-flags.DEFINE_integer("workers", 2, "CLI subprocesses run at the same time.", lower_bound=1)
-flags.DEFINE_integer("cli_timeout", 300, "Seconds before a CLI case counts as hung.", lower_bound=1)
+import cfmod_jax
+from cfmod_jax import analysis, checkpoints, fileio, sweep
+from cfmod_jax.interventions import influence_map_sums
+from cfmod_jax.models import build_module
 
 CLEAR, RESULT, DEEP, ACCEPTED = "clear error", "correct result", "deep error", "accepted"
 OUTCOMES = (CLEAR, RESULT, DEEP, ACCEPTED)
+GROUPS = ("api", "checkpoint", "cache", "cli")
 
 
 @dataclasses.dataclass
@@ -108,227 +79,435 @@ def short(message: object, n: int = 220) -> str:
   return s if len(s) <= n else s[: n - 1] + "…"
 
 
-# ---- in-process cases ---------------------------------------------------------------------
-def try_error(
-  group: str,
-  case: str,
-  fn: Callable[[], object],
-  names: Sequence[str],
-  extra_check: Callable[[], str | None] | None = None,
-) -> Outcome:
-  """Runs ``fn``, which must raise a ValueError naming every one of ``names``.
+# ---- the in-process cases -----------------------------------------------------------------
+class Context:
+  """What the in-process cases share: a width-4 random DCGAN (site block4, C=4, built
+  once), two latent pairs, and a scratch folder ``tmp`` for checkpoints and caches."""
 
-  ``extra_check`` (run afterwards) returns a reason to count the case as accepted
-  (e.g. a file outside a checkpoint folder was opened), or None.
-  """
-  t0 = time.perf_counter()
-  try:
-    fn()
-  except ValueError as e:
-    msg = str(e)
-    outcome = CLEAR if names_all(msg, names) else DEEP
-    detail = short(f"{type(e).__name__}: {msg}")
-    if outcome == DEEP:
-      detail = f"message does not name {', '.join(names)}: " + detail
-  except Exception as e:  # pylint: disable=broad-except
-    outcome, detail = DEEP, short(f"{type(e).__name__}: {e}")
-  else:
-    outcome, detail = ACCEPTED, "no error"
-  if extra_check is not None:
-    reason = extra_check()
-    if reason:
-      outcome, detail = ACCEPTED, reason + "; " + detail
-  return Outcome(group, case, "error", outcome, detail, time.perf_counter() - t0)
-
-
-def try_result(group: str, case: str, fn: Callable[[], str | None]) -> Outcome:
-  """Runs ``fn``, which returns None when the result is right, else what is wrong."""
-  t0 = time.perf_counter()
-  try:
-    wrong = fn()
-  except Exception as e:  # pylint: disable=broad-except
-    outcome, detail = DEEP, short(f"{type(e).__name__}: {e}")
-  else:
-    outcome, detail = (RESULT, "ok") if wrong is None else (ACCEPTED, short(wrong))
-  return Outcome(group, case, "result", outcome, detail, time.perf_counter() - t0)
-
-
-@functools.cache
-def tiny_generator() -> Any:
-  """The width-4 random DCGAN that every in-process case uses (built once)."""
-  import cfmod_jax  # pylint: disable=g-import-not-at-top
-
-  return cfmod_jax.init_generator("dcgan", width=4)
-
-
-def _zeros_like_init(module):
-  """Variables of ``module`` (zeros, built from shapes only: nothing is compiled)."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
-
-  z = jax.ShapeDtypeStruct((1, *module.latent_shape), np.float32)
-  shapes = jax.eval_shape(module.init, jax.random.key(0), z)
-  return jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), shapes)
-
-
-def api_cases() -> list[Outcome]:
-  import jax  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
-
-  import cfmod_jax  # pylint: disable=g-import-not-at-top
-  from cfmod_jax import analysis  # pylint: disable=g-import-not-at-top
-  from cfmod_jax.models import build_module  # pylint: disable=g-import-not-at-top
-  from cfmod_jax.sweep import SweepConfig  # pylint: disable=g-import-not-at-top
-
-  init = cfmod_jax.init_generator
-  gen = tiny_generator()
   site = "block4"
-  c = gen.site_shape(site)[-1]
-  key = jax.random.key(0)
-  z1, z2 = gen.sample_latents(key, 2), gen.sample_latents(jax.random.key(1), 2)
-  ok_mask = np.zeros((1, c), np.float32)
 
-  def masks_with(value, dtype=np.float32):
-    m = np.zeros((1, c), dtype)
+  def __init__(self, tmp: str):
+    self.tmp = tmp
+    self.key = jax.random.key(0)
+
+  @functools.cached_property
+  def gen(self) -> cfmod_jax.Generator:
+    return cfmod_jax.init_generator("dcgan", width=4)
+
+  @functools.cached_property
+  def latents(self) -> tuple[jax.Array, jax.Array]:
+    return self.gen.sample_latents(self.key, 2), self.gen.sample_latents(jax.random.key(1), 2)
+
+  @property
+  def channels(self) -> int:
+    return self.gen.site_shape(self.site)[-1]
+
+  def masks_with(self, value: complex, dtype: Any = np.float32) -> np.ndarray:
+    """One mask of the site's channels: 0 but the first, which is ``value``."""
+    m = np.zeros((1, self.channels), dtype)
     m[0, 0] = value
     return m
 
-  g = "api"
-  out = [
-    try_error(g, "init_generator('dcgan', width=0)", lambda: init("dcgan", width=0), ["width"]),
-    try_error(g, "init_generator('dcgan', width=-1)", lambda: init("dcgan", width=-1), ["width"]),
-    try_error(g, "init_generator('dcgan', width='a')", lambda: init("dcgan", width="a"), ["width"]),
-    try_error(g, "init_generator('dcgan', width=1.5)", lambda: init("dcgan", width=1.5), ["width"]),
-    try_error(
-      g,
-      "init_generator('dcgan', depth=3) (unknown keyword)",
-      lambda: init("dcgan", depth=3),
-      ["depth"],
+  def hybrids(self, masks=None, z1=None, *, gen=None, site=None):
+    """`cfmod_jax.hybrids` with valid arguments but those given."""
+    default_z1, z2 = self.latents
+    return cfmod_jax.hybrids(
+      self.gen if gen is None else gen,
+      self.site if site is None else site,
+      self.masks_with(0.0) if masks is None else masks,
+      default_z1 if z1 is None else z1,
+      z2,
+    )
+
+  @functools.cached_property
+  def checkpoint(self) -> str:
+    """A valid checkpoint of `gen`."""
+    good = os.path.join(self.tmp, "ckpt_good")
+    checkpoints.save_variables(
+      good, self.gen.variables, kind="generator", arch="dcgan", kwargs={"width": 4}
+    )
+    return good
+
+  def checkpoint_variant(self, name, meta_change=None, data_change=None, raw_meta=None) -> str:
+    """A copy of `checkpoint` in ``tmp/name``, its manifest or data file changed."""
+    path = os.path.join(self.tmp, name)
+    shutil.copytree(self.checkpoint, path)
+    meta_path = os.path.join(path, checkpoints.META_FILE)
+    if meta_change is not None:
+      with open(meta_path, encoding="utf-8") as f:
+        raw_meta = json.dumps(meta_change(json.load(f)))
+    if raw_meta is not None:
+      with open(meta_path, "w", encoding="utf-8") as f:
+        f.write(raw_meta)
+    if data_change is not None:
+      data_path = os.path.join(path, checkpoints.DATA_FILE)
+      with open(data_path, "rb") as f:
+        data = f.read()
+      with open(data_path, "wb") as f:
+        f.write(data_change(data))
+    return path
+
+  @functools.cached_property
+  def cache_reference(self) -> tuple[str, sweep.SweepResult, str]:
+    """An undamaged sweep cache: (its folder, the result, the first block's path in it)."""
+    ref_dir = os.path.join(self.tmp, "cache_ref")
+    ref = sweep.eim_sweep(self.gen, self.site, CACHE_SWEEP, ref_dir)
+    block0 = os.path.join("eims", ref.key, "block_00000.npz")
+    if not os.path.isfile(os.path.join(ref_dir, block0)):
+      raise RuntimeError(f"the sweep cache layout changed: no {block0} in {ref_dir}")
+    return ref_dir, ref, block0
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+  """One misuse. ``expect='error'``: ``call(ctx)`` must raise a ValueError whose message
+  names every word of ``names``, without opening the file ``forbidden(ctx)`` (if
+  given). ``expect='result'``: ``call(ctx)`` must work and returns what is wrong with
+  its result (an empty list when it is right)."""
+
+  group: str
+  name: str
+  call: Callable[[Context], Any]
+  names: tuple[str, ...] = ()
+  expect: str = "error"
+  forbidden: Callable[[Context], str] | None = None
+
+  def __str__(self) -> str:  # the pytest id
+    return self.name
+
+
+def _init(arch="dcgan", **kwargs):
+  return lambda ctx: cfmod_jax.init_generator(arch, **kwargs)
+
+
+def _influence_map_sums(groups):
+  def call(ctx):
+    z1, z2 = ctx.latents
+    return influence_map_sums(
+      ctx.gen, ctx.site, ctx.masks_with(0.0), z1, z2, groups=np.array(groups)
+    )
+
+  return call
+
+
+def _mismatched_generator(ctx):
+  """A width-4 module with width-8 variables (zeros, from shapes only: nothing compiled)."""
+  del ctx
+  wide = build_module("dcgan", width=8)
+  z = jax.ShapeDtypeStruct((1, *wide.latent_shape), np.float32)
+  shapes = jax.eval_shape(wide.init, jax.random.key(0), z)
+  variables = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), shapes)
+  return cfmod_jax.Generator(build_module("dcgan", width=4), variables)
+
+
+def _check_analysis_config(**kwargs):
+  return lambda ctx: analysis.check_config(ctx.gen, analysis.AnalysisConfig(**kwargs))
+
+
+API_CASES = [
+  Case("api", "init_generator('dcgan', width=0)", _init(width=0), ("width",)),
+  Case("api", "init_generator('dcgan', width=-1)", _init(width=-1), ("width",)),
+  Case("api", "init_generator('dcgan', width='a')", _init(width="a"), ("width",)),
+  Case("api", "init_generator('dcgan', width=1.5)", _init(width=1.5), ("width",)),
+  Case("api", "init_generator('dcgan', depth=3) (unknown keyword)", _init(depth=3), ("depth",)),
+  Case("api", "init_generator('dcgan', latent_dim=0)", _init(latent_dim=0), ("latent_dim",)),
+  Case("api", "init_generator('nope')", _init("nope"), ("arch",)),
+  Case("api", "init_generator('dcgan', seed=-1)", _init(seed=-1, width=4), ("seed",)),
+  Case(
+    "api", "hybrids: complex masks", lambda ctx: ctx.hybrids(ctx.masks_with(0.5) + 0.5j), ("masks",)
+  ),
+  Case(
+    "api",
+    "hybrids: NaN in a mask (message must say NaN)",
+    lambda ctx: ctx.hybrids(ctx.masks_with(np.nan)),
+    ("masks", "NaN"),
+  ),
+  Case(
+    "api",
+    "hybrids: mask value 1.5 (outside [0, 1])",
+    lambda ctx: ctx.hybrids(ctx.masks_with(1.5)),
+    ("masks",),
+  ),
+  Case(
+    "api", "hybrids: mask value -0.5", lambda ctx: ctx.hybrids(ctx.masks_with(-0.5)), ("masks",)
+  ),
+  Case(
+    "api",
+    "hybrids: mask length 5 for C=4",
+    lambda ctx: ctx.hybrids(np.zeros((1, ctx.channels + 1))),
+    ("masks",),
+  ),
+  Case("api", "hybrids: unknown site", lambda ctx: ctx.hybrids(site="block9"), ("site",)),
+  Case(
+    "api",
+    "hybrids: z1 of the wrong latent size",
+    lambda ctx: ctx.hybrids(z1=np.zeros((2, 7))),
+    ("z1",),
+  ),
+  Case(
+    "api",
+    "hybrids: NaN in z1",
+    lambda ctx: ctx.hybrids(z1=np.full(ctx.latents[0].shape, np.nan)),
+    ("z1",),
+  ),
+  Case("api", "hybrids: gen is a str", lambda ctx: ctx.hybrids(gen="dcgan-synthfaces"), ("gen",)),
+  Case(
+    "api",
+    "influence_map_sums: empty group (groups=[0, 2])",
+    _influence_map_sums([0, 2]),
+    ("groups",),
+  ),
+  Case(
+    "api", "influence_map_sums: groups of the wrong length", _influence_map_sums([0]), ("groups",)
+  ),
+  Case(
+    "api", "sample_latents(key, True)", lambda ctx: ctx.gen.sample_latents(ctx.key, True), ("n",)
+  ),
+  Case("api", "sample_latents(key, 0)", lambda ctx: ctx.gen.sample_latents(ctx.key, 0), ("n",)),
+  Case(
+    "api", "sample_latents(0, 2) (int as key)", lambda ctx: ctx.gen.sample_latents(0, 2), ("key",)
+  ),
+  Case(
+    "api",
+    "sample_latents(np.ones(3), 2) (numpy array as key)",
+    lambda ctx: ctx.gen.sample_latents(np.ones(3), 2),
+    ("key",),
+  ),
+  Case(
+    "api",
+    "elementary_influence_maps(n_pairs=0)",
+    lambda ctx: cfmod_jax.elementary_influence_maps(ctx.gen, ctx.site, 0, ctx.key),
+    ("n_pairs",),
+  ),
+  Case(
+    "api",
+    "elementary_influence_maps(key=5)",
+    lambda ctx: cfmod_jax.elementary_influence_maps(ctx.gen, ctx.site, 2, 5),
+    ("key",),
+  ),
+  Case(
+    "api", "Generator(width-4 module, width-8 variables)", _mismatched_generator, ("variables",)
+  ),
+  Case(
+    "api", "SweepConfig(seed=-1).check()", lambda ctx: sweep.SweepConfig(seed=-1).check(), ("seed",)
+  ),
+  Case("api", "analysis.check_config(seed=-1)", _check_analysis_config(seed=-1), ("seed",)),
+  Case("api", "analysis.check_config(k=1)", _check_analysis_config(k=1), ("k",)),
+]
+
+
+def _load(prepare: Callable[[Context], str]):
+  """`load_generator` of the folder that ``prepare(ctx)`` makes."""
+  return lambda ctx: checkpoints.load_generator(prepare(ctx))
+
+
+def _variant(name, **change):
+  return _load(lambda ctx: ctx.checkpoint_variant(name, **change))
+
+
+def _without(key):
+  return lambda meta: {k: v for k, v in meta.items() if k != key}
+
+
+def _with_fields(**fields):
+  return lambda meta: {**meta, **fields}
+
+
+def _flip_middle_byte(data: bytes, bits: int = 0xFF) -> bytes:
+  i = len(data) // 2
+  return data[:i] + bytes([data[i] ^ bits]) + data[i + 1 :]
+
+
+def _without_data_file(ctx):
+  path = ctx.checkpoint_variant("ckpt_nodata")
+  os.remove(os.path.join(path, checkpoints.DATA_FILE))
+  return path
+
+
+def _a_regular_file(ctx):
+  path = os.path.join(ctx.tmp, "ckpt_file")
+  with open(path, "w", encoding="utf-8") as f:
+    f.write("not a folder")
+  return path
+
+
+def _outside(ctx) -> str:
+  """A file beside the checkpoints with the size and sha256 that their manifest accepts."""
+  path = os.path.join(ctx.tmp, "outside.msgpack")
+  if not os.path.exists(path):
+    shutil.copy(os.path.join(ctx.checkpoint, checkpoints.DATA_FILE), path)
+  return path
+
+
+def _escaping_to_outside(ctx):
+  _outside(ctx)
+  return ctx.checkpoint_variant("ckpt_escape", _with_fields(file="../outside.msgpack"))
+
+
+CHECKPOINT_CASES = [
+  Case("checkpoint", "load_generator: " + name, call, names, forbidden=forbidden)
+  for name, call, names, forbidden in [
+    (
+      "manifest without file_bytes",
+      _variant("ckpt_nobytes", meta_change=_without("file_bytes")),
+      ("file_bytes",),
+      None,
     ),
-    try_error(
-      g,
-      "init_generator('dcgan', latent_dim=0)",
-      lambda: init("dcgan", latent_dim=0),
-      ["latent_dim"],
+    (
+      "manifest without manifest",
+      _variant("ckpt_nomanifest", meta_change=_without("manifest")),
+      ("manifest",),
+      None,
     ),
-    try_error(g, "init_generator('nope')", lambda: init("nope"), ["arch"]),
-    try_error(
-      g, "init_generator('dcgan', seed=-1)", lambda: init("dcgan", seed=-1, width=4), ["seed"]
+    (
+      "manifest file_bytes='12'",
+      _variant("ckpt_strbytes", meta_change=_with_fields(file_bytes="12")),
+      ("file_bytes",),
+      None,
     ),
-    try_error(
-      g,
-      "hybrids: complex masks",
-      lambda: cfmod_jax.hybrids(gen, site, masks_with(0.5) + 0.5j, z1, z2),
-      ["masks"],
+    (
+      "checkpoint.json not JSON",
+      _variant("ckpt_badjson", raw_meta="{not json"),
+      (checkpoints.META_FILE,),
+      None,
     ),
-    try_error(
-      g,
-      "hybrids: NaN in a mask (message must say NaN)",
-      lambda: cfmod_jax.hybrids(gen, site, masks_with(np.nan), z1, z2),
-      ["masks", "NaN"],
+    (
+      "data file truncated",
+      _variant("ckpt_trunc", data_change=lambda d: d[: len(d) // 2]),
+      (checkpoints.DATA_FILE,),
+      None,
     ),
-    try_error(
-      g,
-      "hybrids: mask value 1.5 (outside [0, 1])",
-      lambda: cfmod_jax.hybrids(gen, site, masks_with(1.5), z1, z2),
-      ["masks"],
+    (
+      "data file with a flipped byte",
+      _variant("ckpt_flip", data_change=_flip_middle_byte),
+      (checkpoints.DATA_FILE,),
+      None,
     ),
-    try_error(
-      g,
-      "hybrids: mask value -0.5",
-      lambda: cfmod_jax.hybrids(gen, site, masks_with(-0.5), z1, z2),
-      ["masks"],
+    ("data file missing", _load(_without_data_file), (checkpoints.DATA_FILE,), None),
+    (
+      "declared width 8, width-4 arrays",
+      _variant("ckpt_width", meta_change=_with_fields(kwargs={"width": 8})),
+      ("ckpt_width",),
+      None,
     ),
-    try_error(
-      g,
-      f"hybrids: mask length {c + 1} for C={c}",
-      lambda: cfmod_jax.hybrids(gen, site, np.zeros((1, c + 1)), z1, z2),
-      ["masks"],
+    ("checkpoint path is a file", _load(_a_regular_file), ("ckpt_file",), None),
+    (
+      "checkpoint path does not exist",
+      _load(lambda ctx: os.path.join(ctx.tmp, "nowhere")),
+      ("nowhere",),
+      None,
     ),
-    try_error(
-      g,
-      "hybrids: unknown site",
-      lambda: cfmod_jax.hybrids(gen, "block9", ok_mask, z1, z2),
-      ["site"],
+    (
+      "manifest file='../outside.msgpack' (valid sha256)",
+      _load(_escaping_to_outside),
+      ("file",),
+      _outside,
     ),
-    try_error(
-      g,
-      "hybrids: z1 of the wrong latent size",
-      lambda: cfmod_jax.hybrids(gen, site, ok_mask, np.zeros((2, 7)), z2),
-      ["z1"],
-    ),
-    try_error(
-      g,
-      "hybrids: NaN in z1",
-      lambda: cfmod_jax.hybrids(gen, site, ok_mask, np.full(z1.shape, np.nan), z2),
-      ["z1"],
-    ),
-    try_error(
-      g,
-      "hybrids: gen is a str",
-      lambda: cfmod_jax.hybrids("dcgan-synthfaces", site, ok_mask, z1, z2),
-      ["gen"],
-    ),
-    try_error(
-      g,
-      "influence_map_sums: empty group (groups=[0, 2])",
-      lambda: cfmod_jax.interventions.influence_map_sums(
-        gen, site, ok_mask, z1, z2, groups=np.array([0, 2])
-      ),
-      ["groups"],
-    ),
-    try_error(
-      g,
-      "influence_map_sums: groups of the wrong length",
-      lambda: cfmod_jax.interventions.influence_map_sums(
-        gen, site, ok_mask, z1, z2, groups=np.array([0])
-      ),
-      ["groups"],
-    ),
-    try_error(g, "sample_latents(key, True)", lambda: gen.sample_latents(key, True), ["n"]),
-    try_error(g, "sample_latents(key, 0)", lambda: gen.sample_latents(key, 0), ["n"]),
-    try_error(g, "sample_latents(0, 2) (int as key)", lambda: gen.sample_latents(0, 2), ["key"]),
-    try_error(
-      g,
-      "sample_latents(np.ones(3), 2) (numpy array as key)",
-      lambda: gen.sample_latents(np.ones(3), 2),
-      ["key"],
-    ),
-    try_error(
-      g,
-      "elementary_influence_maps(n_pairs=0)",
-      lambda: cfmod_jax.elementary_influence_maps(gen, site, 0, key),
-      ["n_pairs"],
-    ),
-    try_error(
-      g,
-      "elementary_influence_maps(key=5)",
-      lambda: cfmod_jax.elementary_influence_maps(gen, site, 2, 5),
-      ["key"],
-    ),
-    try_error(
-      g,
-      "Generator(width-4 module, width-8 variables)",
-      lambda: cfmod_jax.Generator(
-        build_module("dcgan", width=4), _zeros_like_init(build_module("dcgan", width=8))
-      ),
-      ["variables"],
-    ),
-    try_error(g, "SweepConfig(seed=-1).check()", lambda: SweepConfig(seed=-1).check(), ["seed"]),
-    try_error(
-      g,
-      "analysis.check_config(seed=-1)",
-      lambda: analysis.check_config(gen, analysis.AnalysisConfig(seed=-1)),
-      ["seed"],
-    ),
-    try_error(
-      g,
-      "analysis.check_config(k=1)",
-      lambda: analysis.check_config(gen, analysis.AnalysisConfig(k=1)),
-      ["k"],
+    (
+      "manifest file='../../../../etc/passwd'",
+      _variant("ckpt_passwd", meta_change=_with_fields(file="../../../../etc/passwd")),
+      ("file",),
+      lambda ctx: "/etc/passwd",
     ),
   ]
-  return out
+]
+
+
+# The sweep that every cache case damages and reruns: 8 pairs in 2 blocks.
+CACHE_SWEEP = sweep.SweepConfig(n_pairs=8, block_pairs=4, seed=0)
+
+
+class _Capture(std_logging.Handler):
+  def __init__(self):
+    super().__init__()
+    self.messages: list[str] = []
+
+  def emit(self, record):
+    self.messages.append(record.getMessage())
+
+
+def damaged_cache_problems(ctx: Context, name: str, damage: Callable[[str, dict], None]):
+  """Damages the first block of a copy of the reference cache (``damage(path,
+  arrays)``) and reruns the sweep: what is wrong (an empty list when the block was
+  recomputed, bit-identical, with a warning naming the file)."""
+  ref_dir, ref, block0 = ctx.cache_reference
+  work = os.path.join(ctx.tmp, "cache_" + re.sub(r"\W+", "_", name))
+  shutil.copytree(ref_dir, work)
+  path = os.path.join(work, block0)
+  with np.load(path) as d:
+    arrays = {k: d[k] for k in d.files}
+  damage(path, arrays)
+  handler = _Capture()
+  absl_logger = logging.get_absl_logger()
+  absl_logger.addHandler(handler)
+  try:
+    with warnings.catch_warnings(record=True) as caught:
+      warnings.simplefilter("always")
+      res = sweep.eim_sweep(ctx.gen, ctx.site, CACHE_SWEEP, work)
+  finally:
+    absl_logger.removeHandler(handler)
+  said = [str(w.message) for w in caught] + handler.messages
+  problems = []
+  if not np.array_equal(res.eims, ref.eims):
+    problems.append("the maps differ from an undamaged run (damaged data was used)")
+  if res.computed_blocks != 1:
+    problems.append(f"{res.computed_blocks} blocks recomputed, expected 1")
+  if not any(path in s or block0 in s for s in said):
+    problems.append("no warning names the damaged file")
+  return problems
+
+
+def _rewrite(**changes):
+  """The block saved again with ``changes(arrays)`` (a change of None drops the key)."""
+
+  def damage(path, arrays):
+    new = {k: v(arrays) if callable(v) else v for k, v in changes.items()}
+    with open(path, "wb") as f:
+      np.savez(f, **{k: v for k, v in {**arrays, **new}.items() if v is not None})
+
+  return damage
+
+
+def _raw(change):
+  """The block's bytes changed."""
+
+  def damage(path, arrays):
+    del arrays
+    with open(path, "rb") as f:
+      data = f.read()
+    with open(path, "wb") as f:
+      f.write(change(data))
+
+  return damage
+
+
+def _cache_case(name, damage):
+  return Case(
+    "cache",
+    f"sweep cache block: {name}",
+    lambda ctx: damaged_cache_problems(ctx, name, damage),
+    expect="result",
+  )
+
+
+CACHE_CASES = [
+  _cache_case("empty file", _raw(lambda d: b"")),
+  _cache_case("truncated to half", _raw(lambda d: d[: len(d) // 2])),
+  _cache_case("one byte flipped (in the sums)", _raw(lambda d: _flip_middle_byte(d, 0x01))),
+  _cache_case(
+    "sums of the wrong shape",
+    _rewrite(sums=lambda a: np.concatenate([a["sums"], a["sums"][:1]])),
+  ),
+  _cache_case(
+    "sums of the wrong dtype (float64, same values)",
+    _rewrite(sums=lambda a: a["sums"].astype(np.float64)),
+  ),
+  _cache_case("sums doubled (sha256 of the original)", _rewrite(sums=lambda a: a["sums"] * 2)),
+  _cache_case("count of another block size", _rewrite(count=np.int64(3))),
+  _cache_case("missing key 'sums'", _rewrite(sums=None)),
+]
+
+IN_PROCESS_CASES = {"api": API_CASES, "checkpoint": CHECKPOINT_CASES, "cache": CACHE_CASES}
 
 
 @contextlib.contextmanager
@@ -351,191 +530,39 @@ def watch_opens(paths: Sequence[str]) -> Iterator[list[str]]:
     active[0] = False
 
 
-def checkpoint_cases(tmp: str) -> list[Outcome]:
-  from cfmod_jax import checkpoints  # pylint: disable=g-import-not-at-top
-
-  gen = tiny_generator()
-  good = os.path.join(tmp, "ckpt_good")
-  checkpoints.save_variables(
-    good, gen.variables, kind="generator", arch="dcgan", kwargs={"width": 4}
-  )
-  meta_file, data_file = checkpoints.META_FILE, checkpoints.DATA_FILE
-  with open(os.path.join(good, meta_file), encoding="utf-8") as f:
-    meta = json.load(f)
-
-  def variant(name: str, meta_change=None, data_change=None, raw_meta: str | None = None):
-    path = os.path.join(tmp, name)
-    shutil.copytree(good, path)
-    if meta_change is not None or raw_meta is not None:
-      text = raw_meta if raw_meta is not None else json.dumps(meta_change(dict(meta)))
-      with open(os.path.join(path, meta_file), "w", encoding="utf-8") as f:
-        f.write(text)
-    if data_change is not None:
-      p = os.path.join(path, data_file)
-      with open(p, "rb") as f:
-        data = f.read()
-      with open(p, "wb") as f:
-        f.write(data_change(data))
-    return path
-
-  def without(key):
-    return lambda m: {k: v for k, v in m.items() if k != key}
-
-  def with_fields(**fields):
-    return lambda m: {**m, **fields}
-
-  # A file outside the folder with the size and sha256 the manifest would accept.
-  outside = os.path.join(tmp, "outside.msgpack")
-  shutil.copy(os.path.join(good, data_file), outside)
-  escape = variant("ckpt_escape", with_fields(file="../outside.msgpack"))
-  passwd = variant("ckpt_passwd", with_fields(file="../../../../etc/passwd"))
-  as_file = os.path.join(tmp, "ckpt_file")
-  with open(as_file, "w", encoding="utf-8") as f:
-    f.write("not a folder")
-
-  def flip(data: bytes) -> bytes:
-    i = len(data) // 2
-    return data[:i] + bytes([data[i] ^ 0xFF]) + data[i + 1 :]
-
-  cases = [
-    ("manifest without file_bytes", variant("ckpt_nobytes", without("file_bytes")), ["file_bytes"]),
-    ("manifest without manifest", variant("ckpt_nomanifest", without("manifest")), ["manifest"]),
-    (
-      "manifest file_bytes='12'",
-      variant("ckpt_strbytes", with_fields(file_bytes="12")),
-      ["file_bytes"],
-    ),
-    ("checkpoint.json not JSON", variant("ckpt_badjson", raw_meta="{not json"), [meta_file]),
-    (
-      "data file truncated",
-      variant("ckpt_trunc", data_change=lambda d: d[: len(d) // 2]),
-      [data_file],
-    ),
-    ("data file with a flipped byte", variant("ckpt_flip", data_change=flip), [data_file]),
-    ("data file missing", None, [data_file]),
-    (
-      "declared width 8, width-4 arrays",
-      variant("ckpt_width", with_fields(kwargs={"width": 8})),
-      ["ckpt_width"],
-    ),
-    ("checkpoint path is a file", as_file, ["ckpt_file"]),
-    ("checkpoint path does not exist", os.path.join(tmp, "nowhere"), ["nowhere"]),
-  ]
-  missing = variant("ckpt_nodata")
-  os.remove(os.path.join(missing, data_file))
-  out = []
-  for case, path, names in cases:
-    path = missing if path is None else path
-    out.append(
-      try_error(
-        "checkpoint", f"load_generator: {case}", lambda p=path: checkpoints.load_generator(p), names
-      )
-    )
-  for case, path, target in (
-    ("manifest file='../outside.msgpack' (valid sha256)", escape, outside),
-    ("manifest file='../../../../etc/passwd'", passwd, "/etc/passwd"),
-  ):
-    with watch_opens([target]) as seen:
-      o = try_error(
-        "checkpoint",
-        f"load_generator: {case}",
-        lambda p=path: checkpoints.load_generator(p),
-        ["file"],
-        extra_check=lambda: f"opened {seen[0]}" if seen else None,
-      )
-    out.append(o)
-  return out
-
-
-class _Capture(std_logging.Handler):
-  def __init__(self):
-    super().__init__()
-    self.messages: list[str] = []
-
-  def emit(self, record):
-    self.messages.append(record.getMessage())
-
-
-def cache_cases(tmp: str) -> list[Outcome]:
-  import numpy as np  # pylint: disable=g-import-not-at-top
-
-  from cfmod_jax import sweep  # pylint: disable=g-import-not-at-top
-
-  gen = tiny_generator()
-  cfg = sweep.SweepConfig(n_pairs=8, block_pairs=4, seed=0)
-  site = "block4"
-  ref_dir = os.path.join(tmp, "cache_ref")
-  ref = sweep.eim_sweep(gen, site, cfg, ref_dir)
-  block0 = os.path.join("eims", ref.key, "block_00000.npz")
-  if not os.path.isfile(os.path.join(ref_dir, block0)):
-    raise RuntimeError(f"the sweep cache layout changed: no {block0} in {ref_dir}")
-  with np.load(os.path.join(ref_dir, block0)) as d:
-    arrays = {k: d[k] for k in d.files}
-
-  def rewrite(**changes):
-    def damage(p):
-      new = {**arrays, **changes}
-      with open(p, "wb") as f:
-        np.savez(f, **{k: v for k, v in new.items() if v is not None})
-
-    return damage
-
-  def raw(change):
-    def damage(p):
-      with open(p, "rb") as f:
-        data = f.read()
-      with open(p, "wb") as f:
-        f.write(change(data))
-
-    return damage
-
-  sums = arrays["sums"]
-  damages = [
-    ("empty file", raw(lambda d: b"")),
-    ("truncated to half", raw(lambda d: d[: len(d) // 2])),
-    (
-      "one byte flipped (in the sums)",
-      raw(lambda d: d[: len(d) // 2] + bytes([d[len(d) // 2] ^ 0x01]) + d[len(d) // 2 + 1 :]),
-    ),
-    ("sums of the wrong shape", rewrite(sums=np.concatenate([sums, sums[:1]]))),
-    ("sums of the wrong dtype (float64, same values)", rewrite(sums=sums.astype(np.float64))),
-    ("sums doubled (sha256 of the original)", rewrite(sums=sums * 2)),
-    ("count of another block size", rewrite(count=np.int64(3))),
-    ("missing key 'sums'", rewrite(sums=None)),
-  ]
-  out = []
-  for name, damage in damages:
-
-    def check(name=name, damage=damage):
-      work = os.path.join(tmp, "cache_" + re.sub(r"\W+", "_", name))
-      shutil.copytree(ref_dir, work)
-      path = os.path.join(work, block0)
-      damage(path)
-      handler = _Capture()
-      absl_logger = logging.get_absl_logger()
-      absl_logger.addHandler(handler)
+def try_case(case: Case, ctx: Context) -> Outcome:
+  """Runs ``case`` and classifies its outcome (see the module's docstring)."""
+  t0 = time.perf_counter()
+  if case.expect == "result":
+    try:
+      wrong = case.call(ctx)
+    except Exception as e:  # pylint: disable=broad-except
+      outcome, detail = DEEP, short(f"{type(e).__name__}: {e}")
+    else:
+      outcome, detail = (ACCEPTED, short("; ".join(wrong))) if wrong else (RESULT, "ok")
+  else:
+    forbidden = [case.forbidden(ctx)] if case.forbidden else []
+    with watch_opens(forbidden) as opened:
       try:
-        with warnings.catch_warnings(record=True) as caught:
-          warnings.simplefilter("always")
-          res = sweep.eim_sweep(gen, site, cfg, work)
-      finally:
-        absl_logger.removeHandler(handler)
-      said = [str(w.message) for w in caught] + handler.messages
-      problems = []
-      if not np.array_equal(res.eims, ref.eims):
-        problems.append("the maps differ from an undamaged run (damaged data was used)")
-      if res.computed_blocks != 1:
-        problems.append(f"{res.computed_blocks} blocks recomputed, expected 1")
-      if not any(path in s or block0 in s for s in said):
-        problems.append("no warning names the damaged file")
-      return "; ".join(problems) or None
-
-    out.append(try_result("cache", f"sweep cache block: {name}", check))
-  return out
+        case.call(ctx)
+      except ValueError as e:
+        msg = str(e)
+        outcome = CLEAR if names_all(msg, case.names) else DEEP
+        detail = short(f"{type(e).__name__}: {msg}")
+        if outcome == DEEP:
+          detail = f"message does not name {', '.join(case.names)}: " + detail
+      except Exception as e:  # pylint: disable=broad-except
+        outcome, detail = DEEP, short(f"{type(e).__name__}: {e}")
+      else:
+        outcome, detail = ACCEPTED, "no error"
+    if opened:
+      outcome, detail = ACCEPTED, f"opened {opened[0]}; " + detail
+  expected = "result" if case.expect == "result" else "error"
+  return Outcome(case.group, case.name, expected, outcome, detail, time.perf_counter() - t0)
 
 
 # ---- CLI cases ----------------------------------------------------------------------------
-_LOG_LINE = re.compile(r"^[IWEF]\d{4} \d\d:\d\d:\d\d")
+LOG_LINE = re.compile(r"^[IWEF]\d{4} \d\d:\d\d:\d\d")
 
 
 _TINY = (
@@ -564,7 +591,7 @@ class CliCase:
 
 
 def classify_cli(c: CliCase, rc: int, stdout: str, stderr: str) -> tuple[str, str]:
-  lines = [l for l in stderr.splitlines() if l.strip() and not _LOG_LINE.match(l)]
+  lines = [l for l in stderr.splitlines() if l.strip() and not LOG_LINE.match(l)]
   if "Traceback (most recent call last)" in stderr:
     tail = [l for l in lines if l.strip()][-1:] or ["?"]
     return DEEP, short(f"traceback (rc {rc}): {tail[0]}")
@@ -774,11 +801,11 @@ def cli_cases(tmp: str, quick: bool) -> list[tuple[str, CliCase]]:
   for module in ("analyze", "train", "benchmark", "robustness", "style_transfer", "convert_biggan"):
     cases.append((module, CliCase("", ["--help"], expect="help", quick=module == "analyze")))
   if not quick:
-    cases.append(("train", _rejected_resume_case(tmp)))
+    cases.append(("train", rejected_resume_case(tmp)))
   return [(m, c) for m, c in cases if not quick or c.quick]
 
 
-def _rejected_resume_case(tmp: str) -> CliCase:
+def rejected_resume_case(tmp: str) -> CliCase:
   """A one-step width-4 DCGAN run, then a resume with width 8: rejected, and the
   run's config.json unchanged."""
   workdir = os.path.join(tmp, "run")
@@ -840,8 +867,6 @@ def _foreign_out_case(folder: str) -> CliCase:
 
 def _locked_out_case(folder: str) -> CliCase:
   """Another run holds ``--out``'s lock: one line naming the folder."""
-  from cfmod_jax import fileio  # pylint: disable=g-import-not-at-top
-
   lock = fileio.RunLock(folder)
 
   def after():
@@ -866,7 +891,7 @@ def run_all(
   groups: Sequence[str], quick: bool, workers: int = 2, cli_timeout: float = 300
 ) -> list[Outcome]:
   """Every case of ``groups`` ('api', 'checkpoint', 'cache', 'cli'), in that order."""
-  unknown = sorted(set(groups) - {"api", "checkpoint", "cache", "cli"})
+  unknown = sorted(set(groups) - set(GROUPS))
   if unknown:
     raise ValueError(f"groups: unknown group(s) {unknown}; valid: api, checkpoint, cache, cli")
   results: list[Outcome] = []
@@ -881,12 +906,10 @@ def run_all(
         futures = [
           pool.submit(run_cli, m, c, cli_timeout, _repo_root()) for m, c in cli_cases(tmp, quick)
         ]
-      if "api" in groups:
-        results += api_cases()
-      if "checkpoint" in groups:
-        results += checkpoint_cases(tmp)
-      if "cache" in groups:
-        results += cache_cases(tmp)
+      ctx = Context(tmp)
+      for group, cases in IN_PROCESS_CASES.items():
+        if group in groups:
+          results += [try_case(case, ctx) for case in cases]
       results += [f.result() for f in futures]
   return [
     dataclasses.replace(r, case=abbreviate(r.case), detail=abbreviate(r.detail)) for r in results
@@ -934,10 +957,11 @@ NOTES = """\
   `cfmod_jax/train/loop.py`: finish or abandon the save, then re-raise). Ctrl-C in
   the first fraction of a second (Python's own start-up) still prints Python's
   traceback.
-* **Regenerate** with `python -m experiments.bad_inputs` (all cases; about 2 minutes of
-  CPU time, run 2 CLI subprocesses at a time). `tests/test_bad_inputs.py` runs the API,
-  checkpoint and cache cases and `tests/test_cli.py` the quick CLI cases, the Ctrl-C
-  test and the rejected resume; both assert 0 deep errors and 0 accepted.
+* **Regenerate** with `python -m studies.reliability_doc` (all cases; about 2 minutes of
+  CPU time, run 2 CLI subprocesses at a time). The cases are one table in
+  `studies/reliability_doc.py`: `tests/test_bad_inputs.py` runs each API, checkpoint
+  and cache case as a parametrised test, `tests/test_cli.py` the quick CLI cases, the
+  Ctrl-C test and the rejected resume; both assert 0 deep errors and 0 accepted.
 """
 
 
@@ -947,7 +971,7 @@ def markdown(results: Sequence[Outcome], seconds: float, command: str) -> str:
     "# Reliability: the bad-input table",
     "",
     f"Generated by `{command}` ({seconds:.0f} s); do not edit by hand. Each case is tried "
-    "and classified by code (see `experiments/bad_inputs.py`): **clear error** = a "
+    "and classified by code (see `studies/reliability_doc.py`): **clear error** = a "
     "`ValueError` whose message names the argument, or for a CLI exit code 1/2 with one "
     "`experiments.<cli>: error:` line naming the flag and no traceback; **correct result** "
     "= the input must work (a damaged sweep-cache block is recomputed, bit-identical, with "
@@ -975,15 +999,31 @@ def markdown(results: Sequence[Outcome], seconds: float, command: str) -> str:
   return "\n".join(lines) + "\n\n" + NOTES
 
 
+def _define_flags() -> None:
+  flags.DEFINE_string("markdown", "docs/reliability.md", "Markdown table to write.")
+  flags.DEFINE_string("json", "docs/reliability.json", "JSON of every case to write.")
+  flags.DEFINE_bool(
+    "quick",
+    False,
+    "Fewer CLI subprocesses (one or two per CLI, no training run): the test's selection.",
+  )
+  flags.DEFINE_list("groups", list(GROUPS), "Groups of cases to run.")
+  flags.DEFINE_integer("workers", 2, "CLI subprocesses run at the same time.", lower_bound=1)
+  flags.DEFINE_integer(
+    "cli_timeout", 300, "Seconds before a CLI case counts as hung.", lower_bound=1
+  )
+
+
 def main(argv: list[str]) -> None:
   del argv
+  FLAGS = flags.FLAGS  # pylint: disable=invalid-name
   t0 = time.perf_counter()
   try:
     results = run_all(FLAGS.groups, FLAGS.quick, FLAGS.workers, FLAGS.cli_timeout)
   except ValueError as e:
     raise _cli.name_flag(e, ("groups",)) from None
   seconds = time.perf_counter() - t0
-  command = "python -m experiments.bad_inputs" + (" --quick" if FLAGS.quick else "")
+  command = "python -m studies.reliability_doc" + (" --quick" if FLAGS.quick else "")
   for path in (FLAGS.markdown, FLAGS.json):
     if os.path.dirname(path):
       os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -1012,4 +1052,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+  _define_flags()
   _cli.run(main)
