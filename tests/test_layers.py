@@ -13,7 +13,7 @@ PACKAGE = ROOT / "cfmod_jax"
 # Outside the core: the applications, the trainers and the main job's modules (the
 # main job uses lab.factors and lab.quality for its factor and realism sections).
 NOT_CORE = ("cfmod_jax.lab", "cfmod_jax.train", "cfmod_jax.analysis", "cfmod_jax.report")
-NOT_CORE += ("cfmod_jax.writer",)
+NOT_CORE += ("cfmod_jax.writer", "cfmod_jax.site_factors")
 
 
 def _modules(package: pathlib.Path = PACKAGE) -> dict[str, pathlib.Path]:
