@@ -16,7 +16,7 @@ For each site:
    rule); k-means on the same maps for comparison (adjusted Rand index).
 4. **Evaluation on fresh pairs** (so the partition was not fitted to them): one
    batched call computes the influence maps of the K modules *and* of ``n_null``
-   random partitions with the same module sizes (`metrics.null_partitions`), per
+   random partitions with the same module sizes (`resampling.null_partitions`), per
    group of pairs.
 5. **Metrics** with bootstrap confidence intervals over groups of pairs and the
    random-partition null: overlap between module maps (mean pairwise cosine),

@@ -5,7 +5,7 @@ evaluation pairs, the influence maps of the modules and of random partitions of 
 same sizes (one batched call). `metric_entries`: from the module maps and null maps
 of the trained network (and of the untrained baseline, on the same pairs), each
 metric's value, confidence interval and effect over the random-partition null
-(`metrics.effect_vs_null`), the untrained network's, the difference between the two,
+(`resampling.effect_vs_null`), the untrained network's, the difference between the two,
 and the verdicts ``beyond_null``, ``beyond_untrained`` and ``evidence``. All
 statistics are `cfmod_jax.metrics`; this module only arranges them into the
 ``metrics.json`` entries.
@@ -20,7 +20,7 @@ import numpy as np
 from absl import logging
 from sklearn.metrics import adjusted_rand_score
 
-from cfmod_jax import clustering, metrics
+from cfmod_jax import clustering, metrics, resampling
 from cfmod_jax.generator import Generator
 from cfmod_jax.interventions import influence_map_sums, masks_from_labels
 from cfmod_jax.modules import find_modules
@@ -90,7 +90,7 @@ def fit_site(
     eims, k, "kmeans" if cfg.method == "nmf" else "nmf", seed=cfg.seed, **common
   )
   # 4. Module maps and null maps on the evaluation pairs, one batched call.
-  nulls = metrics.null_partitions(labels, cfg.n_null, cfg.seed + 1)
+  nulls = resampling.null_partitions(labels, cfg.n_null, cfg.seed + 1)
   masks = np.concatenate([masks_from_labels(p, k) for p in [labels, *nulls]])
   sums, counts = influence_map_sums(
     gen,
@@ -145,13 +145,15 @@ def sweep_entry(sweep: SweepResult, seconds: float, max_pairs: int) -> dict:
 
 def _entries(fit: SiteFit, reps: dict, parts: np.ndarray | None) -> tuple[dict, dict]:
   """Per metric: value, CI, null, p, z and the effect over the null (with CI)
-  (`metrics.effect_vs_null`); and per metric the effect's bootstrap replicates."""
+  (`resampling.effect_vs_null`); and per metric the effect's bootstrap replicates."""
   r = fit.supports.shape[0]
   maps = fit.all_maps.reshape(r, fit.k, *fit.all_maps.shape[1:])
   stats = metrics.partition_statistics(maps, fit.supports, parts)
   out, effects = {}, {}
   for name, values in stats.items():
-    out[name], effects[name] = metrics.effect_vs_null(values, reps[name], metrics.DIRECTION[name])
+    out[name], effects[name] = resampling.effect_vs_null(
+      values, reps[name], metrics.DIRECTION[name]
+    )
   return out, effects
 
 
@@ -180,24 +182,24 @@ def metric_entries(
   entries, effects = zip(*[_entries(f, rp, parts) for f, rp in zip(fits, reps)])
   out, verdict = {}, {}
   for name, entry in entries[0].items():
-    beyond_null = metrics.beyond(entry["effect_vs_null"], min_effect)
+    beyond_null = resampling.beyond(entry["effect_vs_null"], min_effect)
     entry["beyond_null"] = bool(beyond_null)
     if untrained:
       base = entries[1][name]
-      base["beyond_null"] = metrics.beyond(base["effect_vs_null"], min_effect)
+      base["beyond_null"] = resampling.beyond(base["effect_vs_null"], min_effect)
       diff = effects[0][name] - effects[1][name]
       entry["untrained"] = dict(base)
       entry["effect_vs_untrained"] = {
         "value": entry["effect_vs_null"]["value"] - base["effect_vs_null"]["value"],
-        "ci95": metrics.percentile_ci(diff),
+        "ci95": resampling.percentile_ci(diff),
       }
       sign = -1.0 if metrics.DIRECTION[name] == "less" else 1.0
       raw = sign * (reps[0][name][:, 0] - reps[1][name][:, 0])
       entry["raw_difference_to_untrained"] = {
         "value": sign * (entry["value"] - base["value"]),
-        "ci95": metrics.percentile_ci(raw),
+        "ci95": resampling.percentile_ci(raw),
       }
-      entry["beyond_untrained"] = metrics.beyond(entry["effect_vs_untrained"], min_effect)
+      entry["beyond_untrained"] = resampling.beyond(entry["effect_vs_untrained"], min_effect)
       entry["evidence"] = bool(beyond_null and entry["beyond_untrained"])
     else:
       entry["beyond_untrained"] = None

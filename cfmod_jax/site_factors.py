@@ -12,7 +12,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from cfmod_jax import metrics
+from cfmod_jax import resampling
 from cfmod_jax.generator import Generator
 from cfmod_jax.lab import factors
 
@@ -65,12 +65,12 @@ def factor_effects(
     out[name] = {"value": value, "ci95": [lo, hi]}
   out["beyond_null"] = bool(
     np.isfinite(out["effect_vs_null"]["ci95"][0])
-    and metrics.beyond(out["effect_vs_null"], min_effect)
+    and resampling.beyond(out["effect_vs_null"], min_effect)
   )
   if len(transfers) > 1:
     e = out["effect_vs_untrained"]
     if np.isfinite(e["value"]) and np.isfinite(e["ci95"][0]):
-      out["beyond_untrained"] = metrics.beyond(e, min_effect)
+      out["beyond_untrained"] = resampling.beyond(e, min_effect)
       out["evidence"] = out["beyond_null"] and out["beyond_untrained"]
     else:  # e.g. the untrained network's images never differ on these factors
       out["beyond_untrained"] = out["evidence"] = None

@@ -13,24 +13,26 @@ if _ROOT not in sys.path:  # the package is not installed in the venv
 from cfmod_jax.clustering import cluster_channels  # noqa: E402
 from cfmod_jax.metrics import (  # noqa: E402
   approx_module_maps,
-  beyond,
-  bootstrap_ci,
-  bootstrap_group_weights,
-  effect_vs_null,
   in_support_share,
   module_overlap,
-  null_partitions,
-  null_test,
   overlap_statistic,
   paired_bootstrap,
   part_agreement,
   part_agreement_chance,
   part_shares,
   partition_statistics,
+  support_masks,
+)
+from cfmod_jax.resampling import (  # noqa: E402
+  beyond,
+  bootstrap_ci,
+  bootstrap_group_weights,
+  effect_vs_null,
+  null_partitions,
+  null_test,
   percentile_ci,
   random_partition_null,
   split_groups,
-  support_masks,
 )
 
 HW = 24

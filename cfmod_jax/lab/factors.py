@@ -62,7 +62,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from cfmod_jax import metrics
+from cfmod_jax import resampling
 from cfmod_jax._validate import check_chunk, check_positive_int
 from cfmod_jax.generator import Generator
 from cfmod_jax.interventions import (
@@ -314,7 +314,7 @@ def factor_masks(labels: ArrayLike, k: int, n_null: int = 16, seed: int = 0) -> 
   if isinstance(n_null, bool) or not isinstance(n_null, (int, np.integer)) or n_null < 0:
     raise ValueError(f"n_null must be a non-negative integer, got {n_null!r}")
   rows = [masks_from_labels(labels, k), np.ones((1, labels.size), np.float32)]
-  rows += [masks_from_labels(lab, k) for lab in metrics.null_partitions(labels, n_null, seed)]
+  rows += [masks_from_labels(lab, k) for lab in resampling.null_partitions(labels, n_null, seed)]
   return np.concatenate(rows)
 
 
@@ -390,13 +390,13 @@ def bootstrap_groups(
   n_boot = check_positive_int(n_boot, "n_boot")
   g = follows.shape[0]
   estimate = float(statistic(transfer_shares(follows.sum(0), valid.sum(0))))
-  weights = metrics.bootstrap_group_weights(np.ones(g), n_boot, seed, normalize=False)
+  weights = resampling.bootstrap_group_weights(np.ones(g), n_boot, seed, normalize=False)
   reps = np.array(
     [statistic(transfer_shares(np.tensordot(w, follows, 1), w @ valid)) for w in weights]
   )
   if not np.any(np.isfinite(reps)):
     return estimate, float("nan"), float("nan")
-  lo, hi = metrics.percentile_ci(reps)
+  lo, hi = resampling.percentile_ci(reps)
   return estimate, lo, hi
 
 
