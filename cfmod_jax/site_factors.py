@@ -1,7 +1,7 @@
 """The main job's factor transfer for one site (`cfmod_jax.analysis`, generators
 trained on the synthetic faces): which factors each module's hybrids take from the
 donor (`lab.factors.factor_transfer`), its exclusivity over random partitions and
-over the untrained network, and the realism of the hybrids (`lab.factors.hybrid_realism`).
+over the untrained network, and the realism of the hybrids (`lab.realism.hybrid_realism`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import numpy as np
 
 from cfmod_jax import resampling
 from cfmod_jax.generator import Generator
-from cfmod_jax.lab import factors
+from cfmod_jax.lab import factors, realism
 
 __all__ = ["factor_effects", "factor_latents", "factor_section"]
 
@@ -142,7 +142,7 @@ def factor_section(
       untrained_factor_follows=transfers[1].follows, untrained_factor_valid=transfers[1].valid
     )
   if cfg.hybrid_fd_samples:
-    hr = factors.hybrid_realism(
+    hr = realism.hybrid_realism(
       gen,
       site,
       masks[0][: k + 1],

@@ -22,7 +22,7 @@ import numpy as np
 from absl import logging
 
 from cfmod_jax import fileio, report, viz
-from cfmod_jax.lab import factors
+from cfmod_jax.lab import plots
 
 __all__ = [
   "OutputFolderError",
@@ -194,7 +194,7 @@ def write_site(out_dir: str, gen_name: str, res) -> None:
     )
   if res.factor_arrays:
     ft = res.metrics["factor_transfer"]
-    factors.plot_factor_matrix(
+    plots.plot_factor_matrix(
       os.path.join(sdir, "factor_transfer.png"),
       np.array(ft["matrix"] + [ft["whole"]]),
       [f"module {j} · {sizes[j]} ch" for j in range(k)] + ["whole site"],

@@ -23,7 +23,7 @@ from absl import flags, logging
 from cfmod_jax import interventions as iv
 from cfmod_jax import viz
 from cfmod_jax.data import synthfaces
-from cfmod_jax.lab import quality
+from cfmod_jax.lab import classifiers, plots, quality
 from cfmod_jax.lab import robustness as rb
 from experiments import _cli, _specs  # _cli first: one line on Ctrl-C while jax imports
 
@@ -119,7 +119,7 @@ def main(argv: list[str]) -> None:
   with _cli.blame("generator"):
     gen = _specs.generator_from_spec(FLAGS.generator)
   with _cli.blame("factor"):
-    clf = rb.factor_classifier(quality.load_featnet(), FLAGS.factor)
+    clf = classifiers.factor_classifier(quality.load_featnet(), FLAGS.factor)
   _cli.check_output_dir("out")
   parts, names = synthfaces.face_regions()
   try:
@@ -140,7 +140,7 @@ def main(argv: list[str]) -> None:
       exc, ("sites", "k", "n_pairs", "eim_pairs", "method", "seed"), aliases={"site": "sites"}
     ) from None
   write_json(result, os.path.join(FLAGS.out, "robustness.json"))
-  rb.plot_robustness(result, os.path.join(FLAGS.out, "robustness.png"), highlight_part="hair")
+  plots.plot_robustness(result, os.path.join(FLAGS.out, "robustness.png"), highlight_part="hair")
   table = markdown_table(result)
   with open(os.path.join(FLAGS.out, "table.md"), "w", encoding="utf-8") as f:
     f.write(table + "\n")

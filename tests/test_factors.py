@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import cfmod_jax as cf
-from cfmod_jax.lab import factors, quality
+from cfmod_jax.lab import factors, plots, quality, realism
 
 # ---- a planted generator: channels {0, 1} paint the left half, {2, 3} the right half ----
 SITE = "mid"
@@ -272,14 +272,12 @@ def test_bootstrap_and_summary(planted, planted_pairs):
 
 
 def test_plot_factor_matrix(tmp_path):
-  path = factors.plot_factor_matrix(
+  path = plots.plot_factor_matrix(
     str(tmp_path / "m.png"), [[0.1, np.nan], [1, 0.5]], ["m0", "whole"], ["hair", "eyes"]
   )
   assert (tmp_path / "m.png").stat().st_size > 1000 and path.endswith("m.png")
   with pytest.raises(ValueError, match=r"matrix must be \[2, 3\]"):
-    factors.plot_factor_matrix(
-      str(tmp_path / "x.png"), np.zeros((2, 2)), ["a", "b"], ["x", "y", "z"]
-    )
+    plots.plot_factor_matrix(str(tmp_path / "x.png"), np.zeros((2, 2)), ["a", "b"], ["x", "y", "z"])
 
 
 # ---- hybrid realism ---------------------------------------------------------------------
@@ -289,7 +287,7 @@ def test_hybrid_realism_matches_direct_fd(small_dcgan):
   c = small_dcgan.site_shape(site)[-1]
   half = (np.arange(c) % 2).astype(np.float32)
   masks = np.stack([np.ones(c), half])
-  res = factors.hybrid_realism(
+  res = realism.hybrid_realism(
     small_dcgan, site, masks, featnet, n=n, seed=4, pair_chunk=16, mask_chunk=1
   )
   k1, k2 = jax.random.split(jax.random.key(4))
@@ -305,6 +303,6 @@ def test_hybrid_realism_matches_direct_fd(small_dcgan):
   assert res.floor == pytest.approx(quality.real_floor(featnet, n))
   assert res.floor < res.plain_fd
   with pytest.raises(ValueError, match="n must be an integer >= 2"):
-    factors.hybrid_realism(small_dcgan, site, masks, featnet, n=1)
+    realism.hybrid_realism(small_dcgan, site, masks, featnet, n=1)
   with pytest.raises(ValueError, match="give both z1 and z2"):
-    factors.hybrid_realism(small_dcgan, site, masks, featnet, n=n, z1=z1)
+    realism.hybrid_realism(small_dcgan, site, masks, featnet, n=n, z1=z1)

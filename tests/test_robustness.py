@@ -13,7 +13,7 @@ import pytest
 
 import cfmod_jax as cf
 from cfmod_jax.data import synthfaces
-from cfmod_jax.lab import quality
+from cfmod_jax.lab import classifiers, plots, quality
 from cfmod_jax.lab import robustness as rb
 
 N_CLASSES = 3
@@ -70,12 +70,12 @@ def halves():
   return cf.Generator(module, module.init(jax.random.key(0), jnp.zeros((1, 5))), name="halves")
 
 
-def _half_classifier(side: str, seed: int = 1) -> rb.Classifier:
+def _half_classifier(side: str, seed: int = 1) -> classifiers.Classifier:
   """A linear classifier of the pixels of one half of the 8×8 image."""
   w = jax.random.normal(jax.random.key(seed), (4 * 8 * 3, N_CLASSES)) * 2.0
   sl = slice(0, 4) if side == "left" else slice(4, 8)
   apply = lambda p, x: x[:, :, sl, :].reshape(x.shape[0], -1) @ p
-  return rb.Classifier(apply, w, f"{side}-half")
+  return classifiers.Classifier(apply, w, f"{side}-half")
 
 
 @pytest.fixture(scope="module")
@@ -169,7 +169,7 @@ def test_plain_function_classifier(halves, pairs):
 
 def test_module_robustness_on_faces(small_dcgan, tmp_path):
   """The whole experiment on a small random DCGAN with the shipped hair classifier."""
-  clf = rb.factor_classifier(quality.load_featnet(), "hair_color")
+  clf = classifiers.factor_classifier(quality.load_featnet(), "hair_color")
   parts = synthfaces.part_prior(n=256)
   res = rb.module_robustness(
     small_dcgan,
@@ -205,7 +205,7 @@ def test_module_robustness_on_faces(small_dcgan, tmp_path):
     == np.bincount(res.sites["block4"].labels, minlength=2).tolist()
   )
   assert d["sites"]["block4"]["effects"][0]["keep_rate"] == res.sites["block4"].effects[0].keep_rate
-  png = rb.plot_robustness(res, str(tmp_path / "r.png"))
+  png = plots.plot_robustness(res, str(tmp_path / "r.png"))
   assert os.path.getsize(png) > 1000
   assert markdown_table(res).count("\n") == 2 + 3 - 1
 
@@ -225,23 +225,23 @@ def test_module_robustness_every_site(halves):
 
 def test_bad_input(halves, pairs):
   z1, z2 = pairs
-  vector = rb.Classifier(lambda p, x: x.reshape(x.shape[0], -1).sum(1), None, "vector")
+  vector = classifiers.Classifier(lambda p, x: x.reshape(x.shape[0], -1).sum(1), None, "vector")
   with pytest.raises(ValueError, match=r"must return logits \[N, n_classes\].*returned \(2,\)"):
     rb.mask_robustness(halves, vector, "feat", LEFT, z1, z2)
-  one_class = rb.Classifier(lambda p, x: x[:, :1, 0, 0], None, "one")
+  one_class = classifiers.Classifier(lambda p, x: x[:, :1, 0, 0], None, "one")
   with pytest.raises(ValueError, match=r"n_classes ≥ 2.*returned \(2, 1\)"):
     rb.mask_robustness(halves, one_class, "feat", LEFT, z1, z2)
-  wrong_batch = rb.Classifier(lambda p, x: jnp.zeros((1, 3)), None, "batch")
+  wrong_batch = classifiers.Classifier(lambda p, x: jnp.zeros((1, 3)), None, "batch")
   with pytest.raises(ValueError, match=r"returned \(1, 3\)"):
     rb.mask_robustness(halves, wrong_batch, "feat", LEFT, z1, z2)
-  ints = rb.Classifier(lambda p, x: jnp.zeros((x.shape[0], 3), jnp.int32), None, "ints")
+  ints = classifiers.Classifier(lambda p, x: jnp.zeros((x.shape[0], 3), jnp.int32), None, "ints")
   with pytest.raises(ValueError, match=r"float logits"):
     rb.mask_robustness(halves, ints, "feat", LEFT, z1, z2)
-  featnet = rb.factor_classifier(quality.load_featnet())  # 64×64 input, images are 8×8
+  featnet = classifiers.factor_classifier(quality.load_featnet())  # 64×64 input, images are 8×8
   with pytest.raises(ValueError, match=r"failed on images of shape \[N, 8, 8, 3\]"):
     rb.mask_robustness(halves, featnet, "feat", LEFT, z1, z2)
   with pytest.raises(ValueError, match=r"not a categorical factor.*hair_color"):
-    rb.factor_classifier(quality.load_featnet(), "skin_tone")
+    classifiers.factor_classifier(quality.load_featnet(), "skin_tone")
   with pytest.raises(TypeError, match=r"function images -> logits"):
     rb.mask_robustness(halves, 3, "feat", LEFT, z1, z2)
   clf = _half_classifier("left")

@@ -44,12 +44,8 @@ for random partitions with the same module sizes (computed in the same call:
 intervals over groups of pairs. `best_module_share` (the mean over factors of the
 best module's share) is reported beside it.
 
-**Hybrid realism.** `hybrid_realism`: the Fréchet distance (in the feature
-network's features, `cfmod_jax.lab.quality`) of each mask's hybrids to held-out real
-faces, beside that of the plain samples G(z1) of the same latents and the
-real-vs-real floor, all at the same n. Features are accumulated in the compiled
-stream as sums of (shifted) features and their outer products, so only
-``[M, D + D²]`` numbers leave the device.
+Hybrid realism is `cfmod_jax.lab.realism`; the share-matrix figure is
+`cfmod_jax.lab.plots.plot_factor_matrix`.
 """
 
 from __future__ import annotations
@@ -68,17 +64,11 @@ from cfmod_jax.generator import Generator
 from cfmod_jax.interventions import (
   DEFAULT_MASK_CHUNK,
   DEFAULT_PAIR_CHUNK,
+  check_groups,
+  check_masks,
+  check_pairs,
   hybrid_map_reduce,
   masks_from_labels,
-)
-from cfmod_jax.interventions import (
-  check_groups as _check_groups,
-)
-from cfmod_jax.interventions import (
-  check_masks as _check_masks,
-)
-from cfmod_jax.interventions import (
-  check_pairs as _check_pairs,
 )
 from cfmod_jax.lab import quality
 
@@ -269,12 +259,12 @@ def factor_transfer(
     `FactorTransfer` with per-group counts; ``.shares()`` is the ``[M, F]`` matrix.
   """
   gen.site_index(site)
-  masks, _ = _check_masks(gen, site, masks)
-  z1, z2 = _check_pairs(gen, z1, z2)
+  masks, _ = check_masks(gen, site, masks)
+  z1, z2 = check_pairs(gen, z1, z2)
   pair_chunk = check_chunk(pair_chunk, "pair_chunk")
   mask_chunk = check_chunk(mask_chunk, "mask_chunk")
   names, categorical = _check_kinds(kinds)
-  groups = _check_groups(groups, z1.shape[0])
+  groups = check_groups(groups, z1.shape[0])
   _check_predictor(predict, names, categorical, gen.image_shape)
   pair_fn, hybrid_fn = _transfer_fns(gen, site, predict, names, categorical)
   follows, valid, counts = hybrid_map_reduce(
@@ -465,209 +455,11 @@ def factor_summary(
   return out
 
 
-def plot_factor_matrix(
-  path: str,
-  matrix: ArrayLike,
-  module_names: Sequence[str],
-  factor_names: Sequence[str],
-  *,
-  title: str | None = None,
-) -> str:
-  """Heatmap of a ``[M, F]`` share matrix (rows: modules, e.g. plus 'whole site';
-  columns: factors), values written in the cells; NaN cells grey. Returns path."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-
-  from cfmod_jax import viz  # pylint: disable=g-import-not-at-top
-
-  mat = np.asarray(matrix, np.float64)
-  if mat.ndim != 2 or mat.shape != (len(module_names), len(factor_names)):
-    raise ValueError(
-      f"matrix must be [{len(module_names)}, {len(factor_names)}] (modules × "
-      f"factors), got shape {mat.shape}"
-    )
-  fig = viz.new_figure(0.55 * mat.shape[1] + 2.0, 0.45 * mat.shape[0] + 1.8)
-  ax = fig.add_subplot(1, 1, 1)
-  cmap = matplotlib.colormaps["viridis"].with_extremes(bad="0.8")
-  im = ax.imshow(np.ma.masked_invalid(mat), vmin=0.0, vmax=1.0, cmap=cmap, aspect="auto")
-  for (i, j), v in np.ndenumerate(mat):
-    if np.isfinite(v):
-      ax.text(
-        j,
-        i,
-        f"{v:.2f}",
-        ha="center",
-        va="center",
-        fontsize=7,
-        color="white" if v < 0.6 else "black",
-      )
-  ax.set_xticks(range(mat.shape[1]), factor_names, rotation=60, ha="right", fontsize=8)
-  ax.set_yticks(range(mat.shape[0]), module_names, fontsize=8)
-  ax.set_title(title or "share of pairs whose hybrid follows the donor", fontsize=9)
-  fig.colorbar(im, ax=ax, fraction=0.04)
-  return viz.save_figure(fig, path)
-
-
-# ---- hybrid realism --------------------------------------------------------------------------
-def _feature_sums(features_fn):
-  """``hybrid_fn`` of `interventions.hybrid_map_reduce` (``params`` = shift ``[D]``):
-  per group, weighted sums of ``f − shift`` and of its outer products over the
-  hybrids' features f, ``[G, mc, D + D²]``."""
-
-  def hybrid_fn(chunk, ctx, y):
-    del ctx
-    mc, pc = y.shape[:2]
-    f = features_fn(y.reshape(-1, *y.shape[2:])) - chunk.params
-    f = f.reshape(mc, pc, -1)
-    s1 = jnp.einsum("jpd,pg->gjd", f, chunk.weights)
-    s2 = jnp.einsum("jpd,jpe,pg->gjde", f, f, chunk.weights)
-    return jnp.concatenate([s1, s2.reshape(*s2.shape[:2], -1)], axis=-1)
-
-  return hybrid_fn
-
-
-def _no_context(chunk):
-  del chunk
-  return (), ()
-
-
-def hybrid_feature_stats(
-  gen: Generator,
-  site: str,
-  masks: ArrayLike,
-  z1: ArrayLike,
-  z2: ArrayLike,
-  features_fn: Callable[[jax.Array], jax.Array],
-  shift: ArrayLike,
-  *,
-  pair_chunk: int | None = DEFAULT_PAIR_CHUNK,
-  mask_chunk: int | None = DEFAULT_MASK_CHUNK,
-) -> tuple[np.ndarray, np.ndarray]:
-  """Mean ``[M, D]`` and unbiased covariance ``[M, D, D]`` (float64) of the features
-  of each mask's N hybrids, streamed (no image array is kept).
-
-  ``features_fn`` is a pure ``images -> [n, D]`` (e.g. ``featnet.features_fn()``);
-  ``shift [D]`` is subtracted before the float32 sums (use a mean close to the
-  features', e.g. the real set's, to avoid cancellation in the covariance).
-  """
-  gen.site_index(site)
-  masks, _ = _check_masks(gen, site, masks)
-  z1, z2 = _check_pairs(gen, z1, z2)
-  n = z1.shape[0]
-  if n < 2:
-    raise ValueError(f"need at least 2 pairs for a covariance, got N={n}")
-  pair_chunk = check_chunk(pair_chunk, "pair_chunk")
-  mask_chunk = check_chunk(mask_chunk, "mask_chunk")
-  out = jax.eval_shape(features_fn, jax.ShapeDtypeStruct((3, *gen.image_shape), jnp.float32))
-  shift = np.asarray(shift, np.float32)
-  if len(out.shape) != 2 or out.shape[0] != 3 or shift.shape != (out.shape[1],):
-    raise ValueError(
-      f"features_fn must map [N, H, W, 3] images to [N, D] and shift must be "
-      f"[D]; got features {tuple(out.shape)} for N=3 and shift {shift.shape}"
-    )
-  m, d = masks.shape[0], shift.shape[0]
-  sums, _, _ = hybrid_map_reduce(
-    gen,
-    site,
-    masks,
-    z1,
-    z2,
-    _feature_sums(features_fn),
-    pair_fn=_no_context,
-    params=jnp.asarray(shift),
-    cache_key=("hybrid_features", features_fn),
-    pair_chunk=pair_chunk,
-    mask_chunk=mask_chunk,
-  )
-  sums = np.asarray(sums, np.float64)[0, :m]
-  mean_shifted = sums[:, :d] / n
-  second = sums[:, d:].reshape(m, d, d)
-  cov = (second - n * mean_shifted[:, :, None] * mean_shifted[:, None, :]) / (n - 1)
-  return mean_shifted + shift.astype(np.float64), cov
-
-
-@dataclasses.dataclass(frozen=True)
-class HybridRealism:
-  """``fd [M]``: each mask's hybrids vs held-out real faces; ``plain_fd``: the
-  plain samples G(z1) of the same latents; ``floor``: real vs disjoint real; all
-  at ``n`` images."""
-
-  fd: np.ndarray
-  plain_fd: float
-  floor: float
-  n: int
-
-
-def hybrid_realism(
-  gen: Generator,
-  site: str,
-  masks: ArrayLike,
-  featnet: quality.FeatureNet | None = None,
-  n: int = 500,
-  seed: int = 0,
-  *,
-  z1: ArrayLike | None = None,
-  z2: ArrayLike | None = None,
-  real_images: quality.RealImages = None,
-  pair_chunk: int | None = DEFAULT_PAIR_CHUNK,
-  mask_chunk: int | None = DEFAULT_MASK_CHUNK,
-) -> HybridRealism:
-  """Fréchet distance of module hybrids to held-out real faces (§ the paper's
-  observation that hybrids of a good module stay realistic).
-
-  Args:
-    masks: ``[M, C]`` (or ``[C]``) masks at ``site``.
-    featnet: the feature network (default: the shipped one).
-    n: number of pairs (hybrids per mask) and of real images; ≥ 2.
-    seed: draws z1, z2 from the prior (``jax.random.key(seed)`` split in two)
-      unless ``z1`` and ``z2`` (``[n, …]``) are given.
-    real_images: held-out real sets, as in `quality.sample_quality` (set 0 is
-      the reference, sets 0 and 1 give the floor).
-  Returns:
-    `HybridRealism`. ``plain_fd`` is the hybrid of the all-zero mask, i.e. G(z1),
-    computed in the same call.
-  """
-  if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 2:
-    raise ValueError(f"n must be an integer >= 2, got {n!r}")
-  n = int(n)
-  gen.site_index(site)
-  masks, _ = _check_masks(gen, site, masks)
-  if (z1 is None) != (z2 is None):
-    raise ValueError("give both z1 and z2, or neither (then they are drawn with seed)")
-  if z1 is None:
-    k1, k2 = jax.random.split(jax.random.key(seed))
-    z1, z2 = gen.sample_latents(k1, n), gen.sample_latents(k2, n)
-  z1, z2 = _check_pairs(gen, z1, z2)
-  if z1.shape[0] != n:
-    raise ValueError(f"z1 and z2 must hold n={n} latent codes, got {z1.shape[0]}")
-  featnet = featnet or quality.load_featnet()
-  (mu0, s0), (mu1, s1) = quality.real_stats(featnet, n, real_images)
-  all_masks = jnp.concatenate([jnp.zeros((1, masks.shape[1]), jnp.float32), masks])
-  means, covs = hybrid_feature_stats(
-    gen,
-    site,
-    all_masks,
-    z1,
-    z2,
-    featnet.features_fn(),
-    mu0,
-    pair_chunk=pair_chunk,
-    mask_chunk=mask_chunk,
-  )
-  fds = [quality.frechet_distance_from_stats(mu, cov, mu0, s0) for mu, cov in zip(means, covs)]
-  return HybridRealism(
-    fd=np.asarray(fds[1:]),
-    plain_fd=fds[0],
-    floor=quality.frechet_distance_from_stats(mu0, s0, mu1, s1),
-    n=n,
-  )
-
-
 __all__ = [
   "CATEGORICAL",
   "CONTINUOUS",
   "FEATNET_KINDS",
   "FactorTransfer",
-  "HybridRealism",
   "best_module_share",
   "bootstrap_groups",
   "exclusivity",
@@ -675,8 +467,5 @@ __all__ = [
   "factor_masks",
   "factor_summary",
   "factor_transfer",
-  "hybrid_feature_stats",
-  "hybrid_realism",
-  "plot_factor_matrix",
   "transfer_shares",
 ]

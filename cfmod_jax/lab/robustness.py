@@ -26,7 +26,7 @@ suffix and the classifier as one flat batch.
 
 `module_robustness` runs it per module (EIMs → modules → robustness per site and
 module, with the full-site control and, given part maps, each module's share of
-influence per image part); `write_json` and `plot_robustness` write its results.
+influence per image part); `write_json` and `lab.plots.plot_robustness` write its results.
 The hair-colour study on the synthetic faces (its tables and panels) is
 ``experiments/robustness.py`` (see docs/robustness.md).
 """
@@ -36,15 +36,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from cfmod_jax import metrics, viz
+from cfmod_jax import metrics
 from cfmod_jax._validate import check_positive_int
 from cfmod_jax.generator import Generator
 from cfmod_jax.interventions import (
@@ -54,93 +54,14 @@ from cfmod_jax.interventions import (
   influence_maps,
   masks_from_labels,
 )
+from cfmod_jax.lab.classifiers import ClassifierLike, as_classifier, check_classifier
 from cfmod_jax.modules import find_modules
 
 if TYPE_CHECKING:
-  from cfmod_jax.lab import quality
+  pass
 
 DEFAULT_PAIR_CHUNK = 32
 DEFAULT_MASK_CHUNK = 4
-
-
-# ---- classifiers ------------------------------------------------------------------------
-@dataclasses.dataclass(frozen=True, eq=False)
-class Classifier:
-  """An image classifier as a pure function of its parameters.
-
-  Attributes:
-    apply: ``(params, images [N, H, W, 3] float32 in [-1, 1]) -> logits [N, n_classes]``;
-      traceable by `jax.jit`.
-    params: its parameters (any pytree; passed to the compiled function as an
-      argument, not baked in as constants).
-    name: a label used in outputs.
-  """
-
-  apply: Callable[[Any, jax.Array], jax.Array]
-  params: Any = None
-  name: str = "classifier"
-
-
-# A `Classifier`, or a plain function ``images [N, H, W, 3] -> logits [N, n_classes]``.
-ClassifierLike = Classifier | Callable[[jax.Array], jax.Array]
-
-
-def as_classifier(classifier: ClassifierLike, name: str | None = None) -> Classifier:
-  """A `Classifier` from itself or from a plain function ``images -> logits``."""
-  if isinstance(classifier, Classifier):
-    return classifier if name is None else dataclasses.replace(classifier, name=name)
-  if not callable(classifier):
-    raise TypeError(
-      f"classifier must be a Classifier or a function images -> logits, got "
-      f"{type(classifier).__name__}"
-    )
-  fn = classifier
-  return Classifier(lambda _, x: fn(x), None, name or getattr(fn, "__name__", "classifier"))
-
-
-def factor_classifier(featnet: quality.FeatureNet, factor: str = "hair_color") -> Classifier:
-  """The head of one categorical factor of a `quality.FeatureNet` as a classifier.
-
-  ``featnet`` is e.g. ``quality.load_featnet()``; images are ``[N, 64, 64, 3]``.
-  """
-  from cfmod_jax.lab import quality  # pylint: disable=g-import-not-at-top
-
-  names = [n for n, _ in quality.CATEGORICAL]
-  if factor not in names:
-    raise ValueError(
-      f"factor={factor!r} is not a categorical factor of the feature "
-      f"network; valid: {', '.join(names)}"
-    )
-  module = featnet.module
-  return Classifier(
-    lambda v, x: module.apply(v, x)[1][factor], featnet.variables, f"{featnet.name}:{factor}"
-  )
-
-
-def check_classifier(classifier: Classifier, image_shape: Sequence[int]) -> int:
-  """Number of classes; a clear ValueError unless ``apply`` maps images
-  ``[N, *image_shape]`` to float logits ``[N, n_classes]`` with ``n_classes ≥ 2``."""
-  n = 2
-  x = jax.ShapeDtypeStruct((n, *image_shape), jnp.float32)
-  try:
-    out = jax.eval_shape(classifier.apply, classifier.params, x)
-  except Exception as exc:  # pylint: disable=broad-except
-    raise ValueError(
-      f"classifier {classifier.name!r} failed on images of shape "
-      f"[N, {', '.join(map(str, image_shape))}] (the generator's output): "
-      f"{type(exc).__name__}: {exc}"
-    ) from exc
-  shape = getattr(out, "shape", None)
-  if shape is None or len(shape) != 2 or shape[0] != n or shape[1] < 2:
-    got = shape if shape is not None else type(out).__name__
-    raise ValueError(
-      f"classifier {classifier.name!r} must return logits [N, n_classes] "
-      f"with n_classes ≥ 2 for images [N, {', '.join(map(str, image_shape))}]"
-      f"; for N={n} it returned {got}"
-    )
-  if not jnp.issubdtype(out.dtype, jnp.floating):
-    raise ValueError(f"classifier {classifier.name!r} must return float logits, got {out.dtype}")
-  return int(shape[1])
 
 
 # ---- the compiled kernel ------------------------------------------------------------------
@@ -498,94 +419,14 @@ def write_json(result: RobustnessResult, path: str) -> str:
   return path
 
 
-def plot_robustness(
-  result: RobustnessResult, path: str, *, highlight_part: str | None = None
-) -> str:
-  """Bar plot PNG: keep rate (top) and confidence shift (bottom) per site and
-  intervention, with standard-error bars and the chance keep rate as a line. With
-  part maps, each module's bar is labelled with its part; ``highlight_part``
-  (e.g. ``'hair'``) marks that part's module with ``*``."""
-  sites = list(result.sites)
-  names = sorted(
-    {e.name for s in result.sites.values() for e in s.effects}, key=lambda n: (n == "all", n)
-  )
-  fig = viz.new_figure(max(6.0, 1.6 * len(sites) + 2), 6.0)
-  ax_keep, ax_shift = fig.add_subplot(2, 1, 1), fig.add_subplot(2, 1, 2)
-  width = 0.8 / len(names)
-  x = np.arange(len(sites))
-  colours = {n: ("0.4" if n == "all" else f"C{i}") for i, n in enumerate(names)}
-  for j, name in enumerate(names):
-    found = [next((e for e in result.sites[s].effects if e.name == name), None) for s in sites]
-    keep = [e.keep_rate if e else np.nan for e in found]
-    keep_se = [e.keep_rate_se if e else 0 for e in found]
-    shift = [e.confidence_shift if e else np.nan for e in found]
-    shift_se = [e.confidence_shift_se if e else 0 for e in found]
-    pos = x - 0.4 + width * (j + 0.5)
-    ax_keep.bar(pos, keep, width, yerr=keep_se, color=colours[name], label=name)
-    ax_shift.bar(pos, shift, width, yerr=shift_se, color=colours[name], label=name)
-    for s_i, s in enumerate(sites):
-      r = result.sites[s]
-      if r.module_labels and name in r.module_labels:
-        ax_keep.text(
-          pos[s_i],
-          0.02,
-          r.module_labels[name] + ("*" if _is_part_module(r, highlight_part, name) else ""),
-          rotation=90,
-          ha="center",
-          va="bottom",
-          fontsize=7,
-          color="w",
-        )
-  ax_keep.axhline(
-    result.chance_keep_rate,
-    color="k",
-    ls="--",
-    lw=1,
-    label=f"chance ({result.chance_keep_rate:.2f})",
-  )
-  ax_keep.set_ylim(0, 1.05)
-  ax_keep.set_ylabel("keep rate")
-  ax_keep.set_title(
-    f"{result.classifier} on hybrids of {result.generator} "
-    f"(n={result.n_pairs} pairs, K={result.k})",
-    fontsize=9,
-  )
-  ax_shift.axhline(0, color="k", lw=0.8)
-  ax_shift.set_ylabel("confidence shift")
-  for ax in (ax_keep, ax_shift):
-    ax.set_xticks(x)
-    ax.set_xticklabels(sites)
-  ax_keep.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-  if any(r.module_labels for r in result.sites.values()):
-    ax_keep.text(
-      1.01,
-      0.0,
-      "bar text: region with the\nlargest share/area of the\nmodule's influence"
-      + (f";\n* = {highlight_part} module" if highlight_part else ""),
-      transform=ax_keep.transAxes,
-      fontsize=7,
-      va="bottom",
-    )
-  return viz.save_figure(fig, path)
-
-
-def _is_part_module(r: SiteResult, part: str | None, name: str) -> bool:
-  return part is not None and (r.part_modules or {}).get(part) == name
-
-
 __all__ = [
-  "Classifier",
   "Effect",
   "PairPredictions",
   "RobustnessResult",
   "SiteResult",
-  "as_classifier",
-  "check_classifier",
   "effects",
-  "factor_classifier",
   "mask_robustness",
   "module_robustness",
   "pair_predictions",
-  "plot_robustness",
   "write_json",
 ]
