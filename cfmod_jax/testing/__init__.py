@@ -16,7 +16,6 @@ from cfmod_jax.testing.planted import (
   run_suite,
   score,
   strip_regions,
-  suite_markdown,
   tiled_regions,
   variant,
 )
@@ -52,7 +51,6 @@ __all__ = [
   "run_suite",
   "score",
   "strip_regions",
-  "suite_markdown",
   "tiled_regions",
   "variant",
 ]

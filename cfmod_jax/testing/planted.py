@@ -29,7 +29,7 @@ score) with given clustering settings, e.g. to validate your own settings::
     from cfmod_jax.testing import planted
     rows = planted.run_suite(["unequal", "mixed"], ["nmf"], range(3),
                              {"mine": {"sigma": 2.0, "percentile": 70.0}})
-    print(planted.suite_markdown(rows, {"mine": {}}))
+    print(rows[0])  # studies/planted_suite.py writes the tables (suite_markdown)
 """
 
 from __future__ import annotations
@@ -62,7 +62,6 @@ __all__ = [
   "NEW_SETTINGS",
   "run_case",
   "run_suite",
-  "suite_markdown",
 ]
 
 #: Name of the single intervention site of a planted generator.
@@ -475,41 +474,3 @@ def run_suite(
               f"(true {r['k_true']}) ARI={r['ari']:.3f}"
             )
   return rows
-
-
-def suite_markdown(rows: Sequence[dict], settings: dict[str, dict]) -> str:
-  """Markdown tables of :func:`run_suite` rows: per settings, variant x method ->
-  K chosen per seed, ARI per seed, and the count of seeds with K right and
-  ARI >= 0.95."""
-  lines = []
-  for set_name in settings:
-    sub = [r for r in rows if r["settings"] == set_name]
-    if not sub:
-      continue
-    st = ", ".join(f"{k}={v}" for k, v in settings[set_name].items()) or "library defaults"
-    lines += [
-      f"### Settings `{set_name}` ({st})",
-      "",
-      "| variant | method | K true | K chosen per seed | ARI per seed | correct |",
-      "|---|---|---|---|---|---|",
-    ]
-    total = correct = 0
-    for name in dict.fromkeys(r["variant"] for r in sub):
-      for method in dict.fromkeys(r["method"] for r in sub):
-        cell = sorted(
-          (r for r in sub if r["variant"] == name and r["method"] == method),
-          key=lambda r: r["seed"],
-        )
-        if not cell:
-          continue
-        n_ok = sum(r["correct"] for r in cell)
-        total += len(cell)
-        correct += n_ok
-        lines.append(
-          f"| {name} | {method} | {cell[0]['k_true']} | "
-          f"{' '.join(str(r['k']) for r in cell)} | "
-          f"{' '.join(format(r['ari'], '.2f') for r in cell)} | "
-          f"{n_ok}/{len(cell)} |"
-        )
-    lines += ["", f"All: {correct}/{total} cases with K right and ARI >= 0.95.", ""]
-  return "\n".join(lines)
