@@ -11,6 +11,7 @@ from cfmod_jax._validate import check_positive_int, check_seed
 # Every contender computes the same elementary influence maps (see `benchmarks.harness`).
 CONTENDERS = (
   "cfmod_jax",
+  "cfmod_jax_from_torch",
   "torch_hooks",
   "torch_batched",
   "torch_linear",
@@ -20,8 +21,9 @@ CONTENDERS = (
 )
 TORCH_CONTENDERS = tuple(c for c in CONTENDERS if c.startswith("torch_"))
 COMPILED_CONTENDERS = ("torch_batched_compiled", "torch_linear_compiled")
-# The default run: cfmod_jax and every PyTorch contender (naive JAX is opt-in).
-DEFAULT_CONTENDERS = ("cfmod_jax", *TORCH_CONTENDERS)
+# The default run: cfmod_jax, the same engine on the PyTorch twin imported with
+# `cfmod_jax.torch_bridge.from_torch`, and every PyTorch contender (naive JAX is opt-in).
+DEFAULT_CONTENDERS = ("cfmod_jax", "cfmod_jax_from_torch", *TORCH_CONTENDERS)
 # --quick (tests): not the compiled ones (torch.compile builds C++: slow) nor naive JAX.
 QUICK_CONTENDERS = ("cfmod_jax", "torch_hooks", "torch_batched", "torch_linear")
 SITES = ("block1", "block2", "block3", "block4")
@@ -71,6 +73,7 @@ RECORD_FIELDS = (
 # 2-core EPYC; the log compares the estimate with the real time at the end.
 ESTIMATE_FRACTION_OF_PEAK = {
   "cfmod_jax": 0.6,
+  "cfmod_jax_from_torch": 0.6,
   "torch_hooks": 0.16,
   "torch_batched": 0.3,
   "torch_linear": 0.3,

@@ -228,13 +228,14 @@ def estimate_seconds(
     for name in cfg.contenders:
       work = {
         "cfmod_jax": minimal,
+        "cfmod_jax_from_torch": minimal,
         "torch_linear": minimal,
         "torch_linear_compiled": minimal,
         "torch_batched": k["plain_algorithm_flops"],
         "torch_batched_compiled": k["plain_algorithm_flops"],
       }.get(name, per_hybrid_pass)
       run = work / (peak * bench_config.ESTIMATE_FRACTION_OF_PEAK[name])
-      if name == "cfmod_jax":
+      if name in ("cfmod_jax", "cfmod_jax_from_torch"):
         warm = run + 3.0
       elif name in ("torch_hooks", "naive_jax"):
         warm = run / c

@@ -364,6 +364,14 @@ def make_runner(task: dict[str, Any]) -> tuple[_Runner, int]:
   chunk = task["pair_chunk"]
   if contender == "cfmod_jax":
     runner = _CfmodJax(gen, site, n, task["seed"])
+  elif contender == "cfmod_jax_from_torch":  # the engine on the PyTorch twin, imported
+    from benchmarks import torch_dcgan
+    from cfmod_jax.torch_bridge import from_torch
+
+    model = torch_dcgan.from_flax(variables, task["latent_dim"], task["width"]).eval()
+    sites = {s: f"stages.{i}" for i, s in enumerate(SITES)}
+    imported = from_torch(model, (task["latent_dim"],), sites, name="torch-dcgan")
+    runner = _CfmodJax(imported, site, n, task["seed"])
   elif contender == "naive_jax":
     runner = _NaiveJax(gen, site, z1, z2, chunk)
   else:

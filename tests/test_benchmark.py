@@ -159,6 +159,19 @@ def _task(bench_gen, tmp_path, contender, site, **extra):
   }
 
 
+def test_imported_torch_twin_contender_equals_cfmod_jax(bench_gen, tmp_path):
+  """The engine on the PyTorch twin imported with `from_torch` (its linear split at
+  every site) gives cfmod_jax's EIMs on the same pairs."""
+  for site in ("block2", "block4"):
+    got = {}
+    for contender in ("cfmod_jax", "cfmod_jax_from_torch"):
+      runner, channels = worker.make_runner(_task(bench_gen, tmp_path, contender, site))
+      runner.warmup()
+      got[contender] = runner.run()
+    assert got["cfmod_jax"].shape == (channels, 64, 64) and got["cfmod_jax"].max() > 0
+    np.testing.assert_allclose(got["cfmod_jax_from_torch"], got["cfmod_jax"], atol=1e-6, rtol=0)
+
+
 def test_compiled_contenders_equal_cfmod_jax(bench_gen, pairs_and_maps, tmp_path, monkeypatch):
   """The torch.compile'd contenders as their workers run them (one memory format
   each and no compile-worker pool, to keep the test short)."""
