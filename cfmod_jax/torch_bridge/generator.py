@@ -28,9 +28,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from cfmod_jax.generator import Generator
+from cfmod_jax.ops import conv_transpose_per_channel
 from cfmod_jax.torch_bridge.export import Program, import_torch, to_numpy
 from cfmod_jax.torch_bridge.ops import op_key
-from cfmod_jax.torch_bridge.ops_nn import convolution
+from cfmod_jax.torch_bridge.ops_nn import convolution, is_dcgan_layer
 
 _TRACE_BATCH = 3  # batch of the shape-only passes that check the sites
 
@@ -41,6 +42,28 @@ def _to_channels_last(x):
 
 def _to_channels_first(x):
   return jnp.moveaxis(x, -1, 1) if x.ndim >= 3 else x
+
+
+def _transposed_per_channel(delta, weight, stride, padding, output_padding):
+  """Each input channel's contribution to a 2-D transposed convolution, tap by tap.
+
+  ``delta [N, H, W, m]``, ``weight [m, C_out, kh, kw]`` (PyTorch's layout, the m
+  channels' slices) → ``[m, N, C_out, H', W']`` (no bias). Kernel tap ``(a, b)`` adds
+  ``delta[n, i, j, c] · weight[c, :, a, b]`` at output ``(s·i − p + a, s·j − p + b)``:
+  one outer product per tap and channel, no multiplications by the zeros of a dilated
+  input (a transposed convolution as a convolution over the stride-dilated input does
+  s² times the work, and per channel it does not batch well).
+  """
+  n, h, w, m = delta.shape
+  _, c_out, kh, kw = weight.shape
+  (sh, sw), (ph, pw), (oh, ow) = stride, padding, output_padding
+  full_h, full_w = (h - 1) * sh + kh, (w - 1) * sw + kw
+  out = jnp.zeros((m, n, c_out, full_h + oh, full_w + ow), delta.dtype)
+  for a in range(kh):
+    for b in range(kw):
+      tap = jnp.einsum("nijc,co->cnoij", delta, weight[:, :, a, b])
+      out = out.at[:, :, :, a : a + (h - 1) * sh + 1 : sh, b : b + (w - 1) * sw + 1 : sw].add(tap)
+  return out[:, :, :, ph : full_h + oh - ph, pw : full_w + ow - pw]
 
 
 class TorchGenerator(Generator):
@@ -228,6 +251,12 @@ class TorchGenerator(Generator):
     # Input channels are axis 0 of a transposed convolution's weight, axis 1 otherwise.
     axis = 0 if transposed else 1
     weight = jax.lax.dynamic_slice_in_dim(weight, start, m, axis=axis)
+    if transposed and is_dcgan_layer(weight.shape, stride, padding, dilation, output_padding):
+      # Our sub-pixel per-channel transposed convolution (flipped kernel, 'SAME').
+      kernel = jnp.flip(weight, axis=(2, 3)).transpose(2, 3, 0, 1)
+      return conv_transpose_per_channel(delta, kernel, (2, 2)).transpose(0, 1, 4, 2, 3)
+    if transposed and len(stride) == 2 and all(d == 1 for d in dilation):
+      return _transposed_per_channel(delta, weight, stride, padding, output_padding)
     x = _to_channels_first(delta)  # [N, m, H, W]
 
     def one(xj, wj):  # one input channel: [N, H, W] and its weight slice

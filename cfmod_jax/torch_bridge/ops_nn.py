@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from cfmod_jax.ops import conv_transpose
 from cfmod_jax.torch_bridge.ops import implements
 
 # ---- activations -------------------------------------------------------------------------
@@ -89,6 +90,24 @@ def _dn(nd: int) -> tuple[str, str, str]:
   return ("NC" + sp, "OI" + sp, "NC" + sp)
 
 
+def is_dcgan_layer(weight_shape, stride, padding, dilation, output_padding) -> bool:
+  """Whether a transposed convolution is the DCGAN layer: 2-D, kernel 4, stride 2,
+  padding 1, no dilation or output padding — Flax's 'SAME' transposed convolution with
+  the kernel flipped in space, for which `cfmod_jax.ops` has a sub-pixel form."""
+
+  def two(v):
+    return list(v) * 2 if len(v) == 1 else list(v)
+
+  return (
+    len(weight_shape) == 4
+    and tuple(weight_shape[2:]) == (4, 4)
+    and two(stride) == [2, 2]
+    and two(padding) == [1, 1]
+    and two(dilation) == [1, 1]
+    and two(output_padding) == [0, 0]
+  )
+
+
 @implements("aten.convolution.default")
 def convolution(x, w, bias, stride, padding, dilation, transposed, output_padding, groups):
   """``aten.convolution`` (NCHW, torch weight layouts) with ``lax.conv_general_dilated``.
@@ -112,6 +131,11 @@ def convolution(x, w, bias, stride, padding, dilation, transposed, output_paddin
       dimension_numbers=_dn(nd),
       feature_group_count=groups,
     )
+  elif groups == 1 and is_dcgan_layer(w.shape, stride, padding, dilation, output_padding):
+    # The DCGAN layer (k 4, s 2, p 1): our sub-pixel transposed convolution, which is
+    # Flax's 'SAME' with the kernel flipped in space (channels last inside).
+    kernel = jnp.flip(w, axis=(2, 3)).transpose(2, 3, 0, 1)
+    out = conv_transpose(x.transpose(0, 2, 3, 1), kernel, (2, 2)).transpose(0, 3, 1, 2)
   else:
     output_padding = list(output_padding) * (nd if len(output_padding) == 1 else 1)
     cin, cout_g, *k = w.shape
