@@ -161,6 +161,18 @@ def test_linear_split_of_an_imported_dcgan_equals_the_mask_path():
     slow, _ = eim_sums(gen, site, z1, z2, method="masks", pair_chunk=4)
     assert float(np.abs(slow).max()) > 1e-3  # non-trivial maps
     np.testing.assert_allclose(fast, slow, atol=1e-5, rtol=1e-4)
+  # Another strided transposed convolution (kernel 3, output padding 1) takes the
+  # tap-by-tap per-channel path: the same EIMs as the masks.
+  odd = nn.Sequential(
+    nn.ConvTranspose2d(4, 6, 4, 1, 0), nn.ReLU(), nn.ConvTranspose2d(6, 3, 3, 2, 1, 1), nn.Tanh()
+  ).eval()
+  gen = from_torch(odd, (4, 1, 1), sites=["1"])
+  assert gen.has_linear_split("1") and gen.image_shape == (8, 8, 3)
+  z1, z2 = gen.sample_latents(jax.random.key(3), 5), gen.sample_latents(jax.random.key(4), 5)
+  fast, _ = eim_sums(gen, "1", z1, z2, method="linear", pair_chunk=2, mask_chunk=4)
+  slow, _ = eim_sums(gen, "1", z1, z2, method="masks", pair_chunk=2, mask_chunk=4)
+  assert float(np.abs(slow).max()) > 1e-3
+  np.testing.assert_allclose(fast, slow, atol=1e-5, rtol=1e-4)
   # A site read twice (a skip connection) or by a non-linear op has no linear split.
   skip = _Skip().eval()
   split = from_torch(skip, (4, 4, 4), sites=["body.0", "body.1"])
